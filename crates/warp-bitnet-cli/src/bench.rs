@@ -1,0 +1,197 @@
+//! `warp-bitnet bench`: one table, one JSON schema for every backend.
+
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Result};
+use clap::{Args as ClapArgs, ValueEnum};
+use rand::{rngs::StdRng, SeedableRng};
+use serde::Serialize;
+use warp_bitnet::bench::{cpu, BenchRow, Shape, SHAPES};
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Device {
+    /// CUDA when a driver and device are present, else CPU.
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(ClapArgs)]
+pub struct Args {
+    /// Where to run.
+    #[arg(long, value_enum, default_value = "auto")]
+    device: Device,
+    /// Batch sizes (tokens per call), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    batch: Vec<usize>,
+    /// Only shapes whose name contains this text.
+    #[arg(long)]
+    only: Option<String>,
+    /// Timed iterations per measurement (default: 200 on CUDA, 5 on CPU).
+    #[arg(long)]
+    iters: Option<usize>,
+    /// Also write the rows, with GPU, driver, date and commit, to this JSON file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Random seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(Serialize)]
+struct Report<'a, R: Serialize> {
+    date: String,
+    commit: &'static str,
+    run: R,
+    rows: &'a [BenchRow],
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let shapes: Vec<Shape> = SHAPES
+        .iter()
+        .copied()
+        .filter(|s| a.only.as_deref().is_none_or(|o| s.name.contains(o)))
+        .collect();
+    if shapes.is_empty() {
+        bail!("no benchmark shape matches {:?}", a.only);
+    }
+    if a.batch.contains(&0) {
+        bail!("batch sizes must be at least 1");
+    }
+    let mut rng = StdRng::seed_from_u64(a.seed);
+    let cuda = match a.device {
+        Device::Cpu => false,
+        Device::Cuda => true,
+        Device::Auto => cuda_present(),
+    };
+    if cuda {
+        return run_cuda(&a, &shapes, &mut rng);
+    }
+    if a.batch != [1] {
+        bail!("the CPU bench runs batch 1 only");
+    }
+    let iters = a.iters.unwrap_or(5);
+    println!("CPU: reference ternary kernel vs dense f32 GEMV, batch 1, median of {iters}");
+    header();
+    let mut rows = Vec::new();
+    for s in &shapes {
+        let r = cpu::run_shape(*s, iters, &mut rng)?;
+        print_row(&r);
+        rows.push(r);
+    }
+    let run = serde_json::json!({ "backend": "cpu", "threads": rayon::current_num_threads(), "iters": iters });
+    write_json(&a, run, &rows)
+}
+
+fn header() {
+    println!(
+        "{:<22} {:>12} {:>5} {:>7} {:>10} {:>12} {:>10} {:>8} {:>8} {:>7} {:>9}",
+        "shape",
+        "MxN",
+        "batch",
+        "act",
+        "ours us",
+        "baseline",
+        "base us",
+        "speedup",
+        "GB/s",
+        "%copy",
+        "max err"
+    );
+}
+
+fn print_row(r: &BenchRow) {
+    println!(
+        "{:<22} {:>12} {:>5} {:>7} {:>10.2} {:>12} {:>10.2} {:>7.2}x {:>8.1} {:>7.1} {:>9.2e}",
+        r.shape,
+        format!("{}x{}", r.rows, r.cols),
+        r.batch,
+        r.activation,
+        r.time_us,
+        r.baseline,
+        r.baseline_us,
+        r.speedup,
+        r.gbps,
+        r.pct_copy_bw,
+        r.max_rel_err
+    );
+}
+
+fn write_json(a: &Args, run: impl Serialize, rows: &[BenchRow]) -> Result<()> {
+    if let Some(path) = &a.json {
+        let report = Report {
+            date: today_utc(),
+            commit: env!("WARP_BITNET_COMMIT"),
+            run,
+            rows,
+        };
+        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_present() -> bool {
+    warp_bitnet::cuda::is_available()
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_present() -> bool {
+    false
+}
+
+#[cfg(feature = "cuda")]
+fn run_cuda(a: &Args, shapes: &[Shape], rng: &mut StdRng) -> Result<()> {
+    let bench = warp_bitnet::bench::cuda::CudaBench::new(a.iters.unwrap_or(200))?;
+    let i = &bench.info;
+    println!(
+        "CUDA: {} (sm {}, {} SMs, {} MiB L2, driver {}), copy bandwidth {:.0} GB/s; L2-cold, median of {}",
+        i.gpu, i.compute_capability, i.sm_count, i.l2_bytes >> 20, i.driver, i.copy_gbps, i.iters
+    );
+    header();
+    let mut rows = Vec::new();
+    for &batch in &a.batch {
+        for s in shapes {
+            for r in bench.run_shape(*s, batch, rng)? {
+                print_row(&r);
+                rows.push(r);
+            }
+        }
+    }
+    write_json(a, &bench.info, &rows)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn run_cuda(_: &Args, _: &[Shape], _: &mut StdRng) -> Result<()> {
+    bail!("this build has no CUDA support (feature `cuda`)")
+}
+
+/// Today's UTC date as YYYY-MM-DD (days-from-civil inverse, H. Hinnant).
+fn today_utc() -> String {
+    let days = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() / 86_400)
+        .unwrap_or(0) as i64;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn date_format() {
+        let d = super::today_utc();
+        assert_eq!(d.len(), 10);
+        assert!(d.starts_with("20"));
+    }
+}

@@ -1,0 +1,115 @@
+//! `warp-bitnet`: benchmark, pack and inspect ternary weights.
+
+mod bench;
+mod pack;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "warp-bitnet",
+    version,
+    about = "Ternary (BitNet b1.58) linear algebra"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show build features, CPU features and the CUDA devices found.
+    Info,
+    /// Benchmark our kernels against dense baselines on real model shapes.
+    Bench(bench::Args),
+    /// Quantize the 2-D float tensors of a safetensors file to packed ternary (I2 + scales).
+    Pack(pack::PackArgs),
+    /// Expand a packed file back to dense tensors (W * scale).
+    Unpack(pack::UnpackArgs),
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Info => info(),
+        Command::Bench(a) => bench::run(a),
+        Command::Pack(a) => pack::pack(a),
+        Command::Unpack(a) => pack::unpack(a),
+    }
+}
+
+fn info() -> Result<()> {
+    println!(
+        "warp-bitnet {} ({})",
+        env!("CARGO_PKG_VERSION"),
+        env!("WARP_BITNET_COMMIT")
+    );
+    println!("features: cuda={}", cfg!(feature = "cuda"));
+    println!(
+        "cpu: {} threads, {}",
+        rayon::current_num_threads(),
+        cpu_features().join(" ")
+    );
+    cuda_info();
+    Ok(())
+}
+
+fn cpu_features() -> Vec<&'static str> {
+    let mut f = vec![std::env::consts::ARCH];
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx2") {
+            f.push("avx2");
+        }
+        if is_x86_feature_detected!("fma") {
+            f.push("fma");
+        }
+        if is_x86_feature_detected!("avx512f") {
+            f.push("avx512f");
+        }
+        if is_x86_feature_detected!("avx512bw") {
+            f.push("avx512bw");
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    if std::arch::is_aarch64_feature_detected!("neon") {
+        f.push("neon");
+    }
+    f
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_info() {
+    use warp_bitnet::cuda::{compile, is_available, Gpu};
+    match compile::nvrtc_version() {
+        Ok((a, b)) => println!("nvrtc: {a}.{b}"),
+        Err(_) => println!("nvrtc: not found"),
+    }
+    if !is_available() {
+        println!("cuda: no driver or no device");
+        return;
+    }
+    match Gpu::new(0) {
+        Ok(g) => {
+            let i = g.info();
+            println!(
+                "cuda: {} (sm {}.{}, {}), {} SMs, {} MiB L2, {} GiB, driver {}.{}",
+                i.name,
+                i.compute_capability.0,
+                i.compute_capability.1,
+                i.arch,
+                i.sm_count,
+                i.l2_bytes >> 20,
+                i.total_mem >> 30,
+                i.driver_version.0,
+                i.driver_version.1
+            );
+        }
+        Err(e) => println!("cuda: device 0 unusable: {e}"),
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_info() {
+    println!("cuda: not compiled in");
+}

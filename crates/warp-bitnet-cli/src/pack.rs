@@ -1,0 +1,167 @@
+//! `warp-bitnet pack` and `unpack`: dense safetensors <-> packed I2 safetensors.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use half::{bf16, f16};
+use indicatif::{ProgressBar, ProgressStyle};
+use safetensors::tensor::Dtype;
+use safetensors::SafeTensors;
+use warp_bitnet::io::{dense_f32, PackedFile, RawTensor};
+use warp_bitnet::quant::{quantize_ternary, WeightQuant};
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Method {
+    /// BitNet b1.58: per-tensor gamma = mean |W|.
+    Absmean,
+    /// One gamma per output row.
+    AbsmeanRow,
+    /// The old project's max |W| scale (worse; for compatibility).
+    Absmax,
+}
+
+#[derive(Args)]
+pub struct PackArgs {
+    /// Dense safetensors file (F32, F16 or BF16 tensors).
+    input: PathBuf,
+    /// Packed safetensors file to write.
+    output: PathBuf,
+    /// Weight quantizer.
+    #[arg(long, value_enum, default_value = "absmean")]
+    method: Method,
+    /// Keep tensors whose name contains any of these dense (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "embed,lm_head")]
+    skip: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct UnpackArgs {
+    /// Packed safetensors file.
+    input: PathBuf,
+    /// Dense safetensors file to write.
+    output: PathBuf,
+    /// Element type of the dense tensors.
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: OutType,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OutType {
+    F32,
+    F16,
+    Bf16,
+}
+
+fn progress(len: usize, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} {wide_msg}")
+            .expect("valid template"),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+pub fn pack(a: PackArgs) -> Result<()> {
+    let bytes =
+        std::fs::read(&a.input).with_context(|| format!("reading {}", a.input.display()))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .with_context(|| format!("parsing {}", a.input.display()))?;
+    let method = match a.method {
+        Method::Absmean => WeightQuant::AbsMean,
+        Method::AbsmeanRow => WeightQuant::AbsMeanRow,
+        Method::Absmax => WeightQuant::AbsMax,
+    };
+    let mut out = PackedFile::default();
+    let mut names: Vec<&str> = st.names();
+    names.sort();
+    let bar = progress(names.len(), "packing");
+    for name in names {
+        let view = st.tensor(name)?;
+        let float = matches!(view.dtype(), Dtype::F32 | Dtype::F16 | Dtype::BF16);
+        if float
+            && view.shape().len() == 2
+            && !a
+                .skip
+                .iter()
+                .any(|s| !s.is_empty() && name.contains(s.as_str()))
+        {
+            let (rows, cols, w) = dense_f32(&view)?;
+            let m = quantize_ternary(&w, rows, cols, method)
+                .with_context(|| format!("tensor `{name}`"))?;
+            out.matrices.insert(name.to_string(), m);
+        } else {
+            let raw = RawTensor {
+                dtype: view.dtype(),
+                shape: view.shape().to_vec(),
+                data: view.data().to_vec(),
+            };
+            out.other.insert(name.to_string(), raw);
+        }
+        bar.inc(1);
+    }
+    bar.finish_with_message("packed");
+    std::fs::write(&a.output, out.to_bytes()?)?;
+    println!(
+        "{} matrices packed, {} tensors kept: {} -> {} bytes",
+        out.matrices.len(),
+        out.other.len(),
+        bytes.len(),
+        std::fs::metadata(&a.output)?.len()
+    );
+    Ok(())
+}
+
+pub fn unpack(a: UnpackArgs) -> Result<()> {
+    let bytes =
+        std::fs::read(&a.input).with_context(|| format!("reading {}", a.input.display()))?;
+    let file =
+        PackedFile::from_bytes(&bytes).with_context(|| format!("loading {}", a.input.display()))?;
+    let mut out = PackedFile {
+        matrices: Default::default(),
+        other: file.other,
+    };
+    let bar = progress(file.matrices.len(), "unpacking");
+    for (name, m) in file.matrices {
+        let t = m.to_ternary();
+        let vals = t
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| f32::from(v) * m.scale().of_row(i / m.cols()));
+        let (dtype, data): (Dtype, Vec<u8>) = match a.dtype {
+            OutType::F32 => (Dtype::F32, vals.flat_map(f32::to_le_bytes).collect()),
+            OutType::F16 => (
+                Dtype::F16,
+                vals.flat_map(|v| f16::from_f32(v).to_le_bytes()).collect(),
+            ),
+            OutType::Bf16 => (
+                Dtype::BF16,
+                vals.flat_map(|v| bf16::from_f32(v).to_le_bytes()).collect(),
+            ),
+        };
+        out.other.insert(
+            name,
+            RawTensor {
+                dtype,
+                shape: vec![m.rows(), m.cols()],
+                data,
+            },
+        );
+        bar.inc(1);
+    }
+    bar.finish_with_message("unpacked");
+    let views = out
+        .other
+        .iter()
+        .map(|(n, t)| {
+            Ok((
+                n.as_str(),
+                safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.data)?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    safetensors::serialize_to_file(views, None, &a.output)?;
+    println!("wrote {}", a.output.display());
+    Ok(())
+}

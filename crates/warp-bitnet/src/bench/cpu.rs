@@ -1,0 +1,76 @@
+//! CPU benchmark: the reference ternary kernel against a dense f32 GEMV.
+
+use std::time::Instant;
+
+use rand::Rng;
+use rayon::prelude::*;
+
+use super::{max_rel_err, median, random_matrix, reference_f64, BenchRow, Shape};
+use crate::cpu::reference;
+use crate::error::Result;
+
+/// Dense `y = W x` with row-major f32 `W` (`rows` x `cols`), rows spread over threads.
+pub fn dense_gemv(w: &[f32], x: &[f32], y: &mut [f32]) {
+    let cols = x.len();
+    y.par_iter_mut().enumerate().for_each(|(r, o)| {
+        *o = w[r * cols..(r + 1) * cols]
+            .iter()
+            .zip(x)
+            .map(|(a, b)| a * b)
+            .sum();
+    });
+}
+
+/// Times the reference kernel (batch 1, f32) and a dense f32 GEMV on `shape`.
+pub fn run_shape(shape: Shape, iters: usize, rng: &mut impl Rng) -> Result<BenchRow> {
+    let (rows, cols) = (shape.rows, shape.cols);
+    let w = random_matrix(rng, rows, cols);
+    let x: Vec<f32> = (0..cols).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let dense: Vec<f32> = {
+        let t = w.to_ternary();
+        let mut d = vec![0f32; rows * cols];
+        d.par_chunks_mut(cols).enumerate().for_each(|(r, row)| {
+            for (o, &v) in row.iter_mut().zip(&t[r * cols..(r + 1) * cols]) {
+                *o = f32::from(v) * w.scale().of_row(r);
+            }
+        });
+        d
+    };
+    let mut y = vec![0f32; rows];
+    let mut y_dense = vec![0f32; rows];
+    let time = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
+        f()?; // warm-up
+        let mut t = Vec::with_capacity(iters);
+        for _ in 0..iters {
+            let start = Instant::now();
+            f()?;
+            t.push(start.elapsed().as_secs_f64() * 1e6);
+        }
+        Ok(median(&mut t))
+    };
+    let ours = time(&mut || reference::gemm(&w, &x, 1, None, &mut y))?;
+    let base = time(&mut || {
+        dense_gemv(&dense, &x, &mut y_dense);
+        Ok(())
+    })?;
+    let xf: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+    let want = reference_f64(&w, &xf, 1, None);
+    let bytes = (w.packed_bytes() + 4 * (rows + cols)) as f64;
+    Ok(BenchRow {
+        shape: shape.name.into(),
+        rows,
+        cols,
+        batch: 1,
+        format: "i2".into(),
+        activation: "f32".into(),
+        backend: "cpu".into(),
+        device: format!("{} threads", rayon::current_num_threads()),
+        time_us: ours,
+        baseline: "dense-f32".into(),
+        baseline_us: base,
+        speedup: base / ours,
+        gbps: bytes / ours / 1e3,
+        pct_copy_bw: 0.0,
+        max_rel_err: max_rel_err(y.iter().map(|&v| f64::from(v)), &want),
+    })
+}

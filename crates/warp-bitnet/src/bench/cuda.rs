@@ -1,0 +1,400 @@
+//! CUDA benchmark: our kernels against cuBLAS in the same process, on the same stream.
+//!
+//! Method (docs/NOTES.md): weights rotate among enough copies to exceed 4x the L2
+//! size, so every call reads them from HBM (L2-cold); each call is timed alone with
+//! CUDA events after a warm-up, and the median is reported. The device-to-device
+//! copy bandwidth is measured in the same run and each row reports its effective
+//! bandwidth as a percentage of it. Every kernel's output is checked against a
+//! float64 reference on the same random data before it is timed.
+
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
+use cudarc::driver::sys::{CUdeviceptr, CUevent_flags};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
+use half::{bf16, f16};
+use rand::Rng;
+use rayon::prelude::*;
+use serde::Serialize;
+
+use super::{max_rel_err, median, random_matrix, reference_f64, BenchRow, Shape};
+use crate::cuda::Gpu;
+use crate::dtype::DType;
+use crate::error::Result;
+
+/// Facts about the run that every row shares.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunInfo {
+    /// GPU name.
+    pub gpu: String,
+    /// Compute capability, e.g. "9.0".
+    pub compute_capability: String,
+    /// Driver version, e.g. "13.0".
+    pub driver: String,
+    /// Multiprocessors.
+    pub sm_count: usize,
+    /// L2 bytes.
+    pub l2_bytes: usize,
+    /// Device-to-device copy bandwidth (bytes read + written), GB/s.
+    pub copy_gbps: f64,
+    /// Timed iterations per measurement.
+    pub iters: usize,
+}
+
+/// Benchmark state: one GPU, one stream, one cuBLAS handle.
+pub struct CudaBench {
+    gpu: Gpu,
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    iters: usize,
+    /// Copy bandwidth measured at start-up, GB/s.
+    pub info: RunInfo,
+}
+
+impl CudaBench {
+    /// Opens device 0, measures the copy bandwidth.
+    pub fn new(iters: usize) -> Result<Self> {
+        let gpu = Gpu::new(0)?;
+        let stream = gpu.context().new_stream()?;
+        let blas = CudaBlas::new(stream.clone())?;
+        let i = gpu.info().clone();
+        let info = RunInfo {
+            gpu: i.name,
+            compute_capability: format!("{}.{}", i.compute_capability.0, i.compute_capability.1),
+            driver: format!("{}.{}", i.driver_version.0, i.driver_version.1),
+            sm_count: i.sm_count,
+            l2_bytes: i.l2_bytes,
+            copy_gbps: 0.0,
+            iters,
+        };
+        let mut bench = Self {
+            gpu,
+            stream,
+            blas,
+            iters,
+            info,
+        };
+        bench.info.copy_gbps = bench.copy_bandwidth()?;
+        Ok(bench)
+    }
+
+    /// Median GB/s (read + write) of a 1 GiB device-to-device copy.
+    fn copy_bandwidth(&self) -> Result<f64> {
+        let n = 1usize << 30;
+        let src = self.stream.alloc_zeros::<u8>(n)?;
+        let mut dst = self.stream.alloc_zeros::<u8>(n)?;
+        let (s, _g1) = src.device_ptr(&self.stream);
+        let (d, _g2) = dst.device_ptr_mut(&self.stream);
+        let cu = self.stream.cu_stream();
+        // SAFETY: both buffers hold n bytes and live until the stream is synchronized in `time`.
+        let us = self.time(1, &mut |_| {
+            unsafe { cudarc::driver::result::memcpy_dtod_async(d, s, n, cu) }.map_err(Into::into)
+        })?;
+        Ok(2.0 * n as f64 / us / 1e3)
+    }
+
+    /// Median microseconds of `f(i)`, `i` cycling over `copies` weight copies.
+    fn time(&self, copies: usize, f: &mut dyn FnMut(usize) -> Result<()>) -> Result<f64> {
+        let warmup = (self.iters / 10).max(copies.min(self.iters)).max(5);
+        for i in 0..warmup {
+            f(i % copies)?;
+        }
+        let ctx = self.gpu.context();
+        let flag = Some(CUevent_flags::CU_EVENT_DEFAULT);
+        let events = (0..self.iters)
+            .map(|_| Ok((ctx.new_event(flag)?, ctx.new_event(flag)?)))
+            .collect::<Result<Vec<_>>>()?;
+        for (i, (start, end)) in events.iter().enumerate() {
+            start.record(&self.stream)?;
+            f((warmup + i) % copies)?;
+            end.record(&self.stream)?;
+        }
+        self.stream.synchronize()?;
+        let mut us = events
+            .iter()
+            .map(|(s, e)| Ok(f64::from(s.elapsed_ms(e)?) * 1e3))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(median(&mut us))
+    }
+
+    /// Copies needed so that rotating among them moves more than 4x the L2 size.
+    fn copies_for(&self, bytes: usize) -> usize {
+        (4 * self.info.l2_bytes).div_ceil(bytes.max(1)) + 1
+    }
+
+    /// All rows for one shape and batch size.
+    pub fn run_shape(
+        &self,
+        shape: Shape,
+        batch: usize,
+        rng: &mut impl Rng,
+    ) -> Result<Vec<BenchRow>> {
+        let (rows, cols) = (shape.rows, shape.cols);
+        let s = &self.stream;
+        let w = random_matrix(rng, rows, cols);
+        let xf: Vec<f32> = (0..batch * cols)
+            .map(|_| rng.random_range(-1.0f32..1.0))
+            .collect();
+        let x16: Vec<f16> = xf.iter().map(|&v| f16::from_f32(v)).collect();
+        let xb16: Vec<bf16> = xf.iter().map(|&v| bf16::from_f32(v)).collect();
+
+        // Our weights, rotated.
+        let first = self.gpu.upload(&w, s)?;
+        let ours_copies = self.copies_for(first.tiled_bytes());
+        let mut ws = vec![first];
+        for _ in 1..ours_copies {
+            ws.push(ws[0].try_clone()?);
+        }
+        // Dense weights W * scale for cuBLAS, rotated.
+        let dense_f16: Vec<f16> = dense(&w, f16::from_f32);
+        let dense_bf16: Vec<bf16> = dense(&w, bf16::from_f32);
+        let blas_copies = self.copies_for(dense_f16.len() * 2);
+
+        let x_h = s.clone_htod(&x16)?;
+        let x_b = s.clone_htod(&xb16)?;
+        let mut y_h = s.alloc_zeros::<f16>(batch * rows)?;
+        let mut y_b = s.alloc_zeros::<bf16>(batch * rows)?;
+        let mut q = s.alloc_zeros::<i8>(batch * cols)?;
+        let mut qs = s.alloc_zeros::<f32>(batch)?;
+
+        let mut out = Vec::new();
+        let bytes = |wbytes: usize, xsz: usize, ysz: usize| {
+            (wbytes + batch * (cols * xsz + rows * ysz)) as f64
+        };
+        let row = |act: &str, base: &str, t: f64, tb: f64, b: f64, err: f64| BenchRow {
+            shape: shape.name.into(),
+            rows,
+            cols,
+            batch,
+            format: "t2".into(),
+            activation: act.into(),
+            backend: "cuda".into(),
+            device: self.info.gpu.clone(),
+            time_us: t,
+            baseline: base.into(),
+            baseline_us: tb,
+            speedup: tb / t,
+            gbps: b / t / 1e3,
+            pct_copy_bw: 100.0 * (b / t / 1e3) / self.info.copy_gbps,
+            max_rel_err: err,
+        };
+
+        // Float64 reference on the f16-rounded activations.
+        let want16 = reference_f64(
+            &w,
+            &x16.iter()
+                .map(|v| f64::from(v.to_f32()))
+                .collect::<Vec<_>>(),
+            batch,
+            None,
+        );
+        let wantb16 = reference_f64(
+            &w,
+            &xb16
+                .iter()
+                .map(|v| f64::from(v.to_f32()))
+                .collect::<Vec<_>>(),
+            batch,
+            None,
+        );
+
+        // ---- cuBLAS baselines ----
+        let t_blas_h = {
+            let d = self.replicate(&dense_f16, blas_copies)?;
+            self.time(blas_copies, &mut |i| {
+                self.cublas_gemm(
+                    &d[i],
+                    &x_h,
+                    &mut y_h,
+                    rows,
+                    cols,
+                    batch,
+                    blas_sys::cudaDataType::CUDA_R_16F,
+                )
+            })?
+        };
+        let t_blas_b = {
+            let d = self.replicate(&dense_bf16, blas_copies)?;
+            self.time(blas_copies, &mut |i| {
+                self.cublas_gemm(
+                    &d[i],
+                    &x_b,
+                    &mut y_b,
+                    rows,
+                    cols,
+                    batch,
+                    blas_sys::cudaDataType::CUDA_R_16BF,
+                )
+            })?
+        };
+
+        // ---- W2A16 ----
+        poison(s, &mut y_h)?;
+        self.gpu.gemm(&ws[0], &x_h, batch, None, &mut y_h, s)?;
+        let err = max_rel_err(
+            s.clone_dtoh(&y_h)?.iter().map(|v| f64::from(v.to_f32())),
+            &want16,
+        );
+        let t = self.time(ours_copies, &mut |i| {
+            self.gpu.gemm(&ws[i], &x_h, batch, None, &mut y_h, s)
+        })?;
+        out.push(row(
+            "f16",
+            "cublas-f16",
+            t,
+            t_blas_h,
+            bytes(ws[0].tiled_bytes(), 2, 2),
+            err,
+        ));
+
+        poison(s, &mut y_b)?;
+        self.gpu.gemm(&ws[0], &x_b, batch, None, &mut y_b, s)?;
+        let err = max_rel_err(
+            s.clone_dtoh(&y_b)?.iter().map(|v| f64::from(v.to_f32())),
+            &wantb16,
+        );
+        let t = self.time(ours_copies, &mut |i| {
+            self.gpu.gemm(&ws[i], &x_b, batch, None, &mut y_b, s)
+        })?;
+        out.push(row(
+            "bf16",
+            "cublas-bf16",
+            t,
+            t_blas_b,
+            bytes(ws[0].tiled_bytes(), 2, 2),
+            err,
+        ));
+
+        // ---- W2A8: quantize on the device, then the int8 GEMM ----
+        self.gpu
+            .quantize_i8(&x_h, batch, cols, &mut q, &mut qs, s)?;
+        let (qh, qsh) = (s.clone_dtoh(&q)?, s.clone_dtoh(&qs)?);
+        let deq: Vec<f64> = qh
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| f64::from(v) * f64::from(qsh[i / cols]))
+            .collect();
+        let want8 = reference_f64(&w, &deq, batch, None);
+        poison(s, &mut y_h)?;
+        self.gpu
+            .gemm_w2a8(&ws[0], &q, &qs, batch, None, &mut y_h, DType::F16, s)?;
+        let err = max_rel_err(
+            s.clone_dtoh(&y_h)?.iter().map(|v| f64::from(v.to_f32())),
+            &want8,
+        );
+        let t = self.time(ours_copies, &mut |i| {
+            self.gpu
+                .gemm_w2a8(&ws[i], &q, &qs, batch, None, &mut y_h, DType::F16, s)
+        })?;
+        out.push(row(
+            "i8",
+            "cublas-f16",
+            t,
+            t_blas_h,
+            bytes(ws[0].tiled_bytes(), 1, 2),
+            err,
+        ));
+        let t = self.time(ours_copies, &mut |i| {
+            self.gpu
+                .quantize_i8(&x_h, batch, cols, &mut q, &mut qs, s)?;
+            self.gpu
+                .gemm_w2a8(&ws[i], &q, &qs, batch, None, &mut y_h, DType::F16, s)
+        })?;
+        out.push(row(
+            "f16>i8",
+            "cublas-f16",
+            t,
+            t_blas_h,
+            bytes(ws[0].tiled_bytes(), 2, 2),
+            err,
+        ));
+        Ok(out)
+    }
+
+    fn replicate<T: cudarc::driver::DeviceRepr>(
+        &self,
+        host: &[T],
+        copies: usize,
+    ) -> Result<Vec<CudaSlice<T>>> {
+        let first = self.stream.clone_htod(host)?;
+        let mut v = Vec::with_capacity(copies);
+        for _ in 1..copies {
+            v.push(first.try_clone()?);
+        }
+        v.push(first);
+        Ok(v)
+    }
+
+    /// `y[batch, rows] = x[batch, cols] . Wᵀ` with row-major `W` through cublasGemmEx
+    /// (f32 accumulation), the call PyTorch makes for an fp16/bf16 linear layer.
+    #[allow(clippy::too_many_arguments)]
+    fn cublas_gemm<T: cudarc::driver::DeviceRepr>(
+        &self,
+        w: &CudaSlice<T>,
+        x: &CudaSlice<T>,
+        y: &mut CudaSlice<T>,
+        rows: usize,
+        cols: usize,
+        batch: usize,
+        dtype: blas_sys::cudaDataType,
+    ) -> Result<()> {
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        let (wp, _g1) = w.device_ptr(&self.stream);
+        let (xp, _g2) = x.device_ptr(&self.stream);
+        let (yp, _g3) = y.device_ptr_mut(&self.stream);
+        let ptr = |p: CUdeviceptr| p as *const c_void;
+        // SAFETY: column-major view: op(A) = Wᵀ-of-the-col-major-[cols, rows] = W (rows x cols),
+        // B = x as [cols, batch], C = y as [rows, batch]; all sizes match the buffers.
+        unsafe {
+            blas::gemm_ex(
+                *self.blas.handle(),
+                blas_sys::cublasOperation_t::CUBLAS_OP_T,
+                blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                rows as i32,
+                batch as i32,
+                cols as i32,
+                (&alpha as *const f32).cast(),
+                ptr(wp),
+                dtype,
+                cols as i32,
+                ptr(xp),
+                dtype,
+                cols as i32,
+                (&beta as *const f32).cast(),
+                yp as *mut c_void,
+                dtype,
+                rows as i32,
+                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }?;
+        Ok(())
+    }
+}
+
+/// Dense row-major `W * scale`, converted per element.
+fn dense<T: Send + Copy + Default>(w: &crate::TernaryMatrix, conv: fn(f32) -> T) -> Vec<T> {
+    let cols = w.cols();
+    let mut d = vec![T::default(); w.rows() * cols];
+    d.par_chunks_mut(cols).enumerate().for_each_init(
+        || vec![0i8; cols],
+        |wrow, (r, out)| {
+            w.unpack_row_into(r, wrow);
+            let s = w.scale().of_row(r);
+            for (o, &v) in out.iter_mut().zip(wrow.iter()) {
+                *o = conv(f32::from(v) * s);
+            }
+        },
+    );
+    d
+}
+
+/// Fills a 16-bit output with 0xFFFF (a NaN in f16 and bf16), so unwritten elements show.
+fn poison<T: cudarc::driver::DeviceRepr>(s: &Arc<CudaStream>, y: &mut CudaSlice<T>) -> Result<()> {
+    let n = y.num_bytes();
+    let (p, _g) = y.device_ptr_mut(s);
+    // SAFETY: writes exactly the buffer's bytes on its stream.
+    unsafe { cudarc::driver::result::memset_d8_async(p, 0xFF, n, s.cu_stream()) }?;
+    Ok(())
+}

@@ -1,0 +1,146 @@
+//! Benchmark harness: the model shapes every benchmark uses, one row schema, and
+//! the CPU and CUDA runners.
+
+pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+
+use serde::Serialize;
+
+/// A weight shape from a real model: `rows` (out features) x `cols` (in features).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    /// Model and layer, e.g. `llama3-70b gate/up`.
+    pub name: &'static str,
+    /// Output features (M).
+    pub rows: usize,
+    /// Input features (N).
+    pub cols: usize,
+}
+
+const fn s(name: &'static str, rows: usize, cols: usize) -> Shape {
+    Shape { name, rows, cols }
+}
+
+/// The benchmark shapes (M x N = out x in), largest models first.
+pub const SHAPES: &[Shape] = &[
+    s("llama3-70b q/o", 8192, 8192),
+    s("llama3-70b gate/up", 28672, 8192),
+    s("llama3-70b down", 8192, 28672),
+    s("qwen2.5-72b gate/up", 29568, 8192),
+    s("llama3-8b qkv/o", 4096, 4096),
+    s("llama3-8b gate/up", 14336, 4096),
+    s("llama3-8b down", 4096, 14336),
+    s("deepseek-v2 expert", 11008, 4096),
+    s("bitnet-2b q/o", 2560, 2560),
+    s("bitnet-2b k/v", 640, 2560),
+    s("bitnet-2b gate/up", 6912, 2560),
+    s("bitnet-2b down", 2560, 6912),
+];
+
+/// One benchmark measurement; the JSON schema of `warp-bitnet bench --json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchRow {
+    /// Shape name.
+    pub shape: String,
+    /// Output features (M).
+    pub rows: usize,
+    /// Input features (N).
+    pub cols: usize,
+    /// Tokens per call (B).
+    pub batch: usize,
+    /// Weight format, e.g. `i2` (CPU) or `t2` (GPU).
+    pub format: String,
+    /// Activation type of our kernel, e.g. `f16` or `i8`.
+    pub activation: String,
+    /// `cpu` or `cuda`.
+    pub backend: String,
+    /// Device name.
+    pub device: String,
+    /// Our median time, microseconds.
+    pub time_us: f64,
+    /// What the baseline is, e.g. `cublas-f16`.
+    pub baseline: String,
+    /// Baseline median time, microseconds.
+    pub baseline_us: f64,
+    /// `baseline_us / time_us`.
+    pub speedup: f64,
+    /// Bytes our kernel must move (weights + activations + outputs) over its time, GB/s.
+    pub gbps: f64,
+    /// `gbps` as a percentage of the copy bandwidth measured in the same run (0 if not measured).
+    pub pct_copy_bw: f64,
+    /// Max over outputs of `|ours - ref| / max|ref|`, against a float64 reference.
+    pub max_rel_err: f64,
+}
+
+/// Median of a non-empty sample (sorted in place).
+pub fn median(samples: &mut [f64]) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    let n = samples.len();
+    if n % 2 == 1 {
+        samples[n / 2]
+    } else {
+        0.5 * (samples[n / 2 - 1] + samples[n / 2])
+    }
+}
+
+/// Random ternary weights with P(-1) = P(0) = P(+1) = 1/3 and random per-row scales in
+/// [0.5, 1.5); rows are generated in parallel, each from its own seeded generator.
+pub fn random_matrix(rng: &mut impl rand::Rng, rows: usize, cols: usize) -> crate::TernaryMatrix {
+    use rand::{Rng, SeedableRng};
+    use rayon::prelude::*;
+    let seed: u64 = rng.random();
+    let wpr = crate::format::i2::words_per_row(cols);
+    let mut words = vec![0u32; rows * wpr];
+    words.par_chunks_mut(wpr).enumerate().for_each(|(r, row)| {
+        let mut g = rand::rngs::StdRng::seed_from_u64(
+            seed ^ (r as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
+        for c in 0..cols {
+            row[c / 16] |= crate::format::i2::encode(g.random_range(-1..=1)) << (2 * (c % 16));
+        }
+    });
+    let scale = (0..rows).map(|_| rng.random_range(0.5..1.5)).collect();
+    crate::TernaryMatrix::from_i2(rows, cols, words, crate::Scale::PerRow(scale))
+        .expect("valid by construction")
+}
+
+/// Max over `got` of `|got - want| / max|want|`.
+pub fn max_rel_err(got: impl Iterator<Item = f64>, want: &[f64]) -> f64 {
+    let scale = want
+        .iter()
+        .fold(0f64, |m, v| m.max(v.abs()))
+        .max(f64::MIN_POSITIVE);
+    got.zip(want)
+        .fold(0f64, |m, (g, w)| m.max((g - w).abs() / scale))
+}
+
+/// `y[b, r] = sum_k x[b, k] * w[r, k] * scale[r] (+ bias[r])` in float64: the oracle.
+pub fn reference_f64(
+    w: &crate::TernaryMatrix,
+    x: &[f64],
+    batch: usize,
+    bias: Option<&[f64]>,
+) -> Vec<f64> {
+    use rayon::prelude::*;
+    let (rows, cols) = (w.rows(), w.cols());
+    let mut by_row = vec![0f64; rows * batch];
+    by_row.par_chunks_mut(batch).enumerate().for_each_init(
+        || vec![0i8; cols],
+        |wrow, (r, out)| {
+            w.unpack_row_into(r, wrow);
+            for (b, o) in out.iter_mut().enumerate() {
+                let xb = &x[b * cols..(b + 1) * cols];
+                let dot: f64 = wrow.iter().zip(xb).map(|(&a, &v)| f64::from(a) * v).sum();
+                *o = dot * f64::from(w.scale().of_row(r)) + bias.map_or(0.0, |bv| bv[r]);
+            }
+        },
+    );
+    let mut y = vec![0f64; batch * rows];
+    for r in 0..rows {
+        for b in 0..batch {
+            y[b * rows + r] = by_row[r * batch + b];
+        }
+    }
+    y
+}

@@ -1,0 +1,3 @@
+//! CPU backend. [`reference`] is the oracle every other backend is tested against.
+
+pub mod reference;

@@ -1,0 +1,271 @@
+//! NVRTC compilation of the embedded kernel sources, with an on-disk CUBIN cache.
+//!
+//! Kernels are compiled at first use for the exact GPU (`sm_80`, `sm_86`, `sm_89`,
+//! `sm_90a`, ...). The cache key hashes the sources, the architecture, the options
+//! and the NVRTC version, so a change to any of them recompiles. The cache lives in
+//! `$WARP_BITNET_CACHE_DIR`, else `$XDG_CACHE_HOME/warp-bitnet`, else
+//! `~/.cache/warp-bitnet`; when it cannot be written, compilation still works.
+
+use std::ffi::{c_char, CStr, CString};
+use std::path::PathBuf;
+
+use cudarc::nvrtc::sys;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// A kernel source file embedded in the crate.
+#[derive(Clone, Copy, Debug)]
+pub struct Source {
+    /// File name, e.g. `gemm_t2.cu`.
+    pub name: &'static str,
+    /// Its text.
+    pub text: &'static str,
+}
+
+/// Headers every source may include, by name.
+const HEADERS: &[(&str, &str)] = &[("common.cuh", include_str!("kernels/common.cuh"))];
+
+/// The ternary GEMM family.
+pub const GEMM_T2: Source = Source {
+    name: "gemm_t2.cu",
+    text: include_str!("kernels/gemm_t2.cu"),
+};
+/// I2 <-> T2 layout conversion.
+pub const LAYOUT: Source = Source {
+    name: "layout.cu",
+    text: include_str!("kernels/layout.cu"),
+};
+/// Per-token int8 activation quantization.
+pub const QUANT: Source = Source {
+    name: "quant.cu",
+    text: include_str!("kernels/quant.cu"),
+};
+/// Every kernel source (CI compiles each for several architectures).
+pub const SOURCES: &[Source] = &[GEMM_T2, LAYOUT, QUANT];
+
+const OPTIONS: &[&str] = &["-std=c++17", "-lineinfo"];
+
+/// Whether the NVRTC library can be loaded.
+pub fn is_available() -> bool {
+    // SAFETY: only tries to dlopen the library.
+    unsafe { sys::is_culib_present() }
+}
+
+/// NVRTC's (major, minor) version.
+pub fn nvrtc_version() -> Result<(i32, i32)> {
+    ensure_nvrtc("nvrtc", "-")?;
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: the library is present; both pointers are valid for writes.
+    let rc = unsafe { sys::nvrtcVersion(&mut major, &mut minor) };
+    check(rc, "nvrtc", "-", None)?;
+    Ok((major, minor))
+}
+
+/// The NVRTC target for compute capability `major.minor`: `sm_90a` on Hopper
+/// (arch-specific features), `sm_XY` elsewhere.
+pub fn arch_for(major: i32, minor: i32) -> String {
+    if (major, minor) == (9, 0) {
+        "sm_90a".to_string()
+    } else {
+        format!("sm_{major}{minor}")
+    }
+}
+
+/// CUBIN of `src` for `arch`, from the cache when possible.
+pub fn cubin_cached(src: Source, arch: &str) -> Result<Vec<u8>> {
+    let version = nvrtc_version()?;
+    let mut h = Sha256::new();
+    h.update(format!("{version:?}|{arch}|{OPTIONS:?}|{}", src.name));
+    h.update(src.text);
+    for (name, text) in HEADERS {
+        h.update(name);
+        h.update(text);
+    }
+    let key: String = h
+        .finalize()
+        .iter()
+        .take(12)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let path = cache_dir().map(|d| d.join(format!("{}-{arch}-{key}.cubin", src.name)));
+    if let Some(bytes) = path.as_ref().and_then(|p| std::fs::read(p).ok()) {
+        return Ok(bytes);
+    }
+    let cubin = compile(src, arch)?;
+    if let Some(p) = path {
+        // Best effort: write to a temporary name, then rename, so readers never see half a file.
+        let tmp = p.with_extension(format!("tmp{}", std::process::id()));
+        let ok = p
+            .parent()
+            .is_some_and(|d| std::fs::create_dir_all(d).is_ok())
+            && std::fs::write(&tmp, &cubin).is_ok();
+        if !(ok && std::fs::rename(&tmp, &p).is_ok()) {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+    Ok(cubin)
+}
+
+/// Compiles `src` for `arch` (e.g. `sm_90a`) and returns the CUBIN.
+pub fn compile(src: Source, arch: &str) -> Result<Vec<u8>> {
+    ensure_nvrtc(src.name, arch)?;
+    let cstr = |s: &str| CString::new(s).expect("embedded sources hold no NUL");
+    let text = cstr(src.text);
+    let name = cstr(src.name);
+    let header_texts: Vec<CString> = HEADERS.iter().map(|(_, t)| cstr(t)).collect();
+    let header_names: Vec<CString> = HEADERS.iter().map(|(n, _)| cstr(n)).collect();
+    let texts: Vec<*const c_char> = header_texts.iter().map(|c| c.as_ptr()).collect();
+    let names: Vec<*const c_char> = header_names.iter().map(|c| c.as_ptr()).collect();
+    let mut opts: Vec<CString> = OPTIONS.iter().map(|o| cstr(o)).collect();
+    opts.push(cstr(&format!("--gpu-architecture={arch}")));
+    let opt_ptrs: Vec<*const c_char> = opts.iter().map(|c| c.as_ptr()).collect();
+
+    let mut prog: sys::nvrtcProgram = std::ptr::null_mut();
+    // SAFETY: all strings are NUL-terminated and outlive the call; the header arrays
+    // have HEADERS.len() entries each.
+    let rc = unsafe {
+        sys::nvrtcCreateProgram(
+            &mut prog,
+            text.as_ptr(),
+            name.as_ptr(),
+            HEADERS.len() as i32,
+            texts.as_ptr(),
+            names.as_ptr(),
+        )
+    };
+    check(rc, src.name, arch, None)?;
+    let program = Program(prog);
+    // SAFETY: `program` is a live program; the options outlive the call.
+    let rc =
+        unsafe { sys::nvrtcCompileProgram(program.0, opt_ptrs.len() as i32, opt_ptrs.as_ptr()) };
+    check(rc, src.name, arch, Some(&program))?;
+    let mut size = 0usize;
+    // SAFETY: compiled program; `size` is valid for writes.
+    check(
+        unsafe { sys::nvrtcGetCUBINSize(program.0, &mut size) },
+        src.name,
+        arch,
+        None,
+    )?;
+    let mut cubin = vec![0u8; size];
+    // SAFETY: `cubin` has exactly the size NVRTC reported.
+    check(
+        unsafe { sys::nvrtcGetCUBIN(program.0, cubin.as_mut_ptr().cast()) },
+        src.name,
+        arch,
+        None,
+    )?;
+    Ok(cubin)
+}
+
+/// Owns an NVRTC program; destroys it on drop.
+struct Program(sys::nvrtcProgram);
+
+impl Program {
+    fn log(&self) -> String {
+        let mut size = 0usize;
+        // SAFETY: live program; `size` valid for writes.
+        if unsafe { sys::nvrtcGetProgramLogSize(self.0, &mut size) }
+            != sys::nvrtcResult::NVRTC_SUCCESS
+        {
+            return String::new();
+        }
+        let mut buf = vec![0u8; size.max(1)];
+        // SAFETY: `buf` has the size NVRTC reported (at least the NUL).
+        unsafe { sys::nvrtcGetProgramLog(self.0, buf.as_mut_ptr().cast()) };
+        CStr::from_bytes_until_nul(&buf)
+            .map(|c| c.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        // SAFETY: the program is live and destroyed exactly once; errors are ignored.
+        unsafe { sys::nvrtcDestroyProgram(&mut self.0) };
+    }
+}
+
+fn ensure_nvrtc(kernel: &'static str, arch: &str) -> Result<()> {
+    if is_available() {
+        Ok(())
+    } else {
+        Err(Error::Compile {
+            kernel,
+            arch: arch.to_string(),
+            log: "libnvrtc could not be loaded (install the CUDA toolkit or the PyPI package \
+                  nvidia-cuda-nvrtc and put its lib folder on LD_LIBRARY_PATH)"
+                .to_string(),
+        })
+    }
+}
+
+fn check(
+    rc: sys::nvrtcResult,
+    kernel: &'static str,
+    arch: &str,
+    prog: Option<&Program>,
+) -> Result<()> {
+    if rc == sys::nvrtcResult::NVRTC_SUCCESS {
+        return Ok(());
+    }
+    // SAFETY: nvrtcGetErrorString returns a static NUL-terminated string.
+    let what = unsafe { CStr::from_ptr(sys::nvrtcGetErrorString(rc)) }
+        .to_string_lossy()
+        .into_owned();
+    let log = prog.map(Program::log).unwrap_or_default();
+    Err(Error::Compile {
+        kernel,
+        arch: arch.to_string(),
+        log: format!("{what}\n{log}"),
+    })
+}
+
+fn cache_dir() -> Option<PathBuf> {
+    let env = |k| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    env("WARP_BITNET_CACHE_DIR")
+        .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("warp-bitnet")))
+        .or_else(|| env("HOME").map(|d| d.join(".cache").join("warp-bitnet")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// CI installs NVRTC from PyPI (.ci/run) so a kernel that does not compile cannot land.
+    /// Elsewhere, set WARP_BITNET_SKIP_NVRTC=1 to skip.
+    #[test]
+    fn every_kernel_compiles_for_every_target() {
+        if std::env::var_os("WARP_BITNET_SKIP_NVRTC").is_some() {
+            eprintln!("skipped: WARP_BITNET_SKIP_NVRTC is set");
+            return;
+        }
+        assert!(
+            is_available(),
+            "libnvrtc not found: run through .ci/run or set WARP_BITNET_SKIP_NVRTC=1"
+        );
+        for arch in ["sm_80", "sm_89", "sm_90a"] {
+            for src in SOURCES {
+                match compile(*src, arch) {
+                    Ok(cubin) => assert!(
+                        cubin.starts_with(b"\x7fELF"),
+                        "{} {arch}: not a CUBIN",
+                        src.name
+                    ),
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn arch_names() {
+        assert_eq!(arch_for(9, 0), "sm_90a");
+        assert_eq!(arch_for(8, 9), "sm_89");
+    }
+}

@@ -1,0 +1,51 @@
+// Layout conversion between I2 (row-major, the interchange format) and T2 (the
+// GEMM tile layout), both specified in docs/FORMATS.md. Run once at load time,
+// so they favour clarity: one thread per output word, gathering 16 codes.
+//
+// I2 code 00 -> 0, 01 -> +1, 10 -> -1 (validated on the host before upload);
+// T2 code = weight + 1. Padding (rows past M, columns past N) is weight 0.
+#include "common.cuh"
+
+// Weight (-1, 0, +1) at (r, c) of an I2 matrix; 0 outside it.
+__device__ __forceinline__ int i2_weight(const u32* i2, u32 rows, u32 cols, u32 wpr, u32 r, u32 c) {
+    if (r >= rows || c >= cols) return 0;
+    const u32 code = i2[(u64)r * wpr + c / 16] >> (2 * (c % 16));
+    return (int)(code & 1) - (int)((code >> 1) & 1);
+}
+
+// One thread per T2 word; `words` = row tiles * k_tiles * 128.
+extern "C" __global__ void i2_to_t2(const u32* i2, u32* t2, u32 rows, u32 cols, u32 wpr, u32 k_tiles,
+                                    u64 words) {
+    const u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= words) return;
+    const u64 tile = idx / 128;
+    const u32 rt = (u32)(tile / k_tiles), kt = (u32)(tile % k_tiles);
+    const u32 lane = (u32)(idx % 128) / 4, w = (u32)(idx % 4);
+    const u32 g = lane / 4, q = lane % 4;
+    u32 out = 0;
+    for (u32 s = 0; s < 16; s++) {
+        const u32 kidx = (s >> 2) + 4 * ((s >> 1) & 1);
+        const u32 r = rt * 16 + g + 8 * (s & 1), c = kt * 128 + 32 * q + 8 * w + kidx;
+        out |= (u32)(i2_weight(i2, rows, cols, wpr, r, c) + 1) << (2 * s);
+    }
+    t2[idx] = out;
+}
+
+// One thread per I2 word; inverse of the slot map above.
+extern "C" __global__ void t2_to_i2(const u32* t2, u32* i2, u32 rows, u32 cols, u32 wpr, u32 k_tiles) {
+    const u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (u64)rows * wpr) return;
+    const u32 r = (u32)(idx / wpr), j = (u32)(idx % wpr);
+    const u32 rt = r / 16, g = r % 8, odd = (r % 16) / 8;
+    u32 out = 0;
+    for (u32 i = 0; i < 16; i++) {
+        const u32 c = j * 16 + i;
+        if (c >= cols) break;
+        const u32 kt = c / 128, q = (c % 128) / 32, w = (c % 32) / 8, kidx = c % 8;
+        const u32 s = 4 * (kidx % 4) + 2 * (kidx / 4) + odd;
+        const u64 word = ((u64)rt * k_tiles + kt) * 128 + (g * 4 + q) * 4 + w;
+        const int weight = (int)((t2[word] >> (2 * s)) & 3) - 1;
+        out |= (weight == 1 ? 1u : weight == -1 ? 2u : 0u) << (2 * i);
+    }
+    i2[idx] = out;
+}

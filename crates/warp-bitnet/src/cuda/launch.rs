@@ -1,0 +1,499 @@
+//! Typed launchers. Each checks shapes, dtypes and alignment, then holds the only
+//! `unsafe` launch of its kernel. Launches go on the caller's stream and neither
+//! allocate nor synchronize, so they are safe inside CUDA graph capture.
+
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use cudarc::driver::sys::{CUdeviceptr, CUstream};
+use cudarc::driver::{CudaFunction, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr};
+use half::{bf16, f16};
+
+use super::{Gpu, GpuMatrix};
+use crate::dtype::DType;
+use crate::error::{shape, Error, Result};
+use crate::format::tiled;
+
+/// Threads per GEMM CTA (8 warps; `WARPS` in gemm_t2.cu).
+const GEMM_THREADS: u32 = 256;
+/// Token group sizes with an instantiated kernel (`8 * NT` in gemm_t2.cu).
+pub const TOKENS_PER_CTA: [usize; 3] = [8, 16, 32];
+const MAX_GRID_Y: usize = 65_535;
+
+/// Parameters of the GEMM kernels, passed by value; mirrors `GemmParams` in common.cuh.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GemmParams {
+    /// T2 tiles.
+    pub w: CUdeviceptr,
+    /// `[batch, ldx]` activations.
+    pub x: CUdeviceptr,
+    /// `[batch, ldy]` outputs.
+    pub y: CUdeviceptr,
+    /// `[1]` or `[rows]` f32 weight scale, or 0.
+    pub w_scale: CUdeviceptr,
+    /// `[rows]` bias in the output type, or 0.
+    pub bias: CUdeviceptr,
+    /// `[batch]` f32 dequantization factors (i8 activations), or 0.
+    pub x_scale: CUdeviceptr,
+    /// M.
+    pub rows: u32,
+    /// N.
+    pub cols: u32,
+    /// B.
+    pub batch: u32,
+    /// Row stride of x, elements.
+    pub ldx: u32,
+    /// Row stride of y, elements.
+    pub ldy: u32,
+    /// `ceil(cols / 128)`.
+    pub k_tiles: u32,
+    /// 1 when `w_scale` has one entry per row.
+    pub scale_per_row: u32,
+    /// 1 when x allows 8-element vector loads.
+    pub x_vec: u32,
+}
+const _: () = assert!(std::mem::size_of::<GemmParams>() == 80);
+
+/// A GEMM on raw device pointers: `y = (x . Wtᵀ) * scale + bias`.
+///
+/// Supported (activation, output) types: (f16, f16), (bf16, bf16), (i8, f16),
+/// (i8, bf16), and (i8, i32) for the raw integer accumulators (no scale, no bias).
+#[derive(Clone, Copy, Debug)]
+pub struct GemmArgs {
+    /// `[batch, ldx]` activations.
+    pub x: CUdeviceptr,
+    /// Activation type.
+    pub x_dtype: DType,
+    /// Row stride of x in elements (>= cols).
+    pub ldx: usize,
+    /// `[batch, ldy]` outputs.
+    pub y: CUdeviceptr,
+    /// Output type.
+    pub y_dtype: DType,
+    /// Row stride of y in elements (>= rows).
+    pub ldy: usize,
+    /// Tokens.
+    pub batch: usize,
+    /// `[rows]` bias in the output type.
+    pub bias: Option<CUdeviceptr>,
+    /// `[batch]` f32 per-token dequantization factors; required for i8 activations.
+    pub x_scale: Option<CUdeviceptr>,
+}
+
+/// The kernel symbol for an (activation, output, tokens per CTA) triple.
+pub fn gemm_symbol(x: DType, y: DType, tokens_per_cta: usize) -> String {
+    format!("gemm_t2_{}_{}_n{tokens_per_cta}", x.name(), y.name())
+}
+
+/// A checked launch: kernel symbol, parameters and grid.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct GemmPlan {
+    pub symbol: String,
+    pub params: GemmParams,
+    pub grid: (u32, u32, u32),
+}
+
+/// Validates `args` against a `rows` x `cols` matrix and picks the kernel.
+pub(crate) fn plan_gemm(
+    rows: usize,
+    cols: usize,
+    w: CUdeviceptr,
+    w_scale: Option<(CUdeviceptr, bool)>,
+    a: &GemmArgs,
+) -> Result<GemmPlan> {
+    use DType::*;
+    if !matches!(
+        (a.x_dtype, a.y_dtype),
+        (F16, F16) | (BF16, BF16) | (I8, F16) | (I8, BF16) | (I8, I32)
+    ) {
+        return Err(Error::Unsupported {
+            what: "dtype pair",
+            detail: format!(
+                "x {} with y {}; supported: f16->f16, bf16->bf16, i8->f16|bf16|i32",
+                a.x_dtype.name(),
+                a.y_dtype.name()
+            ),
+        });
+    }
+    if a.batch == 0 {
+        return Err(Error::Empty { arg: "x" });
+    }
+    let tokens = TOKENS_PER_CTA
+        .iter()
+        .copied()
+        .find(|&t| t >= a.batch)
+        .unwrap_or(32);
+    let groups = a.batch.div_ceil(tokens);
+    if groups > MAX_GRID_Y {
+        return Err(Error::TooLarge {
+            arg: "batch",
+            value: a.batch as u64,
+            limit: (MAX_GRID_Y * tokens) as u64,
+        });
+    }
+    for (arg, ld, min) in [("ldx", a.ldx, cols), ("ldy", a.ldy, rows)] {
+        if ld < min {
+            return Err(Error::ShapeMismatch {
+                arg,
+                expected: format!(">= {min}"),
+                got: ld.to_string(),
+            });
+        }
+        if ld > u32::MAX as usize {
+            return Err(Error::TooLarge {
+                arg,
+                value: ld as u64,
+                limit: u32::MAX as u64,
+            });
+        }
+    }
+    match (a.x_dtype, a.x_scale) {
+        (I8, None) => return Err(missing("x_scale", "i8 activations need per-token scales")),
+        (F16 | BF16, Some(_)) => {
+            return Err(missing("x_scale", "only i8 activations take x_scale"))
+        }
+        _ => {}
+    }
+    if a.y_dtype == I32 && a.bias.is_some() {
+        return Err(missing(
+            "bias",
+            "i32 output holds raw accumulators: no scale or bias",
+        ));
+    }
+    check_ptr("x", a.x, a.x_dtype.size())?;
+    check_ptr("y", a.y, a.y_dtype.size())?;
+    if let Some(b) = a.bias {
+        check_ptr("bias", b, a.y_dtype.size())?;
+    }
+    if let Some(s) = a.x_scale {
+        check_ptr("x_scale", s, 4)?;
+    }
+    let vec_bytes = (8 * a.x_dtype.size()) as u64;
+    let x_vec = a.x % vec_bytes == 0 && (a.ldx * a.x_dtype.size()) as u64 % vec_bytes == 0;
+    let (row_tiles, k_tiles) = tiled::tile_counts(rows, cols);
+    let (w_scale, per_row) = match (a.y_dtype, w_scale) {
+        (I32, _) | (_, None) => (0, false),
+        (_, Some(s)) => s,
+    };
+    Ok(GemmPlan {
+        symbol: gemm_symbol(a.x_dtype, a.y_dtype, tokens),
+        params: GemmParams {
+            w,
+            x: a.x,
+            y: a.y,
+            w_scale,
+            bias: a.bias.unwrap_or(0),
+            x_scale: a.x_scale.unwrap_or(0),
+            rows: rows as u32,
+            cols: cols as u32,
+            batch: a.batch as u32,
+            ldx: a.ldx as u32,
+            ldy: a.ldy as u32,
+            k_tiles: k_tiles as u32,
+            scale_per_row: per_row as u32,
+            x_vec: x_vec as u32,
+        },
+        grid: (row_tiles as u32, groups as u32, 1),
+    })
+}
+
+fn missing(arg: &'static str, why: &str) -> Error {
+    Error::Unsupported {
+        what: "argument",
+        detail: format!("`{arg}`: {why}"),
+    }
+}
+
+fn check_ptr(arg: &'static str, ptr: CUdeviceptr, align: usize) -> Result<()> {
+    if ptr == 0 {
+        return Err(Error::Misaligned {
+            arg,
+            detail: "null pointer".into(),
+        });
+    }
+    if ptr % align as u64 != 0 {
+        return Err(Error::Misaligned {
+            arg,
+            detail: format!("address {ptr:#x} is not a multiple of {align}"),
+        });
+    }
+    Ok(())
+}
+
+/// A float type the GPU kernels take as activations and produce as outputs.
+pub trait GpuFloat: DeviceRepr + Copy + 'static {
+    /// The matching [`DType`].
+    const DTYPE: DType;
+}
+impl GpuFloat for f16 {
+    const DTYPE: DType = DType::F16;
+}
+impl GpuFloat for bf16 {
+    const DTYPE: DType = DType::BF16;
+}
+
+/// Launches `f` on `stream` with a 1-D or 2-D grid.
+///
+/// # Safety
+/// `params` must match the kernel's signature, and every pointer they hold must be
+/// valid for what the kernel reads and writes until the launch completes.
+pub(crate) unsafe fn launch(
+    f: &CudaFunction,
+    grid: (u32, u32, u32),
+    block: u32,
+    stream: CUstream,
+    params: &mut [*mut c_void],
+) -> Result<()> {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        cudarc::driver::result::launch_kernel(
+            f.cu_function(),
+            grid,
+            (block, 1, 1),
+            0,
+            stream,
+            params,
+        )
+    }?;
+    Ok(())
+}
+
+impl Gpu {
+    /// GEMM on raw device pointers, on `stream` (e.g. PyTorch's current stream).
+    ///
+    /// # Safety
+    /// `args.x` must hold `batch` rows of `ldx` elements (at least `w.cols()` readable
+    /// in each), `args.y` `batch` rows of `ldy` writable elements, `bias` `w.rows()`
+    /// elements and `x_scale` `batch` floats, all on this GPU and alive until the
+    /// launch completes; `y` must not overlap the inputs; `stream` must belong to
+    /// this GPU's context.
+    pub unsafe fn gemm_raw(&self, w: &GpuMatrix, args: &GemmArgs, stream: CUstream) -> Result<()> {
+        let plan = plan_gemm(w.rows(), w.cols(), w.tiles_ptr(), w.scale_ptr(), args)?;
+        let f = self.function(&plan.symbol)?;
+        let mut params = plan.params;
+        let mut kp = [&mut params as *mut GemmParams as *mut c_void];
+        // SAFETY: the kernel takes one GemmParams by value; the caller guarantees the buffers.
+        unsafe { launch(f, plan.grid, GEMM_THREADS, stream, &mut kp) }
+    }
+
+    /// `y[batch, rows] = (x[batch, cols] . Wtᵀ) * scale + bias` with f16 or bf16 activations.
+    pub fn gemm<T: GpuFloat>(
+        &self,
+        w: &GpuMatrix,
+        x: &impl DevicePtr<T>,
+        batch: usize,
+        bias: Option<&dyn DevicePtr<T>>,
+        y: &mut impl DevicePtrMut<T>,
+        stream: &Arc<CudaStream>,
+    ) -> Result<()> {
+        check_buf("x", x.len(), batch * w.cols(), &[batch, w.cols()])?;
+        check_buf("y", y.len(), batch * w.rows(), &[batch, w.rows()])?;
+        if let Some(b) = bias {
+            check_buf("bias", b.len(), w.rows(), &[w.rows()])?;
+        }
+        let (xp, _gx) = x.device_ptr(stream);
+        let bias_ptr = bias.map(|b| b.device_ptr(stream));
+        let (yp, _gy) = y.device_ptr_mut(stream);
+        let args = GemmArgs {
+            x: xp,
+            x_dtype: T::DTYPE,
+            ldx: w.cols(),
+            y: yp,
+            y_dtype: T::DTYPE,
+            ldy: w.rows(),
+            batch,
+            bias: bias_ptr.as_ref().map(|(p, _)| *p),
+            x_scale: None,
+        };
+        // SAFETY: lengths checked above; the buffers live on `stream`'s context and
+        // outlive the launch (cudarc frees asynchronously, in stream order).
+        unsafe { self.gemm_raw(w, &args, stream.cu_stream()) }
+    }
+
+    /// W2A8: `y = (q . Wtᵀ) * x_scale[b] * scale + bias`; `y` is f16/bf16, or i32 for the
+    /// raw accumulators `sum_k q[b, k] * w[r, k]` (then `bias` must be `None`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_w2a8<O: DeviceRepr>(
+        &self,
+        w: &GpuMatrix,
+        q: &impl DevicePtr<i8>,
+        x_scale: &impl DevicePtr<f32>,
+        batch: usize,
+        bias: Option<&dyn DevicePtr<O>>,
+        y: &mut impl DevicePtrMut<O>,
+        y_dtype: DType,
+        stream: &Arc<CudaStream>,
+    ) -> Result<()> {
+        if std::mem::size_of::<O>() != y_dtype.size() {
+            return Err(missing("y", "element size does not match y_dtype"));
+        }
+        check_buf("q", q.len(), batch * w.cols(), &[batch, w.cols()])?;
+        check_buf("x_scale", x_scale.len(), batch, &[batch])?;
+        check_buf("y", y.len(), batch * w.rows(), &[batch, w.rows()])?;
+        if let Some(b) = bias {
+            check_buf("bias", b.len(), w.rows(), &[w.rows()])?;
+        }
+        let (qp, _gq) = q.device_ptr(stream);
+        let (sp, _gs) = x_scale.device_ptr(stream);
+        let bias_ptr = bias.map(|b| b.device_ptr(stream));
+        let (yp, _gy) = y.device_ptr_mut(stream);
+        let args = GemmArgs {
+            x: qp,
+            x_dtype: DType::I8,
+            ldx: w.cols(),
+            y: yp,
+            y_dtype,
+            ldy: w.rows(),
+            batch,
+            bias: bias_ptr.as_ref().map(|(p, _)| *p),
+            x_scale: Some(sp),
+        };
+        // SAFETY: as in `gemm`.
+        unsafe { self.gemm_raw(w, &args, stream.cu_stream()) }
+    }
+
+    /// Per-token int8 quantization on the device (same bytes as
+    /// [`quantize_activations_i8`](crate::quant::quantize_activations_i8)).
+    pub fn quantize_i8<T: GpuFloat>(
+        &self,
+        x: &impl DevicePtr<T>,
+        batch: usize,
+        n: usize,
+        q: &mut impl DevicePtrMut<i8>,
+        scale: &mut impl DevicePtrMut<f32>,
+        stream: &Arc<CudaStream>,
+    ) -> Result<()> {
+        if batch == 0 || n == 0 {
+            return Err(Error::Empty { arg: "x" });
+        }
+        check_buf("x", x.len(), batch * n, &[batch, n])?;
+        check_buf("q", q.len(), batch * n, &[batch, n])?;
+        check_buf("scale", scale.len(), batch, &[batch])?;
+        if batch > i32::MAX as usize || n > u32::MAX as usize {
+            return Err(Error::TooLarge {
+                arg: "x",
+                value: (batch * n) as u64,
+                limit: u32::MAX as u64,
+            });
+        }
+        let f = self.function(&format!("quantize_i8_{}", T::DTYPE.name()))?;
+        let (mut xp, _gx) = x.device_ptr(stream);
+        let (mut qp, _gq) = q.device_ptr_mut(stream);
+        let (mut sp, _gs) = scale.device_ptr_mut(stream);
+        let (mut n32, mut ldx, mut ldq) = (n as u32, n as u32, n as u32);
+        let mut kp: [*mut c_void; 6] = [
+            &mut xp as *mut _ as *mut c_void,
+            &mut qp as *mut _ as *mut c_void,
+            &mut sp as *mut _ as *mut c_void,
+            &mut n32 as *mut _ as *mut c_void,
+            &mut ldx as *mut _ as *mut c_void,
+            &mut ldq as *mut _ as *mut c_void,
+        ];
+        // SAFETY: lengths checked above; parameters match quantize_i8_* in quant.cu.
+        unsafe { launch(f, (batch as u32, 1, 1), 256, stream.cu_stream(), &mut kp) }
+    }
+}
+
+fn check_buf(arg: &'static str, len: usize, need: usize, dims: &[usize]) -> Result<()> {
+    if len == need {
+        Ok(())
+    } else {
+        Err(Error::ShapeMismatch {
+            arg,
+            expected: shape(dims),
+            got: format!("{len} elements"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(x_dtype: DType, y_dtype: DType, batch: usize) -> GemmArgs {
+        GemmArgs {
+            x: 0x1000,
+            x_dtype,
+            ldx: 300,
+            y: 0x2000,
+            y_dtype,
+            ldy: 100,
+            batch,
+            bias: None,
+            x_scale: (x_dtype == DType::I8).then_some(0x3000),
+        }
+    }
+
+    #[test]
+    fn picks_the_smallest_token_group_and_the_grid() {
+        let p = plan_gemm(
+            100,
+            300,
+            0x10,
+            Some((0x20, true)),
+            &args(DType::F16, DType::F16, 1),
+        )
+        .unwrap();
+        assert_eq!(p.symbol, "gemm_t2_f16_f16_n8");
+        assert_eq!(p.grid, (7, 1, 1)); // ceil(100 / 16) row tiles
+        assert_eq!((p.params.k_tiles, p.params.scale_per_row), (3, 1));
+        assert_eq!(p.params.x_vec, 0); // 300 * 2 bytes is not a multiple of 16
+        let p = plan_gemm(100, 300, 0x10, None, &args(DType::I8, DType::I32, 70)).unwrap();
+        assert_eq!((p.symbol.as_str(), p.grid.1), ("gemm_t2_i8_i32_n32", 3));
+        let p = plan_gemm(100, 300, 0x10, None, &args(DType::BF16, DType::BF16, 9)).unwrap();
+        assert_eq!(p.symbol, "gemm_t2_bf16_bf16_n16");
+    }
+
+    #[test]
+    fn rejects_bad_arguments() {
+        let bad = |a: GemmArgs| plan_gemm(100, 300, 0x10, None, &a).unwrap_err();
+        assert!(matches!(
+            bad(args(DType::F16, DType::BF16, 1)),
+            Error::Unsupported { .. }
+        ));
+        assert!(matches!(
+            bad(args(DType::F16, DType::F16, 0)),
+            Error::Empty { .. }
+        ));
+        assert!(matches!(
+            bad(GemmArgs {
+                ldx: 299,
+                ..args(DType::F16, DType::F16, 1)
+            }),
+            Error::ShapeMismatch { arg: "ldx", .. }
+        ));
+        assert!(matches!(
+            bad(GemmArgs {
+                y: 0x2001,
+                ..args(DType::F16, DType::F16, 1)
+            }),
+            Error::Misaligned { arg: "y", .. }
+        ));
+        assert!(matches!(
+            bad(GemmArgs {
+                x: 0,
+                ..args(DType::F16, DType::F16, 1)
+            }),
+            Error::Misaligned { arg: "x", .. }
+        ));
+        assert!(matches!(
+            bad(GemmArgs {
+                x_scale: None,
+                ..args(DType::I8, DType::F16, 1)
+            }),
+            Error::Unsupported { .. }
+        ));
+        assert!(matches!(
+            bad(GemmArgs {
+                bias: Some(0x4000),
+                ..args(DType::I8, DType::I32, 1)
+            }),
+            Error::Unsupported { .. }
+        ));
+        assert!(matches!(
+            bad(args(DType::F16, DType::F16, 65_535 * 32 + 1)),
+            Error::TooLarge { arg: "batch", .. }
+        ));
+    }
+}

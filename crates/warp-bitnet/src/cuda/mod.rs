@@ -1,0 +1,181 @@
+//! CUDA backend: NVRTC-compiled kernels launched through the driver API on the
+//! caller's stream. No CUDA toolkit is needed at build time; the driver, NVRTC and
+//! cuBLAS are loaded at run time, and every entry point returns
+//! [`Error::NoCudaDriver`] instead of panicking when the driver is missing.
+//!
+//! ```no_run
+//! use warp_bitnet::cuda::Gpu;
+//! # fn main() -> warp_bitnet::Result<()> {
+//! # let w = warp_bitnet::TernaryMatrix::from_ternary(1, 16, &[1; 16], warp_bitnet::Scale::None)?;
+//! let gpu = Gpu::new(0)?;                     // compiles (or loads cached) kernels
+//! let stream = gpu.context().default_stream();
+//! let wd = gpu.upload(&w, &stream)?;          // I2 -> T2 on the device
+//! let x = stream.clone_htod(&[half::f16::ONE; 16])?;
+//! let mut y = stream.alloc_zeros::<half::f16>(1)?;
+//! gpu.gemm(&wd, &x, 1, None, &mut y, &stream)?; // y = W x
+//! # Ok(()) }
+//! ```
+
+pub mod compile;
+mod launch;
+mod weights;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cudarc::driver::sys::CUdevice_attribute as Attr;
+use cudarc::driver::{CudaContext, CudaFunction};
+
+pub use launch::{gemm_symbol, GemmArgs, GemmParams, GpuFloat, TOKENS_PER_CTA};
+pub use weights::GpuMatrix;
+
+use crate::error::{Error, Result};
+
+/// Whether a CUDA driver can be loaded and reports at least one device.
+pub fn is_available() -> bool {
+    driver_present() && CudaContext::device_count().is_ok_and(|n| n > 0)
+}
+
+fn driver_present() -> bool {
+    // SAFETY: only tries to dlopen the driver library.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+/// What a benchmark or a kernel heuristic needs to know about the device.
+#[derive(Clone, Debug)]
+pub struct DeviceInfo {
+    /// Marketing name, e.g. "NVIDIA H200".
+    pub name: String,
+    /// Compute capability.
+    pub compute_capability: (i32, i32),
+    /// NVRTC target the kernels were compiled for.
+    pub arch: String,
+    /// Streaming multiprocessors.
+    pub sm_count: usize,
+    /// L2 cache size, bytes.
+    pub l2_bytes: usize,
+    /// Device memory, bytes.
+    pub total_mem: usize,
+    /// Driver version as (major, minor), e.g. (13, 0).
+    pub driver_version: (i32, i32),
+}
+
+/// One GPU with the warp-bitnet kernels loaded.
+pub struct Gpu {
+    ctx: Arc<CudaContext>,
+    info: DeviceInfo,
+    functions: HashMap<String, CudaFunction>,
+}
+
+impl Gpu {
+    /// Opens device `ordinal` (primary context) and loads every kernel, compiling
+    /// with NVRTC on first use (cached on disk, see [`compile`]).
+    pub fn new(ordinal: usize) -> Result<Self> {
+        if !driver_present() {
+            return Err(Error::NoCudaDriver);
+        }
+        let ctx = CudaContext::new(ordinal)?;
+        let (major, minor) = ctx.compute_capability()?;
+        if major < 8 {
+            return Err(Error::Unsupported {
+                what: "GPU",
+                detail: format!(
+                    "compute capability {major}.{minor}; warp-bitnet needs 8.0 (Ampere) or newer"
+                ),
+            });
+        }
+        let arch = compile::arch_for(major, minor);
+        let mut functions = HashMap::new();
+        for src in compile::SOURCES {
+            let cubin = compile::cubin_cached(*src, &arch)?;
+            let module = ctx.load_module(cudarc::nvrtc::Ptx::from_binary(cubin))?;
+            for name in kernel_names(src.text) {
+                functions.insert(name.clone(), module.load_function(&name)?);
+            }
+        }
+        let mut driver = 0;
+        // SAFETY: the driver is loaded; `driver` is valid for writes.
+        unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut driver) }.result()?;
+        let info = DeviceInfo {
+            name: ctx.name()?,
+            compute_capability: (major, minor),
+            arch,
+            sm_count: ctx.attribute(Attr::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as usize,
+            l2_bytes: ctx.attribute(Attr::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)? as usize,
+            total_mem: ctx.total_mem()?,
+            driver_version: (driver / 1000, (driver % 1000) / 10),
+        };
+        Ok(Self {
+            ctx,
+            info,
+            functions,
+        })
+    }
+
+    /// The CUDA context (create streams and buffers from it).
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// Device properties.
+    pub fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    fn function(&self, name: &str) -> Result<&CudaFunction> {
+        self.functions.get(name).ok_or_else(|| Error::Unsupported {
+            what: "kernel",
+            detail: format!("`{name}` is not instantiated"),
+        })
+    }
+}
+
+/// Names of the `extern "C" __global__` kernels a source defines (directly or through
+/// the `GEMM_KERNEL(..., NAME)` macro).
+fn kernel_names(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("extern \"C\" __global__ void ") {
+            if let Some(name) = rest
+                .split('(')
+                .next()
+                .filter(|n| !n.contains(" ") && !n.starts_with("__"))
+            {
+                names.push(name.to_string());
+            }
+        } else if let Some(args) = line.strip_prefix("GEMM_KERNEL(") {
+            if let Some(name) = args.trim_end_matches(')').rsplit(',').next() {
+                names.push(name.trim().to_string());
+            }
+        }
+    }
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_every_kernel_and_the_symbol_builder_agrees() {
+        let names = kernel_names(compile::GEMM_T2.text);
+        assert_eq!(names.len(), 15);
+        for n in &names {
+            assert!(n.starts_with("gemm_t2_"), "{n}");
+        }
+        assert!(names.contains(&gemm_symbol(crate::DType::F16, crate::DType::F16, 8)));
+        assert!(names.contains(&gemm_symbol(crate::DType::I8, crate::DType::I32, 32)));
+        assert_eq!(kernel_names(compile::LAYOUT.text), ["i2_to_t2", "t2_to_i2"]);
+        assert_eq!(
+            kernel_names(compile::QUANT.text),
+            ["quantize_i8_f16", "quantize_i8_bf16"]
+        );
+    }
+
+    #[test]
+    fn no_driver_is_an_error_not_a_panic() {
+        if !driver_present() {
+            assert!(matches!(Gpu::new(0), Err(Error::NoCudaDriver)));
+        }
+    }
+}

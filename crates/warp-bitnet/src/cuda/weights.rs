@@ -1,0 +1,153 @@
+//! Device-resident ternary weights in the T2 layout.
+
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use cudarc::driver::sys::CUdeviceptr;
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
+
+use super::launch::launch;
+use super::Gpu;
+use crate::error::{Error, Result};
+use crate::format::{i2, tiled, Scale, TernaryMatrix};
+
+/// A ternary matrix on the GPU: T2 tiles plus the weight scale.
+pub struct GpuMatrix {
+    rows: usize,
+    cols: usize,
+    tiles: CudaSlice<u32>,
+    scale: Option<(CudaSlice<f32>, bool)>,
+}
+
+impl GpuMatrix {
+    /// Output features (M).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Input features (N).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Bytes of T2 tiles a GEMM reads (padding included).
+    pub fn tiled_bytes(&self) -> usize {
+        self.tiles.len() * 4
+    }
+
+    /// A device copy (same stream), e.g. to rotate weights in an L2-cold benchmark.
+    pub fn try_clone(&self) -> Result<Self> {
+        let scale = match &self.scale {
+            Some((s, per_row)) => Some((s.try_clone()?, *per_row)),
+            None => None,
+        };
+        Ok(Self {
+            rows: self.rows,
+            cols: self.cols,
+            tiles: self.tiles.try_clone()?,
+            scale,
+        })
+    }
+
+    /// The T2 words, copied to the host.
+    pub fn download_tiled(&self, stream: &Arc<CudaStream>) -> Result<Vec<u32>> {
+        Ok(stream.clone_dtoh(&self.tiles)?)
+    }
+
+    pub(crate) fn tiles_ptr(&self) -> CUdeviceptr {
+        let (p, _sync) = self.tiles.device_ptr(self.tiles.stream());
+        p
+    }
+
+    pub(crate) fn scale_ptr(&self) -> Option<(CUdeviceptr, bool)> {
+        self.scale
+            .as_ref()
+            .map(|(s, per_row)| (s.device_ptr(s.stream()).0, *per_row))
+    }
+}
+
+impl Gpu {
+    /// Uploads an I2 matrix and converts it to T2 on the device (`i2_to_t2`).
+    pub fn upload(&self, m: &TernaryMatrix, stream: &Arc<CudaStream>) -> Result<GpuMatrix> {
+        let (rows, cols) = (m.rows(), m.cols());
+        let (_, k_tiles) = tiled::tile_counts(rows, cols);
+        let words = tiled::len_words(rows, cols);
+        let i2_dev = stream.clone_htod(m.words())?;
+        // SAFETY: every word is written by i2_to_t2 before any read.
+        let mut tiles = unsafe { stream.alloc::<u32>(words) }?;
+        {
+            let f = self.function("i2_to_t2")?;
+            let (mut src, _g1) = i2_dev.device_ptr(stream);
+            let (mut dst, _g2) = tiles.device_ptr_mut(stream);
+            let (mut r, mut c) = (rows as u32, cols as u32);
+            let (mut wpr, mut kt, mut n) =
+                (i2::words_per_row(cols) as u32, k_tiles as u32, words as u64);
+            let mut kp: [*mut c_void; 7] = [
+                &mut src as *mut _ as *mut c_void,
+                &mut dst as *mut _ as *mut c_void,
+                &mut r as *mut _ as *mut c_void,
+                &mut c as *mut _ as *mut c_void,
+                &mut wpr as *mut _ as *mut c_void,
+                &mut kt as *mut _ as *mut c_void,
+                &mut n as *mut _ as *mut c_void,
+            ];
+            let blocks = words.div_ceil(256);
+            if blocks > u32::MAX as usize {
+                return Err(Error::TooLarge {
+                    arg: "weights",
+                    value: words as u64,
+                    limit: u32::MAX as u64 * 256,
+                });
+            }
+            // SAFETY: parameters match i2_to_t2 in layout.cu; buffers hold the sizes it indexes.
+            unsafe { launch(f, (blocks as u32, 1, 1), 256, stream.cu_stream(), &mut kp) }?;
+        }
+        let scale = match m.scale() {
+            Scale::None => None,
+            Scale::PerTensor(s) => Some((stream.clone_htod(&[*s])?, false)),
+            Scale::PerRow(v) => Some((stream.clone_htod(v)?, true)),
+        };
+        stream.synchronize()?;
+        Ok(GpuMatrix {
+            rows,
+            cols,
+            tiles,
+            scale,
+        })
+    }
+
+    /// Converts the device tiles back to I2 (`t2_to_i2`) and copies them to the host.
+    pub fn download_i2(&self, w: &GpuMatrix, stream: &Arc<CudaStream>) -> Result<Vec<u32>> {
+        let wpr = i2::words_per_row(w.cols);
+        let n = w.rows * wpr;
+        // SAFETY: every word is written by t2_to_i2 before the copy back.
+        let mut out = unsafe { stream.alloc::<u32>(n) }?;
+        {
+            let f = self.function("t2_to_i2")?;
+            let (mut src, _g1) = w.tiles.device_ptr(stream);
+            let (mut dst, _g2) = out.device_ptr_mut(stream);
+            let (_, k_tiles) = tiled::tile_counts(w.rows, w.cols);
+            let (mut r, mut c, mut wp, mut kt) =
+                (w.rows as u32, w.cols as u32, wpr as u32, k_tiles as u32);
+            let mut kp: [*mut c_void; 6] = [
+                &mut src as *mut _ as *mut c_void,
+                &mut dst as *mut _ as *mut c_void,
+                &mut r as *mut _ as *mut c_void,
+                &mut c as *mut _ as *mut c_void,
+                &mut wp as *mut _ as *mut c_void,
+                &mut kt as *mut _ as *mut c_void,
+            ];
+            // SAFETY: parameters match t2_to_i2 in layout.cu; buffers hold the sizes it indexes.
+            unsafe {
+                launch(
+                    f,
+                    (n.div_ceil(256) as u32, 1, 1),
+                    256,
+                    stream.cu_stream(),
+                    &mut kp,
+                )
+            }?;
+        }
+        Ok(stream.clone_dtoh(&out)?)
+    }
+}

@@ -1,0 +1,252 @@
+//! Packed safetensors files (docs/FORMATS.md, "Packed safetensors").
+//!
+//! A packed matrix `NAME` is stored as `NAME.packed` (I32 `[rows, ceil(cols / 16)]`,
+//! the I2 words), `NAME.scale` (F32 `[1]` per tensor or `[rows]` per row; absent for
+//! no scale) and the metadata entry `NAME.cols` (the logical column count). Other
+//! tensors pass through unchanged. The metadata key `format` is `warp-bitnet/i2`.
+
+use std::collections::{BTreeMap, HashMap};
+
+use half::{bf16, f16};
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+
+use crate::error::{Error, Result};
+use crate::format::{i2, Scale, TernaryMatrix};
+
+/// Value of the `format` metadata key of a packed file.
+pub const FORMAT_TAG: &str = "warp-bitnet/i2";
+
+/// A tensor stored as it came: dtype, shape and raw little-endian bytes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RawTensor {
+    /// Element type.
+    pub dtype: Dtype,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Raw bytes.
+    pub data: Vec<u8>,
+}
+
+/// The contents of a packed file: ternary matrices plus tensors kept as they were.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PackedFile {
+    /// Packed matrices by name.
+    pub matrices: BTreeMap<String, TernaryMatrix>,
+    /// Everything else, unchanged.
+    pub other: BTreeMap<String, RawTensor>,
+}
+
+impl PackedFile {
+    /// Serializes to safetensors bytes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+        let mut meta = HashMap::from([("format".to_string(), FORMAT_TAG.to_string())]);
+        for (name, m) in &self.matrices {
+            let wpr = i2::words_per_row(m.cols());
+            let words: Vec<u8> = m.words().iter().flat_map(|w| w.to_le_bytes()).collect();
+            owned.push((
+                format!("{name}.packed"),
+                Dtype::I32,
+                vec![m.rows(), wpr],
+                words,
+            ));
+            let scale = match m.scale() {
+                Scale::None => None,
+                Scale::PerTensor(s) => Some(vec![*s]),
+                Scale::PerRow(v) => Some(v.clone()),
+            };
+            if let Some(s) = scale {
+                let bytes = s.iter().flat_map(|v| v.to_le_bytes()).collect();
+                owned.push((format!("{name}.scale"), Dtype::F32, vec![s.len()], bytes));
+            }
+            meta.insert(format!("{name}.cols"), m.cols().to_string());
+        }
+        for (name, t) in &self.other {
+            owned.push((name.clone(), t.dtype, t.shape.clone(), t.data.clone()));
+        }
+        let views = owned
+            .iter()
+            .map(|(n, d, s, b)| Ok((n.as_str(), TensorView::new(*d, s.clone(), b).map_err(bad)?)))
+            .collect::<Result<Vec<_>>>()?;
+        safetensors::serialize(views, Some(meta)).map_err(bad)
+    }
+
+    /// Parses and validates safetensors bytes written by [`PackedFile::to_bytes`].
+    ///
+    /// Every packed matrix is checked (codes, padding, scale length, `cols`), so a
+    /// truncated or hostile file gives [`Error::BadFile`] or a format error, never a panic.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let (_, header) = SafeTensors::read_metadata(bytes).map_err(bad)?;
+        let meta = header.metadata().clone().unwrap_or_default();
+        if meta.get("format").map(String::as_str) != Some(FORMAT_TAG) {
+            return Err(Error::BadFile(format!(
+                "metadata `format` is not `{FORMAT_TAG}`"
+            )));
+        }
+        let st = SafeTensors::deserialize(bytes).map_err(bad)?;
+        let mut file = PackedFile::default();
+        for (name, view) in st.iter() {
+            if let Some(base) = name.strip_suffix(".packed") {
+                file.matrices
+                    .insert(base.to_string(), read_matrix(&st, &meta, base, &view)?);
+            } else if name
+                .strip_suffix(".scale")
+                .is_some_and(|b| st.tensor(&format!("{b}.packed")).is_ok())
+            {
+                // Read with its matrix.
+            } else {
+                let raw = RawTensor {
+                    dtype: view.dtype(),
+                    shape: view.shape().to_vec(),
+                    data: view.data().to_vec(),
+                };
+                file.other.insert(name.to_string(), raw);
+            }
+        }
+        Ok(file)
+    }
+}
+
+fn read_matrix(
+    st: &SafeTensors,
+    meta: &HashMap<String, String>,
+    name: &str,
+    view: &TensorView,
+) -> Result<TernaryMatrix> {
+    let (&[rows, wpr], Dtype::I32) = (view.shape(), view.dtype()) else {
+        return Err(Error::BadFile(format!(
+            "`{name}.packed` must be a 2-D I32 tensor"
+        )));
+    };
+    let cols: usize = meta
+        .get(&format!("{name}.cols"))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| {
+            Error::BadFile(format!("metadata `{name}.cols` is missing or not a number"))
+        })?;
+    if i2::words_per_row(cols) != wpr {
+        return Err(Error::BadFile(format!(
+            "`{name}`: {cols} columns do not fit {wpr} words per row"
+        )));
+    }
+    let words = le_u32(view.data());
+    let scale = match st.tensor(&format!("{name}.scale")) {
+        Err(_) => Scale::None,
+        Ok(s) if s.dtype() == Dtype::F32 && s.shape() == [1] => Scale::PerTensor(f32s(s.data())[0]),
+        Ok(s) if s.dtype() == Dtype::F32 && s.shape() == [rows] => Scale::PerRow(f32s(s.data())),
+        Ok(s) => {
+            return Err(Error::BadFile(format!(
+                "`{name}.scale` must be F32 [1] or [{rows}], got {:?} {:?}",
+                s.dtype(),
+                s.shape()
+            )))
+        }
+    };
+    TernaryMatrix::from_i2(rows, cols, words, scale)
+}
+
+/// Reads a 2-D F32, F16 or BF16 tensor as `(rows, cols, values)`.
+pub fn dense_f32(view: &TensorView) -> Result<(usize, usize, Vec<f32>)> {
+    let &[rows, cols] = view.shape() else {
+        return Err(Error::Unsupported {
+            what: "tensor rank",
+            detail: format!("{:?}, need 2-D", view.shape()),
+        });
+    };
+    let d = view.data();
+    let values = match view.dtype() {
+        Dtype::F32 => f32s(d),
+        Dtype::F16 => d
+            .chunks_exact(2)
+            .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => d
+            .chunks_exact(2)
+            .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        other => {
+            return Err(Error::Unsupported {
+                what: "dtype",
+                detail: format!("{other:?}, need F32, F16 or BF16"),
+            })
+        }
+    };
+    Ok((rows, cols, values))
+}
+
+fn le_u32(b: &[u8]) -> Vec<u32> {
+    b.chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+fn f32s(b: &[u8]) -> Vec<f32> {
+    le_u32(b).into_iter().map(f32::from_bits).collect()
+}
+
+fn bad(e: safetensors::SafeTensorError) -> Error {
+    Error::BadFile(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> PackedFile {
+        let mut f = PackedFile::default();
+        let w =
+            TernaryMatrix::from_ternary(2, 17, &[1; 34], Scale::PerRow(vec![0.5, 2.0])).unwrap();
+        f.matrices.insert("layer.w".into(), w);
+        let w = TernaryMatrix::from_ternary(1, 3, &[-1, 0, 1], Scale::None).unwrap();
+        f.matrices.insert("noscale".into(), w);
+        f.other.insert(
+            "norm".into(),
+            RawTensor {
+                dtype: Dtype::F32,
+                shape: vec![1],
+                data: vec![0, 0, 128, 63],
+            },
+        );
+        f
+    }
+
+    #[test]
+    fn round_trip() {
+        let f = sample();
+        assert_eq!(PackedFile::from_bytes(&f.to_bytes().unwrap()).unwrap(), f);
+    }
+
+    #[test]
+    fn truncated_and_tampered_files_are_errors() {
+        let bytes = sample().to_bytes().unwrap();
+        for cut in [0, 7, 8, 100, bytes.len() - 1] {
+            assert!(
+                PackedFile::from_bytes(&bytes[..cut]).is_err(),
+                "cut at {cut}"
+            );
+        }
+        // Turn the first weight's code into the invalid 0b11.
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let data = st.tensor("layer.w.packed").unwrap().data();
+        let at = data.as_ptr() as usize - bytes.as_ptr() as usize;
+        let mut evil = bytes.clone();
+        evil[at] |= 0b11;
+        assert!(matches!(
+            PackedFile::from_bytes(&evil),
+            Err(Error::InvalidCode { row: 0, col: 0, .. })
+        ));
+        // A lying column count.
+        let needle = b"\"layer.w.cols\":\"17\"";
+        let at = bytes
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .unwrap();
+        let mut evil = bytes.clone();
+        evil[at + needle.len() - 3..at + needle.len() - 1].copy_from_slice(b"99");
+        assert!(matches!(
+            PackedFile::from_bytes(&evil),
+            Err(Error::BadFile(_))
+        ));
+    }
+}

@@ -1,0 +1,306 @@
+//! GPU correctness. Run on a CUDA host: `cargo test --release -- --include-ignored`.
+//!
+//! Every check draws fresh random data, poisons the output first (0xFF bytes: NaN in
+//! f16/bf16) and compares with a float64 reference by `||out - ref|| / ||ref||`:
+//! within 1e-3 for f16 outputs and 1e-2 for bf16 outputs (bf16 rounding of the
+//! output alone costs ~1.5e-3). The W2A8 integer accumulators must match exactly.
+#![cfg(feature = "cuda")]
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr};
+use half::{bf16, f16};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use warp_bitnet::bench::{random_matrix, reference_f64};
+use warp_bitnet::cuda::{GemmArgs, Gpu};
+use warp_bitnet::format::tiled;
+use warp_bitnet::{cpu, quant, Activation, DType, Scale, TernaryMatrix};
+
+const ROWS: [usize; 4] = [1, 3, 127, 4097];
+const COLS: [usize; 5] = [16, 48, 2560, 6912, 28672];
+
+fn setup() -> (Gpu, Arc<CudaStream>, StdRng) {
+    let gpu = Gpu::new(0).expect("a CUDA GPU");
+    let stream = gpu.context().new_stream().unwrap();
+    (gpu, stream, StdRng::seed_from_u64(rand::random()))
+}
+
+fn batches(rows: usize, cols: usize) -> &'static [usize] {
+    if rows * cols > 10_000_000 {
+        &[1, 9]
+    } else {
+        &[1, 3, 8, 17, 33]
+    }
+}
+
+/// The three scale kinds in turn.
+fn with_scale(w: TernaryMatrix, i: usize, rng: &mut StdRng) -> TernaryMatrix {
+    let s = match i % 3 {
+        0 => Scale::None,
+        1 => Scale::PerTensor(rng.random_range(0.01..2.0)),
+        _ => Scale::PerRow((0..w.rows()).map(|_| rng.random_range(0.01..2.0)).collect()),
+    };
+    w.with_scale(s).unwrap()
+}
+
+fn rel_err(got: &[f64], want: &[f64]) -> f64 {
+    assert!(
+        got.iter().all(|v| v.is_finite()),
+        "unwritten (NaN) or non-finite output"
+    );
+    let num: f64 = got.iter().zip(want).map(|(g, w)| (g - w).powi(2)).sum();
+    let den: f64 = want.iter().map(|w| w * w).sum();
+    (num / den.max(f64::MIN_POSITIVE)).sqrt()
+}
+
+fn poison<T: DeviceRepr>(s: &Arc<CudaStream>, y: &mut CudaSlice<T>) {
+    let n = y.num_bytes();
+    let (p, _g) = y.device_ptr_mut(s);
+    unsafe { cudarc::driver::result::memset_d8_async(p, 0xFF, n, s.cu_stream()) }.unwrap();
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn layout_round_trips_through_the_device() {
+    let (gpu, s, mut rng) = setup();
+    for (rows, cols) in [
+        (1, 16),
+        (3, 48),
+        (17, 200),
+        (127, 2560),
+        (4097, 130),
+        (33, 1),
+    ] {
+        let w = random_matrix(&mut rng, rows, cols);
+        let d = gpu.upload(&w, &s).unwrap();
+        assert_eq!(
+            d.download_tiled(&s).unwrap(),
+            tiled::from_i2(w.words(), rows, cols).unwrap(),
+            "{rows}x{cols}"
+        );
+        assert_eq!(gpu.download_i2(&d, &s).unwrap(), w.words(), "{rows}x{cols}");
+    }
+}
+
+fn check_w2a16<T: warp_bitnet::cuda::GpuFloat + Activation + cudarc::driver::ValidAsZeroBits>(
+    tol: f64,
+) {
+    let (gpu, s, mut rng) = setup();
+    let mut worst = 0f64;
+    for (i, (&rows, &cols)) in ROWS
+        .iter()
+        .flat_map(|r| COLS.iter().map(move |c| (r, c)))
+        .enumerate()
+    {
+        let w = with_scale(random_matrix(&mut rng, rows, cols), i, &mut rng);
+        let d = gpu.upload(&w, &s).unwrap();
+        for &batch in batches(rows, cols) {
+            let x: Vec<T> = (0..batch * cols)
+                .map(|_| T::from_f32(rng.random_range(-2.0..2.0)))
+                .collect();
+            let bias: Option<Vec<T>> = (i % 2 == 1).then(|| {
+                (0..rows)
+                    .map(|_| T::from_f32(rng.random_range(-1.0..1.0)))
+                    .collect()
+            });
+            let xd = s.clone_htod(&x).unwrap();
+            let bd = bias.as_ref().map(|b| s.clone_htod(b).unwrap());
+            let mut yd = s.alloc_zeros::<T>(batch * rows).unwrap();
+            poison(&s, &mut yd);
+            gpu.gemm(
+                &d,
+                &xd,
+                batch,
+                bd.as_ref().map(|b| b as &dyn DevicePtr<T>),
+                &mut yd,
+                &s,
+            )
+            .unwrap();
+            let got: Vec<f64> = s
+                .clone_dtoh(&yd)
+                .unwrap()
+                .iter()
+                .map(|v| f64::from(v.to_f32()))
+                .collect();
+            let xf: Vec<f64> = x.iter().map(|v| f64::from(v.to_f32())).collect();
+            let bf: Option<Vec<f64>> =
+                bias.map(|b| b.iter().map(|v| f64::from(v.to_f32())).collect());
+            let want = reference_f64(&w, &xf, batch, bf.as_deref());
+            let e = rel_err(&got, &want);
+            assert!(
+                e <= tol,
+                "{rows}x{cols} batch {batch}: relative error {e:.2e} > {tol:.0e}"
+            );
+            worst = worst.max(e);
+        }
+    }
+    eprintln!(
+        "{:?} worst relative error {worst:.2e}",
+        <T as Activation>::DTYPE
+    );
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn w2a16_f16_matches_float64() {
+    check_w2a16::<f16>(1e-3);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn w2a16_bf16_matches_float64() {
+    check_w2a16::<bf16>(1e-2);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn w2a8_integer_part_is_exact_and_epilogue_accurate() {
+    let (gpu, s, mut rng) = setup();
+    for (i, (&rows, &cols)) in ROWS
+        .iter()
+        .flat_map(|r| COLS.iter().map(move |c| (r, c)))
+        .enumerate()
+    {
+        let w = with_scale(random_matrix(&mut rng, rows, cols), i, &mut rng);
+        let d = gpu.upload(&w, &s).unwrap();
+        for &batch in batches(rows, cols) {
+            let q: Vec<i8> = (0..batch * cols).map(|_| rng.random()).collect();
+            let xs: Vec<f32> = (0..batch).map(|_| rng.random_range(0.001..0.1)).collect();
+            let (qd, xsd) = (s.clone_htod(&q).unwrap(), s.clone_htod(&xs).unwrap());
+            let mut acc = s.alloc_zeros::<i32>(batch * rows).unwrap();
+            poison(&s, &mut acc);
+            gpu.gemm_w2a8::<i32>(&d, &qd, &xsd, batch, None, &mut acc, DType::I32, &s)
+                .unwrap();
+            let want = cpu::reference::gemm_i8_accumulate(&w, &q, batch).unwrap();
+            assert_eq!(
+                s.clone_dtoh(&acc).unwrap(),
+                want,
+                "{rows}x{cols} batch {batch}"
+            );
+
+            let mut y = s.alloc_zeros::<f16>(batch * rows).unwrap();
+            poison(&s, &mut y);
+            gpu.gemm_w2a8::<f16>(&d, &qd, &xsd, batch, None, &mut y, DType::F16, &s)
+                .unwrap();
+            let got: Vec<f64> = s
+                .clone_dtoh(&y)
+                .unwrap()
+                .iter()
+                .map(|v| f64::from(v.to_f32()))
+                .collect();
+            let deq: Vec<f64> = q
+                .iter()
+                .enumerate()
+                .map(|(k, &v)| f64::from(v) * f64::from(xs[k / cols]))
+                .collect();
+            let e = rel_err(&got, &reference_f64(&w, &deq, batch, None));
+            assert!(
+                e <= 1e-3,
+                "{rows}x{cols} batch {batch}: relative error {e:.2e}"
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn device_quantizer_matches_the_cpu_bytes() {
+    let (gpu, s, mut rng) = setup();
+    for (batch, n) in [(1, 16), (3, 2560), (17, 28672), (2, 1000)] {
+        let x: Vec<f16> = (0..batch * n)
+            .map(|_| f16::from_f32(rng.random_range(-30.0..30.0)))
+            .collect();
+        let want = quant::quantize_activations_i8(&x, batch, n).unwrap();
+        let xd = s.clone_htod(&x).unwrap();
+        let (mut q, mut sc) = (
+            s.alloc_zeros::<i8>(batch * n).unwrap(),
+            s.alloc_zeros::<f32>(batch).unwrap(),
+        );
+        gpu.quantize_i8(&xd, batch, n, &mut q, &mut sc, &s).unwrap();
+        assert_eq!(s.clone_dtoh(&q).unwrap(), want.q);
+        assert_eq!(s.clone_dtoh(&sc).unwrap(), want.scale);
+        let xb: Vec<bf16> = x.iter().map(|v| bf16::from_f32(v.to_f32())).collect();
+        let want = quant::quantize_activations_i8(&xb, batch, n).unwrap();
+        let xd = s.clone_htod(&xb).unwrap();
+        gpu.quantize_i8(&xd, batch, n, &mut q, &mut sc, &s).unwrap();
+        assert_eq!(s.clone_dtoh(&q).unwrap(), want.q);
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn strided_and_misaligned_activations_take_the_scalar_path_correctly() {
+    let (gpu, s, mut rng) = setup();
+    let (rows, cols, batch, ldx) = (300, 1000, 5, 1003);
+    let w = random_matrix(&mut rng, rows, cols);
+    let d = gpu.upload(&w, &s).unwrap();
+    // One extra element in front makes the base 2 bytes past 16-byte alignment.
+    let buf: Vec<f16> = (0..1 + batch * ldx)
+        .map(|_| f16::from_f32(rng.random_range(-1.0..1.0)))
+        .collect();
+    let xd = s.clone_htod(&buf).unwrap();
+    let mut yd = s.alloc_zeros::<f16>(batch * 512).unwrap();
+    poison(&s, &mut yd);
+    let (xp, _g) = xd.device_ptr(&s);
+    let (yp, _g2) = yd.device_ptr_mut(&s);
+    let args = GemmArgs {
+        x: xp + 2,
+        x_dtype: DType::F16,
+        ldx,
+        y: yp,
+        y_dtype: DType::F16,
+        ldy: 512,
+        batch,
+        bias: None,
+        x_scale: None,
+    };
+    unsafe { gpu.gemm_raw(&d, &args, s.cu_stream()) }.unwrap();
+    drop((_g, _g2));
+    let y = s.clone_dtoh(&yd).unwrap();
+    let xf: Vec<f64> = (0..batch * cols)
+        .map(|i| f64::from(buf[1 + (i / cols) * ldx + i % cols].to_f32()))
+        .collect();
+    let want = reference_f64(&w, &xf, batch, None);
+    let got: Vec<f64> = (0..batch * rows)
+        .map(|i| f64::from(y[(i / rows) * 512 + i % rows].to_f32()))
+        .collect();
+    assert!(rel_err(&got, &want) <= 1e-3);
+    // Columns past `rows` in each output row are left alone (still poisoned).
+    assert!(y[rows].to_f32().is_nan());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn cpu_and_gpu_backends_agree() {
+    let (gpu, s, mut rng) = setup();
+    let (rows, cols, batch) = (777, 2560, 4);
+    let w = with_scale(random_matrix(&mut rng, rows, cols), 2, &mut rng);
+    let x: Vec<f16> = (0..batch * cols)
+        .map(|_| f16::from_f32(rng.random_range(-1.0..1.0)))
+        .collect();
+    let mut y_cpu = vec![f16::ZERO; batch * rows];
+    cpu::reference::gemm(&w, &x, batch, None, &mut y_cpu).unwrap();
+    let d = gpu.upload(&w, &s).unwrap();
+    let xd = s.clone_htod(&x).unwrap();
+    let mut yd = s.alloc_zeros::<f16>(batch * rows).unwrap();
+    gpu.gemm(&d, &xd, batch, None, &mut yd, &s).unwrap();
+    let a: Vec<f64> = y_cpu.iter().map(|v| f64::from(v.to_f32())).collect();
+    let b: Vec<f64> = s
+        .clone_dtoh(&yd)
+        .unwrap()
+        .iter()
+        .map(|v| f64::from(v.to_f32()))
+        .collect();
+    assert!(rel_err(&b, &a) <= 1e-3);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn wrong_lengths_are_errors() {
+    let (gpu, s, mut rng) = setup();
+    let w = random_matrix(&mut rng, 64, 256);
+    let d = gpu.upload(&w, &s).unwrap();
+    let x = s.alloc_zeros::<f16>(255).unwrap();
+    let mut y = s.alloc_zeros::<f16>(64).unwrap();
+    assert!(gpu.gemm(&d, &x, 1, None, &mut y, &s).is_err());
+}
