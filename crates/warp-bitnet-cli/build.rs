@@ -18,5 +18,6 @@ fn main() {
         if dirty { "-dirty" } else { "" }
     );
     println!("cargo:rerun-if-changed=../../.git/HEAD");
+    println!("cargo:rerun-if-changed=../../.git/logs/HEAD");
     println!("cargo:rerun-if-changed=../../.git/index");
 }

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs on a CUDA host over artifacts built elsewhere (scripts/gpu-build.sh puts them
+# in .gpu/): device info, the GPU test suite, compute-sanitizer on a few tests, the
+# benchmark (JSON), and the SASS instruction mix of the hot kernel. Logs go to $OUT.
+set -uo pipefail
+OUT=${OUT:-/tmp/warp-bitnet-out}
+mkdir -p "$OUT"
+export WARP_BITNET_CACHE_DIR=$OUT/cache
+# NVRTC and cuBLAS: the toolkit's lib folder, else the pip wheels beside torch.
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
+         $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, "cu13", "lib") for p in nvidia.__path__))' 2>/dev/null); do
+  [ -d "$d" ] && export LD_LIBRARY_PATH=$d:${LD_LIBRARY_PATH:-}
+done
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv
+G=.gpu
+$G/warp-bitnet info 2>&1 | tee "$OUT/info.txt"
+echo "== GPU tests"
+$G/cuda-tests --include-ignored --test-threads=1 2>&1 | tee "$OUT/tests.txt"
+echo "== compute-sanitizer memcheck"
+compute-sanitizer --tool memcheck --error-exitcode 9 $G/cuda-tests --include-ignored --test-threads=1 \
+  layout strided cpu_and_gpu quantizer wrong_lengths 2>&1 | tail -25 | tee "$OUT/memcheck.txt"
+echo "== bench"
+$G/warp-bitnet bench --device cuda --batch "${BATCH:-1}" --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt"
+echo "== SASS"
+for f in "$OUT"/cache/gemm_t2*.cubin; do
+  cuobjdump -sass "$f" > "$OUT/gemm_t2.sass" 2>&1 && break
+done
+rm -rf "$OUT/cache"
