@@ -14,3 +14,4 @@ mkdir -p .gpu
 cp target/release/warp-bitnet .gpu/
 cp "$exe" .gpu/cuda-tests
 ls -la .gpu
+strip .gpu/warp-bitnet .gpu/cuda-tests
