@@ -9,14 +9,16 @@
 //! ```text
 //! slot s (bits 2s..2s+1), s = 0..15:
 //!   row = 16 rt + g + 8 (s & 1)
-//!   col = 128 kt + 32 q + 8 w + kidx(s),   kidx(s) = (s >> 2) + 4 ((s >> 1) & 1)
+//!   col = 128 kt + 32 q + 8 w + kidx(s),   kidx(s) = bitreverse3(s >> 1)
 //! ```
 //!
-//! Why this order: `(word >> 2j) & 0x03030303` yields one int8 `mma.m16n8k32`
-//! A register (4 codes of one row, 4 consecutive columns), and the slot pairs
-//! `(s, s + 8)` — bits `2s` and `2s + 16` — yield one f16x2/bf16x2 `mma.m16n8k16`
-//! A register with one LOP3 (see `cuda/kernels/gemm_t2.cu`). Each lane's 8 columns
-//! per word are contiguous, so its activations come in one 16-byte load.
+//! Why this order: the slot pairs `(s, s + 8)` — bits `2s` and `2s + 16` — are two
+//! consecutive columns of one row, so one LOP3 makes one f16x2/bf16x2
+//! `mma.m16n8k16` A register, and a lane's 8 activations of a word (one 16-byte
+//! load) are its B registers as loaded, with no shuffling. `(word >> 2j) &
+//! 0x03030303` holds 4 codes of one row in columns (0, 2, 1, 3) of a group of 4:
+//! one int8 `mma.m16n8k32` A register, whose B register is one PRMT away
+//! (see `cuda/kernels/gemm_t2.cu`).
 
 use super::i2;
 use crate::error::{check_len, Result};
@@ -45,11 +47,18 @@ pub fn position(rt: usize, kt: usize, word: usize, slot: usize) -> (usize, usize
     let lane = (word % TILE_WORDS) / 4;
     let w = word % 4;
     let (g, q) = (lane / 4, lane % 4);
-    let kidx = (slot >> 2) + 4 * ((slot >> 1) & 1);
+    let kidx = kidx(slot);
     (
         rt * TILE_ROWS + g + 8 * (slot & 1),
         kt * TILE_COLS + 32 * q + 8 * w + kidx,
     )
+}
+
+/// Column within a lane's 8 columns of slot `slot`: the 3-bit reversal of `slot >> 1`.
+#[inline]
+pub fn kidx(slot: usize) -> usize {
+    let s = slot >> 1;
+    4 * (s & 1) + 2 * ((s >> 1) & 1) + (s >> 2)
 }
 
 /// Converts validated I2 words to T2 (the host twin of the GPU conversion kernel).
@@ -114,12 +123,18 @@ mod tests {
     }
 
     #[test]
-    fn int8_register_is_four_consecutive_columns_of_one_row() {
-        // (word >> 2j) & 0x03030303 holds slots j, j+4, j+8, j+12.
+    fn registers_hold_what_the_kernel_expects() {
+        // f16/bf16: slots (s, s+8) are consecutive columns of one row.
+        for s in 0..8 {
+            let (a, b) = (position(0, 0, 0, s), position(0, 0, 0, s + 8));
+            assert_eq!((a.0, a.1 + 1), b);
+        }
+        // i8: slots j, j+4, j+8, j+12 are columns (0, 2, 1, 3) of a group of 4 of one row.
         for j in 0..4 {
             let p: Vec<_> = (0..4).map(|b| position(0, 0, 0, j + 4 * b)).collect();
             assert!(p.iter().all(|&(r, _)| r == p[0].0));
-            assert!(p.windows(2).all(|w| w[1].1 == w[0].1 + 1));
+            let base = p[0].1;
+            assert_eq!(p.iter().map(|&(_, c)| c - base).collect::<Vec<_>>(), [0, 2, 1, 3]);
         }
     }
 }

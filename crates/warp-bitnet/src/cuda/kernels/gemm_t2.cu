@@ -5,7 +5,7 @@
 // LDG.128. Word w of lane t (g = t/4, q = t%4) holds codes c = weight + 1:
 //
 //   slot s at bits 2s..2s+1:  row g + 8(s & 1),  column 32q + 8w + kidx(s),
-//   kidx(s) = (s >> 2) + 4((s >> 1) & 1)
+//   kidx(s) = bitreverse3(s >> 1): slots (s, s+8) are consecutive columns
 //
 // Decode, per word (16 weights):
 //   f16:  slots (s, s+8) are bits 2s and 2s+16 = the two halves of one register.
@@ -14,16 +14,18 @@
 //         Slots 5..7 sit in bits 10..15, the exponent, so they use word >> 10.
 //         8 LOP3 + 8 HFMA2 + 1 SHF -> 8 A registers = two m16n8k16 MMAs.
 //   bf16: the same with 128.0 (7 mantissa bits): slots 0-2, 3-5 (>> 6), 6-7 (>> 12).
-//   i8:   (word >> 2j) & 0x03030303 = 4 codes of one row, 4 consecutive columns:
-//         one m16n8k32 A register (1 SHF + 1 LOP3 per 4 weights). The MMA sums
+//   i8:   (word >> 2j) & 0x03030303 = 4 codes of one row, columns (0, 2, 1, 3) of a
+//         group of 4: one m16n8k32 A register (1 SHF + 1 LOP3 per 4 weights; the B
+//         register gets the same order with one PRMT). The MMA sums
 //         c * x; subtracting sum(x) (dp4a on the B registers) gives (c - 1) * x.
 //   The MMAs accumulate in f32 (i32 for i8), so the sums are exact up to f32
 //   rounding, and the B fragment's 8 columns carry 8 tokens at no extra cost.
 //
 // Thread mapping: CTA = 8 warps = one 16-row tile x 8*NT tokens (blockIdx.y picks
-// the token group). Warp w takes k tiles w, w+8, w+16, ...; U tiles are loaded
-// before any is used, so each thread has U x 16 bytes in flight. Partial sums
-// meet in shared memory; the epilogue applies scale and bias and writes 16 rows.
+// the token group). Warp w takes k tiles w, w+8, w+16, ...; weight loads run
+// DEPTH tiles ahead of use (a register ring), the lane's 32 activations of a tile
+// come in 4 (f16) or 2 (i8) 16-byte loads at once. Partial sums meet in shared
+// memory; the epilogue applies scale and bias and writes 16 rows x 8*NT tokens.
 //
 // Budget (batch 1, H100/H200): 0.25 B/weight from HBM; ~1.1 thread-instructions
 // per weight (f16), ~0.5 (i8), against ~1.9 available per weight at 4.3 TB/s on
@@ -39,7 +41,7 @@
 #define OUT_I32 2
 
 #define WARPS 8
-#define UNROLL 4
+#define DEPTH 4  // weight tiles in flight per warp
 
 // c - 1 for the f16 pair (1024 + c*4^j): scale 4^-j and offset -(1024*4^-j + 1).
 __constant__ u32 F16_SCALE[5] = {0x3C003C00, 0x34003400, 0x2C002C00, 0x24002400, 0x1C001C00};
@@ -94,55 +96,72 @@ __device__ __forceinline__ void mma_i8(int c[4], u32 a0, u32 a1, u32 a2, u32 a3,
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-// Eight activations of token b at columns k0..k0+7 (zeros past `cols` or `batch`).
+// A lane's activations for one tile of one token: columns 128 kt + 32 q + 0..31,
+// as 8 (f16/bf16, 4 words x 2 regs... 16 registers) or 8 registers (i8).
 template <int ACT>
-__device__ __forceinline__ u32x4 load_x8(const GemmParams& p, u32 b, u32 k0) {
-    u32x4 v = {0, 0, 0, 0};
-    if (b >= p.batch) return v;
-    if (ACT == ACT_I8) {
-        const i8* row = (const i8*)p.x + (u64)b * p.ldx;
-        if (p.x_vec && k0 + 8 <= p.cols) {
-            const u32x2 t = load_v2(row + k0);
-            v.x = t.x;
-            v.y = t.y;
-        } else {
-            for (int i = 0; i < 8; i++)
-                if (k0 + i < p.cols) (i < 4 ? v.x : v.y) |= ((u32)(unsigned char)row[k0 + i]) << (8 * (i % 4));
-        }
-    } else {
-        const u16* row = (const u16*)p.x + (u64)b * p.ldx;
-        if (p.x_vec && k0 + 8 <= p.cols) return load_v4(row + k0);
-        u32 h[4] = {0, 0, 0, 0};
-        for (int i = 0; i < 8; i++)
-            if (k0 + i < p.cols) h[i / 2] |= ((u32)row[k0 + i]) << (16 * (i % 2));
-        v.x = h[0]; v.y = h[1]; v.z = h[2]; v.w = h[3];
+struct XTile {
+    u32 r[ACT == ACT_I8 ? 8 : 16];
+};
+
+// Fast path: the whole tile lies inside `cols` and x allows 16-byte loads.
+template <int ACT>
+__device__ __forceinline__ XTile<ACT> load_x_tile(const unsigned char* lane_x, u32 kt) {
+    constexpr int BYTES = ACT == ACT_I8 ? 32 : 64;  // 32 columns
+    XTile<ACT> t;
+    const unsigned char* p = lane_x + (u64)kt * 128 * (BYTES / 32);
+#pragma unroll
+    for (int i = 0; i < BYTES / 16; i++) {
+        const u32x4 v = load_v4(p + 16 * i);
+        t.r[4 * i] = v.x; t.r[4 * i + 1] = v.y; t.r[4 * i + 2] = v.z; t.r[4 * i + 3] = v.w;
     }
-    return v;
+    return t;
 }
 
-// One word of one tile: decode once, multiply against NT token groups.
-template <int ACT, int NT>
-__device__ __forceinline__ void word_mma(const GemmParams& p, u32 wd, u32 b_base, u32 k0,
-                                         float accf[NT][4], int acci[NT][4], int xsum[NT]) {
-    u32 a[8];
-    decode_word<ACT>(wd, a);
-    const u32 g = (threadIdx.x % 32) / 4;
+// Slow path (the last, partial tile; or unaligned x): element by element, zeros past `cols`.
+template <int ACT>
+__device__ __noinline__ XTile<ACT> load_x_tile_slow(const GemmParams& p, u32 b, u32 kt, u32 q) {
+    XTile<ACT> t;
 #pragma unroll
-    for (int j = 0; j < NT; j++) {
-        const u32x4 xv = load_x8<ACT>(p, b_base + 8 * j + g, k0);
+    for (int i = 0; i < (ACT == ACT_I8 ? 8 : 16); i++) t.r[i] = 0;
+    const u32 k0 = kt * 128 + 32 * q;
+    for (u32 i = 0; i < 32 && k0 + i < p.cols; i++) {
         if (ACT == ACT_I8) {
-            mma_i8(acci[j], a[0], a[1], a[2], a[3], xv.x, xv.y);
-            xsum[j] = dp4a(xv.y, 0x01010101u, dp4a(xv.x, 0x01010101u, xsum[j]));
+            const u32 v = (unsigned char)((const i8*)p.x)[(u64)b * p.ldx + k0 + i];
+            t.r[i / 4] |= v << (8 * (i % 4));
         } else {
-            // B columns must follow the A slots: (x0, x2), (x1, x3) | (x4, x6), (x5, x7).
-            const u32 b0 = prmt(xv.x, xv.y, 0x5410), b1 = prmt(xv.x, xv.y, 0x7632);
-            const u32 b2 = prmt(xv.z, xv.w, 0x5410), b3 = prmt(xv.z, xv.w, 0x7632);
-            if (ACT == ACT_F16) {
-                mma_f16(accf[j], a[0], a[1], a[4], a[5], b0, b1);
-                mma_f16(accf[j], a[2], a[3], a[6], a[7], b2, b3);
+            const u32 v = ((const u16*)p.x)[(u64)b * p.ldx + k0 + i];
+            t.r[i / 2] |= v << (16 * (i % 2));
+        }
+    }
+    return t;
+}
+
+// One tile (4 words): decode each word once, multiply against NT token groups.
+template <int ACT, int NT>
+__device__ __forceinline__ void tile_mma(const u32x4& wv, const XTile<ACT> (&x)[NT], float (&accf)[NT][4],
+                                         int (&acci)[NT][4], int (&xsum)[NT]) {
+    const u32 words[4] = {wv.x, wv.y, wv.z, wv.w};
+#pragma unroll
+    for (int w = 0; w < 4; w++) {
+        u32 a[8];
+        decode_word<ACT>(words[w], a);
+#pragma unroll
+        for (int j = 0; j < NT; j++) {
+            if (ACT == ACT_I8) {
+                // A register j holds columns (0, 2, 1, 3) of a group of 4: permute B to match.
+                const u32 lo = x[j].r[2 * w], hi = x[j].r[2 * w + 1];
+                mma_i8(acci[j], a[0], a[1], a[2], a[3], prmt(lo, lo, 0x3120), prmt(hi, hi, 0x3120));
+                xsum[j] = dp4a(hi, 0x01010101u, dp4a(lo, 0x01010101u, xsum[j]));
             } else {
-                mma_bf16(accf[j], a[0], a[1], a[4], a[5], b0, b1);
-                mma_bf16(accf[j], a[2], a[3], a[6], a[7], b2, b3);
+                // Pairs (s, s+8) are consecutive columns: the loaded registers are the B fragments.
+                const u32* b = &x[j].r[4 * w];
+                if (ACT == ACT_F16) {
+                    mma_f16(accf[j], a[0], a[1], a[4], a[5], b[0], b[1]);
+                    mma_f16(accf[j], a[2], a[3], a[6], a[7], b[2], b[3]);
+                } else {
+                    mma_bf16(accf[j], a[0], a[1], a[4], a[5], b[0], b[1]);
+                    mma_bf16(accf[j], a[2], a[3], a[6], a[7], b[2], b[3]);
+                }
             }
         }
     }
@@ -158,6 +177,7 @@ __device__ __forceinline__ float load_bias(const void* bias, u32 r) {
 template <int ACT, int OUT, int NT>
 __device__ __forceinline__ void gemm_t2(const GemmParams& p) {
     constexpr int COLS = 8 * NT;  // tokens per CTA
+    constexpr int XBYTES = ACT == ACT_I8 ? 1 : 2;
     // Partial sums of each warp: f32 bits, or i32 for i8 activations.
     __shared__ u32 red[WARPS][16][COLS];
     __shared__ int red_x[WARPS][COLS];
@@ -166,7 +186,6 @@ __device__ __forceinline__ void gemm_t2(const GemmParams& p) {
     const u32 g = lane / 4, q = lane % 4;
     const u32 rt = blockIdx.x;
     const u32 b_base = blockIdx.y * COLS;
-    const u32x4* wt = p.w + (u64)rt * p.k_tiles * 32 + lane;
     const u64 policy = evict_first_policy();
 
     float accf[NT][4];
@@ -179,21 +198,36 @@ __device__ __forceinline__ void gemm_t2(const GemmParams& p) {
         for (int i = 0; i < 4; i++) { accf[j][i] = 0.f; acci[j][i] = 0; }
     }
 
-    // ---- stream the weight tiles: fetch U tiles, then decode + MMA each ----
-    for (u32 kt0 = warp; kt0 < p.k_tiles; kt0 += WARPS * UNROLL) {
-        u32x4 wv[UNROLL];
+    // Tokens past `batch` read the last token (no divergence); the epilogue drops them.
+    u32 tok[NT];
+    const unsigned char* lane_x[NT];
 #pragma unroll
-        for (int u = 0; u < UNROLL; u++)
-            if (kt0 + u * WARPS < p.k_tiles) wv[u] = load_stream(wt + (u64)(kt0 + u * WARPS) * 32, policy);
+    for (int j = 0; j < NT; j++) {
+        tok[j] = min(b_base + 8 * j + g, p.batch - 1);
+        lane_x[j] = (const unsigned char*)p.x + ((u64)tok[j] * p.ldx + 32 * q) * XBYTES;
+    }
+
+    // ---- stream this warp's tiles kt = warp, warp + 8, ... with DEPTH loads in flight ----
+    const u32 mine = p.k_tiles > warp ? (p.k_tiles - warp + WARPS - 1) / WARPS : 0;
+    const u32 fast_tiles = p.x_vec ? p.cols / 128 : 0;
+    const u32x4* wp = p.w + ((u64)rt * p.k_tiles + warp) * 32 + lane;
+    u32x4 wbuf[DEPTH];
 #pragma unroll
-        for (int u = 0; u < UNROLL; u++) {
-            const u32 kt = kt0 + u * WARPS;
-            if (kt >= p.k_tiles) break;
-            const u32 k0 = kt * 128 + 32 * q;
-            word_mma<ACT, NT>(p, wv[u].x, b_base, k0, accf, acci, xsum);
-            word_mma<ACT, NT>(p, wv[u].y, b_base, k0 + 8, accf, acci, xsum);
-            word_mma<ACT, NT>(p, wv[u].z, b_base, k0 + 16, accf, acci, xsum);
-            word_mma<ACT, NT>(p, wv[u].w, b_base, k0 + 24, accf, acci, xsum);
+    for (int u = 0; u < DEPTH; u++)
+        if (u < mine) wbuf[u] = load_stream(wp + (u64)u * WARPS * 32, policy);
+    for (u32 i = 0; i < mine; i += DEPTH) {
+#pragma unroll
+        for (int u = 0; u < DEPTH; u++) {
+            const u32 t = i + u;
+            if (t >= mine) break;
+            const u32x4 cur = wbuf[u];
+            if (t + DEPTH < mine) wbuf[u] = load_stream(wp + (u64)(t + DEPTH) * WARPS * 32, policy);
+            const u32 kt = warp + t * WARPS;
+            XTile<ACT> x[NT];
+#pragma unroll
+            for (int j = 0; j < NT; j++)
+                x[j] = kt < fast_tiles ? load_x_tile<ACT>(lane_x[j], kt) : load_x_tile_slow<ACT>(p, tok[j], kt, q);
+            tile_mma<ACT, NT>(cur, x, accf, acci, xsum);
         }
     }
 

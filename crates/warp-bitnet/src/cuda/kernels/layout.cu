@@ -24,7 +24,7 @@ extern "C" __global__ void i2_to_t2(const u32* i2, u32* t2, u32 rows, u32 cols, 
     const u32 g = lane / 4, q = lane % 4;
     u32 out = 0;
     for (u32 s = 0; s < 16; s++) {
-        const u32 kidx = (s >> 2) + 4 * ((s >> 1) & 1);
+        const u32 h = s >> 1, kidx = 4 * (h & 1) + 2 * ((h >> 1) & 1) + (h >> 2);
         const u32 r = rt * 16 + g + 8 * (s & 1), c = kt * 128 + 32 * q + 8 * w + kidx;
         out |= (u32)(i2_weight(i2, rows, cols, wpr, r, c) + 1) << (2 * s);
     }
@@ -42,7 +42,7 @@ extern "C" __global__ void t2_to_i2(const u32* t2, u32* i2, u32 rows, u32 cols, 
         const u32 c = j * 16 + i;
         if (c >= cols) break;
         const u32 kt = c / 128, q = (c % 128) / 32, w = (c % 32) / 8, kidx = c % 8;
-        const u32 s = 4 * (kidx % 4) + 2 * (kidx / 4) + odd;
+        const u32 s = 2 * ((kidx >> 2) + 2 * ((kidx >> 1) & 1) + 4 * (kidx & 1)) + odd;
         const u64 word = ((u64)rt * k_tiles + kt) * 128 + (g * 4 + q) * 4 + w;
         const int weight = (int)((t2[word] >> (2 * s)) & 3) - 1;
         out |= (weight == 1 ? 1u : weight == -1 ? 2u : 0u) << (2 * i);
