@@ -215,18 +215,25 @@ __device__ __forceinline__ void gemm_t2(const GemmParams& p) {
 #pragma unroll
     for (int u = 0; u < DEPTH; u++)
         if (u < mine) wbuf[u] = load_stream(wp + (u64)u * WARPS * 32, policy);
+    // Activations run one tile ahead: their L1/L2 latency overlaps the previous tile's MMAs.
+    XTile<ACT> xnext[NT];
+    const auto load_x = [&](u32 kt, XTile<ACT>(&dst)[NT]) {
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+            dst[j] = kt < fast_tiles ? load_x_tile<ACT>(lane_x[j], kt) : load_x_tile_slow<ACT>(p, tok[j], kt, q);
+    };
+    if (mine > 0) load_x(warp, xnext);
     for (u32 i = 0; i < mine; i += DEPTH) {
 #pragma unroll
         for (int u = 0; u < DEPTH; u++) {
             const u32 t = i + u;
             if (t >= mine) break;
             const u32x4 cur = wbuf[u];
-            if (t + DEPTH < mine) wbuf[u] = load_stream(wp + (u64)(t + DEPTH) * WARPS * 32, policy);
-            const u32 kt = warp + t * WARPS;
             XTile<ACT> x[NT];
 #pragma unroll
-            for (int j = 0; j < NT; j++)
-                x[j] = kt < fast_tiles ? load_x_tile<ACT>(lane_x[j], kt) : load_x_tile_slow<ACT>(p, tok[j], kt, q);
+            for (int j = 0; j < NT; j++) x[j] = xnext[j];
+            if (t + DEPTH < mine) wbuf[u] = load_stream(wp + (u64)(t + DEPTH) * WARPS * 32, policy);
+            if (t + 1 < mine) load_x(warp + (t + 1) * WARPS, xnext);
             tile_mma<ACT, NT>(cur, x, accf, acci, xsum);
         }
     }
