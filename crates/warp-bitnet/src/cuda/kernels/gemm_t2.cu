@@ -22,10 +22,11 @@
 //   rounding, and the B fragment's 8 columns carry 8 tokens at no extra cost.
 //
 // Thread mapping: CTA = 8 warps = one 16-row tile x 8*NT tokens (blockIdx.y picks
-// the token group). Warp w takes k tiles w, w+8, w+16, ...; weight loads run
-// DEPTH tiles ahead of use (a register ring), the lane's 32 activations of a tile
-// come in 4 (f16) or 2 (i8) 16-byte loads at once. Partial sums meet in shared
-// memory; the epilogue applies scale and bias and writes 16 rows x 8*NT tokens.
+// the token group). Warp w takes k tiles w, w+8, w+16, ... and streams them
+// through its own shared-memory ring of DEPTH stages filled by cp.async (weights
+// and the tile's activations), so DEPTH-1 tiles are in flight per warp without
+// holding registers. Partial sums meet in shared memory; the epilogue applies
+// scale and bias and writes 16 rows x 8*NT tokens.
 //
 // Budget (batch 1, H100/H200): 0.25 B/weight from HBM; ~1.1 thread-instructions
 // per weight (f16), ~0.5 (i8), against ~1.9 available per weight at 4.3 TB/s on
@@ -41,34 +42,69 @@
 #define OUT_I32 2
 
 #define WARPS 8
-#define DEPTH 4  // weight tiles in flight per warp
+#define DEPTH 8  // ring stages per warp: tiles in flight
 
-// c - 1 for the f16 pair (1024 + c*4^j): scale 4^-j and offset -(1024*4^-j + 1).
-__constant__ u32 F16_SCALE[5] = {0x3C003C00, 0x34003400, 0x2C002C00, 0x24002400, 0x1C001C00};
-__constant__ u32 F16_OFFSET[5] = {0xE401E401, 0xDC04DC04, 0xD410D410, 0xCC40CC40, 0xC500C500};
+// Hides a value from the optimizer, so it stays in a register instead of being
+// recomputed inside the hot loop (ptxas rematerializes constants and addresses
+// there, at several instructions per tile).
+__device__ __forceinline__ u32 opaque(u32 v) {
+    asm volatile("" : "+r"(v));
+    return v;
+}
+
+// (a & mask) | magic in one LOP3. Written out because the compiler otherwise emits
+// an AND and an OR: LOP3 takes one immediate, and both constants were immediates.
+template <u32 MASK>
+__device__ __forceinline__ u32 and_or(u32 a, u32 magic) {
+    u32 d;
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(d) : "r"(a), "n"(MASK), "r"(magic));
+    return d;
+}
+
+// c - 1 for the f16 pair (1024 + c*4^j): scale 4^-j, offset -(1024*4^-j + 1).
+constexpr u32 F16_SCALE[5] = {0x3C003C00, 0x34003400, 0x2C002C00, 0x24002400, 0x1C001C00};
+constexpr u32 F16_OFFSET[5] = {0xE401E401, 0xDC04DC04, 0xD410D410, 0xCC40CC40, 0xC500C500};
 // The same for the bf16 pair (128 + c*4^j).
-__constant__ u32 BF16_SCALE[3] = {0x3F803F80, 0x3E803E80, 0x3D803D80};
-__constant__ u32 BF16_OFFSET[3] = {0xC301C301, 0xC204C204, 0xC110C110};
+constexpr u32 BF16_SCALE[3] = {0x3F803F80, 0x3E803E80, 0x3D803D80};
+constexpr u32 BF16_OFFSET[3] = {0xC301C301, 0xC204C204, 0xC110C110};
+
+// Decode constants held in registers for the whole kernel (see `opaque`).
+template <int ACT>
+struct DecodeConsts {
+    u32 magic, scale[5], offset[5];
+    __device__ __forceinline__ DecodeConsts() {
+        magic = opaque(ACT == ACT_BF16 ? 0x43004300u : 0x64006400u);
+#pragma unroll
+        for (int j = 0; j < 5; j++) {
+            scale[j] = opaque(ACT == ACT_BF16 ? BF16_SCALE[j % 3] : F16_SCALE[j]);
+            offset[j] = opaque(ACT == ACT_BF16 ? BF16_OFFSET[j % 3] : F16_OFFSET[j]);
+        }
+    }
+};
 
 // A registers of one word; for f16/bf16 a[s] is the pair (s, s+8).
 template <int ACT>
-__device__ __forceinline__ void decode_word(u32 wd, u32 a[8]) {
+__device__ __forceinline__ void decode_word(u32 wd, u32 a[8], const DecodeConsts<ACT>& k) {
     if (ACT == ACT_F16) {
-#pragma unroll
-        for (int s = 0; s < 5; s++)
-            a[s] = hfma2_f16((wd & (0x00030003u << (2 * s))) | 0x64006400u, F16_SCALE[s], F16_OFFSET[s]);
         const u32 hi = wd >> 10;
-#pragma unroll
-        for (int s = 5; s < 8; s++)
-            a[s] = hfma2_f16((hi & (0x00030003u << (2 * (s - 5)))) | 0x64006400u, F16_SCALE[s - 5],
-                             F16_OFFSET[s - 5]);
+        a[0] = hfma2_f16(and_or<0x00030003u>(wd, k.magic), k.scale[0], k.offset[0]);
+        a[1] = hfma2_f16(and_or<0x000C000Cu>(wd, k.magic), k.scale[1], k.offset[1]);
+        a[2] = hfma2_f16(and_or<0x00300030u>(wd, k.magic), k.scale[2], k.offset[2]);
+        a[3] = hfma2_f16(and_or<0x00C000C0u>(wd, k.magic), k.scale[3], k.offset[3]);
+        a[4] = hfma2_f16(and_or<0x03000300u>(wd, k.magic), k.scale[4], k.offset[4]);
+        a[5] = hfma2_f16(and_or<0x00030003u>(hi, k.magic), k.scale[0], k.offset[0]);
+        a[6] = hfma2_f16(and_or<0x000C000Cu>(hi, k.magic), k.scale[1], k.offset[1]);
+        a[7] = hfma2_f16(and_or<0x00300030u>(hi, k.magic), k.scale[2], k.offset[2]);
     } else if (ACT == ACT_BF16) {
-#pragma unroll
-        for (int s = 0; s < 8; s++) {
-            const u32 src = wd >> (6 * (s / 3));
-            a[s] = hfma2_bf16((src & (0x00030003u << (2 * (s % 3)))) | 0x43004300u, BF16_SCALE[s % 3],
-                              BF16_OFFSET[s % 3]);
-        }
+        const u32 m = wd >> 6, h = wd >> 12;
+        a[0] = hfma2_bf16(and_or<0x00030003u>(wd, k.magic), k.scale[0], k.offset[0]);
+        a[1] = hfma2_bf16(and_or<0x000C000Cu>(wd, k.magic), k.scale[1], k.offset[1]);
+        a[2] = hfma2_bf16(and_or<0x00300030u>(wd, k.magic), k.scale[2], k.offset[2]);
+        a[3] = hfma2_bf16(and_or<0x00030003u>(m, k.magic), k.scale[0], k.offset[0]);
+        a[4] = hfma2_bf16(and_or<0x000C000Cu>(m, k.magic), k.scale[1], k.offset[1]);
+        a[5] = hfma2_bf16(and_or<0x00300030u>(m, k.magic), k.scale[2], k.offset[2]);
+        a[6] = hfma2_bf16(and_or<0x00030003u>(h, k.magic), k.scale[0], k.offset[0]);
+        a[7] = hfma2_bf16(and_or<0x000C000Cu>(h, k.magic), k.scale[1], k.offset[1]);
     } else {
 #pragma unroll
         for (int j = 0; j < 4; j++) a[j] = (wd >> (2 * j)) & 0x03030303u;
@@ -96,8 +132,33 @@ __device__ __forceinline__ void mma_i8(int c[4], u32 a0, u32 a1, u32 a2, u32 a3,
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-// A lane's activations for one tile of one token: columns 128 kt + 32 q + 0..31,
-// as 8 (f16/bf16, 4 words x 2 regs... 16 registers) or 8 registers (i8).
+// ---- weight ring ----------------------------------------------------------------
+// Each warp owns DEPTH stages of 512 bytes in shared memory (lane t's 16 bytes at
+// 16t), filled by cp.async: DEPTH-1 tiles are in flight per warp without holding
+// registers. A lane reads back only what it copied itself, so no warp barrier is
+// needed between the copy and the read.
+
+__device__ __forceinline__ u32 smem_addr(const void* p) {
+    return (u32)__cvta_generic_to_shared(p);
+}
+
+__device__ __forceinline__ void cp_async_16_evict_first(u32 dst, const void* src, u64 policy) {
+    asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;" :: "r"(dst), "l"(src), "l"(policy));
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N)); }
+
+__device__ __forceinline__ u32x4 lds128(u32 addr) {
+    u32x4 v;
+    asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr));
+    return v;
+}
+
+// ---- activations ------------------------------------------------------------------
+// A lane's activations for one tile of one token: columns 128 kt + 32 q + 0..31.
 template <int ACT>
 struct XTile {
     u32 r[ACT == ACT_I8 ? 8 : 16];
@@ -136,15 +197,15 @@ __device__ __noinline__ XTile<ACT> load_x_tile_slow(const GemmParams& p, u32 b, 
     return t;
 }
 
-// One tile (4 words): decode each word once, multiply against NT token groups.
+// One tile: decode each word once, multiply against NT token groups.
 template <int ACT, int NT>
-__device__ __forceinline__ void tile_mma(const u32x4& wv, const XTile<ACT> (&x)[NT], float (&accf)[NT][4],
-                                         int (&acci)[NT][4], int (&xsum)[NT]) {
+__device__ __forceinline__ void tile_mma(const u32x4& wv, const XTile<ACT> (&x)[NT], const DecodeConsts<ACT>& k,
+                                         float (&accf)[NT][4], int (&acci)[NT][4], int (&xsum)[NT]) {
     const u32 words[4] = {wv.x, wv.y, wv.z, wv.w};
 #pragma unroll
     for (int w = 0; w < 4; w++) {
         u32 a[8];
-        decode_word<ACT>(words[w], a);
+        decode_word<ACT>(words[w], a, k);
 #pragma unroll
         for (int j = 0; j < NT; j++) {
             if (ACT == ACT_I8) {
@@ -181,6 +242,7 @@ __device__ __forceinline__ void gemm_t2(const GemmParams& p) {
     // Partial sums of each warp: f32 bits, or i32 for i8 activations.
     __shared__ u32 red[WARPS][16][COLS];
     __shared__ int red_x[WARPS][COLS];
+    __shared__ __align__(16) u32x4 ring[WARPS][DEPTH][32];
 
     const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const u32 g = lane / 4, q = lane % 4;
@@ -207,35 +269,41 @@ __device__ __forceinline__ void gemm_t2(const GemmParams& p) {
         lane_x[j] = (const unsigned char*)p.x + ((u64)tok[j] * p.ldx + 32 * q) * XBYTES;
     }
 
-    // ---- stream this warp's tiles kt = warp, warp + 8, ... with DEPTH loads in flight ----
+    // ---- stream this warp's tiles kt = warp, warp + 8, ... ----
+    // Weights: DEPTH-stage cp.async ring, one commit group per tile (empty past the
+    // end), so wait_group<DEPTH-2> after committing tile t+DEPTH-1... means tile t
+    // has landed. Activations: registers, one tile ahead.
     const u32 mine = p.k_tiles > warp ? (p.k_tiles - warp + WARPS - 1) / WARPS : 0;
     const u32 fast_tiles = p.x_vec ? p.cols / 128 : 0;
     const u32x4* wp = p.w + ((u64)rt * p.k_tiles + warp) * 32 + lane;
-    u32x4 wbuf[DEPTH];
+    const u32 my_ring = opaque(smem_addr(&ring[warp][0][lane]));
+    const DecodeConsts<ACT> consts;
 #pragma unroll
-    for (int u = 0; u < DEPTH; u++)
-        if (u < mine) wbuf[u] = load_stream(wp + (u64)u * WARPS * 32, policy);
-    // Activations run one tile ahead: their L1/L2 latency overlaps the previous tile's MMAs.
-    XTile<ACT> xnext[NT];
+    for (u32 t = 0; t < DEPTH - 1; t++) {
+        if (t < mine) cp_async_16_evict_first(my_ring + t * 512, wp + (u64)t * WARPS * 32, policy);
+        cp_async_commit();
+    }
     const auto load_x = [&](u32 kt, XTile<ACT>(&dst)[NT]) {
 #pragma unroll
         for (int j = 0; j < NT; j++)
             dst[j] = kt < fast_tiles ? load_x_tile<ACT>(lane_x[j], kt) : load_x_tile_slow<ACT>(p, tok[j], kt, q);
     };
-    if (mine > 0) load_x(warp, xnext);
-    for (u32 i = 0; i < mine; i += DEPTH) {
-#pragma unroll
-        for (int u = 0; u < DEPTH; u++) {
-            const u32 t = i + u;
-            if (t >= mine) break;
-            const u32x4 cur = wbuf[u];
-            XTile<ACT> x[NT];
-#pragma unroll
-            for (int j = 0; j < NT; j++) x[j] = xnext[j];
-            if (t + DEPTH < mine) wbuf[u] = load_stream(wp + (u64)(t + DEPTH) * WARPS * 32, policy);
-            if (t + 1 < mine) load_x(warp + (t + 1) * WARPS, xnext);
-            tile_mma<ACT, NT>(cur, x, accf, acci, xsum);
-        }
+    // Tile t: refill the ring DEPTH-1 ahead, prefetch the next tile's activations
+    // into `nxt`, then wait for tile t's weights and multiply with `cur`.
+    const auto step = [&](u32 t, const XTile<ACT>(&cur)[NT], XTile<ACT>(&nxt)[NT]) {
+        const u32 ahead = t + DEPTH - 1;
+        if (ahead < mine) cp_async_16_evict_first(my_ring + (ahead % DEPTH) * 512, wp + (u64)ahead * WARPS * 32, policy);
+        cp_async_commit();
+        if (t + 1 < mine) load_x(warp + (t + 1) * WARPS, nxt);
+        cp_async_wait<DEPTH - 1>();
+        tile_mma<ACT, NT>(lds128(my_ring + (t % DEPTH) * 512), cur, consts, accf, acci, xsum);
+    };
+    // Two activation buffers, alternating, so no registers are copied.
+    XTile<ACT> xa[NT], xb[NT];
+    if (mine > 0) load_x(warp, xa);
+    for (u32 t = 0; t < mine; t += 2) {
+        step(t, xa, xb);
+        if (t + 1 < mine) step(t + 1, xb, xa);
     }
 
     // ---- reduce the warps' partial sums in shared memory ----
@@ -286,7 +354,7 @@ __device__ __forceinline__ void gemm_t2(const GemmParams& p) {
 
 // Kernel symbols: gemm_t2_{activation}_{output}_n{8*NT}; built by `gemm_symbol` in launch.rs.
 #define GEMM_KERNEL(ACT, OUT, NT, NAME)                                               \
-    extern "C" __global__ void __launch_bounds__(WARPS * 32) NAME(const GemmParams p) { \
+    extern "C" __global__ void __launch_bounds__(WARPS * 32, 3) NAME(const GemmParams p) { \
         gemm_t2<ACT, OUT, NT>(p);                                                     \
     }
 
