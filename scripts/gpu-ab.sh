@@ -8,9 +8,9 @@ for d in /usr/local/cuda/lib64 $(python3 -c 'import nvidia, os; print(" ".join(o
   [ -d "$d" ] && export LD_LIBRARY_PATH=$d:${LD_LIBRARY_PATH:-}
 done
 for v in $VARIANTS; do
-  for only in ${ONLY_LIST:-"70b gate" "8b qkv" "2b k/v"}; do
+  for only in ${ONLY_LIST:-"70b gate" "8b qkv" "2b k"}; do
     WARP_BITNET_CACHE_DIR=/tmp/cache-$v .gpu/$v/warp-bitnet bench --device cuda --only "$only" --batch "${BATCH:-1}" \
-      --json "$OUT/bench-$v-${only// /_}.json" 2>&1 | grep -v wrote | sed "s/^/$v /" | tee -a "$OUT/ab.txt"
+      --json "$OUT/bench-$v-${only//[ /]/_}.json" 2>&1 | grep -v wrote | sed "s/^/$v /" | tee -a "$OUT/ab.txt"
   done
 done
 last=${VARIANTS##* }
