@@ -239,10 +239,11 @@ template <int ACT, int OUT, int NT>
 __device__ __forceinline__ void gemm_t2(const GemmParams& p) {
     constexpr int COLS = 8 * NT;  // tokens per CTA
     constexpr int XBYTES = ACT == ACT_I8 ? 1 : 2;
-    // Partial sums of each warp: f32 bits, or i32 for i8 activations.
-    __shared__ u32 red[WARPS][16][COLS];
-    __shared__ int red_x[WARPS][COLS];
     __shared__ __align__(16) u32x4 ring[WARPS][DEPTH][32];
+    __shared__ int red_x[WARPS][COLS];
+    static_assert(16 * COLS <= DEPTH * 32 * 4, "a warp's partial sums must fit in its ring");
+    // Partial sums of warp w, [16][COLS] f32 bits (i32 for i8), reuse w's own ring.
+    const auto red = [&](u32 w, u32 row, u32 col) -> u32& { return ((u32*)&ring[w][0][0])[row * COLS + col]; };
 
     const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const u32 g = lane / 4, q = lane % 4;
@@ -308,12 +309,16 @@ __device__ __forceinline__ void gemm_t2(const GemmParams& p) {
 
     // ---- reduce the warps' partial sums in shared memory ----
     // C fragment: c0, c1 -> (row g, tokens 2q, 2q+1); c2, c3 -> (row g+8, same tokens).
+    // Every copy into this warp's ring has landed (the last real group was waited
+    // for); the barrier keeps a lane's partial sums from overwriting a stage that
+    // another lane may still be reading.
+    __syncwarp();
 #pragma unroll
     for (int j = 0; j < NT; j++) {
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             const u32 row = g + 8 * (i / 2), col = 8 * j + 2 * q + (i % 2);
-            red[warp][row][col] = ACT == ACT_I8 ? (u32)acci[j][i] : __float_as_uint(accf[j][i]);
+            red(warp, row, col) = ACT == ACT_I8 ? (u32)acci[j][i] : __float_as_uint(accf[j][i]);
         }
         if (ACT == ACT_I8) {
             int s = xsum[j];
@@ -333,7 +338,7 @@ __device__ __forceinline__ void gemm_t2(const GemmParams& p) {
         if (ACT == ACT_I8) {
             int acc = 0, xs = 0;
 #pragma unroll
-            for (int w = 0; w < WARPS; w++) { acc += (int)red[w][row][col]; xs += red_x[w][col]; }
+            for (int w = 0; w < WARPS; w++) { acc += (int)red(w, row, col); xs += red_x[w][col]; }
             acc -= xs;  // sum (c - 1) x = sum c x - sum x
             if (OUT == OUT_I32) {
                 ((int*)p.y)[(u64)b * p.ldy + r] = acc;
@@ -343,7 +348,7 @@ __device__ __forceinline__ void gemm_t2(const GemmParams& p) {
         } else {
             v = 0.f;
 #pragma unroll
-            for (int w = 0; w < WARPS; w++) v += __uint_as_float(red[w][row][col]);
+            for (int w = 0; w < WARPS; w++) v += __uint_as_float(red(w, row, col));
         }
         if (p.w_scale != nullptr) v *= p.w_scale[p.scale_per_row ? r : 0];
         v += load_bias<OUT>(p.bias, r);
@@ -354,7 +359,7 @@ __device__ __forceinline__ void gemm_t2(const GemmParams& p) {
 
 // Kernel symbols: gemm_t2_{activation}_{output}_n{8*NT}; built by `gemm_symbol` in launch.rs.
 #define GEMM_KERNEL(ACT, OUT, NT, NAME)                                               \
-    extern "C" __global__ void __launch_bounds__(WARPS * 32, 3) NAME(const GemmParams p) { \
+    extern "C" __global__ void __launch_bounds__(WARPS * 32, NT == 1 ? 3 : 1) NAME(const GemmParams p) { \
         gemm_t2<ACT, OUT, NT>(p);                                                     \
     }
 
