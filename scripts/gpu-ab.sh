@@ -3,10 +3,7 @@
 # an Nsight Compute profile of the last build's batch-1 f16 kernel on one shape.
 # Usage: VARIANTS="v2 v3" ONLY="70b gate" bash scripts/gpu-ab.sh
 set -uo pipefail
-OUT=${OUT:-/tmp/warp-bitnet-out}; mkdir -p "$OUT"
-for d in /usr/local/cuda/lib64 $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, "cu13", "lib") for p in nvidia.__path__))' 2>/dev/null); do
-  [ -d "$d" ] && export LD_LIBRARY_PATH=$d:${LD_LIBRARY_PATH:-}
-done
+source "$(dirname "$0")/gpu-env.sh"
 for v in $VARIANTS; do
   for only in ${ONLY_LIST:-"70b gate" "8b qkv" "2b k"}; do
     WARP_BITNET_CACHE_DIR=/tmp/cache-$v .gpu/$v/warp-bitnet bench --device cuda --only "$only" --batch "${BATCH:-1}" \

@@ -3,14 +3,8 @@
 # in .gpu/): device info, the GPU test suite, compute-sanitizer on a few tests, the
 # benchmark (JSON), and the SASS instruction mix of the hot kernel. Logs go to $OUT.
 set -uo pipefail
-OUT=${OUT:-/tmp/warp-bitnet-out}
-mkdir -p "$OUT"
+source "$(dirname "$0")/gpu-env.sh"
 export WARP_BITNET_CACHE_DIR=$OUT/cache
-# NVRTC and cuBLAS: the toolkit's lib folder, else the pip wheels beside torch.
-for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
-         $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, "cu13", "lib") for p in nvidia.__path__))' 2>/dev/null); do
-  [ -d "$d" ] && export LD_LIBRARY_PATH=$d:${LD_LIBRARY_PATH:-}
-done
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv
 G=.gpu
 $G/warp-bitnet info 2>&1 | tee "$OUT/info.txt"
