@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Warp stall reasons of one kernel (Nsight Compute metrics), for the notes.
+# Usage: KERNEL=gemm_t2_f16_f16_n8 ONLY="70b gate" bash scripts/gpu-stalls.sh [build dir under .gpu]
+set -uo pipefail
+source "$(dirname "$0")/gpu-env.sh"
+v=${1:-.}
+m=""
+for r in long_scoreboard short_scoreboard wait math_pipe_throttle mio_throttle lg_throttle barrier membar \
+         dispatch_stall no_instruction not_selected selected tex_throttle drain branch_resolving imc_miss misc sleeping; do
+  m="$m,smsp__average_warps_issue_stalled_${r}_per_issue_active.ratio"
+done
+m="${m#,},smsp__inst_executed.sum,sm__cycles_elapsed.avg,dram__throughput.avg.pct_of_peak_sustained_elapsed"
+WARP_BITNET_CACHE_DIR=/tmp/cache-stalls ncu --clock-control none --kernel-name "regex:${KERNEL:-gemm_t2_f16_f16_n8}" \
+  --launch-skip 30 --launch-count 1 --metrics "$m" \
+  .gpu/$v/warp-bitnet bench --device cuda --only "${ONLY:-70b gate}" --iters 40 2>&1 | grep -E "gemm_t2|stalled|inst_executed|cycles|dram" \
+  | sed -E 's/smsp__average_warps_issue_stalled_//; s/_per_issue_active.ratio//' | tee -a "$OUT/stalls.txt"
