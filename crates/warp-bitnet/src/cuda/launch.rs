@@ -18,6 +18,16 @@ use crate::format::tiled;
 const GEMM_THREADS: u32 = 256;
 /// Token group sizes with an instantiated kernel (`8 * NT` in gemm_t2.cu).
 pub const TOKENS_PER_CTA: [usize; 3] = [8, 16, 32];
+
+/// Tokens per CTA for a call: the single-token f16 kernel (`n1`, cheaper decode)
+/// for one f16 token, else the smallest group that holds the batch, else 32 with
+/// several CTAs along the batch.
+fn tokens_per_cta(x: DType, batch: usize) -> usize {
+    if x == DType::F16 && batch == 1 {
+        return 1;
+    }
+    TOKENS_PER_CTA.iter().copied().find(|&t| t >= batch).unwrap_or(32)
+}
 const MAX_GRID_Y: usize = 65_535;
 
 /// Parameters of the GEMM kernels, passed by value; mirrors `GemmParams` in common.cuh.
@@ -443,6 +453,8 @@ mod tests {
         assert_eq!((p.symbol.as_str(), p.grid.1), ("gemm_t2_i8_i32_n32", 3));
         let p = plan_gemm(100, 300, 0x10, None, &args(DType::BF16, DType::BF16, 9)).unwrap();
         assert_eq!(p.symbol, "gemm_t2_bf16_bf16_n16");
+        let p = plan_gemm(100, 300, 0x10, None, &args(DType::F16, DType::F16, 2)).unwrap();
+        assert_eq!(p.symbol, "gemm_t2_f16_f16_n8");
     }
 
     #[test]

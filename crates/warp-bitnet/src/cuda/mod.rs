@@ -159,10 +159,11 @@ mod tests {
     #[test]
     fn finds_every_kernel_and_the_symbol_builder_agrees() {
         let names = kernel_names(compile::GEMM_T2.text);
-        assert_eq!(names.len(), 15);
+        assert_eq!(names.len(), 16);
         for n in &names {
             assert!(n.starts_with("gemm_t2_"), "{n}");
         }
+        assert!(names.contains(&gemm_symbol(crate::DType::F16, crate::DType::F16, 1)));
         assert!(names.contains(&gemm_symbol(crate::DType::F16, crate::DType::F16, 8)));
         assert!(names.contains(&gemm_symbol(crate::DType::I8, crate::DType::I32, 32)));
         assert_eq!(kernel_names(compile::LAYOUT.text), ["i2_to_t2", "t2_to_i2"]);

@@ -3,22 +3,23 @@
 //! The matrix is cut into tiles of 16 rows x 128 columns (rows padded to a multiple
 //! of 16, columns to a multiple of 128, with zero weights). Tile (rt, kt) is 512
 //! bytes at word offset `(rt * k_tiles + kt) * 128`; lane `t` of the warp that
-//! reads it owns words `4t .. 4t+3`, one 16-byte load. Word `w` of lane `t`, with
-//! `g = t / 4` and `q = t % 4`, holds 16 codes `c = weight + 1` (0, 1, 2):
+//! reads it owns words `4t .. 4t+3`, one 16-byte load. With `g = t / 4` and
+//! `q = t % 4`, the lane holds rows `g` (words 0, 1) and `g + 8` (words 2, 3) of
+//! the tile, columns `32q .. 32q+31`; each word holds 16 codes `c = weight + 1`:
 //!
 //! ```text
-//! slot s (bits 2s..2s+1), s = 0..15:
-//!   row = 16 rt + g + 8 (s & 1)
-//!   col = 128 kt + 32 q + 8 w + kidx(s),   kidx(s) = bitreverse3(s >> 1)
+//! word w, slot t (bits 2t..2t+1), t = 0..15, with s = t % 8 and h = t / 8:
+//!   row = 16 rt + g + 8 (w >> 1)
+//!   col = 128 kt + 32 q + 4 s + 2 (w & 1) + h
 //! ```
 //!
-//! Why this order: the slot pairs `(s, s + 8)` — bits `2s` and `2s + 16` — are two
-//! consecutive columns of one row, so one LOP3 makes one f16x2/bf16x2
-//! `mma.m16n8k16` A register, and a lane's 8 activations of a word (one 16-byte
-//! load) are its B registers as loaded, with no shuffling. `(word >> 2j) &
-//! 0x03030303` holds 4 codes of one row in columns (0, 2, 1, 3) of a group of 4:
-//! one int8 `mma.m16n8k32` A register, whose B register is one PRMT away
-//! (see `cuda/kernels/gemm_t2.cu`).
+//! Why this order (see `cuda/kernels/gemm_t2.cu`): bits `2s` and `2s + 16` of a
+//! word are two consecutive columns of one row, so one LOP3 makes one f16x2/bf16x2
+//! A register of `mma.m16n8k16`; slot pair `s` of words 0..3 is one whole A
+//! fragment (rows g and g+8, columns 4s..4s+3) whose codes all sit at the same bit
+//! position, and whose B fragment is the lane's activations `4s..4s+3` as loaded.
+//! `(word >> 2j) & 0x03030303` is one int8 A register of `mma.m16n8k32`, columns
+//! (4j, 4j+16, 4j+1, 4j+17) (+2 for odd words), one PRMT away from its B register.
 
 use super::i2;
 use crate::error::{check_len, Result};
@@ -47,18 +48,8 @@ pub fn position(rt: usize, kt: usize, word: usize, slot: usize) -> (usize, usize
     let lane = (word % TILE_WORDS) / 4;
     let w = word % 4;
     let (g, q) = (lane / 4, lane % 4);
-    let kidx = kidx(slot);
-    (
-        rt * TILE_ROWS + g + 8 * (slot & 1),
-        kt * TILE_COLS + 32 * q + 8 * w + kidx,
-    )
-}
-
-/// Column within a lane's 8 columns of slot `slot`: the 3-bit reversal of `slot >> 1`.
-#[inline]
-pub fn kidx(slot: usize) -> usize {
-    let s = slot >> 1;
-    4 * (s & 1) + 2 * ((s >> 1) & 1) + (s >> 2)
+    let (s, h) = (slot % 8, slot / 8);
+    (rt * TILE_ROWS + g + 8 * (w >> 1), kt * TILE_COLS + 32 * q + 4 * s + 2 * (w & 1) + h)
 }
 
 /// Converts validated I2 words to T2 (the host twin of the GPU conversion kernel).
@@ -124,17 +115,19 @@ mod tests {
 
     #[test]
     fn registers_hold_what_the_kernel_expects() {
-        // f16/bf16: slots (s, s+8) are consecutive columns of one row.
-        for s in 0..8 {
-            let (a, b) = (position(0, 0, 0, s), position(0, 0, 0, s + 8));
-            assert_eq!((a.0, a.1 + 1), b);
-        }
-        // i8: slots j, j+4, j+8, j+12 are columns (0, 2, 1, 3) of a group of 4 of one row.
-        for j in 0..4 {
-            let p: Vec<_> = (0..4).map(|b| position(0, 0, 0, j + 4 * b)).collect();
-            assert!(p.iter().all(|&(r, _)| r == p[0].0));
-            let base = p[0].1;
-            assert_eq!(p.iter().map(|&(_, c)| c - base).collect::<Vec<_>>(), [0, 2, 1, 3]);
+        for w in 0..4 {
+            // f16/bf16: bits 2s and 2s+16 are consecutive columns of one row.
+            for s in 0..8 {
+                let (a, b) = (position(0, 0, w, s), position(0, 0, w, s + 8));
+                assert_eq!((a.0, a.1 + 1), b);
+                assert_eq!(a, (8 * (w >> 1), 4 * s + 2 * (w & 1)));
+            }
+            // i8: slots j, j+4, j+8, j+12 are columns (4j, 4j+16, 4j+1, 4j+17) (+2 for odd words).
+            for j in 0..4 {
+                let cols: Vec<_> = (0..4).map(|b| position(0, 0, w, j + 4 * b).1).collect();
+                let o = 2 * (w & 1);
+                assert_eq!(cols, [4 * j + o, 4 * j + 16 + o, 4 * j + 1 + o, 4 * j + 17 + o]);
+            }
         }
     }
 }

@@ -1,37 +1,41 @@
 // Ternary GEMM/GEMV on T2 weights: Y[B, M] = (X[B, N] . Wtᵀ) * scale + bias.
 //
-// Layout (docs/FORMATS.md, "T2"): tiles of 16 rows x 128 columns, 512 bytes each;
-// lane t of a warp loads its 16 bytes (4 words) of a tile with one coalesced
-// LDG.128. Word w of lane t (g = t/4, q = t%4) holds codes c = weight + 1:
+// Layout (docs/FORMATS.md, "T2"; src/format/tiled.rs): tiles of 16 rows x 128
+// columns, 512 bytes each; lane t of a warp loads its 16 bytes (4 words) of a tile.
+// With g = t/4, q = t%4: words 0, 1 hold row g, words 2, 3 row g+8, columns
+// 32q..32q+31; codes c = weight + 1 sit at
 //
-//   slot s at bits 2s..2s+1:  row g + 8(s & 1),  column 32q + 8w + kidx(s),
-//   kidx(s) = bitreverse3(s >> 1): slots (s, s+8) are consecutive columns
+//   word w, slot t (bits 2t..2t+1), s = t % 8, h = t / 8:  column 32q + 4s + 2(w & 1) + h
 //
-// Decode, per word (16 weights):
-//   f16:  slots (s, s+8) are bits 2s and 2s+16 = the two halves of one register.
-//         (word & (0x00030003 << 2s)) | 0x64006400 is the f16 pair 1024 + c*4^s
-//         (one LOP3); fma(h, 4^-s, -(1024*4^-s + 1)) = c - 1 exactly (one HFMA2).
-//         Slots 5..7 sit in bits 10..15, the exponent, so they use word >> 10.
-//         8 LOP3 + 8 HFMA2 + 1 SHF -> 8 A registers = two m16n8k16 MMAs.
-//   bf16: the same with 128.0 (7 mantissa bits): slots 0-2, 3-5 (>> 6), 6-7 (>> 12).
-//   i8:   (word >> 2j) & 0x03030303 = 4 codes of one row, columns (0, 2, 1, 3) of a
-//         group of 4: one m16n8k32 A register (1 SHF + 1 LOP3 per 4 weights; the B
-//         register gets the same order with one PRMT). The MMA sums
-//         c * x; subtracting sum(x) (dp4a on the B registers) gives (c - 1) * x.
-//   The MMAs accumulate in f32 (i32 for i8), so the sums are exact up to f32
-//   rounding, and the B fragment's 8 columns carry 8 tokens at no extra cost.
+// so slot pair s (bits 2s and 2s+16) of words 0..3 is one m16n8k16 A fragment
+// (rows g, g+8; columns 4s..4s+3) and its B fragment is the lane's activations
+// 4s..4s+3 exactly as loaded.
+//
+// Decode (thread-instructions per 16 weights):
+//   f16, one token ("n1"): A = word & (0x00030003 << 2s) is the f16 pair c * 4^s *
+//     2^-24 (subnormal, exact): one LOP3 per 2 weights, no arithmetic; slots 5-7
+//     sit in the exponent bits and use word >> 10. MMAs of slot pairs with the same
+//     4^s accumulate together (5 groups), scaled by 2^24 / 4^s at the end, and
+//     sum(x) is subtracted: sum (c - 1) x. ~9 per word.
+//   f16 (2+ tokens), bf16: (word & mask) | 1024.0 (128.0 for bf16) is 1024 + c*4^s
+//     (one LOP3), fma(h, 4^-s, -(1024*4^-s + 1)) = c - 1 exactly (one HFMA2).
+//     ~17 per word (bf16 has 7 mantissa bits: shifts by 6 and 12, ~18).
+//   i8: (word >> 2j) & 0x03030303 = one m16n8k32 A register; the B register is
+//     one PRMT of two activation words. The MMA sums c * x; dp4a sums x.
+//   MMAs accumulate in f32 (i32 for i8); 8 tokens ride in the B fragment's columns.
 //
 // Thread mapping: CTA = 8 warps = one 16-row tile x 8*NT tokens (blockIdx.y picks
-// the token group). Warp w takes k tiles w, w+8, w+16, ... and streams them
-// through its own shared-memory ring of DEPTH stages filled by cp.async (weights
-// and the tile's activations), so DEPTH-1 tiles are in flight per warp without
-// holding registers. Partial sums meet in shared memory; the epilogue applies
-// scale and bias and writes 16 rows x 8*NT tokens.
+// the token group). Warp w takes k tiles w, w+8, ...; its weights stream through
+// a private 8-stage shared-memory ring filled by cp.async (7 tiles in flight, no
+// registers held); its activations come straight from global memory (L1/L2), one
+// tile ahead, double-buffered in registers. Partial sums meet in shared memory;
+// the epilogue applies scale and bias and writes 16 rows x 8*NT tokens.
 //
-// Budget (batch 1, H100/H200): 0.25 B/weight from HBM; ~1.1 thread-instructions
-// per weight (f16), ~0.5 (i8), against ~1.9 available per weight at 4.3 TB/s on
-// 132 SMs at 1.98 GHz: the kernel should be bound by HBM bandwidth.
-// Measured: see bench/results and docs/NOTES.md.
+// Budget (batch 1, f16, per tile of 2048 weights per warp): 36 LOP3/SHF + 8 HMMA +
+// 4 LDG + LDS + LDGSTS + ~10 loop = ~60 warp-instructions. At 3.0 TB/s on 132 SMs
+// at 1.8 GHz an SM must finish a tile every ~41 cycles (164 issue slots), at 4.3
+// TB/s (H200) every ~29 cycles (114 slots): bound by HBM if issue stays above ~50%.
+// Measured: docs/NOTES.md and bench/results.
 #include "common.cuh"
 
 #define ACT_F16 0
@@ -43,14 +47,6 @@
 
 #define WARPS 8
 #define DEPTH 8  // ring stages per warp: tiles in flight
-
-// Hides a value from the optimizer, so it stays in a register instead of being
-// recomputed inside the hot loop (ptxas rematerializes constants and addresses
-// there, at several instructions per tile).
-__device__ __forceinline__ u32 opaque(u32 v) {
-    asm volatile("" : "+r"(v));
-    return v;
-}
 
 // (a & mask) | magic in one LOP3. Written out because the compiler otherwise emits
 // an AND and an OR: LOP3 takes one immediate, and both constants were immediates.
@@ -67,48 +63,26 @@ constexpr u32 F16_OFFSET[5] = {0xE401E401, 0xDC04DC04, 0xD410D410, 0xCC40CC40, 0
 // The same for the bf16 pair (128 + c*4^j).
 constexpr u32 BF16_SCALE[3] = {0x3F803F80, 0x3E803E80, 0x3D803D80};
 constexpr u32 BF16_OFFSET[3] = {0xC301C301, 0xC204C204, 0xC110C110};
+constexpr u32 PAIR_MASK[5] = {0x00030003u, 0x000C000Cu, 0x00300030u, 0x00C000C0u, 0x03000300u};
 
-// Decode constants held in registers for the whole kernel (see `opaque`).
+// Bit position group of slot pair s: f16 keeps s = 0..4 in place and moves 5..7
+// down by 10 bits; bf16 (7 mantissa bits) keeps 0..2 and moves 3..5 by 6, 6..7 by 12.
 template <int ACT>
-struct DecodeConsts {
-    u32 magic, scale[5], offset[5];
-    __device__ __forceinline__ DecodeConsts() {
-        magic = opaque(ACT == ACT_BF16 ? 0x43004300u : 0x64006400u);
-#pragma unroll
-        for (int j = 0; j < 5; j++) {
-            scale[j] = opaque(ACT == ACT_BF16 ? BF16_SCALE[j % 3] : F16_SCALE[j]);
-            offset[j] = opaque(ACT == ACT_BF16 ? BF16_OFFSET[j % 3] : F16_OFFSET[j]);
-        }
-    }
-};
+__device__ __forceinline__ constexpr int pair_shift(int s) {
+    return ACT == ACT_F16 ? (s < 5 ? 0 : 10) : 6 * (s / 3);
+}
+template <int ACT>
+__device__ __forceinline__ constexpr int pair_pos(int s) {
+    return ACT == ACT_F16 ? (s < 5 ? s : s - 5) : s % 3;
+}
 
-// A registers of one word; for f16/bf16 a[s] is the pair (s, s+8).
-template <int ACT>
-__device__ __forceinline__ void decode_word(u32 wd, u32 a[8], const DecodeConsts<ACT>& k) {
-    if (ACT == ACT_F16) {
-        const u32 hi = wd >> 10;
-        a[0] = hfma2_f16(and_or<0x00030003u>(wd, k.magic), k.scale[0], k.offset[0]);
-        a[1] = hfma2_f16(and_or<0x000C000Cu>(wd, k.magic), k.scale[1], k.offset[1]);
-        a[2] = hfma2_f16(and_or<0x00300030u>(wd, k.magic), k.scale[2], k.offset[2]);
-        a[3] = hfma2_f16(and_or<0x00C000C0u>(wd, k.magic), k.scale[3], k.offset[3]);
-        a[4] = hfma2_f16(and_or<0x03000300u>(wd, k.magic), k.scale[4], k.offset[4]);
-        a[5] = hfma2_f16(and_or<0x00030003u>(hi, k.magic), k.scale[0], k.offset[0]);
-        a[6] = hfma2_f16(and_or<0x000C000Cu>(hi, k.magic), k.scale[1], k.offset[1]);
-        a[7] = hfma2_f16(and_or<0x00300030u>(hi, k.magic), k.scale[2], k.offset[2]);
-    } else if (ACT == ACT_BF16) {
-        const u32 m = wd >> 6, h = wd >> 12;
-        a[0] = hfma2_bf16(and_or<0x00030003u>(wd, k.magic), k.scale[0], k.offset[0]);
-        a[1] = hfma2_bf16(and_or<0x000C000Cu>(wd, k.magic), k.scale[1], k.offset[1]);
-        a[2] = hfma2_bf16(and_or<0x00300030u>(wd, k.magic), k.scale[2], k.offset[2]);
-        a[3] = hfma2_bf16(and_or<0x00030003u>(m, k.magic), k.scale[0], k.offset[0]);
-        a[4] = hfma2_bf16(and_or<0x000C000Cu>(m, k.magic), k.scale[1], k.offset[1]);
-        a[5] = hfma2_bf16(and_or<0x00300030u>(m, k.magic), k.scale[2], k.offset[2]);
-        a[6] = hfma2_bf16(and_or<0x00030003u>(h, k.magic), k.scale[0], k.offset[0]);
-        a[7] = hfma2_bf16(and_or<0x000C000Cu>(h, k.magic), k.scale[1], k.offset[1]);
-    } else {
-#pragma unroll
-        for (int j = 0; j < 4; j++) a[j] = (wd >> (2 * j)) & 0x03030303u;
-    }
+// Slot pair s of `word` as the A register c - 1 (f16 or bf16 pair).
+template <int ACT, int S>
+__device__ __forceinline__ u32 decode_pair(u32 word) {
+    constexpr int J = pair_pos<ACT>(S);
+    const u32 src = word >> pair_shift<ACT>(S);
+    if (ACT == ACT_F16) return hfma2_f16(and_or<PAIR_MASK[J]>(src, 0x64006400u), F16_SCALE[J], F16_OFFSET[J]);
+    return hfma2_bf16(and_or<PAIR_MASK[J]>(src, 0x43004300u), BF16_SCALE[J], BF16_OFFSET[J]);
 }
 
 __device__ __forceinline__ void mma_f16(float c[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
@@ -133,23 +107,21 @@ __device__ __forceinline__ void mma_i8(int c[4], u32 a0, u32 a1, u32 a2, u32 a3,
 }
 
 // ---- weight ring ----------------------------------------------------------------
-// Each warp owns DEPTH stages of 512 bytes in shared memory (lane t's 16 bytes at
-// 16t), filled by cp.async: DEPTH-1 tiles are in flight per warp without holding
-// registers. A lane reads back only what it copied itself, so no warp barrier is
-// needed between the copy and the read.
+// Each warp owns DEPTH stages of 512 bytes (lane t's 16 bytes at 16t). A lane reads
+// back only what it copied itself, so no warp barrier sits between copy and read.
 
 __device__ __forceinline__ u32 smem_addr(const void* p) {
     return (u32)__cvta_generic_to_shared(p);
 }
 
 __device__ __forceinline__ void cp_async_16_evict_first(u32 dst, const void* src, u64 policy) {
-    asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;" :: "r"(dst), "l"(src), "l"(policy));
+    asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "l"(policy));
 }
 
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
 
 template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N)); }
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
 
 __device__ __forceinline__ u32x4 lds128(u32 addr) {
     u32x4 v;
@@ -158,7 +130,8 @@ __device__ __forceinline__ u32x4 lds128(u32 addr) {
 }
 
 // ---- activations ------------------------------------------------------------------
-// A lane's activations for one tile of one token: columns 128 kt + 32 q + 0..31.
+// A lane's activations for one tile of one token: columns 128 kt + 32 q + 0..31;
+// r[i] holds columns 2i, 2i+1 (f16/bf16) or 4i..4i+3 (i8).
 template <int ACT>
 struct XTile {
     u32 r[ACT == ACT_I8 ? 8 : 16];
@@ -166,16 +139,14 @@ struct XTile {
 
 // Fast path: the whole tile lies inside `cols` and x allows 16-byte loads.
 template <int ACT>
-__device__ __forceinline__ XTile<ACT> load_x_tile(const unsigned char* lane_x, u32 kt) {
+__device__ __forceinline__ void load_x_tile(XTile<ACT>& t, const unsigned char* lane_x, u32 kt) {
     constexpr int BYTES = ACT == ACT_I8 ? 32 : 64;  // 32 columns
-    XTile<ACT> t;
     const unsigned char* p = lane_x + (u64)kt * 128 * (BYTES / 32);
 #pragma unroll
     for (int i = 0; i < BYTES / 16; i++) {
         const u32x4 v = load_v4(p + 16 * i);
         t.r[4 * i] = v.x; t.r[4 * i + 1] = v.y; t.r[4 * i + 2] = v.z; t.r[4 * i + 3] = v.w;
     }
-    return t;
 }
 
 // Slow path (the last, partial tile; or unaligned x): element by element, zeros past `cols`.
@@ -197,34 +168,64 @@ __device__ __noinline__ XTile<ACT> load_x_tile_slow(const GemmParams& p, u32 b, 
     return t;
 }
 
-// One tile: decode each word once, multiply against NT token groups.
-template <int ACT, int NT>
-__device__ __forceinline__ void tile_mma(const u32x4& wv, const XTile<ACT> (&x)[NT], const DecodeConsts<ACT>& k,
-                                         float (&accf)[NT][4], int (&acci)[NT][4], int (&xsum)[NT]) {
-    const u32 words[4] = {wv.x, wv.y, wv.z, wv.w};
+// ---- one tile ---------------------------------------------------------------------
+// Accumulators: f32 per token group (c - 1 decode), or per 4^s group (n1), or i32.
+template <int ACT, int NT, bool ONE>
+struct Acc {
+    float f[ONE ? 5 : NT][4];
+    int i[NT][4];
+    int xsum[NT];
+};
+
+template <int ACT, int NT, bool ONE, int S>
+__device__ __forceinline__ void pair_mma(const u32 (&w)[4], const XTile<ACT> (&x)[NT], Acc<ACT, NT, ONE>& acc) {
+    u32 a[4];
 #pragma unroll
-    for (int w = 0; w < 4; w++) {
-        u32 a[8];
-        decode_word<ACT>(words[w], a, k);
+    for (int k = 0; k < 4; k++) {
+        // Fragment order: row g (word 0), row g+8 (word 2), then the odd words.
+        const u32 word = w[(k & 1) * 2 + (k >> 1)];
+        if (ONE) a[k] = (word >> pair_shift<ACT_F16>(S)) & PAIR_MASK[pair_pos<ACT_F16>(S)];
+        else a[k] = decode_pair<ACT, S>(word);
+    }
 #pragma unroll
-        for (int j = 0; j < NT; j++) {
-            if (ACT == ACT_I8) {
-                // A register j holds columns (0, 2, 1, 3) of a group of 4: permute B to match.
-                const u32 lo = x[j].r[2 * w], hi = x[j].r[2 * w + 1];
-                mma_i8(acci[j], a[0], a[1], a[2], a[3], prmt(lo, lo, 0x3120), prmt(hi, hi, 0x3120));
-                xsum[j] = dp4a(hi, 0x01010101u, dp4a(lo, 0x01010101u, xsum[j]));
-            } else {
-                // Pairs (s, s+8) are consecutive columns: the loaded registers are the B fragments.
-                const u32* b = &x[j].r[4 * w];
-                if (ACT == ACT_F16) {
-                    mma_f16(accf[j], a[0], a[1], a[4], a[5], b[0], b[1]);
-                    mma_f16(accf[j], a[2], a[3], a[6], a[7], b[2], b[3]);
-                } else {
-                    mma_bf16(accf[j], a[0], a[1], a[4], a[5], b[0], b[1]);
-                    mma_bf16(accf[j], a[2], a[3], a[6], a[7], b[2], b[3]);
-                }
-            }
-        }
+    for (int j = 0; j < NT; j++) {
+        const u32 b0 = x[j].r[2 * S], b1 = x[j].r[2 * S + 1];
+        if (ONE) mma_f16(acc.f[pair_pos<ACT_F16>(S)], a[0], a[1], a[2], a[3], b0, b1);
+        else if (ACT == ACT_F16) mma_f16(acc.f[j], a[0], a[1], a[2], a[3], b0, b1);
+        else mma_bf16(acc.f[j], a[0], a[1], a[2], a[3], b0, b1);
+    }
+}
+
+template <int NT, int J>
+__device__ __forceinline__ void quad_mma_i8(const u32 (&w)[4], const XTile<ACT_I8> (&x)[NT], Acc<ACT_I8, NT, false>& acc) {
+    const u32 a0 = (w[0] >> (2 * J)) & 0x03030303u, a1 = (w[2] >> (2 * J)) & 0x03030303u;
+    const u32 a2 = (w[1] >> (2 * J)) & 0x03030303u, a3 = (w[3] >> (2 * J)) & 0x03030303u;
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+        // A bytes are columns (4J, 4J+16, 4J+1, 4J+17) (+2 for a2, a3): gather B to match.
+        const u32 lo = x[j].r[J], hi = x[j].r[J + 4];
+        mma_i8(acc.i[j], a0, a1, a2, a3, prmt(lo, hi, 0x5140), prmt(lo, hi, 0x7362));
+        acc.xsum[j] = dp4a(hi, 0x01010101u, dp4a(lo, 0x01010101u, acc.xsum[j]));
+    }
+}
+
+template <int ACT, int NT, bool ONE>
+__device__ __forceinline__ void tile_mma(const u32x4& wv, const XTile<ACT> (&x)[NT], Acc<ACT, NT, ONE>& acc) {
+    const u32 w[4] = {wv.x, wv.y, wv.z, wv.w};
+    if constexpr (ACT == ACT_I8) {
+        quad_mma_i8<NT, 0>(w, x, acc);
+        quad_mma_i8<NT, 1>(w, x, acc);
+        quad_mma_i8<NT, 2>(w, x, acc);
+        quad_mma_i8<NT, 3>(w, x, acc);
+    } else {
+        pair_mma<ACT, NT, ONE, 0>(w, x, acc);
+        pair_mma<ACT, NT, ONE, 1>(w, x, acc);
+        pair_mma<ACT, NT, ONE, 2>(w, x, acc);
+        pair_mma<ACT, NT, ONE, 3>(w, x, acc);
+        pair_mma<ACT, NT, ONE, 4>(w, x, acc);
+        pair_mma<ACT, NT, ONE, 5>(w, x, acc);
+        pair_mma<ACT, NT, ONE, 6>(w, x, acc);
+        pair_mma<ACT, NT, ONE, 7>(w, x, acc);
     }
 }
 
@@ -235,12 +236,38 @@ __device__ __forceinline__ float load_bias(const void* bias, u32 r) {
     return OUT == OUT_BF16 ? bf16_to_f32(h) : f16_to_f32(h);
 }
 
-template <int ACT, int OUT, int NT>
+// sum_k x[b, k] over the whole row, by the whole CTA (n1 only). Issued after the
+// weight ring is primed, so its loads overlap the weights' latency.
+__device__ __forceinline__ float row_sum_f16(const GemmParams& p, u32 b, float* scratch) {
+    const u16* row = (const u16*)p.x + (u64)b * p.ldx;
+    float s = 0.f;
+    if (p.x_vec) {
+        for (u32 k = 8 * threadIdx.x; k + 8 <= p.cols; k += 8 * blockDim.x) {
+            const u32x4 v = load_v4(row + k);
+            const u32 h[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (int i = 0; i < 4; i++) s += f16_to_f32((u16)h[i]) + f16_to_f32((u16)(h[i] >> 16));
+        }
+        for (u32 k = (p.cols / 8) * 8 + threadIdx.x; k < p.cols; k += blockDim.x) s += f16_to_f32(row[k]);
+    } else {
+        for (u32 k = threadIdx.x; k < p.cols; k += blockDim.x) s += f16_to_f32(row[k]);
+    }
+    for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = s;
+    __syncthreads();
+    s = 0.f;
+#pragma unroll
+    for (int w = 0; w < WARPS; w++) s += scratch[w];
+    return s;
+}
+
+template <int ACT, int OUT, int NT, bool ONE>
 __device__ __forceinline__ void gemm_t2(const GemmParams& p) {
     constexpr int COLS = 8 * NT;  // tokens per CTA
     constexpr int XBYTES = ACT == ACT_I8 ? 1 : 2;
     __shared__ __align__(16) u32x4 ring[WARPS][DEPTH][32];
     __shared__ int red_x[WARPS][COLS];
+    __shared__ float row_sum_scratch[WARPS];
     static_assert(16 * COLS <= DEPTH * 32 * 4, "a warp's partial sums must fit in its ring");
     // Partial sums of warp w, [16][COLS] f32 bits (i32 for i8), reuse w's own ring.
     const auto red = [&](u32 w, u32 row, u32 col) -> u32& { return ((u32*)&ring[w][0][0])[row * COLS + col]; };
@@ -251,14 +278,16 @@ __device__ __forceinline__ void gemm_t2(const GemmParams& p) {
     const u32 b_base = blockIdx.y * COLS;
     const u64 policy = evict_first_policy();
 
-    float accf[NT][4];
-    int acci[NT][4];
-    int xsum[NT];
+    Acc<ACT, NT, ONE> acc;
+#pragma unroll
+    for (int j = 0; j < (ONE ? 5 : NT); j++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) acc.f[j][i] = 0.f;
 #pragma unroll
     for (int j = 0; j < NT; j++) {
-        xsum[j] = 0;
+        acc.xsum[j] = 0;
 #pragma unroll
-        for (int i = 0; i < 4; i++) { accf[j][i] = 0.f; acci[j][i] = 0; }
+        for (int i = 0; i < 4; i++) acc.i[j][i] = 0;
     }
 
     // Tokens past `batch` read the last token (no divergence); the epilogue drops them.
@@ -270,38 +299,45 @@ __device__ __forceinline__ void gemm_t2(const GemmParams& p) {
         lane_x[j] = (const unsigned char*)p.x + ((u64)tok[j] * p.ldx + 32 * q) * XBYTES;
     }
 
-    // ---- stream this warp's tiles kt = warp, warp + 8, ... ----
-    // Weights: DEPTH-stage cp.async ring, one commit group per tile (empty past the
-    // end), so wait_group<DEPTH-2> after committing tile t+DEPTH-1... means tile t
-    // has landed. Activations: registers, one tile ahead.
+    // ---- prime the ring: one commit group per tile (empty past the end) ----
     const u32 mine = p.k_tiles > warp ? (p.k_tiles - warp + WARPS - 1) / WARPS : 0;
     const u32 fast_tiles = p.x_vec ? p.cols / 128 : 0;
     const u32x4* wp = p.w + ((u64)rt * p.k_tiles + warp) * 32 + lane;
-    const u32 my_ring = opaque(smem_addr(&ring[warp][0][lane]));
-    const DecodeConsts<ACT> consts;
+    const u32 my_ring = smem_addr(&ring[warp][0][lane]);
 #pragma unroll
     for (u32 t = 0; t < DEPTH - 1; t++) {
         if (t < mine) cp_async_16_evict_first(my_ring + t * 512, wp + (u64)t * WARPS * 32, policy);
         cp_async_commit();
     }
+    const float x_total = ONE ? row_sum_f16(p, 0, row_sum_scratch) : 0.f;
+
+    // ---- stream: refill DEPTH-1 ahead; activations one tile ahead; weights read
+    // from shared memory one tile ahead ----
     const auto load_x = [&](u32 kt, XTile<ACT>(&dst)[NT]) {
 #pragma unroll
-        for (int j = 0; j < NT; j++)
-            dst[j] = kt < fast_tiles ? load_x_tile<ACT>(lane_x[j], kt) : load_x_tile_slow<ACT>(p, tok[j], kt, q);
+        for (int j = 0; j < NT; j++) {
+            if (kt < fast_tiles) load_x_tile<ACT>(dst[j], lane_x[j], kt);
+            else dst[j] = load_x_tile_slow<ACT>(p, tok[j], kt, q);
+        }
     };
-    // Tile t: refill the ring DEPTH-1 ahead, prefetch the next tile's activations
-    // into `nxt`, then wait for tile t's weights and multiply with `cur`.
+    u32x4 wnext = {0, 0, 0, 0};
     const auto step = [&](u32 t, const XTile<ACT>(&cur)[NT], XTile<ACT>(&nxt)[NT]) {
         const u32 ahead = t + DEPTH - 1;
         if (ahead < mine) cp_async_16_evict_first(my_ring + (ahead % DEPTH) * 512, wp + (u64)ahead * WARPS * 32, policy);
         cp_async_commit();
         if (t + 1 < mine) load_x(warp + (t + 1) * WARPS, nxt);
-        cp_async_wait<DEPTH - 1>();
-        tile_mma<ACT, NT>(lds128(my_ring + (t % DEPTH) * 512), cur, consts, accf, acci, xsum);
+        const u32x4 wcur = wnext;
+        cp_async_wait<DEPTH - 2>();  // tile t+1 has landed
+        wnext = lds128(my_ring + ((t + 1) % DEPTH) * 512);
+        tile_mma<ACT, NT, ONE>(wcur, cur, acc);
     };
-    // Two activation buffers, alternating, so no registers are copied.
     XTile<ACT> xa[NT], xb[NT];
-    if (mine > 0) load_x(warp, xa);
+    if (mine > 0) {
+        load_x(warp, xa);
+        cp_async_wait<DEPTH - 2>();
+        wnext = lds128(my_ring);
+    }
+    // Two activation buffers, alternating, so no registers are copied.
     for (u32 t = 0; t < mine; t += 2) {
         step(t, xa, xb);
         if (t + 1 < mine) step(t + 1, xb, xa);
@@ -312,16 +348,27 @@ __device__ __forceinline__ void gemm_t2(const GemmParams& p) {
     // Every copy into this warp's ring has landed (the last real group was waited
     // for); the barrier keeps a lane's partial sums from overwriting a stage that
     // another lane may still be reading.
+    cp_async_wait<0>();
     __syncwarp();
 #pragma unroll
     for (int j = 0; j < NT; j++) {
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             const u32 row = g + 8 * (i / 2), col = 8 * j + 2 * q + (i % 2);
-            red(warp, row, col) = ACT == ACT_I8 ? (u32)acci[j][i] : __float_as_uint(accf[j][i]);
+            if (ACT == ACT_I8) {
+                red(warp, row, col) = (u32)acc.i[j][i];
+            } else if (ONE) {
+                // Group s holds 2^-24 * 4^s * sum c x: undo both scales.
+                float v = 0.f;
+#pragma unroll
+                for (int s = 0; s < 5; s++) v += acc.f[s][i] * (float)(1 << (24 - 2 * s));
+                red(warp, row, col) = __float_as_uint(v);
+            } else {
+                red(warp, row, col) = __float_as_uint(acc.f[j][i]);
+            }
         }
         if (ACT == ACT_I8) {
-            int s = xsum[j];
+            int s = acc.xsum[j];
             s += __shfl_xor_sync(0xffffffffu, s, 1);
             s += __shfl_xor_sync(0xffffffffu, s, 2);
             if (q == 0) red_x[warp][8 * j + g] = s;
@@ -336,19 +383,20 @@ __device__ __forceinline__ void gemm_t2(const GemmParams& p) {
         if (r >= p.rows || b >= p.batch) continue;
         float v;
         if (ACT == ACT_I8) {
-            int acc = 0, xs = 0;
+            int sum = 0, xs = 0;
 #pragma unroll
-            for (int w = 0; w < WARPS; w++) { acc += (int)red(w, row, col); xs += red_x[w][col]; }
-            acc -= xs;  // sum (c - 1) x = sum c x - sum x
+            for (int w = 0; w < WARPS; w++) { sum += (int)red(w, row, col); xs += red_x[w][col]; }
+            sum -= xs;  // sum (c - 1) x = sum c x - sum x
             if (OUT == OUT_I32) {
-                ((int*)p.y)[(u64)b * p.ldy + r] = acc;
+                ((int*)p.y)[(u64)b * p.ldy + r] = sum;
                 continue;
             }
-            v = (float)acc * p.x_scale[b];
+            v = (float)sum * p.x_scale[b];
         } else {
             v = 0.f;
 #pragma unroll
             for (int w = 0; w < WARPS; w++) v += __uint_as_float(red(w, row, col));
+            if (ONE) v -= x_total;  // sum (c - 1) x = sum c x - sum x
         }
         if (p.w_scale != nullptr) v *= p.w_scale[p.scale_per_row ? r : 0];
         v += load_bias<OUT>(p.bias, r);
@@ -357,24 +405,28 @@ __device__ __forceinline__ void gemm_t2(const GemmParams& p) {
     }
 }
 
-// Kernel symbols: gemm_t2_{activation}_{output}_n{8*NT}; built by `gemm_symbol` in launch.rs.
-#define GEMM_KERNEL(ACT, OUT, NT, NAME)                                               \
-    extern "C" __global__ void __launch_bounds__(WARPS * 32, NT == 1 ? 3 : 1) NAME(const GemmParams p) { \
-        gemm_t2<ACT, OUT, NT>(p);                                                     \
+// Kernel symbols: gemm_t2_{activation}_{output}_n{tokens per CTA}; built by
+// `gemm_symbol` in launch.rs. n1 is the single-token f16 kernel. MIN_CTAS caps
+// registers so that many CTAs fit an SM without spilling in the main loop
+// (checked in the resource report: ptxas -v).
+#define GEMM_KERNEL(ACT, OUT, NT, ONE, MIN_CTAS, NAME)                                         \
+    extern "C" __global__ void __launch_bounds__(WARPS * 32, MIN_CTAS) NAME(const GemmParams p) { \
+        gemm_t2<ACT, OUT, NT, ONE>(p);                                                          \
     }
 
-GEMM_KERNEL(ACT_F16, OUT_F16, 1, gemm_t2_f16_f16_n8)
-GEMM_KERNEL(ACT_F16, OUT_F16, 2, gemm_t2_f16_f16_n16)
-GEMM_KERNEL(ACT_F16, OUT_F16, 4, gemm_t2_f16_f16_n32)
-GEMM_KERNEL(ACT_BF16, OUT_BF16, 1, gemm_t2_bf16_bf16_n8)
-GEMM_KERNEL(ACT_BF16, OUT_BF16, 2, gemm_t2_bf16_bf16_n16)
-GEMM_KERNEL(ACT_BF16, OUT_BF16, 4, gemm_t2_bf16_bf16_n32)
-GEMM_KERNEL(ACT_I8, OUT_F16, 1, gemm_t2_i8_f16_n8)
-GEMM_KERNEL(ACT_I8, OUT_F16, 2, gemm_t2_i8_f16_n16)
-GEMM_KERNEL(ACT_I8, OUT_F16, 4, gemm_t2_i8_f16_n32)
-GEMM_KERNEL(ACT_I8, OUT_BF16, 1, gemm_t2_i8_bf16_n8)
-GEMM_KERNEL(ACT_I8, OUT_BF16, 2, gemm_t2_i8_bf16_n16)
-GEMM_KERNEL(ACT_I8, OUT_BF16, 4, gemm_t2_i8_bf16_n32)
-GEMM_KERNEL(ACT_I8, OUT_I32, 1, gemm_t2_i8_i32_n8)
-GEMM_KERNEL(ACT_I8, OUT_I32, 2, gemm_t2_i8_i32_n16)
-GEMM_KERNEL(ACT_I8, OUT_I32, 4, gemm_t2_i8_i32_n32)
+GEMM_KERNEL(ACT_F16, OUT_F16, 1, true, 2, gemm_t2_f16_f16_n1)
+GEMM_KERNEL(ACT_F16, OUT_F16, 1, false, 3, gemm_t2_f16_f16_n8)
+GEMM_KERNEL(ACT_F16, OUT_F16, 2, false, 1, gemm_t2_f16_f16_n16)
+GEMM_KERNEL(ACT_F16, OUT_F16, 4, false, 1, gemm_t2_f16_f16_n32)
+GEMM_KERNEL(ACT_BF16, OUT_BF16, 1, false, 3, gemm_t2_bf16_bf16_n8)
+GEMM_KERNEL(ACT_BF16, OUT_BF16, 2, false, 1, gemm_t2_bf16_bf16_n16)
+GEMM_KERNEL(ACT_BF16, OUT_BF16, 4, false, 1, gemm_t2_bf16_bf16_n32)
+GEMM_KERNEL(ACT_I8, OUT_F16, 1, false, 4, gemm_t2_i8_f16_n8)
+GEMM_KERNEL(ACT_I8, OUT_F16, 2, false, 1, gemm_t2_i8_f16_n16)
+GEMM_KERNEL(ACT_I8, OUT_F16, 4, false, 1, gemm_t2_i8_f16_n32)
+GEMM_KERNEL(ACT_I8, OUT_BF16, 1, false, 4, gemm_t2_i8_bf16_n8)
+GEMM_KERNEL(ACT_I8, OUT_BF16, 2, false, 1, gemm_t2_i8_bf16_n16)
+GEMM_KERNEL(ACT_I8, OUT_BF16, 4, false, 1, gemm_t2_i8_bf16_n32)
+GEMM_KERNEL(ACT_I8, OUT_I32, 1, false, 4, gemm_t2_i8_i32_n8)
+GEMM_KERNEL(ACT_I8, OUT_I32, 2, false, 1, gemm_t2_i8_i32_n16)
+GEMM_KERNEL(ACT_I8, OUT_I32, 4, false, 1, gemm_t2_i8_i32_n32)

@@ -23,10 +23,9 @@ extern "C" __global__ void i2_to_t2(const u32* i2, u32* t2, u32 rows, u32 cols, 
     const u32 lane = (u32)(idx % 128) / 4, w = (u32)(idx % 4);
     const u32 g = lane / 4, q = lane % 4;
     u32 out = 0;
-    for (u32 s = 0; s < 16; s++) {
-        const u32 h = s >> 1, kidx = 4 * (h & 1) + 2 * ((h >> 1) & 1) + (h >> 2);
-        const u32 r = rt * 16 + g + 8 * (s & 1), c = kt * 128 + 32 * q + 8 * w + kidx;
-        out |= (u32)(i2_weight(i2, rows, cols, wpr, r, c) + 1) << (2 * s);
+    for (u32 t = 0; t < 16; t++) {
+        const u32 r = rt * 16 + g + 8 * (w >> 1), c = kt * 128 + 32 * q + 4 * (t % 8) + 2 * (w & 1) + t / 8;
+        out |= (u32)(i2_weight(i2, rows, cols, wpr, r, c) + 1) << (2 * t);
     }
     t2[idx] = out;
 }
@@ -36,15 +35,16 @@ extern "C" __global__ void t2_to_i2(const u32* t2, u32* i2, u32 rows, u32 cols, 
     const u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (u64)rows * wpr) return;
     const u32 r = (u32)(idx / wpr), j = (u32)(idx % wpr);
-    const u32 rt = r / 16, g = r % 8, odd = (r % 16) / 8;
+    const u32 rt = r / 16, g = r % 8, upper = (r % 16) / 8;
     u32 out = 0;
     for (u32 i = 0; i < 16; i++) {
         const u32 c = j * 16 + i;
         if (c >= cols) break;
-        const u32 kt = c / 128, q = (c % 128) / 32, w = (c % 32) / 8, kidx = c % 8;
-        const u32 s = 2 * ((kidx >> 2) + 2 * ((kidx >> 1) & 1) + 4 * (kidx & 1)) + odd;
+        // Inverse of i2_to_t2: column 32q + 4s + 2(w & 1) + h of row g + 8(w >> 1).
+        const u32 kt = c / 128, q = (c % 128) / 32, s = (c % 32) / 4, odd_w = (c % 4) / 2, h = c % 2;
+        const u32 w = 2 * upper + odd_w, t = 8 * h + s;
         const u64 word = ((u64)rt * k_tiles + kt) * 128 + (g * 4 + q) * 4 + w;
-        const int weight = (int)((t2[word] >> (2 * s)) & 3) - 1;
+        const int weight = (int)((t2[word] >> (2 * t)) & 3) - 1;
         out |= (weight == 1 ? 1u : weight == -1 ? 2u : 0u) << (2 * i);
     }
     i2[idx] = out;
