@@ -15,7 +15,7 @@ use crate::error::{shape, Error, Result};
 use crate::format::tiled;
 
 /// Threads per GEMM CTA (8 warps; `WARPS` in gemm_t2.cu).
-const GEMM_THREADS: u32 = 256;
+pub(crate) const GEMM_THREADS: u32 = 256;
 /// Token group sizes with an instantiated kernel (`8 * NT` in gemm_t2.cu).
 pub const TOKENS_PER_CTA: [usize; 3] = [8, 16, 32];
 
@@ -26,7 +26,11 @@ fn tokens_per_cta(x: DType, batch: usize) -> usize {
     if x == DType::F16 && batch == 1 {
         return 1;
     }
-    TOKENS_PER_CTA.iter().copied().find(|&t| t >= batch).unwrap_or(32)
+    TOKENS_PER_CTA
+        .iter()
+        .copied()
+        .find(|&t| t >= batch)
+        .unwrap_or(32)
 }
 const MAX_GRID_Y: usize = 65_535;
 
@@ -104,13 +108,16 @@ pub(crate) struct GemmPlan {
     pub grid: (u32, u32, u32),
 }
 
-/// Validates `args` against a `rows` x `cols` matrix and picks the kernel.
+/// Validates `args` against a `rows` x `cols` matrix and picks the kernel. The grid
+/// is persistent: `resident_ctas(symbol)` (CTAs that fit the GPU at once) CTAs at
+/// most along the rows, each looping over row tiles.
 pub(crate) fn plan_gemm(
     rows: usize,
     cols: usize,
     w: CUdeviceptr,
     w_scale: Option<(CUdeviceptr, bool)>,
     a: &GemmArgs,
+    resident_ctas: impl Fn(&str) -> Result<usize>,
 ) -> Result<GemmPlan> {
     use DType::*;
     if !matches!(
@@ -129,11 +136,7 @@ pub(crate) fn plan_gemm(
     if a.batch == 0 {
         return Err(Error::Empty { arg: "x" });
     }
-    let tokens = TOKENS_PER_CTA
-        .iter()
-        .copied()
-        .find(|&t| t >= a.batch)
-        .unwrap_or(32);
+    let tokens = tokens_per_cta(a.x_dtype, a.batch);
     let groups = a.batch.div_ceil(tokens);
     if groups > MAX_GRID_Y {
         return Err(Error::TooLarge {
@@ -186,8 +189,11 @@ pub(crate) fn plan_gemm(
         (I32, _) | (_, None) => (0, false),
         (_, Some(s)) => s,
     };
+    let symbol = gemm_symbol(a.x_dtype, a.y_dtype, tokens);
+    // Token groups share the GPU: each gets its share of the resident CTAs.
+    let ctas = (resident_ctas(&symbol)? / groups).clamp(1, row_tiles);
     Ok(GemmPlan {
-        symbol: gemm_symbol(a.x_dtype, a.y_dtype, tokens),
+        symbol,
         params: GemmParams {
             w,
             x: a.x,
@@ -204,7 +210,7 @@ pub(crate) fn plan_gemm(
             scale_per_row: per_row as u32,
             x_vec: x_vec as u32,
         },
-        grid: (row_tiles as u32, groups as u32, 1),
+        grid: (ctas as u32, groups as u32, 1),
     })
 }
 
@@ -279,7 +285,16 @@ impl Gpu {
     /// launch completes; `y` must not overlap the inputs; `stream` must belong to
     /// this GPU's context.
     pub unsafe fn gemm_raw(&self, w: &GpuMatrix, args: &GemmArgs, stream: CUstream) -> Result<()> {
-        let plan = plan_gemm(w.rows(), w.cols(), w.tiles_ptr(), w.scale_ptr(), args)?;
+        let sms = self.info.sm_count;
+        let resident = |name: &str| Ok(self.kernel(name)?.ctas_per_sm * sms);
+        let plan = plan_gemm(
+            w.rows(),
+            w.cols(),
+            w.tiles_ptr(),
+            w.scale_ptr(),
+            args,
+            resident,
+        )?;
         let f = self.function(&plan.symbol)?;
         let mut params = plan.params;
         let mut kp = [&mut params as *mut GemmParams as *mut c_void];
@@ -421,6 +436,12 @@ fn check_buf(arg: &'static str, len: usize, need: usize, dims: &[usize]) -> Resu
 mod tests {
     use super::*;
 
+    /// 132 SMs with two resident CTAs each.
+    fn gpu_ctas(_: &str) -> Result<usize> {
+        Ok(264)
+    }
+    const GPU: fn(&str) -> Result<usize> = gpu_ctas;
+
     fn args(x_dtype: DType, y_dtype: DType, batch: usize) -> GemmArgs {
         GemmArgs {
             x: 0x1000,
@@ -443,23 +464,38 @@ mod tests {
             0x10,
             Some((0x20, true)),
             &args(DType::F16, DType::F16, 1),
+            GPU,
         )
         .unwrap();
-        assert_eq!(p.symbol, "gemm_t2_f16_f16_n8");
-        assert_eq!(p.grid, (7, 1, 1)); // ceil(100 / 16) row tiles
+        assert_eq!(p.symbol, "gemm_t2_f16_f16_n1");
+        assert_eq!(p.grid, (7, 1, 1)); // ceil(100 / 16) row tiles, fewer than the resident CTAs
+        let tall = GemmArgs {
+            ldy: 10_000,
+            ..args(DType::F16, DType::F16, 1)
+        };
+        let p = plan_gemm(10_000, 300, 0x10, None, &tall, GPU).unwrap();
+        assert_eq!(p.grid, (264, 1, 1)); // persistent: 132 SMs x 2 CTAs
         assert_eq!((p.params.k_tiles, p.params.scale_per_row), (3, 1));
         assert_eq!(p.params.x_vec, 0); // 300 * 2 bytes is not a multiple of 16
-        let p = plan_gemm(100, 300, 0x10, None, &args(DType::I8, DType::I32, 70)).unwrap();
+        let p = plan_gemm(100, 300, 0x10, None, &args(DType::I8, DType::I32, 70), GPU).unwrap();
         assert_eq!((p.symbol.as_str(), p.grid.1), ("gemm_t2_i8_i32_n32", 3));
-        let p = plan_gemm(100, 300, 0x10, None, &args(DType::BF16, DType::BF16, 9)).unwrap();
+        let p = plan_gemm(
+            100,
+            300,
+            0x10,
+            None,
+            &args(DType::BF16, DType::BF16, 9),
+            GPU,
+        )
+        .unwrap();
         assert_eq!(p.symbol, "gemm_t2_bf16_bf16_n16");
-        let p = plan_gemm(100, 300, 0x10, None, &args(DType::F16, DType::F16, 2)).unwrap();
+        let p = plan_gemm(100, 300, 0x10, None, &args(DType::F16, DType::F16, 2), GPU).unwrap();
         assert_eq!(p.symbol, "gemm_t2_f16_f16_n8");
     }
 
     #[test]
     fn rejects_bad_arguments() {
-        let bad = |a: GemmArgs| plan_gemm(100, 300, 0x10, None, &a).unwrap_err();
+        let bad = |a: GemmArgs| plan_gemm(100, 300, 0x10, None, &a, GPU).unwrap_err();
         assert!(matches!(
             bad(args(DType::F16, DType::BF16, 1)),
             Error::Unsupported { .. }

@@ -64,7 +64,13 @@ pub struct DeviceInfo {
 pub struct Gpu {
     ctx: Arc<CudaContext>,
     info: DeviceInfo,
-    functions: HashMap<String, CudaFunction>,
+    functions: HashMap<String, Kernel>,
+}
+
+/// A loaded kernel and how many of its 256-thread CTAs fit on one SM.
+struct Kernel {
+    function: CudaFunction,
+    ctas_per_sm: usize,
 }
 
 impl Gpu {
@@ -90,7 +96,22 @@ impl Gpu {
             let cubin = compile::cubin_cached(*src, &arch)?;
             let module = ctx.load_module(cudarc::nvrtc::Ptx::from_binary(cubin))?;
             for name in kernel_names(src.text) {
-                functions.insert(name.clone(), module.load_function(&name)?);
+                let function = module.load_function(&name)?;
+                // SAFETY: `function` was just loaded from a live module.
+                let ctas = unsafe {
+                    cudarc::driver::result::occupancy::max_active_block_per_multiprocessor(
+                        function.cu_function(),
+                        launch::GEMM_THREADS as i32,
+                        0,
+                    )
+                }?;
+                functions.insert(
+                    name,
+                    Kernel {
+                        function,
+                        ctas_per_sm: ctas.max(1) as usize,
+                    },
+                );
             }
         }
         let mut driver = 0;
@@ -122,11 +143,15 @@ impl Gpu {
         &self.info
     }
 
-    fn function(&self, name: &str) -> Result<&CudaFunction> {
+    fn kernel(&self, name: &str) -> Result<&Kernel> {
         self.functions.get(name).ok_or_else(|| Error::Unsupported {
             what: "kernel",
             detail: format!("`{name}` is not instantiated"),
         })
+    }
+
+    fn function(&self, name: &str) -> Result<&CudaFunction> {
+        Ok(&self.kernel(name)?.function)
     }
 }
 

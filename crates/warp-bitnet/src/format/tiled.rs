@@ -49,7 +49,10 @@ pub fn position(rt: usize, kt: usize, word: usize, slot: usize) -> (usize, usize
     let w = word % 4;
     let (g, q) = (lane / 4, lane % 4);
     let (s, h) = (slot % 8, slot / 8);
-    (rt * TILE_ROWS + g + 8 * (w >> 1), kt * TILE_COLS + 32 * q + 4 * s + 2 * (w & 1) + h)
+    (
+        rt * TILE_ROWS + g + 8 * (w >> 1),
+        kt * TILE_COLS + 32 * q + 4 * s + 2 * (w & 1) + h,
+    )
 }
 
 /// Converts validated I2 words to T2 (the host twin of the GPU conversion kernel).
@@ -126,7 +129,10 @@ mod tests {
             for j in 0..4 {
                 let cols: Vec<_> = (0..4).map(|b| position(0, 0, w, j + 4 * b).1).collect();
                 let o = 2 * (w & 1);
-                assert_eq!(cols, [4 * j + o, 4 * j + 16 + o, 4 * j + 1 + o, 4 * j + 17 + o]);
+                assert_eq!(
+                    cols,
+                    [4 * j + o, 4 * j + 16 + o, 4 * j + 1 + o, 4 * j + 17 + o]
+                );
             }
         }
     }

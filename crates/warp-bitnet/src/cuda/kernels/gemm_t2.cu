@@ -24,12 +24,15 @@
 //     one PRMT of two activation words. The MMA sums c * x; dp4a sums x.
 //   MMAs accumulate in f32 (i32 for i8); 8 tokens ride in the B fragment's columns.
 //
-// Thread mapping: CTA = 8 warps = one 16-row tile x 8*NT tokens (blockIdx.y picks
-// the token group). Warp w takes k tiles w, w+8, ...; its weights stream through
-// a private 8-stage shared-memory ring filled by cp.async (7 tiles in flight, no
-// registers held); its activations come straight from global memory (L1/L2), one
-// tile ahead, double-buffered in registers. Partial sums meet in shared memory;
-// the epilogue applies scale and bias and writes 16 rows x 8*NT tokens.
+// Thread mapping: a persistent CTA of 8 warps (grid = the CTAs that fit the GPU at
+// once) takes 16-row tiles blockIdx.x, + gridDim.x, ... for 8*NT tokens
+// (blockIdx.y picks the token group). Warp w takes k tiles w, w+8, ... of each row
+// tile; its weights stream through a private shared-memory ring (8 stages, 4 for
+// several token groups) filled by cp.async, which runs on across row tiles, so the
+// loads never drain between them. Activations come from global memory (L1/L2) one
+// tile ahead, double-buffered in registers. At the end of a row tile the warps'
+// partial sums meet in shared memory and the epilogue applies scale and bias and
+// writes 16 rows x 8*NT tokens.
 //
 // Budget (batch 1, f16, per tile of 2048 weights per warp): 36 LOP3/SHF + 8 HMMA +
 // 4 LDG + LDS + LDGSTS + ~10 loop = ~60 warp-instructions. At 3.0 TB/s on 132 SMs
@@ -46,7 +49,6 @@
 #define OUT_I32 2
 
 #define WARPS 8
-#define DEPTH 8  // ring stages per warp: tiles in flight
 
 // (a & mask) | magic in one LOP3. Written out because the compiler otherwise emits
 // an AND and an OR: LOP3 takes one immediate, and both constants were immediates.
@@ -265,30 +267,31 @@ template <int ACT, int OUT, int NT, bool ONE>
 __device__ __forceinline__ void gemm_t2(const GemmParams& p) {
     constexpr int COLS = 8 * NT;  // tokens per CTA
     constexpr int XBYTES = ACT == ACT_I8 ? 1 : 2;
+    constexpr int DEPTH = NT == 1 ? 8 : 4;  // ring stages per warp
     __shared__ __align__(16) u32x4 ring[WARPS][DEPTH][32];
+    __shared__ u32 red[WARPS][16][COLS];  // partial sums: f32 bits, or i32 for i8
     __shared__ int red_x[WARPS][COLS];
     __shared__ float row_sum_scratch[WARPS];
-    static_assert(16 * COLS <= DEPTH * 32 * 4, "a warp's partial sums must fit in its ring");
-    // Partial sums of warp w, [16][COLS] f32 bits (i32 for i8), reuse w's own ring.
-    const auto red = [&](u32 w, u32 row, u32 col) -> u32& { return ((u32*)&ring[w][0][0])[row * COLS + col]; };
 
     const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const u32 g = lane / 4, q = lane % 4;
-    const u32 rt = blockIdx.x;
     const u32 b_base = blockIdx.y * COLS;
     const u64 policy = evict_first_policy();
 
     Acc<ACT, NT, ONE> acc;
+    const auto reset = [&]() {
 #pragma unroll
-    for (int j = 0; j < (ONE ? 5 : NT); j++)
+        for (int j = 0; j < (ONE ? 5 : NT); j++)
 #pragma unroll
-        for (int i = 0; i < 4; i++) acc.f[j][i] = 0.f;
+            for (int i = 0; i < 4; i++) acc.f[j][i] = 0.f;
 #pragma unroll
-    for (int j = 0; j < NT; j++) {
-        acc.xsum[j] = 0;
+        for (int j = 0; j < NT; j++) {
+            acc.xsum[j] = 0;
 #pragma unroll
-        for (int i = 0; i < 4; i++) acc.i[j][i] = 0;
-    }
+            for (int i = 0; i < 4; i++) acc.i[j][i] = 0;
+        }
+    };
+    reset();
 
     // Tokens past `batch` read the last token (no divergence); the epilogue drops them.
     u32 tok[NT];
@@ -299,20 +302,35 @@ __device__ __forceinline__ void gemm_t2(const GemmParams& p) {
         lane_x[j] = (const unsigned char*)p.x + ((u64)tok[j] * p.ldx + 32 * q) * XBYTES;
     }
 
-    // ---- prime the ring: one commit group per tile (empty past the end) ----
+    // ---- persistent CTA: row tiles blockIdx.x, + gridDim.x, ...; each warp takes k
+    // tiles warp, warp + 8, ... of every row tile, as one stream of `total` tiles ----
+    const u32 row_tiles = (p.rows + 15) / 16;
+    const u32 my_rows = (row_tiles - blockIdx.x + gridDim.x - 1) / gridDim.x;
     const u32 mine = p.k_tiles > warp ? (p.k_tiles - warp + WARPS - 1) / WARPS : 0;
+    const u32 total = my_rows * mine;
     const u32 fast_tiles = p.x_vec ? p.cols / 128 : 0;
-    const u32x4* wp = p.w + ((u64)rt * p.k_tiles + warp) * 32 + lane;
     const u32 my_ring = smem_addr(&ring[warp][0][lane]);
-#pragma unroll
-    for (u32 t = 0; t < DEPTH - 1; t++) {
-        if (t < mine) cp_async_16_evict_first(my_ring + t * 512, wp + (u64)t * WARPS * 32, policy);
+
+    // The ring's producer runs DEPTH-1 tiles ahead: (row tile, k step) of tile `ahead`.
+    u32 ahead = 0, a_t = 0;
+    const u32x4* a_ptr = p.w + ((u64)blockIdx.x * p.k_tiles + warp) * 32 + lane;
+    const auto produce = [&]() {  // one commit group per tile, empty past the end
+        if (ahead < total) {
+            cp_async_16_evict_first(my_ring + (ahead % DEPTH) * 512, a_ptr, policy);
+            if (++a_t == mine) {
+                a_t = 0;
+                a_ptr += ((u64)gridDim.x * p.k_tiles - (u64)(mine - 1) * WARPS) * 32;
+            } else {
+                a_ptr += WARPS * 32;
+            }
+        }
         cp_async_commit();
-    }
+        ahead++;
+    };
+#pragma unroll
+    for (int t = 0; t < DEPTH - 1; t++) produce();
     const float x_total = ONE ? row_sum_f16(p, 0, row_sum_scratch) : 0.f;
 
-    // ---- stream: refill DEPTH-1 ahead; activations one tile ahead; weights read
-    // from shared memory one tile ahead ----
     const auto load_x = [&](u32 kt, XTile<ACT>(&dst)[NT]) {
 #pragma unroll
         for (int j = 0; j < NT; j++) {
@@ -320,89 +338,100 @@ __device__ __forceinline__ void gemm_t2(const GemmParams& p) {
             else dst[j] = load_x_tile_slow<ACT>(p, tok[j], kt, q);
         }
     };
+    // Tile f (k step t of its row tile): refill the ring, prefetch the next tile's
+    // activations into `nxt`, read the next tile's weights from the ring, multiply.
     u32x4 wnext = {0, 0, 0, 0};
-    const auto step = [&](u32 t, const XTile<ACT>(&cur)[NT], XTile<ACT>(&nxt)[NT]) {
-        const u32 ahead = t + DEPTH - 1;
-        if (ahead < mine) cp_async_16_evict_first(my_ring + (ahead % DEPTH) * 512, wp + (u64)ahead * WARPS * 32, policy);
-        cp_async_commit();
-        if (t + 1 < mine) load_x(warp + (t + 1) * WARPS, nxt);
+    const auto step = [&](u32 f, u32 t, const XTile<ACT>(&cur)[NT], XTile<ACT>(&nxt)[NT]) {
+        produce();
+        if (f + 1 < total) load_x(warp + (t + 1 == mine ? 0 : t + 1) * WARPS, nxt);
         const u32x4 wcur = wnext;
-        cp_async_wait<DEPTH - 2>();  // tile t+1 has landed
-        wnext = lds128(my_ring + ((t + 1) % DEPTH) * 512);
+        cp_async_wait<DEPTH - 2>();  // tile f+1 has landed
+        wnext = lds128(my_ring + ((f + 1) % DEPTH) * 512);
         tile_mma<ACT, NT, ONE>(wcur, cur, acc);
     };
     XTile<ACT> xa[NT], xb[NT];
-    if (mine > 0) {
+    if (total > 0) {
         load_x(warp, xa);
         cp_async_wait<DEPTH - 2>();
         wnext = lds128(my_ring);
     }
-    // Two activation buffers, alternating, so no registers are copied.
-    for (u32 t = 0; t < mine; t += 2) {
-        step(t, xa, xb);
-        if (t + 1 < mine) step(t + 1, xb, xa);
-    }
 
-    // ---- reduce the warps' partial sums in shared memory ----
-    // C fragment: c0, c1 -> (row g, tokens 2q, 2q+1); c2, c3 -> (row g+8, same tokens).
-    // Every copy into this warp's ring has landed (the last real group was waited
-    // for); the barrier keeps a lane's partial sums from overwriting a stage that
-    // another lane may still be reading.
-    cp_async_wait<0>();
-    __syncwarp();
+    u32 f = 0;
+    for (u32 i = 0; i < my_rows; i++) {
+        const u32 rt = blockIdx.x + i * gridDim.x;
+        // Two activation buffers, alternating, so no registers are copied per tile.
+        for (u32 t = 0; t < mine; t += 2) {
+            step(f, t, xa, xb);
+            f++;
+            if (t + 1 < mine) {
+                step(f, t + 1, xb, xa);
+                f++;
+            }
+        }
+        if (mine & 1) {  // an odd count left the next tile's activations in xb
 #pragma unroll
-    for (int j = 0; j < NT; j++) {
+            for (int j = 0; j < NT; j++) xa[j] = xb[j];
+        }
+
+        // ---- reduce the warps' partial sums in shared memory ----
+        // C fragment: c0, c1 -> (row g, tokens 2q, 2q+1); c2, c3 -> (row g+8, same tokens).
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const u32 row = g + 8 * (i / 2), col = 8 * j + 2 * q + (i % 2);
+        for (int j = 0; j < NT; j++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const u32 row = g + 8 * (e / 2), col = 8 * j + 2 * q + (e % 2);
+                if (ACT == ACT_I8) {
+                    red[warp][row][col] = (u32)acc.i[j][e];
+                } else if (ONE) {
+                    // Group s holds 2^-24 * 4^s * sum c x: undo both scales.
+                    float v = 0.f;
+#pragma unroll
+                    for (int s = 0; s < 5; s++) v += acc.f[s][e] * (float)(1 << (24 - 2 * s));
+                    red[warp][row][col] = __float_as_uint(v);
+                } else {
+                    red[warp][row][col] = __float_as_uint(acc.f[j][e]);
+                }
+            }
             if (ACT == ACT_I8) {
-                red(warp, row, col) = (u32)acc.i[j][i];
-            } else if (ONE) {
-                // Group s holds 2^-24 * 4^s * sum c x: undo both scales.
-                float v = 0.f;
-#pragma unroll
-                for (int s = 0; s < 5; s++) v += acc.f[s][i] * (float)(1 << (24 - 2 * s));
-                red(warp, row, col) = __float_as_uint(v);
-            } else {
-                red(warp, row, col) = __float_as_uint(acc.f[j][i]);
+                int sx = acc.xsum[j];
+                sx += __shfl_xor_sync(0xffffffffu, sx, 1);
+                sx += __shfl_xor_sync(0xffffffffu, sx, 2);
+                if (q == 0) red_x[warp][8 * j + g] = sx;
             }
         }
-        if (ACT == ACT_I8) {
-            int s = acc.xsum[j];
-            s += __shfl_xor_sync(0xffffffffu, s, 1);
-            s += __shfl_xor_sync(0xffffffffu, s, 2);
-            if (q == 0) red_x[warp][8 * j + g] = s;
-        }
-    }
-    __syncthreads();
+        reset();
+        __syncthreads();
 
-    // ---- epilogue: scale, bias, convert, store ----
-    for (u32 t = threadIdx.x; t < 16 * COLS; t += blockDim.x) {
-        const u32 row = t % 16, col = t / 16;
-        const u32 r = rt * 16 + row, b = b_base + col;
-        if (r >= p.rows || b >= p.batch) continue;
-        float v;
-        if (ACT == ACT_I8) {
-            int sum = 0, xs = 0;
+        // ---- epilogue: scale, bias, convert, store ----
+        for (u32 e = threadIdx.x; e < 16 * COLS; e += blockDim.x) {
+            const u32 row = e % 16, col = e / 16;
+            const u32 r = rt * 16 + row, b = b_base + col;
+            if (r >= p.rows || b >= p.batch) continue;
+            float v;
+            if (ACT == ACT_I8) {
+                int sum = 0, xs = 0;
 #pragma unroll
-            for (int w = 0; w < WARPS; w++) { sum += (int)red(w, row, col); xs += red_x[w][col]; }
-            sum -= xs;  // sum (c - 1) x = sum c x - sum x
-            if (OUT == OUT_I32) {
-                ((int*)p.y)[(u64)b * p.ldy + r] = sum;
-                continue;
+                for (int w = 0; w < WARPS; w++) { sum += (int)red[w][row][col]; xs += red_x[w][col]; }
+                sum -= xs;  // sum (c - 1) x = sum c x - sum x
+                if (OUT == OUT_I32) {
+                    ((int*)p.y)[(u64)b * p.ldy + r] = sum;
+                    continue;
+                }
+                v = (float)sum * p.x_scale[b];
+            } else {
+                v = 0.f;
+#pragma unroll
+                for (int w = 0; w < WARPS; w++) v += __uint_as_float(red[w][row][col]);
+                if (ONE) v -= x_total;  // sum (c - 1) x = sum c x - sum x
             }
-            v = (float)sum * p.x_scale[b];
-        } else {
-            v = 0.f;
-#pragma unroll
-            for (int w = 0; w < WARPS; w++) v += __uint_as_float(red(w, row, col));
-            if (ONE) v -= x_total;  // sum (c - 1) x = sum c x - sum x
+            if (p.w_scale != nullptr) v *= p.w_scale[p.scale_per_row ? r : 0];
+            v += load_bias<OUT>(p.bias, r);
+            u16* y = (u16*)p.y + (u64)b * p.ldy + r;
+            *y = OUT == OUT_BF16 ? f32_to_bf16(v) : f32_to_f16(v);
         }
-        if (p.w_scale != nullptr) v *= p.w_scale[p.scale_per_row ? r : 0];
-        v += load_bias<OUT>(p.bias, r);
-        u16* y = (u16*)p.y + (u64)b * p.ldy + r;
-        *y = OUT == OUT_BF16 ? f32_to_bf16(v) : f32_to_f16(v);
+        __syncthreads();  // `red` is rewritten for the next row tile
     }
+    cp_async_wait<0>();
 }
 
 // Kernel symbols: gemm_t2_{activation}_{output}_n{tokens per CTA}; built by
