@@ -469,14 +469,14 @@ mod tests {
         .unwrap();
         assert_eq!(p.symbol, "gemm_t2_f16_f16_n1");
         assert_eq!(p.grid, (7, 1, 1)); // ceil(100 / 16) row tiles, fewer than the resident CTAs
+        assert_eq!((p.params.k_tiles, p.params.scale_per_row), (3, 1));
+        assert_eq!(p.params.x_vec, 0); // 300 * 2 bytes is not a multiple of 16
         let tall = GemmArgs {
             ldy: 10_000,
             ..args(DType::F16, DType::F16, 1)
         };
         let p = plan_gemm(10_000, 300, 0x10, None, &tall, GPU).unwrap();
         assert_eq!(p.grid, (264, 1, 1)); // persistent: 132 SMs x 2 CTAs
-        assert_eq!((p.params.k_tiles, p.params.scale_per_row), (3, 1));
-        assert_eq!(p.params.x_vec, 0); // 300 * 2 bytes is not a multiple of 16
         let p = plan_gemm(100, 300, 0x10, None, &args(DType::I8, DType::I32, 70), GPU).unwrap();
         assert_eq!((p.symbol.as_str(), p.grid.1), ("gemm_t2_i8_i32_n32", 3));
         let p = plan_gemm(
