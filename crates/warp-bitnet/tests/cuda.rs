@@ -231,42 +231,45 @@ fn device_quantizer_matches_the_cpu_bytes() {
 #[ignore = "needs a CUDA GPU"]
 fn strided_and_misaligned_activations_take_the_scalar_path_correctly() {
     let (gpu, s, mut rng) = setup();
-    let (rows, cols, batch, ldx) = (300, 1000, 5, 1003);
+    let (rows, cols, ldx) = (300, 1000, 1003);
     let w = random_matrix(&mut rng, rows, cols);
     let d = gpu.upload(&w, &s).unwrap();
-    // One extra element in front makes the base 2 bytes past 16-byte alignment.
-    let buf: Vec<f16> = (0..1 + batch * ldx)
-        .map(|_| f16::from_f32(rng.random_range(-1.0..1.0)))
-        .collect();
-    let xd = s.clone_htod(&buf).unwrap();
-    let mut yd = s.alloc_zeros::<f16>(batch * 512).unwrap();
-    poison(&s, &mut yd);
-    let (xp, _g) = xd.device_ptr(&s);
-    let (yp, _g2) = yd.device_ptr_mut(&s);
-    let args = GemmArgs {
-        x: xp + 2,
-        x_dtype: DType::F16,
-        ldx,
-        y: yp,
-        y_dtype: DType::F16,
-        ldy: 512,
-        batch,
-        bias: None,
-        x_scale: None,
-    };
-    unsafe { gpu.gemm_raw(&d, &args, s.cu_stream()) }.unwrap();
-    drop((_g, _g2));
-    let y = s.clone_dtoh(&yd).unwrap();
-    let xf: Vec<f64> = (0..batch * cols)
-        .map(|i| f64::from(buf[1 + (i / cols) * ldx + i % cols].to_f32()))
-        .collect();
-    let want = reference_f64(&w, &xf, batch, None);
-    let got: Vec<f64> = (0..batch * rows)
-        .map(|i| f64::from(y[(i / rows) * 512 + i % rows].to_f32()))
-        .collect();
-    assert!(rel_err(&got, &want) <= 1e-3);
-    // Columns past `rows` in each output row are left alone (still poisoned).
-    assert!(y[rows].to_f32().is_nan());
+    // 1 token: the single-token kernel; 5: the token-group kernel.
+    for batch in [1, 5] {
+        // One extra element in front makes the base 2 bytes past 16-byte alignment.
+        let buf: Vec<f16> = (0..1 + batch * ldx)
+            .map(|_| f16::from_f32(rng.random_range(-1.0..1.0)))
+            .collect();
+        let xd = s.clone_htod(&buf).unwrap();
+        let mut yd = s.alloc_zeros::<f16>(batch * 512).unwrap();
+        poison(&s, &mut yd);
+        let (xp, _g) = xd.device_ptr(&s);
+        let (yp, _g2) = yd.device_ptr_mut(&s);
+        let args = GemmArgs {
+            x: xp + 2,
+            x_dtype: DType::F16,
+            ldx,
+            y: yp,
+            y_dtype: DType::F16,
+            ldy: 512,
+            batch,
+            bias: None,
+            x_scale: None,
+        };
+        unsafe { gpu.gemm_raw(&d, &args, s.cu_stream()) }.unwrap();
+        drop((_g, _g2));
+        let y = s.clone_dtoh(&yd).unwrap();
+        let xf: Vec<f64> = (0..batch * cols)
+            .map(|i| f64::from(buf[1 + (i / cols) * ldx + i % cols].to_f32()))
+            .collect();
+        let want = reference_f64(&w, &xf, batch, None);
+        let got: Vec<f64> = (0..batch * rows)
+            .map(|i| f64::from(y[(i / rows) * 512 + i % rows].to_f32()))
+            .collect();
+        assert!(rel_err(&got, &want) <= 1e-3, "batch {batch}");
+        // Columns past `rows` in each output row are left alone (still poisoned).
+        assert!(y[rows].to_f32().is_nan());
+    }
 }
 
 #[test]

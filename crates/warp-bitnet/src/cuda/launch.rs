@@ -19,11 +19,11 @@ pub(crate) const GEMM_THREADS: u32 = 256;
 /// Token group sizes with an instantiated kernel (`8 * NT` in gemm_t2.cu).
 pub const TOKENS_PER_CTA: [usize; 3] = [8, 16, 32];
 
-/// Tokens per CTA for a call: the single-token f16 kernel (`n1`, cheaper decode)
-/// for one f16 token, else the smallest group that holds the batch, else 32 with
-/// several CTAs along the batch.
-fn tokens_per_cta(x: DType, batch: usize) -> usize {
-    if x == DType::F16 && batch == 1 {
+/// Tokens per CTA for a call: the single-token kernel (`n1`: activations staged
+/// with the weights, and for f16 a cheaper decode) for one token, else the smallest
+/// group that holds the batch, else 32 with several CTAs along the batch.
+fn tokens_per_cta(batch: usize) -> usize {
+    if batch == 1 {
         return 1;
     }
     TOKENS_PER_CTA
@@ -136,7 +136,7 @@ pub(crate) fn plan_gemm(
     if a.batch == 0 {
         return Err(Error::Empty { arg: "x" });
     }
-    let tokens = tokens_per_cta(a.x_dtype, a.batch);
+    let tokens = tokens_per_cta(a.batch);
     let groups = a.batch.div_ceil(tokens);
     if groups > MAX_GRID_Y {
         return Err(Error::TooLarge {
@@ -190,8 +190,10 @@ pub(crate) fn plan_gemm(
         (_, Some(s)) => s,
     };
     let symbol = gemm_symbol(a.x_dtype, a.y_dtype, tokens);
-    // Token groups share the GPU: each gets its share of the resident CTAs.
-    let ctas = (resident_ctas(&symbol)? / groups).clamp(1, row_tiles);
+    // Token groups share the GPU: each gets its share of the resident CTAs, and the
+    // row tiles are spread evenly (every CTA loops the same number of times).
+    let slots = (resident_ctas(&symbol)? / groups).max(1);
+    let ctas = row_tiles.div_ceil(row_tiles.div_ceil(slots));
     Ok(GemmPlan {
         symbol,
         params: GemmParams {
@@ -476,7 +478,8 @@ mod tests {
             ..args(DType::F16, DType::F16, 1)
         };
         let p = plan_gemm(10_000, 300, 0x10, None, &tall, GPU).unwrap();
-        assert_eq!(p.grid, (264, 1, 1)); // persistent: 132 SMs x 2 CTAs
+        // Persistent: 625 row tiles over at most 264 resident CTAs, 3 rounds each: 209 CTAs.
+        assert_eq!(p.grid, (209, 1, 1));
         let p = plan_gemm(100, 300, 0x10, None, &args(DType::I8, DType::I32, 70), GPU).unwrap();
         assert_eq!((p.symbol.as_str(), p.grid.1), ("gemm_t2_i8_i32_n32", 3));
         let p = plan_gemm(
