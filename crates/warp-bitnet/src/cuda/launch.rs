@@ -19,11 +19,11 @@ pub(crate) const GEMM_THREADS: u32 = 256;
 /// Token group sizes with an instantiated kernel (`8 * NT` in gemm_t2.cu).
 pub const TOKENS_PER_CTA: [usize; 3] = [8, 16, 32];
 
-/// Tokens per CTA for a call: the single-token kernel (`n1`: activations staged
-/// with the weights, and for f16 a cheaper decode) for one token, else the smallest
-/// group that holds the batch, else 32 with several CTAs along the batch.
-fn tokens_per_cta(batch: usize) -> usize {
-    if batch == 1 {
+/// Tokens per CTA for a call: the single-token f16 kernel (`n1`, cheaper decode)
+/// for one f16 token, else the smallest group that holds the batch, else 32 with
+/// several CTAs along the batch.
+fn tokens_per_cta(x: DType, batch: usize) -> usize {
+    if x == DType::F16 && batch == 1 {
         return 1;
     }
     TOKENS_PER_CTA
@@ -136,7 +136,7 @@ pub(crate) fn plan_gemm(
     if a.batch == 0 {
         return Err(Error::Empty { arg: "x" });
     }
-    let tokens = tokens_per_cta(a.batch);
+    let tokens = tokens_per_cta(a.x_dtype, a.batch);
     let groups = a.batch.div_ceil(tokens);
     if groups > MAX_GRID_Y {
         return Err(Error::TooLarge {

@@ -171,14 +171,10 @@ __device__ __noinline__ XTile<ACT> load_x_tile_slow(const GemmParams& p, u32 b, 
 }
 
 // ---- one tile ---------------------------------------------------------------------
-// The single-token f16 kernel decodes to subnormals, accumulated per 4^s group.
-template <int ACT, bool ONE>
-constexpr bool SUBNORMAL = ONE && ACT == ACT_F16;
-
-// Accumulators: f32 per token group (c - 1 decode), or per 4^s group, or i32.
+// Accumulators: f32 per token group (c - 1 decode), or per 4^s group (n1), or i32.
 template <int ACT, int NT, bool ONE>
 struct Acc {
-    float f[SUBNORMAL<ACT, ONE> ? 5 : NT][4];
+    float f[ONE ? 5 : NT][4];
     int i[NT][4];
     int xsum[NT];
 };
@@ -190,20 +186,20 @@ __device__ __forceinline__ void pair_mma(const u32 (&w)[4], const XTile<ACT> (&x
     for (int k = 0; k < 4; k++) {
         // Fragment order: row g (word 0), row g+8 (word 2), then the odd words.
         const u32 word = w[(k & 1) * 2 + (k >> 1)];
-        if (SUBNORMAL<ACT, ONE>) a[k] = (word >> pair_shift<ACT_F16>(S)) & PAIR_MASK[pair_pos<ACT_F16>(S)];
+        if (ONE) a[k] = (word >> pair_shift<ACT_F16>(S)) & PAIR_MASK[pair_pos<ACT_F16>(S)];
         else a[k] = decode_pair<ACT, S>(word);
     }
 #pragma unroll
     for (int j = 0; j < NT; j++) {
         const u32 b0 = x[j].r[2 * S], b1 = x[j].r[2 * S + 1];
-        if (SUBNORMAL<ACT, ONE>) mma_f16(acc.f[pair_pos<ACT_F16>(S)], a[0], a[1], a[2], a[3], b0, b1);
+        if (ONE) mma_f16(acc.f[pair_pos<ACT_F16>(S)], a[0], a[1], a[2], a[3], b0, b1);
         else if (ACT == ACT_F16) mma_f16(acc.f[j], a[0], a[1], a[2], a[3], b0, b1);
         else mma_bf16(acc.f[j], a[0], a[1], a[2], a[3], b0, b1);
     }
 }
 
-template <int NT, bool ONE, int J>
-__device__ __forceinline__ void quad_mma_i8(const u32 (&w)[4], const XTile<ACT_I8> (&x)[NT], Acc<ACT_I8, NT, ONE>& acc) {
+template <int NT, int J>
+__device__ __forceinline__ void quad_mma_i8(const u32 (&w)[4], const XTile<ACT_I8> (&x)[NT], Acc<ACT_I8, NT, false>& acc) {
     const u32 a0 = (w[0] >> (2 * J)) & 0x03030303u, a1 = (w[2] >> (2 * J)) & 0x03030303u;
     const u32 a2 = (w[1] >> (2 * J)) & 0x03030303u, a3 = (w[3] >> (2 * J)) & 0x03030303u;
 #pragma unroll
@@ -219,10 +215,10 @@ template <int ACT, int NT, bool ONE>
 __device__ __forceinline__ void tile_mma(const u32x4& wv, const XTile<ACT> (&x)[NT], Acc<ACT, NT, ONE>& acc) {
     const u32 w[4] = {wv.x, wv.y, wv.z, wv.w};
     if constexpr (ACT == ACT_I8) {
-        quad_mma_i8<NT, ONE, 0>(w, x, acc);
-        quad_mma_i8<NT, ONE, 1>(w, x, acc);
-        quad_mma_i8<NT, ONE, 2>(w, x, acc);
-        quad_mma_i8<NT, ONE, 3>(w, x, acc);
+        quad_mma_i8<NT, 0>(w, x, acc);
+        quad_mma_i8<NT, 1>(w, x, acc);
+        quad_mma_i8<NT, 2>(w, x, acc);
+        quad_mma_i8<NT, 3>(w, x, acc);
     } else {
         pair_mma<ACT, NT, ONE, 0>(w, x, acc);
         pair_mma<ACT, NT, ONE, 1>(w, x, acc);
@@ -267,52 +263,12 @@ __device__ __forceinline__ float row_sum_f16(const GemmParams& p, u32 b, float* 
     return s;
 }
 
-// One token's activations of a tile, staged in the ring after the weights: chunk
-// (q, i) (16 bytes: the lane's i-th of its columns 32q..32q+31) at 16 (4i + q), so
-// the four lanes q of a quarter warp read 64 consecutive bytes (no bank conflict;
-// the eight g lanes read the same addresses: broadcast).
-template <int ACT>
-struct XStage {
-    static constexpr u32 CHUNKS = ACT == ACT_I8 ? 8 : 16;  // 16-byte chunks per tile
-    static constexpr u32 PER_LANE = CHUNKS / 4;            // chunks a lane reads
-    static constexpr u32 BYTES = 16 * CHUNKS;
-    // Chunk c of the tile (columns 16c/XBYTES ..) goes to this position.
-    __device__ static constexpr u32 pos(u32 c) { return 4 * (c % PER_LANE) + c / PER_LANE; }
-};
-
-__device__ __forceinline__ void cp_async_16(u32 dst, const void* src) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src));
-}
-
-__device__ __forceinline__ void sts32(u32 addr, u32 v) { asm volatile("st.shared.u32 [%0], %1;" ::"r"(addr), "r"(v)); }
-
-// Slow path of the single-token activation copy (partial tile, unaligned x):
-// synchronous, element by element, zeros past `cols`.
-template <int ACT>
-__device__ __noinline__ void stage_x_slow(const GemmParams& p, u32 dst, u32 kt, u32 c) {
-    constexpr u32 PER = ACT == ACT_I8 ? 16 : 8;  // columns per chunk
-    const u32 k0 = kt * 128 + c * PER;
-    u32 v[4] = {0, 0, 0, 0};
-#pragma unroll
-    for (u32 e = 0; e < PER; e++) {
-        if (k0 + e < p.cols) {
-            const u32 x = ACT == ACT_I8 ? (u32)((const unsigned char*)p.x)[k0 + e] : (u32)((const u16*)p.x)[k0 + e];
-            v[e * (16 / PER) / 4] |= x << (8 * ((e * (16 / PER)) % 4));
-        }
-    }
-#pragma unroll
-    for (int k = 0; k < 4; k++) sts32(dst + 4 * k, v[k]);
-}
-
 template <int ACT, int OUT, int NT, bool ONE>
 __device__ __forceinline__ void gemm_t2(const GemmParams& p) {
-    static_assert(!ONE || NT == 1, "the single-token kernels have one token group");
     constexpr int COLS = 8 * NT;  // tokens per CTA
     constexpr int XBYTES = ACT == ACT_I8 ? 1 : 2;
-    // Ring stages per warp: as deep as 48 KB of static shared memory allows.
-    constexpr int DEPTH = NT > 1 ? 4 : ONE && ACT != ACT_I8 ? 6 : 8;
-    constexpr u32 STAGE = 512 + (ONE ? XStage<ACT>::BYTES : 0);    // bytes per stage
-    __shared__ __align__(16) unsigned char ring[WARPS][DEPTH][STAGE];
+    constexpr int DEPTH = NT == 1 ? 8 : 4;  // ring stages per warp
+    __shared__ __align__(16) u32x4 ring[WARPS][DEPTH][32];
     __shared__ u32 red[WARPS][16][COLS];  // partial sums: f32 bits, or i32 for i8
     __shared__ int red_x[WARPS][COLS];
     __shared__ float row_sum_scratch[WARPS];
@@ -325,7 +281,7 @@ __device__ __forceinline__ void gemm_t2(const GemmParams& p) {
     Acc<ACT, NT, ONE> acc;
     const auto reset = [&]() {
 #pragma unroll
-        for (int j = 0; j < (SUBNORMAL<ACT, ONE> ? 5 : NT); j++)
+        for (int j = 0; j < (ONE ? 5 : NT); j++)
 #pragma unroll
             for (int i = 0; i < 4; i++) acc.f[j][i] = 0.f;
 #pragma unroll
@@ -353,23 +309,14 @@ __device__ __forceinline__ void gemm_t2(const GemmParams& p) {
     const u32 mine = p.k_tiles > warp ? (p.k_tiles - warp + WARPS - 1) / WARPS : 0;
     const u32 total = my_rows * mine;
     const u32 fast_tiles = p.x_vec ? p.cols / 128 : 0;
-    const u32 my_stage0 = smem_addr(&ring[warp][0][0]);
+    const u32 my_ring = smem_addr(&ring[warp][0][lane]);
 
-    // The ring's producer runs DEPTH-1 tiles ahead: tile `ahead` is k step a_t.
+    // The ring's producer runs DEPTH-1 tiles ahead: (row tile, k step) of tile `ahead`.
     u32 ahead = 0, a_t = 0;
     const u32x4* a_ptr = p.w + ((u64)blockIdx.x * p.k_tiles + warp) * 32 + lane;
     const auto produce = [&]() {  // one commit group per tile, empty past the end
         if (ahead < total) {
-            const u32 st = my_stage0 + (ahead % DEPTH) * STAGE;
-            cp_async_16_evict_first(st + 16 * lane, a_ptr, policy);
-            if constexpr (ONE) {  // and the tile's activations, 16 bytes per lane
-                const u32 kt = warp + a_t * WARPS;
-                if (lane < XStage<ACT>::CHUNKS) {
-                    const u32 dst = st + 512 + 16 * XStage<ACT>::pos(lane);
-                    if (kt < fast_tiles) cp_async_16(dst, (const unsigned char*)p.x + (u64)kt * 128 * XBYTES + 16 * lane);
-                    else stage_x_slow<ACT>(p, dst, kt, lane);
-                }
-            }
+            cp_async_16_evict_first(my_ring + (ahead % DEPTH) * 512, a_ptr, policy);
             if (++a_t == mine) {
                 a_t = 0;
                 a_ptr += ((u64)gridDim.x * p.k_tiles - (u64)(mine - 1) * WARPS) * 32;
@@ -382,7 +329,7 @@ __device__ __forceinline__ void gemm_t2(const GemmParams& p) {
     };
 #pragma unroll
     for (int t = 0; t < DEPTH - 1; t++) produce();
-    const float x_total = SUBNORMAL<ACT, ONE> ? row_sum_f16(p, 0, row_sum_scratch) : 0.f;
+    const float x_total = ONE ? row_sum_f16(p, 0, row_sum_scratch) : 0.f;
 
     const auto load_x = [&](u32 kt, XTile<ACT>(&dst)[NT]) {
 #pragma unroll
@@ -391,38 +338,22 @@ __device__ __forceinline__ void gemm_t2(const GemmParams& p) {
             else dst[j] = load_x_tile_slow<ACT>(p, tok[j], kt, q);
         }
     };
-    // Tile f (k step t of its row tile). Several tokens: refill the ring, prefetch
-    // the next tile's activations into `nxt` (registers), multiply. One token: the
-    // activations came through the ring with the weights.
+    // Tile f (k step t of its row tile): refill the ring, prefetch the next tile's
+    // activations into `nxt`, read the next tile's weights from the ring, multiply.
     u32x4 wnext = {0, 0, 0, 0};
     const auto step = [&](u32 f, u32 t, const XTile<ACT>(&cur)[NT], XTile<ACT>(&nxt)[NT]) {
+        produce();
+        if (f + 1 < total) load_x(warp + (t + 1 == mine ? 0 : t + 1) * WARPS, nxt);
         const u32x4 wcur = wnext;
-        if constexpr (ONE) {
-            cp_async_wait<DEPTH - 3>();  // tiles f and f+1 have landed (this lane's copies)
-            __syncwarp();                // ... and every lane's; stage f-1 is no longer read
-            produce();
-            const u32 st = my_stage0 + (f % DEPTH) * STAGE;
-            wnext = lds128(my_stage0 + ((f + 1) % DEPTH) * STAGE + 16 * lane);
-            XTile<ACT> x[1];
-#pragma unroll
-            for (u32 i = 0; i < XStage<ACT>::PER_LANE; i++) {
-                const u32x4 v = lds128(st + 512 + 16 * (4 * i + q));
-                x[0].r[4 * i] = v.x; x[0].r[4 * i + 1] = v.y; x[0].r[4 * i + 2] = v.z; x[0].r[4 * i + 3] = v.w;
-            }
-            tile_mma<ACT, NT, ONE>(wcur, x, acc);
-        } else {
-            produce();
-            if (f + 1 < total) load_x(warp + (t + 1 == mine ? 0 : t + 1) * WARPS, nxt);
-            cp_async_wait<DEPTH - 2>();  // tile f+1 has landed
-            wnext = lds128(my_stage0 + ((f + 1) % DEPTH) * STAGE + 16 * lane);
-            tile_mma<ACT, NT, ONE>(wcur, cur, acc);
-        }
+        cp_async_wait<DEPTH - 2>();  // tile f+1 has landed
+        wnext = lds128(my_ring + ((f + 1) % DEPTH) * 512);
+        tile_mma<ACT, NT, ONE>(wcur, cur, acc);
     };
     XTile<ACT> xa[NT], xb[NT];
     if (total > 0) {
-        if (!ONE) load_x(warp, xa);
+        load_x(warp, xa);
         cp_async_wait<DEPTH - 2>();
-        wnext = lds128(my_stage0 + 16 * lane);
+        wnext = lds128(my_ring);
     }
 
     u32 f = 0;
@@ -437,7 +368,7 @@ __device__ __forceinline__ void gemm_t2(const GemmParams& p) {
                 f++;
             }
         }
-        if (!ONE && (mine & 1)) {  // an odd count left the next tile's activations in xb
+        if (mine & 1) {  // an odd count left the next tile's activations in xb
 #pragma unroll
             for (int j = 0; j < NT; j++) xa[j] = xb[j];
         }
@@ -451,7 +382,7 @@ __device__ __forceinline__ void gemm_t2(const GemmParams& p) {
                 const u32 row = g + 8 * (e / 2), col = 8 * j + 2 * q + (e % 2);
                 if (ACT == ACT_I8) {
                     red[warp][row][col] = (u32)acc.i[j][e];
-                } else if (SUBNORMAL<ACT, ONE>) {
+                } else if (ONE) {
                     // Group s holds 2^-24 * 4^s * sum c x: undo both scales.
                     float v = 0.f;
 #pragma unroll
@@ -491,7 +422,7 @@ __device__ __forceinline__ void gemm_t2(const GemmParams& p) {
                 v = 0.f;
 #pragma unroll
                 for (int w = 0; w < WARPS; w++) v += __uint_as_float(red[w][row][col]);
-                if (SUBNORMAL<ACT, ONE>) v -= x_total;  // sum (c - 1) x = sum c x - sum x
+                if (ONE) v -= x_total;  // sum (c - 1) x = sum c x - sum x
             }
             if (p.w_scale != nullptr) v *= p.w_scale[p.scale_per_row ? r : 0];
             v += load_bias<OUT>(p.bias, r);
@@ -512,23 +443,19 @@ __device__ __forceinline__ void gemm_t2(const GemmParams& p) {
         gemm_t2<ACT, OUT, NT, ONE>(p);                                                          \
     }
 
-GEMM_KERNEL(ACT_F16, OUT_F16, 1, true, 3, gemm_t2_f16_f16_n1)
+GEMM_KERNEL(ACT_F16, OUT_F16, 1, true, 2, gemm_t2_f16_f16_n1)
 GEMM_KERNEL(ACT_F16, OUT_F16, 1, false, 3, gemm_t2_f16_f16_n8)
 GEMM_KERNEL(ACT_F16, OUT_F16, 2, false, 1, gemm_t2_f16_f16_n16)
 GEMM_KERNEL(ACT_F16, OUT_F16, 4, false, 1, gemm_t2_f16_f16_n32)
-GEMM_KERNEL(ACT_BF16, OUT_BF16, 1, true, 3, gemm_t2_bf16_bf16_n1)
 GEMM_KERNEL(ACT_BF16, OUT_BF16, 1, false, 3, gemm_t2_bf16_bf16_n8)
 GEMM_KERNEL(ACT_BF16, OUT_BF16, 2, false, 1, gemm_t2_bf16_bf16_n16)
 GEMM_KERNEL(ACT_BF16, OUT_BF16, 4, false, 1, gemm_t2_bf16_bf16_n32)
-GEMM_KERNEL(ACT_I8, OUT_F16, 1, true, 4, gemm_t2_i8_f16_n1)
 GEMM_KERNEL(ACT_I8, OUT_F16, 1, false, 4, gemm_t2_i8_f16_n8)
 GEMM_KERNEL(ACT_I8, OUT_F16, 2, false, 1, gemm_t2_i8_f16_n16)
 GEMM_KERNEL(ACT_I8, OUT_F16, 4, false, 1, gemm_t2_i8_f16_n32)
-GEMM_KERNEL(ACT_I8, OUT_BF16, 1, true, 4, gemm_t2_i8_bf16_n1)
 GEMM_KERNEL(ACT_I8, OUT_BF16, 1, false, 4, gemm_t2_i8_bf16_n8)
 GEMM_KERNEL(ACT_I8, OUT_BF16, 2, false, 1, gemm_t2_i8_bf16_n16)
 GEMM_KERNEL(ACT_I8, OUT_BF16, 4, false, 1, gemm_t2_i8_bf16_n32)
-GEMM_KERNEL(ACT_I8, OUT_I32, 1, true, 4, gemm_t2_i8_i32_n1)
 GEMM_KERNEL(ACT_I8, OUT_I32, 1, false, 4, gemm_t2_i8_i32_n8)
 GEMM_KERNEL(ACT_I8, OUT_I32, 2, false, 1, gemm_t2_i8_i32_n16)
 GEMM_KERNEL(ACT_I8, OUT_I32, 4, false, 1, gemm_t2_i8_i32_n32)
