@@ -190,10 +190,9 @@ pub(crate) fn plan_gemm(
         (_, Some(s)) => s,
     };
     let symbol = gemm_symbol(a.x_dtype, a.y_dtype, tokens);
-    // Token groups share the GPU: each gets its share of the resident CTAs, and the
-    // row tiles are spread evenly (every CTA loops the same number of times).
-    let slots = (resident_ctas(&symbol)? / groups).max(1);
-    let ctas = row_tiles.div_ceil(row_tiles.div_ceil(slots));
+    // Token groups share the GPU: each gets its share of the resident CTAs. Filling
+    // every slot beat spreading the row tiles evenly over fewer CTAs (docs/NOTES.md, v8).
+    let ctas = (resident_ctas(&symbol)? / groups).clamp(1, row_tiles);
     Ok(GemmPlan {
         symbol,
         params: GemmParams {
@@ -478,8 +477,8 @@ mod tests {
             ..args(DType::F16, DType::F16, 1)
         };
         let p = plan_gemm(10_000, 300, 0x10, None, &tall, GPU).unwrap();
-        // Persistent: 625 row tiles over at most 264 resident CTAs, 3 rounds each: 209 CTAs.
-        assert_eq!(p.grid, (209, 1, 1));
+        // Persistent: 625 row tiles over the 264 resident CTAs.
+        assert_eq!(p.grid, (264, 1, 1));
         let p = plan_gemm(100, 300, 0x10, None, &args(DType::I8, DType::I32, 70), GPU).unwrap();
         assert_eq!((p.symbol.as_str(), p.grid.1), ("gemm_t2_i8_i32_n32", 3));
         let p = plan_gemm(
