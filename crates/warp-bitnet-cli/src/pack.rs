@@ -165,3 +165,107 @@ pub fn unpack(a: UnpackArgs) -> Result<()> {
     println!("wrote {}", a.output.display());
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use safetensors::tensor::TensorView;
+
+    fn write_dense(path: &std::path::Path) -> Vec<f32> {
+        let w: Vec<f32> = (0..5 * 20)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
+            .collect();
+        let wb: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let norm: Vec<u8> = [1.0f32; 20].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let emb: Vec<u8> = (0..3 * 20)
+            .flat_map(|i| bf16::from_f32(i as f32).to_le_bytes())
+            .collect();
+        let views = vec![
+            (
+                "layer.weight",
+                TensorView::new(Dtype::F32, vec![5, 20], &wb).unwrap(),
+            ),
+            (
+                "norm.weight",
+                TensorView::new(Dtype::F32, vec![20], &norm).unwrap(),
+            ),
+            (
+                "embed_tokens.weight",
+                TensorView::new(Dtype::BF16, vec![3, 20], &emb).unwrap(),
+            ),
+        ];
+        safetensors::serialize_to_file(views, None, path).unwrap();
+        w
+    }
+
+    #[test]
+    fn pack_then_unpack() {
+        let dir = std::env::temp_dir().join(format!("warp-bitnet-pack-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (dense, packed, back) = (
+            dir.join("dense.st"),
+            dir.join("packed.st"),
+            dir.join("back.st"),
+        );
+        let w = write_dense(&dense);
+        let args = PackArgs {
+            input: dense.clone(),
+            output: packed.clone(),
+            method: Method::Absmean,
+            skip: vec!["embed".into()],
+        };
+        pack(args).unwrap();
+        let file = PackedFile::from_bytes(&std::fs::read(&packed).unwrap()).unwrap();
+        assert_eq!(file.matrices.keys().collect::<Vec<_>>(), ["layer.weight"]);
+        assert_eq!(
+            file.other.keys().collect::<Vec<_>>(),
+            ["embed_tokens.weight", "norm.weight"]
+        );
+        let m = &file.matrices["layer.weight"];
+        let want = quantize_ternary(&w, 5, 20, WeightQuant::AbsMean).unwrap();
+        assert_eq!(m, &want);
+
+        unpack(UnpackArgs {
+            input: packed,
+            output: back.clone(),
+            dtype: OutType::F32,
+        })
+        .unwrap();
+        let bytes = std::fs::read(&back).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let (rows, cols, vals) = dense_f32(&st.tensor("layer.weight").unwrap()).unwrap();
+        assert_eq!((rows, cols), (5, 20));
+        let gamma = m.scale().of_row(0);
+        let expect: Vec<f32> = m
+            .to_ternary()
+            .iter()
+            .map(|&t| f32::from(t) * gamma)
+            .collect();
+        assert_eq!(vals, expect);
+        assert_eq!(st.tensor("norm.weight").unwrap().shape(), [20]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn garbage_input_is_an_error_not_a_panic() {
+        let dir = std::env::temp_dir().join(format!("warp-bitnet-garbage-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bad = dir.join("bad.st");
+        std::fs::write(&bad, b"\xff\xff\xff\xff\xff\xff\xff\x7fnot a header").unwrap();
+        let out = dir.join("out.st");
+        assert!(pack(PackArgs {
+            input: bad.clone(),
+            output: out.clone(),
+            method: Method::Absmean,
+            skip: vec![]
+        })
+        .is_err());
+        assert!(unpack(UnpackArgs {
+            input: bad,
+            output: out,
+            dtype: OutType::F16
+        })
+        .is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs every test that this machine can run, from a fresh checkout:
+# formatting, clippy, the Rust tests, and the NVRTC compile check of every kernel
+# for sm_80, sm_89 and sm_90a (NVRTC comes from PyPI; no CUDA toolkit or GPU needed).
+# GPU tests are marked #[ignore = "needs a CUDA GPU"]; run them on a GPU host with
+#   cargo test --release -- --include-ignored
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# NVRTC 13.0 from PyPI, cached under target/ (git-ignored).
+nvrtc_dir=target/pypi-nvrtc
+if [ ! -f "$nvrtc_dir/nvidia/cu13/lib/libnvrtc.so.13" ]; then
+  python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$nvrtc_dir" 'nvidia-cuda-nvrtc==13.0.*'
+fi
+export LD_LIBRARY_PATH="$PWD/$nvrtc_dir/nvidia/cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+cargo fmt --all -- --check
+cargo clippy --release --workspace --all-targets --quiet -- -D warnings
+cargo test --release --workspace
