@@ -66,12 +66,8 @@ pub struct GemmParams {
     pub scale_per_row: u32,
     /// 1 when x allows 8-element vector loads.
     pub x_vec: u32,
-    /// Warps per row tile (1, 2, 4 or 8); they split its k tiles.
-    pub split: u32,
-    /// Padding (keeps the size a multiple of 8).
-    pub pad_: u32,
 }
-const _: () = assert!(std::mem::size_of::<GemmParams>() == 88);
+const _: () = assert!(std::mem::size_of::<GemmParams>() == 80);
 
 /// A GEMM on raw device pointers: `y = (x . Wtᵀ) * scale + bias`.
 ///
@@ -194,20 +190,9 @@ pub(crate) fn plan_gemm(
         (_, Some(s)) => s,
     };
     let symbol = gemm_symbol(a.x_dtype, a.y_dtype, tokens);
-    // Token groups share the GPU: each gets its share of the resident CTAs. Each row
-    // tile is split over 1, 2, 4 or 8 warps; the kernel is latency-bound (docs/NOTES.md),
-    // so the time goes with the tiles the busiest warp streams: rounds of row groups
-    // per CTA x tiles per warp, plus ~2 tiles' worth for each barrier-bound reduction.
-    let slots = (resident_ctas(&symbol)? / groups).max(1);
-    let cost = |split: usize| {
-        let rounds = row_tiles.div_ceil(8 / split).div_ceil(slots);
-        rounds * (k_tiles.div_ceil(split) + if split > 1 { 2 } else { 0 })
-    };
-    let split = [1, 2, 4, 8]
-        .into_iter()
-        .min_by_key(|&s| (cost(s), s))
-        .expect("non-empty");
-    let ctas = slots.min(row_tiles.div_ceil(8 / split));
+    // Token groups share the GPU: each gets its share of the resident CTAs. Filling
+    // every slot beat spreading the row tiles evenly over fewer CTAs (docs/NOTES.md, v8).
+    let ctas = (resident_ctas(&symbol)? / groups).clamp(1, row_tiles);
     Ok(GemmPlan {
         symbol,
         params: GemmParams {
@@ -225,8 +210,6 @@ pub(crate) fn plan_gemm(
             k_tiles: k_tiles as u32,
             scale_per_row: per_row as u32,
             x_vec: x_vec as u32,
-            split: split as u32,
-            pad_: 0,
         },
         grid: (ctas as u32, groups as u32, 1),
     })
@@ -486,7 +469,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.symbol, "gemm_t2_f16_f16_n1");
-        assert_eq!(p.grid, (1, 1, 1)); // 7 row tiles of 3 k tiles: one CTA, a warp per row tile
+        assert_eq!(p.grid, (7, 1, 1)); // ceil(100 / 16) row tiles, fewer than the resident CTAs
         assert_eq!((p.params.k_tiles, p.params.scale_per_row), (3, 1));
         assert_eq!(p.params.x_vec, 0); // 300 * 2 bytes is not a multiple of 16
         let tall = GemmArgs {
@@ -494,8 +477,8 @@ mod tests {
             ..args(DType::F16, DType::F16, 1)
         };
         let p = plan_gemm(10_000, 300, 0x10, None, &tall, GPU).unwrap();
-        // 625 row tiles, 3 k tiles: one warp per row tile (no split), 79 CTAs of 8.
-        assert_eq!((p.grid, p.params.split), ((79, 1, 1), 1));
+        // Persistent: 625 row tiles over the 264 resident CTAs.
+        assert_eq!(p.grid, (264, 1, 1));
         let p = plan_gemm(100, 300, 0x10, None, &args(DType::I8, DType::I32, 70), GPU).unwrap();
         assert_eq!((p.symbol.as_str(), p.grid.1), ("gemm_t2_i8_i32_n32", 3));
         let p = plan_gemm(

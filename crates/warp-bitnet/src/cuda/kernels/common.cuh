@@ -28,10 +28,8 @@ struct GemmParams {
     u32 k_tiles;          // ceil(cols / 128)
     u32 scale_per_row;    // 1: w_scale has `rows` entries; 0: one
     u32 x_vec;            // 1: x and ldx allow 16-byte (8-element) loads
-    u32 split;            // warps per row tile (1, 2, 4 or 8): they split its k tiles
-    u32 pad_;             // keeps the size a multiple of 8
 };
-static_assert(sizeof(GemmParams) == 88, "GemmParams layout must match launch.rs");
+static_assert(sizeof(GemmParams) == 80, "GemmParams layout must match launch.rs");
 
 // ---- loads -----------------------------------------------------------------
 

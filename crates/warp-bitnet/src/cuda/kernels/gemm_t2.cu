@@ -302,33 +302,26 @@ __device__ __forceinline__ void gemm_t2(const GemmParams& p) {
         lane_x[j] = (const unsigned char*)p.x + ((u64)tok[j] * p.ldx + 32 * q) * XBYTES;
     }
 
-    // ---- persistent CTA over groups of 8/split row tiles. Warp w works on row tile
-    // w / split of the group and takes its k tiles w % split, + split, ... Its tiles
-    // over all the CTA's groups form one stream of `total` tiles ----
-    const u32 split = p.split, per_group = WARPS / split;
-    const u32 gi = warp / split, ph = warp % split;
+    // ---- persistent CTA: row tiles blockIdx.x, + gridDim.x, ...; each warp takes k
+    // tiles warp, warp + 8, ... of every row tile, as one stream of `total` tiles ----
     const u32 row_tiles = (p.rows + 15) / 16;
-    const u32 n_groups = (row_tiles + per_group - 1) / per_group;
-    const u32 my_groups = (n_groups - blockIdx.x + gridDim.x - 1) / gridDim.x;
-    // Row tile of this warp in the CTA's i-th group; only the last group can be short.
-    const auto row_tile = [&](u32 i) { return (blockIdx.x + i * gridDim.x) * per_group + gi; };
-    const u32 my_rows = my_groups == 0 ? 0 : my_groups - (row_tile(my_groups - 1) >= row_tiles ? 1 : 0);
-    const u32 mine = p.k_tiles > ph ? (p.k_tiles - ph + split - 1) / split : 0;
+    const u32 my_rows = (row_tiles - blockIdx.x + gridDim.x - 1) / gridDim.x;
+    const u32 mine = p.k_tiles > warp ? (p.k_tiles - warp + WARPS - 1) / WARPS : 0;
     const u32 total = my_rows * mine;
     const u32 fast_tiles = p.x_vec ? p.cols / 128 : 0;
     const u32 my_ring = smem_addr(&ring[warp][0][lane]);
 
-    // The ring's producer runs DEPTH-1 tiles ahead: tile `ahead` is k step a_t.
+    // The ring's producer runs DEPTH-1 tiles ahead: (row tile, k step) of tile `ahead`.
     u32 ahead = 0, a_t = 0;
-    const u32x4* a_ptr = p.w + ((u64)row_tile(0) * p.k_tiles + ph) * 32 + lane;
+    const u32x4* a_ptr = p.w + ((u64)blockIdx.x * p.k_tiles + warp) * 32 + lane;
     const auto produce = [&]() {  // one commit group per tile, empty past the end
         if (ahead < total) {
             cp_async_16_evict_first(my_ring + (ahead % DEPTH) * 512, a_ptr, policy);
             if (++a_t == mine) {
                 a_t = 0;
-                a_ptr += ((u64)gridDim.x * per_group * p.k_tiles - (u64)(mine - 1) * split) * 32;
+                a_ptr += ((u64)gridDim.x * p.k_tiles - (u64)(mine - 1) * WARPS) * 32;
             } else {
-                a_ptr += split * 32;
+                a_ptr += WARPS * 32;
             }
         }
         cp_async_commit();
@@ -350,7 +343,7 @@ __device__ __forceinline__ void gemm_t2(const GemmParams& p) {
     u32x4 wnext = {0, 0, 0, 0};
     const auto step = [&](u32 f, u32 t, const XTile<ACT>(&cur)[NT], XTile<ACT>(&nxt)[NT]) {
         produce();
-        if (f + 1 < total) load_x(ph + (t + 1 == mine ? 0 : t + 1) * split, nxt);
+        if (f + 1 < total) load_x(warp + (t + 1 == mine ? 0 : t + 1) * WARPS, nxt);
         const u32x4 wcur = wnext;
         cp_async_wait<DEPTH - 2>();  // tile f+1 has landed
         wnext = lds128(my_ring + ((f + 1) % DEPTH) * 512);
@@ -358,16 +351,14 @@ __device__ __forceinline__ void gemm_t2(const GemmParams& p) {
     };
     XTile<ACT> xa[NT], xb[NT];
     if (total > 0) {
-        load_x(ph, xa);
+        load_x(warp, xa);
         cp_async_wait<DEPTH - 2>();
         wnext = lds128(my_ring);
     }
-    // The `split` warps of a row tile meet at their own barrier (ids 1..8).
-    const auto group_sync = [&]() { asm volatile("bar.sync %0, %1;" ::"r"(1 + gi), "r"(32 * split)); };
 
     u32 f = 0;
     for (u32 i = 0; i < my_rows; i++) {
-        const u32 rt = row_tile(i);
+        const u32 rt = blockIdx.x + i * gridDim.x;
         // Two activation buffers, alternating, so no registers are copied per tile.
         for (u32 t = 0; t < mine; t += 2) {
             step(f, t, xa, xb);
@@ -382,7 +373,7 @@ __device__ __forceinline__ void gemm_t2(const GemmParams& p) {
             for (int j = 0; j < NT; j++) xa[j] = xb[j];
         }
 
-        // ---- reduce the group's partial sums in shared memory ----
+        // ---- reduce the warps' partial sums in shared memory ----
         // C fragment: c0, c1 -> (row g, tokens 2q, 2q+1); c2, c3 -> (row g+8, same tokens).
 #pragma unroll
         for (int j = 0; j < NT; j++) {
@@ -409,18 +400,18 @@ __device__ __forceinline__ void gemm_t2(const GemmParams& p) {
             }
         }
         reset();
-        group_sync();
+        __syncthreads();
 
         // ---- epilogue: scale, bias, convert, store ----
-        for (u32 e = ph * 32 + lane; e < 16 * COLS; e += split * 32) {
+        for (u32 e = threadIdx.x; e < 16 * COLS; e += blockDim.x) {
             const u32 row = e % 16, col = e / 16;
             const u32 r = rt * 16 + row, b = b_base + col;
             if (r >= p.rows || b >= p.batch) continue;
-            const u32 w0 = gi * split;
             float v;
             if (ACT == ACT_I8) {
                 int sum = 0, xs = 0;
-                for (u32 w = w0; w < w0 + split; w++) { sum += (int)red[w][row][col]; xs += red_x[w][col]; }
+#pragma unroll
+                for (int w = 0; w < WARPS; w++) { sum += (int)red[w][row][col]; xs += red_x[w][col]; }
                 sum -= xs;  // sum (c - 1) x = sum c x - sum x
                 if (OUT == OUT_I32) {
                     ((int*)p.y)[(u64)b * p.ldy + r] = sum;
@@ -429,7 +420,8 @@ __device__ __forceinline__ void gemm_t2(const GemmParams& p) {
                 v = (float)sum * p.x_scale[b];
             } else {
                 v = 0.f;
-                for (u32 w = w0; w < w0 + split; w++) v += __uint_as_float(red[w][row][col]);
+#pragma unroll
+                for (int w = 0; w < WARPS; w++) v += __uint_as_float(red[w][row][col]);
                 if (ONE) v -= x_total;  // sum (c - 1) x = sum c x - sum x
             }
             if (p.w_scale != nullptr) v *= p.w_scale[p.scale_per_row ? r : 0];
@@ -437,7 +429,7 @@ __device__ __forceinline__ void gemm_t2(const GemmParams& p) {
             u16* y = (u16*)p.y + (u64)b * p.ldy + r;
             *y = OUT == OUT_BF16 ? f32_to_bf16(v) : f32_to_f16(v);
         }
-        group_sync();  // `red` is rewritten for the next row tile
+        __syncthreads();  // `red` is rewritten for the next row tile
     }
     cp_async_wait<0>();
 }
@@ -452,18 +444,18 @@ __device__ __forceinline__ void gemm_t2(const GemmParams& p) {
     }
 
 GEMM_KERNEL(ACT_F16, OUT_F16, 1, true, 2, gemm_t2_f16_f16_n1)
-GEMM_KERNEL(ACT_F16, OUT_F16, 1, false, 2, gemm_t2_f16_f16_n8)
+GEMM_KERNEL(ACT_F16, OUT_F16, 1, false, 3, gemm_t2_f16_f16_n8)
 GEMM_KERNEL(ACT_F16, OUT_F16, 2, false, 1, gemm_t2_f16_f16_n16)
 GEMM_KERNEL(ACT_F16, OUT_F16, 4, false, 1, gemm_t2_f16_f16_n32)
-GEMM_KERNEL(ACT_BF16, OUT_BF16, 1, false, 2, gemm_t2_bf16_bf16_n8)
+GEMM_KERNEL(ACT_BF16, OUT_BF16, 1, false, 3, gemm_t2_bf16_bf16_n8)
 GEMM_KERNEL(ACT_BF16, OUT_BF16, 2, false, 1, gemm_t2_bf16_bf16_n16)
 GEMM_KERNEL(ACT_BF16, OUT_BF16, 4, false, 1, gemm_t2_bf16_bf16_n32)
-GEMM_KERNEL(ACT_I8, OUT_F16, 1, false, 3, gemm_t2_i8_f16_n8)
+GEMM_KERNEL(ACT_I8, OUT_F16, 1, false, 4, gemm_t2_i8_f16_n8)
 GEMM_KERNEL(ACT_I8, OUT_F16, 2, false, 1, gemm_t2_i8_f16_n16)
 GEMM_KERNEL(ACT_I8, OUT_F16, 4, false, 1, gemm_t2_i8_f16_n32)
-GEMM_KERNEL(ACT_I8, OUT_BF16, 1, false, 3, gemm_t2_i8_bf16_n8)
+GEMM_KERNEL(ACT_I8, OUT_BF16, 1, false, 4, gemm_t2_i8_bf16_n8)
 GEMM_KERNEL(ACT_I8, OUT_BF16, 2, false, 1, gemm_t2_i8_bf16_n16)
 GEMM_KERNEL(ACT_I8, OUT_BF16, 4, false, 1, gemm_t2_i8_bf16_n32)
-GEMM_KERNEL(ACT_I8, OUT_I32, 1, false, 3, gemm_t2_i8_i32_n8)
+GEMM_KERNEL(ACT_I8, OUT_I32, 1, false, 4, gemm_t2_i8_i32_n8)
 GEMM_KERNEL(ACT_I8, OUT_I32, 2, false, 1, gemm_t2_i8_i32_n16)
 GEMM_KERNEL(ACT_I8, OUT_I32, 4, false, 1, gemm_t2_i8_i32_n32)
