@@ -206,7 +206,15 @@ fn w2a8_integer_part_is_exact_and_epilogue_accurate() {
 #[ignore = "needs a CUDA GPU"]
 fn device_quantizer_matches_the_cpu_bytes() {
     let (gpu, s, mut rng) = setup();
-    for (batch, n) in [(1, 16), (3, 2560), (17, 28672), (2, 1000)] {
+    // Vector path, rows longer than the registers keep (40000), and the scalar path (1001).
+    for (batch, n) in [
+        (1, 16),
+        (3, 2560),
+        (17, 28672),
+        (2, 1000),
+        (1, 40000),
+        (2, 1001),
+    ] {
         let x: Vec<f16> = (0..batch * n)
             .map(|_| f16::from_f32(rng.random_range(-30.0..30.0)))
             .collect();

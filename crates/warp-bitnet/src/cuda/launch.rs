@@ -16,6 +16,8 @@ use crate::format::tiled;
 
 /// Threads per GEMM CTA (8 warps; `WARPS` in gemm_t2.cu).
 pub(crate) const GEMM_THREADS: u32 = 256;
+/// Threads per quantization CTA (`THREADS` in quant.cu).
+const QUANT_THREADS: u32 = 1024;
 /// Token group sizes with an instantiated kernel (`8 * NT` in gemm_t2.cu).
 pub const TOKENS_PER_CTA: [usize; 3] = [8, 16, 32];
 
@@ -408,16 +410,27 @@ impl Gpu {
         let (mut qp, _gq) = q.device_ptr_mut(stream);
         let (mut sp, _gs) = scale.device_ptr_mut(stream);
         let (mut n32, mut ldx, mut ldq) = (n as u32, n as u32, n as u32);
-        let mut kp: [*mut c_void; 6] = [
+        // 16-byte loads and 8-byte stores need 8-element rows and aligned bases.
+        let mut vec = u32::from(n % 8 == 0 && xp % 16 == 0 && qp % 8 == 0);
+        let mut kp: [*mut c_void; 7] = [
             &mut xp as *mut _ as *mut c_void,
             &mut qp as *mut _ as *mut c_void,
             &mut sp as *mut _ as *mut c_void,
             &mut n32 as *mut _ as *mut c_void,
             &mut ldx as *mut _ as *mut c_void,
             &mut ldq as *mut _ as *mut c_void,
+            &mut vec as *mut _ as *mut c_void,
         ];
         // SAFETY: lengths checked above; parameters match quantize_i8_* in quant.cu.
-        unsafe { launch(f, (batch as u32, 1, 1), 256, stream.cu_stream(), &mut kp) }
+        unsafe {
+            launch(
+                f,
+                (batch as u32, 1, 1),
+                QUANT_THREADS,
+                stream.cu_stream(),
+                &mut kp,
+            )
+        }
     }
 }
 

@@ -161,11 +161,15 @@ fn kernel_names(text: &str) -> Vec<String> {
     let mut names = Vec::new();
     for line in text.lines().map(str::trim) {
         if let Some(rest) = line.strip_prefix("extern \"C\" __global__ void ") {
-            if let Some(name) = rest
-                .split('(')
-                .next()
-                .filter(|n| !n.contains(" ") && !n.starts_with("__"))
-            {
+            // Skip `__launch_bounds__(...)` if present.
+            let rest = match rest.strip_prefix("__launch_bounds__(") {
+                Some(r) => r.split_once(") ").map_or("", |(_, name)| name),
+                None => rest,
+            };
+            // Kernel symbols are lower-case snake_case: this skips the macro's `NAME`.
+            let symbol =
+                |n: &&str| n.starts_with(|c: char| c.is_ascii_lowercase()) && !n.contains(' ');
+            if let Some(name) = rest.split('(').next().filter(symbol) {
                 names.push(name.to_string());
             }
         } else if let Some(args) = line.strip_prefix("GEMM_KERNEL(") {
