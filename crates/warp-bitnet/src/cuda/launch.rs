@@ -108,18 +108,37 @@ pub(crate) struct GemmPlan {
     pub symbol: String,
     pub params: GemmParams,
     pub grid: (u32, u32, u32),
+    /// Dynamic shared memory, bytes.
+    pub smem: u32,
+}
+
+/// What the planner needs to know about the loaded kernels (a `Gpu`, or a fake in tests).
+pub(crate) trait Occupancy {
+    /// CTAs of `symbol` with `dynamic` bytes of dynamic shared memory that fit the GPU at once.
+    fn resident(&self, symbol: &str, dynamic: usize) -> Result<usize>;
+    /// The most dynamic shared memory `symbol` may take.
+    fn max_dynamic(&self, symbol: &str) -> Result<usize>;
+}
+
+impl Occupancy for Gpu {
+    fn resident(&self, symbol: &str, dynamic: usize) -> Result<usize> {
+        self.resident_ctas(symbol, dynamic)
+    }
+    fn max_dynamic(&self, symbol: &str) -> Result<usize> {
+        Ok(self.kernel(symbol)?.max_dynamic_smem)
+    }
 }
 
 /// Validates `args` against a `rows` x `cols` matrix and picks the kernel. The grid
-/// is persistent: `resident_ctas(symbol)` (CTAs that fit the GPU at once) CTAs at
-/// most along the rows, each looping over row tiles.
+/// is persistent: as many CTAs along the rows as fit the GPU at once, each looping
+/// over row tiles.
 pub(crate) fn plan_gemm(
     rows: usize,
     cols: usize,
     w: CUdeviceptr,
     w_scale: Option<(CUdeviceptr, bool)>,
     a: &GemmArgs,
-    resident_ctas: impl Fn(&str) -> Result<usize>,
+    gpu: &impl Occupancy,
 ) -> Result<GemmPlan> {
     use DType::*;
     if !matches!(
@@ -138,7 +157,13 @@ pub(crate) fn plan_gemm(
     if a.batch == 0 {
         return Err(Error::Empty { arg: "x" });
     }
-    let tokens = tokens_per_cta(a.x_dtype, a.batch);
+    let (_, k_tiles) = tiled::tile_counts(rows, cols);
+    // The single-token f16 kernel keeps the activation row in shared memory.
+    let row_bytes = k_tiles * 256;
+    let mut tokens = tokens_per_cta(a.x_dtype, a.batch);
+    if tokens == 1 && row_bytes > gpu.max_dynamic(&gemm_symbol(a.x_dtype, a.y_dtype, 1))? {
+        tokens = TOKENS_PER_CTA[0];
+    }
     let groups = a.batch.div_ceil(tokens);
     if groups > MAX_GRID_Y {
         return Err(Error::TooLarge {
@@ -186,7 +211,7 @@ pub(crate) fn plan_gemm(
     }
     let vec_bytes = (8 * a.x_dtype.size()) as u64;
     let x_vec = a.x % vec_bytes == 0 && (a.ldx * a.x_dtype.size()) as u64 % vec_bytes == 0;
-    let (row_tiles, k_tiles) = tiled::tile_counts(rows, cols);
+    let (row_tiles, _) = tiled::tile_counts(rows, cols);
     let (w_scale, per_row) = match (a.y_dtype, w_scale) {
         (I32, _) | (_, None) => (0, false),
         (_, Some(s)) => s,
@@ -194,7 +219,8 @@ pub(crate) fn plan_gemm(
     let symbol = gemm_symbol(a.x_dtype, a.y_dtype, tokens);
     // Token groups share the GPU: each gets its share of the resident CTAs. Filling
     // every slot beat spreading the row tiles evenly over fewer CTAs (docs/NOTES.md, v8).
-    let ctas = (resident_ctas(&symbol)? / groups).clamp(1, row_tiles);
+    let smem = if tokens == 1 { row_bytes } else { 0 };
+    let ctas = (gpu.resident(&symbol, smem)? / groups).clamp(1, row_tiles);
     Ok(GemmPlan {
         symbol,
         params: GemmParams {
@@ -214,6 +240,7 @@ pub(crate) fn plan_gemm(
             x_vec: x_vec as u32,
         },
         grid: (ctas as u32, groups as u32, 1),
+        smem: smem as u32,
     })
 }
 
@@ -261,6 +288,7 @@ pub(crate) unsafe fn launch(
     f: &CudaFunction,
     grid: (u32, u32, u32),
     block: u32,
+    smem: u32,
     stream: CUstream,
     params: &mut [*mut c_void],
 ) -> Result<()> {
@@ -270,7 +298,7 @@ pub(crate) unsafe fn launch(
             f.cu_function(),
             grid,
             (block, 1, 1),
-            0,
+            smem,
             stream,
             params,
         )
@@ -288,21 +316,12 @@ impl Gpu {
     /// launch completes; `y` must not overlap the inputs; `stream` must belong to
     /// this GPU's context.
     pub unsafe fn gemm_raw(&self, w: &GpuMatrix, args: &GemmArgs, stream: CUstream) -> Result<()> {
-        let sms = self.info.sm_count;
-        let resident = |name: &str| Ok(self.kernel(name)?.ctas_per_sm * sms);
-        let plan = plan_gemm(
-            w.rows(),
-            w.cols(),
-            w.tiles_ptr(),
-            w.scale_ptr(),
-            args,
-            resident,
-        )?;
+        let plan = plan_gemm(w.rows(), w.cols(), w.tiles_ptr(), w.scale_ptr(), args, self)?;
         let f = self.function(&plan.symbol)?;
         let mut params = plan.params;
         let mut kp = [&mut params as *mut GemmParams as *mut c_void];
         // SAFETY: the kernel takes one GemmParams by value; the caller guarantees the buffers.
-        unsafe { launch(f, plan.grid, GEMM_THREADS, stream, &mut kp) }
+        unsafe { launch(f, plan.grid, GEMM_THREADS, plan.smem, stream, &mut kp) }
     }
 
     /// `y[batch, rows] = (x[batch, cols] . Wtᵀ) * scale + bias` with f16 or bf16 activations.
@@ -427,6 +446,7 @@ impl Gpu {
                 f,
                 (batch as u32, 1, 1),
                 QUANT_THREADS,
+                0,
                 stream.cu_stream(),
                 &mut kp,
             )
@@ -450,11 +470,17 @@ fn check_buf(arg: &'static str, len: usize, need: usize, dims: &[usize]) -> Resu
 mod tests {
     use super::*;
 
-    /// 132 SMs with two resident CTAs each.
-    fn gpu_ctas(_: &str) -> Result<usize> {
-        Ok(264)
+    /// 132 SMs with two resident CTAs each, 200 KB of dynamic shared memory per CTA.
+    struct FakeGpu;
+    impl Occupancy for FakeGpu {
+        fn resident(&self, _: &str, _: usize) -> Result<usize> {
+            Ok(264)
+        }
+        fn max_dynamic(&self, _: &str) -> Result<usize> {
+            Ok(200 << 10)
+        }
     }
-    const GPU: fn(&str) -> Result<usize> = gpu_ctas;
+    const GPU: &FakeGpu = &FakeGpu;
 
     fn args(x_dtype: DType, y_dtype: DType, batch: usize) -> GemmArgs {
         GemmArgs {

@@ -54,6 +54,8 @@ pub struct DeviceInfo {
     pub sm_count: usize,
     /// L2 cache size, bytes.
     pub l2_bytes: usize,
+    /// Shared memory per SM, bytes.
+    pub smem_per_sm: usize,
     /// Device memory, bytes.
     pub total_mem: usize,
     /// Driver version as (major, minor), e.g. (13, 0).
@@ -67,10 +69,13 @@ pub struct Gpu {
     functions: HashMap<String, Kernel>,
 }
 
-/// A loaded kernel and how many of its 256-thread CTAs fit on one SM.
+/// A loaded kernel: how many of its 256-thread CTAs fit on one SM by registers, and
+/// its shared memory (static, and the most dynamic memory it was allowed).
 struct Kernel {
     function: CudaFunction,
     ctas_per_sm: usize,
+    static_smem: usize,
+    max_dynamic_smem: usize,
 }
 
 impl Gpu {
@@ -91,27 +96,15 @@ impl Gpu {
             });
         }
         let arch = compile::arch_for(major, minor);
+        let smem_optin =
+            ctx.attribute(Attr::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)? as usize;
         let mut functions = HashMap::new();
         for src in compile::SOURCES {
             let cubin = compile::cubin_cached(*src, &arch)?;
             let module = ctx.load_module(cudarc::nvrtc::Ptx::from_binary(cubin))?;
             for name in kernel_names(src.text) {
                 let function = module.load_function(&name)?;
-                // SAFETY: `function` was just loaded from a live module.
-                let ctas = unsafe {
-                    cudarc::driver::result::occupancy::max_active_block_per_multiprocessor(
-                        function.cu_function(),
-                        launch::GEMM_THREADS as i32,
-                        0,
-                    )
-                }?;
-                functions.insert(
-                    name,
-                    Kernel {
-                        function,
-                        ctas_per_sm: ctas.max(1) as usize,
-                    },
-                );
+                functions.insert(name, Kernel::new(function, smem_optin)?);
             }
         }
         let mut driver = 0;
@@ -123,6 +116,9 @@ impl Gpu {
             arch,
             sm_count: ctx.attribute(Attr::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as usize,
             l2_bytes: ctx.attribute(Attr::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)? as usize,
+            smem_per_sm: ctx
+                .attribute(Attr::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)?
+                as usize,
             total_mem: ctx.total_mem()?,
             driver_version: (driver / 1000, (driver % 1000) / 10),
         };
@@ -143,6 +139,14 @@ impl Gpu {
         &self.info
     }
 
+    /// CTAs of kernel `name` with `dynamic` bytes of dynamic shared memory that fit the
+    /// GPU at once (registers and shared memory; 1 KB per CTA is reserved by the driver).
+    fn resident_ctas(&self, name: &str, dynamic: usize) -> Result<usize> {
+        let k = self.kernel(name)?;
+        let by_smem = self.info.smem_per_sm / (k.static_smem + dynamic + 1024);
+        Ok(k.ctas_per_sm.min(by_smem).max(1) * self.info.sm_count)
+    }
+
     fn kernel(&self, name: &str) -> Result<&Kernel> {
         self.functions.get(name).ok_or_else(|| Error::Unsupported {
             what: "kernel",
@@ -152,6 +156,40 @@ impl Gpu {
 
     fn function(&self, name: &str) -> Result<&CudaFunction> {
         Ok(&self.kernel(name)?.function)
+    }
+}
+
+impl Kernel {
+    fn new(function: CudaFunction, smem_optin: usize) -> Result<Self> {
+        use cudarc::driver::result::function::{get_function_attribute, set_function_attribute};
+        use cudarc::driver::sys::CUfunction_attribute as F;
+        let f = function.cu_function();
+        // SAFETY: `f` was just loaded from a live module.
+        let static_smem =
+            unsafe { get_function_attribute(f, F::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES) }? as usize;
+        let max_dynamic_smem = smem_optin.saturating_sub(static_smem);
+        // SAFETY: as above; the value is within the device's opt-in limit.
+        unsafe {
+            set_function_attribute(
+                f,
+                F::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                max_dynamic_smem as i32,
+            )
+        }?;
+        // SAFETY: as above.
+        let ctas = unsafe {
+            cudarc::driver::result::occupancy::max_active_block_per_multiprocessor(
+                f,
+                launch::GEMM_THREADS as i32,
+                0,
+            )
+        }?;
+        Ok(Self {
+            function,
+            ctas_per_sm: ctas.max(1) as usize,
+            static_smem,
+            max_dynamic_smem,
+        })
     }
 }
 

@@ -100,7 +100,16 @@ impl Gpu {
                 });
             }
             // SAFETY: parameters match i2_to_t2 in layout.cu; buffers hold the sizes it indexes.
-            unsafe { launch(f, (blocks as u32, 1, 1), 256, stream.cu_stream(), &mut kp) }?;
+            unsafe {
+                launch(
+                    f,
+                    (blocks as u32, 1, 1),
+                    256,
+                    0,
+                    stream.cu_stream(),
+                    &mut kp,
+                )
+            }?;
         }
         let scale = match m.scale() {
             Scale::None => None,
@@ -143,6 +152,7 @@ impl Gpu {
                     f,
                     (n.div_ceil(256) as u32, 1, 1),
                     256,
+                    0,
                     stream.cu_stream(),
                     &mut kp,
                 )

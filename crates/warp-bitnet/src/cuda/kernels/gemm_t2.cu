@@ -238,21 +238,31 @@ __device__ __forceinline__ float load_bias(const void* bias, u32 r) {
     return OUT == OUT_BF16 ? bf16_to_f32(h) : f16_to_f32(h);
 }
 
-// sum_k x[b, k] over the whole row, by the whole CTA (n1 only). Issued after the
+// The single-token kernel keeps the whole activation row in (dynamic) shared
+// memory, staged once per CTA: k tiles x 256 bytes, zeros past `cols`. Chunk c
+// (16 bytes: columns 8c..8c+7) of tile kt is stored at 16-byte slot
+// 16 kt + 4 (c % 4) + (c % 16) / 4, so the four lanes q of a quarter warp read 64
+// consecutive bytes for their i-th chunk (no bank conflicts; the g lanes broadcast).
+__device__ __forceinline__ u32 x_slot(u32 c) { return (c & ~15u) | ((c & 3u) << 2) | ((c >> 2) & 3u); }
+
+// Stages row 0 of x and returns its sum (f32) on every thread. Issued after the
 // weight ring is primed, so its loads overlap the weights' latency.
-__device__ __forceinline__ float row_sum_f16(const GemmParams& p, u32 b, float* scratch) {
-    const u16* row = (const u16*)p.x + (u64)b * p.ldx;
+__device__ __forceinline__ float stage_row_f16(const GemmParams& p, u32 xs, float* scratch) {
+    const u16* row = (const u16*)p.x;
     float s = 0.f;
-    if (p.x_vec) {
-        for (u32 k = 8 * threadIdx.x; k + 8 <= p.cols; k += 8 * blockDim.x) {
-            const u32x4 v = load_v4(row + k);
-            const u32 h[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-            for (int i = 0; i < 4; i++) s += f16_to_f32((u16)h[i]) + f16_to_f32((u16)(h[i] >> 16));
+    for (u32 c = threadIdx.x; c < p.k_tiles * 16; c += blockDim.x) {
+        u32x4 v = {0, 0, 0, 0};
+        if (p.x_vec && 8 * c + 8 <= p.cols) {
+            v = load_v4(row + 8 * c);
+        } else {
+            u32 h[4] = {0, 0, 0, 0};
+            for (u32 e = 0; e < 8 && 8 * c + e < p.cols; e++) h[e / 2] |= (u32)row[8 * c + e] << (16 * (e % 2));
+            v = {h[0], h[1], h[2], h[3]};
         }
-        for (u32 k = (p.cols / 8) * 8 + threadIdx.x; k < p.cols; k += blockDim.x) s += f16_to_f32(row[k]);
-    } else {
-        for (u32 k = threadIdx.x; k < p.cols; k += blockDim.x) s += f16_to_f32(row[k]);
+        const u32 h[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) s += f16_to_f32((u16)h[i]) + f16_to_f32((u16)(h[i] >> 16));
+        asm volatile("st.shared.v4.u32 [%0], {%1,%2,%3,%4};" ::"r"(xs + 16 * x_slot(c)), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w));
     }
     for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
     if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = s;
@@ -272,6 +282,7 @@ __device__ __forceinline__ void gemm_t2(const GemmParams& p) {
     __shared__ u32 red[WARPS][16][COLS];  // partial sums: f32 bits, or i32 for i8
     __shared__ int red_x[WARPS][COLS];
     __shared__ float row_sum_scratch[WARPS];
+    extern __shared__ __align__(16) unsigned char x_row[];  // single-token kernel only
 
     const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const u32 g = lane / 4, q = lane % 4;
@@ -329,7 +340,8 @@ __device__ __forceinline__ void gemm_t2(const GemmParams& p) {
     };
 #pragma unroll
     for (int t = 0; t < DEPTH - 1; t++) produce();
-    const float x_total = ONE ? row_sum_f16(p, 0, row_sum_scratch) : 0.f;
+    const u32 xs = smem_addr(x_row);
+    const float x_total = ONE ? stage_row_f16(p, xs, row_sum_scratch) : 0.f;
 
     const auto load_x = [&](u32 kt, XTile<ACT>(&dst)[NT]) {
 #pragma unroll
@@ -343,15 +355,28 @@ __device__ __forceinline__ void gemm_t2(const GemmParams& p) {
     u32x4 wnext = {0, 0, 0, 0};
     const auto step = [&](u32 f, u32 t, const XTile<ACT>(&cur)[NT], XTile<ACT>(&nxt)[NT]) {
         produce();
-        if (f + 1 < total) load_x(warp + (t + 1 == mine ? 0 : t + 1) * WARPS, nxt);
+        if constexpr (!ONE) {
+            if (f + 1 < total) load_x(warp + (t + 1 == mine ? 0 : t + 1) * WARPS, nxt);
+        }
         const u32x4 wcur = wnext;
         cp_async_wait<DEPTH - 2>();  // tile f+1 has landed
         wnext = lds128(my_ring + ((f + 1) % DEPTH) * 512);
-        tile_mma<ACT, NT, ONE>(wcur, cur, acc);
+        if constexpr (ONE) {  // the lane's 32 activations of this tile, from the staged row
+            XTile<ACT> x[1];
+            const u32 base = xs + (warp + t * WARPS) * 256 + 16 * q;
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const u32x4 v = lds128(base + 64 * i);
+                x[0].r[4 * i] = v.x; x[0].r[4 * i + 1] = v.y; x[0].r[4 * i + 2] = v.z; x[0].r[4 * i + 3] = v.w;
+            }
+            tile_mma<ACT, NT, ONE>(wcur, x, acc);
+        } else {
+            tile_mma<ACT, NT, ONE>(wcur, cur, acc);
+        }
     };
     XTile<ACT> xa[NT], xb[NT];
     if (total > 0) {
-        load_x(warp, xa);
+        if (!ONE) load_x(warp, xa);
         cp_async_wait<DEPTH - 2>();
         wnext = lds128(my_ring);
     }
@@ -368,7 +393,7 @@ __device__ __forceinline__ void gemm_t2(const GemmParams& p) {
                 f++;
             }
         }
-        if (mine & 1) {  // an odd count left the next tile's activations in xb
+        if (!ONE && (mine & 1)) {  // an odd count left the next tile's activations in xb
 #pragma unroll
             for (int j = 0; j < NT; j++) xa[j] = xb[j];
         }
@@ -443,7 +468,7 @@ __device__ __forceinline__ void gemm_t2(const GemmParams& p) {
         gemm_t2<ACT, OUT, NT, ONE>(p);                                                          \
     }
 
-GEMM_KERNEL(ACT_F16, OUT_F16, 1, true, 2, gemm_t2_f16_f16_n1)
+GEMM_KERNEL(ACT_F16, OUT_F16, 1, true, 3, gemm_t2_f16_f16_n1)
 GEMM_KERNEL(ACT_F16, OUT_F16, 1, false, 3, gemm_t2_f16_f16_n8)
 GEMM_KERNEL(ACT_F16, OUT_F16, 2, false, 1, gemm_t2_f16_f16_n16)
 GEMM_KERNEL(ACT_F16, OUT_F16, 4, false, 1, gemm_t2_f16_f16_n32)
