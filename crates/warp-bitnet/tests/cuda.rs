@@ -282,6 +282,44 @@ fn strided_and_misaligned_activations_take_the_scalar_path_correctly() {
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
+fn misaligned_int8_activations_are_exact() {
+    let (gpu, s, mut rng) = setup();
+    let (rows, cols, ldx) = (200, 1000, 1001);
+    let w = random_matrix(&mut rng, rows, cols);
+    let d = gpu.upload(&w, &s).unwrap();
+    for batch in [1, 3] {
+        // One byte in front: the base is 1 byte past alignment.
+        let buf: Vec<i8> = (0..1 + batch * ldx).map(|_| rng.random()).collect();
+        let scales: Vec<f32> = vec![1.0; batch];
+        let (xd, sd) = (s.clone_htod(&buf).unwrap(), s.clone_htod(&scales).unwrap());
+        let mut yd = s.alloc_zeros::<i32>(batch * rows).unwrap();
+        poison(&s, &mut yd);
+        let (xp, _g) = xd.device_ptr(&s);
+        let (sp, _g1) = sd.device_ptr(&s);
+        let (yp, _g2) = yd.device_ptr_mut(&s);
+        let args = GemmArgs {
+            x: xp + 1,
+            x_dtype: DType::I8,
+            ldx,
+            y: yp,
+            y_dtype: DType::I32,
+            ldy: rows,
+            batch,
+            bias: None,
+            x_scale: Some(sp),
+        };
+        unsafe { gpu.gemm_raw(&d, &args, s.cu_stream()) }.unwrap();
+        drop((_g, _g1, _g2));
+        let q: Vec<i8> = (0..batch * cols)
+            .map(|i| buf[1 + (i / cols) * ldx + i % cols])
+            .collect();
+        let want = cpu::reference::gemm_i8_accumulate(&w, &q, batch).unwrap();
+        assert_eq!(s.clone_dtoh(&yd).unwrap(), want, "batch {batch}");
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
 fn cpu_and_gpu_backends_agree() {
     let (gpu, s, mut rng) = setup();
     let (rows, cols, batch) = (777, 2560, 4);

@@ -21,11 +21,11 @@ const QUANT_THREADS: u32 = 1024;
 /// Token group sizes with an instantiated kernel (`8 * NT` in gemm_t2.cu).
 pub const TOKENS_PER_CTA: [usize; 3] = [8, 16, 32];
 
-/// Tokens per CTA for a call: the single-token f16 kernel (`n1`, cheaper decode)
-/// for one f16 token, else the smallest group that holds the batch, else 32 with
-/// several CTAs along the batch.
-fn tokens_per_cta(x: DType, batch: usize) -> usize {
-    if x == DType::F16 && batch == 1 {
+/// Tokens per CTA for a call: the single-token kernel (`n1`: activation row staged
+/// in shared memory, and for f16 a cheaper decode) for one token, else the smallest
+/// group that holds the batch, else 32 with several CTAs along the batch.
+fn tokens_per_cta(batch: usize) -> usize {
+    if batch == 1 {
         return 1;
     }
     TOKENS_PER_CTA
@@ -158,9 +158,10 @@ pub(crate) fn plan_gemm(
         return Err(Error::Empty { arg: "x" });
     }
     let (_, k_tiles) = tiled::tile_counts(rows, cols);
-    // The single-token f16 kernel keeps the activation row in shared memory.
-    let row_bytes = k_tiles * 256;
-    let mut tokens = tokens_per_cta(a.x_dtype, a.batch);
+    // The single-token kernels keep the activation row (128 columns per k tile) in
+    // shared memory; a row too long for it takes the 8-token kernel.
+    let row_bytes = k_tiles * 128 * a.x_dtype.size();
+    let mut tokens = tokens_per_cta(a.batch);
     if tokens == 1 && row_bytes > gpu.max_dynamic(&gemm_symbol(a.x_dtype, a.y_dtype, 1))? {
         tokens = TOKENS_PER_CTA[0];
     }
@@ -209,7 +210,8 @@ pub(crate) fn plan_gemm(
     if let Some(s) = a.x_scale {
         check_ptr("x_scale", s, 4)?;
     }
-    let vec_bytes = (8 * a.x_dtype.size()) as u64;
+    // The kernels load activations 16 bytes at a time.
+    let vec_bytes = 16u64;
     let x_vec = a.x % vec_bytes == 0 && (a.ldx * a.x_dtype.size()) as u64 % vec_bytes == 0;
     let (row_tiles, _) = tiled::tile_counts(rows, cols);
     let (w_scale, per_row) = match (a.y_dtype, w_scale) {
@@ -532,6 +534,15 @@ mod tests {
         assert_eq!(p.symbol, "gemm_t2_bf16_bf16_n16");
         let p = plan_gemm(100, 300, 0x10, None, &args(DType::F16, DType::F16, 2), GPU).unwrap();
         assert_eq!(p.symbol, "gemm_t2_f16_f16_n8");
+        let p = plan_gemm(100, 300, 0x10, None, &args(DType::I8, DType::BF16, 1), GPU).unwrap();
+        assert_eq!((p.symbol.as_str(), p.smem), ("gemm_t2_i8_bf16_n1", 3 * 128));
+        // A row longer than the shared memory the single-token kernel may take (200 KB).
+        let wide = GemmArgs {
+            ldx: 1 << 17,
+            ..args(DType::F16, DType::F16, 1)
+        };
+        let p = plan_gemm(100, 1 << 17, 0x10, None, &wide, GPU).unwrap();
+        assert_eq!((p.symbol.as_str(), p.smem), ("gemm_t2_f16_f16_n8", 0));
     }
 
     #[test]

@@ -171,10 +171,14 @@ __device__ __noinline__ XTile<ACT> load_x_tile_slow(const GemmParams& p, u32 b, 
 }
 
 // ---- one tile ---------------------------------------------------------------------
-// Accumulators: f32 per token group (c - 1 decode), or per 4^s group (n1), or i32.
+// The single-token f16 kernel decodes to subnormals, accumulated per 4^s group.
+template <int ACT, bool ONE>
+constexpr bool SUBNORMAL = ONE && ACT == ACT_F16;
+
+// Accumulators: f32 per token group (c - 1 decode), or per 4^s group, or i32.
 template <int ACT, int NT, bool ONE>
 struct Acc {
-    float f[ONE ? 5 : NT][4];
+    float f[SUBNORMAL<ACT, ONE> ? 5 : NT][4];
     int i[NT][4];
     int xsum[NT];
 };
@@ -186,20 +190,20 @@ __device__ __forceinline__ void pair_mma(const u32 (&w)[4], const XTile<ACT> (&x
     for (int k = 0; k < 4; k++) {
         // Fragment order: row g (word 0), row g+8 (word 2), then the odd words.
         const u32 word = w[(k & 1) * 2 + (k >> 1)];
-        if (ONE) a[k] = (word >> pair_shift<ACT_F16>(S)) & PAIR_MASK[pair_pos<ACT_F16>(S)];
+        if (SUBNORMAL<ACT, ONE>) a[k] = (word >> pair_shift<ACT_F16>(S)) & PAIR_MASK[pair_pos<ACT_F16>(S)];
         else a[k] = decode_pair<ACT, S>(word);
     }
 #pragma unroll
     for (int j = 0; j < NT; j++) {
         const u32 b0 = x[j].r[2 * S], b1 = x[j].r[2 * S + 1];
-        if (ONE) mma_f16(acc.f[pair_pos<ACT_F16>(S)], a[0], a[1], a[2], a[3], b0, b1);
+        if (SUBNORMAL<ACT, ONE>) mma_f16(acc.f[pair_pos<ACT_F16>(S)], a[0], a[1], a[2], a[3], b0, b1);
         else if (ACT == ACT_F16) mma_f16(acc.f[j], a[0], a[1], a[2], a[3], b0, b1);
         else mma_bf16(acc.f[j], a[0], a[1], a[2], a[3], b0, b1);
     }
 }
 
-template <int NT, int J>
-__device__ __forceinline__ void quad_mma_i8(const u32 (&w)[4], const XTile<ACT_I8> (&x)[NT], Acc<ACT_I8, NT, false>& acc) {
+template <int NT, bool ONE, int J>
+__device__ __forceinline__ void quad_mma_i8(const u32 (&w)[4], const XTile<ACT_I8> (&x)[NT], Acc<ACT_I8, NT, ONE>& acc) {
     const u32 a0 = (w[0] >> (2 * J)) & 0x03030303u, a1 = (w[2] >> (2 * J)) & 0x03030303u;
     const u32 a2 = (w[1] >> (2 * J)) & 0x03030303u, a3 = (w[3] >> (2 * J)) & 0x03030303u;
 #pragma unroll
@@ -215,10 +219,10 @@ template <int ACT, int NT, bool ONE>
 __device__ __forceinline__ void tile_mma(const u32x4& wv, const XTile<ACT> (&x)[NT], Acc<ACT, NT, ONE>& acc) {
     const u32 w[4] = {wv.x, wv.y, wv.z, wv.w};
     if constexpr (ACT == ACT_I8) {
-        quad_mma_i8<NT, 0>(w, x, acc);
-        quad_mma_i8<NT, 1>(w, x, acc);
-        quad_mma_i8<NT, 2>(w, x, acc);
-        quad_mma_i8<NT, 3>(w, x, acc);
+        quad_mma_i8<NT, ONE, 0>(w, x, acc);
+        quad_mma_i8<NT, ONE, 1>(w, x, acc);
+        quad_mma_i8<NT, ONE, 2>(w, x, acc);
+        quad_mma_i8<NT, ONE, 3>(w, x, acc);
     } else {
         pair_mma<ACT, NT, ONE, 0>(w, x, acc);
         pair_mma<ACT, NT, ONE, 1>(w, x, acc);
@@ -238,31 +242,54 @@ __device__ __forceinline__ float load_bias(const void* bias, u32 r) {
     return OUT == OUT_BF16 ? bf16_to_f32(h) : f16_to_f32(h);
 }
 
-// The single-token kernel keeps the whole activation row in (dynamic) shared
-// memory, staged once per CTA: k tiles x 256 bytes, zeros past `cols`. Chunk c
-// (16 bytes: columns 8c..8c+7) of tile kt is stored at 16-byte slot
-// 16 kt + 4 (c % 4) + (c % 16) / 4, so the four lanes q of a quarter warp read 64
-// consecutive bytes for their i-th chunk (no bank conflicts; the g lanes broadcast).
-__device__ __forceinline__ u32 x_slot(u32 c) { return (c & ~15u) | ((c & 3u) << 2) | ((c >> 2) & 3u); }
+// The single-token kernels keep the whole activation row in (dynamic) shared
+// memory, staged once per CTA: per k tile 256 bytes (f16/bf16) or 128 (i8), zeros
+// past `cols`. A lane reads its 32 columns of a tile as chunks i = 0.. of 16 bytes;
+// chunk (q, i) is stored at 16-byte slot 4i + q of the tile, so the four lanes q of
+// a quarter warp read 64 consecutive bytes (no bank conflicts; the g lanes broadcast).
+template <int ACT>
+struct Staged {
+    static constexpr u32 TILE_BYTES = ACT == ACT_I8 ? 128 : 256;
+    static constexpr u32 PER_LANE = TILE_BYTES / 64;  // chunks a lane reads per tile
+    // Slot of chunk c (in row order) of the staged row.
+    __device__ static constexpr u32 slot(u32 c) {
+        const u32 per_tile = TILE_BYTES / 16, in_tile = c % per_tile;
+        return c - in_tile + 4 * (in_tile % PER_LANE) + in_tile / PER_LANE;
+    }
+};
 
-// Stages row 0 of x and returns its sum (f32) on every thread. Issued after the
-// weight ring is primed, so its loads overlap the weights' latency.
-__device__ __forceinline__ float stage_row_f16(const GemmParams& p, u32 xs, float* scratch) {
-    const u16* row = (const u16*)p.x;
+// Stages row 0 of x; for f16 also returns its sum (f32) on every thread (the
+// subnormal decode subtracts it). Issued after the weight ring is primed, so its
+// loads overlap the weights' latency.
+template <int ACT>
+__device__ __forceinline__ float stage_row(const GemmParams& p, u32 xs, float* scratch) {
+    typedef Staged<ACT> S;
+    constexpr u32 PER = ACT == ACT_I8 ? 16 : 8;  // columns per chunk
+    const unsigned char* row = (const unsigned char*)p.x;
     float s = 0.f;
-    for (u32 c = threadIdx.x; c < p.k_tiles * 16; c += blockDim.x) {
+    for (u32 c = threadIdx.x; c < p.k_tiles * (S::TILE_BYTES / 16); c += blockDim.x) {
         u32x4 v = {0, 0, 0, 0};
-        if (p.x_vec && 8 * c + 8 <= p.cols) {
-            v = load_v4(row + 8 * c);
+        if (p.x_vec && PER * c + PER <= p.cols) {
+            v = load_v4(row + 16 * c);
         } else {
             u32 h[4] = {0, 0, 0, 0};
-            for (u32 e = 0; e < 8 && 8 * c + e < p.cols; e++) h[e / 2] |= (u32)row[8 * c + e] << (16 * (e % 2));
+            for (u32 e = 0; e < PER && PER * c + e < p.cols; e++) {
+                if (ACT == ACT_I8) h[e / 4] |= (u32)row[PER * c + e] << (8 * (e % 4));
+                else h[e / 2] |= (u32)((const u16*)row)[PER * c + e] << (16 * (e % 2));
+            }
             v = {h[0], h[1], h[2], h[3]};
         }
-        const u32 h[4] = {v.x, v.y, v.z, v.w};
+        if (ACT == ACT_F16) {
+            const u32 h[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
-        for (int i = 0; i < 4; i++) s += f16_to_f32((u16)h[i]) + f16_to_f32((u16)(h[i] >> 16));
-        asm volatile("st.shared.v4.u32 [%0], {%1,%2,%3,%4};" ::"r"(xs + 16 * x_slot(c)), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w));
+            for (int i = 0; i < 4; i++) s += f16_to_f32((u16)h[i]) + f16_to_f32((u16)(h[i] >> 16));
+        }
+        asm volatile("st.shared.v4.u32 [%0], {%1,%2,%3,%4};" ::"r"(xs + 16 * S::slot(c)), "r"(v.x), "r"(v.y), "r"(v.z),
+                     "r"(v.w));
+    }
+    if (ACT != ACT_F16) {
+        __syncthreads();
+        return 0.f;
     }
     for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
     if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = s;
@@ -292,7 +319,7 @@ __device__ __forceinline__ void gemm_t2(const GemmParams& p) {
     Acc<ACT, NT, ONE> acc;
     const auto reset = [&]() {
 #pragma unroll
-        for (int j = 0; j < (ONE ? 5 : NT); j++)
+        for (int j = 0; j < (SUBNORMAL<ACT, ONE> ? 5 : NT); j++)
 #pragma unroll
             for (int i = 0; i < 4; i++) acc.f[j][i] = 0.f;
 #pragma unroll
@@ -341,7 +368,7 @@ __device__ __forceinline__ void gemm_t2(const GemmParams& p) {
 #pragma unroll
     for (int t = 0; t < DEPTH - 1; t++) produce();
     const u32 xs = smem_addr(x_row);
-    const float x_total = ONE ? stage_row_f16(p, xs, row_sum_scratch) : 0.f;
+    const float x_total = ONE ? stage_row<ACT>(p, xs, row_sum_scratch) : 0.f;
 
     const auto load_x = [&](u32 kt, XTile<ACT>(&dst)[NT]) {
 #pragma unroll
@@ -363,9 +390,9 @@ __device__ __forceinline__ void gemm_t2(const GemmParams& p) {
         wnext = lds128(my_ring + ((f + 1) % DEPTH) * 512);
         if constexpr (ONE) {  // the lane's 32 activations of this tile, from the staged row
             XTile<ACT> x[1];
-            const u32 base = xs + (warp + t * WARPS) * 256 + 16 * q;
+            const u32 base = xs + (warp + t * WARPS) * Staged<ACT>::TILE_BYTES + 16 * q;
 #pragma unroll
-            for (int i = 0; i < 4; i++) {
+            for (int i = 0; i < (int)Staged<ACT>::PER_LANE; i++) {
                 const u32x4 v = lds128(base + 64 * i);
                 x[0].r[4 * i] = v.x; x[0].r[4 * i + 1] = v.y; x[0].r[4 * i + 2] = v.z; x[0].r[4 * i + 3] = v.w;
             }
@@ -407,7 +434,7 @@ __device__ __forceinline__ void gemm_t2(const GemmParams& p) {
                 const u32 row = g + 8 * (e / 2), col = 8 * j + 2 * q + (e % 2);
                 if (ACT == ACT_I8) {
                     red[warp][row][col] = (u32)acc.i[j][e];
-                } else if (ONE) {
+                } else if (SUBNORMAL<ACT, ONE>) {
                     // Group s holds 2^-24 * 4^s * sum c x: undo both scales.
                     float v = 0.f;
 #pragma unroll
@@ -447,7 +474,7 @@ __device__ __forceinline__ void gemm_t2(const GemmParams& p) {
                 v = 0.f;
 #pragma unroll
                 for (int w = 0; w < WARPS; w++) v += __uint_as_float(red[w][row][col]);
-                if (ONE) v -= x_total;  // sum (c - 1) x = sum c x - sum x
+                if (SUBNORMAL<ACT, ONE>) v -= x_total;  // sum (c - 1) x = sum c x - sum x
             }
             if (p.w_scale != nullptr) v *= p.w_scale[p.scale_per_row ? r : 0];
             v += load_bias<OUT>(p.bias, r);
@@ -472,15 +499,19 @@ GEMM_KERNEL(ACT_F16, OUT_F16, 1, true, 3, gemm_t2_f16_f16_n1)
 GEMM_KERNEL(ACT_F16, OUT_F16, 1, false, 3, gemm_t2_f16_f16_n8)
 GEMM_KERNEL(ACT_F16, OUT_F16, 2, false, 1, gemm_t2_f16_f16_n16)
 GEMM_KERNEL(ACT_F16, OUT_F16, 4, false, 1, gemm_t2_f16_f16_n32)
+GEMM_KERNEL(ACT_BF16, OUT_BF16, 1, true, 3, gemm_t2_bf16_bf16_n1)
 GEMM_KERNEL(ACT_BF16, OUT_BF16, 1, false, 3, gemm_t2_bf16_bf16_n8)
 GEMM_KERNEL(ACT_BF16, OUT_BF16, 2, false, 1, gemm_t2_bf16_bf16_n16)
 GEMM_KERNEL(ACT_BF16, OUT_BF16, 4, false, 1, gemm_t2_bf16_bf16_n32)
+GEMM_KERNEL(ACT_I8, OUT_F16, 1, true, 4, gemm_t2_i8_f16_n1)
 GEMM_KERNEL(ACT_I8, OUT_F16, 1, false, 4, gemm_t2_i8_f16_n8)
 GEMM_KERNEL(ACT_I8, OUT_F16, 2, false, 1, gemm_t2_i8_f16_n16)
 GEMM_KERNEL(ACT_I8, OUT_F16, 4, false, 1, gemm_t2_i8_f16_n32)
+GEMM_KERNEL(ACT_I8, OUT_BF16, 1, true, 4, gemm_t2_i8_bf16_n1)
 GEMM_KERNEL(ACT_I8, OUT_BF16, 1, false, 4, gemm_t2_i8_bf16_n8)
 GEMM_KERNEL(ACT_I8, OUT_BF16, 2, false, 1, gemm_t2_i8_bf16_n16)
 GEMM_KERNEL(ACT_I8, OUT_BF16, 4, false, 1, gemm_t2_i8_bf16_n32)
+GEMM_KERNEL(ACT_I8, OUT_I32, 1, true, 4, gemm_t2_i8_i32_n1)
 GEMM_KERNEL(ACT_I8, OUT_I32, 1, false, 4, gemm_t2_i8_i32_n8)
 GEMM_KERNEL(ACT_I8, OUT_I32, 2, false, 1, gemm_t2_i8_i32_n16)
 GEMM_KERNEL(ACT_I8, OUT_I32, 4, false, 1, gemm_t2_i8_i32_n32)
