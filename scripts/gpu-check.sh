@@ -12,7 +12,7 @@ echo "== GPU tests"
 $G/cuda-tests --include-ignored --test-threads=1 2>&1 | tee "$OUT/tests.txt"
 echo "== compute-sanitizer memcheck"
 compute-sanitizer --tool memcheck --error-exitcode 9 $G/cuda-tests --include-ignored --test-threads=1 \
-  layout strided misaligned cpu_and_gpu quantizer wrong_lengths 2>&1 | tail -25 | tee "$OUT/memcheck.txt"
+  layout strided misaligned every_kernel cpu_and_gpu quantizer wrong_lengths 2>&1 | tail -25 | tee "$OUT/memcheck.txt"
 echo "== bench"
 $G/warp-bitnet bench --device cuda --batch "${BATCH:-1}" --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt"
 echo "== SASS"

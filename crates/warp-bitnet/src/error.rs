@@ -142,6 +142,15 @@ pub(crate) fn shape(dims: &[usize]) -> String {
     format!("[{}]", inner.join(", "))
 }
 
+/// `a * b`, or `TooLarge` naming the argument.
+pub(crate) fn checked_elems(arg: &'static str, a: usize, b: usize) -> Result<usize> {
+    a.checked_mul(b).ok_or(Error::TooLarge {
+        arg,
+        value: u64::MAX,
+        limit: usize::MAX as u64,
+    })
+}
+
 /// Checks `got == expected` for a buffer length, naming the argument.
 pub(crate) fn check_len(arg: &'static str, expected: usize, got: usize) -> Result<()> {
     if expected == got {

@@ -1,8 +1,8 @@
 //! Packed safetensors files (docs/FORMATS.md, "Packed safetensors").
 //!
 //! A packed matrix `NAME` is stored as `NAME.packed` (I32 `[rows, ceil(cols / 16)]`,
-//! the I2 words), `NAME.scale` (F32 `[1]` per tensor or `[rows]` per row; absent for
-//! no scale) and the metadata entry `NAME.cols` (the logical column count). Other
+//! the I2 words), `NAME.scale` (F32 scalar `[]` per tensor or `[rows]` per row; absent
+//! for no scale) and the metadata entry `NAME.cols` (the logical column count). Other
 //! tensors pass through unchanged. The metadata key `format` is `warp-bitnet/i2`.
 
 use std::collections::{BTreeMap, HashMap};
@@ -53,16 +53,26 @@ impl PackedFile {
             ));
             let scale = match m.scale() {
                 Scale::None => None,
-                Scale::PerTensor(s) => Some(vec![*s]),
-                Scale::PerRow(v) => Some(v.clone()),
+                Scale::PerTensor(s) => Some((vec![], vec![*s])),
+                Scale::PerRow(v) => Some((vec![m.rows()], v.clone())),
             };
-            if let Some(s) = scale {
+            if let Some((shape, s)) = scale {
                 let bytes = s.iter().flat_map(|v| v.to_le_bytes()).collect();
-                owned.push((format!("{name}.scale"), Dtype::F32, vec![s.len()], bytes));
+                owned.push((format!("{name}.scale"), Dtype::F32, shape, bytes));
             }
             meta.insert(format!("{name}.cols"), m.cols().to_string());
         }
         for (name, t) in &self.other {
+            // A kept tensor must not read back as part of a matrix.
+            let base = name
+                .strip_suffix(".packed")
+                .or_else(|| name.strip_suffix(".scale"));
+            if name.ends_with(".packed") || base.is_some_and(|b| self.matrices.contains_key(b)) {
+                return Err(Error::Unsupported {
+                    what: "tensor name",
+                    detail: format!("`{name}` collides with the names of a packed matrix"),
+                });
+            }
             owned.push((name.clone(), t.dtype, t.shape.clone(), t.data.clone()));
         }
         let views = owned
@@ -133,11 +143,13 @@ fn read_matrix(
     let words = le_u32(view.data());
     let scale = match st.tensor(&format!("{name}.scale")) {
         Err(_) => Scale::None,
-        Ok(s) if s.dtype() == Dtype::F32 && s.shape() == [1] => Scale::PerTensor(f32s(s.data())[0]),
+        Ok(s) if s.dtype() == Dtype::F32 && s.shape().is_empty() => {
+            Scale::PerTensor(f32s(s.data())[0])
+        }
         Ok(s) if s.dtype() == Dtype::F32 && s.shape() == [rows] => Scale::PerRow(f32s(s.data())),
         Ok(s) => {
             return Err(Error::BadFile(format!(
-                "`{name}.scale` must be F32 [1] or [{rows}], got {:?} {:?}",
+                "`{name}.scale` must be F32 [] (per tensor) or [{rows}] (per row), got {:?} {:?}",
                 s.dtype(),
                 s.shape()
             )))
@@ -215,6 +227,32 @@ mod tests {
     fn round_trip() {
         let f = sample();
         assert_eq!(PackedFile::from_bytes(&f.to_bytes().unwrap()).unwrap(), f);
+        // One row: a per-row scale stays per row, a per-tensor scale per tensor.
+        let mut f = PackedFile::default();
+        let row = TernaryMatrix::from_ternary(1, 3, &[1, 0, -1], Scale::PerRow(vec![2.0])).unwrap();
+        f.matrices.insert("row".into(), row);
+        let tensor = TernaryMatrix::from_ternary(1, 3, &[1, 0, -1], Scale::PerTensor(2.0)).unwrap();
+        f.matrices.insert("tensor".into(), tensor);
+        assert_eq!(PackedFile::from_bytes(&f.to_bytes().unwrap()).unwrap(), f);
+    }
+
+    #[test]
+    fn colliding_names_are_refused() {
+        for name in ["layer.w.scale", "noscale.scale", "x.packed"] {
+            let mut f = sample();
+            f.other.insert(
+                name.into(),
+                RawTensor {
+                    dtype: Dtype::F32,
+                    shape: vec![1],
+                    data: vec![0; 4],
+                },
+            );
+            assert!(
+                matches!(f.to_bytes(), Err(Error::Unsupported { .. })),
+                "{name}"
+            );
+        }
     }
 
     #[test]

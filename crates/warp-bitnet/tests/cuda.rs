@@ -169,7 +169,7 @@ fn w2a8_integer_part_is_exact_and_epilogue_accurate() {
             let (qd, xsd) = (s.clone_htod(&q).unwrap(), s.clone_htod(&xs).unwrap());
             let mut acc = s.alloc_zeros::<i32>(batch * rows).unwrap();
             poison(&s, &mut acc);
-            gpu.gemm_w2a8::<i32>(&d, &qd, &xsd, batch, None, &mut acc, DType::I32, &s)
+            gpu.gemm_w2a8::<i32>(&d, &qd, &xsd, batch, None, &mut acc, &s)
                 .unwrap();
             let want = cpu::reference::gemm_i8_accumulate(&w, &q, batch).unwrap();
             assert_eq!(
@@ -180,7 +180,7 @@ fn w2a8_integer_part_is_exact_and_epilogue_accurate() {
 
             let mut y = s.alloc_zeros::<f16>(batch * rows).unwrap();
             poison(&s, &mut y);
-            gpu.gemm_w2a8::<f16>(&d, &qd, &xsd, batch, None, &mut y, DType::F16, &s)
+            gpu.gemm_w2a8::<f16>(&d, &qd, &xsd, batch, None, &mut y, &s)
                 .unwrap();
             let got: Vec<f64> = s
                 .clone_dtoh(&y)
@@ -232,6 +232,7 @@ fn device_quantizer_matches_the_cpu_bytes() {
         let xd = s.clone_htod(&xb).unwrap();
         gpu.quantize_i8(&xd, batch, n, &mut q, &mut sc, &s).unwrap();
         assert_eq!(s.clone_dtoh(&q).unwrap(), want.q);
+        assert_eq!(s.clone_dtoh(&sc).unwrap(), want.scale);
     }
 }
 
@@ -277,6 +278,72 @@ fn strided_and_misaligned_activations_take_the_scalar_path_correctly() {
         assert!(rel_err(&got, &want) <= 1e-3, "batch {batch}");
         // Columns past `rows` in each output row are left alone (still poisoned).
         assert!(y[rows].to_f32().is_nan());
+    }
+}
+
+/// Every kernel (single token, 8, 16 and 32 tokens per CTA, several token groups) on
+/// small odd shapes: cheap enough for compute-sanitizer (scripts/gpu-check.sh).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn every_kernel_on_small_odd_shapes() {
+    let (gpu, s, mut rng) = setup();
+    for (i, (rows, cols)) in [(37, 300), (129, 1000)].into_iter().enumerate() {
+        let w = with_scale(random_matrix(&mut rng, rows, cols), i + 1, &mut rng);
+        let d = gpu.upload(&w, &s).unwrap();
+        for batch in [1, 5, 9, 17, 40] {
+            let xf: Vec<f32> = (0..batch * cols)
+                .map(|_| rng.random_range(-1.0..1.0))
+                .collect();
+            let x16: Vec<f16> = xf.iter().map(|&v| f16::from_f32(v)).collect();
+            let xb: Vec<bf16> = xf.iter().map(|&v| bf16::from_f32(v)).collect();
+            let q: Vec<i8> = (0..batch * cols).map(|_| rng.random()).collect();
+            let xs: Vec<f32> = vec![0.01; batch];
+            let want = |x: Vec<f64>| reference_f64(&w, &x, batch, None);
+            let (xd, xbd, qd, xsd) = (
+                s.clone_htod(&x16).unwrap(),
+                s.clone_htod(&xb).unwrap(),
+                s.clone_htod(&q).unwrap(),
+                s.clone_htod(&xs).unwrap(),
+            );
+            let mut y = s.alloc_zeros::<f16>(batch * rows).unwrap();
+            poison(&s, &mut y);
+            gpu.gemm(&d, &xd, batch, None, &mut y, &s).unwrap();
+            let got: Vec<f64> = s
+                .clone_dtoh(&y)
+                .unwrap()
+                .iter()
+                .map(|v| f64::from(v.to_f32()))
+                .collect();
+            let e = rel_err(
+                &got,
+                &want(x16.iter().map(|v| f64::from(v.to_f32())).collect()),
+            );
+            assert!(e <= 1e-3, "f16 {rows}x{cols} batch {batch}: {e:.2e}");
+            let mut yb = s.alloc_zeros::<bf16>(batch * rows).unwrap();
+            poison(&s, &mut yb);
+            gpu.gemm(&d, &xbd, batch, None, &mut yb, &s).unwrap();
+            let got: Vec<f64> = s
+                .clone_dtoh(&yb)
+                .unwrap()
+                .iter()
+                .map(|v| f64::from(v.to_f32()))
+                .collect();
+            let e = rel_err(
+                &got,
+                &want(xb.iter().map(|v| f64::from(v.to_f32())).collect()),
+            );
+            assert!(e <= 1e-2, "bf16 {rows}x{cols} batch {batch}: {e:.2e}");
+            let mut acc = s.alloc_zeros::<i32>(batch * rows).unwrap();
+            poison(&s, &mut acc);
+            gpu.gemm_w2a8::<i32>(&d, &qd, &xsd, batch, None, &mut acc, &s)
+                .unwrap();
+            let exact = cpu::reference::gemm_i8_accumulate(&w, &q, batch).unwrap();
+            assert_eq!(
+                s.clone_dtoh(&acc).unwrap(),
+                exact,
+                "i8 {rows}x{cols} batch {batch}"
+            );
+        }
     }
 }
 

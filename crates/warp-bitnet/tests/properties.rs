@@ -136,6 +136,38 @@ proptest! {
 
 #[test]
 fn bad_shapes_are_errors() {
+    // Products that overflow usize are errors, not panics or wrapped lengths.
+    assert!(matches!(
+        i2::validate(&[], 1 << 62, 64),
+        Err(Error::TooLarge { .. })
+    ));
+    assert!(matches!(
+        i2::pack(&[0], usize::MAX, 2),
+        Err(Error::TooLarge { .. })
+    ));
+    assert!(matches!(
+        quantize_activations_i8(&[0f32; 2], usize::MAX / 2 + 1, 2),
+        Err(Error::TooLarge { .. })
+    ));
+    let one = TernaryMatrix::from_ternary(2, 2, &[0; 4], Scale::None).unwrap();
+    let mut y = [0f32; 2];
+    assert!(matches!(
+        reference::gemm(&one, &[0f32; 2], usize::MAX / 2 + 1, None, &mut y),
+        Err(Error::ShapeMismatch { arg: "x", .. })
+    ));
+    // W2A8 accumulates in i32: rows longer than MAX_W2A8_COLS are refused.
+    let wide = TernaryMatrix::from_i2(
+        1,
+        reference::MAX_W2A8_COLS + 1,
+        vec![0; (reference::MAX_W2A8_COLS + 16) / 16],
+        Scale::None,
+    )
+    .unwrap();
+    assert!(matches!(
+        reference::gemm_i8_accumulate(&wide, &[], 1),
+        Err(Error::TooLarge { arg: "cols", .. })
+    ));
+
     let m = TernaryMatrix::from_ternary(2, 3, &[0; 6], Scale::None).unwrap();
     let mut y = [0f32; 2];
     assert!(matches!(

@@ -20,7 +20,6 @@ use serde::Serialize;
 
 use super::{max_rel_err, median, random_matrix, reference_f64, BenchRow, Shape};
 use crate::cuda::Gpu;
-use crate::dtype::DType;
 use crate::error::Result;
 
 /// Facts about the run that every row shares.
@@ -278,14 +277,14 @@ impl CudaBench {
         let want8 = reference_f64(&w, &deq, batch, None);
         poison(s, &mut y_h)?;
         self.gpu
-            .gemm_w2a8(&ws[0], &q, &qs, batch, None, &mut y_h, DType::F16, s)?;
+            .gemm_w2a8(&ws[0], &q, &qs, batch, None, &mut y_h, s)?;
         let err = max_rel_err(
             s.clone_dtoh(&y_h)?.iter().map(|v| f64::from(v.to_f32())),
             &want8,
         );
         let t = self.time(ours_copies, &mut |i| {
             self.gpu
-                .gemm_w2a8(&ws[i], &q, &qs, batch, None, &mut y_h, DType::F16, s)
+                .gemm_w2a8(&ws[i], &q, &qs, batch, None, &mut y_h, s)
         })?;
         out.push(row(
             "i8",
@@ -295,11 +294,21 @@ impl CudaBench {
             bytes(ws[0].tiled_bytes(), 1, 2),
             err,
         ));
+        // The combined path, checked on its own output first (same activations, same q).
+        poison(s, &mut y_h)?;
+        self.gpu
+            .quantize_i8(&x_h, batch, cols, &mut q, &mut qs, s)?;
+        self.gpu
+            .gemm_w2a8(&ws[0], &q, &qs, batch, None, &mut y_h, s)?;
+        let err = max_rel_err(
+            s.clone_dtoh(&y_h)?.iter().map(|v| f64::from(v.to_f32())),
+            &want8,
+        );
         let t = self.time(ours_copies, &mut |i| {
             self.gpu
                 .quantize_i8(&x_h, batch, cols, &mut q, &mut qs, s)?;
             self.gpu
-                .gemm_w2a8(&ws[i], &q, &qs, batch, None, &mut y_h, DType::F16, s)
+                .gemm_w2a8(&ws[i], &q, &qs, batch, None, &mut y_h, s)
         })?;
         out.push(row(
             "f16>i8",

@@ -86,6 +86,9 @@ pub fn median(samples: &mut [f64]) -> f64 {
 
 /// Random ternary weights with P(-1) = P(0) = P(+1) = 1/3 and random per-row scales in
 /// [0.5, 1.5); rows are generated in parallel, each from its own seeded generator.
+///
+/// # Panics
+/// If `rows` or `cols` is 0 (a benchmark and test helper).
 pub fn random_matrix(rng: &mut impl rand::Rng, rows: usize, cols: usize) -> crate::TernaryMatrix {
     use rand::{Rng, SeedableRng};
     use rayon::prelude::*;
@@ -105,14 +108,21 @@ pub fn random_matrix(rng: &mut impl rand::Rng, rows: usize, cols: usize) -> crat
         .expect("valid by construction")
 }
 
-/// Max over `got` of `|got - want| / max|want|`.
+/// Max over `got` of `|got - want| / max|want|`; a NaN or infinite output (e.g. a
+/// poisoned element that was never written) makes it infinite.
 pub fn max_rel_err(got: impl Iterator<Item = f64>, want: &[f64]) -> f64 {
     let scale = want
         .iter()
         .fold(0f64, |m, v| m.max(v.abs()))
         .max(f64::MIN_POSITIVE);
-    got.zip(want)
-        .fold(0f64, |m, (g, w)| m.max((g - w).abs() / scale))
+    got.zip(want).fold(0f64, |m, (g, w)| {
+        let e = (g - w).abs() / scale;
+        if e.is_nan() {
+            f64::INFINITY
+        } else {
+            m.max(e)
+        }
+    })
 }
 
 /// `y[b, r] = sum_k x[b, k] * w[r, k] * scale[r] (+ bias[r])` in float64: the oracle.

@@ -39,7 +39,9 @@ pub fn gemm<T: Activation>(
 
 /// Exact `acc[b, r] = sum_k q[b, k] * w[r, k]` for int8 activations `q` (`[batch, cols]`).
 pub fn gemm_i8_accumulate(w: &TernaryMatrix, q: &[i8], batch: usize) -> Result<Vec<i32>> {
-    check_io(w, q.len(), batch, None, batch * w.rows())?;
+    check_w2a8_cols(w.cols())?;
+    let y_len = batch.checked_mul(w.rows()).unwrap_or(usize::MAX);
+    check_io(w, q.len(), batch, None, y_len)?;
     let out = per_row(w, batch, |_, wrow, acc: &mut [i32]| {
         for (b, a) in acc.iter_mut().enumerate() {
             let qrow = &q[b * w.cols()..(b + 1) * w.cols()];
@@ -77,6 +79,21 @@ pub fn gemm_w2a8<T: Activation>(
     Ok(())
 }
 
+/// Largest `cols` of a W2A8 product: the GPU kernel accumulates `sum c * q` with
+/// codes `c <= 2` and `|q| <= 128` in i32, so `256 * cols` must fit in an i32.
+pub const MAX_W2A8_COLS: usize = i32::MAX as usize / 256;
+
+pub(crate) fn check_w2a8_cols(cols: usize) -> Result<()> {
+    if cols > MAX_W2A8_COLS {
+        return Err(Error::TooLarge {
+            arg: "cols",
+            value: cols as u64,
+            limit: MAX_W2A8_COLS as u64,
+        });
+    }
+    Ok(())
+}
+
 fn check_io(
     w: &TernaryMatrix,
     x_len: usize,
@@ -92,10 +109,10 @@ fn check_io(
         expected: shape(expected),
         got: format!("{got} elements"),
     };
-    if x_len != batch * w.cols() {
+    if Some(x_len) != batch.checked_mul(w.cols()) {
         return Err(mismatch("x", &[batch, w.cols()], x_len));
     }
-    if y_len != batch * w.rows() {
+    if Some(y_len) != batch.checked_mul(w.rows()) {
         return Err(mismatch("y", &[batch, w.rows()], y_len));
     }
     match bias_len {

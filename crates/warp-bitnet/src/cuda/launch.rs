@@ -12,7 +12,7 @@ use half::{bf16, f16};
 use super::{Gpu, GpuMatrix};
 use crate::dtype::DType;
 use crate::error::{shape, Error, Result};
-use crate::format::tiled;
+use crate::format::{tiled, MAX_DIM};
 
 /// Threads per GEMM CTA (8 warps; `WARPS` in gemm_t2.cu).
 pub(crate) const GEMM_THREADS: u32 = 256;
@@ -66,7 +66,7 @@ pub struct GemmParams {
     pub k_tiles: u32,
     /// 1 when `w_scale` has one entry per row.
     pub scale_per_row: u32,
-    /// 1 when x allows 8-element vector loads.
+    /// 1 when the base of x and its row stride in bytes are multiples of 16.
     pub x_vec: u32,
 }
 const _: () = assert!(std::mem::size_of::<GemmParams>() == 80);
@@ -74,7 +74,10 @@ const _: () = assert!(std::mem::size_of::<GemmParams>() == 80);
 /// A GEMM on raw device pointers: `y = (x . Wtᵀ) * scale + bias`.
 ///
 /// Supported (activation, output) types: (f16, f16), (bf16, bf16), (i8, f16),
-/// (i8, bf16), and (i8, i32) for the raw integer accumulators (no scale, no bias).
+/// (i8, bf16), and (i8, i32) for the raw integer accumulators (neither the weight
+/// scale nor `x_scale` is applied, and `bias` must be `None`; `x_scale` is still
+/// required for i8 activations). i8 activations allow at most
+/// [`MAX_W2A8_COLS`](crate::cpu::reference::MAX_W2A8_COLS) columns.
 #[derive(Clone, Copy, Debug)]
 pub struct GemmArgs {
     /// `[batch, ldx]` activations.
@@ -189,6 +192,9 @@ pub(crate) fn plan_gemm(
             });
         }
     }
+    if a.x_dtype == I8 {
+        crate::cpu::reference::check_w2a8_cols(cols)?;
+    }
     match (a.x_dtype, a.x_scale) {
         (I8, None) => return Err(missing("x_scale", "i8 activations need per-token scales")),
         (F16 | BF16, Some(_)) => {
@@ -269,16 +275,40 @@ fn check_ptr(arg: &'static str, ptr: CUdeviceptr, align: usize) -> Result<()> {
     Ok(())
 }
 
-/// A float type the GPU kernels take as activations and produce as outputs.
-pub trait GpuFloat: DeviceRepr + Copy + 'static {
+/// A float type the GPU kernels take as activations (and produce as outputs).
+pub trait GpuFloat: GpuOut {}
+impl GpuFloat for f16 {}
+impl GpuFloat for bf16 {}
+
+/// An output type of the GEMM kernels: f16 and bf16, and i32 for raw W2A8 accumulators.
+/// Sealed: the kernels exist for these types only.
+pub trait GpuOut: DeviceRepr + Copy + 'static + sealed::Sealed {
     /// The matching [`DType`].
     const DTYPE: DType;
 }
-impl GpuFloat for f16 {
+impl GpuOut for f16 {
     const DTYPE: DType = DType::F16;
 }
-impl GpuFloat for bf16 {
+impl GpuOut for bf16 {
     const DTYPE: DType = DType::BF16;
+}
+impl GpuOut for i32 {
+    const DTYPE: DType = DType::I32;
+}
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for half::f16 {}
+    impl Sealed for half::bf16 {}
+    impl Sealed for i32 {}
+}
+
+/// `a * b` elements, or `TooLarge`.
+fn elems(arg: &'static str, a: usize, b: usize) -> Result<usize> {
+    a.checked_mul(b).ok_or(Error::TooLarge {
+        arg,
+        value: u64::MAX,
+        limit: usize::MAX as u64,
+    })
 }
 
 /// Launches `f` on `stream` with a 1-D or 2-D grid.
@@ -316,14 +346,42 @@ impl Gpu {
     /// in each), `args.y` `batch` rows of `ldy` writable elements, `bias` `w.rows()`
     /// elements and `x_scale` `batch` floats, all on this GPU and alive until the
     /// launch completes; `y` must not overlap the inputs; `stream` must belong to
-    /// this GPU's context.
+    /// this GPU's context; `w` must not be dropped before the launch completes
+    /// (its memory is released in the order of the stream it was uploaded on).
     pub unsafe fn gemm_raw(&self, w: &GpuMatrix, args: &GemmArgs, stream: CUstream) -> Result<()> {
-        let plan = plan_gemm(w.rows(), w.cols(), w.tiles_ptr(), w.scale_ptr(), args, self)?;
+        self.check_context(w)?;
+        let ptrs = w.device_ptrs(w.tiles_stream());
+        // SAFETY: forwarded from the caller, who also keeps `w` alive until the launch completes.
+        unsafe { self.launch_gemm(w, ptrs.tiles, ptrs.scale, args, stream) }
+    }
+
+    /// # Safety
+    /// As [`Gpu::gemm_raw`], with `tiles` and `scale` the pointers of `w`.
+    unsafe fn launch_gemm(
+        &self,
+        w: &GpuMatrix,
+        tiles: CUdeviceptr,
+        scale: Option<(CUdeviceptr, bool)>,
+        args: &GemmArgs,
+        stream: CUstream,
+    ) -> Result<()> {
+        let plan = plan_gemm(w.rows(), w.cols(), tiles, scale, args, self)?;
         let f = self.function(&plan.symbol)?;
         let mut params = plan.params;
         let mut kp = [&mut params as *mut GemmParams as *mut c_void];
         // SAFETY: the kernel takes one GemmParams by value; the caller guarantees the buffers.
         unsafe { launch(f, plan.grid, GEMM_THREADS, plan.smem, stream, &mut kp) }
+    }
+
+    fn check_context(&self, w: &GpuMatrix) -> Result<()> {
+        if Arc::ptr_eq(w.context(), &self.ctx) {
+            Ok(())
+        } else {
+            Err(Error::Unsupported {
+                what: "weights",
+                detail: "uploaded through another Gpu (context)".into(),
+            })
+        }
     }
 
     /// `y[batch, rows] = (x[batch, cols] . Wtᵀ) * scale + bias` with f16 or bf16 activations.
@@ -336,34 +394,16 @@ impl Gpu {
         y: &mut impl DevicePtrMut<T>,
         stream: &Arc<CudaStream>,
     ) -> Result<()> {
-        check_buf("x", x.len(), batch * w.cols(), &[batch, w.cols()])?;
-        check_buf("y", y.len(), batch * w.rows(), &[batch, w.rows()])?;
-        if let Some(b) = bias {
-            check_buf("bias", b.len(), w.rows(), &[w.rows()])?;
-        }
         let (xp, _gx) = x.device_ptr(stream);
-        let bias_ptr = bias.map(|b| b.device_ptr(stream));
-        let (yp, _gy) = y.device_ptr_mut(stream);
-        let args = GemmArgs {
-            x: xp,
-            x_dtype: T::DTYPE,
-            ldx: w.cols(),
-            y: yp,
-            y_dtype: T::DTYPE,
-            ldy: w.rows(),
-            batch,
-            bias: bias_ptr.as_ref().map(|(p, _)| *p),
-            x_scale: None,
-        };
-        // SAFETY: lengths checked above; the buffers live on `stream`'s context and
-        // outlive the launch (cudarc frees asynchronously, in stream order).
-        unsafe { self.gemm_raw(w, &args, stream.cu_stream()) }
+        let x = (xp, x.len(), T::DTYPE, None);
+        // SAFETY: `x` is the live device buffer it describes, read on `stream`.
+        unsafe { self.gemm_checked(w, x, batch, bias, y, stream) }
     }
 
-    /// W2A8: `y = (q . Wtᵀ) * x_scale[b] * scale + bias`; `y` is f16/bf16, or i32 for the
-    /// raw accumulators `sum_k q[b, k] * w[r, k]` (then `bias` must be `None`).
+    /// W2A8: `y = (q . Wtᵀ) * x_scale[b] * scale + bias` with f16/bf16 `y`, or the raw
+    /// accumulators `sum_k q[b, k] * w[r, k]` with i32 `y` (no scale; `bias` must be `None`).
     #[allow(clippy::too_many_arguments)]
-    pub fn gemm_w2a8<O: DeviceRepr>(
+    pub fn gemm_w2a8<O: GpuOut>(
         &self,
         w: &GpuMatrix,
         q: &impl DevicePtr<i8>,
@@ -371,35 +411,63 @@ impl Gpu {
         batch: usize,
         bias: Option<&dyn DevicePtr<O>>,
         y: &mut impl DevicePtrMut<O>,
-        y_dtype: DType,
         stream: &Arc<CudaStream>,
     ) -> Result<()> {
-        if std::mem::size_of::<O>() != y_dtype.size() {
-            return Err(missing("y", "element size does not match y_dtype"));
-        }
-        check_buf("q", q.len(), batch * w.cols(), &[batch, w.cols()])?;
         check_buf("x_scale", x_scale.len(), batch, &[batch])?;
-        check_buf("y", y.len(), batch * w.rows(), &[batch, w.rows()])?;
+        let (qp, _gq) = q.device_ptr(stream);
+        let (sp, _gs) = x_scale.device_ptr(stream);
+        let q = (qp, q.len(), DType::I8, Some(sp));
+        // SAFETY: `q` and `x_scale` are the live device buffers they describe, read on `stream`.
+        unsafe { self.gemm_checked(w, q, batch, bias, y, stream) }
+    }
+
+    /// The checked path of `gemm` and `gemm_w2a8`: lengths, context, and the weights
+    /// and outputs read and written in `stream`'s order.
+    ///
+    /// # Safety
+    /// `x = (pointer, elements, dtype, x_scale)` must describe live device buffers
+    /// that stay alive until the launch completes (their guards are the caller's).
+    unsafe fn gemm_checked<O: DeviceRepr>(
+        &self,
+        w: &GpuMatrix,
+        x: (CUdeviceptr, usize, DType, Option<CUdeviceptr>),
+        batch: usize,
+        bias: Option<&dyn DevicePtr<O>>,
+        y: &mut impl DevicePtrMut<O>,
+        stream: &Arc<CudaStream>,
+    ) -> Result<()>
+    where
+        O: GpuOut,
+    {
+        self.check_context(w)?;
+        let (xp, x_len, x_dtype, x_scale) = x;
+        check_buf("x", x_len, elems("x", batch, w.cols())?, &[batch, w.cols()])?;
+        check_buf(
+            "y",
+            y.len(),
+            elems("y", batch, w.rows())?,
+            &[batch, w.rows()],
+        )?;
         if let Some(b) = bias {
             check_buf("bias", b.len(), w.rows(), &[w.rows()])?;
         }
-        let (qp, _gq) = q.device_ptr(stream);
-        let (sp, _gs) = x_scale.device_ptr(stream);
+        let weights = w.device_ptrs(stream);
         let bias_ptr = bias.map(|b| b.device_ptr(stream));
         let (yp, _gy) = y.device_ptr_mut(stream);
         let args = GemmArgs {
-            x: qp,
-            x_dtype: DType::I8,
+            x: xp,
+            x_dtype,
             ldx: w.cols(),
             y: yp,
-            y_dtype,
+            y_dtype: O::DTYPE,
             ldy: w.rows(),
             batch,
             bias: bias_ptr.as_ref().map(|(p, _)| *p),
-            x_scale: Some(sp),
+            x_scale,
         };
-        // SAFETY: as in `gemm`.
-        unsafe { self.gemm_raw(w, &args, stream.cu_stream()) }
+        // SAFETY: lengths and context checked above; every buffer is read or written in
+        // `stream`'s order and its guard outlives the launch.
+        unsafe { self.launch_gemm(w, weights.tiles, weights.scale, &args, stream.cu_stream()) }
     }
 
     /// Per-token int8 quantization on the device (same bytes as
@@ -416,15 +484,19 @@ impl Gpu {
         if batch == 0 || n == 0 {
             return Err(Error::Empty { arg: "x" });
         }
-        check_buf("x", x.len(), batch * n, &[batch, n])?;
-        check_buf("q", q.len(), batch * n, &[batch, n])?;
+        let len = elems("x", batch, n)?;
+        check_buf("x", x.len(), len, &[batch, n])?;
+        check_buf("q", q.len(), len, &[batch, n])?;
         check_buf("scale", scale.len(), batch, &[batch])?;
-        if batch > i32::MAX as usize || n > u32::MAX as usize {
-            return Err(Error::TooLarge {
-                arg: "x",
-                value: (batch * n) as u64,
-                limit: u32::MAX as u64,
-            });
+        // The kernel indexes a row with 32-bit integers that step by its block size.
+        for (arg, v) in [("batch", batch), ("n", n)] {
+            if v > MAX_DIM {
+                return Err(Error::TooLarge {
+                    arg,
+                    value: v as u64,
+                    limit: MAX_DIM as u64,
+                });
+            }
         }
         let f = self.function(&format!("quantize_i8_{}", T::DTYPE.name()))?;
         let (mut xp, _gx) = x.device_ptr(stream);

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use cudarc::driver::sys::CUdevice_attribute as Attr;
 use cudarc::driver::{CudaContext, CudaFunction};
 
-pub use launch::{gemm_symbol, GemmArgs, GemmParams, GpuFloat, TOKENS_PER_CTA};
+pub use launch::{gemm_symbol, GemmArgs, GemmParams, GpuFloat, GpuOut, TOKENS_PER_CTA};
 pub use weights::GpuMatrix;
 
 use crate::error::{Error, Result};

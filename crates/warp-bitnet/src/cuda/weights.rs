@@ -4,7 +4,7 @@ use std::ffi::c_void;
 use std::sync::Arc;
 
 use cudarc::driver::sys::CUdeviceptr;
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, SyncOnDrop};
 
 use super::launch::launch;
 use super::Gpu;
@@ -54,16 +54,41 @@ impl GpuMatrix {
         Ok(stream.clone_dtoh(&self.tiles)?)
     }
 
-    pub(crate) fn tiles_ptr(&self) -> CUdeviceptr {
-        let (p, _sync) = self.tiles.device_ptr(self.tiles.stream());
-        p
+    /// The stream the weights were uploaded on.
+    pub(crate) fn tiles_stream(&self) -> &Arc<CudaStream> {
+        self.tiles.stream()
     }
 
-    pub(crate) fn scale_ptr(&self) -> Option<(CUdeviceptr, bool)> {
-        self.scale
-            .as_ref()
-            .map(|(s, per_row)| (s.device_ptr(s.stream()).0, *per_row))
+    /// The context the weights live in.
+    pub(crate) fn context(&self) -> &Arc<CudaContext> {
+        self.tiles.context()
     }
+
+    /// Device pointers of the tiles and the scale (with whether it is per row), read
+    /// on `stream`: the guards make the buffers wait for `stream` before they are freed.
+    pub(crate) fn device_ptrs<'a>(&'a self, stream: &'a CudaStream) -> WeightPtrs<'a> {
+        let (tiles, g1) = self.tiles.device_ptr(stream);
+        let (scale, g2) = match &self.scale {
+            Some((s, per_row)) => {
+                let (p, g) = s.device_ptr(stream);
+                (Some((p, *per_row)), Some(g))
+            }
+            None => (None, None),
+        };
+        WeightPtrs {
+            tiles,
+            scale,
+            _guards: (g1, g2),
+        }
+    }
+}
+
+/// Raw pointers of a [`GpuMatrix`] for one launch, and the guards that order its
+/// release after that launch.
+pub(crate) struct WeightPtrs<'a> {
+    pub tiles: CUdeviceptr,
+    pub scale: Option<(CUdeviceptr, bool)>,
+    _guards: (SyncOnDrop<'a>, Option<SyncOnDrop<'a>>),
 }
 
 impl Gpu {
@@ -146,6 +171,13 @@ impl Gpu {
                 &mut wp as *mut _ as *mut c_void,
                 &mut kt as *mut _ as *mut c_void,
             ];
+            if n.div_ceil(256) > u32::MAX as usize {
+                return Err(Error::TooLarge {
+                    arg: "weights",
+                    value: n as u64,
+                    limit: u32::MAX as u64 * 256,
+                });
+            }
             // SAFETY: parameters match t2_to_i2 in layout.cu; buffers hold the sizes it indexes.
             unsafe {
                 launch(

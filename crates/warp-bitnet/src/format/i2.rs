@@ -13,7 +13,7 @@
 //! This is byte for byte the int32 `[rows, cols / 16]` tensor of the old project's
 //! `pack_ternary`, so packed weights made with it load unchanged.
 
-use crate::error::{check_len, Error, Result};
+use crate::error::{check_len, checked_elems, Error, Result};
 
 /// Weights per packed word.
 pub const WEIGHTS_PER_WORD: usize = 16;
@@ -46,7 +46,11 @@ pub fn decode(code: u32) -> Option<i8> {
 
 /// Packs `rows * cols` ternary weights (row-major, each -1, 0 or +1) into I2 words.
 pub fn pack(weights: &[i8], rows: usize, cols: usize) -> Result<Vec<u32>> {
-    check_len("weights", rows * cols, weights.len())?;
+    check_len(
+        "weights",
+        checked_elems("weights", rows, cols)?,
+        weights.len(),
+    )?;
     let wpr = words_per_row(cols);
     let mut words = vec![0u32; rows * wpr];
     for r in 0..rows {
@@ -68,7 +72,11 @@ pub fn pack(weights: &[i8], rows: usize, cols: usize) -> Result<Vec<u32>> {
 /// Checks length, codes and padding of packed I2 words; reports the first bad weight.
 pub fn validate(words: &[u32], rows: usize, cols: usize) -> Result<()> {
     let wpr = words_per_row(cols);
-    check_len("packed words", rows * wpr, words.len())?;
+    check_len(
+        "packed words",
+        checked_elems("packed words", rows, wpr)?,
+        words.len(),
+    )?;
     for r in 0..rows {
         for j in 0..wpr {
             let word = words[r * wpr + j];

@@ -17,6 +17,9 @@ pub enum Scale {
 
 impl Scale {
     /// The scale of output row `r`.
+    ///
+    /// # Panics
+    /// If the scale is per row and `r` is not a row, like slice indexing.
     #[inline]
     pub fn of_row(&self, r: usize) -> f32 {
         match self {
@@ -91,13 +94,24 @@ impl TernaryMatrix {
     }
 
     /// The I2 words of row `r`.
+    ///
+    /// # Panics
+    /// If `r >= rows()`, like slice indexing.
     pub fn row_words(&self, r: usize) -> &[u32] {
         let wpr = i2::words_per_row(self.cols);
         &self.words[r * wpr..(r + 1) * wpr]
     }
 
-    /// The weights of row `r` into `out` (`out.len() == cols`).
+    /// The weights of row `r` into `out`.
+    ///
+    /// # Panics
+    /// If `r >= rows()` or `out.len() != cols()`.
     pub fn unpack_row_into(&self, r: usize, out: &mut [i8]) {
+        assert_eq!(
+            out.len(),
+            self.cols,
+            "unpack_row_into: `out` must hold one row"
+        );
         i2::unpack_row(self.row_words(r), out);
     }
 

@@ -4,4 +4,4 @@ pub mod i2;
 mod matrix;
 pub mod tiled;
 
-pub use matrix::{Scale, TernaryMatrix};
+pub use matrix::{Scale, TernaryMatrix, MAX_DIM};

@@ -22,7 +22,7 @@
 //! (4j, 4j+16, 4j+1, 4j+17) (+2 for odd words), one PRMT away from its B register.
 
 use super::i2;
-use crate::error::{check_len, Result};
+use crate::error::{check_len, checked_elems, Result};
 
 /// Rows per tile (the `m` of the tensor-core instruction).
 pub const TILE_ROWS: usize = 16;
@@ -39,7 +39,9 @@ pub fn tile_counts(rows: usize, cols: usize) -> (usize, usize) {
 /// Number of `u32` words of the T2 form of a `rows` x `cols` matrix.
 pub fn len_words(rows: usize, cols: usize) -> usize {
     let (rt, kt) = tile_counts(rows, cols);
-    rt * kt * TILE_WORDS
+    // Saturates rather than wrapping: no buffer has usize::MAX words, so a length
+    // check against an absurd shape fails instead of passing by overflow.
+    rt.saturating_mul(kt).saturating_mul(TILE_WORDS)
 }
 
 /// Row and column of slot `slot` of word `word` in tile `(rt, kt)`.
@@ -57,7 +59,11 @@ pub fn position(rt: usize, kt: usize, word: usize, slot: usize) -> (usize, usize
 
 /// Converts validated I2 words to T2 (the host twin of the GPU conversion kernel).
 pub fn from_i2(words: &[u32], rows: usize, cols: usize) -> Result<Vec<u32>> {
-    check_len("packed words", rows * i2::words_per_row(cols), words.len())?;
+    check_len(
+        "packed words",
+        checked_elems("packed words", rows, i2::words_per_row(cols))?,
+        words.len(),
+    )?;
     let wpr = i2::words_per_row(cols);
     let (row_tiles, k_tiles) = tile_counts(rows, cols);
     let mut out = vec![0u32; row_tiles * k_tiles * TILE_WORDS];
@@ -83,7 +89,7 @@ pub fn to_i2(tiled: &[u32], rows: usize, cols: usize) -> Result<Vec<u32>> {
     check_len("tiled words", len_words(rows, cols), tiled.len())?;
     let wpr = i2::words_per_row(cols);
     let (_, k_tiles) = tile_counts(rows, cols);
-    let mut out = vec![0u32; rows * wpr];
+    let mut out = vec![0u32; checked_elems("packed words", rows, wpr)?];
     for (idx, &word) in tiled.iter().enumerate() {
         let tile = idx / TILE_WORDS;
         let (rt, kt) = (tile / k_tiles, tile % k_tiles);

@@ -2,7 +2,7 @@
 
 use super::check_finite;
 use crate::dtype::Activation;
-use crate::error::{check_len, Error, Result};
+use crate::error::{check_len, checked_elems, Error, Result};
 
 /// Floor on a token's absmax, so an all-zero token quantizes to zeros.
 pub const ACT_EPS: f32 = 1e-5;
@@ -25,7 +25,11 @@ pub fn quantize_activations_i8<T: Activation>(
     batch: usize,
     n: usize,
 ) -> Result<ActivationQuant> {
-    check_len("activations", batch * n, x.len())?;
+    check_len(
+        "activations",
+        checked_elems("activations", batch, n)?,
+        x.len(),
+    )?;
     if x.is_empty() {
         return Err(Error::Empty { arg: "activations" });
     }

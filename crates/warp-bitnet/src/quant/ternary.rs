@@ -2,7 +2,7 @@
 
 use super::check_finite;
 use crate::dtype::Activation;
-use crate::error::{check_len, Error, Result};
+use crate::error::{check_len, checked_elems, Error, Result};
 use crate::format::{Scale, TernaryMatrix};
 
 /// Floor on a scale, so an all-zero matrix or row quantizes to zeros instead of NaN.
@@ -30,7 +30,7 @@ pub fn quantize_ternary<T: Activation>(
     cols: usize,
     method: WeightQuant,
 ) -> Result<TernaryMatrix> {
-    check_len("weights", rows * cols, w.len())?;
+    check_len("weights", checked_elems("weights", rows, cols)?, w.len())?;
     if w.is_empty() {
         return Err(Error::Empty { arg: "weights" });
     }
@@ -77,11 +77,8 @@ mod tests {
 
     #[test]
     fn ties_round_to_even() {
-        // gamma = 1: 0.5 -> 0, -0.5 -> 0, 1.5 -> 2 -> clamped 1
-        let w = [0.5f32, -0.5, 1.5, 1.0];
-        let m = quantize_ternary(&w, 1, 4, WeightQuant::AbsMean).unwrap();
-        assert_eq!(m.scale(), &Scale::PerTensor(0.875));
-        let w = [0.5f32, -0.5, 1.0, 2.0]; // mean = 1.0
+        // gamma = mean |W| = 1: 0.5 and -0.5 are ties and go to the even 0; 2.0 clamps to 1.
+        let w = [0.5f32, -0.5, 1.0, 2.0];
         let m = quantize_ternary(&w, 1, 4, WeightQuant::AbsMean).unwrap();
         assert_eq!(m.to_ternary(), vec![0, 0, 1, 1]);
     }

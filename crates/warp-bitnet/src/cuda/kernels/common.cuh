@@ -27,7 +27,7 @@ struct GemmParams {
     u32 ldy;              // row stride of y, elements
     u32 k_tiles;          // ceil(cols / 128)
     u32 scale_per_row;    // 1: w_scale has `rows` entries; 0: one
-    u32 x_vec;            // 1: x and ldx allow 16-byte (8-element) loads
+    u32 x_vec;            // 1: the base of x and its row stride in bytes are multiples of 16
 };
 static_assert(sizeof(GemmParams) == 80, "GemmParams layout must match launch.rs");
 
