@@ -40,7 +40,7 @@ pub fn gemm<T: Activation>(
 /// Exact `acc[b, r] = sum_k q[b, k] * w[r, k]` for int8 activations `q` (`[batch, cols]`).
 pub fn gemm_i8_accumulate(w: &TernaryMatrix, q: &[i8], batch: usize) -> Result<Vec<i32>> {
     check_w2a8_cols(w.cols())?;
-    let y_len = batch.checked_mul(w.rows()).unwrap_or(usize::MAX);
+    let y_len = batch.saturating_mul(w.rows());
     check_io(w, q.len(), batch, None, y_len)?;
     let out = per_row(w, batch, |_, wrow, acc: &mut [i32]| {
         for (b, a) in acc.iter_mut().enumerate() {

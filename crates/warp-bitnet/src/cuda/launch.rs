@@ -427,7 +427,7 @@ impl Gpu {
     /// # Safety
     /// `x = (pointer, elements, dtype, x_scale)` must describe live device buffers
     /// that stay alive until the launch completes (their guards are the caller's).
-    unsafe fn gemm_checked<O: DeviceRepr>(
+    unsafe fn gemm_checked<O: GpuOut>(
         &self,
         w: &GpuMatrix,
         x: (CUdeviceptr, usize, DType, Option<CUdeviceptr>),
@@ -435,10 +435,7 @@ impl Gpu {
         bias: Option<&dyn DevicePtr<O>>,
         y: &mut impl DevicePtrMut<O>,
         stream: &Arc<CudaStream>,
-    ) -> Result<()>
-    where
-        O: GpuOut,
-    {
+    ) -> Result<()> {
         self.check_context(w)?;
         let (xp, x_len, x_dtype, x_scale) = x;
         check_buf("x", x_len, elems("x", batch, w.cols())?, &[batch, w.cols()])?;
