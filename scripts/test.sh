@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs every test that this machine can run, from a fresh checkout:
-# formatting, clippy, the Rust tests, and the NVRTC compile check of every kernel
-# for sm_80, sm_89 and sm_90a (NVRTC comes from PyPI; no CUDA toolkit or GPU needed).
+# Runs every test that this machine can run, from a fresh checkout: Rust formatting,
+# clippy, the Rust tests, the NVRTC compile check of every kernel for sm_80, sm_89
+# and sm_90a (NVRTC comes from PyPI; no CUDA toolkit or GPU needed), and the Python
+# package's tests.
 # GPU tests are marked #[ignore = "needs a CUDA GPU"]; run them on a GPU host with
 #   cargo test --release -- --include-ignored
 set -euo pipefail
@@ -17,3 +18,13 @@ export LD_LIBRARY_PATH="$PWD/$nvrtc_dir/nvidia/cu13/lib${LD_LIBRARY_PATH:+:$LD_L
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets --quiet -- -D warnings
 cargo test --release --workspace
+
+# Python package: build the abi3 wheel (no CUDA toolkit needed), install it with
+# torch (CPU use; GPU tests are marked `gpu` and skip without a device), run pytest.
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'torch==2.11.*' 'maturin>=1.7,<2' 'pytest>=8' 'ruff>=0.6'
+python3 -m ruff check --quiet python
+rm -rf target/wheels
+python3 -m maturin build --release --quiet -o target/wheels
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --force-reinstall --no-deps target/wheels/warp_bitnet-*.whl
+# From the repository root, so that `import warp_bitnet` finds the installed wheel.
+python3 -m pytest -q -p no:cacheprovider -W ignore::UserWarning python/tests

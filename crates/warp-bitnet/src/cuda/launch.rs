@@ -365,7 +365,43 @@ impl Gpu {
         args: &GemmArgs,
         stream: CUstream,
     ) -> Result<()> {
-        let plan = plan_gemm(w.rows(), w.cols(), tiles, scale, args, self)?;
+        // SAFETY: forwarded.
+        unsafe { self.gemm_tiles_raw(w.rows(), w.cols(), tiles, scale, args, stream) }
+    }
+
+    /// GEMM on weights that are themselves a raw device buffer of T2 words (e.g. a
+    /// tensor owned by PyTorch): `tiles` holds [`tiled::len_words`]`(rows, cols)` words,
+    /// `scale` is `(pointer, per_row)` to one f32 or `rows` f32.
+    ///
+    /// # Safety
+    /// As [`Gpu::gemm_raw`]; in addition `tiles` (16-byte aligned) and `scale` must hold
+    /// what they claim and stay alive until the launch completes.
+    pub unsafe fn gemm_tiles_raw(
+        &self,
+        rows: usize,
+        cols: usize,
+        tiles: CUdeviceptr,
+        scale: Option<(CUdeviceptr, bool)>,
+        args: &GemmArgs,
+        stream: CUstream,
+    ) -> Result<()> {
+        if rows == 0 || cols == 0 {
+            return Err(Error::Empty { arg: "weights" });
+        }
+        for (arg, v) in [("rows", rows), ("cols", cols)] {
+            if v > MAX_DIM {
+                return Err(Error::TooLarge {
+                    arg,
+                    value: v as u64,
+                    limit: MAX_DIM as u64,
+                });
+            }
+        }
+        check_ptr("tiles", tiles, 16)?;
+        if let Some((s, _)) = scale {
+            check_ptr("scale", s, 4)?;
+        }
+        let plan = plan_gemm(rows, cols, tiles, scale, args, self)?;
         let f = self.function(&plan.symbol)?;
         let mut params = plan.params;
         let mut kp = [&mut params as *mut GemmParams as *mut c_void];
@@ -478,15 +514,41 @@ impl Gpu {
         scale: &mut impl DevicePtrMut<f32>,
         stream: &Arc<CudaStream>,
     ) -> Result<()> {
-        if batch == 0 || n == 0 {
-            return Err(Error::Empty { arg: "x" });
-        }
         let len = elems("x", batch, n)?;
         check_buf("x", x.len(), len, &[batch, n])?;
         check_buf("q", q.len(), len, &[batch, n])?;
         check_buf("scale", scale.len(), batch, &[batch])?;
+        let (xp, _gx) = x.device_ptr(stream);
+        let (qp, _gq) = q.device_ptr_mut(stream);
+        let (sp, _gs) = scale.device_ptr_mut(stream);
+        // SAFETY: lengths checked above; the buffers are used in `stream`'s order and
+        // their guards outlive the launch.
+        unsafe { self.quantize_i8_raw(xp, T::DTYPE, batch, n, n, qp, sp, stream.cu_stream()) }
+    }
+
+    /// Per-token int8 quantization on raw device pointers: `x` is `[batch, ldx]` f16 or
+    /// bf16, `q` is `[batch, n]` int8, `scale` `[batch]` f32.
+    ///
+    /// # Safety
+    /// The buffers must hold those sizes on this GPU and stay alive until the launch
+    /// completes; `stream` must belong to this GPU's context.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn quantize_i8_raw(
+        &self,
+        x: CUdeviceptr,
+        x_dtype: DType,
+        batch: usize,
+        n: usize,
+        ldx: usize,
+        q: CUdeviceptr,
+        scale: CUdeviceptr,
+        stream: CUstream,
+    ) -> Result<()> {
+        if batch == 0 || n == 0 {
+            return Err(Error::Empty { arg: "x" });
+        }
         // The kernel indexes a row with 32-bit integers that step by its block size.
-        for (arg, v) in [("batch", batch), ("n", n)] {
+        for (arg, v) in [("batch", batch), ("n", n), ("ldx", ldx)] {
             if v > MAX_DIM {
                 return Err(Error::TooLarge {
                     arg,
@@ -495,33 +557,38 @@ impl Gpu {
                 });
             }
         }
-        let f = self.function(&format!("quantize_i8_{}", T::DTYPE.name()))?;
-        let (mut xp, _gx) = x.device_ptr(stream);
-        let (mut qp, _gq) = q.device_ptr_mut(stream);
-        let (mut sp, _gs) = scale.device_ptr_mut(stream);
-        let (mut n32, mut ldx, mut ldq) = (n as u32, n as u32, n as u32);
+        if ldx < n {
+            return Err(Error::ShapeMismatch {
+                arg: "ldx",
+                expected: format!(">= {n}"),
+                got: ldx.to_string(),
+            });
+        }
+        if !matches!(x_dtype, DType::F16 | DType::BF16) {
+            return Err(Error::Unsupported {
+                what: "dtype",
+                detail: format!("x {}; need f16 or bf16", x_dtype.name()),
+            });
+        }
+        check_ptr("x", x, 2)?;
+        check_ptr("q", q, 1)?;
+        check_ptr("scale", scale, 4)?;
+        let f = self.function(&format!("quantize_i8_{}", x_dtype.name()))?;
+        let (mut xp, mut qp, mut sp) = (x, q, scale);
+        let (mut n32, mut ldx32, mut ldq) = (n as u32, ldx as u32, n as u32);
         // 16-byte loads and 8-byte stores need 8-element rows and aligned bases.
-        let mut vec = u32::from(n % 8 == 0 && xp % 16 == 0 && qp % 8 == 0);
+        let mut vec = u32::from(n % 8 == 0 && ldx % 8 == 0 && x % 16 == 0 && q % 8 == 0);
         let mut kp: [*mut c_void; 7] = [
             &mut xp as *mut _ as *mut c_void,
             &mut qp as *mut _ as *mut c_void,
             &mut sp as *mut _ as *mut c_void,
             &mut n32 as *mut _ as *mut c_void,
-            &mut ldx as *mut _ as *mut c_void,
+            &mut ldx32 as *mut _ as *mut c_void,
             &mut ldq as *mut _ as *mut c_void,
             &mut vec as *mut _ as *mut c_void,
         ];
-        // SAFETY: lengths checked above; parameters match quantize_i8_* in quant.cu.
-        unsafe {
-            launch(
-                f,
-                (batch as u32, 1, 1),
-                QUANT_THREADS,
-                0,
-                stream.cu_stream(),
-                &mut kp,
-            )
-        }
+        // SAFETY: parameters match quantize_i8_* in quant.cu; the caller guarantees the buffers.
+        unsafe { launch(f, (batch as u32, 1, 1), QUANT_THREADS, 0, stream, &mut kp) }
     }
 }
 

@@ -95,46 +95,16 @@ impl Gpu {
     /// Uploads an I2 matrix and converts it to T2 on the device (`i2_to_t2`).
     pub fn upload(&self, m: &TernaryMatrix, stream: &Arc<CudaStream>) -> Result<GpuMatrix> {
         let (rows, cols) = (m.rows(), m.cols());
-        let (_, k_tiles) = tiled::tile_counts(rows, cols);
         let words = tiled::len_words(rows, cols);
         let i2_dev = stream.clone_htod(m.words())?;
         // SAFETY: every word is written by i2_to_t2 before any read.
         let mut tiles = unsafe { stream.alloc::<u32>(words) }?;
         {
-            let f = self.function("i2_to_t2")?;
-            let (mut src, _g1) = i2_dev.device_ptr(stream);
-            let (mut dst, _g2) = tiles.device_ptr_mut(stream);
-            let (mut r, mut c) = (rows as u32, cols as u32);
-            let (mut wpr, mut kt, mut n) =
-                (i2::words_per_row(cols) as u32, k_tiles as u32, words as u64);
-            let mut kp: [*mut c_void; 7] = [
-                &mut src as *mut _ as *mut c_void,
-                &mut dst as *mut _ as *mut c_void,
-                &mut r as *mut _ as *mut c_void,
-                &mut c as *mut _ as *mut c_void,
-                &mut wpr as *mut _ as *mut c_void,
-                &mut kt as *mut _ as *mut c_void,
-                &mut n as *mut _ as *mut c_void,
-            ];
-            let blocks = words.div_ceil(256);
-            if blocks > u32::MAX as usize {
-                return Err(Error::TooLarge {
-                    arg: "weights",
-                    value: words as u64,
-                    limit: u32::MAX as u64 * 256,
-                });
-            }
-            // SAFETY: parameters match i2_to_t2 in layout.cu; buffers hold the sizes it indexes.
-            unsafe {
-                launch(
-                    f,
-                    (blocks as u32, 1, 1),
-                    256,
-                    0,
-                    stream.cu_stream(),
-                    &mut kp,
-                )
-            }?;
+            let (src, _g1) = i2_dev.device_ptr(stream);
+            let (dst, _g2) = tiles.device_ptr_mut(stream);
+            // SAFETY: `src` holds the validated I2 words of a rows x cols matrix and
+            // `dst` its T2 words, both on `stream`, alive until the guards drop.
+            unsafe { self.i2_to_t2_raw(src, dst, rows, cols, stream.cu_stream()) }?;
         }
         let scale = match m.scale() {
             Scale::None => None,
@@ -148,6 +118,61 @@ impl Gpu {
             tiles,
             scale,
         })
+    }
+
+    /// I2 -> T2 on raw device pointers, on `stream`: `dst` receives
+    /// [`tiled::len_words`]`(rows, cols)` words.
+    ///
+    /// # Safety
+    /// `src` must hold `rows * ceil(cols / 16)` valid I2 words (no `0b11` code: they
+    /// would read as zero weights), `dst` that many T2 words, both on this GPU and
+    /// alive until the launch completes; `stream` must belong to this GPU's context.
+    pub unsafe fn i2_to_t2_raw(
+        &self,
+        src: CUdeviceptr,
+        dst: CUdeviceptr,
+        rows: usize,
+        cols: usize,
+        stream: cudarc::driver::sys::CUstream,
+    ) -> Result<()> {
+        if rows == 0 || cols == 0 {
+            return Err(Error::Empty { arg: "weights" });
+        }
+        for (arg, v) in [("rows", rows), ("cols", cols)] {
+            if v > crate::format::MAX_DIM {
+                return Err(Error::TooLarge {
+                    arg,
+                    value: v as u64,
+                    limit: crate::format::MAX_DIM as u64,
+                });
+            }
+        }
+        let f = self.function("i2_to_t2")?;
+        let (_, k_tiles) = tiled::tile_counts(rows, cols);
+        let words = tiled::len_words(rows, cols);
+        let blocks = words.div_ceil(256);
+        if blocks > u32::MAX as usize {
+            return Err(Error::TooLarge {
+                arg: "weights",
+                value: words as u64,
+                limit: u32::MAX as u64 * 256,
+            });
+        }
+        let (mut src, mut dst) = (src, dst);
+        let (mut r, mut c) = (rows as u32, cols as u32);
+        let (mut wpr, mut kt, mut n) =
+            (i2::words_per_row(cols) as u32, k_tiles as u32, words as u64);
+        let mut kp: [*mut c_void; 7] = [
+            &mut src as *mut _ as *mut c_void,
+            &mut dst as *mut _ as *mut c_void,
+            &mut r as *mut _ as *mut c_void,
+            &mut c as *mut _ as *mut c_void,
+            &mut wpr as *mut _ as *mut c_void,
+            &mut kt as *mut _ as *mut c_void,
+            &mut n as *mut _ as *mut c_void,
+        ];
+        // SAFETY: parameters match i2_to_t2 in layout.cu; the caller guarantees the buffers.
+        unsafe { launch(f, (blocks as u32, 1, 1), 256, 0, stream, &mut kp) }
     }
 
     /// Converts the device tiles back to I2 (`t2_to_i2`) and copies them to the host.

@@ -1,0 +1,162 @@
+//! `warp_bitnet._native`: the GPU kernels for the Python package, on raw device
+//! pointers and PyTorch's current stream. Thin on purpose: the Python side
+//! (`python/warp_bitnet`) validates tensors and owns the memory; this module checks
+//! shapes and alignment again (in the core crate) and launches. No allocation and
+//! no synchronization happen here, so CUDA-graph capture works.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use warp_bitnet::cuda::{GemmArgs, Gpu};
+use warp_bitnet::{DType, Error};
+
+/// The one place core errors become Python exceptions: bad arguments -> ValueError,
+/// everything the environment or the driver caused -> RuntimeError.
+fn to_py(e: Error) -> PyErr {
+    match e {
+        Error::ShapeMismatch { .. }
+        | Error::InvalidCode { .. }
+        | Error::NonZeroPadding { .. }
+        | Error::NotTernary { .. }
+        | Error::Empty { .. }
+        | Error::NonFinite { .. }
+        | Error::TooLarge { .. }
+        | Error::Misaligned { .. }
+        | Error::Unsupported { .. } => PyValueError::new_err(e.to_string()),
+        _ => PyRuntimeError::new_err(e.to_string()),
+    }
+}
+
+fn dtype(name: &str) -> PyResult<DType> {
+    Ok(match name {
+        "float16" => DType::F16,
+        "bfloat16" => DType::BF16,
+        "int8" => DType::I8,
+        "int32" => DType::I32,
+        other => return Err(PyValueError::new_err(format!("unsupported dtype {other}"))),
+    })
+}
+
+/// One `Gpu` (kernels loaded) per device ordinal, created on first use.
+fn gpu(ordinal: usize) -> PyResult<Arc<Gpu>> {
+    static GPUS: OnceLock<Mutex<HashMap<usize, Arc<Gpu>>>> = OnceLock::new();
+    let mut map = GPUS
+        .get_or_init(Default::default)
+        .lock()
+        .map_err(|_| PyRuntimeError::new_err("poisoned"))?;
+    if let Some(g) = map.get(&ordinal) {
+        return Ok(g.clone());
+    }
+    let g = Arc::new(Gpu::new(ordinal).map_err(to_py)?);
+    map.insert(ordinal, g.clone());
+    Ok(g)
+}
+
+/// Whether a CUDA driver and device are present.
+#[pyfunction]
+fn cuda_available() -> bool {
+    warp_bitnet::cuda::is_available()
+}
+
+/// Number of u32 words of the GPU (T2) layout of a rows x cols matrix.
+#[pyfunction]
+fn t2_words(rows: usize, cols: usize) -> usize {
+    warp_bitnet::format::tiled::len_words(rows, cols)
+}
+
+/// I2 -> T2 on device `device`: `src` holds `rows * ceil(cols / 16)` validated I2 words,
+/// `dst` receives `t2_words(rows, cols)` words; `stream` is a `cudaStream_t` as an int.
+#[pyfunction]
+fn i2_to_t2(
+    py: Python<'_>,
+    device: usize,
+    src: u64,
+    dst: u64,
+    rows: usize,
+    cols: usize,
+    stream: u64,
+) -> PyResult<()> {
+    let g = gpu(device)?;
+    // SAFETY: the Python caller passes live, contiguous CUDA tensors of the sizes
+    // above on `device` (checked in warp_bitnet/_ops.py) and keeps them alive for the
+    // launch, which runs in `stream`'s order like every PyTorch op on them.
+    py.detach(|| unsafe { g.i2_to_t2_raw(src, dst, rows, cols, stream as _) })
+        .map_err(to_py)
+}
+
+/// `y = (x . Wtᵀ) * scale + bias` on T2 weights at `tiles` (see `warp_bitnet.ops.gemm`).
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (device, tiles, rows, cols, scale, scale_per_row, x, x_dtype, ldx, y, y_dtype, ldy, batch, bias, x_scale, stream))]
+fn gemm(
+    py: Python<'_>,
+    device: usize,
+    tiles: u64,
+    rows: usize,
+    cols: usize,
+    scale: u64,
+    scale_per_row: bool,
+    x: u64,
+    x_dtype: &str,
+    ldx: usize,
+    y: u64,
+    y_dtype: &str,
+    ldy: usize,
+    batch: usize,
+    bias: u64,
+    x_scale: u64,
+    stream: u64,
+) -> PyResult<()> {
+    let g = gpu(device)?;
+    let nonzero = |p: u64| (p != 0).then_some(p);
+    let args = GemmArgs {
+        x,
+        x_dtype: dtype(x_dtype)?,
+        ldx,
+        y,
+        y_dtype: dtype(y_dtype)?,
+        ldy,
+        batch,
+        bias: nonzero(bias),
+        x_scale: nonzero(x_scale),
+    };
+    let scale = nonzero(scale).map(|p| (p, scale_per_row));
+    // SAFETY: as in `i2_to_t2`: live CUDA tensors of the checked sizes on `device`.
+    py.detach(|| unsafe { g.gemm_tiles_raw(rows, cols, tiles, scale, &args, stream as _) })
+        .map_err(to_py)
+}
+
+/// Per-token int8 quantization: `x` `[batch, ldx]` f16/bf16 -> `q` `[batch, n]`, `scale` `[batch]`.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn quantize_i8(
+    py: Python<'_>,
+    device: usize,
+    x: u64,
+    x_dtype: &str,
+    batch: usize,
+    n: usize,
+    ldx: usize,
+    q: u64,
+    scale: u64,
+    stream: u64,
+) -> PyResult<()> {
+    let g = gpu(device)?;
+    let dt = dtype(x_dtype)?;
+    // SAFETY: as in `i2_to_t2`.
+    py.detach(|| unsafe { g.quantize_i8_raw(x, dt, batch, n, ldx, q, scale, stream as _) })
+        .map_err(to_py)
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(cuda_available, m)?)?;
+    m.add_function(wrap_pyfunction!(t2_words, m)?)?;
+    m.add_function(wrap_pyfunction!(i2_to_t2, m)?)?;
+    m.add_function(wrap_pyfunction!(gemm, m)?)?;
+    m.add_function(wrap_pyfunction!(quantize_i8, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

@@ -1,0 +1,135 @@
+"""CPU tests of the functional API (GPU variants in test_gpu.py)."""
+
+import pytest
+import torch
+import warp_bitnet as wb
+
+
+def old_pack_ternary(W):
+    """The old project's packer, verbatim semantics (README of WARP BITNET)."""
+    M, N = W.shape
+    W_packed = torch.zeros(M, N // 16, dtype=torch.int32, device=W.device)
+    for k in range(16):
+        bits = torch.where(W[:, k::16] == 1, 1, torch.where(W[:, k::16] == -1, 2, 0))
+        W_packed |= bits.int() << (k * 2)
+    return W_packed
+
+
+def ternary(m, n, gen):
+    return torch.randint(-1, 2, (m, n), generator=gen).float()
+
+
+def test_pack_is_bit_identical_to_the_old_packer():
+    gen = torch.Generator().manual_seed(0)
+    for m, n in [(1, 16), (7, 64), (33, 4096)]:
+        W = ternary(m, n, gen)
+        assert torch.equal(wb.pack_ternary(W), old_pack_ternary(W))
+
+
+def test_known_words():
+    W = torch.zeros(2, 17)
+    W[0, :4] = torch.tensor([1.0, -1.0, 0.0, 1.0])
+    W[1, :16] = -1
+    W[1, 16] = 1
+    words = wb.pack_ternary(W)
+    assert words.tolist() == [[0b01_00_10_01, 0], [torch.tensor(0xAAAAAAAA).to(torch.int32).item(), 1]]
+
+
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 100])
+def test_round_trip_with_padding(n):
+    gen = torch.Generator().manual_seed(n)
+    W = ternary(5, n, gen)
+    packed = wb.pack_ternary(W)
+    assert packed.shape == (5, (n + 15) // 16)
+    assert torch.equal(wb.unpack_ternary(packed, n).float(), W)
+
+
+def test_validate_names_the_bad_weight():
+    packed = wb.pack_ternary(torch.zeros(2, 20))
+    packed[1, 1] |= 0b11 << 2
+    with pytest.raises(ValueError, match="row 1, column 17"):
+        wb.validate_packed(packed, 20)
+    packed = wb.pack_ternary(torch.zeros(2, 20))
+    packed[0, 1] |= 0b01 << 10  # column 21 >= 20
+    with pytest.raises(ValueError, match="padding at row 0, column 21"):
+        wb.validate_packed(packed, 20)
+
+
+def test_bad_inputs_are_exceptions_naming_the_argument():
+    with pytest.raises(ValueError, match="only -1, 0 and \\+1"):
+        wb.pack_ternary(torch.full((2, 2), 0.5))
+    with pytest.raises(ValueError, match="`W` must be 2-D"):
+        wb.pack_ternary(torch.zeros(4))
+    with pytest.raises(ValueError, match="`W` is empty"):
+        wb.pack_ternary(torch.zeros(0, 4))
+    with pytest.raises(TypeError, match="`W` must be a torch.Tensor"):
+        wb.pack_ternary([[1, 0]])
+    with pytest.raises(ValueError, match="NaN"):
+        wb.quantize_ternary(torch.tensor([[1.0, float("nan")]]))
+    with pytest.raises(ValueError, match="method"):
+        wb.quantize_ternary(torch.ones(2, 2), method="median")
+    with pytest.raises(TypeError, match="int32"):
+        wb.validate_packed(torch.zeros(2, 2, dtype=torch.int64), 32)
+    packed = wb.pack_ternary(torch.zeros(3, 32))
+    with pytest.raises(ValueError, match="`x` has 31 features"):
+        wb.linear(torch.zeros(2, 31), packed, in_features=32)
+    with pytest.raises(ValueError, match="`bias` must have shape"):
+        wb.linear(torch.zeros(2, 32), packed, bias=torch.zeros(4))
+    with pytest.raises(ValueError, match="`Y` has 2 elements"):
+        wb.gemv(packed, torch.zeros(32), torch.zeros(2))
+
+
+def test_absmean_matches_the_formula_and_rounds_half_to_even():
+    W = torch.tensor([[0.5, -0.5, 1.0, 2.0]])  # gamma = 1: the two halves are ties -> 0
+    packed, scale = wb.quantize_ternary(W)
+    assert scale.item() == 1.0
+    assert wb.unpack_ternary(packed, 4).tolist() == [[0, 0, 1, 1]]
+    gen = torch.Generator().manual_seed(1)
+    W = torch.randn(8, 40, generator=gen)
+    packed, scale = wb.quantize_ternary(W, "absmean_row")
+    gamma = W.abs().double().mean(1).float().clamp(min=1e-5)
+    assert torch.equal(scale, gamma)
+    want = (W / gamma[:, None]).round().clamp(-1, 1)
+    assert torch.equal(wb.unpack_ternary(packed, 40).float(), want)
+    packed, scale = wb.quantize_ternary(W, "absmax")
+    assert scale.item() == W.abs().max().item()
+
+
+def test_activation_quantizer_matches_the_formula():
+    x = torch.tensor([[1.0, -2.0, 0.5], [254.0, 1.0, 0.0]])
+    q, scale = wb.quantize_activations_int8(x)
+    assert q.tolist() == [[64, -127, 32], [127, 0, 0]]
+    assert scale.tolist() == pytest.approx([1 / 63.5, 2.0])
+
+
+@pytest.mark.parametrize("batch_shape", [(1,), (3,), (2, 5)])
+@pytest.mark.parametrize("n", [16, 50])
+def test_linear_matches_float64(batch_shape, n):
+    gen = torch.Generator().manual_seed(n)
+    W = ternary(9, n, gen)
+    scale = torch.rand(9, generator=gen) + 0.5
+    bias = torch.randn(9, generator=gen)
+    x = torch.randn(*batch_shape, n, generator=gen)
+    y = wb.linear(x, wb.pack_ternary(W), scale, bias)
+    want = (x.double() @ W.double().T) * scale.double() + bias.double()
+    assert y.shape == (*batch_shape, 9)
+    torch.testing.assert_close(y.double(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_w2a8_linear_is_the_integer_product():
+    gen = torch.Generator().manual_seed(3)
+    W = ternary(6, 40, gen)
+    x = torch.randn(4, 40, generator=gen)
+    y = wb.linear(x, wb.pack_ternary(W), quantize_activations=True)
+    q, s = wb.quantize_activations_int8(x)
+    want = (q.double() @ W.double().T) * s.double()[:, None]
+    torch.testing.assert_close(y.double(), want, rtol=1e-6, atol=1e-6)
+
+
+def test_gemv_writes_y_in_place():
+    gen = torch.Generator().manual_seed(4)
+    W = ternary(10, 64, gen)
+    X = torch.randn(64, generator=gen)
+    Y = torch.full((10,), float("nan"))
+    wb.gemv(wb.pack_ternary(W), X, Y)
+    torch.testing.assert_close(Y.double(), W.double() @ X.double(), rtol=1e-5, atol=1e-5)

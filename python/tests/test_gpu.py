@@ -1,0 +1,104 @@
+"""GPU tests: run on a CUDA host with ``pytest -m gpu``. Skipped (and reported as
+skipped) where there is no CUDA device."""
+
+import pytest
+import torch
+import warp_bitnet as wb
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+
+def ref(W, x, scale=None, bias=None):
+    y = x.double() @ W.double().T
+    if scale is not None:
+        y = y * scale.double()
+    if bias is not None:
+        y = y + bias.double()
+    return y
+
+
+def rel(a, b):
+    assert torch.isfinite(a).all(), "unwritten or non-finite output"
+    return ((a.double() - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 1e-3), (torch.bfloat16, 1e-2)])
+@pytest.mark.parametrize("m,n", [(1, 16), (127, 48), (300, 2560), (4097, 300)])
+@pytest.mark.parametrize("batch", [1, 3, 17])
+def test_linear_matches_float64(dtype, tol, m, n, batch):
+    g = torch.Generator().manual_seed(m * n + batch)
+    W = torch.randint(-1, 2, (m, n), generator=g).float()
+    scale = torch.rand(m, generator=g) + 0.5
+    bias = torch.randn(m, generator=g)
+    x = torch.randn(batch, n, generator=g)
+    packed = wb.pack_ternary(W).cuda()
+    xd = x.to(dtype).cuda()
+    y = wb.linear(xd, packed, scale.cuda(), bias.to(dtype).cuda())
+    assert y.dtype == dtype and y.shape == (batch, m)
+    want = ref(W, xd.cpu(), scale, bias.to(dtype))
+    assert rel(y.cpu(), want) <= tol
+
+
+def test_old_usage_example():
+    """The old project's README example, unchanged, through the compatibility module."""
+    import warp_bitnet_cuda
+
+    W = torch.randint(-1, 2, (4096, 4096), device="cuda", dtype=torch.float32)
+    W_packed = warp_bitnet_cuda.pack_ternary(W)
+    X = torch.randn(4096, dtype=torch.float16, device="cuda")
+    Y = torch.zeros(4096, dtype=torch.float16, device="cuda")
+    warp_bitnet_cuda.gemv(W_packed, X, Y)
+    assert rel(Y.cpu(), ref(W.cpu(), X.cpu())) <= 1e-3
+
+
+def test_w2a8_and_the_device_quantizer():
+    g = torch.Generator().manual_seed(5)
+    W = torch.randint(-1, 2, (200, 1000), generator=g).float()
+    x = torch.randn(4, 1000, generator=g).half()
+    q, s = wb.quantize_activations_int8(x.cuda())
+    qc, sc = wb.quantize_activations_int8(x.float())
+    assert torch.equal(q.cpu(), qc) and torch.equal(s.cpu(), sc)
+    y = wb.linear(x.cuda(), wb.pack_ternary(W).cuda(), quantize_activations=True)
+    want = (qc.double() @ W.double().T) * sc.double()[:, None]
+    assert rel(y.cpu(), want) <= 1e-3
+
+
+def test_bitlinear_modules_on_gpu_match_cpu():
+    torch.manual_seed(6)
+    lin = torch.nn.Linear(512, 300).half()
+    layer = wb.BitLinear.from_linear(lin.float()).half()
+    x = torch.randn(2, 7, 512).half()
+    y_cpu = layer(x.float()).double()
+    y_gpu = layer.cuda()(x.cuda()).cpu().double()
+    assert (y_gpu - y_cpu).norm() / y_cpu.norm() <= 1e-3
+
+
+def test_errors_name_the_argument():
+    packed = wb.pack_ternary(torch.zeros(8, 32)).cuda()
+    with pytest.raises(TypeError, match="float16 or bfloat16"):
+        wb.linear(torch.zeros(2, 32, device="cuda"), packed)
+    with pytest.raises(ValueError, match="`packed_weight` is on cpu"):
+        wb.linear(torch.zeros(2, 32, device="cuda").half(), packed.cpu())
+
+
+def test_torch_compile_and_cuda_graph():
+    g = torch.Generator().manual_seed(7)
+    W = torch.randint(-1, 2, (256, 512), generator=g).float()
+    layer = wb.BitLinear(512, 256, bias=False).cuda()
+    layer.weight_packed.copy_(wb.pack_ternary(W).cuda())
+    x = torch.randn(1, 512, generator=g).half().cuda()
+    eager = layer(x)
+    compiled = torch.compile(layer, fullgraph=True)
+    torch.testing.assert_close(compiled(x), eager)
+    graph = torch.cuda.CUDAGraph()
+    static_x = x.clone()
+    layer(static_x)  # warm-up (T2 conversion cached) outside the capture
+    torch.cuda.synchronize()
+    with torch.cuda.graph(graph):
+        static_y = layer(static_x)
+    static_x.copy_(torch.randn(1, 512, generator=g).half())
+    graph.replay()
+    torch.testing.assert_close(static_y, layer(static_x))

@@ -1,0 +1,40 @@
+"""warp-bitnet: ternary (BitNet b1.58) linear algebra for PyTorch.
+
+Functional API (``pack_ternary``, ``unpack_ternary``, ``quantize_ternary``,
+``quantize_activations_int8``, ``linear``, ``gemv``), modules (``nn.BitLinear``,
+``nn.BitLinearTrain``, ``convert_to_bitlinear``) and torch.library ops
+(``torch.ops.warp_bitnet.*``) backed by CUDA kernels on NVIDIA GPUs and by a
+reference path on the CPU.
+"""
+
+from . import nn, ops
+from ._native import __version__, cuda_available
+from .functional import (
+    gemv,
+    linear,
+    pack_ternary,
+    quantize_activations_int8,
+    quantize_ternary,
+    unpack_ternary,
+    validate_packed,
+)
+from .nn import BitLinear, BitLinearTrain, convert_to_bitlinear, quantize, unquantize
+
+__all__ = [
+    "BitLinear",
+    "BitLinearTrain",
+    "__version__",
+    "convert_to_bitlinear",
+    "cuda_available",
+    "gemv",
+    "linear",
+    "nn",
+    "ops",
+    "pack_ternary",
+    "quantize",
+    "quantize_activations_int8",
+    "quantize_ternary",
+    "unpack_ternary",
+    "unquantize",
+    "validate_packed",
+]

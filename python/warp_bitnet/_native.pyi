@@ -1,0 +1,38 @@
+"""Type stubs of the private native module (crates/warp-bitnet-py). Pointers are
+device addresses (``tensor.data_ptr()``), streams ``cudaStream_t`` values as ints."""
+
+__version__: str
+
+def cuda_available() -> bool:
+    """Whether a CUDA driver and device are present."""
+
+def t2_words(rows: int, cols: int) -> int:
+    """Number of int32 words of the GPU (T2) layout of a rows x cols matrix."""
+
+def i2_to_t2(device: int, src: int, dst: int, rows: int, cols: int, stream: int) -> None:
+    """I2 words at ``src`` -> T2 words at ``dst`` on ``device``, in ``stream``'s order."""
+
+def gemm(
+    device: int,
+    tiles: int,
+    rows: int,
+    cols: int,
+    scale: int,
+    scale_per_row: bool,
+    x: int,
+    x_dtype: str,
+    ldx: int,
+    y: int,
+    y_dtype: str,
+    ldy: int,
+    batch: int,
+    bias: int,
+    x_scale: int,
+    stream: int,
+) -> None:
+    """``y = (x . Wtᵀ) * scale + bias`` (pointer 0 = absent); raises ValueError on bad arguments."""
+
+def quantize_i8(
+    device: int, x: int, x_dtype: str, batch: int, n: int, ldx: int, q: int, scale: int, stream: int
+) -> None:
+    """Per-token int8 quantization of ``x`` into ``q`` and ``scale``."""

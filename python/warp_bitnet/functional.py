@@ -1,0 +1,238 @@
+"""Functional API on torch tensors: packing, quantization and the ternary linear product.
+
+Packed weights use the I2 layout (docs/FORMATS.md): an int32 tensor ``[M, ceil(N / 16)]``
+with weight ``k`` of a word at bits ``2k .. 2k+1``, codes ``00 -> 0``, ``01 -> +1``,
+``10 -> -1``; bit-identical to the old project's ``pack_ternary``. Rounding is
+round-half-to-even (``torch.round``) everywhere, as in the Rust crate.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+
+from . import ops
+
+WEIGHT_EPS = 1e-5
+ACT_EPS = 1e-5
+_SHIFTS = torch.arange(0, 32, 2, dtype=torch.int64)
+
+
+def _check_tensor(name: str, t, dims: int | None = None) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(t).__name__}")
+    if dims is not None and t.dim() != dims:
+        raise ValueError(f"`{name}` must be {dims}-D, got shape {tuple(t.shape)}")
+    if t.numel() == 0:
+        raise ValueError(f"`{name}` is empty (shape {tuple(t.shape)})")
+
+
+def pack_ternary(W: torch.Tensor) -> torch.Tensor:
+    """Packs a ``[M, N]`` tensor of -1, 0, +1 into I2 words.
+
+    Args:
+        W: weights in {-1, 0, +1}, any real or integer dtype, any device.
+
+    Returns:
+        int32 tensor ``[M, ceil(N / 16)]`` on ``W``'s device; columns past ``N`` are zero weights.
+    """
+    _check_tensor("W", W, 2)
+    if W.is_floating_point() and not torch.isfinite(W).all():
+        raise ValueError("`W` holds NaN or infinity")
+    if not ((W == 0) | (W == 1) | (W == -1)).all():
+        raise ValueError("`W` must hold only -1, 0 and +1 (quantize it with quantize_ternary)")
+    m, n = W.shape
+    words = (n + 15) // 16
+    codes = torch.zeros(m, words * 16, dtype=torch.int64, device=W.device)
+    codes[:, :n] = torch.where(W == 1, 1, torch.where(W == -1, 2, 0))
+    packed = (codes.view(m, words, 16) << _SHIFTS.to(W.device)).sum(-1)
+    # Reinterpret the u32 words as int32 (two's complement), like the old packer.
+    return torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
+
+
+def _codes(packed: torch.Tensor) -> torch.Tensor:
+    words = packed.to(torch.int64) & 0xFFFFFFFF
+    return (words.unsqueeze(-1) >> _SHIFTS.to(packed.device)) & 3
+
+
+def validate_packed(packed: torch.Tensor, n: int) -> None:
+    """Raises ValueError naming the first invalid code (``0b11``) or non-zero padding."""
+    _check_tensor("packed", packed, 2)
+    if packed.dtype != torch.int32:
+        raise TypeError(f"`packed` must be int32 (I2 words), got {packed.dtype}")
+    m, words = packed.shape
+    if not (words - 1) * 16 < n <= words * 16:
+        raise ValueError(f"`packed` has {words} words per row, which cannot hold N = {n} columns")
+    codes = _codes(packed).reshape(m, words * 16)
+    bad = (codes == 3).nonzero()
+    if len(bad):
+        r, c = bad[0].tolist()
+        raise ValueError(f"invalid 2-bit code 0b11 at row {r}, column {c}")
+    pad = (codes[:, n:] != 0).nonzero()
+    if len(pad):
+        r, c = pad[0].tolist()
+        raise ValueError(f"padding at row {r}, column {n + c} is not the zero code")
+
+
+def unpack_ternary(packed: torch.Tensor, n: int) -> torch.Tensor:
+    """Unpacks validated I2 words to an int8 ``[M, n]`` tensor of -1, 0, +1."""
+    validate_packed(packed, n)
+    codes = _codes(packed).reshape(packed.shape[0], -1)[:, :n]
+    return ((codes & 1) - ((codes >> 1) & 1)).to(torch.int8)
+
+
+def quantize_ternary(W: torch.Tensor, method: str = "absmean") -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantizes dense weights to ternary (BitNet b1.58) and packs them.
+
+    Args:
+        W: ``[M, N]`` float weights.
+        method: ``"absmean"`` (``gamma = max(mean|W|, 1e-5)``, one per tensor),
+            ``"absmean_row"`` (one ``gamma`` per output row) or ``"absmax"``
+            (``s = max(max|W|, 1e-5)``: the old project's choice; worse, most weights become 0).
+
+    Returns:
+        ``(packed, scale)``: int32 I2 words and float32 scale, shape ``[]`` or ``[M]``;
+        ``W ~= unpack(packed) * scale``.
+    """
+    _check_tensor("W", W, 2)
+    if not W.is_floating_point():
+        raise TypeError(f"`W` must be a float tensor, got {W.dtype}")
+    w = W.detach().to(torch.float32)
+    if not torch.isfinite(w).all():
+        raise ValueError("`W` holds NaN or infinity")
+    if method == "absmean":
+        scale = w.abs().to(torch.float64).mean().to(torch.float32).clamp(min=WEIGHT_EPS)
+        q = (w / scale).round().clamp(-1, 1)
+    elif method == "absmean_row":
+        scale = w.abs().to(torch.float64).mean(dim=1).to(torch.float32).clamp(min=WEIGHT_EPS)
+        q = (w / scale[:, None]).round().clamp(-1, 1)
+    elif method == "absmax":
+        scale = w.abs().max().clamp(min=WEIGHT_EPS)
+        q = (w / scale).round().clamp(-1, 1)
+    else:
+        raise ValueError(f'`method` must be "absmean", "absmean_row" or "absmax", got {method!r}')
+    return pack_ternary(q), scale
+
+
+def quantize_activations_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token (last dimension) absmax int8 quantization.
+
+    ``s = 127 / max(max|x|, 1e-5)``, ``q = clamp(round(x * s), -128, 127)``, ``scale = 1 / s``.
+
+    Returns:
+        ``(q, scale)``: int8 tensor shaped like ``x`` and float32 ``scale`` of shape
+        ``x.shape[:-1]``; ``x ~= q * scale[..., None]``.
+    """
+    _check_tensor("x", x)
+    if not x.is_floating_point():
+        raise TypeError(f"`x` must be a float tensor, got {x.dtype}")
+    if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16):
+        flat = x.reshape(-1, x.shape[-1])
+        q, scale = ops.quantize_i8(flat)
+        return q.reshape(x.shape), scale.reshape(x.shape[:-1])
+    xf = x.detach().to(torch.float32)
+    if not torch.isfinite(xf).all():
+        raise ValueError("`x` holds NaN or infinity")
+    s = 127.0 / xf.abs().amax(dim=-1, keepdim=True).clamp(min=ACT_EPS)
+    q = (xf * s).round().clamp(-128, 127).to(torch.int8)
+    return q, (1.0 / s).squeeze(-1)
+
+
+_T2 = weakref.WeakKeyDictionary()
+
+
+def _t2_of(packed: torch.Tensor, n: int) -> torch.Tensor:
+    """The GPU layout of I2 words on a CUDA device, converted once per tensor version."""
+    hit = _T2.get(packed)
+    if hit is not None and hit[0] == (packed._version, n):
+        return hit[1]
+    validate_packed(packed, n)
+    t2 = ops.to_t2(packed.contiguous(), n)
+    _T2[packed] = ((packed._version, n), t2)
+    return t2
+
+
+def linear(
+    x: torch.Tensor,
+    packed_weight: torch.Tensor,
+    scale: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    in_features: int | None = None,
+    quantize_activations: bool = False,
+) -> torch.Tensor:
+    """``y = (x . Wtᵀ) * scale + bias`` for any leading batch dimensions.
+
+    Args:
+        x: ``[..., N]`` float16 / bfloat16 (CUDA kernels; f32 accumulation) or any float on CPU.
+        packed_weight: int32 I2 words ``[M, ceil(N / 16)]`` on ``x``'s device.
+        scale: optional float32 weight scale, ``[]`` / ``[1]`` or ``[M]``.
+        bias: optional ``[M]`` bias (cast to ``x``'s dtype).
+        in_features: ``N`` (default: ``x.shape[-1]``).
+        quantize_activations: quantize ``x`` per token to int8 first (W2A8).
+
+    Returns:
+        ``[..., M]`` tensor in ``x``'s dtype.
+    """
+    _check_tensor("x", x)
+    _check_tensor("packed_weight", packed_weight, 2)
+    n = x.shape[-1] if in_features is None else in_features
+    if x.shape[-1] != n:
+        raise ValueError(f"`x` has {x.shape[-1]} features, the weight expects {n}")
+    if packed_weight.device != x.device:
+        raise ValueError(f"`packed_weight` is on {packed_weight.device}, `x` on {x.device}")
+    m = packed_weight.shape[0]
+    for name, t, sizes in (("scale", scale, (0, 1, m)), ("bias", bias, (m,))):
+        if t is not None:
+            _check_tensor(name, t)
+            if t.device != x.device:
+                raise ValueError(f"`{name}` is on {t.device}, `x` on {x.device}")
+            if t.numel() not in sizes or t.dim() > 1:
+                raise ValueError(f"`{name}` must have shape [] or [1] or [{m}], got {tuple(t.shape)}")
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, n)
+    if x.is_cuda:
+        if x.dtype not in (torch.float16, torch.bfloat16):
+            raise TypeError(f"CUDA `x` must be float16 or bfloat16, got {x.dtype}")
+        t2 = _t2_of(packed_weight, n)
+        s = None if scale is None else scale.to(torch.float32).reshape(-1).contiguous()
+        b = None if bias is None else bias.to(x.dtype).contiguous()
+        if quantize_activations:
+            q, qs = ops.quantize_i8(x2.contiguous())
+            y = ops.gemm_i8(t2, m, n, s, q, qs, b, x.dtype)
+        else:
+            y = ops.gemm(t2, m, n, s, x2.contiguous(), b)
+        return y.reshape(*lead, m)
+    validate_packed(packed_weight, n)
+    w = unpack_ternary(packed_weight, n).to(torch.float32)
+    xf = x2.to(torch.float32)
+    if quantize_activations:
+        q, qs = quantize_activations_int8(xf)
+        y = (q.to(torch.float32) @ w.T) * qs[:, None]
+    else:
+        y = xf @ w.T
+    if scale is not None:
+        y = y * scale.to(torch.float32).reshape(1, -1)
+    if bias is not None:
+        y = y + bias.to(torch.float32)
+    return y.to(x.dtype).reshape(*lead, m)
+
+
+def gemv(W_packed: torch.Tensor, X: torch.Tensor, Y: torch.Tensor) -> None:
+    """The old project's ``gemv(W_packed, X, Y)``: ``Y = W X`` written in place.
+
+    Args:
+        W_packed: int32 I2 words ``[M, N / 16]``.
+        X: ``[N]`` float16 or bfloat16 vector (CUDA) or any float (CPU).
+        Y: ``[M]`` output, same dtype and device as ``X``.
+    """
+    _check_tensor("W_packed", W_packed, 2)
+    _check_tensor("X", X, 1)
+    _check_tensor("Y", Y, 1)
+    if Y.dtype != X.dtype or Y.device != X.device:
+        raise ValueError(f"`Y` must match `X` ({X.dtype} on {X.device}), got {Y.dtype} on {Y.device}")
+    if Y.shape[0] != W_packed.shape[0]:
+        raise ValueError(f"`Y` has {Y.shape[0]} elements, the weight has {W_packed.shape[0]} rows")
+    if X.shape[0] > W_packed.shape[1] * 16:
+        raise ValueError(f"`X` has {X.shape[0]} elements, the weight holds {W_packed.shape[1] * 16} columns")
+    Y.copy_(linear(X.unsqueeze(0), W_packed, in_features=X.shape[0]).squeeze(0))

@@ -1,0 +1,238 @@
+"""``BitLinear`` (inference on packed weights), ``BitLinearTrain`` (training with a
+straight-through estimator) and ``convert_to_bitlinear``."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import functional as F
+
+WEIGHT_METHODS = ("absmean", "absmean_row", "absmax")
+
+
+class BitLinear(nn.Module):
+    """Inference layer on packed ternary weights: ``y = (x . Wtᵀ) * scale + bias``.
+
+    Buffers (in ``state_dict``): ``weight_packed`` (int32 I2 words ``[out, ceil(in / 16)]``),
+    ``weight_scale`` (float32 ``[]`` or ``[out]``) and, if present, ``bias``.
+
+    Args:
+        in_features, out_features: as ``nn.Linear``.
+        bias: whether the layer has a bias.
+        quantize_activations: quantize inputs per token to int8 (W2A8), as BitNet b1.58 does.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        quantize_activations: bool = False,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        if in_features <= 0 or out_features <= 0:
+            raise ValueError(f"features must be positive, got {in_features} -> {out_features}")
+        self.in_features, self.out_features = in_features, out_features
+        self.quantize_activations = quantize_activations
+        self.weight_method = "absmean"  # how the weights were quantized (for unquantize)
+        words = (in_features + 15) // 16
+        self.register_buffer("weight_packed", torch.zeros(out_features, words, dtype=torch.int32, device=device))
+        self.register_buffer("weight_scale", torch.ones((), dtype=torch.float32, device=device))
+        if bias:
+            self.register_buffer("bias", torch.zeros(out_features, dtype=dtype or torch.float32, device=device))
+        else:
+            self.bias = None
+
+    @classmethod
+    def from_linear(
+        cls, linear: nn.Linear, method: str = "absmean", quantize_activations: bool = False
+    ) -> BitLinear:
+        """Quantizes an ``nn.Linear`` (``method`` as in ``quantize_ternary``)."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"expected nn.Linear, got {type(linear).__name__}")
+        layer = cls(
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            quantize_activations=quantize_activations,
+            device=linear.weight.device,
+            dtype=linear.weight.dtype,
+        )
+        packed, scale = F.quantize_ternary(linear.weight.detach(), method)
+        layer.weight_method = method
+        layer.weight_packed.copy_(packed)
+        layer.weight_scale = scale.to(linear.weight.device)
+        if linear.bias is not None:
+            layer.bias = linear.bias.detach().clone()
+        return layer
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # The scale is [] per tensor or [out] per row: take the shape being loaded.
+        scale = state_dict.get(prefix + "weight_scale")
+        if scale is not None and scale.shape != self.weight_scale.shape:
+            self.weight_scale = torch.empty_like(scale, device=self.weight_scale.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(
+            x,
+            self.weight_packed,
+            self.weight_scale,
+            self.bias,
+            in_features=self.in_features,
+            quantize_activations=self.quantize_activations,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, quantize_activations={self.quantize_activations}"
+        )
+
+
+class _TernarySTE(torch.autograd.Function):
+    """Forward: the quantized tensor. Backward: the gradient passes unchanged (STE)."""
+
+    @staticmethod
+    def forward(ctx, x, quantized):
+        return quantized
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def _quantize_weight(w: torch.Tensor, method: str) -> torch.Tensor:
+    """``Wt * scale`` in ``w``'s dtype (the formulas of ``quantize_ternary``), without packing."""
+    wf = w.detach().to(torch.float32)
+    if method == "absmean":
+        s = wf.abs().mean().clamp(min=F.WEIGHT_EPS)
+    elif method == "absmean_row":
+        s = wf.abs().mean(dim=1, keepdim=True).clamp(min=F.WEIGHT_EPS)
+    else:
+        s = wf.abs().max().clamp(min=F.WEIGHT_EPS)
+    return ((wf / s).round().clamp(-1, 1) * s).to(w.dtype)
+
+
+def _quantize_act(x: torch.Tensor) -> torch.Tensor:
+    """Per-token absmax int8 quantize-dequantize (the formulas of ``quantize_activations_int8``)."""
+    xf = x.detach().to(torch.float32)
+    s = 127.0 / xf.abs().amax(dim=-1, keepdim=True).clamp(min=F.ACT_EPS)
+    return ((xf * s).round().clamp(-128, 127) / s).to(x.dtype)
+
+
+class BitLinearTrain(nn.Linear):
+    """Drop-in ``nn.Linear`` trained for ternary weights (BitNet b1.58).
+
+    The master weights stay float Parameters. The forward pass uses ternary weights
+    (``weight_method``: absmean by default, or ``"absmax"`` for the old project's
+    behaviour) and, by default, per-token int8 activations; the backward pass is the
+    straight-through estimator: the master weights receive the gradient of the
+    quantized product unchanged, and the input gradient uses the quantized weights.
+    ``.quantize()`` freezes the layer to a fast ``BitLinear``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+        weight_method: str = "absmean",
+        quantize_activations: bool = True,
+    ):
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        if weight_method not in WEIGHT_METHODS:
+            raise ValueError(f"`weight_method` must be one of {WEIGHT_METHODS}, got {weight_method!r}")
+        self.weight_method = weight_method
+        self.quantize_activations = quantize_activations
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = _TernarySTE.apply(self.weight, _quantize_weight(self.weight, self.weight_method))
+        if self.quantize_activations:
+            x = _TernarySTE.apply(x, _quantize_act(x))
+        return nn.functional.linear(x, w, self.bias)
+
+    def quantize(self) -> BitLinear:
+        """The equivalent inference layer (packed weights)."""
+        return BitLinear.from_linear(self, self.weight_method, self.quantize_activations)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", weight_method={self.weight_method!r}, quantize_activations={self.quantize_activations}"
+
+
+def _children(module: nn.Module, prefix: str = ""):
+    for name, child in module.named_children():
+        yield module, name, f"{prefix}{name}", child
+        yield from _children(child, f"{prefix}{name}.")
+
+
+def convert_to_bitlinear(
+    model: nn.Module, inplace: bool = True, skip: tuple[str, ...] = ("lm_head",), **kwargs
+) -> nn.Module:
+    """Replaces every ``nn.Linear`` (not already converted, and whose qualified name
+    contains none of ``skip``) with a ``BitLinearTrain`` holding the same weights.
+
+    ``kwargs`` go to ``BitLinearTrain`` (``weight_method``, ``quantize_activations``).
+    """
+    import copy
+
+    if not inplace:
+        model = copy.deepcopy(model)
+    for parent, name, qual, child in list(_children(model)):
+        if type(child) is nn.Linear and not any(s in qual for s in skip):
+            new = BitLinearTrain(
+                child.in_features, child.out_features, bias=child.bias is not None,
+                device=child.weight.device, dtype=child.weight.dtype, **kwargs,
+            )  # fmt: skip
+            with torch.no_grad():
+                new.weight.copy_(child.weight)
+                if child.bias is not None:
+                    new.bias.copy_(child.bias)
+            setattr(parent, name, new)
+    return model
+
+
+def quantize(model: nn.Module) -> nn.Module:
+    """Freezes every ``BitLinearTrain`` in ``model`` (in place) to a ``BitLinear``."""
+    for parent, name, _, child in list(_children(model)):
+        if isinstance(child, BitLinearTrain):
+            setattr(parent, name, child.quantize())
+    return model
+
+
+def _master_weights(layer: BitLinear) -> torch.Tensor:
+    """Float weights that quantize back to exactly ``layer``'s ternary weights and scale:
+    ``Wt * scale / (fraction of non-zero weights)`` for absmean (so that the mean of
+    ``|W|`` is the scale again), ``Wt * scale`` for absmax."""
+    wt = F.unpack_ternary(layer.weight_packed, layer.in_features).to(torch.float32)
+    scale = layer.weight_scale.to(torch.float32)
+    if scale.dim() == 1:  # per row (absmean_row)
+        frac = (wt != 0).to(torch.float32).mean(dim=1, keepdim=True).clamp(min=1 / wt.shape[1])
+        return wt * scale.reshape(-1, 1) / frac
+    if layer.weight_method == "absmax":
+        return wt * scale
+    return wt * scale / (wt != 0).to(torch.float32).mean().clamp(min=1 / wt.numel())
+
+
+def unquantize(model: nn.Module) -> nn.Module:
+    """Turns every ``BitLinear`` back into a trainable ``BitLinearTrain`` (in place) whose
+    master weights quantize to the same ternary weights and scale."""
+    for parent, name, _, child in list(_children(model)):
+        if isinstance(child, BitLinear):
+            w = _master_weights(child)
+            dtype = child.bias.dtype if child.bias is not None else torch.float32
+            new = BitLinearTrain(
+                child.in_features, child.out_features, bias=child.bias is not None, device=w.device, dtype=dtype,
+                weight_method=child.weight_method, quantize_activations=child.quantize_activations,
+            )  # fmt: skip
+            with torch.no_grad():
+                new.weight.copy_(w)
+                if child.bias is not None:
+                    new.bias.copy_(child.bias)
+            setattr(parent, name, new)
+    return model

@@ -1,0 +1,142 @@
+"""torch.library custom ops around the CUDA kernels (``warp_bitnet._native``).
+
+Each op allocates its output with PyTorch's allocator, passes raw pointers and the
+current stream to the native module, and has a fake (meta) implementation, so
+``torch.compile`` traces it and CUDA-graph capture records it: the native launch
+itself neither allocates nor synchronizes. Inputs are validated here (device, dtype,
+contiguity, shape) and again in the Rust core (sizes, alignment).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _native
+
+
+def _stream(t: torch.Tensor) -> int:
+    return torch.cuda.current_stream(t.device).cuda_stream
+
+
+def _ptr(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def _dtype_name(dt: torch.dtype) -> str:
+    return {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.int8: "int8", torch.int32: "int32"}[dt]
+
+
+def _require(cond: bool, message: str) -> None:
+    if not cond:
+        raise ValueError(message)
+
+
+def _cuda_contiguous(name: str, t: torch.Tensor, device: torch.device | None = None) -> None:
+    _require(t.is_cuda, f"`{name}` must be a CUDA tensor, got one on {t.device}")
+    _require(t.is_contiguous(), f"`{name}` must be contiguous")
+    if device is not None:
+        _require(t.device == device, f"`{name}` is on {t.device}, expected {device}")
+
+
+@torch.library.custom_op("warp_bitnet::to_t2", mutates_args=())
+def to_t2(packed: torch.Tensor, cols: int) -> torch.Tensor:
+    """I2 words ``[M, ceil(cols / 16)]`` (int32, CUDA) -> GPU tile layout (int32 words)."""
+    _cuda_contiguous("packed", packed)
+    _require(packed.dtype == torch.int32, f"`packed` must be int32, got {packed.dtype}")
+    rows = packed.shape[0]
+    out = torch.empty(_native.t2_words(rows, cols), dtype=torch.int32, device=packed.device)
+    _native.i2_to_t2(packed.device.index, packed.data_ptr(), out.data_ptr(), rows, cols, _stream(packed))
+    return out
+
+
+@to_t2.register_fake
+def _(packed, cols):
+    return packed.new_empty(_native.t2_words(packed.shape[0], cols))
+
+
+@torch.library.custom_op("warp_bitnet::gemm", mutates_args=())
+def gemm(
+    t2: torch.Tensor, rows: int, cols: int, scale: torch.Tensor | None, x: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """``y[B, rows] = (x[B, cols] . Wtᵀ) * scale + bias`` with f16/bf16 ``x`` on CUDA."""
+    _cuda_contiguous("x", x)
+    _cuda_contiguous("t2", t2, x.device)
+    _require(x.dim() == 2 and x.shape[1] == cols, f"`x` must be [B, {cols}], got {tuple(x.shape)}")
+    _require(x.dtype in (torch.float16, torch.bfloat16), f"`x` must be float16 or bfloat16, got {x.dtype}")
+    if scale is not None:
+        _cuda_contiguous("scale", scale, x.device)
+        _require(scale.dtype == torch.float32 and scale.numel() in (1, rows), "`scale` must be float32 [1] or [rows]")
+    if bias is not None:
+        _cuda_contiguous("bias", bias, x.device)
+        _require(bias.dtype == x.dtype and bias.numel() == rows, f"`bias` must be {x.dtype} [{rows}]")
+    y = torch.empty(x.shape[0], rows, dtype=x.dtype, device=x.device)
+    dt = _dtype_name(x.dtype)
+    per_row = scale is not None and scale.numel() == rows and rows > 1
+    _native.gemm(
+        x.device.index, t2.data_ptr(), rows, cols, _ptr(scale), per_row, x.data_ptr(), dt, cols,
+        y.data_ptr(), dt, rows, x.shape[0], _ptr(bias), 0, _stream(x),
+    )  # fmt: skip
+    return y
+
+
+@gemm.register_fake
+def _(t2, rows, cols, scale, x, bias):
+    return x.new_empty(x.shape[0], rows)
+
+
+@torch.library.custom_op("warp_bitnet::gemm_i8", mutates_args=())
+def gemm_i8(
+    t2: torch.Tensor,
+    rows: int,
+    cols: int,
+    scale: torch.Tensor | None,
+    q: torch.Tensor,
+    x_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """W2A8: ``y = (q . Wtᵀ) * x_scale[:, None] * scale + bias`` in ``out_dtype`` (f16/bf16)."""
+    _cuda_contiguous("q", q)
+    _cuda_contiguous("t2", t2, q.device)
+    _cuda_contiguous("x_scale", x_scale, q.device)
+    _require(q.dtype == torch.int8 and q.dim() == 2 and q.shape[1] == cols, f"`q` must be int8 [B, {cols}]")
+    _require(x_scale.dtype == torch.float32 and x_scale.numel() == q.shape[0], "`x_scale` must be float32 [B]")
+    _require(out_dtype in (torch.float16, torch.bfloat16), f"`out_dtype` must be float16 or bfloat16, got {out_dtype}")
+    if scale is not None:
+        _cuda_contiguous("scale", scale, q.device)
+        _require(scale.dtype == torch.float32 and scale.numel() in (1, rows), "`scale` must be float32 [1] or [rows]")
+    if bias is not None:
+        _cuda_contiguous("bias", bias, q.device)
+        _require(bias.dtype == out_dtype and bias.numel() == rows, f"`bias` must be {out_dtype} [{rows}]")
+    y = torch.empty(q.shape[0], rows, dtype=out_dtype, device=q.device)
+    per_row = scale is not None and scale.numel() == rows and rows > 1
+    _native.gemm(
+        q.device.index, t2.data_ptr(), rows, cols, _ptr(scale), per_row, q.data_ptr(), "int8", cols,
+        y.data_ptr(), _dtype_name(out_dtype), rows, q.shape[0], _ptr(bias), x_scale.data_ptr(), _stream(q),
+    )  # fmt: skip
+    return y
+
+
+@gemm_i8.register_fake
+def _(t2, rows, cols, scale, q, x_scale, bias, out_dtype):
+    return q.new_empty(q.shape[0], rows, dtype=out_dtype)
+
+
+@torch.library.custom_op("warp_bitnet::quantize_i8", mutates_args=())
+def quantize_i8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token int8 quantization of ``[B, N]`` f16/bf16 on CUDA: ``(q, scale)``."""
+    _cuda_contiguous("x", x)
+    _require(x.dim() == 2 and x.dtype in (torch.float16, torch.bfloat16), "`x` must be float16/bfloat16 [B, N]")
+    q = torch.empty(x.shape, dtype=torch.int8, device=x.device)
+    scale = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
+    n = x.shape[1]
+    _native.quantize_i8(
+        x.device.index, x.data_ptr(), _dtype_name(x.dtype), x.shape[0], n, n, q.data_ptr(), scale.data_ptr(),
+        _stream(x),
+    )  # fmt: skip
+    return q, scale
+
+
+@quantize_i8.register_fake
+def _(x):
+    return x.new_empty(x.shape, dtype=torch.int8), x.new_empty(x.shape[0], dtype=torch.float32)
