@@ -60,10 +60,13 @@ def test_w2a8_and_the_device_quantizer():
     x = torch.randn(4, 1000, generator=g).half()
     q, s = wb.quantize_activations_int8(x.cuda())
     qc, sc = wb.quantize_activations_int8(x.float())
-    assert torch.equal(q.cpu(), qc) and torch.equal(s.cpu(), sc)
+    assert q.dtype == qc.dtype and q.shape == qc.shape, (q.dtype, q.shape, qc.dtype, qc.shape)
+    assert (q.cpu() != qc).sum().item() == 0, ((q.cpu() != qc).sum().item(), q.flatten()[:8], qc.flatten()[:8])
+    assert torch.equal(s.cpu(), sc), (s, sc)
     y = wb.linear(x.cuda(), wb.pack_ternary(W).cuda(), quantize_activations=True)
     want = (qc.double() @ W.double().T) * sc.double()[:, None]
-    assert rel(y.cpu(), want) <= 1e-3
+    e = rel(y.cpu(), want)
+    assert e <= 1e-3, e
 
 
 def test_bitlinear_modules_on_gpu_match_cpu():

@@ -134,22 +134,36 @@ def quantize_activations_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     xf = x.detach().to(torch.float32)
     if not torch.isfinite(xf).all():
         raise ValueError("`x` holds NaN or infinity")
-    s = 127.0 / xf.abs().amax(dim=-1, keepdim=True).clamp(min=ACT_EPS)
+    s = _div(127.0, xf.abs().amax(dim=-1, keepdim=True).clamp(min=ACT_EPS))
     q = (xf * s).round().clamp(-128, 127).to(torch.int8)
-    return q, (1.0 / s).squeeze(-1)
+    return q, _div(1.0, s).squeeze(-1)
 
 
-_T2 = weakref.WeakKeyDictionary()
+def _div(a: float, t: torch.Tensor) -> torch.Tensor:
+    """``a / t`` correctly rounded. (``a / t`` with a Python scalar ``a`` is computed by
+    PyTorch as ``t.reciprocal() * a``, one rounding more, which moves q by one in rare
+    ties; the CUDA kernel and the Rust quantizer divide.)"""
+    return torch.full_like(t, a) / t
+
+
+# id(packed) -> (weak reference to packed, (version, n), T2 tensor); an entry leaves
+# when its tensor dies. (A WeakKeyDictionary would compare tensors with ==.)
+_T2: dict[int, tuple] = {}
 
 
 def _t2_of(packed: torch.Tensor, n: int) -> torch.Tensor:
-    """The GPU layout of I2 words on a CUDA device, converted once per tensor version."""
-    hit = _T2.get(packed)
-    if hit is not None and hit[0] == (packed._version, n):
-        return hit[1]
+    """The GPU layout of I2 words on a CUDA device. Eagerly it is converted once per
+    tensor version and cached (so a captured CUDA graph replays only the GEMM); under
+    torch.compile the conversion is an op of the graph."""
+    if torch.compiler.is_compiling():
+        return ops.to_t2(packed.contiguous(), n)
+    key = id(packed)
+    hit = _T2.get(key)
+    if hit is not None and hit[0]() is packed and hit[1] == (packed._version, n):
+        return hit[2]
     validate_packed(packed, n)
     t2 = ops.to_t2(packed.contiguous(), n)
-    _T2[packed] = ((packed._version, n), t2)
+    _T2[key] = (weakref.ref(packed, lambda _, key=key: _T2.pop(key, None)), (packed._version, n), t2)
     return t2
 
 
