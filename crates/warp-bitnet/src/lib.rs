@@ -23,7 +23,7 @@
 //! # Ok::<(), warp_bitnet::Error>(())
 //! ```
 //!
-//! Modules: [`format`] (packed layouts), [`quant`] (quantizers), [`cpu`] (reference
+//! Modules: [`format`] (packed layouts), [`import`] (other projects' layouts), [`quant`] (quantizers), [`cpu`] (reference
 //! kernels), `cuda` (GPU kernels, feature `cuda`), [`bench`] (benchmark harness).
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -35,6 +35,7 @@ pub mod cuda;
 pub mod dtype;
 mod error;
 pub mod format;
+pub mod import;
 pub mod io;
 pub mod quant;
 
