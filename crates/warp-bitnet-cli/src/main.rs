@@ -1,6 +1,7 @@
-//! `warp-bitnet`: benchmark, pack and inspect ternary weights.
+//! `warp-bitnet`: benchmark, pack, import and inspect ternary weights.
 
 mod bench;
+mod import;
 mod pack;
 
 use anyhow::Result;
@@ -27,6 +28,8 @@ enum Command {
     Pack(pack::PackArgs),
     /// Expand a packed file back to dense tensors (W * scale).
     Unpack(pack::UnpackArgs),
+    /// Convert a Hugging Face BitNet checkpoint (pre-packed U8 weights) to a packed file.
+    Import(import::ImportArgs),
 }
 
 fn main() -> Result<()> {
@@ -35,6 +38,7 @@ fn main() -> Result<()> {
         Command::Bench(a) => bench::run(a),
         Command::Pack(a) => pack::pack(a),
         Command::Unpack(a) => pack::unpack(a),
+        Command::Import(a) => import::import(a),
     }
 }
 

@@ -166,8 +166,13 @@ pub fn dense_f32(view: &TensorView) -> Result<(usize, usize, Vec<f32>)> {
             detail: format!("{:?}, need 2-D", view.shape()),
         });
     };
+    Ok((rows, cols, floats(view)?))
+}
+
+/// Reads an F32, F16 or BF16 tensor of any shape as flat values.
+pub fn floats(view: &TensorView) -> Result<Vec<f32>> {
     let d = view.data();
-    let values = match view.dtype() {
+    Ok(match view.dtype() {
         Dtype::F32 => f32s(d),
         Dtype::F16 => d
             .chunks_exact(2)
@@ -183,8 +188,7 @@ pub fn dense_f32(view: &TensorView) -> Result<(usize, usize, Vec<f32>)> {
                 detail: format!("{other:?}, need F32, F16 or BF16"),
             })
         }
-    };
-    Ok((rows, cols, values))
+    })
 }
 
 fn le_u32(b: &[u8]) -> Vec<u32> {
