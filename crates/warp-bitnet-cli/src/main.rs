@@ -1,7 +1,7 @@
-//! `warp-bitnet`: benchmark, pack, import and inspect ternary weights.
+//! `warp-bitnet`: benchmark, pack, convert and inspect ternary weights.
 
 mod bench;
-mod import;
+mod convert;
 mod pack;
 
 use anyhow::Result;
@@ -29,7 +29,7 @@ enum Command {
     /// Expand a packed file back to dense tensors (W * scale).
     Unpack(pack::UnpackArgs),
     /// Convert a Hugging Face BitNet checkpoint (pre-packed U8 weights) to a packed file.
-    Import(import::ImportArgs),
+    Convert(convert::ConvertArgs),
 }
 
 fn main() -> Result<()> {
@@ -38,7 +38,7 @@ fn main() -> Result<()> {
         Command::Bench(a) => bench::run(a),
         Command::Pack(a) => pack::pack(a),
         Command::Unpack(a) => pack::unpack(a),
-        Command::Import(a) => import::import(a),
+        Command::Convert(a) => convert::convert(a),
     }
 }
 

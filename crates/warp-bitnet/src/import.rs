@@ -12,8 +12,12 @@
 //!   c[128 b + 64 + p] << 2 | c[128 b + 96 + p]`, followed by a 32-byte tail whose first 4
 //!   bytes are the f32 per-tensor scale.
 
+use safetensors::tensor::Dtype;
+use safetensors::SafeTensors;
+
 use crate::error::{checked_elems, Error, Result};
 use crate::format::{Scale, TernaryMatrix};
+use crate::io::{floats, PackedFile, RawTensor};
 
 /// How a checkpoint's `weight_scale` relates to the ternary weights.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,6 +106,52 @@ pub fn hf_bitnet(
         &w,
         Scale::PerTensor(scale_value(weight_scale, convention)?),
     )
+}
+
+/// A whole Hugging Face BitNet checkpoint file: every 2-D `U8` tensor `NAME` with a
+/// one-value `NAME_scale` beside it becomes a packed matrix `NAME` (the scale folded in);
+/// every other tensor is kept unchanged. `progress` is called once per tensor.
+pub fn hf_checkpoint(
+    st: &SafeTensors,
+    convention: ScaleConvention,
+    mut progress: impl FnMut(&str),
+) -> Result<PackedFile> {
+    let mut out = PackedFile::default();
+    let mut scales = Vec::new();
+    for (name, view) in st.tensors() {
+        let scale_name = format!("{name}_scale");
+        let packed = view.dtype() == Dtype::U8 && view.shape().len() == 2;
+        match (packed, st.tensor(&scale_name)) {
+            (true, Ok(scale)) => {
+                let &[s] = floats(&scale)?.as_slice() else {
+                    return Err(Error::BadFile(format!(
+                        "`{scale_name}` must hold one value, has shape {:?}",
+                        scale.shape()
+                    )));
+                };
+                let rows = view.shape()[0]
+                    .checked_mul(4)
+                    .ok_or_else(|| Error::BadFile(format!("`{name}` is too large")))?;
+                let m = hf_bitnet(view.data(), rows, view.shape()[1], s, convention)
+                    .map_err(|e| Error::BadFile(format!("tensor `{name}`: {e}")))?;
+                out.matrices.insert(name.clone(), m);
+                scales.push(scale_name);
+            }
+            _ => {
+                let raw = RawTensor {
+                    dtype: view.dtype(),
+                    shape: view.shape().to_vec(),
+                    data: view.data().to_vec(),
+                };
+                out.other.insert(name.clone(), raw);
+            }
+        }
+        progress(&name);
+    }
+    for s in &scales {
+        out.other.remove(s);
+    }
+    Ok(out)
 }
 
 /// Bytes of a GGUF `I2_S` tensor of `rows x cols` weights (packed codes + 32-byte tail).
@@ -203,6 +253,69 @@ mod tests {
         let data = i2s_pack(&w, 2.0);
         assert_eq!(data[0], 0b10_00_01_01);
         assert_eq!(gguf_i2s(&data, 1, 128).unwrap().to_ternary(), w);
+    }
+
+    #[test]
+    fn checkpoint_folds_scales_and_keeps_the_rest() {
+        use safetensors::tensor::TensorView;
+        let w: Vec<i8> = (0..24).map(|i| (i * 5 % 3) as i8 - 1).collect();
+        let packed = hf_pack(&w, 8, 3);
+        let scale = half::bf16::from_f32(4.0).to_le_bytes();
+        let norm = [7u8; 6];
+        let bytes = safetensors::serialize(
+            vec![
+                (
+                    "q.weight",
+                    TensorView::new(Dtype::U8, vec![2, 3], &packed).unwrap(),
+                ),
+                (
+                    "q.weight_scale",
+                    TensorView::new(Dtype::BF16, vec![1], &scale).unwrap(),
+                ),
+                (
+                    "norm.weight",
+                    TensorView::new(Dtype::BF16, vec![3], &norm).unwrap(),
+                ),
+                (
+                    "raw.u8",
+                    TensorView::new(Dtype::U8, vec![2, 3], &norm).unwrap(),
+                ),
+            ],
+            None,
+        )
+        .unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let mut seen = 0;
+        let file = hf_checkpoint(&st, ScaleConvention::Divide, |_| seen += 1).unwrap();
+        assert_eq!(seen, 4);
+        assert_eq!(file.matrices["q.weight"].to_ternary(), w);
+        assert_eq!(file.matrices["q.weight"].scale(), &Scale::PerTensor(0.25));
+        assert_eq!(
+            file.other.keys().collect::<Vec<_>>(),
+            ["norm.weight", "raw.u8"]
+        );
+        assert_eq!(file.other["norm.weight"].data, norm);
+
+        let bad_scale = [0u8; 8];
+        let bytes = safetensors::serialize(
+            vec![
+                (
+                    "q.weight",
+                    TensorView::new(Dtype::U8, vec![2, 3], &packed).unwrap(),
+                ),
+                (
+                    "q.weight_scale",
+                    TensorView::new(Dtype::F32, vec![2], &bad_scale).unwrap(),
+                ),
+            ],
+            None,
+        )
+        .unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        assert!(matches!(
+            hf_checkpoint(&st, ScaleConvention::Multiply, |_| ()),
+            Err(Error::BadFile(_))
+        ));
     }
 
     #[test]

@@ -1,14 +1,14 @@
-//! `warp-bitnet import`: a Hugging Face BitNet checkpoint (pre-packed `u8` weights plus
+//! `warp-bitnet convert`: a Hugging Face BitNet checkpoint (pre-packed `u8` weights plus
 //! `weight_scale`) -> our packed safetensors file, losslessly.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
-use warp_bitnet::import::{hf_bitnet, ScaleConvention};
-use warp_bitnet::io::{floats, PackedFile, RawTensor};
+use warp_bitnet::import::{hf_checkpoint, ScaleConvention};
+
+use crate::pack::progress;
 
 #[derive(Clone, Copy, ValueEnum)]
 enum LinearClass {
@@ -19,7 +19,7 @@ enum LinearClass {
 }
 
 #[derive(Args)]
-pub struct ImportArgs {
+pub struct ConvertArgs {
     /// Hugging Face BitNet safetensors file (`*.weight` U8 [rows / 4, cols] + `*.weight_scale`).
     input: PathBuf,
     /// Packed safetensors file to write.
@@ -30,7 +30,7 @@ pub struct ImportArgs {
     linear_class: Option<LinearClass>,
 }
 
-fn convention(a: &ImportArgs) -> Result<ScaleConvention> {
+fn convention(a: &ConvertArgs) -> Result<ScaleConvention> {
     match a.linear_class {
         Some(LinearClass::Autobitlinear) => Ok(ScaleConvention::Multiply),
         Some(LinearClass::Bitlinear) => Ok(ScaleConvention::Divide),
@@ -56,48 +56,19 @@ fn convention(a: &ImportArgs) -> Result<ScaleConvention> {
     }
 }
 
-pub fn import(a: ImportArgs) -> Result<()> {
+pub fn convert(a: ConvertArgs) -> Result<()> {
     let convention = convention(&a)?;
     let bytes =
         std::fs::read(&a.input).with_context(|| format!("reading {}", a.input.display()))?;
     let st = SafeTensors::deserialize(&bytes)
         .with_context(|| format!("parsing {}", a.input.display()))?;
-    let mut out = PackedFile::default();
-    let mut scales_used = Vec::new();
-    for (name, view) in st.tensors() {
-        let scale_name = format!("{name}_scale");
-        let packed = view.dtype() == Dtype::U8 && view.shape().len() == 2;
-        match (packed, st.tensor(&scale_name)) {
-            (true, Ok(scale)) => {
-                let s = floats(&scale).with_context(|| format!("tensor `{scale_name}`"))?;
-                let &[s] = s.as_slice() else {
-                    bail!("`{scale_name}` must hold one value, has {}", s.len());
-                };
-                let (quarter, cols) = (view.shape()[0], view.shape()[1]);
-                let rows = quarter
-                    .checked_mul(4)
-                    .with_context(|| format!("`{name}` is too large"))?;
-                let m = hf_bitnet(view.data(), rows, cols, s, convention)
-                    .with_context(|| format!("tensor `{name}`"))?;
-                out.matrices.insert(name.clone(), m);
-                scales_used.push(scale_name);
-            }
-            _ => {
-                let raw = RawTensor {
-                    dtype: view.dtype(),
-                    shape: view.shape().to_vec(),
-                    data: view.data().to_vec(),
-                };
-                out.other.insert(name, raw);
-            }
-        }
-    }
-    for s in &scales_used {
-        out.other.remove(s);
-    }
+    let bar = progress(st.len(), "converting");
+    let out = hf_checkpoint(&st, convention, |_| bar.inc(1))
+        .with_context(|| format!("converting {}", a.input.display()))?;
+    bar.finish_with_message("converted");
     std::fs::write(&a.output, out.to_bytes()?)?;
     println!(
-        "{} matrices imported, {} tensors kept -> {}",
+        "{} matrices converted, {} tensors kept -> {}",
         out.matrices.len(),
         out.other.len(),
         a.output.display()
@@ -109,12 +80,13 @@ pub fn import(a: ImportArgs) -> Result<()> {
 mod tests {
     use super::*;
     use half::bf16;
-    use safetensors::tensor::TensorView;
+    use safetensors::tensor::{Dtype, TensorView};
+    use warp_bitnet::io::PackedFile;
     use warp_bitnet::Scale;
 
     #[test]
-    fn imports_a_hf_checkpoint() {
-        let dir = std::env::temp_dir().join(format!("warp-bitnet-import-{}", std::process::id()));
+    fn converts_a_hf_checkpoint_with_its_config() {
+        let dir = std::env::temp_dir().join(format!("warp-bitnet-convert-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let (input, output) = (dir.join("model.safetensors"), dir.join("packed.st"));
         // 8 x 3 weights: rows 0..2 in bits 0-1, rows 2..4 in bits 2-3, ...; codes w + 1.
@@ -148,24 +120,24 @@ mod tests {
         )
         .unwrap();
 
-        let args = |class| ImportArgs {
+        let args = |class| ConvertArgs {
             input: input.clone(),
             output: output.clone(),
             linear_class: class,
         };
-        import(args(None)).unwrap();
+        convert(args(None)).unwrap();
         let file = PackedFile::from_bytes(&std::fs::read(&output).unwrap()).unwrap();
         let m = &file.matrices["q.weight"];
         assert_eq!(m.to_ternary(), w);
         assert_eq!(m.scale(), &Scale::PerTensor(0.5));
         assert_eq!(file.other.keys().collect::<Vec<_>>(), ["norm.weight"]);
 
-        import(args(Some(LinearClass::Autobitlinear))).unwrap();
+        convert(args(Some(LinearClass::Autobitlinear))).unwrap();
         let file = PackedFile::from_bytes(&std::fs::read(&output).unwrap()).unwrap();
         assert_eq!(file.matrices["q.weight"].scale(), &Scale::PerTensor(2.0));
 
         std::fs::write(dir.join("config.json"), "{}").unwrap();
-        assert!(import(args(None)).is_err());
+        assert!(convert(args(None)).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
