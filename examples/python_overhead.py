@@ -44,7 +44,9 @@ def main():
     stream = torch.cuda.current_stream().cuda_stream
 
     def bare():
-        _native.gemm(0, t2.data_ptr(), m, n, 0, False, x.data_ptr(), "float16", n, y.data_ptr(), "float16", m, 1, 0, 0, stream)
+        _native.gemm(
+            0, t2.data_ptr(), m, n, 0, False, x.data_ptr(), "float16", n, y.data_ptr(), "float16", m, 1, 0, 0, stream
+        )
 
     rows = {
         "native launch": per_call_us(bare),

@@ -133,3 +133,45 @@ def test_gemv_writes_y_in_place():
     Y = torch.full((10,), float("nan"))
     wb.gemv(wb.pack_ternary(W), X, Y)
     torch.testing.assert_close(Y.double(), W.double() @ X.double(), rtol=1e-5, atol=1e-5)
+
+
+def hf_pack(W: torch.Tensor) -> torch.Tensor:
+    """The Hugging Face BitNet packer, written from its description: row i * out / 4 + p
+    goes to bits 2i .. 2i+1 of byte row p, as w + 1."""
+    q = W.shape[0] // 4
+    codes = (W + 1).to(torch.uint8)
+    out = torch.zeros(q, W.shape[1], dtype=torch.uint8)
+    for i in range(4):
+        out |= codes[i * q : (i + 1) * q] << (2 * i)
+    return out
+
+
+def test_hf_bitnet_import_is_lossless_in_both_conventions():
+    gen = torch.Generator().manual_seed(11)
+    W = ternary(12, 37, gen)
+    packed = hf_pack(W)
+    assert packed.shape == (3, 37)
+    t, s = wb.unpack_hf_bitnet(packed, torch.tensor([2.0], dtype=torch.bfloat16))
+    assert t.dtype == torch.int8 and torch.equal(t, W.to(torch.int8))
+    assert s.shape == () and s.item() == 2.0
+    t, s = wb.unpack_hf_bitnet(packed, 4.0, "bitlinear")
+    assert torch.equal(t, W.to(torch.int8)) and s.item() == 0.25
+    # Known byte: rows 0..4 of one column are -1, 0, +1, 0 -> codes 0, 1, 2, 1.
+    t, _ = wb.unpack_hf_bitnet(torch.tensor([[0b01_10_01_00]], dtype=torch.uint8), 1.0)
+    assert t.flatten().tolist() == [-1, 0, 1, 0]
+
+
+def test_hf_bitnet_bad_inputs():
+    ok = torch.zeros(2, 3, dtype=torch.uint8)
+    with pytest.raises(TypeError, match="uint8"):
+        wb.unpack_hf_bitnet(ok.to(torch.int32), 1.0)
+    with pytest.raises(ValueError, match="row 0, column 1"):
+        wb.unpack_hf_bitnet(torch.tensor([[0, 3]], dtype=torch.uint8), 1.0)
+    with pytest.raises(ValueError, match="linear_class"):
+        wb.unpack_hf_bitnet(ok, 1.0, "linear")
+    with pytest.raises(ValueError, match="one value"):
+        wb.unpack_hf_bitnet(ok, torch.ones(2))
+    with pytest.raises(ValueError, match="not finite"):
+        wb.unpack_hf_bitnet(ok, 0.0, "bitlinear")
+    with pytest.raises(ValueError, match="empty"):
+        wb.unpack_hf_bitnet(torch.zeros(0, 3, dtype=torch.uint8), 1.0)

@@ -131,3 +131,18 @@ def test_training_reaches_fp32_accuracy():
           f"frozen {acc_frozen:.4f}; {time.time() - start:.1f} s")  # fmt: skip
     assert acc_t >= acc_fp32 - 0.02
     assert abs(acc_frozen - acc_t) <= 0.01
+
+
+def test_bitlinear_from_hf_bitnet_is_the_w1_58a8_product():
+    from test_functional import hf_pack, ternary
+
+    gen = torch.Generator().manual_seed(12)
+    W = ternary(8, 24, gen)
+    bias = torch.randn(8, generator=gen)
+    layer = wb.BitLinear.from_hf_bitnet(hf_pack(W), torch.tensor(0.5), "bitlinear", bias=bias)
+    x = torch.randn(3, 24, generator=gen)
+    q, s = wb.quantize_activations_int8(x)
+    want = (q.double() @ W.double().T) * s.double()[:, None] * 2.0 + bias.double()
+    torch.testing.assert_close(layer(x).double(), want, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="bias"):
+        wb.BitLinear.from_hf_bitnet(hf_pack(W), 1.0, bias=torch.zeros(3))

@@ -1,7 +1,7 @@
 """warp-bitnet: ternary (BitNet b1.58) linear algebra for PyTorch.
 
 Functional API (``pack_ternary``, ``unpack_ternary``, ``quantize_ternary``,
-``quantize_activations_int8``, ``linear``, ``gemv``), modules (``nn.BitLinear``,
+``quantize_activations_int8``, ``unpack_hf_bitnet``, ``linear``, ``gemv``), modules (``nn.BitLinear``,
 ``nn.BitLinearTrain``, ``convert_to_bitlinear``) and torch.library ops
 (``torch.ops.warp_bitnet.*``) backed by CUDA kernels on NVIDIA GPUs and by a
 reference path on the CPU.
@@ -15,6 +15,7 @@ from .functional import (
     pack_ternary,
     quantize_activations_int8,
     quantize_ternary,
+    unpack_hf_bitnet,
     unpack_ternary,
     validate_packed,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "quantize",
     "quantize_activations_int8",
     "quantize_ternary",
+    "unpack_hf_bitnet",
     "unpack_ternary",
     "unquantize",
     "validate_packed",

@@ -82,6 +82,48 @@ def unpack_ternary(packed: torch.Tensor, n: int) -> torch.Tensor:
     return ((codes & 1) - ((codes >> 1) & 1)).to(torch.int8)
 
 
+LINEAR_CLASSES = ("autobitlinear", "bitlinear")
+
+
+def unpack_hf_bitnet(
+    weight: torch.Tensor, weight_scale: torch.Tensor | float, linear_class: str = "autobitlinear"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unpacks a Hugging Face BitNet linear weight (``microsoft/bitnet-b1.58-2B-4T`` family).
+
+    Args:
+        weight: uint8 ``[out / 4, in]``: bits ``2i .. 2i+1`` of byte ``[p, k]`` hold row
+            ``i * out / 4 + p`` as ``code = w + 1`` (docs/FORMATS.md, "Imported layouts").
+        weight_scale: the checkpoint's one-value ``weight_scale``.
+        linear_class: the config's ``quantization_config.linear_class``: ``"autobitlinear"``
+            (``W = Wt * weight_scale``) or ``"bitlinear"`` (legacy, ``W = Wt / weight_scale``).
+
+    Returns:
+        ``(ternary, scale)``: int8 ``[out, in]`` of -1, 0, +1 and float32 scale ``[]`` with
+        ``W = ternary * scale``; ``pack_ternary(ternary)`` gives our packed words.
+    """
+    _check_tensor("weight", weight, 2)
+    if weight.dtype != torch.uint8:
+        raise TypeError(f"`weight` must be uint8 (4 codes per byte), got {weight.dtype}")
+    if linear_class not in LINEAR_CLASSES:
+        raise ValueError(f'`linear_class` must be "autobitlinear" or "bitlinear", got {linear_class!r}')
+    s = torch.as_tensor(weight_scale, dtype=torch.float32).detach().cpu()
+    if s.numel() != 1:
+        raise ValueError(f"`weight_scale` must hold one value, got shape {tuple(s.shape)}")
+    s = s.reshape(())
+    if linear_class == "bitlinear":
+        s = _div(1.0, s)
+    if not torch.isfinite(s):
+        raise ValueError(f"the weight scale is not finite ({s.item()}); a zero `weight_scale` with bitlinear?")
+    shifts = torch.arange(0, 8, 2, dtype=torch.uint8, device=weight.device)
+    codes = (weight.unsqueeze(0) >> shifts[:, None, None]) & 3  # [4, out / 4, in], row i * out / 4 + p
+    codes = codes.reshape(-1, weight.shape[1])
+    bad = (codes == 3).nonzero()
+    if len(bad):
+        r, c = bad[0].tolist()
+        raise ValueError(f"invalid 2-bit code 0b11 at row {r}, column {c}")
+    return codes.to(torch.int8) - 1, s
+
+
 def quantize_ternary(W: torch.Tensor, method: str = "absmean") -> tuple[torch.Tensor, torch.Tensor]:
     """Quantizes dense weights to ternary (BitNet b1.58) and packs them.
 

@@ -47,9 +47,7 @@ class BitLinear(nn.Module):
             self.bias = None
 
     @classmethod
-    def from_linear(
-        cls, linear: nn.Linear, method: str = "absmean", quantize_activations: bool = False
-    ) -> BitLinear:
+    def from_linear(cls, linear: nn.Linear, method: str = "absmean", quantize_activations: bool = False) -> BitLinear:
         """Quantizes an ``nn.Linear`` (``method`` as in ``quantize_ternary``)."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"expected nn.Linear, got {type(linear).__name__}")
@@ -67,6 +65,36 @@ class BitLinear(nn.Module):
         layer.weight_scale = scale.to(linear.weight.device)
         if linear.bias is not None:
             layer.bias = linear.bias.detach().clone()
+        return layer
+
+    @classmethod
+    def from_hf_bitnet(
+        cls,
+        weight: torch.Tensor,
+        weight_scale: torch.Tensor | float,
+        linear_class: str = "autobitlinear",
+        bias: torch.Tensor | None = None,
+        quantize_activations: bool = True,
+    ) -> BitLinear:
+        """Losslessly from a Hugging Face BitNet layer's packed uint8 ``weight`` and
+        ``weight_scale`` (``F.unpack_hf_bitnet``); activations are quantized per token to
+        int8 by default, as BitNet b1.58 models were trained."""
+        ternary, scale = F.unpack_hf_bitnet(weight, weight_scale, linear_class)
+        out_features, in_features = ternary.shape
+        layer = cls(
+            in_features,
+            out_features,
+            bias=bias is not None,
+            quantize_activations=quantize_activations,
+            device=weight.device,
+            dtype=None if bias is None else bias.dtype,
+        )
+        layer.weight_packed.copy_(F.pack_ternary(ternary))
+        layer.weight_scale = scale.to(weight.device)
+        if bias is not None:
+            if bias.shape != (out_features,):
+                raise ValueError(f"`bias` must have shape ({out_features},), got {tuple(bias.shape)}")
+            layer.bias = bias.detach().clone()
         return layer
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -162,7 +190,10 @@ class BitLinearTrain(nn.Linear):
         return BitLinear.from_linear(self, self.weight_method, self.quantize_activations)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", weight_method={self.weight_method!r}, quantize_activations={self.quantize_activations}"
+        return (
+            super().extra_repr()
+            + f", weight_method={self.weight_method!r}, quantize_activations={self.quantize_activations}"
+        )
 
 
 def _children(module: nn.Module, prefix: str = ""):
