@@ -2,12 +2,13 @@
 
 Functional API (``pack_ternary``, ``unpack_ternary``, ``quantize_ternary``,
 ``quantize_activations_int8``, ``unpack_hf_bitnet``, ``linear``, ``gemv``), modules (``nn.BitLinear``,
-``nn.BitLinearTrain``, ``convert_to_bitlinear``) and torch.library ops
+``nn.BitLinearTrain``, ``convert_to_bitlinear``), transformers integration
+(``hf.swap_bitnet_linears``) and torch.library ops
 (``torch.ops.warp_bitnet.*``) backed by CUDA kernels on NVIDIA GPUs and by a
 reference path on the CPU.
 """
 
-from . import nn, ops
+from . import hf, nn, ops
 from ._native import __version__, cuda_available
 from .functional import (
     gemv,
@@ -28,6 +29,7 @@ __all__ = [
     "convert_to_bitlinear",
     "cuda_available",
     "gemv",
+    "hf",
     "linear",
     "nn",
     "ops",

@@ -1,0 +1,109 @@
+"""transformers BitNet models on our layers: tiny random BitNetForCausalLM models built from
+BitNetConfig (the real modeling and BitNet integration code, synthetic weights), swapped with
+``warp_bitnet.hf.swap_bitnet_linears``; logits and greedy generation must match transformers."""
+
+import copy
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+bitnet = pytest.importorskip("transformers.integrations.bitnet")
+
+import warp_bitnet as wb
+from warp_bitnet.hf import swap_bitnet_linears
+
+
+@pytest.fixture(autouse=True)
+def _eager():
+    # transformers' BitNet layers wrap their quantizers in torch.compile; eager is the same
+    # math and needs no C++ compiler in CI.
+    with torch._dynamo.config.patch(disable=True):
+        yield
+
+
+def tiny_model(linear_class: str, mode: str = "offline", seed: int = 0):
+    torch.manual_seed(seed)
+    config = transformers.BitNetConfig(
+        vocab_size=97,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        bos_token_id=1,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
+    model = transformers.BitNetForCausalLM(config).eval()
+    with torch.no_grad():
+        model.model.embed_tokens.weight.normal_()  # a residual stream of O(1), as in trained models
+    quant = transformers.BitNetQuantConfig(linear_class=linear_class, quantization_mode=mode)
+    dense = {n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    bitnet.replace_with_bitnet_linear(model, modules_to_not_convert=["lm_head"], quantization_config=quant)
+    gen = torch.Generator().manual_seed(seed + 1)
+    for name, m in model.named_modules():
+        if isinstance(m, bitnet.BitLinear):
+            # Synthetic checkpoint weights: random valid codes and 1 / gamma for a gamma of
+            # trained layers (0.02 .. 0.04), which keeps the activations in a sane range.
+            m.weight = torch.randint(0, 3, m.weight.shape, generator=gen).to(torch.uint8)
+            m.weight_scale = 1 / (torch.rand(1, generator=gen) * 0.02 + 0.02)
+            m.dtype = torch.float32
+        elif isinstance(m, bitnet.AutoBitLinear):
+            m.to_empty(device="cpu")
+            with torch.no_grad():
+                if mode == "online":
+                    m.weight.copy_(dense[name])
+                else:
+                    m.weight.copy_(torch.randint(-1, 2, m.weight.shape, generator=gen).float())
+                    m.weight_scale = torch.rand(1, generator=gen) * 0.02 + 0.02
+    return model
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(ids).logits.double()
+
+
+@pytest.mark.parametrize("linear_class,mode", [("bitlinear", "offline"), ("autobitlinear", "offline")])
+def test_swapped_model_matches_transformers(linear_class, mode):
+    ref = tiny_model(linear_class, mode)
+    ours = swap_bitnet_linears(copy.deepcopy(ref))
+    kinds = {type(m) for m in ours.modules()}
+    assert wb.BitLinear in kinds and bitnet.BitLinear not in kinds and bitnet.AutoBitLinear not in kinds
+    assert isinstance(ours.lm_head, torch.nn.Linear) and not isinstance(ours.lm_head, wb.BitLinear)
+
+    ids = torch.randint(2, 97, (2, 11), generator=torch.Generator().manual_seed(5))
+    want, got = _logits(ref, ids), _logits(ours, ids)
+    # Same integer products; only the order of float32 roundings of the scales differs.
+    atol = 1e-5 * want.abs().max().item()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=atol)
+
+    # The comparison has teeth: 1% on one layer's scale is far outside the tolerance.
+    layer = ours.model.layers[0].mlp.down_proj
+    layer.weight_scale = layer.weight_scale * 1.01
+    assert (_logits(ours, ids) - want).abs().max() > 10 * atol
+    layer.weight_scale = layer.weight_scale / 1.01
+
+    prompt = ids[:1, :4]
+    kwargs = {"max_new_tokens": 12, "do_sample": False, "pad_token_id": 0}
+    with torch.no_grad():
+        assert torch.equal(ours.generate(prompt, **kwargs), ref.generate(prompt, **kwargs))
+
+
+def test_online_autobitlinear_quantizes_master_weights_like_transformers():
+    ref = tiny_model("autobitlinear", "online")
+    ours = swap_bitnet_linears(copy.deepcopy(ref))
+    ids = torch.randint(2, 97, (1, 9), generator=torch.Generator().manual_seed(6))
+    want, got = _logits(ref, ids), _logits(ours, ids)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+
+
+def test_swap_errors():
+    with pytest.raises(ValueError, match="no transformers BitNet layer"):
+        swap_bitnet_linears(torch.nn.Sequential(torch.nn.Linear(4, 4)))
+    model = tiny_model("bitlinear")
+    model.model.layers[0].mlp.up_proj.weight[0, 0] = 0xFF
+    with pytest.raises(ValueError, match=r"layers\.0\.mlp\.up_proj.*row 0, column 0"):
+        swap_bitnet_linears(model)
