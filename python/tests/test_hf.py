@@ -107,3 +107,33 @@ def test_swap_errors():
     model.model.layers[0].mlp.up_proj.weight[0, 0] = 0xFF
     with pytest.raises(ValueError, match=r"layers\.0\.mlp\.up_proj.*row 0, column 0"):
         swap_bitnet_linears(model)
+
+
+def test_convert_checkpoint_writes_our_packed_file(tmp_path):
+    from safetensors.torch import load_file, save_file
+    from test_functional import hf_pack
+
+    gen = torch.Generator().manual_seed(13)
+    W = torch.randint(-1, 2, (8, 40), generator=gen)
+    norm = torch.randn(40)
+    save_file(
+        {"q.weight": hf_pack(W), "q.weight_scale": torch.tensor([4.0], dtype=torch.bfloat16), "norm.weight": norm},
+        tmp_path / "model.safetensors",
+    )
+    (tmp_path / "config.json").write_text('{"quantization_config": {"linear_class": "bitlinear"}}')
+    from warp_bitnet.hf import convert_checkpoint
+
+    assert convert_checkpoint(tmp_path / "model.safetensors", tmp_path / "packed.safetensors") == (1, 1)
+    out = load_file(tmp_path / "packed.safetensors")
+    assert torch.equal(out["q.weight.packed"], wb.pack_ternary(W))
+    assert out["q.weight.scale"].item() == 0.25
+    assert torch.equal(out["norm.weight"], norm)
+
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="linear_class"):
+        convert_checkpoint(tmp_path / "model.safetensors", tmp_path / "packed.safetensors")
+    (tmp_path / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}      ")
+    with pytest.raises(ValueError):
+        convert_checkpoint(tmp_path / "bad.safetensors", tmp_path / "x", "autobitlinear")
+    with pytest.raises(FileNotFoundError):
+        convert_checkpoint(tmp_path / "missing.safetensors", tmp_path / "x", "autobitlinear")

@@ -36,3 +36,6 @@ def quantize_i8(
     device: int, x: int, x_dtype: str, batch: int, n: int, ldx: int, q: int, scale: int, stream: int
 ) -> None:
     """Per-token int8 quantization of ``x`` into ``q`` and ``scale``."""
+
+def convert_hf_checkpoint(input: str, output: str, linear_class: str) -> tuple[int, int]:
+    """A Hugging Face BitNet checkpoint file -> our packed safetensors file; (matrices, tensors kept)."""

@@ -11,13 +11,21 @@ HF1BitLLM, Falcon3-1.58bit, ...) by ``warp_bitnet.BitLinear`` on the same weight
 Activations are quantized per token to int8, as in those layers. Embeddings, ``lm_head`` and
 every other module are left alone, so ``model.generate()`` works unchanged. For dense
 Llama-family models, quantize with ``warp_bitnet.convert_to_bitlinear`` instead.
+
+``convert_checkpoint`` writes such a checkpoint file as our packed safetensors file
+(``warp-bitnet convert`` of the CLI, the same code).
 """
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import torch
 from torch import nn
 
+from . import _native
 from . import functional as F
 from .nn import BitLinear
 
@@ -74,3 +82,31 @@ def swap_bitnet_linears(model: nn.Module) -> nn.Module:
             layer = nn.Sequential(module.rms_norm, layer)
         model.set_submodule(name, layer)
     return model
+
+
+def convert_checkpoint(
+    path: str | os.PathLike, output: str | os.PathLike, linear_class: str | None = None
+) -> tuple[int, int]:
+    """Converts a Hugging Face BitNet safetensors file to our packed safetensors file
+    (docs/FORMATS.md), losslessly: every uint8 ``NAME`` with a ``NAME_scale`` becomes a packed
+    matrix with the scale folded in; other tensors are kept.
+
+    Args:
+        path: the checkpoint's ``model.safetensors``.
+        output: the file to write.
+        linear_class: ``"autobitlinear"`` or ``"bitlinear"``; default: the
+            ``quantization_config.linear_class`` of the ``config.json`` beside ``path``.
+
+    Returns:
+        ``(matrices converted, tensors kept)``.
+    """
+    path = Path(path)
+    if linear_class is None:
+        config = path.parent / "config.json"
+        try:
+            linear_class = json.loads(config.read_text())["quantization_config"]["linear_class"]
+        except (OSError, KeyError, TypeError, json.JSONDecodeError) as e:
+            raise ValueError(f"no quantization_config.linear_class in {config} ({e!r}); pass linear_class") from e
+    if linear_class not in F.LINEAR_CLASSES:
+        raise ValueError(f'`linear_class` must be "autobitlinear" or "bitlinear", got {linear_class!r}')
+    return _native.convert_hf_checkpoint(os.fspath(path), os.fspath(output), linear_class)

@@ -1,15 +1,18 @@
 //! `warp_bitnet._native`: the GPU kernels for the Python package, on raw device
-//! pointers and PyTorch's current stream. Thin on purpose: the Python side
+//! pointers and PyTorch's current stream, and checkpoint conversion. Thin on purpose: the Python side
 //! (`python/warp_bitnet`) validates tensors and owns the memory; this module checks
 //! shapes and alignment again (in the core crate) and launches. No allocation and
 //! no synchronization happen here, so CUDA-graph capture works.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
+use safetensors::SafeTensors;
 use warp_bitnet::cuda::{GemmArgs, Gpu};
+use warp_bitnet::import::{hf_checkpoint, ScaleConvention};
 use warp_bitnet::{DType, Error};
 
 /// The one place core errors become Python exceptions: bad arguments -> ValueError,
@@ -24,7 +27,8 @@ fn to_py(e: Error) -> PyErr {
         | Error::NonFinite { .. }
         | Error::TooLarge { .. }
         | Error::Misaligned { .. }
-        | Error::Unsupported { .. } => PyValueError::new_err(e.to_string()),
+        | Error::Unsupported { .. }
+        | Error::BadFile(_) => PyValueError::new_err(e.to_string()),
         _ => PyRuntimeError::new_err(e.to_string()),
     }
 }
@@ -150,6 +154,26 @@ fn quantize_i8(
         .map_err(to_py)
 }
 
+/// A Hugging Face BitNet checkpoint file -> our packed safetensors file (core
+/// `import::hf_checkpoint`); returns (matrices converted, tensors kept).
+#[pyfunction]
+fn convert_hf_checkpoint(
+    py: Python<'_>,
+    input: PathBuf,
+    output: PathBuf,
+    linear_class: &str,
+) -> PyResult<(usize, usize)> {
+    let convention = ScaleConvention::from_linear_class(linear_class).map_err(to_py)?;
+    py.detach(|| {
+        let bytes = std::fs::read(&input)?;
+        let st = SafeTensors::deserialize(&bytes)
+            .map_err(|e| PyValueError::new_err(format!("{}: {e}", input.display())))?;
+        let file = hf_checkpoint(&st, convention, |_| ()).map_err(to_py)?;
+        std::fs::write(&output, file.to_bytes().map_err(to_py)?)?;
+        Ok((file.matrices.len(), file.other.len()))
+    })
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cuda_available, m)?)?;
@@ -157,6 +181,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(i2_to_t2, m)?)?;
     m.add_function(wrap_pyfunction!(gemm, m)?)?;
     m.add_function(wrap_pyfunction!(quantize_i8, m)?)?;
+    m.add_function(wrap_pyfunction!(convert_hf_checkpoint, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }
