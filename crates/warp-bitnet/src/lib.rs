@@ -41,4 +41,4 @@ pub mod quant;
 
 pub use dtype::{Activation, DType};
 pub use error::{Error, Result};
-pub use format::{Scale, TernaryMatrix};
+pub use format::{Int2Matrix, PackedWeights, Scale, TernaryMatrix};

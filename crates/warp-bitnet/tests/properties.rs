@@ -6,6 +6,7 @@ use half::{bf16, f16};
 use proptest::prelude::*;
 use warp_bitnet::cpu::reference;
 use warp_bitnet::format::{i2, tiled};
+use warp_bitnet::format::{Int2Matrix, PackedWeights};
 use warp_bitnet::quant::{quantize_activations_i8, quantize_ternary, WeightQuant};
 use warp_bitnet::{Activation, Error, Scale, TernaryMatrix};
 
@@ -134,6 +135,48 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// INT2: levels code - 1.5 against float64, exact on half-integer products.
+    #[test]
+    fn int2_gemm_matches_float64(
+        (rows, cols) in shape(), batch in 1usize..4, seed in any::<u64>(), per_row in any::<bool>()
+    ) {
+        let codes: Vec<u8> = floats(rows * cols, seed ^ 3, 2.0).iter().map(|v| (v + 2.0) as u8).collect();
+        let levels: Vec<f64> = codes.iter().map(|&c| f64::from(c) - 1.5).collect();
+        let scale: Vec<f32> = floats(rows, seed ^ 1, 1.0).iter().map(|v| v.abs() + 0.1).collect();
+        let s = if per_row { Scale::PerRow(scale.clone()) } else { Scale::None };
+        let m = Int2Matrix::from_codes(rows, cols, &codes, s).unwrap();
+        let scale_of = |r: usize| if per_row { f64::from(scale[r]) } else { 1.0 };
+        let x = floats(batch * cols, seed, 1.0);
+        let bias = floats(rows, seed ^ 2, 1.0);
+        let mut y = vec![f32::NAN; batch * rows];
+        reference::gemm(&m, &x, batch, Some(&bias), &mut y).unwrap();
+        for (i, &got) in y.iter().enumerate() {
+            let (b, r) = (i / rows, i % rows);
+            let dot: f64 = (0..cols).map(|k| levels[r * cols + k] * f64::from(x[b * cols + k])).sum();
+            let want = dot * scale_of(r) + f64::from(bias[r]);
+            // f32 accumulation of at most 70 terms of magnitude <= 1.5.
+            prop_assert!((f64::from(got) - want).abs() <= 2e-4, "{} vs {}", got, want);
+        }
+
+        // W2A8: the integer part is exactly sum q * (2c - 3); the output halves it.
+        let q: Vec<i8> = floats(batch * cols, seed ^ 4, 128.0).iter().map(|v| v.clamp(-128.0, 127.0) as i8).collect();
+        let acc = reference::gemm_i8_accumulate(&m, &q, batch).unwrap();
+        let x_scale = vec![0.25f32; batch];
+        let mut y = vec![f32::NAN; batch * rows];
+        reference::gemm_w2a8(&m, &q, &x_scale, batch, None, &mut y).unwrap();
+        for (i, (&a, &got)) in acc.iter().zip(&y).enumerate() {
+            let (b, r) = (i / rows, i % rows);
+            let exact: i64 = (0..cols).map(|k| i64::from(q[b * cols + k]) * (2 * i64::from(codes[r * cols + k]) - 3)).sum();
+            prop_assert_eq!(i64::from(a), exact);
+            let want = exact as f64 * 0.5 * 0.25 * scale_of(r);
+            prop_assert!((f64::from(got) - want).abs() <= 1e-6 * want.abs().max(1.0), "{} vs {}", got, want);
+        }
+    }
+}
+
 #[test]
 fn bad_shapes_are_errors() {
     // Products that overflow usize are errors, not panics or wrapped lengths.
@@ -160,6 +203,20 @@ fn bad_shapes_are_errors() {
         1,
         reference::MAX_W2A8_COLS + 1,
         vec![0; (reference::MAX_W2A8_COLS + 16) / 16],
+        Scale::None,
+    )
+    .unwrap();
+    assert!(matches!(
+        reference::gemm_i8_accumulate(&wide, &[], 1),
+        Err(Error::TooLarge { arg: "cols", .. })
+    ));
+    // INT2 products reach 3 * 128 per column: a lower limit.
+    let int2_limit = <Int2Matrix as PackedWeights>::MAX_W2A8_COLS;
+    assert!(int2_limit < reference::MAX_W2A8_COLS);
+    let wide = Int2Matrix::from_words(
+        1,
+        int2_limit + 1,
+        vec![0; (int2_limit + 16) / 16],
         Scale::None,
     )
     .unwrap();

@@ -1,4 +1,5 @@
-//! Simple, obviously correct CPU kernels: `Y[B, M] = (X[B, N] . Wtᵀ) * scale + bias`.
+//! Simple, obviously correct CPU kernels: `Y[B, M] = (X[B, N] . Wtᵀ) * scale + bias`, for
+//! ternary and INT2 weights ([`PackedWeights`]).
 //!
 //! Rows are spread over threads with rayon; each row is decoded once and used for
 //! every token. Floating-point paths accumulate in `f32` in column order; the W2A8
@@ -8,13 +9,13 @@ use rayon::prelude::*;
 
 use crate::dtype::Activation;
 use crate::error::{check_len, shape, Error, Result};
-use crate::format::TernaryMatrix;
+use crate::format::PackedWeights;
 
 /// `y[b, r] = T(sum_k x[b, k] * w[r, k] * scale[r] + bias[r])` for `b < batch`.
 ///
 /// `x` is `[batch, cols]`, `y` is `[batch, rows]`, `bias` is `[rows]`; all row-major.
 pub fn gemm<T: Activation>(
-    w: &TernaryMatrix,
+    w: &impl PackedWeights,
     x: &[T],
     batch: usize,
     bias: Option<&[T]>,
@@ -22,6 +23,7 @@ pub fn gemm<T: Activation>(
 ) -> Result<()> {
     check_io(w, x.len(), batch, bias.map(<[T]>::len), y.len())?;
     let xf: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
+    let unit = unit_of(w);
     let out = per_row(w, batch, |r, wrow, acc: &mut [f32]| {
         for (b, a) in acc.iter_mut().enumerate() {
             let xrow = &xf[b * w.cols()..(b + 1) * w.cols()];
@@ -30,16 +32,24 @@ pub fn gemm<T: Activation>(
                 .zip(xrow)
                 .map(|(&wv, &xv)| f32::from(wv) * xv)
                 .sum();
-            *a = dot * w.scale().of_row(r) + bias.map_or(0.0, |bv| bv[r].to_f32());
+            // `unit` is 1 or 0.5: exact, so this is the sum of x * weight.
+            *a = dot * unit * w.scale().of_row(r) + bias.map_or(0.0, |bv| bv[r].to_f32());
         }
     });
     scatter(&out, w.rows(), batch, y, T::from_f32);
     Ok(())
 }
 
-/// Exact `acc[b, r] = sum_k q[b, k] * w[r, k]` for int8 activations `q` (`[batch, cols]`).
-pub fn gemm_i8_accumulate(w: &TernaryMatrix, q: &[i8], batch: usize) -> Result<Vec<i32>> {
-    check_w2a8_cols(w.cols())?;
+/// Exact `acc[b, r] = sum_k q[b, k] * w[r, k]` for int8 activations `q` (`[batch, cols]`),
+/// `w` the decoded integers (for INT2, twice the levels).
+pub fn gemm_i8_accumulate<W: PackedWeights>(w: &W, q: &[i8], batch: usize) -> Result<Vec<i32>> {
+    if w.cols() > W::MAX_W2A8_COLS {
+        return Err(Error::TooLarge {
+            arg: "cols",
+            value: w.cols() as u64,
+            limit: W::MAX_W2A8_COLS as u64,
+        });
+    }
     let y_len = batch.saturating_mul(w.rows());
     check_io(w, q.len(), batch, None, y_len)?;
     let out = per_row(w, batch, |_, wrow, acc: &mut [i32]| {
@@ -60,7 +70,7 @@ pub fn gemm_i8_accumulate(w: &TernaryMatrix, q: &[i8], batch: usize) -> Result<V
 /// W2A8: `y[b, r] = T(acc[b, r] * x_scale[b] * scale[r] + bias[r])`, `acc` as in
 /// [`gemm_i8_accumulate`] and `x_scale` the per-token dequantization factor.
 pub fn gemm_w2a8<T: Activation>(
-    w: &TernaryMatrix,
+    w: &impl PackedWeights,
     q: &[i8],
     x_scale: &[f32],
     batch: usize,
@@ -70,10 +80,11 @@ pub fn gemm_w2a8<T: Activation>(
     check_io(w, q.len(), batch, bias.map(<[T]>::len), y.len())?;
     check_len("x_scale", batch, x_scale.len())?;
     let acc = gemm_i8_accumulate(w, q, batch)?;
+    let unit = unit_of(w);
     for (b, (yrow, arow)) in y.chunks_mut(w.rows()).zip(acc.chunks(w.rows())).enumerate() {
         for (r, (o, &a)) in yrow.iter_mut().zip(arow).enumerate() {
             let bv = bias.map_or(0.0, |bv| bv[r].to_f32());
-            *o = T::from_f32((a as f32 * x_scale[b]) * w.scale().of_row(r) + bv);
+            *o = T::from_f32((a as f32 * unit * x_scale[b]) * w.scale().of_row(r) + bv);
         }
     }
     Ok(())
@@ -94,8 +105,12 @@ pub(crate) fn check_w2a8_cols(cols: usize) -> Result<()> {
     Ok(())
 }
 
+fn unit_of<W: PackedWeights>(_: &W) -> f32 {
+    W::UNIT
+}
+
 fn check_io(
-    w: &TernaryMatrix,
+    w: &impl PackedWeights,
     x_len: usize,
     batch: usize,
     bias_len: Option<usize>,
@@ -122,7 +137,7 @@ fn check_io(
 }
 
 /// Runs `f(row, weights of row, out[batch])` over rows in parallel; returns `[rows, batch]`.
-fn per_row<A, F>(w: &TernaryMatrix, batch: usize, f: F) -> Vec<A>
+fn per_row<A, F>(w: &impl PackedWeights, batch: usize, f: F) -> Vec<A>
 where
     A: Copy + Default + Send,
     F: Fn(usize, &[i8], &mut [A]) + Sync,

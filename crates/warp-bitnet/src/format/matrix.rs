@@ -132,7 +132,7 @@ impl TernaryMatrix {
     }
 }
 
-fn check_dims(rows: usize, cols: usize) -> Result<()> {
+pub(crate) fn check_dims(rows: usize, cols: usize) -> Result<()> {
     if rows == 0 || cols == 0 {
         return Err(Error::Empty {
             arg: "weight matrix",
@@ -150,7 +150,7 @@ fn check_dims(rows: usize, cols: usize) -> Result<()> {
     Ok(())
 }
 
-fn check_scale(scale: &Scale, rows: usize) -> Result<()> {
+pub(crate) fn check_scale(scale: &Scale, rows: usize) -> Result<()> {
     let bad = |i: usize, v: f32| {
         Err(Error::NonFinite {
             arg: "scale",

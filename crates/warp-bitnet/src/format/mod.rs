@@ -1,7 +1,49 @@
 //! Packed weight layouts. Every layout is specified byte by byte in docs/FORMATS.md.
 
 pub mod i2;
+pub mod int2;
 mod matrix;
 pub mod tiled;
 
+pub use int2::Int2Matrix;
 pub use matrix::{Scale, TernaryMatrix, MAX_DIM};
+
+/// A packed 2-bit weight matrix whose rows decode to small integers; the CPU kernels
+/// take either kind.
+pub trait PackedWeights: Sync {
+    /// The weight that a decoded 1 stands for: 1 for ternary, 0.5 for INT2 (whose rows
+    /// decode to twice their level, so that products stay integers).
+    const UNIT: f32;
+    /// Largest column count whose int8-activation products accumulate exactly in an `i32`.
+    const MAX_W2A8_COLS: usize;
+
+    /// Output features (M).
+    fn rows(&self) -> usize;
+    /// Input features (N), the logical column count.
+    fn cols(&self) -> usize;
+    /// The weight scale.
+    fn scale(&self) -> &Scale;
+    /// The decoded integers of row `r` into `out` (`out.len() == cols()`).
+    fn unpack_row_into(&self, r: usize, out: &mut [i8]);
+}
+
+impl PackedWeights for TernaryMatrix {
+    const UNIT: f32 = 1.0;
+    const MAX_W2A8_COLS: usize = crate::cpu::reference::MAX_W2A8_COLS;
+
+    fn rows(&self) -> usize {
+        self.rows()
+    }
+
+    fn cols(&self) -> usize {
+        self.cols()
+    }
+
+    fn scale(&self) -> &Scale {
+        self.scale()
+    }
+
+    fn unpack_row_into(&self, r: usize, out: &mut [i8]) {
+        self.unpack_row_into(r, out)
+    }
+}
