@@ -9,7 +9,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
 use warp_bitnet::io::{dense_f32, PackedFile, RawTensor};
-use warp_bitnet::quant::{quantize_ternary, WeightQuant};
+use warp_bitnet::quant::{quantize_int2, quantize_ternary, Int2Quant, WeightQuant};
+use warp_bitnet::PackedWeights;
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Method {
@@ -21,15 +22,37 @@ enum Method {
     Absmax,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    /// {-1, 0, +1} times a scale (BitNet b1.58).
+    Ternary,
+    /// Four levels {-1.5, -0.5, +0.5, +1.5} times a per-row scale.
+    Int2,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Int2Method {
+    /// The scale that minimizes the squared error of each row (Lloyd).
+    Mse,
+    /// max |W_row| / 1.5.
+    Absmax,
+}
+
 #[derive(Args)]
 pub struct PackArgs {
     /// Dense safetensors file (F32, F16 or BF16 tensors).
     input: PathBuf,
     /// Packed safetensors file to write.
     output: PathBuf,
-    /// Weight quantizer.
+    /// Weight levels.
+    #[arg(long, value_enum, default_value = "ternary")]
+    format: Format,
+    /// Ternary quantizer.
     #[arg(long, value_enum, default_value = "absmean")]
     method: Method,
+    /// INT2 quantizer (with --format int2).
+    #[arg(long, value_enum, default_value = "mse")]
+    int2_method: Int2Method,
     /// Keep tensors whose name contains any of these dense (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "embed,lm_head")]
     skip: Vec<String>,
@@ -73,6 +96,10 @@ pub fn pack(a: PackArgs) -> Result<()> {
         Method::AbsmeanRow => WeightQuant::AbsMeanRow,
         Method::Absmax => WeightQuant::AbsMax,
     };
+    let int2_method = match a.int2_method {
+        Int2Method::Mse => Int2Quant::Mse,
+        Int2Method::Absmax => Int2Quant::AbsMax,
+    };
     let mut out = PackedFile::default();
     let mut names: Vec<&str> = st.names();
     names.sort();
@@ -88,9 +115,17 @@ pub fn pack(a: PackArgs) -> Result<()> {
                 .any(|s| !s.is_empty() && name.contains(s.as_str()))
         {
             let (rows, cols, w) = dense_f32(&view)?;
-            let m = quantize_ternary(&w, rows, cols, method)
-                .with_context(|| format!("tensor `{name}`"))?;
-            out.matrices.insert(name.to_string(), m);
+            let ctx = || format!("tensor `{name}`");
+            match a.format {
+                Format::Ternary => {
+                    let m = quantize_ternary(&w, rows, cols, method).with_context(ctx)?;
+                    out.matrices.insert(name.to_string(), m);
+                }
+                Format::Int2 => {
+                    let m = quantize_int2(&w, rows, cols, int2_method).with_context(ctx)?;
+                    out.int2.insert(name.to_string(), m);
+                }
+            }
         } else {
             let raw = RawTensor {
                 dtype: view.dtype(),
@@ -105,7 +140,7 @@ pub fn pack(a: PackArgs) -> Result<()> {
     std::fs::write(&a.output, out.to_bytes()?)?;
     println!(
         "{} matrices packed, {} tensors kept: {} -> {} bytes",
-        out.matrices.len(),
+        out.matrices.len() + out.int2.len(),
         out.other.len(),
         bytes.len(),
         std::fs::metadata(&a.output)?.len()
@@ -119,35 +154,22 @@ pub fn unpack(a: UnpackArgs) -> Result<()> {
     let file =
         PackedFile::from_bytes(&bytes).with_context(|| format!("loading {}", a.input.display()))?;
     let mut out = PackedFile {
-        matrices: Default::default(),
         other: file.other,
+        ..Default::default()
     };
-    let bar = progress(file.matrices.len(), "unpacking");
+    let bar = progress(file.matrices.len() + file.int2.len(), "unpacking");
     for (name, m) in file.matrices {
-        let t = m.to_ternary();
-        let vals = t
-            .iter()
-            .enumerate()
-            .map(|(i, &v)| f32::from(v) * m.scale().of_row(i / m.cols()));
-        let (dtype, data): (Dtype, Vec<u8>) = match a.dtype {
-            OutType::F32 => (Dtype::F32, vals.flat_map(f32::to_le_bytes).collect()),
-            OutType::F16 => (
-                Dtype::F16,
-                vals.flat_map(|v| f16::from_f32(v).to_le_bytes()).collect(),
-            ),
-            OutType::Bf16 => (
-                Dtype::BF16,
-                vals.flat_map(|v| bf16::from_f32(v).to_le_bytes()).collect(),
-            ),
-        };
-        out.other.insert(
-            name,
-            RawTensor {
-                dtype,
-                shape: vec![m.rows(), m.cols()],
-                data,
-            },
-        );
+        let levels: Vec<f32> = m.to_ternary().into_iter().map(f32::from).collect();
+        out.other.insert(name, dense(&m, &levels, a.dtype));
+        bar.inc(1);
+    }
+    for (name, m) in file.int2 {
+        let levels: Vec<f32> = m
+            .to_codes()
+            .into_iter()
+            .map(|c| f32::from(c) - 1.5)
+            .collect();
+        out.other.insert(name, dense(&m, &levels, a.dtype));
         bar.inc(1);
     }
     bar.finish_with_message("unpacked");
@@ -164,6 +186,30 @@ pub fn unpack(a: UnpackArgs) -> Result<()> {
     safetensors::serialize_to_file(views, None, &a.output)?;
     println!("wrote {}", a.output.display());
     Ok(())
+}
+
+/// `levels * scale` of each row as a dense tensor.
+fn dense(m: &impl PackedWeights, levels: &[f32], dtype: OutType) -> RawTensor {
+    let vals = levels
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| v * m.scale().of_row(i / m.cols()));
+    let (dtype, data): (Dtype, Vec<u8>) = match dtype {
+        OutType::F32 => (Dtype::F32, vals.flat_map(f32::to_le_bytes).collect()),
+        OutType::F16 => (
+            Dtype::F16,
+            vals.flat_map(|v| f16::from_f32(v).to_le_bytes()).collect(),
+        ),
+        OutType::Bf16 => (
+            Dtype::BF16,
+            vals.flat_map(|v| bf16::from_f32(v).to_le_bytes()).collect(),
+        ),
+    };
+    RawTensor {
+        dtype,
+        shape: vec![m.rows(), m.cols()],
+        data,
+    }
 }
 
 #[cfg(test)]
@@ -211,7 +257,9 @@ mod tests {
         let args = PackArgs {
             input: dense.clone(),
             output: packed.clone(),
+            format: Format::Ternary,
             method: Method::Absmean,
+            int2_method: Int2Method::Mse,
             skip: vec!["embed".into()],
         };
         pack(args).unwrap();
@@ -247,6 +295,44 @@ mod tests {
     }
 
     #[test]
+    fn int2_pack_then_unpack() {
+        let dir = std::env::temp_dir().join(format!("warp-bitnet-int2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (dense, packed, back) = (dir.join("d.st"), dir.join("p.st"), dir.join("b.st"));
+        let w = write_dense(&dense);
+        pack(PackArgs {
+            input: dense,
+            output: packed.clone(),
+            format: Format::Int2,
+            method: Method::Absmean,
+            int2_method: Int2Method::Absmax,
+            skip: vec!["embed".into()],
+        })
+        .unwrap();
+        let file = PackedFile::from_bytes(&std::fs::read(&packed).unwrap()).unwrap();
+        assert!(file.matrices.is_empty());
+        let m = &file.int2["layer.weight"];
+        assert_eq!(m, &quantize_int2(&w, 5, 20, Int2Quant::AbsMax).unwrap());
+        unpack(UnpackArgs {
+            input: packed,
+            output: back.clone(),
+            dtype: OutType::F32,
+        })
+        .unwrap();
+        let bytes = std::fs::read(&back).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let (_, _, vals) = dense_f32(&st.tensor("layer.weight").unwrap()).unwrap();
+        let expect: Vec<f32> = m
+            .to_codes()
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| (f32::from(c) - 1.5) * m.scale().of_row(i / 20))
+            .collect();
+        assert_eq!(vals, expect);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn garbage_input_is_an_error_not_a_panic() {
         let dir = std::env::temp_dir().join(format!("warp-bitnet-garbage-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -256,7 +342,9 @@ mod tests {
         assert!(pack(PackArgs {
             input: bad.clone(),
             output: out.clone(),
+            format: Format::Ternary,
             method: Method::Absmean,
+            int2_method: Int2Method::Mse,
             skip: vec![]
         })
         .is_err());

@@ -2,8 +2,9 @@
 //!
 //! A packed matrix `NAME` is stored as `NAME.packed` (I32 `[rows, ceil(cols / 16)]`,
 //! the I2 words), `NAME.scale` (F32 scalar `[]` per tensor or `[rows]` per row; absent
-//! for no scale) and the metadata entry `NAME.cols` (the logical column count). Other
-//! tensors pass through unchanged. The metadata key `format` is `warp-bitnet/i2`.
+//! for no scale) and the metadata entry `NAME.cols` (the logical column count); an INT2
+//! matrix also has the metadata entry `NAME.levels` = `int2`. Other tensors pass through
+//! unchanged. The metadata key `format` is `warp-bitnet/i2`.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -12,7 +13,7 @@ use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 
 use crate::error::{Error, Result};
-use crate::format::{i2, Scale, TernaryMatrix};
+use crate::format::{i2, Int2Matrix, PackedWeights, Scale, TernaryMatrix};
 
 /// Value of the `format` metadata key of a packed file.
 pub const FORMAT_TAG: &str = "warp-bitnet/i2";
@@ -31,8 +32,10 @@ pub struct RawTensor {
 /// The contents of a packed file: ternary matrices plus tensors kept as they were.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PackedFile {
-    /// Packed matrices by name.
+    /// Packed ternary matrices by name.
     pub matrices: BTreeMap<String, TernaryMatrix>,
+    /// Packed INT2 matrices by name.
+    pub int2: BTreeMap<String, Int2Matrix>,
     /// Everything else, unchanged.
     pub other: BTreeMap<String, RawTensor>,
 }
@@ -43,31 +46,25 @@ impl PackedFile {
         let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
         let mut meta = HashMap::from([("format".to_string(), FORMAT_TAG.to_string())]);
         for (name, m) in &self.matrices {
-            let wpr = i2::words_per_row(m.cols());
-            let words: Vec<u8> = m.words().iter().flat_map(|w| w.to_le_bytes()).collect();
-            owned.push((
-                format!("{name}.packed"),
-                Dtype::I32,
-                vec![m.rows(), wpr],
-                words,
-            ));
-            let scale = match m.scale() {
-                Scale::None => None,
-                Scale::PerTensor(s) => Some((vec![], vec![*s])),
-                Scale::PerRow(v) => Some((vec![m.rows()], v.clone())),
-            };
-            if let Some((shape, s)) = scale {
-                let bytes = s.iter().flat_map(|v| v.to_le_bytes()).collect();
-                owned.push((format!("{name}.scale"), Dtype::F32, shape, bytes));
+            push_packed(&mut owned, &mut meta, name, m, m.words());
+        }
+        for (name, m) in &self.int2 {
+            if self.matrices.contains_key(name) {
+                return Err(Error::Unsupported {
+                    what: "tensor name",
+                    detail: format!("`{name}` is both a ternary and an INT2 matrix"),
+                });
             }
-            meta.insert(format!("{name}.cols"), m.cols().to_string());
+            push_packed(&mut owned, &mut meta, name, m, m.words());
+            meta.insert(format!("{name}.levels"), INT2_LEVELS.to_string());
         }
         for (name, t) in &self.other {
             // A kept tensor must not read back as part of a matrix.
             let base = name
                 .strip_suffix(".packed")
                 .or_else(|| name.strip_suffix(".scale"));
-            if name.ends_with(".packed") || base.is_some_and(|b| self.matrices.contains_key(b)) {
+            let is_matrix = |b: &str| self.matrices.contains_key(b) || self.int2.contains_key(b);
+            if name.ends_with(".packed") || base.is_some_and(is_matrix) {
                 return Err(Error::Unsupported {
                     what: "tensor name",
                     detail: format!("`{name}` collides with the names of a packed matrix"),
@@ -98,8 +95,22 @@ impl PackedFile {
         let mut file = PackedFile::default();
         for (name, view) in st.iter() {
             if let Some(base) = name.strip_suffix(".packed") {
-                file.matrices
-                    .insert(base.to_string(), read_matrix(&st, &meta, base, &view)?);
+                let (rows, cols, words, scale) = read_packed(&st, &meta, base, &view)?;
+                match meta.get(&format!("{base}.levels")).map(String::as_str) {
+                    None => {
+                        let m = TernaryMatrix::from_i2(rows, cols, words, scale)?;
+                        file.matrices.insert(base.to_string(), m);
+                    }
+                    Some(INT2_LEVELS) => {
+                        let m = Int2Matrix::from_words(rows, cols, words, scale)?;
+                        file.int2.insert(base.to_string(), m);
+                    }
+                    Some(other) => {
+                        return Err(Error::BadFile(format!(
+                        "metadata `{base}.levels` is {other:?}; expected `{INT2_LEVELS}` or none"
+                    )))
+                    }
+                }
             } else if name
                 .strip_suffix(".scale")
                 .is_some_and(|b| st.tensor(&format!("{b}.packed")).is_ok())
@@ -118,12 +129,46 @@ impl PackedFile {
     }
 }
 
-fn read_matrix(
+/// Value of the `NAME.levels` metadata entry of an INT2 matrix.
+const INT2_LEVELS: &str = "int2";
+
+type Owned = Vec<(String, Dtype, Vec<usize>, Vec<u8>)>;
+
+fn push_packed(
+    owned: &mut Owned,
+    meta: &mut HashMap<String, String>,
+    name: &str,
+    m: &impl PackedWeights,
+    words: &[u32],
+) {
+    let wpr = i2::words_per_row(m.cols());
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    owned.push((
+        format!("{name}.packed"),
+        Dtype::I32,
+        vec![m.rows(), wpr],
+        bytes,
+    ));
+    let scale = match m.scale() {
+        Scale::None => None,
+        Scale::PerTensor(s) => Some((vec![], vec![*s])),
+        Scale::PerRow(v) => Some((vec![m.rows()], v.clone())),
+    };
+    if let Some((shape, s)) = scale {
+        let bytes = s.iter().flat_map(|v| v.to_le_bytes()).collect();
+        owned.push((format!("{name}.scale"), Dtype::F32, shape, bytes));
+    }
+    meta.insert(format!("{name}.cols"), m.cols().to_string());
+}
+
+/// The shape, words and scale of packed matrix `name`, checked for consistency (the
+/// codes are checked by the matrix constructors).
+fn read_packed(
     st: &SafeTensors,
     meta: &HashMap<String, String>,
     name: &str,
     view: &TensorView,
-) -> Result<TernaryMatrix> {
+) -> Result<(usize, usize, Vec<u32>, Scale)> {
     let (&[rows, wpr], Dtype::I32) = (view.shape(), view.dtype()) else {
         return Err(Error::BadFile(format!(
             "`{name}.packed` must be a 2-D I32 tensor"
@@ -155,7 +200,7 @@ fn read_matrix(
             )))
         }
     };
-    TernaryMatrix::from_i2(rows, cols, words, scale)
+    Ok((rows, cols, words, scale))
 }
 
 /// Reads a 2-D F32, F16 or BF16 tensor as `(rows, cols, values)`.
@@ -216,6 +261,9 @@ mod tests {
         f.matrices.insert("layer.w".into(), w);
         let w = TernaryMatrix::from_ternary(1, 3, &[-1, 0, 1], Scale::None).unwrap();
         f.matrices.insert("noscale".into(), w);
+        let codes: Vec<u8> = (0..2 * 19).map(|i| (i % 4) as u8).collect();
+        let q = Int2Matrix::from_codes(2, 19, &codes, Scale::PerRow(vec![0.25, 3.0])).unwrap();
+        f.int2.insert("int2.w".into(), q);
         f.other.insert(
             "norm".into(),
             RawTensor {
@@ -241,8 +289,29 @@ mod tests {
     }
 
     #[test]
+    fn int2_levels_tag_is_checked() {
+        let bytes = sample().to_bytes().unwrap();
+        let needle = b"\"int2.w.levels\":\"int2\"";
+        let at = bytes
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .unwrap();
+        let mut evil = bytes.clone();
+        evil[at + needle.len() - 2] = b'3';
+        assert!(matches!(
+            PackedFile::from_bytes(&evil),
+            Err(Error::BadFile(_))
+        ));
+        // The same name as ternary and INT2.
+        let mut f = sample();
+        let q = f.int2["int2.w"].clone();
+        f.int2.insert("noscale".into(), q);
+        assert!(matches!(f.to_bytes(), Err(Error::Unsupported { .. })));
+    }
+
+    #[test]
     fn colliding_names_are_refused() {
-        for name in ["layer.w.scale", "noscale.scale", "x.packed"] {
+        for name in ["layer.w.scale", "noscale.scale", "x.packed", "int2.w.scale"] {
             let mut f = sample();
             f.other.insert(
                 name.into(),
