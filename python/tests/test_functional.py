@@ -175,3 +175,75 @@ def test_hf_bitnet_bad_inputs():
         wb.unpack_hf_bitnet(ok, 0.0, "bitlinear")
     with pytest.raises(ValueError, match="empty"):
         wb.unpack_hf_bitnet(torch.zeros(0, 3, dtype=torch.uint8), 1.0)
+
+
+def int2_levels(m, n, gen):
+    return torch.randint(0, 4, (m, n), generator=gen).float() - 1.5
+
+
+def test_int2_pack_known_word_and_round_trip():
+    packed = wb.pack_int2(torch.tensor([[-1.5, -0.5, 0.5, 1.5]]))
+    assert packed.tolist() == [[0b11_10_01_00]]
+    gen = torch.Generator().manual_seed(20)
+    for m, n in [(1, 16), (5, 37), (3, 100)]:
+        L = int2_levels(m, n, gen)
+        p = wb.pack_int2(L)
+        assert p.shape == (m, (n + 15) // 16)
+        assert torch.equal(wb.unpack_int2(p, n), L)
+
+
+def test_int2_quantizers_match_the_formulas():
+    # absmax: s = 3 / 1.5 = 2; W / s = -1.5, -0.5, 0 (boundary: up), 0.45, 1.1, 1.5.
+    W = torch.tensor([[-3.0, -1.0, 0.0, 0.9, 2.2, 3.0]])
+    p, s = wb.quantize_int2(W, "absmax")
+    assert s.tolist() == [2.0]
+    assert wb.unpack_int2(p, 6).tolist() == [[-1.5, -0.5, 0.5, 0.5, 1.5, 1.5]]
+    # mse reproduces a row on the grid of 0.3 exactly.
+    W = torch.tensor([[-0.45, -0.15, 0.15, 0.45, 0.15, -0.15]])
+    p, s = wb.quantize_int2(W)
+    assert abs(s.item() - 0.3) < 1e-6
+    assert wb.unpack_int2(p, 6).tolist() == [[-1.5, -0.5, 0.5, 1.5, 0.5, -0.5]]
+    # Gaussian rows: mse reaches the optimal uniform 4-level error (0.1188), absmax does not.
+    W = torch.randn(16, 4096, generator=torch.Generator().manual_seed(21))
+    err = {}
+    for method in ("mse", "absmax"):
+        p, s = wb.quantize_int2(W, method)
+        err[method] = ((W - wb.unpack_int2(p, 4096) * s[:, None]).pow(2).sum() / W.pow(2).sum()).item()
+    assert abs(err["mse"] - 0.1188) < 0.004 and err["absmax"] > 0.4, err
+
+
+@pytest.mark.parametrize("n", [16, 37, 300])
+def test_int2_linear_and_old_gemv_match_float64(n):
+    gen = torch.Generator().manual_seed(22)
+    L = int2_levels(9, n, gen)
+    p = wb.pack_int2(L)
+    x = torch.randn(3, n, generator=gen)
+    scale, bias = torch.rand(9, generator=gen) + 0.5, torch.randn(9, generator=gen)
+    want = (x.double() @ L.double().T) * scale.double() + bias.double()
+    torch.testing.assert_close(wb.linear_int2(x, p, scale, bias).double(), want, rtol=1e-5, atol=1e-5)
+    Y = torch.full((9,), float("nan"))
+    wb.gemv_int2(p, x[0], Y)
+    torch.testing.assert_close(Y.double(), x[0].double() @ L.double().T, rtol=1e-5, atol=1e-5)
+    Y = torch.full((9,), float("nan"))
+    wb.gemv_int2_scaled(p, x[1], scale, Y)
+    torch.testing.assert_close(Y.double(), (x[1].double() @ L.double().T) * scale.double(), rtol=1e-5, atol=1e-5)
+
+
+def test_int2_bad_inputs():
+    with pytest.raises(ValueError, match="-1.5"):
+        wb.pack_int2(torch.tensor([[0.0, 0.5]]))
+    with pytest.raises(TypeError, match="float"):
+        wb.pack_int2(torch.ones(2, 2, dtype=torch.int32))
+    with pytest.raises(ValueError, match="padding at row 0, column 3"):
+        wb.unpack_int2(torch.tensor([[1 << 6]], dtype=torch.int32), 3)
+    with pytest.raises(ValueError, match="method"):
+        wb.quantize_int2(torch.ones(2, 2), "absmean")
+    with pytest.raises(ValueError, match="NaN"):
+        wb.quantize_int2(torch.tensor([[1.0, float("nan")]]))
+    p = wb.pack_int2(torch.full((4, 16), 0.5))
+    with pytest.raises(ValueError, match="scales"):
+        wb.gemv_int2_scaled(p, torch.ones(16), torch.ones(3), torch.empty(4))
+    with pytest.raises(ValueError, match="`Y` has 3 elements"):
+        wb.gemv_int2(p, torch.ones(16), torch.empty(3))
+    with pytest.raises(ValueError, match="cannot hold N = 40"):
+        wb.linear_int2(torch.ones(1, 40), p)

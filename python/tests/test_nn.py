@@ -87,6 +87,12 @@ def test_compatibility_modules():
     Y = torch.zeros(8)
     warp_bitnet_cuda.gemv(warp_bitnet_cuda.pack_ternary(W), X, Y)
     torch.testing.assert_close(Y, W @ X, rtol=1e-5, atol=1e-5)
+    L = torch.randint(0, 4, (8, 32)).float() - 1.5
+    warp_bitnet_cuda.gemv_int2(warp_bitnet_cuda.pack_int2(L), X, Y)
+    torch.testing.assert_close(Y, L @ X, rtol=1e-5, atol=1e-5)
+    s = torch.rand(8) + 0.5
+    warp_bitnet_cuda.gemv_int2_scaled(warp_bitnet_cuda.pack_int2(L), X, s, Y)
+    torch.testing.assert_close(Y, (L @ X) * s, rtol=1e-5, atol=1e-5)
 
 
 def make_task(n, d=32, classes=4, seed=0):

@@ -282,6 +282,138 @@ def gemv(W_packed: torch.Tensor, X: torch.Tensor, Y: torch.Tensor) -> None:
         X: ``[N]`` float16 or bfloat16 vector (CUDA) or any float (CPU).
         Y: ``[M]`` output, same dtype and device as ``X``.
     """
+    _check_gemv_args(W_packed, X, Y)
+    Y.copy_(linear(X.unsqueeze(0), W_packed, in_features=X.shape[0]).squeeze(0))
+
+
+# INT2: four levels {-1.5, -0.5, +0.5, +1.5}, code c -> c - 1.5, in the I2 word layout
+# (docs/FORMATS.md, "INT2"). The CUDA kernels for INT2 have not landed yet: on CUDA tensors
+# these functions run PyTorch ops (unpack, then a float32 matmul), correct but not fast.
+
+INT2_METHODS = ("mse", "absmax")
+_INT2_MAX_ROUNDS = 100
+
+
+def _words_of_codes(codes: torch.Tensor) -> torch.Tensor:
+    m, n = codes.shape
+    words = (n + 15) // 16
+    padded = torch.zeros(m, words * 16, dtype=torch.int64, device=codes.device)
+    padded[:, :n] = codes
+    packed = (padded.view(m, words, 16) << _SHIFTS.to(codes.device)).sum(-1)
+    return torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
+
+
+def pack_int2(W: torch.Tensor) -> torch.Tensor:
+    """Packs a ``[M, N]`` tensor of levels -1.5, -0.5, +0.5, +1.5 into INT2 words
+    (int32 ``[M, ceil(N / 16)]``; padding holds code 0)."""
+    _check_tensor("W", W, 2)
+    if not W.is_floating_point():
+        raise TypeError(f"`W` must be a float tensor of levels, got {W.dtype}")
+    codes = W.to(torch.float32) + 1.5
+    if not ((codes == 0) | (codes == 1) | (codes == 2) | (codes == 3)).all():
+        raise ValueError("`W` must hold only -1.5, -0.5, +0.5 and +1.5 (quantize it with quantize_int2)")
+    return _words_of_codes(codes.to(torch.int64))
+
+
+def unpack_int2(packed: torch.Tensor, n: int) -> torch.Tensor:
+    """Unpacks INT2 words to float32 levels ``[M, n]``; raises ValueError on non-zero padding."""
+    _check_tensor("packed", packed, 2)
+    if packed.dtype != torch.int32:
+        raise TypeError(f"`packed` must be int32 (INT2 words), got {packed.dtype}")
+    m, words = packed.shape
+    if not (words - 1) * 16 < n <= words * 16:
+        raise ValueError(f"`packed` has {words} words per row, which cannot hold N = {n} columns")
+    codes = _codes(packed).reshape(m, words * 16)
+    pad = (codes[:, n:] != 0).nonzero()
+    if len(pad):
+        r, c = pad[0].tolist()
+        raise ValueError(f"padding at row {r}, column {n + c} is not code 0")
+    return codes[:, :n].to(torch.float32) - 1.5
+
+
+def _nearest_int2_codes(v: torch.Tensor) -> torch.Tensor:
+    return (v.floor() + 2).clamp(0, 3)
+
+
+def quantize_int2(W: torch.Tensor, method: str = "mse") -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantizes dense weights to INT2 levels with one scale per row and packs them.
+
+    A weight takes the level nearest ``W / s`` (``c = clamp(floor(W / s) + 2, 0, 3)``).
+    ``method="absmax"``: ``s = max(max|W_row|, 1e-5) / 1.5``. ``"mse"`` (default): the ``s``
+    minimizing the row's squared error, by Lloyd rounds from the absmax start (levels for ``s``,
+    then ``s = sum(W * level) / sum(level^2)``) until no level changes (at most 100); the
+    same as the Rust quantizer, docs/FORMATS.md "INT2".
+
+    Returns:
+        ``(packed, scale)``: int32 INT2 words and float32 ``[M]``; ``W ~= unpack_int2(packed) * scale[:, None]``.
+    """
+    _check_tensor("W", W, 2)
+    if not W.is_floating_point():
+        raise TypeError(f"`W` must be a float tensor, got {W.dtype}")
+    if method not in INT2_METHODS:
+        raise ValueError(f'`method` must be "mse" or "absmax", got {method!r}')
+    w = W.detach().to(torch.float32)
+    if not torch.isfinite(w).all():
+        raise ValueError("`W` holds NaN or infinity")
+    floor = WEIGHT_EPS / 1.5
+    s = (w.abs().amax(dim=1) / 1.5).clamp(min=floor)
+    codes = _nearest_int2_codes(w / s[:, None])
+    if method == "mse":
+        # Every row runs its rounds independently: a settled row keeps its scale.
+        active = torch.ones(w.shape[0], dtype=torch.bool, device=w.device)
+        for _ in range(_INT2_MAX_ROUNDS):
+            levels = codes.to(torch.float64) - 1.5
+            fit = ((w.to(torch.float64) * levels).sum(1) / (levels * levels).sum(1)).to(torch.float32).clamp(min=floor)
+            s = torch.where(active, fit, s)
+            new = _nearest_int2_codes(w / s[:, None])
+            changed = (new != codes).any(dim=1) & active
+            codes = torch.where(active[:, None], new, codes)
+            active = changed
+            if not active.any():
+                break
+    return _words_of_codes(codes.to(torch.int64)), s
+
+
+def linear_int2(
+    x: torch.Tensor,
+    packed_weight: torch.Tensor,
+    scale: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    *,
+    in_features: int | None = None,
+) -> torch.Tensor:
+    """``y = (x . Lᵀ) * scale + bias`` for INT2 weights ``L`` (levels), float32 accumulation.
+
+    ``scale`` is ``[]``, ``[1]`` or ``[M]``; ``x`` is ``[..., N]``. On CUDA tensors this is
+    PyTorch ops for now (the INT2 kernels have not landed).
+    """
+    _check_tensor("x", x)
+    _check_tensor("packed_weight", packed_weight, 2)
+    if not x.is_floating_point():
+        raise TypeError(f"`x` must be a float tensor, got {x.dtype}")
+    n = x.shape[-1] if in_features is None else in_features
+    if x.shape[-1] != n:
+        raise ValueError(f"`x` has {x.shape[-1]} features, the weight expects {n}")
+    if packed_weight.device != x.device:
+        raise ValueError(f"`packed_weight` is on {packed_weight.device}, `x` on {x.device}")
+    m = packed_weight.shape[0]
+    for name, t, sizes in (("scale", scale, (1, m)), ("bias", bias, (m,))):
+        if t is not None:
+            _check_tensor(name, t)
+            if t.device != x.device:
+                raise ValueError(f"`{name}` is on {t.device}, `x` on {x.device}")
+            if t.numel() not in sizes or t.dim() > 1:
+                raise ValueError(f"`{name}` must have shape [] or [1] or [{m}], got {tuple(t.shape)}")
+    levels = unpack_int2(packed_weight, n)
+    y = x.reshape(-1, n).to(torch.float32) @ levels.T
+    if scale is not None:
+        y = y * scale.to(torch.float32).reshape(1, -1)
+    if bias is not None:
+        y = y + bias.to(torch.float32)
+    return y.to(x.dtype).reshape(*x.shape[:-1], m)
+
+
+def _check_gemv_args(W_packed: torch.Tensor, X: torch.Tensor, Y: torch.Tensor) -> None:
     _check_tensor("W_packed", W_packed, 2)
     _check_tensor("X", X, 1)
     _check_tensor("Y", Y, 1)
@@ -291,4 +423,19 @@ def gemv(W_packed: torch.Tensor, X: torch.Tensor, Y: torch.Tensor) -> None:
         raise ValueError(f"`Y` has {Y.shape[0]} elements, the weight has {W_packed.shape[0]} rows")
     if X.shape[0] > W_packed.shape[1] * 16:
         raise ValueError(f"`X` has {X.shape[0]} elements, the weight holds {W_packed.shape[1] * 16} columns")
-    Y.copy_(linear(X.unsqueeze(0), W_packed, in_features=X.shape[0]).squeeze(0))
+
+
+def gemv_int2(W_packed: torch.Tensor, X: torch.Tensor, Y: torch.Tensor) -> None:
+    """The old project's ``gemv_int2(W_packed, X, Y)``: ``Y = L X`` for INT2 levels ``L``, in place."""
+    _check_gemv_args(W_packed, X, Y)
+    Y.copy_(linear_int2(X.unsqueeze(0), W_packed, in_features=X.shape[0]).squeeze(0))
+
+
+def gemv_int2_scaled(W_packed: torch.Tensor, X: torch.Tensor, scales: torch.Tensor, Y: torch.Tensor) -> None:
+    """The old project's ``gemv_int2_scaled(W_packed, X, scales, Y)``: ``Y = (L X) * scales``
+    with one scale per row, in place."""
+    _check_gemv_args(W_packed, X, Y)
+    _check_tensor("scales", scales, 1)
+    if scales.shape[0] != W_packed.shape[0]:
+        raise ValueError(f"`scales` has {scales.shape[0]} elements, the weight has {W_packed.shape[0]} rows")
+    Y.copy_(linear_int2(X.unsqueeze(0), W_packed, scales, in_features=X.shape[0]).squeeze(0))
