@@ -147,3 +147,22 @@ def test_convert_checkpoint_writes_our_packed_file(tmp_path):
         convert_checkpoint(tmp_path / "bad.safetensors", tmp_path / "x", "autobitlinear")
     with pytest.raises(FileNotFoundError):
         convert_checkpoint(tmp_path / "missing.safetensors", tmp_path / "x", "autobitlinear")
+
+
+def test_model_benchmark_script_runs(tmp_path):
+    """examples/bench_model.py (the tokens/s benchmark for GPUs) on a tiny model on the CPU."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).parents[2] / "examples" / "bench_model.py"
+    spec = importlib.util.spec_from_file_location("bench_model", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "r.json"
+    args = ["--tiny", "--device", "cpu", "--batch", "1", "2", "--new-tokens", "2", "--prefill", "8", "--reps", "1"]
+    results = bench.main([*args, "--json", str(out)])
+    assert json.loads(out.read_text()) == results
+    for model in ("dense", "warp-bitnet"):
+        r = results["models"][model]
+        assert r["tokens_per_s_b1"] > 0 and r["tokens_per_s_b2"] > 0 and r["prefill_ms"] > 0
