@@ -72,13 +72,16 @@ pub fn run(a: Args) -> Result<()> {
         bail!("the CPU bench runs batch 1 only");
     }
     let iters = a.iters.unwrap_or(5);
-    println!("CPU: reference ternary kernel vs dense f32 GEMV, batch 1, median of {iters}");
+    println!(
+        "CPU: reference kernel (ternary i2, int2) vs dense f32 GEMV, batch 1, median of {iters}"
+    );
     header();
     let mut rows = Vec::new();
     for s in &shapes {
-        let r = cpu::run_shape(*s, iters, &mut rng)?;
-        print_row(&r);
-        rows.push(r);
+        for r in cpu::run_shape(*s, iters, &mut rng)? {
+            print_row(&r);
+            rows.push(r);
+        }
     }
     let run = serde_json::json!({ "backend": "cpu", "threads": rayon::current_num_threads(), "iters": iters });
     write_json(&a, run, &rows)
@@ -86,10 +89,11 @@ pub fn run(a: Args) -> Result<()> {
 
 fn header() {
     println!(
-        "{:<22} {:>12} {:>5} {:>7} {:>10} {:>12} {:>10} {:>8} {:>8} {:>7} {:>9}",
+        "{:<22} {:>12} {:>5} {:>5} {:>7} {:>10} {:>12} {:>10} {:>8} {:>8} {:>7} {:>9}",
         "shape",
         "MxN",
         "batch",
+        "fmt",
         "act",
         "ours us",
         "baseline",
@@ -103,10 +107,11 @@ fn header() {
 
 fn print_row(r: &BenchRow) {
     println!(
-        "{:<22} {:>12} {:>5} {:>7} {:>10.2} {:>12} {:>10.2} {:>7.2}x {:>8.1} {:>7.1} {:>9.2e}",
+        "{:<22} {:>12} {:>5} {:>5} {:>7} {:>10.2} {:>12} {:>10.2} {:>7.2}x {:>8.1} {:>7.1} {:>9.2e}",
         r.shape,
         format!("{}x{}", r.rows, r.cols),
         r.batch,
+        r.format,
         r.activation,
         r.time_us,
         r.baseline,

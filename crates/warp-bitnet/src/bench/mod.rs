@@ -108,6 +108,17 @@ pub fn random_matrix(rng: &mut impl rand::Rng, rows: usize, cols: usize) -> crat
         .expect("valid by construction")
 }
 
+/// Random INT2 weights (the four codes equally likely) with per-row scales in [0.5, 1.5).
+///
+/// # Panics
+/// If `rows` or `cols` is 0 (a benchmark and test helper).
+pub fn random_int2_matrix(rng: &mut impl rand::Rng, rows: usize, cols: usize) -> crate::Int2Matrix {
+    let codes: Vec<u8> = (0..rows * cols).map(|_| rng.random_range(0..4)).collect();
+    let scale = (0..rows).map(|_| rng.random_range(0.5..1.5)).collect();
+    crate::Int2Matrix::from_codes(rows, cols, &codes, crate::Scale::PerRow(scale))
+        .expect("valid by construction")
+}
+
 /// Max over `got` of `|got - want| / max|want|`; a NaN or infinite output (e.g. a
 /// poisoned element that was never written) makes it infinite.
 pub fn max_rel_err(got: impl Iterator<Item = f64>, want: &[f64]) -> f64 {
@@ -126,8 +137,8 @@ pub fn max_rel_err(got: impl Iterator<Item = f64>, want: &[f64]) -> f64 {
 }
 
 /// `y[b, r] = sum_k x[b, k] * w[r, k] * scale[r] (+ bias[r])` in float64: the oracle.
-pub fn reference_f64(
-    w: &crate::TernaryMatrix,
+pub fn reference_f64<W: crate::PackedWeights>(
+    w: &W,
     x: &[f64],
     batch: usize,
     bias: Option<&[f64]>,
@@ -142,7 +153,8 @@ pub fn reference_f64(
             for (b, o) in out.iter_mut().enumerate() {
                 let xb = &x[b * cols..(b + 1) * cols];
                 let dot: f64 = wrow.iter().zip(xb).map(|(&a, &v)| f64::from(a) * v).sum();
-                *o = dot * f64::from(w.scale().of_row(r)) + bias.map_or(0.0, |bv| bv[r]);
+                let scale = f64::from(W::UNIT) * f64::from(w.scale().of_row(r));
+                *o = dot * scale + bias.map_or(0.0, |bv| bv[r]);
             }
         },
     );
