@@ -4,6 +4,7 @@ and BitNet integration code, synthetic weights), swapped with
 ``warp_bitnet.hf.swap_bitnet_linears``; logits and greedy generation must match transformers."""
 
 import copy
+import struct
 
 import pytest
 import torch
@@ -147,6 +148,10 @@ def test_convert_checkpoint_writes_our_packed_file(tmp_path):
         convert_checkpoint(tmp_path / "bad.safetensors", tmp_path / "x", "autobitlinear")
     with pytest.raises(FileNotFoundError):
         convert_checkpoint(tmp_path / "missing.safetensors", tmp_path / "x", "autobitlinear")
+    # A GGUF file is recognised by its magic (no config needed); a truncated one is a ValueError.
+    (tmp_path / "bad.gguf").write_bytes(b"GGUF\x03\x00\x00\x00")
+    with pytest.raises(ValueError, match="GGUF"):
+        convert_checkpoint(tmp_path / "bad.gguf", tmp_path / "x")
 
 
 def test_model_benchmark_script_runs(tmp_path):
@@ -166,3 +171,52 @@ def test_model_benchmark_script_runs(tmp_path):
     for model in ("dense", "warp-bitnet"):
         r = results["models"][model]
         assert r["tokens_per_s_b1"] > 0 and r["tokens_per_s_b2"] > 0 and r["prefill_ms"] > 0
+
+
+def i2s_pack(W: torch.Tensor, scale: float) -> bytes:
+    """bitnet.cpp's I2_S bytes of row-major ternary weights, written from the layout: blocks of
+    128 codes w + 1 in 32 bytes, byte p = c[p] << 6 | c[32 + p] << 4 | c[64 + p] << 2 | c[96 + p],
+    then a 32-byte tail starting with the f32 scale."""
+    c = (W.flatten().to(torch.int64) + 1).reshape(-1, 4, 32)
+    packed = (c[:, 0] << 6) | (c[:, 1] << 4) | (c[:, 2] << 2) | c[:, 3]
+    return bytes(packed.flatten().to(torch.uint8).tolist()) + struct.pack("<f", scale) + bytes(28)
+
+
+def gguf_bytes(tensors) -> bytes:
+    """A GGUF v3 file (alignment 32, one metadata string) of (name, dims, type, data) tensors."""
+
+    def string(s: str) -> bytes:
+        return struct.pack("<Q", len(s)) + s.encode()
+
+    head = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), 1) + string("general.architecture")
+    head += struct.pack("<I", 8) + string("bitnet-b1.58")
+    infos, data, offset = b"", b"", 0
+    for name, dims, ggml_type, payload in tensors:
+        infos += string(name) + struct.pack("<I", len(dims)) + struct.pack(f"<{len(dims)}Q", *dims)
+        infos += struct.pack("<IQ", ggml_type, offset)
+        padded = payload + bytes(-len(payload) % 32)
+        data, offset = data + padded, offset + len(padded)
+    body = head + infos
+    return body + bytes(-len(body) % 32) + data
+
+
+def test_convert_checkpoint_reads_bitnet_cpp_gguf(tmp_path):
+    from safetensors.torch import load_file
+    from warp_bitnet.hf import convert_checkpoint
+
+    W = torch.randint(-1, 2, (3, 256), generator=torch.Generator().manual_seed(14))
+    norm = torch.randn(256)
+    path = tmp_path / "model.gguf"
+    path.write_bytes(
+        gguf_bytes(
+            [
+                ("blk.0.ffn_up.weight", (256, 3), 36, i2s_pack(W, 0.625)),
+                ("blk.0.attn_norm.weight", (256,), 0, norm.numpy().tobytes()),
+            ]
+        )
+    )
+    assert convert_checkpoint(path, tmp_path / "packed.safetensors") == (1, 1)
+    out = load_file(tmp_path / "packed.safetensors")
+    assert torch.equal(out["blk.0.ffn_up.weight.packed"], wb.pack_ternary(W))
+    assert out["blk.0.ffn_up.weight.scale"].item() == 0.625
+    assert torch.equal(out["blk.0.attn_norm.weight"], norm)

@@ -37,5 +37,6 @@ def quantize_i8(
 ) -> None:
     """Per-token int8 quantization of ``x`` into ``q`` and ``scale``."""
 
-def convert_hf_checkpoint(input: str, output: str, linear_class: str) -> tuple[int, int]:
-    """A Hugging Face BitNet checkpoint file -> our packed safetensors file; (matrices, tensors kept)."""
+def convert_checkpoint(input: str, output: str, linear_class: str | None = None) -> tuple[int, int]:
+    """A Hugging Face BitNet checkpoint (``linear_class`` given) or a bitnet.cpp GGUF file
+    (``linear_class`` None) -> our packed safetensors file; (matrices, tensors kept)."""

@@ -12,8 +12,8 @@ Activations are quantized per token to int8, as in those layers. Embeddings, ``l
 every other module are left alone, so ``model.generate()`` works unchanged. For dense
 Llama-family models, quantize with ``warp_bitnet.convert_to_bitlinear`` instead.
 
-``convert_checkpoint`` writes such a checkpoint file as our packed safetensors file
-(``warp-bitnet convert`` of the CLI, the same code).
+``convert_checkpoint`` writes such a checkpoint file, or a bitnet.cpp GGUF file, as our packed
+safetensors file (``warp-bitnet convert`` of the CLI, the same code).
 """
 
 from __future__ import annotations
@@ -87,20 +87,25 @@ def swap_bitnet_linears(model: nn.Module) -> nn.Module:
 def convert_checkpoint(
     path: str | os.PathLike, output: str | os.PathLike, linear_class: str | None = None
 ) -> tuple[int, int]:
-    """Converts a Hugging Face BitNet safetensors file to our packed safetensors file
-    (docs/FORMATS.md), losslessly: every uint8 ``NAME`` with a ``NAME_scale`` becomes a packed
-    matrix with the scale folded in; other tensors are kept.
+    """Converts a Hugging Face BitNet safetensors file or a bitnet.cpp GGUF file to our packed
+    safetensors file (docs/FORMATS.md), losslessly. Safetensors: every uint8 ``NAME`` with a
+    ``NAME_scale`` becomes a packed matrix with the scale folded in. GGUF: every 2-D ``I2_S``
+    tensor does; F32 / F16 / BF16 tensors are kept (GGUF names); other types are refused.
 
     Args:
-        path: the checkpoint's ``model.safetensors``.
+        path: the checkpoint's ``model.safetensors`` or ``.gguf`` file (told apart by content).
         output: the file to write.
-        linear_class: ``"autobitlinear"`` or ``"bitlinear"``; default: the
+        linear_class: safetensors only: ``"autobitlinear"`` or ``"bitlinear"``; default: the
             ``quantization_config.linear_class`` of the ``config.json`` beside ``path``.
 
     Returns:
         ``(matrices converted, tensors kept)``.
     """
     path = Path(path)
+    with open(path, "rb") as f:
+        is_gguf = f.read(4) == b"GGUF"
+    if is_gguf:
+        return _native.convert_checkpoint(os.fspath(path), os.fspath(output))
     if linear_class is None:
         config = path.parent / "config.json"
         try:
@@ -109,4 +114,4 @@ def convert_checkpoint(
             raise ValueError(f"no quantization_config.linear_class in {config} ({e!r}); pass linear_class") from e
     if linear_class not in F.LINEAR_CLASSES:
         raise ValueError(f'`linear_class` must be "autobitlinear" or "bitlinear", got {linear_class!r}')
-    return _native.convert_hf_checkpoint(os.fspath(path), os.fspath(output), linear_class)
+    return _native.convert_checkpoint(os.fspath(path), os.fspath(output), linear_class)

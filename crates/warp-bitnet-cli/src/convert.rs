@@ -1,12 +1,14 @@
 //! `warp-bitnet convert`: a Hugging Face BitNet checkpoint (pre-packed `u8` weights plus
-//! `weight_scale`) -> our packed safetensors file, losslessly.
+//! `weight_scale`) or a bitnet.cpp GGUF file (`I2_S` tensors) -> our packed safetensors
+//! file, losslessly.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
+use indicatif::ProgressBar;
 use safetensors::SafeTensors;
-use warp_bitnet::import::{hf_checkpoint, ScaleConvention};
+use warp_bitnet::import::{gguf_file, hf_checkpoint, ScaleConvention};
 
 use crate::pack::progress;
 
@@ -20,12 +22,13 @@ enum LinearClass {
 
 #[derive(Args)]
 pub struct ConvertArgs {
-    /// Hugging Face BitNet safetensors file (`*.weight` U8 [rows / 4, cols] + `*.weight_scale`).
+    /// Hugging Face BitNet safetensors file (`*.weight` U8 [rows / 4, cols] + `*.weight_scale`)
+    /// or bitnet.cpp GGUF file (told apart by the GGUF magic).
     input: PathBuf,
     /// Packed safetensors file to write.
     output: PathBuf,
-    /// How `weight_scale` applies; default: `quantization_config.linear_class` of the
-    /// `config.json` beside the input.
+    /// How `weight_scale` applies (safetensors input); default: `quantization_config.linear_class`
+    /// of the `config.json` beside the input.
     #[arg(long, value_enum)]
     linear_class: Option<LinearClass>,
 }
@@ -57,15 +60,23 @@ fn convention(a: &ConvertArgs) -> Result<ScaleConvention> {
 }
 
 pub fn convert(a: ConvertArgs) -> Result<()> {
-    let convention = convention(&a)?;
     let bytes =
         std::fs::read(&a.input).with_context(|| format!("reading {}", a.input.display()))?;
-    let st = SafeTensors::deserialize(&bytes)
-        .with_context(|| format!("parsing {}", a.input.display()))?;
-    let bar = progress(st.len(), "converting");
-    let out = hf_checkpoint(&st, convention, |_| bar.inc(1))
-        .with_context(|| format!("converting {}", a.input.display()))?;
-    bar.finish_with_message("converted");
+    let out = if bytes.starts_with(b"GGUF") {
+        let bar = ProgressBar::new_spinner().with_message("converting");
+        let out = gguf_file(&bytes, |_| bar.inc(1));
+        bar.finish_with_message("converted");
+        out
+    } else {
+        let convention = convention(&a)?;
+        let st = SafeTensors::deserialize(&bytes)
+            .with_context(|| format!("parsing {}", a.input.display()))?;
+        let bar = progress(st.len(), "converting");
+        let out = hf_checkpoint(&st, convention, |_| bar.inc(1));
+        bar.finish_with_message("converted");
+        out
+    }
+    .with_context(|| format!("converting {}", a.input.display()))?;
     std::fs::write(&a.output, out.to_bytes()?)?;
     println!(
         "{} matrices converted, {} tensors kept -> {}",
@@ -138,6 +149,10 @@ mod tests {
 
         std::fs::write(dir.join("config.json"), "{}").unwrap();
         assert!(convert(args(None)).is_err());
+        // A GGUF file needs no config; a broken one is an error, not a panic.
+        std::fs::write(&input, b"GGUF\x03\x00\x00\x00\xff").unwrap();
+        let err = convert(args(None)).unwrap_err();
+        assert!(format!("{err:#}").contains("GGUF"), "{err:#}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -12,7 +12,7 @@ use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use safetensors::SafeTensors;
 use warp_bitnet::cuda::{GemmArgs, Gpu};
-use warp_bitnet::import::{hf_checkpoint, ScaleConvention};
+use warp_bitnet::import::{gguf_file, hf_checkpoint, ScaleConvention};
 use warp_bitnet::{DType, Error};
 
 /// The one place core errors become Python exceptions: bad arguments -> ValueError,
@@ -154,21 +154,32 @@ fn quantize_i8(
         .map_err(to_py)
 }
 
-/// A Hugging Face BitNet checkpoint file -> our packed safetensors file (core
-/// `import::hf_checkpoint`); returns (matrices converted, tensors kept).
+/// A Hugging Face BitNet checkpoint file (`linear_class` given) or a bitnet.cpp GGUF file
+/// (`linear_class` None) -> our packed safetensors file (core `import`); returns
+/// (matrices converted, tensors kept).
 #[pyfunction]
-fn convert_hf_checkpoint(
+#[pyo3(signature = (input, output, linear_class=None))]
+fn convert_checkpoint(
     py: Python<'_>,
     input: PathBuf,
     output: PathBuf,
-    linear_class: &str,
+    linear_class: Option<&str>,
 ) -> PyResult<(usize, usize)> {
-    let convention = ScaleConvention::from_linear_class(linear_class).map_err(to_py)?;
+    let convention = linear_class
+        .map(ScaleConvention::from_linear_class)
+        .transpose()
+        .map_err(to_py)?;
     py.detach(|| {
         let bytes = std::fs::read(&input)?;
-        let st = SafeTensors::deserialize(&bytes)
-            .map_err(|e| PyValueError::new_err(format!("{}: {e}", input.display())))?;
-        let file = hf_checkpoint(&st, convention, |_| ()).map_err(to_py)?;
+        let file = match convention {
+            None => gguf_file(&bytes, |_| ()),
+            Some(convention) => {
+                let st = SafeTensors::deserialize(&bytes)
+                    .map_err(|e| PyValueError::new_err(format!("{}: {e}", input.display())))?;
+                hf_checkpoint(&st, convention, |_| ())
+            }
+        }
+        .map_err(to_py)?;
         std::fs::write(&output, file.to_bytes().map_err(to_py)?)?;
         Ok((file.matrices.len(), file.other.len()))
     })
@@ -181,7 +192,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(i2_to_t2, m)?)?;
     m.add_function(wrap_pyfunction!(gemm, m)?)?;
     m.add_function(wrap_pyfunction!(quantize_i8, m)?)?;
-    m.add_function(wrap_pyfunction!(convert_hf_checkpoint, m)?)?;
+    m.add_function(wrap_pyfunction!(convert_checkpoint, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -10,7 +10,7 @@
 //! - bitnet.cpp GGUF `I2_S` tensors: codes `weight + 1` of the row-major weights in blocks
 //!   of 128, 32 bytes each, `byte[32 b + p] = c[128 b + p] << 6 | c[128 b + 32 + p] << 4 |
 //!   c[128 b + 64 + p] << 2 | c[128 b + 96 + p]`, followed by a 32-byte tail whose first 4
-//!   bytes are the f32 per-tensor scale.
+//!   bytes are the f32 per-tensor scale; [`gguf_file`] reads a whole bitnet.cpp model file.
 
 use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
@@ -150,6 +150,49 @@ pub fn hf_checkpoint(
     }
     for s in &scales {
         out.other.remove(s);
+    }
+    Ok(out)
+}
+
+/// A whole bitnet.cpp GGUF file: every 2-D `I2_S` tensor becomes a packed matrix (GGML dims
+/// `[cols, rows]`), F32 / F16 / BF16 tensors are kept (shape in row-major order, names as in
+/// the file); any other tensor type is [`Error::Unsupported`]. `progress` is called once per
+/// tensor.
+pub fn gguf_file(bytes: &[u8], mut progress: impl FnMut(&str)) -> Result<PackedFile> {
+    let mut out = PackedFile::default();
+    for t in crate::gguf::tensors(bytes)? {
+        let shape: Vec<usize> = t.dims.iter().rev().copied().collect();
+        let dtype = match t.ggml_type {
+            crate::gguf::GGML_I2_S => {
+                let &[cols, rows] = t.dims.as_slice() else {
+                    return Err(Error::BadFile(format!(
+                        "I2_S tensor `{}` has dims {:?}, need 2",
+                        t.name, t.dims
+                    )));
+                };
+                let m = gguf_i2s(t.data, rows, cols)
+                    .map_err(|e| Error::BadFile(format!("tensor `{}`: {e}", t.name)))?;
+                out.matrices.insert(t.name.clone(), m);
+                progress(&t.name);
+                continue;
+            }
+            crate::gguf::GGML_F32 => Dtype::F32,
+            crate::gguf::GGML_F16 => Dtype::F16,
+            crate::gguf::GGML_BF16 => Dtype::BF16,
+            other => {
+                return Err(Error::Unsupported {
+                    what: "GGML tensor type",
+                    detail: format!("{other} (tensor `{}`)", t.name),
+                })
+            }
+        };
+        let raw = RawTensor {
+            dtype,
+            shape,
+            data: t.data.to_vec(),
+        };
+        out.other.insert(t.name.clone(), raw);
+        progress(&t.name);
     }
     Ok(out)
 }
@@ -314,6 +357,143 @@ mod tests {
         let st = SafeTensors::deserialize(&bytes).unwrap();
         assert!(matches!(
             hf_checkpoint(&st, ScaleConvention::Multiply, |_| ()),
+            Err(Error::BadFile(_))
+        ));
+    }
+
+    /// A GGUF v3 file written from the format description: metadata (a string, an array
+    /// and the alignment), then tensor infos, then the aligned data.
+    fn gguf(tensors: &[(&str, &[usize], u32, Vec<u8>)], alignment: u32) -> Vec<u8> {
+        fn string(out: &mut Vec<u8>, s: &str) {
+            out.extend((s.len() as u64).to_le_bytes());
+            out.extend(s.as_bytes());
+        }
+        let mut out = b"GGUF".to_vec();
+        out.extend(3u32.to_le_bytes());
+        out.extend((tensors.len() as u64).to_le_bytes());
+        out.extend(3u64.to_le_bytes());
+        string(&mut out, "general.architecture");
+        out.extend(8u32.to_le_bytes());
+        string(&mut out, "bitnet-b1.58");
+        string(&mut out, "tokenizer.ggml.scores");
+        out.extend(9u32.to_le_bytes());
+        out.extend(6u32.to_le_bytes());
+        out.extend(3u64.to_le_bytes());
+        for v in [0.5f32, -1.0, 2.0] {
+            out.extend(v.to_le_bytes());
+        }
+        string(&mut out, "general.alignment");
+        out.extend(4u32.to_le_bytes());
+        out.extend(alignment.to_le_bytes());
+        let mut offset = 0u64;
+        let mut offsets = Vec::new();
+        for (name, dims, t, data) in tensors {
+            string(&mut out, name);
+            out.extend((dims.len() as u32).to_le_bytes());
+            for &d in *dims {
+                out.extend((d as u64).to_le_bytes());
+            }
+            out.extend(t.to_le_bytes());
+            out.extend(offset.to_le_bytes());
+            offsets.push(offset);
+            offset = (offset + data.len() as u64).next_multiple_of(u64::from(alignment));
+        }
+        let start = out.len().next_multiple_of(alignment as usize);
+        out.resize(start, 0);
+        for ((_, _, _, data), off) in tensors.iter().zip(offsets) {
+            out.resize(start + off as usize, 0);
+            out.extend(data);
+        }
+        out
+    }
+
+    #[test]
+    fn gguf_file_reads_i2s_and_float_tensors() {
+        let (rows, cols) = (3, 128);
+        let w: Vec<i8> = (0..rows * cols).map(|i| (i * 7 % 3) as i8 - 1).collect();
+        let norm: Vec<u8> = [1.5f32; 128].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let emb: Vec<u8> = (0..2 * 128u16).flat_map(|v| v.to_le_bytes()).collect();
+        let tensors = [
+            (
+                "blk.0.attn_q.weight",
+                &[cols, rows][..],
+                36,
+                i2s_pack(&w, 0.75),
+            ),
+            ("blk.0.attn_norm.weight", &[128][..], 0, norm.clone()),
+            ("token_embd.weight", &[128, 2][..], 1, emb.clone()),
+        ];
+        for alignment in [32, 64] {
+            let bytes = gguf(&tensors, alignment);
+            let mut seen = Vec::new();
+            let file = gguf_file(&bytes, |n| seen.push(n.to_string())).unwrap();
+            assert_eq!(seen.len(), 3);
+            let m = &file.matrices["blk.0.attn_q.weight"];
+            assert_eq!((m.rows(), m.cols()), (rows, cols));
+            assert_eq!(m.to_ternary(), w);
+            assert_eq!(m.scale(), &Scale::PerTensor(0.75));
+            let n = &file.other["blk.0.attn_norm.weight"];
+            assert_eq!(
+                (n.dtype, n.shape.as_slice(), &n.data),
+                (Dtype::F32, &[128][..], &norm)
+            );
+            let e = &file.other["token_embd.weight"];
+            assert_eq!(
+                (e.dtype, e.shape.as_slice(), &e.data),
+                (Dtype::F16, &[2, 128][..], &emb)
+            );
+        }
+    }
+
+    #[test]
+    fn hostile_gguf_files_are_errors() {
+        let w = vec![0i8; 128];
+        let tensors = [("w", &[128, 1][..], 36, i2s_pack(&w, 1.0))];
+        let bytes = gguf(&tensors, 32);
+        for cut in 0..bytes.len() {
+            assert!(gguf_file(&bytes[..cut], |_| ()).is_err(), "cut at {cut}");
+        }
+        let corrupt = |at: usize, v: &[u8]| {
+            let mut b = bytes.clone();
+            b[at..at + v.len()].copy_from_slice(v);
+            gguf_file(&b, |_| ())
+        };
+        assert!(matches!(corrupt(0, b"GGUG"), Err(Error::BadFile(_))));
+        assert!(matches!(
+            corrupt(4, &9u32.to_le_bytes()),
+            Err(Error::BadFile(_))
+        ));
+        // Absurd tensor and metadata counts.
+        assert!(matches!(
+            corrupt(8, &u64::MAX.to_le_bytes()),
+            Err(Error::BadFile(_))
+        ));
+        assert!(matches!(
+            corrupt(16, &(1u64 << 40).to_le_bytes()),
+            Err(Error::BadFile(_))
+        ));
+        // A Q4_0 tensor (type 2) is refused by name.
+        let q = [("q", &[32][..], 2, vec![0u8; 18])];
+        assert!(matches!(
+            gguf_file(&gguf(&q, 32), |_| ()),
+            Err(Error::Unsupported { .. })
+        ));
+        // A 1-D I2_S tensor, and an invalid code.
+        let flat = [("w", &[128][..], 36, i2s_pack(&w, 1.0))];
+        assert!(matches!(
+            gguf_file(&gguf(&flat, 32), |_| ()),
+            Err(Error::BadFile(_))
+        ));
+        let mut evil = i2s_pack(&w, 1.0);
+        evil[0] = 0xFF;
+        let evil = [("w", &[128, 1][..], 36, evil)];
+        assert!(matches!(
+            gguf_file(&gguf(&evil, 32), |_| ()),
+            Err(Error::BadFile(_))
+        ));
+        // Alignment that is not a power of two.
+        assert!(matches!(
+            gguf_file(&gguf(&tensors, 48), |_| ()),
             Err(Error::BadFile(_))
         ));
     }

@@ -35,6 +35,7 @@ pub mod cuda;
 pub mod dtype;
 mod error;
 pub mod format;
+mod gguf;
 pub mod import;
 pub mod io;
 pub mod quant;

@@ -1,0 +1,186 @@
+//! Just enough of the GGUF container (versions 2 and 3) to find tensors: the header, the
+//! key-value section (skipped but for `general.alignment`), the tensor infos and the data
+//! offsets. Every count, length and offset is checked against the bytes, so a truncated
+//! or hostile file is [`Error::BadFile`], never a panic or a huge allocation.
+
+use crate::error::{Error, Result};
+
+/// GGML tensor types this crate reads.
+pub(crate) const GGML_F32: u32 = 0;
+pub(crate) const GGML_F16: u32 = 1;
+pub(crate) const GGML_BF16: u32 = 30;
+/// bitnet.cpp's ternary type (its ggml fork).
+pub(crate) const GGML_I2_S: u32 = 36;
+
+/// Largest number of dimensions of a GGML tensor.
+const MAX_DIMS: usize = 4;
+/// Deepest nesting of arrays in a metadata value.
+const MAX_ARRAY_DEPTH: usize = 4;
+
+/// One tensor: name, GGML dims (`dims[0]` is the innermost, contiguous one), type, bytes.
+pub(crate) struct Tensor<'a> {
+    pub name: String,
+    pub dims: Vec<usize>,
+    pub ggml_type: u32,
+    pub data: &'a [u8],
+}
+
+fn bad(what: impl Into<String>) -> Error {
+    Error::BadFile(format!("GGUF: {}", what.into()))
+}
+
+struct Cursor<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.b.len())
+            .ok_or_else(|| bad(format!("truncated at byte {}", self.pos)))?;
+        let s = &self.b[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+
+    fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+
+    /// A count of items of at least `min_size` bytes each that must fit the rest of the file.
+    fn count(&mut self, min_size: usize, what: &str) -> Result<usize> {
+        let n = self.u64()?;
+        let left = (self.b.len() - self.pos) as u64;
+        if n.saturating_mul(min_size as u64) > left {
+            return Err(bad(format!("{what} count {n} exceeds the file")));
+        }
+        Ok(n as usize)
+    }
+
+    fn string(&mut self) -> Result<String> {
+        let n = self.count(1, "string length")?;
+        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| bad("a string is not UTF-8"))
+    }
+
+    /// Skips a metadata value of type `t`.
+    fn skip_value(&mut self, t: u32, depth: usize) -> Result<()> {
+        match t {
+            0 | 1 | 7 => self.take(1).map(drop),
+            2 | 3 => self.take(2).map(drop),
+            4..=6 => self.take(4).map(drop),
+            10..=12 => self.take(8).map(drop),
+            8 => self.string().map(drop),
+            9 if depth < MAX_ARRAY_DEPTH => {
+                let elem = self.u32()?;
+                let n = self.count(1, "array")?;
+                for _ in 0..n {
+                    self.skip_value(elem, depth + 1)?;
+                }
+                Ok(())
+            }
+            9 => Err(bad("arrays nested too deep")),
+            other => Err(bad(format!("unknown metadata type {other}"))),
+        }
+    }
+}
+
+/// Bytes of a tensor of `n` elements of `ggml_type`, for the types this crate reads.
+fn tensor_bytes(ggml_type: u32, n: usize, name: &str) -> Result<usize> {
+    let bytes = match ggml_type {
+        GGML_F32 => n.checked_mul(4),
+        GGML_F16 | GGML_BF16 => n.checked_mul(2),
+        GGML_I2_S => Some(n / 4 + 32),
+        other => {
+            return Err(Error::Unsupported {
+                what: "GGML tensor type",
+                detail: format!(
+                    "{other} (tensor `{name}`); readable: F32, F16, BF16 and bitnet.cpp I2_S"
+                ),
+            })
+        }
+    };
+    bytes.ok_or_else(|| bad(format!("tensor `{name}` is too large")))
+}
+
+/// The tensors of a GGUF file, in file order.
+pub(crate) fn tensors(bytes: &[u8]) -> Result<Vec<Tensor<'_>>> {
+    let mut c = Cursor { b: bytes, pos: 0 };
+    if c.take(4)? != b"GGUF" {
+        return Err(bad("no GGUF magic"));
+    }
+    let version = c.u32()?;
+    if !(2..=3).contains(&version) {
+        return Err(bad(format!("version {version}; readable: 2 and 3")));
+    }
+    // Smallest tensor info: empty name (8) + n_dims (4) + type (4) + offset (8).
+    let n_tensors = c.count(24, "tensor")?;
+    let n_kv = c.count(13, "metadata")?;
+    let mut alignment = 32u64;
+    for _ in 0..n_kv {
+        let key = c.string()?;
+        let t = c.u32()?;
+        if key == "general.alignment" {
+            if t != 4 {
+                return Err(bad("general.alignment is not a u32"));
+            }
+            alignment = u64::from(c.u32()?);
+            if !alignment.is_power_of_two() {
+                return Err(bad(format!("alignment {alignment} is not a power of two")));
+            }
+        } else {
+            c.skip_value(t, 0)?;
+        }
+    }
+    let mut infos = Vec::with_capacity(n_tensors);
+    for _ in 0..n_tensors {
+        let name = c.string()?;
+        let n_dims = c.u32()? as usize;
+        if n_dims == 0 || n_dims > MAX_DIMS {
+            return Err(bad(format!("tensor `{name}` has {n_dims} dimensions")));
+        }
+        let mut dims = Vec::with_capacity(n_dims);
+        for _ in 0..n_dims {
+            dims.push(usize::try_from(c.u64()?).map_err(|_| bad("a dimension overflows"))?);
+        }
+        let ggml_type = c.u32()?;
+        let offset = c.u64()?;
+        infos.push((name, dims, ggml_type, offset));
+    }
+    let data_start = (c.pos as u64).next_multiple_of(alignment);
+    infos
+        .into_iter()
+        .map(|(name, dims, ggml_type, offset)| {
+            let n = dims
+                .iter()
+                .try_fold(1usize, |a, &d| a.checked_mul(d))
+                .ok_or_else(|| bad(format!("tensor `{name}` is too large")))?;
+            let len = tensor_bytes(ggml_type, n, &name)?;
+            let start = data_start
+                .checked_add(offset)
+                .filter(|&s| s <= bytes.len() as u64)
+                .ok_or_else(|| bad(format!("tensor `{name}` starts past the end")))?
+                as usize;
+            let data = bytes
+                .get(start..)
+                .and_then(|rest| rest.get(..len))
+                .ok_or_else(|| bad(format!("tensor `{name}` runs past the end")))?;
+            Ok(Tensor {
+                name,
+                dims,
+                ggml_type,
+                data,
+            })
+        })
+        .collect()
+}
