@@ -1,6 +1,8 @@
 """Type stubs of the private native module (crates/warp-bitnet-py). Pointers are
 device addresses (``tensor.data_ptr()``), streams ``cudaStream_t`` values as ints."""
 
+__all__ = ["__version__", "convert_checkpoint", "cuda_available", "gemm", "i2_to_t2", "quantize_i8", "t2_words"]
+
 __version__: str
 
 def cuda_available() -> bool:
