@@ -152,6 +152,8 @@ def test_convert_checkpoint_writes_our_packed_file(tmp_path):
     (tmp_path / "bad.gguf").write_bytes(b"GGUF\x03\x00\x00\x00")
     with pytest.raises(ValueError, match="GGUF"):
         convert_checkpoint(tmp_path / "bad.gguf", tmp_path / "x")
+    with pytest.raises(ValueError, match="linear_class"):
+        convert_checkpoint(tmp_path / "bad.gguf", tmp_path / "x", "bitlinear")
 
 
 def test_model_benchmark_script_runs(tmp_path):

@@ -105,6 +105,8 @@ def convert_checkpoint(
     with open(path, "rb") as f:
         is_gguf = f.read(4) == b"GGUF"
     if is_gguf:
+        if linear_class is not None:
+            raise ValueError("`linear_class` applies to safetensors checkpoints; a GGUF file carries its scales")
         return _native.convert_checkpoint(os.fspath(path), os.fspath(output))
     if linear_class is None:
         config = path.parent / "config.json"

@@ -24,11 +24,12 @@ enum Command {
     Info,
     /// Benchmark our kernels against dense baselines on real model shapes.
     Bench(bench::Args),
-    /// Quantize the 2-D float tensors of a safetensors file to packed ternary (I2 + scales).
+    /// Quantize the 2-D float tensors of a safetensors file to packed ternary or INT2 (+ scales).
     Pack(pack::PackArgs),
     /// Expand a packed file back to dense tensors (W * scale).
     Unpack(pack::UnpackArgs),
-    /// Convert a Hugging Face BitNet checkpoint (pre-packed U8 weights) to a packed file.
+    /// Convert a Hugging Face BitNet checkpoint (pre-packed U8 weights) or a bitnet.cpp GGUF file
+    /// (I2_S tensors) to a packed file.
     Convert(convert::ConvertArgs),
 }
 

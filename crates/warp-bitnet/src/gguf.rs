@@ -3,6 +3,8 @@
 //! offsets. Every count, length and offset is checked against the bytes, so a truncated
 //! or hostile file is [`Error::BadFile`], never a panic or a huge allocation.
 
+use std::collections::HashSet;
+
 use crate::error::{Error, Result};
 
 /// GGML tensor types this crate reads.
@@ -80,7 +82,11 @@ impl<'a> Cursor<'a> {
             2 | 3 => self.take(2).map(drop),
             4..=6 => self.take(4).map(drop),
             10..=12 => self.take(8).map(drop),
-            8 => self.string().map(drop),
+            // Skipped strings need not be UTF-8 (some vocabularies are not).
+            8 => {
+                let n = self.count(1, "string length")?;
+                self.take(n).map(drop)
+            }
             9 if depth < MAX_ARRAY_DEPTH => {
                 let elem = self.u32()?;
                 let n = self.count(1, "array")?;
@@ -123,13 +129,17 @@ pub(crate) fn tensors(bytes: &[u8]) -> Result<Vec<Tensor<'_>>> {
     if !(2..=3).contains(&version) {
         return Err(bad(format!("version {version}; readable: 2 and 3")));
     }
-    // Smallest tensor info: empty name (8) + n_dims (4) + type (4) + offset (8).
-    let n_tensors = c.count(24, "tensor")?;
+    // Smallest tensor info: empty name (8) + n_dims (4) + one dim (8) + type (4) + offset (8).
+    let n_tensors = c.count(32, "tensor")?;
     let n_kv = c.count(13, "metadata")?;
     let mut alignment = 32u64;
+    let mut keys = HashSet::new();
     for _ in 0..n_kv {
         let key = c.string()?;
         let t = c.u32()?;
+        if !keys.insert(key.clone()) {
+            return Err(bad(format!("metadata key `{key}` appears twice")));
+        }
         if key == "general.alignment" {
             if t != 4 {
                 return Err(bad("general.alignment is not a u32"));
@@ -142,9 +152,14 @@ pub(crate) fn tensors(bytes: &[u8]) -> Result<Vec<Tensor<'_>>> {
             c.skip_value(t, 0)?;
         }
     }
-    let mut infos = Vec::with_capacity(n_tensors);
+    // Not reserved from the count: the infos are read (and checked) one by one.
+    let mut infos = Vec::new();
+    let mut names = HashSet::new();
     for _ in 0..n_tensors {
         let name = c.string()?;
+        if !names.insert(name.clone()) {
+            return Err(bad(format!("tensor `{name}` appears twice")));
+        }
         let n_dims = c.u32()? as usize;
         if n_dims == 0 || n_dims > MAX_DIMS {
             return Err(bad(format!("tensor `{name}` has {n_dims} dimensions")));

@@ -110,7 +110,9 @@ pub fn hf_bitnet(
 
 /// A whole Hugging Face BitNet checkpoint file: every 2-D `U8` tensor `NAME` with a
 /// one-value `NAME_scale` beside it becomes a packed matrix `NAME` (the scale folded in);
-/// every other tensor is kept unchanged. `progress` is called once per tensor.
+/// every other tensor is kept unchanged. A 2-D `U8` `*.weight` without its scale in the same
+/// file is [`Error::BadFile`] (a shard of a sharded checkpoint: merge the shards first), so a
+/// packed weight never passes through unconverted. `progress` is called once per tensor.
 pub fn hf_checkpoint(
     st: &SafeTensors,
     convention: ScaleConvention,
@@ -136,6 +138,12 @@ pub fn hf_checkpoint(
                     .map_err(|e| Error::BadFile(format!("tensor `{name}`: {e}")))?;
                 out.matrices.insert(name.clone(), m);
                 scales.push(scale_name);
+            }
+            (true, Err(_)) if name.ends_with(".weight") => {
+                return Err(Error::BadFile(format!(
+                    "`{name}` is a packed U8 weight but `{scale_name}` is not in this file \
+                     (sharded checkpoints are not supported: merge the shards first)"
+                )))
             }
             _ => {
                 let raw = RawTensor {
@@ -359,6 +367,19 @@ mod tests {
             hf_checkpoint(&st, ScaleConvention::Multiply, |_| ()),
             Err(Error::BadFile(_))
         ));
+
+        // A packed weight whose scale is in another shard.
+        let bytes = safetensors::serialize(
+            vec![(
+                "q.weight",
+                TensorView::new(Dtype::U8, vec![2, 3], &packed).unwrap(),
+            )],
+            None,
+        )
+        .unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let err = hf_checkpoint(&st, ScaleConvention::Multiply, |_| ()).unwrap_err();
+        assert!(err.to_string().contains("q.weight_scale"), "{err}");
     }
 
     /// A GGUF v3 file written from the format description: metadata (a string, an array
@@ -489,6 +510,21 @@ mod tests {
         let evil = [("w", &[128, 1][..], 36, evil)];
         assert!(matches!(
             gguf_file(&gguf(&evil, 32), |_| ()),
+            Err(Error::BadFile(_))
+        ));
+        // A skipped metadata string need not be UTF-8; a tensor name must be.
+        let at = bytes
+            .windows(12)
+            .position(|w| w == b"bitnet-b1.58")
+            .unwrap();
+        assert!(corrupt(at, &[0xFF]).is_ok());
+        let name = b"\x01\x00\x00\x00\x00\x00\x00\x00w";
+        let at = bytes.windows(9).position(|w| w == name).unwrap() + 8;
+        assert!(matches!(corrupt(at, &[0xFF]), Err(Error::BadFile(_))));
+        // The same tensor name twice.
+        let twice = [tensors[0].clone(), tensors[0].clone()];
+        assert!(matches!(
+            gguf_file(&gguf(&twice, 32), |_| ()),
             Err(Error::BadFile(_))
         ));
         // Alignment that is not a power of two.

@@ -4,7 +4,8 @@
 //! the I2 words), `NAME.scale` (F32 scalar `[]` per tensor or `[rows]` per row; absent
 //! for no scale) and the metadata entry `NAME.cols` (the logical column count); an INT2
 //! matrix also has the metadata entry `NAME.levels` = `int2`. Other tensors pass through
-//! unchanged. The metadata key `format` is `warp-bitnet/i2`.
+//! unchanged. The metadata key `format` is `warp-bitnet/i2`, or `warp-bitnet/i2+int2` when
+//! the file holds INT2 matrices.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -15,8 +16,11 @@ use safetensors::SafeTensors;
 use crate::error::{Error, Result};
 use crate::format::{i2, Int2Matrix, PackedWeights, Scale, TernaryMatrix};
 
-/// Value of the `format` metadata key of a packed file.
+/// Value of the `format` metadata key of a packed file of ternary matrices only.
 pub const FORMAT_TAG: &str = "warp-bitnet/i2";
+/// Value of the `format` metadata key of a packed file holding INT2 matrices: a reader that
+/// knows only ternary refuses it instead of misreading INT2 words as ternary codes.
+pub const FORMAT_TAG_INT2: &str = "warp-bitnet/i2+int2";
 
 /// A tensor stored as it came: dtype, shape and raw little-endian bytes.
 #[derive(Clone, Debug, PartialEq)]
@@ -44,7 +48,12 @@ impl PackedFile {
     /// Serializes to safetensors bytes.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
-        let mut meta = HashMap::from([("format".to_string(), FORMAT_TAG.to_string())]);
+        let tag = if self.int2.is_empty() {
+            FORMAT_TAG
+        } else {
+            FORMAT_TAG_INT2
+        };
+        let mut meta = HashMap::from([("format".to_string(), tag.to_string())]);
         for (name, m) in &self.matrices {
             push_packed(&mut owned, &mut meta, name, m, m.words());
         }
@@ -86,11 +95,15 @@ impl PackedFile {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         let (_, header) = SafeTensors::read_metadata(bytes).map_err(bad)?;
         let meta = header.metadata().clone().unwrap_or_default();
-        if meta.get("format").map(String::as_str) != Some(FORMAT_TAG) {
-            return Err(Error::BadFile(format!(
-                "metadata `format` is not `{FORMAT_TAG}`"
-            )));
-        }
+        let int2_allowed = match meta.get("format").map(String::as_str) {
+            Some(FORMAT_TAG) => false,
+            Some(FORMAT_TAG_INT2) => true,
+            _ => {
+                return Err(Error::BadFile(format!(
+                    "metadata `format` is not `{FORMAT_TAG}` or `{FORMAT_TAG_INT2}`"
+                )))
+            }
+        };
         let st = SafeTensors::deserialize(bytes).map_err(bad)?;
         let mut file = PackedFile::default();
         for (name, view) in st.iter() {
@@ -101,14 +114,19 @@ impl PackedFile {
                         let m = TernaryMatrix::from_i2(rows, cols, words, scale)?;
                         file.matrices.insert(base.to_string(), m);
                     }
-                    Some(INT2_LEVELS) => {
+                    Some(INT2_LEVELS) if int2_allowed => {
                         let m = Int2Matrix::from_words(rows, cols, words, scale)?;
                         file.int2.insert(base.to_string(), m);
                     }
                     Some(other) => {
+                        let expected = if int2_allowed {
+                            "none or `int2`"
+                        } else {
+                            "none: `format` is ternary only"
+                        };
                         return Err(Error::BadFile(format!(
-                        "metadata `{base}.levels` is {other:?}; expected `{INT2_LEVELS}` or none"
-                    )))
+                            "metadata `{base}.levels` is {other:?}; expected {expected}"
+                        )));
                     }
                 }
             } else if name
@@ -302,6 +320,14 @@ mod tests {
             PackedFile::from_bytes(&evil),
             Err(Error::BadFile(_))
         ));
+        // An INT2 matrix under the ternary-only tag.
+        let tag = b"\"format\":\"warp-bitnet/i2+int2\"";
+        let at = bytes.windows(tag.len()).position(|w| w == tag).unwrap();
+        let mut evil = bytes.clone();
+        // `+int2"` -> `"` and spaces: still valid JSON, now the ternary tag.
+        evil[at + tag.len() - 6..at + tag.len()].copy_from_slice(b"\"     ");
+        let err = PackedFile::from_bytes(&evil).unwrap_err();
+        assert!(err.to_string().contains("ternary only"), "{err}");
         // The same name as ternary and INT2.
         let mut f = sample();
         let q = f.int2["int2.w"].clone();

@@ -41,8 +41,9 @@ pub fn validate(words: &[u32], rows: usize, cols: usize) -> Result<()> {
         checked_elems("packed words", rows, wpr)?,
         words.len(),
     )?;
-    let first_pad = cols - (wpr - 1) * WEIGHTS_PER_WORD;
-    if first_pad == WEIGHTS_PER_WORD {
+    // Columns used in the last word of a row; no padding when it is full (or there is none).
+    let first_pad = cols % WEIGHTS_PER_WORD;
+    if first_pad == 0 {
         return Ok(());
     }
     for r in 0..rows {
@@ -97,6 +98,21 @@ impl Int2Matrix {
         })
     }
 
+    /// Output features (M).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Input features (N), the logical column count.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The per-row (or per-tensor) scale.
+    pub fn scale(&self) -> &Scale {
+        &self.scale
+    }
+
     /// The packed words, row-major, `words_per_row(cols)` per row.
     pub fn words(&self) -> &[u32] {
         &self.words
@@ -121,15 +137,15 @@ impl PackedWeights for Int2Matrix {
     const MAX_W2A8_COLS: usize = i32::MAX as usize / 384;
 
     fn rows(&self) -> usize {
-        self.rows
+        self.rows()
     }
 
     fn cols(&self) -> usize {
-        self.cols
+        self.cols()
     }
 
     fn scale(&self) -> &Scale {
-        &self.scale
+        self.scale()
     }
 
     fn unpack_row_into(&self, r: usize, out: &mut [i8]) {
@@ -196,6 +212,7 @@ mod tests {
             Err(Error::ShapeMismatch { .. })
         ));
         assert!(Int2Matrix::from_words(1, 16, vec![u32::MAX], Scale::None).is_ok());
+        assert!(validate(&[], 3, 0).is_ok());
         assert!(matches!(
             Int2Matrix::from_codes(0, 4, &[], Scale::None),
             Err(Error::Empty { .. })
