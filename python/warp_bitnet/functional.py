@@ -42,11 +42,17 @@ def pack_ternary(W: torch.Tensor) -> torch.Tensor:
         raise ValueError("`W` holds NaN or infinity")
     if not ((W == 0) | (W == 1) | (W == -1)).all():
         raise ValueError("`W` must hold only -1, 0 and +1 (quantize it with quantize_ternary)")
-    m, n = W.shape
+    return _words_of_codes(torch.where(W == 1, 1, torch.where(W == -1, 2, 0)).to(torch.int64))
+
+
+def _words_of_codes(codes: torch.Tensor) -> torch.Tensor:
+    """int64 2-bit codes ``[M, N]`` -> int32 words ``[M, ceil(N / 16)]``, code ``k`` of a word at
+    bits ``2k .. 2k+1``, padding code 0 (the I2 and INT2 word layout)."""
+    m, n = codes.shape
     words = (n + 15) // 16
-    codes = torch.zeros(m, words * 16, dtype=torch.int64, device=W.device)
-    codes[:, :n] = torch.where(W == 1, 1, torch.where(W == -1, 2, 0))
-    packed = (codes.view(m, words, 16) << _SHIFTS.to(W.device)).sum(-1)
+    padded = torch.zeros(m, words * 16, dtype=torch.int64, device=codes.device)
+    padded[:, :n] = codes
+    packed = (padded.view(m, words, 16) << _SHIFTS.to(codes.device)).sum(-1)
     # Reinterpret the u32 words as int32 (two's complement), like the old packer.
     return torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
 
@@ -56,23 +62,32 @@ def _codes(packed: torch.Tensor) -> torch.Tensor:
     return (words.unsqueeze(-1) >> _SHIFTS.to(packed.device)) & 3
 
 
-def validate_packed(packed: torch.Tensor, n: int) -> None:
-    """Raises ValueError naming the first invalid code (``0b11``) or non-zero padding."""
+def _word_codes(packed: torch.Tensor, n: int, layout: str) -> torch.Tensor:
+    """The codes ``[M, 16 * words]`` of int32 words that hold ``n`` columns per row."""
     _check_tensor("packed", packed, 2)
     if packed.dtype != torch.int32:
-        raise TypeError(f"`packed` must be int32 (I2 words), got {packed.dtype}")
+        raise TypeError(f"`packed` must be int32 ({layout} words), got {packed.dtype}")
     m, words = packed.shape
     if not (words - 1) * 16 < n <= words * 16:
         raise ValueError(f"`packed` has {words} words per row, which cannot hold N = {n} columns")
-    codes = _codes(packed).reshape(m, words * 16)
+    return _codes(packed).reshape(m, words * 16)
+
+
+def _check_padding(codes: torch.Tensor, n: int, zero: str) -> None:
+    pad = (codes[:, n:] != 0).nonzero()
+    if len(pad):
+        r, c = pad[0].tolist()
+        raise ValueError(f"padding at row {r}, column {n + c} is not {zero}")
+
+
+def validate_packed(packed: torch.Tensor, n: int) -> None:
+    """Raises ValueError naming the first invalid code (``0b11``) or non-zero padding."""
+    codes = _word_codes(packed, n, "I2")
     bad = (codes == 3).nonzero()
     if len(bad):
         r, c = bad[0].tolist()
         raise ValueError(f"invalid 2-bit code 0b11 at row {r}, column {c}")
-    pad = (codes[:, n:] != 0).nonzero()
-    if len(pad):
-        r, c = pad[0].tolist()
-        raise ValueError(f"padding at row {r}, column {n + c} is not the zero code")
+    _check_padding(codes, n, "the zero code")
 
 
 def unpack_ternary(packed: torch.Tensor, n: int) -> torch.Tensor:
@@ -209,6 +224,31 @@ def _t2_of(packed: torch.Tensor, n: int) -> torch.Tensor:
     return t2
 
 
+def _check_linear_args(x, packed_weight, scale, bias, in_features) -> tuple[int, int]:
+    """Checks the arguments of ``linear`` / ``linear_int2``; returns ``(N, M)``."""
+    _check_tensor("x", x)
+    _check_tensor("packed_weight", packed_weight, 2)
+    if not x.is_floating_point():
+        raise TypeError(f"`x` must be a float tensor, got {x.dtype}")
+    n = x.shape[-1] if in_features is None else in_features
+    if x.shape[-1] != n:
+        raise ValueError(f"`x` has {x.shape[-1]} features, the weight expects {n}")
+    if packed_weight.device != x.device:
+        raise ValueError(f"`packed_weight` is on {packed_weight.device}, `x` on {x.device}")
+    m = packed_weight.shape[0]
+    for name, t, sizes, shapes in (
+        ("scale", scale, (1, m), f"[] or [1] or [{m}]"),
+        ("bias", bias, (m,), f"[{m}]"),
+    ):
+        if t is not None:
+            _check_tensor(name, t)
+            if t.device != x.device:
+                raise ValueError(f"`{name}` is on {t.device}, `x` on {x.device}")
+            if t.numel() not in sizes or t.dim() > 1:
+                raise ValueError(f"`{name}` must have shape {shapes}, got {tuple(t.shape)}")
+    return n, m
+
+
 def linear(
     x: torch.Tensor,
     packed_weight: torch.Tensor,
@@ -230,21 +270,7 @@ def linear(
     Returns:
         ``[..., M]`` tensor in ``x``'s dtype.
     """
-    _check_tensor("x", x)
-    _check_tensor("packed_weight", packed_weight, 2)
-    n = x.shape[-1] if in_features is None else in_features
-    if x.shape[-1] != n:
-        raise ValueError(f"`x` has {x.shape[-1]} features, the weight expects {n}")
-    if packed_weight.device != x.device:
-        raise ValueError(f"`packed_weight` is on {packed_weight.device}, `x` on {x.device}")
-    m = packed_weight.shape[0]
-    for name, t, sizes in (("scale", scale, (0, 1, m)), ("bias", bias, (m,))):
-        if t is not None:
-            _check_tensor(name, t)
-            if t.device != x.device:
-                raise ValueError(f"`{name}` is on {t.device}, `x` on {x.device}")
-            if t.numel() not in sizes or t.dim() > 1:
-                raise ValueError(f"`{name}` must have shape [] or [1] or [{m}], got {tuple(t.shape)}")
+    n, m = _check_linear_args(x, packed_weight, scale, bias, in_features)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, n)
     if x.is_cuda:
@@ -294,15 +320,6 @@ INT2_METHODS = ("mse", "absmax")
 _INT2_MAX_ROUNDS = 100
 
 
-def _words_of_codes(codes: torch.Tensor) -> torch.Tensor:
-    m, n = codes.shape
-    words = (n + 15) // 16
-    padded = torch.zeros(m, words * 16, dtype=torch.int64, device=codes.device)
-    padded[:, :n] = codes
-    packed = (padded.view(m, words, 16) << _SHIFTS.to(codes.device)).sum(-1)
-    return torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
-
-
 def pack_int2(W: torch.Tensor) -> torch.Tensor:
     """Packs a ``[M, N]`` tensor of levels -1.5, -0.5, +0.5, +1.5 into INT2 words
     (int32 ``[M, ceil(N / 16)]``; padding holds code 0)."""
@@ -317,17 +334,8 @@ def pack_int2(W: torch.Tensor) -> torch.Tensor:
 
 def unpack_int2(packed: torch.Tensor, n: int) -> torch.Tensor:
     """Unpacks INT2 words to float32 levels ``[M, n]``; raises ValueError on non-zero padding."""
-    _check_tensor("packed", packed, 2)
-    if packed.dtype != torch.int32:
-        raise TypeError(f"`packed` must be int32 (INT2 words), got {packed.dtype}")
-    m, words = packed.shape
-    if not (words - 1) * 16 < n <= words * 16:
-        raise ValueError(f"`packed` has {words} words per row, which cannot hold N = {n} columns")
-    codes = _codes(packed).reshape(m, words * 16)
-    pad = (codes[:, n:] != 0).nonzero()
-    if len(pad):
-        r, c = pad[0].tolist()
-        raise ValueError(f"padding at row {r}, column {n + c} is not code 0")
+    codes = _word_codes(packed, n, "INT2")
+    _check_padding(codes, n, "code 0")
     return codes[:, :n].to(torch.float32) - 1.5
 
 
@@ -387,23 +395,7 @@ def linear_int2(
     ``scale`` is ``[]``, ``[1]`` or ``[M]``; ``x`` is ``[..., N]``. On CUDA tensors this is
     PyTorch ops for now (the INT2 kernels have not landed).
     """
-    _check_tensor("x", x)
-    _check_tensor("packed_weight", packed_weight, 2)
-    if not x.is_floating_point():
-        raise TypeError(f"`x` must be a float tensor, got {x.dtype}")
-    n = x.shape[-1] if in_features is None else in_features
-    if x.shape[-1] != n:
-        raise ValueError(f"`x` has {x.shape[-1]} features, the weight expects {n}")
-    if packed_weight.device != x.device:
-        raise ValueError(f"`packed_weight` is on {packed_weight.device}, `x` on {x.device}")
-    m = packed_weight.shape[0]
-    for name, t, sizes in (("scale", scale, (1, m)), ("bias", bias, (m,))):
-        if t is not None:
-            _check_tensor(name, t)
-            if t.device != x.device:
-                raise ValueError(f"`{name}` is on {t.device}, `x` on {x.device}")
-            if t.numel() not in sizes or t.dim() > 1:
-                raise ValueError(f"`{name}` must have shape [] or [1] or [{m}], got {tuple(t.shape)}")
+    n, m = _check_linear_args(x, packed_weight, scale, bias, in_features)
     levels = unpack_int2(packed_weight, n)
     y = x.reshape(-1, n).to(torch.float32) @ levels.T
     if scale is not None:
