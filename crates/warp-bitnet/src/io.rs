@@ -55,7 +55,7 @@ impl PackedFile {
         };
         let mut meta = HashMap::from([("format".to_string(), tag.to_string())]);
         for (name, m) in &self.matrices {
-            push_packed(&mut owned, &mut meta, name, m, m.words());
+            push_packed(&mut owned, &mut meta, name, m);
         }
         for (name, m) in &self.int2 {
             if self.matrices.contains_key(name) {
@@ -64,7 +64,7 @@ impl PackedFile {
                     detail: format!("`{name}` is both a ternary and an INT2 matrix"),
                 });
             }
-            push_packed(&mut owned, &mut meta, name, m, m.words());
+            push_packed(&mut owned, &mut meta, name, m);
             meta.insert(format!("{name}.levels"), INT2_LEVELS.to_string());
         }
         for (name, t) in &self.other {
@@ -157,10 +157,9 @@ fn push_packed(
     meta: &mut HashMap<String, String>,
     name: &str,
     m: &impl PackedWeights,
-    words: &[u32],
 ) {
     let wpr = i2::words_per_row(m.cols());
-    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    let bytes: Vec<u8> = m.words().iter().flat_map(|w| w.to_le_bytes()).collect();
     owned.push((
         format!("{name}.packed"),
         Dtype::I32,

@@ -10,7 +10,6 @@ use super::{
 };
 use crate::cpu::reference;
 use crate::error::Result;
-use crate::format::i2::words_per_row;
 use crate::PackedWeights;
 
 /// Dense `y = W x` with row-major f32 `W` (`rows` x `cols`), rows spread over threads.
@@ -75,8 +74,7 @@ fn time_format<W: PackedWeights>(
     })?;
     let xf: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
     let want = reference_f64(w, &xf, 1, None);
-    let packed_bytes = rows * words_per_row(cols) * 4;
-    let bytes = (packed_bytes + 4 * (rows + cols)) as f64;
+    let bytes = (w.words().len() * 4 + 4 * (rows + cols)) as f64;
     Ok(BenchRow {
         shape: shape.name.into(),
         rows,

@@ -148,6 +148,10 @@ impl PackedWeights for Int2Matrix {
         self.scale()
     }
 
+    fn words(&self) -> &[u32] {
+        self.words()
+    }
+
     fn unpack_row_into(&self, r: usize, out: &mut [i8]) {
         assert_eq!(
             out.len(),

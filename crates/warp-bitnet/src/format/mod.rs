@@ -23,6 +23,8 @@ pub trait PackedWeights: Sync {
     fn cols(&self) -> usize;
     /// The weight scale.
     fn scale(&self) -> &Scale;
+    /// The packed words, row-major, `i2::words_per_row(cols)` per row.
+    fn words(&self) -> &[u32];
     /// The decoded integers of row `r` into `out` (`out.len() == cols()`).
     fn unpack_row_into(&self, r: usize, out: &mut [i8]);
 }
@@ -41,6 +43,10 @@ impl PackedWeights for TernaryMatrix {
 
     fn scale(&self) -> &Scale {
         self.scale()
+    }
+
+    fn words(&self) -> &[u32] {
+        self.words()
     }
 
     fn unpack_row_into(&self, r: usize, out: &mut [i8]) {
