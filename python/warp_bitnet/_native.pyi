@@ -40,5 +40,6 @@ def quantize_i8(
     """Per-token int8 quantization of ``x`` into ``q`` and ``scale``."""
 
 def convert_checkpoint(input: str, output: str, linear_class: str | None = None) -> tuple[int, int]:
-    """A Hugging Face BitNet checkpoint (``linear_class`` given) or a bitnet.cpp GGUF file
-    (``linear_class`` None) -> our packed safetensors file; (matrices, tensors kept)."""
+    """A Hugging Face BitNet checkpoint or a bitnet.cpp GGUF file -> our packed safetensors file;
+    (matrices, tensors kept). ``linear_class`` None reads it from the ``config.json`` beside a
+    safetensors ``input``."""

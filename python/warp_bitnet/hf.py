@@ -18,9 +18,7 @@ safetensors file (``warp-bitnet convert`` of the CLI, the same code).
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -98,22 +96,11 @@ def convert_checkpoint(
         linear_class: safetensors only: ``"autobitlinear"`` or ``"bitlinear"``; default: the
             ``quantization_config.linear_class`` of the ``config.json`` beside ``path``.
 
+    Raises:
+        ValueError: a bad file, a missing linear class, or one given for a GGUF file.
+        OSError: the file cannot be read or written (e.g. FileNotFoundError).
+
     Returns:
         ``(matrices converted, tensors kept)``.
     """
-    path = Path(path)
-    with open(path, "rb") as f:
-        is_gguf = f.read(4) == b"GGUF"
-    if is_gguf:
-        if linear_class is not None:
-            raise ValueError("`linear_class` applies to safetensors checkpoints; a GGUF file carries its scales")
-        return _native.convert_checkpoint(os.fspath(path), os.fspath(output))
-    if linear_class is None:
-        config = path.parent / "config.json"
-        try:
-            linear_class = json.loads(config.read_text())["quantization_config"]["linear_class"]
-        except (OSError, KeyError, TypeError, json.JSONDecodeError) as e:
-            raise ValueError(f"no quantization_config.linear_class in {config} ({e!r}); pass linear_class") from e
-    if linear_class not in F.LINEAR_CLASSES:
-        raise ValueError(f'`linear_class` must be "autobitlinear" or "bitlinear", got {linear_class!r}')
     return _native.convert_checkpoint(os.fspath(path), os.fspath(output), linear_class)

@@ -2,15 +2,12 @@
 //! `weight_scale`) or a bitnet.cpp GGUF file (`I2_S` tensors) -> our packed safetensors
 //! file, losslessly.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use indicatif::ProgressBar;
-use safetensors::SafeTensors;
-use warp_bitnet::import::{gguf_file, hf_checkpoint, ScaleConvention};
-
-use crate::pack::progress;
+use warp_bitnet::import::{checkpoint_file, ScaleConvention};
 
 #[derive(Clone, Copy, ValueEnum)]
 enum LinearClass {
@@ -27,56 +24,21 @@ pub struct ConvertArgs {
     input: PathBuf,
     /// Packed safetensors file to write.
     output: PathBuf,
-    /// How `weight_scale` applies (safetensors input); default: `quantization_config.linear_class`
-    /// of the `config.json` beside the input.
+    /// How `weight_scale` applies (safetensors input only); default: the
+    /// `quantization_config.linear_class` of the `config.json` beside the input.
     #[arg(long, value_enum)]
     linear_class: Option<LinearClass>,
 }
 
-fn convention(a: &ConvertArgs) -> Result<ScaleConvention> {
-    match a.linear_class {
-        Some(LinearClass::Autobitlinear) => Ok(ScaleConvention::Multiply),
-        Some(LinearClass::Bitlinear) => Ok(ScaleConvention::Divide),
-        None => {
-            let config = a
-                .input
-                .parent()
-                .unwrap_or(Path::new("."))
-                .join("config.json");
-            let text = std::fs::read_to_string(&config).with_context(|| {
-                format!("reading {} (or pass --linear-class)", config.display())
-            })?;
-            let json: serde_json::Value = serde_json::from_str(&text)
-                .with_context(|| format!("parsing {}", config.display()))?;
-            let Some(class) = json["quantization_config"]["linear_class"].as_str() else {
-                bail!(
-                    "{} has no quantization_config.linear_class; pass --linear-class",
-                    config.display()
-                );
-            };
-            Ok(ScaleConvention::from_linear_class(class)?)
-        }
-    }
-}
-
 pub fn convert(a: ConvertArgs) -> Result<()> {
-    let bytes =
-        std::fs::read(&a.input).with_context(|| format!("reading {}", a.input.display()))?;
-    let out = if bytes.starts_with(b"GGUF") {
-        let bar = ProgressBar::new_spinner().with_message("converting");
-        let out = gguf_file(&bytes, |_| bar.inc(1));
-        bar.finish_with_message("converted");
-        out
-    } else {
-        let convention = convention(&a)?;
-        let st = SafeTensors::deserialize(&bytes)
-            .with_context(|| format!("parsing {}", a.input.display()))?;
-        let bar = progress(st.len(), "converting");
-        let out = hf_checkpoint(&st, convention, |_| bar.inc(1));
-        bar.finish_with_message("converted");
-        out
-    }
-    .with_context(|| format!("converting {}", a.input.display()))?;
+    let convention = a.linear_class.map(|c| match c {
+        LinearClass::Autobitlinear => ScaleConvention::Multiply,
+        LinearClass::Bitlinear => ScaleConvention::Divide,
+    });
+    let bar = ProgressBar::new_spinner().with_message("converting");
+    let out = checkpoint_file(&a.input, convention, |_| bar.inc(1))
+        .with_context(|| format!("converting {}", a.input.display()))?;
+    bar.finish_with_message("converted");
     std::fs::write(&a.output, out.to_bytes()?)?;
     println!(
         "{} matrices converted, {} tensors kept -> {}",

@@ -76,7 +76,7 @@ enum OutType {
     Bf16,
 }
 
-pub fn progress(len: usize, what: &str) -> ProgressBar {
+fn progress(len: usize, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len as u64);
     bar.set_style(
         ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} {wide_msg}")

@@ -10,13 +10,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use safetensors::SafeTensors;
 use warp_bitnet::cuda::{GemmArgs, Gpu};
-use warp_bitnet::import::{gguf_file, hf_checkpoint, ScaleConvention};
+use warp_bitnet::import::{checkpoint_file, ScaleConvention};
 use warp_bitnet::{DType, Error};
 
-/// The one place core errors become Python exceptions: bad arguments -> ValueError,
-/// everything the environment or the driver caused -> RuntimeError.
+/// The one place core errors become Python exceptions: bad arguments and files ->
+/// ValueError, file system errors -> OSError subclasses, the driver -> RuntimeError.
 fn to_py(e: Error) -> PyErr {
     match e {
         Error::ShapeMismatch { .. }
@@ -29,6 +28,8 @@ fn to_py(e: Error) -> PyErr {
         | Error::Misaligned { .. }
         | Error::Unsupported { .. }
         | Error::BadFile(_) => PyValueError::new_err(e.to_string()),
+        // FileNotFoundError, PermissionError, ... as Python's own file functions raise.
+        Error::Io(io) => io.into(),
         _ => PyRuntimeError::new_err(e.to_string()),
     }
 }
@@ -154,9 +155,8 @@ fn quantize_i8(
         .map_err(to_py)
 }
 
-/// A Hugging Face BitNet checkpoint file (`linear_class` given) or a bitnet.cpp GGUF file
-/// (`linear_class` None) -> our packed safetensors file (core `import`); returns
-/// (matrices converted, tensors kept).
+/// A Hugging Face BitNet checkpoint or a bitnet.cpp GGUF file -> our packed safetensors
+/// file (core `import::checkpoint_file`); returns (matrices converted, tensors kept).
 #[pyfunction]
 #[pyo3(signature = (input, output, linear_class=None))]
 fn convert_checkpoint(
@@ -170,16 +170,7 @@ fn convert_checkpoint(
         .transpose()
         .map_err(to_py)?;
     py.detach(|| {
-        let bytes = std::fs::read(&input)?;
-        let file = match convention {
-            None => gguf_file(&bytes, |_| ()),
-            Some(convention) => {
-                let st = SafeTensors::deserialize(&bytes)
-                    .map_err(|e| PyValueError::new_err(format!("{}: {e}", input.display())))?;
-                hf_checkpoint(&st, convention, |_| ())
-            }
-        }
-        .map_err(to_py)?;
+        let file = checkpoint_file(&input, convention, |_| ()).map_err(to_py)?;
         std::fs::write(&output, file.to_bytes().map_err(to_py)?)?;
         Ok((file.matrices.len(), file.other.len()))
     })

@@ -12,6 +12,8 @@
 //!   c[128 b + 64 + p] << 2 | c[128 b + 96 + p]`, followed by a 32-byte tail whose first 4
 //!   bytes are the f32 per-tensor scale; [`gguf_file`] reads a whole bitnet.cpp model file.
 
+use std::path::Path;
+
 use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
 
@@ -41,6 +43,51 @@ impl ScaleConvention {
             }),
         }
     }
+}
+
+/// A checkpoint file as our packed file: a bitnet.cpp GGUF file (told apart by its magic;
+/// [`gguf_file`]) or a Hugging Face BitNet safetensors file ([`hf_checkpoint`]) whose scale
+/// convention is `convention` or else the `quantization_config.linear_class` of the
+/// `config.json` beside it. `progress` is called once per tensor.
+pub fn checkpoint_file(
+    path: &Path,
+    convention: Option<ScaleConvention>,
+    progress: impl FnMut(&str),
+) -> Result<PackedFile> {
+    let bytes = std::fs::read(path)?;
+    if bytes.starts_with(b"GGUF") {
+        if convention.is_some() {
+            return Err(Error::Unsupported {
+                what: "linear_class",
+                detail: "given for a GGUF file, which carries its own scales".into(),
+            });
+        }
+        return gguf_file(&bytes, progress);
+    }
+    let convention = match convention {
+        Some(c) => c,
+        None => convention_of_config(&path.parent().unwrap_or(Path::new(".")).join("config.json"))?,
+    };
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::BadFile(format!("{}: {e}", path.display())))?;
+    hf_checkpoint(&st, convention, progress)
+}
+
+/// The `quantization_config.linear_class` of a transformers `config.json`.
+fn convention_of_config(config: &Path) -> Result<ScaleConvention> {
+    let missing = |why: String| {
+        Error::BadFile(format!(
+            "{}: {why}; pass the linear class (\"autobitlinear\" or \"bitlinear\")",
+            config.display()
+        ))
+    };
+    let text = std::fs::read_to_string(config).map_err(|e| missing(e.to_string()))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| missing(e.to_string()))?;
+    let class = json["quantization_config"]["linear_class"]
+        .as_str()
+        .ok_or_else(|| missing("no quantization_config.linear_class".into()))?;
+    ScaleConvention::from_linear_class(class)
 }
 
 fn weight_of_code(code: u8, row: usize, col: usize) -> Result<i8> {
