@@ -193,7 +193,7 @@ pub(crate) fn plan_gemm(
         }
     }
     if a.x_dtype == I8 {
-        crate::cpu::reference::check_w2a8_cols(cols)?;
+        crate::cpu::reference::check_w2a8_cols::<crate::TernaryMatrix>(cols)?;
     }
     match (a.x_dtype, a.x_scale) {
         (I8, None) => return Err(missing("x_scale", "i8 activations need per-token scales")),

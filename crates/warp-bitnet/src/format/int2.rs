@@ -120,14 +120,13 @@ impl Int2Matrix {
 
     /// All codes, row-major.
     pub fn to_codes(&self) -> Vec<u8> {
-        let wpr = words_per_row(self.cols);
-        (0..self.rows * self.cols)
-            .map(|i| {
-                let (r, c) = (i / self.cols, i % self.cols);
-                ((self.words[r * wpr + c / WEIGHTS_PER_WORD] >> (2 * (c % WEIGHTS_PER_WORD))) & 3)
-                    as u8
-            })
-            .collect()
+        let mut row = vec![0i8; self.cols];
+        let mut codes = Vec::with_capacity(self.rows * self.cols);
+        for r in 0..self.rows {
+            PackedWeights::unpack_row_into(self, r, &mut row);
+            codes.extend(row.iter().map(|&v| ((v + 3) / 2) as u8)); // 2c - 3 -> c
+        }
+        codes
     }
 }
 
