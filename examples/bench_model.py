@@ -32,7 +32,7 @@ import warp_bitnet as wb
 from torch import nn
 
 ATTENTION_MARKERS = ("flash", "fmha", "attention", "sdpa", "softmax")
-BF16_GEMM_MARKERS = ("gemm", "gemv", "cutlass", "xmma", "cublas")
+BF16_GEMM_MARKERS = ("gemm", "gemv", "cutlass", "xmma", "cublas", "nvjet")  # nvjet: cuBLAS on Hopper
 OUR_MARKERS = ("gemm_t2", "quantize_i8", "i2_to_t2")
 
 

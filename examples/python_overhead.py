@@ -4,9 +4,11 @@
 
 Times, per call (host wall clock over many back-to-back calls, then one synchronize):
 the native launch alone (`_native.gemm` with prepared pointers and a preallocated
-output), the custom op (`torch.ops.warp_bitnet.gemm`, allocates its output),
-`warp_bitnet.linear` (validation + cached T2 lookup + op) and `BitLinear.forward`;
-and the GPU time of one GEMM from a captured CUDA graph replayed many times.
+output), the custom op through torch's dispatcher (`torch.ops.warp_bitnet.gemm`, what
+torch.compile records), the op's implementation called directly (what eager code calls),
+`warp_bitnet.linear` (validation + cached T2 lookup + op), `BitLinear.forward`, and a
+dense f16 `F.linear` of the same shape for reference; and the GPU time of one GEMM from
+a captured CUDA graph replayed many times.
 """
 
 import argparse
@@ -42,6 +44,7 @@ def main():
     y = torch.empty(1, m, device="cuda", dtype=torch.float16)
     t2 = torch.ops.warp_bitnet.to_t2(packed, n)
     stream = torch.cuda.current_stream().cuda_stream
+    dense = W.half()
 
     def bare():
         _native.gemm(
@@ -51,8 +54,12 @@ def main():
     rows = {
         "native launch": per_call_us(bare),
         "torch.ops.warp_bitnet.gemm": per_call_us(lambda: torch.ops.warp_bitnet.gemm(t2, m, n, None, x, None)),
+        "ops.eager(ops.gemm) (what linear calls)": per_call_us(
+            lambda: wb.ops.eager(wb.ops.gemm)(t2, m, n, None, x, None)
+        ),
         "warp_bitnet.linear": per_call_us(lambda: wb.linear(x, packed)),
         "BitLinear.forward": per_call_us(lambda: layer(x)),
+        "torch F.linear, f16 dense (reference)": per_call_us(lambda: torch.nn.functional.linear(x, dense)),
     }
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):

@@ -105,3 +105,34 @@ def test_torch_compile_and_cuda_graph():
     static_x.copy_(torch.randn(1, 512, generator=g).half())
     graph.replay()
     torch.testing.assert_close(static_y, layer(static_x))
+
+
+def test_float32_input_takes_the_exact_int8_path():
+    g = torch.Generator().manual_seed(11)
+    W = torch.randint(-1, 2, (96, 200), generator=g).float()
+    layer = wb.BitLinear(200, 96, quantize_activations=True)
+    layer.weight_packed.copy_(wb.pack_ternary(W))
+    layer.weight_scale = torch.tensor(0.37)
+    layer.bias = torch.randn(96, generator=g)
+    x = torch.randn(3, 5, 200, generator=g)
+    cpu = layer(x)
+    gpu = layer.cuda()(x.cuda())
+    assert gpu.dtype == torch.float32
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-6, atol=1e-6)
+    with pytest.raises(TypeError, match="quantize_activations=True"):
+        wb.linear(x.cuda(), layer.weight_packed)
+
+
+def test_bitlinear_gpu_layout_follows_the_weights():
+    g = torch.Generator().manual_seed(12)
+    W1, W2 = (torch.randint(-1, 2, (64, 160), generator=g).float() for _ in range(2))
+    layer = wb.BitLinear(160, 64, bias=False).cuda()
+    assert layer.weight_t2 is not None and "weight_t2" not in layer.state_dict()
+    x = torch.randn(2, 160, generator=g).half().cuda()
+    layer.weight_packed.copy_(wb.pack_ternary(W1).cuda())
+    assert rel(layer(x), ref(W1, x)) < 1e-3  # eager: remade
+    layer.weight_packed.copy_(wb.pack_ternary(W2).cuda())
+    layer.refresh()
+    compiled = torch.compile(layer, fullgraph=True)
+    assert rel(compiled(x), ref(W2, x)) < 1e-3
+    assert layer.cpu().weight_t2 is None

@@ -19,8 +19,10 @@ def test_bitlinear_from_linear_and_state_dict_round_trip():
         want = wb.linear(x, packed, scale, lin.bias)
         torch.testing.assert_close(layer(x), want)
         fresh = wb.BitLinear(40, 7)
+        assert set(layer.state_dict()) == {"weight_packed", "weight_scale", "bias"}  # no GPU layout saved
         fresh.load_state_dict(layer.state_dict())
         torch.testing.assert_close(fresh(x), want)
+        assert fresh.weight_t2 is None  # made only on a CUDA device
 
 
 def test_ste_gradients():

@@ -186,7 +186,7 @@ def quantize_activations_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
         raise TypeError(f"`x` must be a float tensor, got {x.dtype}")
     if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16):
         flat = x.reshape(-1, x.shape[-1])
-        q, scale = ops.quantize_i8(flat)
+        q, scale = ops.eager(ops.quantize_i8)(flat)
         return q.reshape(x.shape), scale.reshape(x.shape[:-1])
     xf = x.detach().to(torch.float32)
     if not torch.isfinite(xf).all():
@@ -219,7 +219,7 @@ def _t2_of(packed: torch.Tensor, n: int) -> torch.Tensor:
     if hit is not None and hit[0]() is packed and hit[1] == (packed._version, n):
         return hit[2]
     validate_packed(packed, n)
-    t2 = ops.to_t2(packed.contiguous(), n)
+    t2 = ops.eager(ops.to_t2)(packed.contiguous(), n)
     _T2[key] = (weakref.ref(packed, lambda _, key=key: _T2.pop(key, None)), (packed._version, n), t2)
     return t2
 
@@ -260,7 +260,9 @@ def linear(
     """``y = (x . Wtᵀ) * scale + bias`` for any leading batch dimensions.
 
     Args:
-        x: ``[..., N]`` float16 / bfloat16 (CUDA kernels; f32 accumulation) or any float on CPU.
+        x: ``[..., N]`` float16 / bfloat16 (CUDA kernels; f32 accumulation), float32 on CUDA
+            with ``quantize_activations`` (exact int8 products, float32 epilogue), or any
+            float on CPU.
         packed_weight: int32 I2 words ``[M, ceil(N / 16)]`` on ``x``'s device.
         scale: optional float32 weight scale, ``[]`` / ``[1]`` or ``[M]``.
         bias: optional ``[M]`` bias (cast to ``x``'s dtype).
@@ -271,20 +273,10 @@ def linear(
         ``[..., M]`` tensor in ``x``'s dtype.
     """
     n, m = _check_linear_args(x, packed_weight, scale, bias, in_features)
+    if x.is_cuda:
+        return _linear_t2(x, _t2_of(packed_weight, n), m, scale, bias, quantize_activations)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, n)
-    if x.is_cuda:
-        if x.dtype not in (torch.float16, torch.bfloat16):
-            raise TypeError(f"CUDA `x` must be float16 or bfloat16, got {x.dtype}")
-        t2 = _t2_of(packed_weight, n)
-        s = None if scale is None else scale.to(torch.float32).reshape(-1).contiguous()
-        b = None if bias is None else bias.to(x.dtype).contiguous()
-        if quantize_activations:
-            q, qs = ops.quantize_i8(x2.contiguous())
-            y = ops.gemm_i8(t2, m, n, s, q, qs, b, x.dtype)
-        else:
-            y = ops.gemm(t2, m, n, s, x2.contiguous(), b)
-        return y.reshape(*lead, m)
     validate_packed(packed_weight, n)
     w = unpack_ternary(packed_weight, n).to(torch.float32)
     xf = x2.to(torch.float32)
@@ -298,6 +290,45 @@ def linear(
     if bias is not None:
         y = y + bias.to(torch.float32)
     return y.to(x.dtype).reshape(*lead, m)
+
+
+def _linear_t2(
+    x: torch.Tensor,
+    t2: torch.Tensor,
+    m: int,
+    scale: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    quantize_activations: bool,
+) -> torch.Tensor:
+    """The CUDA path of ``linear`` on weights already in the GPU layout (checked by the caller)."""
+    n = x.shape[-1]
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, n).contiguous()
+    s = None if scale is None else scale.to(torch.float32).reshape(-1).contiguous()
+    if x.dtype == torch.float32:
+        if not quantize_activations:
+            raise TypeError(
+                "CUDA `x` must be float16 or bfloat16 (float32 only with quantize_activations=True); cast it"
+            )
+        # int8 products summed exactly in int32, then the epilogue in float32.
+        xs = _div(127.0, x2.abs().amax(dim=-1, keepdim=True).clamp(min=ACT_EPS))
+        q = (x2 * xs).round().clamp(-128, 127).to(torch.int8)
+        qs = _div(1.0, xs)
+        y = ops.eager(ops.gemm_i8)(t2, m, n, None, q, qs.reshape(-1), None, torch.int32).to(torch.float32) * qs
+        if s is not None:
+            y = y * s
+        if bias is not None:
+            y = y + bias.to(torch.float32)
+        return y.reshape(*lead, m)
+    if x.dtype not in (torch.float16, torch.bfloat16):
+        raise TypeError(f"CUDA `x` must be float16, bfloat16 or float32, got {x.dtype}")
+    b = None if bias is None else bias.to(x.dtype).contiguous()
+    if quantize_activations:
+        q, qs = ops.eager(ops.quantize_i8)(x2)
+        y = ops.eager(ops.gemm_i8)(t2, m, n, s, q, qs, b, x.dtype)
+    else:
+        y = ops.eager(ops.gemm)(t2, m, n, s, x2, b)
+    return y.reshape(*lead, m)
 
 
 def gemv(W_packed: torch.Tensor, X: torch.Tensor, Y: torch.Tensor) -> None:

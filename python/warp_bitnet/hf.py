@@ -46,6 +46,7 @@ def _from_auto(module) -> BitLinear:
     layer.weight_scale = scale.reshape(())
     if module.bias is not None:
         layer.bias = module.bias.detach().clone()
+    layer.refresh()
     return layer
 
 

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from . import functional as F
+from . import ops
 
 WEIGHT_METHODS = ("absmean", "absmean_row", "absmax")
 
@@ -15,7 +16,11 @@ class BitLinear(nn.Module):
     """Inference layer on packed ternary weights: ``y = (x . Wtᵀ) * scale + bias``.
 
     Buffers (in ``state_dict``): ``weight_packed`` (int32 I2 words ``[out, ceil(in / 16)]``),
-    ``weight_scale`` (float32 ``[]`` or ``[out]``) and, if present, ``bias``.
+    ``weight_scale`` (float32 ``[]`` or ``[out]``) and, if present, ``bias``. On a CUDA
+    device the layer also keeps ``weight_t2``, the weights in the GPU tile layout (not
+    saved), made when the weights are loaded or moved and again in an eager forward
+    after ``weight_packed`` changed in place. A compiled forward uses ``weight_t2`` as
+    it is: after changing ``weight_packed`` in place, call ``refresh()`` before it.
 
     Args:
         in_features, out_features: as ``nn.Linear``.
@@ -45,6 +50,33 @@ class BitLinear(nn.Module):
             self.register_buffer("bias", torch.zeros(out_features, dtype=dtype or torch.float32, device=device))
         else:
             self.bias = None
+        self.register_buffer("weight_t2", None, persistent=False)
+        self._t2_source: tuple | None = None  # (data_ptr, version) of the weights weight_t2 holds
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Remakes ``weight_t2`` from ``weight_packed`` (validated) on CUDA; drops it elsewhere."""
+        w = self.weight_packed
+        if not w.is_cuda:
+            self.weight_t2, self._t2_source = None, None
+            return
+        F.validate_packed(w, self.in_features)
+        self.weight_t2 = ops.eager(ops.to_t2)(w.contiguous(), self.in_features)
+        self._t2_source = (w.data_ptr(), w._version)
+
+    def _gpu_weights(self) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            if self.weight_t2 is not None:
+                return self.weight_t2
+            return ops.to_t2(self.weight_packed.contiguous(), self.in_features)
+        if self._t2_source != (self.weight_packed.data_ptr(), self.weight_packed._version):
+            self.refresh()
+        return self.weight_t2
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self.refresh()
+        return self
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, method: str = "absmean", quantize_activations: bool = False) -> BitLinear:
@@ -63,6 +95,7 @@ class BitLinear(nn.Module):
         layer.weight_method = method
         layer.weight_packed.copy_(packed)
         layer.weight_scale = scale.to(linear.weight.device)
+        layer.refresh()
         if linear.bias is not None:
             layer.bias = linear.bias.detach().clone()
         return layer
@@ -91,6 +124,7 @@ class BitLinear(nn.Module):
         )
         layer.weight_packed.copy_(F.pack_ternary(ternary))
         layer.weight_scale = scale.to(weight.device)
+        layer.refresh()
         if bias is not None:
             if bias.shape != (out_features,):
                 raise ValueError(f"`bias` must have shape ({out_features},), got {tuple(bias.shape)}")
@@ -103,15 +137,21 @@ class BitLinear(nn.Module):
         if scale is not None and scale.shape != self.weight_scale.shape:
             self.weight_scale = torch.empty_like(scale, device=self.weight_scale.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.refresh()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(
-            x,
-            self.weight_packed,
-            self.weight_scale,
-            self.bias,
-            in_features=self.in_features,
-            quantize_activations=self.quantize_activations,
+        if not x.is_cuda:
+            return F.linear(
+                x,
+                self.weight_packed,
+                self.weight_scale,
+                self.bias,
+                in_features=self.in_features,
+                quantize_activations=self.quantize_activations,
+            )
+        F._check_linear_args(x, self.weight_packed, self.weight_scale, self.bias, self.in_features)
+        return F._linear_t2(
+            x, self._gpu_weights(), self.out_features, self.weight_scale, self.bias, self.quantize_activations
         )
 
     def extra_repr(self) -> str:

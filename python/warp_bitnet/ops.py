@@ -14,8 +14,17 @@ import torch
 from . import _native
 
 
+def eager(op):
+    """The implementation of custom op ``op`` outside torch.compile, else the op: called
+    directly it skips the dispatcher (tens of microseconds a call, more than a GEMV takes);
+    it is the same code, graph-capture safe either way."""
+    return op if torch.compiler.is_compiling() else _IMPLS[op]
+
+
 def _stream(t: torch.Tensor) -> int:
-    return torch.cuda.current_stream(t.device).cuda_stream
+    # The raw handle of torch's current stream (what inductor's generated code reads);
+    # torch.cuda.current_stream() builds a Stream object, several microseconds a call.
+    return torch._C._cuda_getCurrentRawStream(t.device.index)
 
 
 def _ptr(t: torch.Tensor | None) -> int:
@@ -38,8 +47,7 @@ def _cuda_contiguous(name: str, t: torch.Tensor, device: torch.device | None = N
         _require(t.device == device, f"`{name}` is on {t.device}, expected {device}")
 
 
-@torch.library.custom_op("warp_bitnet::to_t2", mutates_args=())
-def to_t2(packed: torch.Tensor, cols: int) -> torch.Tensor:
+def _to_t2(packed: torch.Tensor, cols: int) -> torch.Tensor:
     """I2 words ``[M, ceil(cols / 16)]`` (int32, CUDA) -> GPU tile layout (int32 words)."""
     _cuda_contiguous("packed", packed)
     _require(packed.dtype == torch.int32, f"`packed` must be int32, got {packed.dtype}")
@@ -49,13 +57,15 @@ def to_t2(packed: torch.Tensor, cols: int) -> torch.Tensor:
     return out
 
 
+to_t2 = torch.library.custom_op("warp_bitnet::to_t2", mutates_args=())(_to_t2)
+
+
 @to_t2.register_fake
 def _(packed, cols):
     return packed.new_empty(_native.t2_words(packed.shape[0], cols))
 
 
-@torch.library.custom_op("warp_bitnet::gemm", mutates_args=())
-def gemm(
+def _gemm(
     t2: torch.Tensor, rows: int, cols: int, scale: torch.Tensor | None, x: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor:
     """``y[B, rows] = (x[B, cols] . Wtᵀ) * scale + bias`` with f16/bf16 ``x`` on CUDA."""
@@ -79,13 +89,15 @@ def gemm(
     return y
 
 
+gemm = torch.library.custom_op("warp_bitnet::gemm", mutates_args=())(_gemm)
+
+
 @gemm.register_fake
 def _(t2, rows, cols, scale, x, bias):
     return x.new_empty(x.shape[0], rows)
 
 
-@torch.library.custom_op("warp_bitnet::gemm_i8", mutates_args=())
-def gemm_i8(
+def _gemm_i8(
     t2: torch.Tensor,
     rows: int,
     cols: int,
@@ -95,13 +107,21 @@ def gemm_i8(
     bias: torch.Tensor | None,
     out_dtype: torch.dtype,
 ) -> torch.Tensor:
-    """W2A8: ``y = (q . Wtᵀ) * x_scale[:, None] * scale + bias`` in ``out_dtype`` (f16/bf16)."""
+    """W2A8: ``y = (q . Wtᵀ) * x_scale[:, None] * scale + bias`` in ``out_dtype`` (f16/bf16), or
+    with ``out_dtype=torch.int32`` the exact integer sums ``q . Wtᵀ`` (``scale`` and ``bias``
+    must then be None)."""
     _cuda_contiguous("q", q)
     _cuda_contiguous("t2", t2, q.device)
     _cuda_contiguous("x_scale", x_scale, q.device)
     _require(q.dtype == torch.int8 and q.dim() == 2 and q.shape[1] == cols, f"`q` must be int8 [B, {cols}]")
     _require(x_scale.dtype == torch.float32 and x_scale.numel() == q.shape[0], "`x_scale` must be float32 [B]")
-    _require(out_dtype in (torch.float16, torch.bfloat16), f"`out_dtype` must be float16 or bfloat16, got {out_dtype}")
+    _require(
+        out_dtype in (torch.float16, torch.bfloat16, torch.int32),
+        f"`out_dtype` must be float16, bfloat16 or int32, got {out_dtype}",
+    )
+    _require(
+        out_dtype != torch.int32 or (scale is None and bias is None), "int32 output takes no `scale` and no `bias`"
+    )
     if scale is not None:
         _cuda_contiguous("scale", scale, q.device)
         _require(scale.dtype == torch.float32 and scale.numel() in (1, rows), "`scale` must be float32 [1] or [rows]")
@@ -117,13 +137,15 @@ def gemm_i8(
     return y
 
 
+gemm_i8 = torch.library.custom_op("warp_bitnet::gemm_i8", mutates_args=())(_gemm_i8)
+
+
 @gemm_i8.register_fake
 def _(t2, rows, cols, scale, q, x_scale, bias, out_dtype):
     return q.new_empty(q.shape[0], rows, dtype=out_dtype)
 
 
-@torch.library.custom_op("warp_bitnet::quantize_i8", mutates_args=())
-def quantize_i8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _quantize_i8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token int8 quantization of ``[B, N]`` f16/bf16 on CUDA: ``(q, scale)``."""
     _cuda_contiguous("x", x)
     _require(x.dim() == 2 and x.dtype in (torch.float16, torch.bfloat16), "`x` must be float16/bfloat16 [B, N]")
@@ -137,6 +159,12 @@ def quantize_i8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale
 
 
+quantize_i8 = torch.library.custom_op("warp_bitnet::quantize_i8", mutates_args=())(_quantize_i8)
+
+
 @quantize_i8.register_fake
 def _(x):
     return x.new_empty(x.shape, dtype=torch.int8), x.new_empty(x.shape[0], dtype=torch.float32)
+
+
+_IMPLS = {to_t2: _to_t2, gemm: _gemm, gemm_i8: _gemm_i8, quantize_i8: _quantize_i8}
