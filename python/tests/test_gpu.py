@@ -136,3 +136,31 @@ def test_bitlinear_gpu_layout_follows_the_weights():
     compiled = torch.compile(layer, fullgraph=True)
     assert rel(compiled(x), ref(W2, x)) < 1e-3
     assert layer.cpu().weight_t2 is None
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 1e-3), (torch.bfloat16, 1e-2)])
+@pytest.mark.parametrize("m,n", [(1, 16), (127, 48), (300, 2560), (4097, 300)])
+@pytest.mark.parametrize("batch", [1, 3, 17])
+def test_linear_int2_matches_float64(dtype, tol, m, n, batch):
+    g = torch.Generator().manual_seed(m * 7 + n + batch)
+    W, scale = wb.quantize_int2(torch.randn(m, n, generator=g))
+    L = wb.unpack_int2(W, n)
+    bias = torch.randn(m, generator=g)
+    x = torch.randn(batch, n, generator=g).to(dtype)
+    got = wb.linear_int2(x.cuda(), W.cuda(), scale.cuda(), bias.to(dtype).cuda())
+    assert got.dtype == dtype
+    assert rel(got.cpu(), ref(L, x, scale, bias.to(dtype))) < tol
+
+
+def test_int2_compatibility_module_on_gpu():
+    import bitnet_int2_cuda
+
+    g = torch.Generator().manual_seed(5)
+    L = torch.randint(0, 4, (333, 1000), generator=g).float() - 1.5
+    X = torch.randn(1000, generator=g).half().cuda()
+    Y = torch.full((333,), float("nan"), dtype=torch.float16, device="cuda")
+    bitnet_int2_cuda.gemv_int2(bitnet_int2_cuda.pack_int2(L).cuda(), X, Y)
+    assert rel(Y.cpu(), ref(L, X.cpu())) < 1e-3
+    s = torch.rand(333, generator=g) + 0.5
+    bitnet_int2_cuda.gemv_int2_scaled(bitnet_int2_cuda.pack_int2(L).cuda(), X, s.cuda(), Y)
+    assert rel(Y.cpu(), ref(L, X.cpu(), s)) < 1e-3

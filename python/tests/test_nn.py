@@ -80,6 +80,7 @@ def test_convert_skips_and_quantize_matches_training_forward():
 
 def test_compatibility_modules():
     import bit_linear_train
+    import bitnet_int2_cuda
     import warp_bitnet_cuda
 
     assert bit_linear_train.BitLinearTrain is wb.BitLinearTrain
@@ -95,6 +96,11 @@ def test_compatibility_modules():
     s = torch.rand(8) + 0.5
     warp_bitnet_cuda.gemv_int2_scaled(warp_bitnet_cuda.pack_int2(L), X, s, Y)
     torch.testing.assert_close(Y, (L @ X) * s, rtol=1e-5, atol=1e-5)
+    Y.zero_()
+    bitnet_int2_cuda.gemv_int2_scaled(bitnet_int2_cuda.pack_int2(L), X, s, Y)
+    torch.testing.assert_close(Y, (L @ X) * s, rtol=1e-5, atol=1e-5)
+    bitnet_int2_cuda.gemv_int2(bitnet_int2_cuda.pack_int2(L), X, Y)
+    torch.testing.assert_close(Y, L @ X, rtol=1e-5, atol=1e-5)
 
 
 def make_task(n, d=32, classes=4, seed=0):

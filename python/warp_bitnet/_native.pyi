@@ -11,12 +11,14 @@ def cuda_available() -> bool:
 def t2_words(rows: int, cols: int) -> int:
     """Number of int32 words of the GPU (T2) layout of a rows x cols matrix."""
 
-def i2_to_t2(device: int, src: int, dst: int, rows: int, cols: int, stream: int) -> None:
-    """I2 words at ``src`` -> T2 words at ``dst`` on ``device``, in ``stream``'s order."""
+def i2_to_t2(device: int, src: int, dst: int, rows: int, cols: int, levels: str, stream: int) -> None:
+    """I2-layout words at ``src`` (``levels``: ``"ternary"`` or ``"int2"`` codes) -> T2 words at
+    ``dst`` on ``device``, in ``stream``'s order."""
 
 def gemm(
     device: int,
     tiles: int,
+    levels: str,
     rows: int,
     cols: int,
     scale: int,
@@ -32,7 +34,8 @@ def gemm(
     x_scale: int,
     stream: int,
 ) -> None:
-    """``y = (x . Wtᵀ) * scale + bias`` (pointer 0 = absent); raises ValueError on bad arguments."""
+    """``y = (x . Wᵀ) * scale + bias`` on ``"ternary"`` or ``"int2"`` T2 weights (pointer 0 =
+    absent); raises ValueError on bad arguments."""
 
 def quantize_i8(
     device: int, x: int, x_dtype: str, batch: int, n: int, ldx: int, q: int, scale: int, stream: int

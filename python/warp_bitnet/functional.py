@@ -208,19 +208,22 @@ def _div(a: float, t: torch.Tensor) -> torch.Tensor:
 _T2: dict[int, tuple] = {}
 
 
-def _t2_of(packed: torch.Tensor, n: int) -> torch.Tensor:
+def _t2_of(packed: torch.Tensor, n: int, levels: str = "ternary") -> torch.Tensor:
     """The GPU layout of I2 words on a CUDA device. Eagerly it is converted once per
     tensor version and cached (so a captured CUDA graph replays only the GEMM); under
     torch.compile the conversion is an op of the graph."""
     if torch.compiler.is_compiling():
-        return ops.to_t2(packed.contiguous(), n)
+        return ops.to_t2(packed.contiguous(), n, levels)
     key = id(packed)
     hit = _T2.get(key)
-    if hit is not None and hit[0]() is packed and hit[1] == (packed._version, n):
+    if hit is not None and hit[0]() is packed and hit[1] == (packed._version, n, levels):
         return hit[2]
-    validate_packed(packed, n)
-    t2 = ops.eager(ops.to_t2)(packed.contiguous(), n)
-    _T2[key] = (weakref.ref(packed, lambda _, key=key: _T2.pop(key, None)), (packed._version, n), t2)
+    if levels == "ternary":
+        validate_packed(packed, n)
+    else:
+        _check_padding(_word_codes(packed, n, "INT2"), n, "code 0")
+    t2 = ops.eager(ops.to_t2)(packed.contiguous(), n, levels)
+    _T2[key] = (weakref.ref(packed, lambda _, key=key: _T2.pop(key, None)), (packed._version, n, levels), t2)
     return t2
 
 
@@ -299,8 +302,10 @@ def _linear_t2(
     scale: torch.Tensor | None,
     bias: torch.Tensor | None,
     quantize_activations: bool,
+    levels: str = "ternary",
 ) -> torch.Tensor:
-    """The CUDA path of ``linear`` on weights already in the GPU layout (checked by the caller)."""
+    """The CUDA path of ``linear`` (``linear_int2`` with ``levels="int2"``) on weights already
+    in the GPU layout (checked by the caller)."""
     n = x.shape[-1]
     lead = x.shape[:-1]
     x2 = x.reshape(-1, n).contiguous()
@@ -314,7 +319,8 @@ def _linear_t2(
         xs = _div(127.0, x2.abs().amax(dim=-1, keepdim=True).clamp(min=ACT_EPS))
         q = (x2 * xs).round().clamp(-128, 127).to(torch.int8)
         qs = _div(1.0, xs)
-        y = ops.eager(ops.gemm_i8)(t2, m, n, None, q, qs.reshape(-1), None, torch.int32).to(torch.float32) * qs
+        acc = ops.eager(ops.gemm_i8)(t2, m, n, None, q, qs.reshape(-1), None, torch.int32, levels)
+        y = acc.to(torch.float32) * (qs if levels == "ternary" else qs * 0.5)  # INT2: twice the levels
         if s is not None:
             y = y * s
         if bias is not None:
@@ -325,9 +331,9 @@ def _linear_t2(
     b = None if bias is None else bias.to(x.dtype).contiguous()
     if quantize_activations:
         q, qs = ops.eager(ops.quantize_i8)(x2)
-        y = ops.eager(ops.gemm_i8)(t2, m, n, s, q, qs, b, x.dtype)
+        y = ops.eager(ops.gemm_i8)(t2, m, n, s, q, qs, b, x.dtype, levels)
     else:
-        y = ops.eager(ops.gemm)(t2, m, n, s, x2, b)
+        y = ops.eager(ops.gemm)(t2, m, n, s, x2, b, levels)
     return y.reshape(*lead, m)
 
 
@@ -344,8 +350,7 @@ def gemv(W_packed: torch.Tensor, X: torch.Tensor, Y: torch.Tensor) -> None:
 
 
 # INT2: four levels {-1.5, -0.5, +0.5, +1.5}, code c -> c - 1.5, in the I2 word layout
-# (docs/FORMATS.md, "INT2"). The CUDA kernels for INT2 have not landed yet: on CUDA tensors
-# these functions run PyTorch ops (unpack, then a float32 matmul), correct but not fast.
+# (docs/FORMATS.md, "INT2"). float16 / bfloat16 CUDA activations run the INT2 kernels.
 
 INT2_METHODS = ("mse", "absmax")
 _INT2_MAX_ROUNDS = 100
@@ -423,10 +428,12 @@ def linear_int2(
 ) -> torch.Tensor:
     """``y = (x . Lᵀ) * scale + bias`` for INT2 weights ``L`` (levels), float32 accumulation.
 
-    ``scale`` is ``[]``, ``[1]`` or ``[M]``; ``x`` is ``[..., N]``. On CUDA tensors this is
-    PyTorch ops for now (the INT2 kernels have not landed).
+    ``scale`` is ``[]``, ``[1]`` or ``[M]``; ``x`` is ``[..., N]``: float16 / bfloat16 on
+    CUDA run the INT2 kernels; other floats (and CPU tensors) run PyTorch ops.
     """
     n, m = _check_linear_args(x, packed_weight, scale, bias, in_features)
+    if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16):
+        return _linear_t2(x, _t2_of(packed_weight, n, "int2"), m, scale, bias, False, "int2")
     levels = unpack_int2(packed_weight, n)
     y = x.reshape(-1, n).to(torch.float32) @ levels.T
     if scale is not None:

@@ -47,13 +47,14 @@ def _cuda_contiguous(name: str, t: torch.Tensor, device: torch.device | None = N
         _require(t.device == device, f"`{name}` is on {t.device}, expected {device}")
 
 
-def _to_t2(packed: torch.Tensor, cols: int) -> torch.Tensor:
-    """I2 words ``[M, ceil(cols / 16)]`` (int32, CUDA) -> GPU tile layout (int32 words)."""
+def _to_t2(packed: torch.Tensor, cols: int, levels: str = "ternary") -> torch.Tensor:
+    """I2-layout words ``[M, ceil(cols / 16)]`` (int32, CUDA; ternary I2 codes, or INT2
+    codes with ``levels="int2"``) -> GPU tile layout (int32 words)."""
     _cuda_contiguous("packed", packed)
     _require(packed.dtype == torch.int32, f"`packed` must be int32, got {packed.dtype}")
     rows = packed.shape[0]
     out = torch.empty(_native.t2_words(rows, cols), dtype=torch.int32, device=packed.device)
-    _native.i2_to_t2(packed.device.index, packed.data_ptr(), out.data_ptr(), rows, cols, _stream(packed))
+    _native.i2_to_t2(packed.device.index, packed.data_ptr(), out.data_ptr(), rows, cols, levels, _stream(packed))
     return out
 
 
@@ -61,14 +62,21 @@ to_t2 = torch.library.custom_op("warp_bitnet::to_t2", mutates_args=())(_to_t2)
 
 
 @to_t2.register_fake
-def _(packed, cols):
+def _(packed, cols, levels="ternary"):
     return packed.new_empty(_native.t2_words(packed.shape[0], cols))
 
 
 def _gemm(
-    t2: torch.Tensor, rows: int, cols: int, scale: torch.Tensor | None, x: torch.Tensor, bias: torch.Tensor | None
+    t2: torch.Tensor,
+    rows: int,
+    cols: int,
+    scale: torch.Tensor | None,
+    x: torch.Tensor,
+    bias: torch.Tensor | None,
+    levels: str = "ternary",
 ) -> torch.Tensor:
-    """``y[B, rows] = (x[B, cols] . Wtᵀ) * scale + bias`` with f16/bf16 ``x`` on CUDA."""
+    """``y[B, rows] = (x[B, cols] . Wᵀ) * scale + bias`` with f16/bf16 ``x`` on CUDA; ``W``
+    ternary, or the INT2 levels with ``levels="int2"``."""
     _cuda_contiguous("x", x)
     _cuda_contiguous("t2", t2, x.device)
     _require(x.dim() == 2 and x.shape[1] == cols, f"`x` must be [B, {cols}], got {tuple(x.shape)}")
@@ -83,7 +91,7 @@ def _gemm(
     dt = _dtype_name(x.dtype)
     per_row = scale is not None and scale.numel() == rows and rows > 1
     _native.gemm(
-        x.device.index, t2.data_ptr(), rows, cols, _ptr(scale), per_row, x.data_ptr(), dt, cols,
+        x.device.index, t2.data_ptr(), levels, rows, cols, _ptr(scale), per_row, x.data_ptr(), dt, cols,
         y.data_ptr(), dt, rows, x.shape[0], _ptr(bias), 0, _stream(x),
     )  # fmt: skip
     return y
@@ -93,7 +101,7 @@ gemm = torch.library.custom_op("warp_bitnet::gemm", mutates_args=())(_gemm)
 
 
 @gemm.register_fake
-def _(t2, rows, cols, scale, x, bias):
+def _(t2, rows, cols, scale, x, bias, levels="ternary"):
     return x.new_empty(x.shape[0], rows)
 
 
@@ -106,10 +114,11 @@ def _gemm_i8(
     x_scale: torch.Tensor,
     bias: torch.Tensor | None,
     out_dtype: torch.dtype,
+    levels: str = "ternary",
 ) -> torch.Tensor:
     """W2A8: ``y = (q . Wtᵀ) * x_scale[:, None] * scale + bias`` in ``out_dtype`` (f16/bf16), or
     with ``out_dtype=torch.int32`` the exact integer sums ``q . Wtᵀ`` (``scale`` and ``bias``
-    must then be None)."""
+    must then be None; for ``levels="int2"`` twice the level sums, integers)."""
     _cuda_contiguous("q", q)
     _cuda_contiguous("t2", t2, q.device)
     _cuda_contiguous("x_scale", x_scale, q.device)
@@ -131,7 +140,7 @@ def _gemm_i8(
     y = torch.empty(q.shape[0], rows, dtype=out_dtype, device=q.device)
     per_row = scale is not None and scale.numel() == rows and rows > 1
     _native.gemm(
-        q.device.index, t2.data_ptr(), rows, cols, _ptr(scale), per_row, q.data_ptr(), "int8", cols,
+        q.device.index, t2.data_ptr(), levels, rows, cols, _ptr(scale), per_row, q.data_ptr(), "int8", cols,
         y.data_ptr(), _dtype_name(out_dtype), rows, q.shape[0], _ptr(bias), x_scale.data_ptr(), _stream(q),
     )  # fmt: skip
     return y
@@ -141,7 +150,7 @@ gemm_i8 = torch.library.custom_op("warp_bitnet::gemm_i8", mutates_args=())(_gemm
 
 
 @gemm_i8.register_fake
-def _(t2, rows, cols, scale, q, x_scale, bias, out_dtype):
+def _(t2, rows, cols, scale, q, x_scale, bias, out_dtype, levels="ternary"):
     return q.new_empty(q.shape[0], rows, dtype=out_dtype)
 
 

@@ -12,7 +12,7 @@ use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use warp_bitnet::cuda::{GemmArgs, Gpu};
 use warp_bitnet::import::{checkpoint_file, ScaleConvention};
-use warp_bitnet::{DType, Error};
+use warp_bitnet::{DType, Error, Levels};
 
 /// The one place core errors become Python exceptions: bad arguments and files ->
 /// ValueError, file system errors -> OSError subclasses, the driver -> RuntimeError.
@@ -59,6 +59,16 @@ fn gpu(ordinal: usize) -> PyResult<Arc<Gpu>> {
     Ok(g)
 }
 
+fn parse_levels(name: &str) -> PyResult<Levels> {
+    match name {
+        "ternary" => Ok(Levels::Ternary),
+        "int2" => Ok(Levels::Int2),
+        _ => Err(PyValueError::new_err(format!(
+            "levels must be \"ternary\" or \"int2\", got {name:?}"
+        ))),
+    }
+}
+
 /// Whether a CUDA driver and device are present.
 #[pyfunction]
 fn cuda_available() -> bool {
@@ -71,9 +81,11 @@ fn t2_words(rows: usize, cols: usize) -> usize {
     warp_bitnet::format::tiled::len_words(rows, cols)
 }
 
-/// I2 -> T2 on device `device`: `src` holds `rows * ceil(cols / 16)` validated I2 words,
-/// `dst` receives `t2_words(rows, cols)` words; `stream` is a `cudaStream_t` as an int.
+/// I2-layout words -> T2 on device `device`: `src` holds `rows * ceil(cols / 16)` words
+/// (validated I2 codes for `levels="ternary"`, INT2 codes for `"int2"`), `dst` receives
+/// `t2_words(rows, cols)` words; `stream` is a `cudaStream_t` as an int.
 #[pyfunction]
+#[allow(clippy::too_many_arguments)]
 fn i2_to_t2(
     py: Python<'_>,
     device: usize,
@@ -81,24 +93,28 @@ fn i2_to_t2(
     dst: u64,
     rows: usize,
     cols: usize,
+    levels: &str,
     stream: u64,
 ) -> PyResult<()> {
+    let levels = parse_levels(levels)?;
     let g = gpu(device)?;
     // SAFETY: the Python caller passes live, contiguous CUDA tensors of the sizes
     // above on `device` (checked in warp_bitnet/_ops.py) and keeps them alive for the
     // launch, which runs in `stream`'s order like every PyTorch op on them.
-    py.detach(|| unsafe { g.i2_to_t2_raw(src, dst, rows, cols, stream as _) })
+    py.detach(|| unsafe { g.i2_to_t2_raw(src, dst, rows, cols, levels, stream as _) })
         .map_err(to_py)
 }
 
-/// `y = (x . Wtᵀ) * scale + bias` on T2 weights at `tiles` (see `warp_bitnet.ops.gemm`).
+/// `y = (x . Wᵀ) * scale + bias` on T2 weights at `tiles` whose codes are `levels`
+/// (`"ternary"` or `"int2"`; see `warp_bitnet.ops.gemm`).
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
-#[pyo3(signature = (device, tiles, rows, cols, scale, scale_per_row, x, x_dtype, ldx, y, y_dtype, ldy, batch, bias, x_scale, stream))]
+#[pyo3(signature = (device, tiles, levels, rows, cols, scale, scale_per_row, x, x_dtype, ldx, y, y_dtype, ldy, batch, bias, x_scale, stream))]
 fn gemm(
     py: Python<'_>,
     device: usize,
     tiles: u64,
+    levels: &str,
     rows: usize,
     cols: usize,
     scale: u64,
@@ -114,6 +130,7 @@ fn gemm(
     x_scale: u64,
     stream: u64,
 ) -> PyResult<()> {
+    let levels = parse_levels(levels)?;
     let g = gpu(device)?;
     let nonzero = |p: u64| (p != 0).then_some(p);
     let args = GemmArgs {
@@ -129,7 +146,7 @@ fn gemm(
     };
     let scale = nonzero(scale).map(|p| (p, scale_per_row));
     // SAFETY: as in `i2_to_t2`: live CUDA tensors of the checked sizes on `device`.
-    py.detach(|| unsafe { g.gemm_tiles_raw(rows, cols, tiles, scale, &args, stream as _) })
+    py.detach(|| unsafe { g.gemm_tiles_raw(rows, cols, levels, tiles, scale, &args, stream as _) })
         .map_err(to_py)
 }
 

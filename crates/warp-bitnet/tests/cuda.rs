@@ -11,10 +11,10 @@ use std::sync::Arc;
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr};
 use half::{bf16, f16};
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use warp_bitnet::bench::{random_matrix, reference_f64};
+use warp_bitnet::bench::{random_int2_matrix, random_matrix, reference_f64};
 use warp_bitnet::cuda::{GemmArgs, Gpu};
 use warp_bitnet::format::tiled;
-use warp_bitnet::{cpu, quant, Activation, DType, Scale, TernaryMatrix};
+use warp_bitnet::{cpu, quant, Activation, DType, Int2Matrix, PackedWeights, Scale, TernaryMatrix};
 
 const ROWS: [usize; 4] = [1, 3, 127, 4097];
 const COLS: [usize; 5] = [16, 48, 2560, 6912, 28672];
@@ -34,13 +34,31 @@ fn batches(rows: usize, cols: usize) -> &'static [usize] {
 }
 
 /// The three scale kinds in turn.
-fn with_scale(w: TernaryMatrix, i: usize, rng: &mut StdRng) -> TernaryMatrix {
-    let s = match i % 3 {
+fn scale_kind(i: usize, rows: usize, rng: &mut StdRng) -> Scale {
+    match i % 3 {
         0 => Scale::None,
         1 => Scale::PerTensor(rng.random_range(0.01..2.0)),
-        _ => Scale::PerRow((0..w.rows()).map(|_| rng.random_range(0.01..2.0)).collect()),
-    };
-    w.with_scale(s).unwrap()
+        _ => Scale::PerRow((0..rows).map(|_| rng.random_range(0.01..2.0)).collect()),
+    }
+}
+
+/// Random weights of either kind, with scale kind `i % 3`.
+trait RandomWeights: PackedWeights + Sized {
+    fn random(rng: &mut StdRng, rows: usize, cols: usize, i: usize) -> Self;
+}
+
+impl RandomWeights for TernaryMatrix {
+    fn random(rng: &mut StdRng, rows: usize, cols: usize, i: usize) -> Self {
+        let s = scale_kind(i, rows, rng);
+        random_matrix(rng, rows, cols).with_scale(s).unwrap()
+    }
+}
+
+impl RandomWeights for Int2Matrix {
+    fn random(rng: &mut StdRng, rows: usize, cols: usize, i: usize) -> Self {
+        let words = random_int2_matrix(rng, rows, cols).words().to_vec();
+        Int2Matrix::from_words(rows, cols, words, scale_kind(i, rows, rng)).unwrap()
+    }
 }
 
 fn rel_err(got: &[f64], want: &[f64]) -> f64 {
@@ -79,10 +97,20 @@ fn layout_round_trips_through_the_device() {
             "{rows}x{cols}"
         );
         assert_eq!(gpu.download_i2(&d, &s).unwrap(), w.words(), "{rows}x{cols}");
+        let w = Int2Matrix::random(&mut rng, rows, cols, 0);
+        let d = gpu.upload(&w, &s).unwrap();
+        assert_eq!(
+            gpu.download_i2(&d, &s).unwrap(),
+            w.words(),
+            "INT2 {rows}x{cols}"
+        );
     }
 }
 
-fn check_w2a16<T: warp_bitnet::cuda::GpuFloat + Activation + cudarc::driver::ValidAsZeroBits>(
+fn check_w2a16<
+    W: RandomWeights,
+    T: warp_bitnet::cuda::GpuFloat + Activation + cudarc::driver::ValidAsZeroBits,
+>(
     tol: f64,
 ) {
     let (gpu, s, mut rng) = setup();
@@ -92,7 +120,7 @@ fn check_w2a16<T: warp_bitnet::cuda::GpuFloat + Activation + cudarc::driver::Val
         .flat_map(|r| COLS.iter().map(move |c| (r, c)))
         .enumerate()
     {
-        let w = with_scale(random_matrix(&mut rng, rows, cols), i, &mut rng);
+        let w = W::random(&mut rng, rows, cols, i);
         let d = gpu.upload(&w, &s).unwrap();
         for &batch in batches(rows, cols) {
             let x: Vec<T> = (0..batch * cols)
@@ -135,7 +163,8 @@ fn check_w2a16<T: warp_bitnet::cuda::GpuFloat + Activation + cudarc::driver::Val
         }
     }
     eprintln!(
-        "{:?} worst relative error {worst:.2e}",
+        "{:?} {:?} worst relative error {worst:.2e}",
+        W::LEVELS,
         <T as Activation>::DTYPE
     );
 }
@@ -143,25 +172,47 @@ fn check_w2a16<T: warp_bitnet::cuda::GpuFloat + Activation + cudarc::driver::Val
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn w2a16_f16_matches_float64() {
-    check_w2a16::<f16>(1e-3);
+    check_w2a16::<TernaryMatrix, f16>(1e-3);
 }
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn w2a16_bf16_matches_float64() {
-    check_w2a16::<bf16>(1e-2);
+    check_w2a16::<TernaryMatrix, bf16>(1e-2);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn int2_w2a16_f16_matches_float64() {
+    check_w2a16::<Int2Matrix, f16>(1e-3);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn int2_w2a16_bf16_matches_float64() {
+    check_w2a16::<Int2Matrix, bf16>(1e-2);
 }
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn w2a8_integer_part_is_exact_and_epilogue_accurate() {
+    check_w2a8::<TernaryMatrix>();
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn int2_w2a8_integer_part_is_exact_and_epilogue_accurate() {
+    check_w2a8::<Int2Matrix>();
+}
+
+fn check_w2a8<W: RandomWeights>() {
     let (gpu, s, mut rng) = setup();
     for (i, (&rows, &cols)) in ROWS
         .iter()
         .flat_map(|r| COLS.iter().map(move |c| (r, c)))
         .enumerate()
     {
-        let w = with_scale(random_matrix(&mut rng, rows, cols), i, &mut rng);
+        let w = W::random(&mut rng, rows, cols, i);
         let d = gpu.upload(&w, &s).unwrap();
         for &batch in batches(rows, cols) {
             let q: Vec<i8> = (0..batch * cols).map(|_| rng.random()).collect();
@@ -286,9 +337,14 @@ fn strided_and_misaligned_activations_take_the_scalar_path_correctly() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn every_kernel_on_small_odd_shapes() {
+    every_kernel::<TernaryMatrix>();
+    every_kernel::<Int2Matrix>();
+}
+
+fn every_kernel<W: RandomWeights>() {
     let (gpu, s, mut rng) = setup();
     for (i, (rows, cols)) in [(37, 300), (129, 1000)].into_iter().enumerate() {
-        let w = with_scale(random_matrix(&mut rng, rows, cols), i + 1, &mut rng);
+        let w = W::random(&mut rng, rows, cols, i + 1);
         let d = gpu.upload(&w, &s).unwrap();
         for batch in [1, 5, 9, 17, 40] {
             let xf: Vec<f32> = (0..batch * cols)
@@ -390,7 +446,7 @@ fn misaligned_int8_activations_are_exact() {
 fn cpu_and_gpu_backends_agree() {
     let (gpu, s, mut rng) = setup();
     let (rows, cols, batch) = (777, 2560, 4);
-    let w = with_scale(random_matrix(&mut rng, rows, cols), 2, &mut rng);
+    let w = TernaryMatrix::random(&mut rng, rows, cols, 2);
     let x: Vec<f16> = (0..batch * cols)
         .map(|_| f16::from_f32(rng.random_range(-1.0..1.0)))
         .collect();

@@ -18,9 +18,12 @@ use rand::Rng;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::{max_rel_err, median, random_matrix, reference_f64, BenchRow, Shape};
+use super::{
+    max_rel_err, median, random_int2_matrix, random_matrix, reference_f64, BenchRow, Shape,
+};
 use crate::cuda::Gpu;
 use crate::error::Result;
+use crate::PackedWeights;
 
 /// Facts about the run that every row shares.
 #[derive(Clone, Debug, Serialize)]
@@ -122,7 +125,8 @@ impl CudaBench {
         (4 * self.info.l2_bytes).div_ceil(bytes.max(1)) + 1
     }
 
-    /// All rows for one shape and batch size.
+    /// All rows for one shape and batch size: cuBLAS f16 and bf16, then our kernels on
+    /// ternary (`t2`) and INT2 weights of that shape.
     pub fn run_shape(
         &self,
         shape: Shape,
@@ -137,74 +141,25 @@ impl CudaBench {
             .collect();
         let x16: Vec<f16> = xf.iter().map(|&v| f16::from_f32(v)).collect();
         let xb16: Vec<bf16> = xf.iter().map(|&v| bf16::from_f32(v)).collect();
+        let acts = Acts {
+            x_h: s.clone_htod(&x16)?,
+            x_b: s.clone_htod(&xb16)?,
+            x16,
+            xb16,
+        };
 
-        // Our weights, rotated.
-        let first = self.gpu.upload(&w, s)?;
-        let ours_copies = self.copies_for(first.tiled_bytes());
-        let mut ws = vec![first];
-        for _ in 1..ours_copies {
-            ws.push(ws[0].try_clone()?);
-        }
-        // Dense weights W * scale for cuBLAS, rotated.
+        // ---- cuBLAS baselines on the dense W * scale, rotated ----
         let dense_f16: Vec<f16> = dense(&w, f16::from_f32);
         let dense_bf16: Vec<bf16> = dense(&w, bf16::from_f32);
         let blas_copies = self.copies_for(dense_f16.len() * 2);
-
-        let x_h = s.clone_htod(&x16)?;
-        let x_b = s.clone_htod(&xb16)?;
         let mut y_h = s.alloc_zeros::<f16>(batch * rows)?;
         let mut y_b = s.alloc_zeros::<bf16>(batch * rows)?;
-        let mut q = s.alloc_zeros::<i8>(batch * cols)?;
-        let mut qs = s.alloc_zeros::<f32>(batch)?;
-
-        let mut out = Vec::new();
-        let bytes = |wbytes: usize, xsz: usize, ysz: usize| {
-            (wbytes + batch * (cols * xsz + rows * ysz)) as f64
-        };
-        let row = |act: &str, base: &str, t: f64, tb: f64, b: f64, err: f64| BenchRow {
-            shape: shape.name.into(),
-            rows,
-            cols,
-            batch,
-            format: "t2".into(),
-            activation: act.into(),
-            backend: "cuda".into(),
-            device: self.info.gpu.clone(),
-            time_us: t,
-            baseline: base.into(),
-            baseline_us: tb,
-            speedup: tb / t,
-            gbps: b / t / 1e3,
-            pct_copy_bw: 100.0 * (b / t / 1e3) / self.info.copy_gbps,
-            max_rel_err: err,
-        };
-
-        // Float64 reference on the f16-rounded activations.
-        let want16 = reference_f64(
-            &w,
-            &x16.iter()
-                .map(|v| f64::from(v.to_f32()))
-                .collect::<Vec<_>>(),
-            batch,
-            None,
-        );
-        let wantb16 = reference_f64(
-            &w,
-            &xb16
-                .iter()
-                .map(|v| f64::from(v.to_f32()))
-                .collect::<Vec<_>>(),
-            batch,
-            None,
-        );
-
-        // ---- cuBLAS baselines ----
         let t_blas_h = {
             let d = self.replicate(&dense_f16, blas_copies)?;
             self.time(blas_copies, &mut |i| {
                 self.cublas_gemm(
                     &d[i],
-                    &x_h,
+                    &acts.x_h,
                     &mut y_h,
                     rows,
                     cols,
@@ -218,7 +173,7 @@ impl CudaBench {
             self.time(blas_copies, &mut |i| {
                 self.cublas_gemm(
                     &d[i],
-                    &x_b,
+                    &acts.x_b,
                     &mut y_b,
                     rows,
                     cols,
@@ -227,61 +182,124 @@ impl CudaBench {
                 )
             })?
         };
+        drop((dense_f16, dense_bf16));
+        let base = Baseline {
+            shape,
+            batch,
+            f16_us: t_blas_h,
+            bf16_us: t_blas_b,
+        };
+        let mut out = self.ours(&w, "t2", &acts, &base)?;
+        out.extend(self.ours(&random_int2_matrix(rng, rows, cols), "int2", &acts, &base)?);
+        Ok(out)
+    }
+
+    /// Our rows for weights `w` (reported as `format`): f16, bf16, int8, and the
+    /// f16 -> int8 quantizer followed by the int8 GEMM.
+    fn ours<W: PackedWeights>(
+        &self,
+        w: &W,
+        format: &str,
+        acts: &Acts,
+        base: &Baseline,
+    ) -> Result<Vec<BenchRow>> {
+        let (rows, cols, batch) = (w.rows(), w.cols(), base.batch);
+        let s = &self.stream;
+        let first = self.gpu.upload(w, s)?;
+        let ours_copies = self.copies_for(first.tiled_bytes());
+        let mut ws = vec![first];
+        for _ in 1..ours_copies {
+            ws.push(ws[0].try_clone()?);
+        }
+        let mut y_h = s.alloc_zeros::<f16>(batch * rows)?;
+        let mut y_b = s.alloc_zeros::<bf16>(batch * rows)?;
+        let mut q = s.alloc_zeros::<i8>(batch * cols)?;
+        let mut qs = s.alloc_zeros::<f32>(batch)?;
+        let (x_h, x_b) = (&acts.x_h, &acts.x_b);
+
+        let mut out = Vec::new();
+        let bytes = |wbytes: usize, xsz: usize, ysz: usize| {
+            (wbytes + batch * (cols * xsz + rows * ysz)) as f64
+        };
+        let row = |act: &str, base_name: &str, t: f64, tb: f64, b: f64, err: f64| BenchRow {
+            shape: base.shape.name.into(),
+            rows,
+            cols,
+            batch,
+            format: format.into(),
+            activation: act.into(),
+            backend: "cuda".into(),
+            device: self.info.gpu.clone(),
+            time_us: t,
+            baseline: base_name.into(),
+            baseline_us: tb,
+            speedup: tb / t,
+            gbps: b / t / 1e3,
+            pct_copy_bw: 100.0 * (b / t / 1e3) / self.info.copy_gbps,
+            max_rel_err: err,
+        };
+        let to_f64 = |v: &[f16]| v.iter().map(|v| f64::from(v.to_f32())).collect::<Vec<_>>();
+
+        // Float64 references on the rounded activations.
+        let want16 = reference_f64(w, &to_f64(&acts.x16), batch, None);
+        let wantb16 = reference_f64(
+            w,
+            &acts
+                .xb16
+                .iter()
+                .map(|v| f64::from(v.to_f32()))
+                .collect::<Vec<_>>(),
+            batch,
+            None,
+        );
 
         // ---- W2A16 ----
         poison(s, &mut y_h)?;
-        self.gpu.gemm(&ws[0], &x_h, batch, None, &mut y_h, s)?;
-        let err = max_rel_err(
-            s.clone_dtoh(&y_h)?.iter().map(|v| f64::from(v.to_f32())),
-            &want16,
-        );
+        self.gpu.gemm(&ws[0], x_h, batch, None, &mut y_h, s)?;
+        let err = max_rel_err(to_f64(&s.clone_dtoh(&y_h)?).into_iter(), &want16);
         let t = self.time(ours_copies, &mut |i| {
-            self.gpu.gemm(&ws[i], &x_h, batch, None, &mut y_h, s)
+            self.gpu.gemm(&ws[i], x_h, batch, None, &mut y_h, s)
         })?;
         out.push(row(
             "f16",
             "cublas-f16",
             t,
-            t_blas_h,
+            base.f16_us,
             bytes(ws[0].tiled_bytes(), 2, 2),
             err,
         ));
 
         poison(s, &mut y_b)?;
-        self.gpu.gemm(&ws[0], &x_b, batch, None, &mut y_b, s)?;
+        self.gpu.gemm(&ws[0], x_b, batch, None, &mut y_b, s)?;
         let err = max_rel_err(
             s.clone_dtoh(&y_b)?.iter().map(|v| f64::from(v.to_f32())),
             &wantb16,
         );
         let t = self.time(ours_copies, &mut |i| {
-            self.gpu.gemm(&ws[i], &x_b, batch, None, &mut y_b, s)
+            self.gpu.gemm(&ws[i], x_b, batch, None, &mut y_b, s)
         })?;
         out.push(row(
             "bf16",
             "cublas-bf16",
             t,
-            t_blas_b,
+            base.bf16_us,
             bytes(ws[0].tiled_bytes(), 2, 2),
             err,
         ));
 
         // ---- W2A8: quantize on the device, then the int8 GEMM ----
-        self.gpu
-            .quantize_i8(&x_h, batch, cols, &mut q, &mut qs, s)?;
+        self.gpu.quantize_i8(x_h, batch, cols, &mut q, &mut qs, s)?;
         let (qh, qsh) = (s.clone_dtoh(&q)?, s.clone_dtoh(&qs)?);
         let deq: Vec<f64> = qh
             .iter()
             .enumerate()
             .map(|(i, &v)| f64::from(v) * f64::from(qsh[i / cols]))
             .collect();
-        let want8 = reference_f64(&w, &deq, batch, None);
+        let want8 = reference_f64(w, &deq, batch, None);
         poison(s, &mut y_h)?;
         self.gpu
             .gemm_w2a8(&ws[0], &q, &qs, batch, None, &mut y_h, s)?;
-        let err = max_rel_err(
-            s.clone_dtoh(&y_h)?.iter().map(|v| f64::from(v.to_f32())),
-            &want8,
-        );
+        let err = max_rel_err(to_f64(&s.clone_dtoh(&y_h)?).into_iter(), &want8);
         let t = self.time(ours_copies, &mut |i| {
             self.gpu
                 .gemm_w2a8(&ws[i], &q, &qs, batch, None, &mut y_h, s)
@@ -290,23 +308,18 @@ impl CudaBench {
             "i8",
             "cublas-f16",
             t,
-            t_blas_h,
+            base.f16_us,
             bytes(ws[0].tiled_bytes(), 1, 2),
             err,
         ));
         // The combined path, checked on its own output first (same activations, same q).
         poison(s, &mut y_h)?;
-        self.gpu
-            .quantize_i8(&x_h, batch, cols, &mut q, &mut qs, s)?;
+        self.gpu.quantize_i8(x_h, batch, cols, &mut q, &mut qs, s)?;
         self.gpu
             .gemm_w2a8(&ws[0], &q, &qs, batch, None, &mut y_h, s)?;
-        let err = max_rel_err(
-            s.clone_dtoh(&y_h)?.iter().map(|v| f64::from(v.to_f32())),
-            &want8,
-        );
+        let err = max_rel_err(to_f64(&s.clone_dtoh(&y_h)?).into_iter(), &want8);
         let t = self.time(ours_copies, &mut |i| {
-            self.gpu
-                .quantize_i8(&x_h, batch, cols, &mut q, &mut qs, s)?;
+            self.gpu.quantize_i8(x_h, batch, cols, &mut q, &mut qs, s)?;
             self.gpu
                 .gemm_w2a8(&ws[i], &q, &qs, batch, None, &mut y_h, s)
         })?;
@@ -314,7 +327,7 @@ impl CudaBench {
             "f16>i8",
             "cublas-f16",
             t,
-            t_blas_h,
+            base.f16_us,
             bytes(ws[0].tiled_bytes(), 2, 2),
             err,
         ));
@@ -380,6 +393,22 @@ impl CudaBench {
         }?;
         Ok(())
     }
+}
+
+/// One shape's activations, on the host (for the references) and on the device.
+struct Acts {
+    x16: Vec<f16>,
+    xb16: Vec<bf16>,
+    x_h: CudaSlice<f16>,
+    x_b: CudaSlice<bf16>,
+}
+
+/// One shape's cuBLAS times, microseconds.
+struct Baseline {
+    shape: Shape,
+    batch: usize,
+    f16_us: f64,
+    bf16_us: f64,
 }
 
 /// Dense row-major `W * scale`, converted per element.

@@ -24,12 +24,20 @@ pub struct Source {
 }
 
 /// Headers every source may include, by name.
-const HEADERS: &[(&str, &str)] = &[("common.cuh", include_str!("kernels/common.cuh"))];
+const HEADERS: &[(&str, &str)] = &[
+    ("common.cuh", include_str!("kernels/common.cuh")),
+    ("gemm.cuh", include_str!("kernels/gemm.cuh")),
+];
 
 /// The ternary GEMM family.
 pub const GEMM_T2: Source = Source {
     name: "gemm_t2.cu",
     text: include_str!("kernels/gemm_t2.cu"),
+};
+/// The INT2 GEMM family (same template as the ternary one).
+pub const GEMM_INT2: Source = Source {
+    name: "gemm_int2.cu",
+    text: include_str!("kernels/gemm_int2.cu"),
 };
 /// I2 <-> T2 layout conversion.
 pub const LAYOUT: Source = Source {
@@ -42,7 +50,7 @@ pub const QUANT: Source = Source {
     text: include_str!("kernels/quant.cu"),
 };
 /// Every kernel source (CI compiles each for several architectures).
-pub const SOURCES: &[Source] = &[GEMM_T2, LAYOUT, QUANT];
+pub const SOURCES: &[Source] = &[GEMM_T2, GEMM_INT2, LAYOUT, QUANT];
 
 const OPTIONS: &[&str] = &["-std=c++17", "-lineinfo"];
 

@@ -12,7 +12,7 @@ use half::{bf16, f16};
 use super::{Gpu, GpuMatrix};
 use crate::dtype::DType;
 use crate::error::{shape, Error, Result};
-use crate::format::{tiled, MAX_DIM};
+use crate::format::{tiled, Levels, MAX_DIM};
 
 /// Threads per GEMM CTA (8 warps; `WARPS` in gemm_t2.cu).
 pub(crate) const GEMM_THREADS: u32 = 256;
@@ -100,9 +100,13 @@ pub struct GemmArgs {
     pub x_scale: Option<CUdeviceptr>,
 }
 
-/// The kernel symbol for an (activation, output, tokens per CTA) triple.
-pub fn gemm_symbol(x: DType, y: DType, tokens_per_cta: usize) -> String {
-    format!("gemm_t2_{}_{}_n{tokens_per_cta}", x.name(), y.name())
+/// The kernel symbol for weight levels, activation, output and tokens per CTA.
+pub fn gemm_symbol(levels: Levels, x: DType, y: DType, tokens_per_cta: usize) -> String {
+    let family = match levels {
+        Levels::Ternary => "t2",
+        Levels::Int2 => "int2",
+    };
+    format!("gemm_{family}_{}_{}_n{tokens_per_cta}", x.name(), y.name())
 }
 
 /// A checked launch: kernel symbol, parameters and grid.
@@ -138,6 +142,7 @@ impl Occupancy for Gpu {
 pub(crate) fn plan_gemm(
     rows: usize,
     cols: usize,
+    levels: Levels,
     w: CUdeviceptr,
     w_scale: Option<(CUdeviceptr, bool)>,
     a: &GemmArgs,
@@ -165,7 +170,7 @@ pub(crate) fn plan_gemm(
     // shared memory; a row too long for it takes the 8-token kernel.
     let row_bytes = k_tiles * 128 * a.x_dtype.size();
     let mut tokens = tokens_per_cta(a.batch);
-    if tokens == 1 && row_bytes > gpu.max_dynamic(&gemm_symbol(a.x_dtype, a.y_dtype, 1))? {
+    if tokens == 1 && row_bytes > gpu.max_dynamic(&gemm_symbol(levels, a.x_dtype, a.y_dtype, 1))? {
         tokens = TOKENS_PER_CTA[0];
     }
     let groups = a.batch.div_ceil(tokens);
@@ -193,7 +198,11 @@ pub(crate) fn plan_gemm(
         }
     }
     if a.x_dtype == I8 {
-        crate::cpu::reference::check_w2a8_cols::<crate::TernaryMatrix>(cols)?;
+        use crate::cpu::reference::check_w2a8_cols;
+        match levels {
+            Levels::Ternary => check_w2a8_cols::<crate::TernaryMatrix>(cols)?,
+            Levels::Int2 => check_w2a8_cols::<crate::Int2Matrix>(cols)?,
+        }
     }
     match (a.x_dtype, a.x_scale) {
         (I8, None) => return Err(missing("x_scale", "i8 activations need per-token scales")),
@@ -224,7 +233,7 @@ pub(crate) fn plan_gemm(
         (I32, _) | (_, None) => (0, false),
         (_, Some(s)) => s,
     };
-    let symbol = gemm_symbol(a.x_dtype, a.y_dtype, tokens);
+    let symbol = gemm_symbol(levels, a.x_dtype, a.y_dtype, tokens);
     // Token groups share the GPU: each gets its share of the resident CTAs. Filling
     // every slot beat spreading the row tiles evenly over fewer CTAs (docs/NOTES.md, v8).
     let smem = if tokens == 1 { row_bytes } else { 0 };
@@ -366,20 +375,22 @@ impl Gpu {
         stream: CUstream,
     ) -> Result<()> {
         // SAFETY: forwarded.
-        unsafe { self.gemm_tiles_raw(w.rows(), w.cols(), tiles, scale, args, stream) }
+        unsafe { self.gemm_tiles_raw(w.rows(), w.cols(), w.levels(), tiles, scale, args, stream) }
     }
 
     /// GEMM on weights that are themselves a raw device buffer of T2 words (e.g. a
-    /// tensor owned by PyTorch): `tiles` holds [`tiled::len_words`]`(rows, cols)` words,
-    /// `scale` is `(pointer, per_row)` to one f32 or `rows` f32.
+    /// tensor owned by PyTorch): `tiles` holds [`tiled::len_words`]`(rows, cols)` words
+    /// of `levels` codes, `scale` is `(pointer, per_row)` to one f32 or `rows` f32.
     ///
     /// # Safety
     /// As [`Gpu::gemm_raw`]; in addition `tiles` (16-byte aligned) and `scale` must hold
     /// what they claim and stay alive until the launch completes.
+    #[allow(clippy::too_many_arguments)]
     pub unsafe fn gemm_tiles_raw(
         &self,
         rows: usize,
         cols: usize,
+        levels: Levels,
         tiles: CUdeviceptr,
         scale: Option<(CUdeviceptr, bool)>,
         args: &GemmArgs,
@@ -401,7 +412,7 @@ impl Gpu {
         if let Some((s, _)) = scale {
             check_ptr("scale", s, 4)?;
         }
-        let plan = plan_gemm(rows, cols, tiles, scale, args, self)?;
+        let plan = plan_gemm(rows, cols, levels, tiles, scale, args, self)?;
         let f = self.function(&plan.symbol)?;
         let mut params = plan.params;
         let mut kp = [&mut params as *mut GemmParams as *mut c_void];
@@ -437,7 +448,8 @@ impl Gpu {
     }
 
     /// W2A8: `y = (q . Wtᵀ) * x_scale[b] * scale + bias` with f16/bf16 `y`, or the raw
-    /// accumulators `sum_k q[b, k] * w[r, k]` with i32 `y` (no scale; `bias` must be `None`).
+    /// accumulators `sum_k q[b, k] * w[r, k]` with i32 `y` (no scale; `bias` must be `None`;
+    /// for INT2 weights twice the level sum, `sum_k q[b, k] * 2 L[r, k]`, an integer).
     #[allow(clippy::too_many_arguments)]
     pub fn gemm_w2a8<O: GpuOut>(
         &self,
@@ -639,6 +651,7 @@ mod tests {
         let p = plan_gemm(
             100,
             300,
+            Levels::Ternary,
             0x10,
             Some((0x20, true)),
             &args(DType::F16, DType::F16, 1),
@@ -653,14 +666,24 @@ mod tests {
             ldy: 10_000,
             ..args(DType::F16, DType::F16, 1)
         };
-        let p = plan_gemm(10_000, 300, 0x10, None, &tall, GPU).unwrap();
+        let p = plan_gemm(10_000, 300, Levels::Ternary, 0x10, None, &tall, GPU).unwrap();
         // Persistent: 625 row tiles over the 264 resident CTAs.
         assert_eq!(p.grid, (264, 1, 1));
-        let p = plan_gemm(100, 300, 0x10, None, &args(DType::I8, DType::I32, 70), GPU).unwrap();
+        let p = plan_gemm(
+            100,
+            300,
+            Levels::Ternary,
+            0x10,
+            None,
+            &args(DType::I8, DType::I32, 70),
+            GPU,
+        )
+        .unwrap();
         assert_eq!((p.symbol.as_str(), p.grid.1), ("gemm_t2_i8_i32_n32", 3));
         let p = plan_gemm(
             100,
             300,
+            Levels::Ternary,
             0x10,
             None,
             &args(DType::BF16, DType::BF16, 9),
@@ -668,22 +691,41 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.symbol, "gemm_t2_bf16_bf16_n16");
-        let p = plan_gemm(100, 300, 0x10, None, &args(DType::F16, DType::F16, 2), GPU).unwrap();
+        let p = plan_gemm(
+            100,
+            300,
+            Levels::Ternary,
+            0x10,
+            None,
+            &args(DType::F16, DType::F16, 2),
+            GPU,
+        )
+        .unwrap();
         assert_eq!(p.symbol, "gemm_t2_f16_f16_n8");
-        let p = plan_gemm(100, 300, 0x10, None, &args(DType::I8, DType::BF16, 1), GPU).unwrap();
+        let p = plan_gemm(
+            100,
+            300,
+            Levels::Ternary,
+            0x10,
+            None,
+            &args(DType::I8, DType::BF16, 1),
+            GPU,
+        )
+        .unwrap();
         assert_eq!((p.symbol.as_str(), p.smem), ("gemm_t2_i8_bf16_n1", 3 * 128));
         // A row longer than the shared memory the single-token kernel may take (200 KB).
         let wide = GemmArgs {
             ldx: 1 << 17,
             ..args(DType::F16, DType::F16, 1)
         };
-        let p = plan_gemm(100, 1 << 17, 0x10, None, &wide, GPU).unwrap();
+        let p = plan_gemm(100, 1 << 17, Levels::Ternary, 0x10, None, &wide, GPU).unwrap();
         assert_eq!((p.symbol.as_str(), p.smem), ("gemm_t2_f16_f16_n8", 0));
     }
 
     #[test]
     fn rejects_bad_arguments() {
-        let bad = |a: GemmArgs| plan_gemm(100, 300, 0x10, None, &a, GPU).unwrap_err();
+        let bad =
+            |a: GemmArgs| plan_gemm(100, 300, Levels::Ternary, 0x10, None, &a, GPU).unwrap_err();
         assert!(matches!(
             bad(args(DType::F16, DType::BF16, 1)),
             Error::Unsupported { .. }

@@ -98,9 +98,19 @@ impl Gpu {
         let arch = compile::arch_for(major, minor);
         let smem_optin =
             ctx.attribute(Attr::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)? as usize;
+        // The two GEMM families take seconds each to compile on first use: in parallel.
+        let cubins: Vec<Result<Vec<u8>>> = std::thread::scope(|scope| {
+            let jobs: Vec<_> = compile::SOURCES
+                .iter()
+                .map(|src| scope.spawn(|| compile::cubin_cached(*src, &arch)))
+                .collect();
+            jobs.into_iter()
+                .map(|j| j.join().expect("NVRTC compile thread panicked"))
+                .collect()
+        });
         let mut functions = HashMap::new();
-        for src in compile::SOURCES {
-            let cubin = compile::cubin_cached(*src, &arch)?;
+        for (src, cubin) in compile::SOURCES.iter().zip(cubins) {
+            let cubin = cubin?;
             let module = ctx.load_module(cudarc::nvrtc::Ptx::from_binary(cubin))?;
             for name in kernel_names(src.text) {
                 let function = module.load_function(&name)?;
@@ -225,14 +235,24 @@ mod tests {
 
     #[test]
     fn finds_every_kernel_and_the_symbol_builder_agrees() {
-        let names = kernel_names(compile::GEMM_T2.text);
-        assert_eq!(names.len(), 20);
-        for n in &names {
-            assert!(n.starts_with("gemm_t2_"), "{n}");
+        use crate::{DType, Levels};
+        for (src, levels, prefix) in [
+            (compile::GEMM_T2, Levels::Ternary, "gemm_t2_"),
+            (compile::GEMM_INT2, Levels::Int2, "gemm_int2_"),
+        ] {
+            let names = kernel_names(src.text);
+            assert_eq!(names.len(), 20);
+            for n in &names {
+                assert!(n.starts_with(prefix), "{n}");
+            }
+            for (x, y, t) in [
+                (DType::F16, DType::F16, 1),
+                (DType::BF16, DType::BF16, 8),
+                (DType::I8, DType::I32, 32),
+            ] {
+                assert!(names.contains(&gemm_symbol(levels, x, y, t)));
+            }
         }
-        assert!(names.contains(&gemm_symbol(crate::DType::F16, crate::DType::F16, 1)));
-        assert!(names.contains(&gemm_symbol(crate::DType::F16, crate::DType::F16, 8)));
-        assert!(names.contains(&gemm_symbol(crate::DType::I8, crate::DType::I32, 32)));
         assert_eq!(kernel_names(compile::LAYOUT.text), ["i2_to_t2", "t2_to_i2"]);
         assert_eq!(
             kernel_names(compile::QUANT.text),

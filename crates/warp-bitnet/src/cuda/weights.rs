@@ -1,4 +1,4 @@
-//! Device-resident ternary weights in the T2 layout.
+//! Device-resident 2-bit weights (ternary or INT2) in the T2 tile layout.
 
 use std::ffi::c_void;
 use std::sync::Arc;
@@ -9,12 +9,14 @@ use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut
 use super::launch::launch;
 use super::Gpu;
 use crate::error::{Error, Result};
-use crate::format::{i2, tiled, Scale, TernaryMatrix};
+use crate::format::{i2, tiled, Levels, PackedWeights, Scale};
 
-/// A ternary matrix on the GPU: T2 tiles plus the weight scale.
+/// A 2-bit weight matrix on the GPU: T2 tiles, what their codes stand for, and the
+/// weight scale.
 pub struct GpuMatrix {
     rows: usize,
     cols: usize,
+    levels: Levels,
     tiles: CudaSlice<u32>,
     scale: Option<(CudaSlice<f32>, bool)>,
 }
@@ -28,6 +30,11 @@ impl GpuMatrix {
     /// Input features (N).
     pub fn cols(&self) -> usize {
         self.cols
+    }
+
+    /// Ternary or INT2.
+    pub fn levels(&self) -> Levels {
+        self.levels
     }
 
     /// Bytes of T2 tiles a GEMM reads (padding included).
@@ -44,6 +51,7 @@ impl GpuMatrix {
         Ok(Self {
             rows: self.rows,
             cols: self.cols,
+            levels: self.levels,
             tiles: self.tiles.try_clone()?,
             scale,
         })
@@ -92,8 +100,9 @@ pub(crate) struct WeightPtrs<'a> {
 }
 
 impl Gpu {
-    /// Uploads an I2 matrix and converts it to T2 on the device (`i2_to_t2`).
-    pub fn upload(&self, m: &TernaryMatrix, stream: &Arc<CudaStream>) -> Result<GpuMatrix> {
+    /// Uploads a packed matrix (ternary I2 or INT2) and converts it to T2 on the device
+    /// (`i2_to_t2`).
+    pub fn upload<W: PackedWeights>(&self, m: &W, stream: &Arc<CudaStream>) -> Result<GpuMatrix> {
         let (rows, cols) = (m.rows(), m.cols());
         let words = tiled::len_words(rows, cols);
         let i2_dev = stream.clone_htod(m.words())?;
@@ -104,7 +113,7 @@ impl Gpu {
             let (dst, _g2) = tiles.device_ptr_mut(stream);
             // SAFETY: `src` holds the validated I2 words of a rows x cols matrix and
             // `dst` its T2 words, both on `stream`, alive until the guards drop.
-            unsafe { self.i2_to_t2_raw(src, dst, rows, cols, stream.cu_stream()) }?;
+            unsafe { self.i2_to_t2_raw(src, dst, rows, cols, W::LEVELS, stream.cu_stream()) }?;
         }
         let scale = match m.scale() {
             Scale::None => None,
@@ -115,24 +124,26 @@ impl Gpu {
         Ok(GpuMatrix {
             rows,
             cols,
+            levels: W::LEVELS,
             tiles,
             scale,
         })
     }
 
-    /// I2 -> T2 on raw device pointers, on `stream`: `dst` receives
-    /// [`tiled::len_words`]`(rows, cols)` words.
+    /// I2-layout words (ternary I2 or INT2 codes, per `levels`) -> T2 on raw device
+    /// pointers, on `stream`: `dst` receives [`tiled::len_words`]`(rows, cols)` words.
     ///
     /// # Safety
-    /// `src` must hold `rows * ceil(cols / 16)` valid I2 words (no `0b11` code: they
-    /// would read as zero weights), `dst` that many T2 words, both on this GPU and
-    /// alive until the launch completes; `stream` must belong to this GPU's context.
+    /// `src` must hold `rows * ceil(cols / 16)` words (for ternary, valid I2: a `0b11`
+    /// code would read as a zero weight), `dst` that many T2 words, both on this GPU
+    /// and alive until the launch completes; `stream` must belong to this GPU's context.
     pub unsafe fn i2_to_t2_raw(
         &self,
         src: CUdeviceptr,
         dst: CUdeviceptr,
         rows: usize,
         cols: usize,
+        levels: Levels,
         stream: cudarc::driver::sys::CUstream,
     ) -> Result<()> {
         if rows == 0 || cols == 0 {
@@ -162,7 +173,8 @@ impl Gpu {
         let (mut r, mut c) = (rows as u32, cols as u32);
         let (mut wpr, mut kt, mut n) =
             (i2::words_per_row(cols) as u32, k_tiles as u32, words as u64);
-        let mut kp: [*mut c_void; 7] = [
+        let mut int2 = u32::from(levels == Levels::Int2);
+        let mut kp: [*mut c_void; 8] = [
             &mut src as *mut _ as *mut c_void,
             &mut dst as *mut _ as *mut c_void,
             &mut r as *mut _ as *mut c_void,
@@ -170,12 +182,14 @@ impl Gpu {
             &mut wpr as *mut _ as *mut c_void,
             &mut kt as *mut _ as *mut c_void,
             &mut n as *mut _ as *mut c_void,
+            &mut int2 as *mut _ as *mut c_void,
         ];
         // SAFETY: parameters match i2_to_t2 in layout.cu; the caller guarantees the buffers.
         unsafe { launch(f, (blocks as u32, 1, 1), 256, 0, stream, &mut kp) }
     }
 
-    /// Converts the device tiles back to I2 (`t2_to_i2`) and copies them to the host.
+    /// Converts the device tiles back to I2-layout words (`t2_to_i2`: I2 codes for
+    /// ternary, the INT2 codes for INT2) and copies them to the host.
     pub fn download_i2(&self, w: &GpuMatrix, stream: &Arc<CudaStream>) -> Result<Vec<u32>> {
         let wpr = i2::words_per_row(w.cols);
         let n = w.rows * wpr;
@@ -188,13 +202,15 @@ impl Gpu {
             let (_, k_tiles) = tiled::tile_counts(w.rows, w.cols);
             let (mut r, mut c, mut wp, mut kt) =
                 (w.rows as u32, w.cols as u32, wpr as u32, k_tiles as u32);
-            let mut kp: [*mut c_void; 6] = [
+            let mut int2 = u32::from(w.levels == Levels::Int2);
+            let mut kp: [*mut c_void; 7] = [
                 &mut src as *mut _ as *mut c_void,
                 &mut dst as *mut _ as *mut c_void,
                 &mut r as *mut _ as *mut c_void,
                 &mut c as *mut _ as *mut c_void,
                 &mut wp as *mut _ as *mut c_void,
                 &mut kt as *mut _ as *mut c_void,
+                &mut int2 as *mut _ as *mut c_void,
             ];
             if n.div_ceil(256) > u32::MAX as usize {
                 return Err(Error::TooLarge {

@@ -11,7 +11,7 @@
 
 use super::i2::{words_per_row, WEIGHTS_PER_WORD};
 use super::matrix::{check_dims, check_scale};
-use super::{PackedWeights, Scale};
+use super::{Levels, PackedWeights, Scale};
 use crate::error::{check_len, checked_elems, Error, Result};
 
 /// Packs `rows * cols` codes (row-major, each 0..=3) into INT2 words.
@@ -131,6 +131,7 @@ impl Int2Matrix {
 }
 
 impl PackedWeights for Int2Matrix {
+    const LEVELS: Levels = Levels::Int2;
     const UNIT: f32 = 0.5;
     // |q * (2c - 3)| <= 128 * 3 per column.
     const MAX_W2A8_COLS: usize = i32::MAX as usize / 384;

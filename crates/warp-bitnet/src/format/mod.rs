@@ -8,9 +8,20 @@ pub mod tiled;
 pub use int2::Int2Matrix;
 pub use matrix::{Scale, TernaryMatrix, MAX_DIM};
 
-/// A packed 2-bit weight matrix whose rows decode to small integers; the CPU kernels
-/// take either kind.
+/// What the 2-bit codes of a packed matrix stand for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Levels {
+    /// I2 codes: 00 -> 0, 01 -> +1, 10 -> -1.
+    Ternary,
+    /// INT2 codes: c -> c - 1.5.
+    Int2,
+}
+
+/// A packed 2-bit weight matrix whose rows decode to small integers; the CPU and GPU
+/// kernels take either kind.
 pub trait PackedWeights: Sync {
+    /// What the codes stand for.
+    const LEVELS: Levels;
     /// The weight that a decoded 1 stands for: 1 for ternary, 0.5 for INT2 (whose rows
     /// decode to twice their level, so that products stay integers).
     const UNIT: f32;
@@ -30,6 +41,7 @@ pub trait PackedWeights: Sync {
 }
 
 impl PackedWeights for TernaryMatrix {
+    const LEVELS: Levels = Levels::Ternary;
     const UNIT: f32 = 1.0;
     const MAX_W2A8_COLS: usize = crate::cpu::reference::MAX_W2A8_COLS;
 

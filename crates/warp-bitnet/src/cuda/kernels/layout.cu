@@ -2,20 +2,22 @@
 // GEMM tile layout), both specified in docs/FORMATS.md. Run once at load time,
 // so they favour clarity: one thread per output word, gathering 16 codes.
 //
-// I2 code 00 -> 0, 01 -> +1, 10 -> -1 (validated on the host before upload);
-// T2 code = weight + 1. Padding (rows past M, columns past N) is weight 0.
+// Ternary (`int2` = 0): I2 code 00 -> 0, 01 -> +1, 10 -> -1 (validated on the host
+// before upload); T2 code = weight + 1; padding (rows past M, columns past N) is
+// weight 0. INT2 (`int2` = 1): codes move unchanged; padding is code 0 (the kernels
+// zero activations past N and drop rows past M, so its level never counts).
 #include "common.cuh"
 
-// Weight (-1, 0, +1) at (r, c) of an I2 matrix; 0 outside it.
-__device__ __forceinline__ int i2_weight(const u32* i2, u32 rows, u32 cols, u32 wpr, u32 r, u32 c) {
-    if (r >= rows || c >= cols) return 0;
-    const u32 code = i2[(u64)r * wpr + c / 16] >> (2 * (c % 16));
-    return (int)(code & 1) - (int)((code >> 1) & 1);
+// The T2 code of (r, c) of an I2 matrix: weight + 1 (ternary) or the code itself (INT2).
+__device__ __forceinline__ u32 t2_code(const u32* i2, u32 rows, u32 cols, u32 wpr, u32 r, u32 c, u32 int2) {
+    if (r >= rows || c >= cols) return int2 ? 0 : 1;
+    const u32 code = (i2[(u64)r * wpr + c / 16] >> (2 * (c % 16))) & 3;
+    return int2 ? code : (u32)(1 + (int)(code & 1) - (int)(code >> 1));
 }
 
 // One thread per T2 word; `words` = row tiles * k_tiles * 128.
 extern "C" __global__ void i2_to_t2(const u32* i2, u32* t2, u32 rows, u32 cols, u32 wpr, u32 k_tiles,
-                                    u64 words) {
+                                    u64 words, u32 int2) {
     const u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= words) return;
     const u64 tile = idx / 128;
@@ -25,13 +27,13 @@ extern "C" __global__ void i2_to_t2(const u32* i2, u32* t2, u32 rows, u32 cols, 
     u32 out = 0;
     for (u32 t = 0; t < 16; t++) {
         const u32 r = rt * 16 + g + 8 * (w >> 1), c = kt * 128 + 32 * q + 4 * (t % 8) + 2 * (w & 1) + t / 8;
-        out |= (u32)(i2_weight(i2, rows, cols, wpr, r, c) + 1) << (2 * t);
+        out |= t2_code(i2, rows, cols, wpr, r, c, int2) << (2 * t);
     }
     t2[idx] = out;
 }
 
 // One thread per I2 word; inverse of the slot map above.
-extern "C" __global__ void t2_to_i2(const u32* t2, u32* i2, u32 rows, u32 cols, u32 wpr, u32 k_tiles) {
+extern "C" __global__ void t2_to_i2(const u32* t2, u32* i2, u32 rows, u32 cols, u32 wpr, u32 k_tiles, u32 int2) {
     const u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (u64)rows * wpr) return;
     const u32 r = (u32)(idx / wpr), j = (u32)(idx % wpr);
@@ -44,8 +46,8 @@ extern "C" __global__ void t2_to_i2(const u32* t2, u32* i2, u32 rows, u32 cols, 
         const u32 kt = c / 128, q = (c % 128) / 32, s = (c % 32) / 4, odd_w = (c % 4) / 2, h = c % 2;
         const u32 w = 2 * upper + odd_w, t = 8 * h + s;
         const u64 word = ((u64)rt * k_tiles + kt) * 128 + (g * 4 + q) * 4 + w;
-        const int weight = (int)((t2[word] >> (2 * t)) & 3) - 1;
-        out |= (weight == 1 ? 1u : weight == -1 ? 2u : 0u) << (2 * i);
+        const u32 code = (t2[word] >> (2 * t)) & 3;  // ternary: weight + 1
+        out |= (int2 ? code : code == 2 ? 1u : code == 0 ? 2u : 0u) << (2 * i);
     }
     i2[idx] = out;
 }

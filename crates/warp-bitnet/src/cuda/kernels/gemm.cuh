@@ -1,0 +1,528 @@
+// The GEMM/GEMV family on 2-bit tiled weights: Y[B, M] = (X[B, N] . Wᵀ) * scale + bias,
+// with W the ternary weights c - 1 (gemm_t2.cu) or the INT2 levels c - 1.5
+// (gemm_int2.cu) of codes c in 0..3. Both files instantiate the template below.
+//
+// Layout (docs/FORMATS.md, "T2"; src/format/tiled.rs): tiles of 16 rows x 128
+// columns, 512 bytes each; lane t of a warp loads its 16 bytes (4 words) of a tile.
+// With g = t/4, q = t%4: words 0, 1 hold row g, words 2, 3 row g+8, columns
+// 32q..32q+31; codes c (ternary: weight + 1) sit at
+//
+//   word w, slot t (bits 2t..2t+1), s = t % 8, h = t / 8:  column 32q + 4s + 2(w & 1) + h
+//
+// so slot pair s (bits 2s and 2s+16) of words 0..3 is one m16n8k16 A fragment
+// (rows g, g+8; columns 4s..4s+3) and its B fragment is the lane's activations
+// 4s..4s+3 exactly as loaded.
+//
+// Decode (thread-instructions per 16 weights):
+//   f16, one token ("n1"): A = word & (0x00030003 << 2s) is the f16 pair c * 4^s *
+//     2^-24 (subnormal, exact): one LOP3 per 2 weights, no arithmetic; slots 5-7
+//     sit in the exponent bits and use word >> 10. MMAs of slot pairs with the same
+//     4^s accumulate together (5 groups), scaled by 2^24 / 4^s at the end, and
+//     sum(x) is subtracted: sum (c - 1) x. ~9 per word.
+//   f16 (2+ tokens), bf16: (word & mask) | 1024.0 (128.0 for bf16) is 1024 + c*4^s
+//     (one LOP3), fma(h, 4^-s, -(1024*4^-s + 1)) = c - 1 exactly (one HFMA2).
+//     ~17 per word (bf16 has 7 mantissa bits: shifts by 6 and 12, ~18).
+//   i8: (word >> 2j) & 0x03030303 = one m16n8k32 A register; the B register is
+//     one PRMT of two activation words. The MMA sums c * x; dp4a sums x.
+//   INT2 differs only where the offset enters: the n1 f16 kernel subtracts 1.5 sum(x);
+//     i8 forms sum (2c - 3) x = 2 sum c x - 3 sum x (twice the level sum, still an
+//     integer); the HFMA2 decode subtracts 1024*4^-s + 1.5, which f16 (bf16) holds for
+//     bit positions s >= 1 only, so slot pairs are shifted off position 0: f16 one
+//     more SHF per word, bf16 two more (~18 and ~20 per word).
+//   MMAs accumulate in f32 (i32 for i8); 8 tokens ride in the B fragment's columns.
+//
+// Thread mapping: a persistent CTA of 8 warps (grid = the CTAs that fit the GPU at
+// once) takes 16-row tiles blockIdx.x, + gridDim.x, ... for 8*NT tokens
+// (blockIdx.y picks the token group). Warp w takes k tiles w, w+8, ... of each row
+// tile; its weights stream through a private shared-memory ring (8 stages, 4 for
+// several token groups) filled by cp.async, which runs on across row tiles, so the
+// loads never drain between them. Activations: the single-token kernels ("n1")
+// stage the whole row once per CTA in dynamic shared memory and read it from there
+// (the 8 lanes that share a column broadcast); the token-group kernels load them
+// from global memory (L1/L2) one tile ahead, double-buffered in registers. At the
+// end of a row tile the warps' partial sums meet in shared memory and the epilogue
+// applies scale and bias and writes 16 rows x 8*NT tokens.
+//
+// Budget (batch 1, f16, per tile of 2048 weights per warp): 36 LOP3/SHF + 8 HMMA +
+// 4 LDS (activations) + LDS + LDGSTS (weights) + ~10 loop = ~60 warp-instructions. At 3.0 TB/s on 132 SMs
+// at 1.8 GHz an SM must finish a tile every ~41 cycles (164 issue slots), at 4.3
+// TB/s (H200) every ~29 cycles (114 slots): bound by HBM if issue stays above ~50%.
+// Measured (H100, 2026-11-26): 28672 x 8192 in 29.8 µs (f16) / 27.0 µs (i8), 66% /
+// 72% of copy bandwidth, 5.8x / 6.4x cuBLAS f16; the history is in docs/NOTES.md.
+#pragma once
+#include "common.cuh"
+
+#define ACT_F16 0
+#define ACT_BF16 1
+#define ACT_I8 2
+#define OUT_F16 0
+#define OUT_BF16 1
+#define OUT_I32 2
+
+#define WARPS 8
+
+// (a & mask) | magic in one LOP3. Written out because the compiler otherwise emits
+// an AND and an OR: LOP3 takes one immediate, and both constants were immediates.
+template <u32 MASK>
+__device__ __forceinline__ u32 and_or(u32 a, u32 magic) {
+    u32 d;
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(d) : "r"(a), "n"(MASK), "r"(magic));
+    return d;
+}
+
+// c - 1 for the f16 pair (1024 + c*4^j): scale 4^-j, offset -(1024*4^-j + 1).
+constexpr u32 F16_SCALE[5] = {0x3C003C00, 0x34003400, 0x2C002C00, 0x24002400, 0x1C001C00};
+constexpr u32 F16_OFFSET[5] = {0xE401E401, 0xDC04DC04, 0xD410D410, 0xCC40CC40, 0xC500C500};
+// c - 1.5 (INT2): offset -(1024*4^-j + 1.5), representable for j >= 1 only.
+constexpr u32 F16_OFFSET_INT2[5] = {0, 0xDC06DC06, 0xD418D418, 0xCC60CC60, 0xC580C580};
+// The same for the bf16 pair (128 + c*4^j).
+constexpr u32 BF16_SCALE[3] = {0x3F803F80, 0x3E803E80, 0x3D803D80};
+constexpr u32 BF16_OFFSET[3] = {0xC301C301, 0xC204C204, 0xC110C110};
+constexpr u32 BF16_OFFSET_INT2[3] = {0, 0xC206C206, 0xC118C118};
+constexpr u32 PAIR_MASK[5] = {0x00030003u, 0x000C000Cu, 0x00300030u, 0x00C000C0u, 0x03000300u};
+
+// Where slot pair s (bits 2s, 2s+16) is decoded: shifted right by pair_shift (left
+// if negative) to bit position 2 * pair_pos. Ternary: f16 keeps s = 0..4 in place and
+// moves 5..7 down by 10 bits; bf16 (7 mantissa bits) keeps 0..2 and moves 3..5 by 6,
+// 6..7 by 12. INT2 avoids position 0 (see F16_OFFSET_INT2): f16 moves 0 up by 2 and
+// 5..7 down by 8; bf16 moves 0 up by 2, 3 down by 4, 4..5 by 6, 6..7 by 10.
+template <int ACT, bool INT2>
+__device__ __forceinline__ constexpr int pair_shift(int s) {
+    if (!INT2) return ACT == ACT_F16 ? (s < 5 ? 0 : 10) : 6 * (s / 3);
+    if (s == 0) return -2;
+    if (ACT == ACT_F16) return s < 5 ? 0 : 8;
+    return s < 3 ? 0 : s == 3 ? 4 : s < 6 ? 6 : 10;
+}
+template <int ACT, bool INT2>
+__device__ __forceinline__ constexpr int pair_pos(int s) {
+    if (!INT2) return ACT == ACT_F16 ? (s < 5 ? s : s - 5) : s % 3;
+    if (s == 0) return 1;
+    if (ACT == ACT_F16) return s < 5 ? s : s - 4;
+    return s == 2 || s == 5 || s == 7 ? 2 : 1;
+}
+
+template <int SHIFT>
+__device__ __forceinline__ u32 shift_by(u32 word) {
+    return SHIFT < 0 ? word << (-SHIFT & 31) : word >> (SHIFT & 31);
+}
+
+// Slot pair s of `word` as the A register c - 1 (ternary) or c - 1.5 (INT2), f16 or bf16 pair.
+template <int ACT, bool INT2, int S>
+__device__ __forceinline__ u32 decode_pair(u32 word) {
+    constexpr int J = pair_pos<ACT, INT2>(S);
+    const u32 src = shift_by<pair_shift<ACT, INT2>(S)>(word);
+    if (ACT == ACT_F16)
+        return hfma2_f16(and_or<PAIR_MASK[J]>(src, 0x64006400u), F16_SCALE[J], INT2 ? F16_OFFSET_INT2[J] : F16_OFFSET[J]);
+    return hfma2_bf16(and_or<PAIR_MASK[J]>(src, 0x43004300u), BF16_SCALE[J], INT2 ? BF16_OFFSET_INT2[J] : BF16_OFFSET[J]);
+}
+
+__device__ __forceinline__ void mma_f16(float c[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void mma_bf16(float c[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void mma_i8(int c[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// ---- weight ring ----------------------------------------------------------------
+// Each warp owns DEPTH stages of 512 bytes (lane t's 16 bytes at 16t). A lane reads
+// back only what it copied itself, so no warp barrier sits between copy and read.
+
+__device__ __forceinline__ u32 smem_addr(const void* p) {
+    return (u32)__cvta_generic_to_shared(p);
+}
+
+__device__ __forceinline__ void cp_async_16_evict_first(u32 dst, const void* src, u64 policy) {
+    asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "l"(policy));
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
+
+__device__ __forceinline__ u32x4 lds128(u32 addr) {
+    u32x4 v;
+    asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr));
+    return v;
+}
+
+// ---- activations ------------------------------------------------------------------
+// A lane's activations for one tile of one token: columns 128 kt + 32 q + 0..31;
+// r[i] holds columns 2i, 2i+1 (f16/bf16) or 4i..4i+3 (i8).
+template <int ACT>
+struct XTile {
+    u32 r[ACT == ACT_I8 ? 8 : 16];
+};
+
+// Fast path: the whole tile lies inside `cols` and x allows 16-byte loads.
+template <int ACT>
+__device__ __forceinline__ void load_x_tile(XTile<ACT>& t, const unsigned char* lane_x, u32 kt) {
+    constexpr int BYTES = ACT == ACT_I8 ? 32 : 64;  // 32 columns
+    const unsigned char* p = lane_x + (u64)kt * 128 * (BYTES / 32);
+#pragma unroll
+    for (int i = 0; i < BYTES / 16; i++) {
+        const u32x4 v = load_v4(p + 16 * i);
+        t.r[4 * i] = v.x; t.r[4 * i + 1] = v.y; t.r[4 * i + 2] = v.z; t.r[4 * i + 3] = v.w;
+    }
+}
+
+// Slow path (the last, partial tile; or unaligned x): element by element, zeros past `cols`.
+template <int ACT>
+__device__ __noinline__ XTile<ACT> load_x_tile_slow(const GemmParams& p, u32 b, u32 kt, u32 q) {
+    XTile<ACT> t;
+#pragma unroll
+    for (int i = 0; i < (ACT == ACT_I8 ? 8 : 16); i++) t.r[i] = 0;
+    const u32 k0 = kt * 128 + 32 * q;
+    for (u32 i = 0; i < 32 && k0 + i < p.cols; i++) {
+        if (ACT == ACT_I8) {
+            const u32 v = (unsigned char)((const i8*)p.x)[(u64)b * p.ldx + k0 + i];
+            t.r[i / 4] |= v << (8 * (i % 4));
+        } else {
+            const u32 v = ((const u16*)p.x)[(u64)b * p.ldx + k0 + i];
+            t.r[i / 2] |= v << (16 * (i % 2));
+        }
+    }
+    return t;
+}
+
+// ---- one tile ---------------------------------------------------------------------
+// The single-token f16 kernel decodes to subnormals, accumulated per 4^s group.
+template <int ACT, bool ONE>
+constexpr bool SUBNORMAL = ONE && ACT == ACT_F16;
+
+// Accumulators: f32 per token group (c - 1 decode), or per 4^s group, or i32.
+template <int ACT, int NT, bool ONE>
+struct Acc {
+    float f[SUBNORMAL<ACT, ONE> ? 5 : NT][4];
+    int i[NT][4];
+    int xsum[NT];
+};
+
+template <int ACT, bool INT2, int NT, bool ONE, int S>
+__device__ __forceinline__ void pair_mma(const u32 (&w)[4], const XTile<ACT> (&x)[NT], Acc<ACT, NT, ONE>& acc) {
+    u32 a[4];
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        // Fragment order: row g (word 0), row g+8 (word 2), then the odd words.
+        const u32 word = w[(k & 1) * 2 + (k >> 1)];
+        // The subnormal decode needs no offset: it keeps the ternary slot positions.
+        if (SUBNORMAL<ACT, ONE>) a[k] = (word >> pair_shift<ACT_F16, false>(S)) & PAIR_MASK[pair_pos<ACT_F16, false>(S)];
+        else a[k] = decode_pair<ACT, INT2, S>(word);
+    }
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+        const u32 b0 = x[j].r[2 * S], b1 = x[j].r[2 * S + 1];
+        if (SUBNORMAL<ACT, ONE>) mma_f16(acc.f[pair_pos<ACT_F16, false>(S)], a[0], a[1], a[2], a[3], b0, b1);
+        else if (ACT == ACT_F16) mma_f16(acc.f[j], a[0], a[1], a[2], a[3], b0, b1);
+        else mma_bf16(acc.f[j], a[0], a[1], a[2], a[3], b0, b1);
+    }
+}
+
+template <int NT, bool ONE, int J>
+__device__ __forceinline__ void quad_mma_i8(const u32 (&w)[4], const XTile<ACT_I8> (&x)[NT], Acc<ACT_I8, NT, ONE>& acc) {
+    const u32 a0 = (w[0] >> (2 * J)) & 0x03030303u, a1 = (w[2] >> (2 * J)) & 0x03030303u;
+    const u32 a2 = (w[1] >> (2 * J)) & 0x03030303u, a3 = (w[3] >> (2 * J)) & 0x03030303u;
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+        // A bytes are columns (4J, 4J+16, 4J+1, 4J+17) (+2 for a2, a3): gather B to match.
+        const u32 lo = x[j].r[J], hi = x[j].r[J + 4];
+        mma_i8(acc.i[j], a0, a1, a2, a3, prmt(lo, hi, 0x5140), prmt(lo, hi, 0x7362));
+        acc.xsum[j] = dp4a(hi, 0x01010101u, dp4a(lo, 0x01010101u, acc.xsum[j]));
+    }
+}
+
+template <int ACT, bool INT2, int NT, bool ONE>
+__device__ __forceinline__ void tile_mma(const u32x4& wv, const XTile<ACT> (&x)[NT], Acc<ACT, NT, ONE>& acc) {
+    const u32 w[4] = {wv.x, wv.y, wv.z, wv.w};
+    if constexpr (ACT == ACT_I8) {
+        quad_mma_i8<NT, ONE, 0>(w, x, acc);
+        quad_mma_i8<NT, ONE, 1>(w, x, acc);
+        quad_mma_i8<NT, ONE, 2>(w, x, acc);
+        quad_mma_i8<NT, ONE, 3>(w, x, acc);
+    } else {
+        pair_mma<ACT, INT2, NT, ONE, 0>(w, x, acc);
+        pair_mma<ACT, INT2, NT, ONE, 1>(w, x, acc);
+        pair_mma<ACT, INT2, NT, ONE, 2>(w, x, acc);
+        pair_mma<ACT, INT2, NT, ONE, 3>(w, x, acc);
+        pair_mma<ACT, INT2, NT, ONE, 4>(w, x, acc);
+        pair_mma<ACT, INT2, NT, ONE, 5>(w, x, acc);
+        pair_mma<ACT, INT2, NT, ONE, 6>(w, x, acc);
+        pair_mma<ACT, INT2, NT, ONE, 7>(w, x, acc);
+    }
+}
+
+template <int OUT>
+__device__ __forceinline__ float load_bias(const void* bias, u32 r) {
+    if (bias == nullptr) return 0.f;
+    const u16 h = ((const u16*)bias)[r];
+    return OUT == OUT_BF16 ? bf16_to_f32(h) : f16_to_f32(h);
+}
+
+// The single-token kernels keep the whole activation row in (dynamic) shared
+// memory, staged once per CTA: per k tile 256 bytes (f16/bf16) or 128 (i8), zeros
+// past `cols`. A lane reads its 32 columns of a tile as chunks i = 0.. of 16 bytes;
+// chunk (q, i) is stored at 16-byte slot 4i + q of the tile, so the four lanes q of
+// a quarter warp read 64 consecutive bytes (no bank conflicts; the g lanes broadcast).
+template <int ACT>
+struct Staged {
+    static constexpr u32 TILE_BYTES = ACT == ACT_I8 ? 128 : 256;
+    static constexpr u32 PER_LANE = TILE_BYTES / 64;  // chunks a lane reads per tile
+    // Slot of chunk c (in row order) of the staged row.
+    __device__ static constexpr u32 slot(u32 c) {
+        const u32 per_tile = TILE_BYTES / 16, in_tile = c % per_tile;
+        return c - in_tile + 4 * (in_tile % PER_LANE) + in_tile / PER_LANE;
+    }
+};
+
+// Stages row 0 of x; for f16 also returns its sum (f32) on every thread (the
+// subnormal decode subtracts it). Issued after the weight ring is primed, so its
+// loads overlap the weights' latency.
+template <int ACT>
+__device__ __forceinline__ float stage_row(const GemmParams& p, u32 xs, float* scratch) {
+    typedef Staged<ACT> S;
+    constexpr u32 PER = ACT == ACT_I8 ? 16 : 8;  // columns per chunk
+    const unsigned char* row = (const unsigned char*)p.x;
+    float s = 0.f;
+    for (u32 c = threadIdx.x; c < p.k_tiles * (S::TILE_BYTES / 16); c += blockDim.x) {
+        u32x4 v = {0, 0, 0, 0};
+        if (p.x_vec && PER * c + PER <= p.cols) {
+            v = load_v4(row + 16 * c);
+        } else {
+            u32 h[4] = {0, 0, 0, 0};
+            for (u32 e = 0; e < PER && PER * c + e < p.cols; e++) {
+                if (ACT == ACT_I8) h[e / 4] |= (u32)row[PER * c + e] << (8 * (e % 4));
+                else h[e / 2] |= (u32)((const u16*)row)[PER * c + e] << (16 * (e % 2));
+            }
+            v = {h[0], h[1], h[2], h[3]};
+        }
+        if (ACT == ACT_F16) {
+            const u32 h[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (int i = 0; i < 4; i++) s += f16_to_f32((u16)h[i]) + f16_to_f32((u16)(h[i] >> 16));
+        }
+        asm volatile("st.shared.v4.u32 [%0], {%1,%2,%3,%4};" ::"r"(xs + 16 * S::slot(c)), "r"(v.x), "r"(v.y), "r"(v.z),
+                     "r"(v.w));
+    }
+    if (ACT != ACT_F16) {
+        __syncthreads();
+        return 0.f;
+    }
+    for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = s;
+    __syncthreads();
+    s = 0.f;
+#pragma unroll
+    for (int w = 0; w < WARPS; w++) s += scratch[w];
+    return s;
+}
+
+template <int ACT, int OUT, int NT, bool ONE, bool INT2>
+__device__ __forceinline__ void gemm_tiles(const GemmParams& p) {
+    constexpr int COLS = 8 * NT;  // tokens per CTA
+    constexpr int XBYTES = ACT == ACT_I8 ? 1 : 2;
+    constexpr int DEPTH = NT == 1 ? 8 : 4;  // ring stages per warp
+    __shared__ __align__(16) u32x4 ring[WARPS][DEPTH][32];
+    __shared__ u32 red[WARPS][16][COLS];  // partial sums: f32 bits, or i32 for i8
+    __shared__ int red_x[WARPS][COLS];
+    __shared__ float row_sum_scratch[WARPS];
+    extern __shared__ __align__(16) unsigned char x_row[];  // single-token kernel only
+
+    const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const u32 g = lane / 4, q = lane % 4;
+    const u32 b_base = blockIdx.y * COLS;
+    const u64 policy = evict_first_policy();
+
+    Acc<ACT, NT, ONE> acc;
+    const auto reset = [&]() {
+#pragma unroll
+        for (int j = 0; j < (SUBNORMAL<ACT, ONE> ? 5 : NT); j++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) acc.f[j][i] = 0.f;
+#pragma unroll
+        for (int j = 0; j < NT; j++) {
+            acc.xsum[j] = 0;
+#pragma unroll
+            for (int i = 0; i < 4; i++) acc.i[j][i] = 0;
+        }
+    };
+    reset();
+
+    // Tokens past `batch` read the last token (no divergence); the epilogue drops them.
+    u32 tok[NT];
+    const unsigned char* lane_x[NT];
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+        tok[j] = min(b_base + 8 * j + g, p.batch - 1);
+        lane_x[j] = (const unsigned char*)p.x + ((u64)tok[j] * p.ldx + 32 * q) * XBYTES;
+    }
+
+    // ---- persistent CTA: row tiles blockIdx.x, + gridDim.x, ...; each warp takes k
+    // tiles warp, warp + 8, ... of every row tile, as one stream of `total` tiles ----
+    const u32 row_tiles = (p.rows + 15) / 16;
+    const u32 my_rows = (row_tiles - blockIdx.x + gridDim.x - 1) / gridDim.x;
+    const u32 mine = p.k_tiles > warp ? (p.k_tiles - warp + WARPS - 1) / WARPS : 0;
+    const u32 total = my_rows * mine;
+    const u32 fast_tiles = p.x_vec ? p.cols / 128 : 0;
+    const u32 my_ring = smem_addr(&ring[warp][0][lane]);
+
+    // The ring's producer runs DEPTH-1 tiles ahead: (row tile, k step) of tile `ahead`.
+    u32 ahead = 0, a_t = 0;
+    const u32x4* a_ptr = p.w + ((u64)blockIdx.x * p.k_tiles + warp) * 32 + lane;
+    const auto produce = [&]() {  // one commit group per tile, empty past the end
+        if (ahead < total) {
+            cp_async_16_evict_first(my_ring + (ahead % DEPTH) * 512, a_ptr, policy);
+            if (++a_t == mine) {
+                a_t = 0;
+                a_ptr += ((u64)gridDim.x * p.k_tiles - (u64)(mine - 1) * WARPS) * 32;
+            } else {
+                a_ptr += WARPS * 32;
+            }
+        }
+        cp_async_commit();
+        ahead++;
+    };
+#pragma unroll
+    for (int t = 0; t < DEPTH - 1; t++) produce();
+    const u32 xs = smem_addr(x_row);
+    const float x_total = ONE ? stage_row<ACT>(p, xs, row_sum_scratch) : 0.f;
+
+    const auto load_x = [&](u32 kt, XTile<ACT>(&dst)[NT]) {
+#pragma unroll
+        for (int j = 0; j < NT; j++) {
+            if (kt < fast_tiles) load_x_tile<ACT>(dst[j], lane_x[j], kt);
+            else dst[j] = load_x_tile_slow<ACT>(p, tok[j], kt, q);
+        }
+    };
+    // Tile f (k step t of its row tile): refill the ring, prefetch the next tile's
+    // activations into `nxt`, read the next tile's weights from the ring, multiply.
+    u32x4 wnext = {0, 0, 0, 0};
+    const auto step = [&](u32 f, u32 t, const XTile<ACT>(&cur)[NT], XTile<ACT>(&nxt)[NT]) {
+        produce();
+        if constexpr (!ONE) {
+            if (f + 1 < total) load_x(warp + (t + 1 == mine ? 0 : t + 1) * WARPS, nxt);
+        }
+        const u32x4 wcur = wnext;
+        cp_async_wait<DEPTH - 2>();  // tile f+1 has landed
+        wnext = lds128(my_ring + ((f + 1) % DEPTH) * 512);
+        if constexpr (ONE) {  // the lane's 32 activations of this tile, from the staged row
+            XTile<ACT> x[1];
+            const u32 base = xs + (warp + t * WARPS) * Staged<ACT>::TILE_BYTES + 16 * q;
+#pragma unroll
+            for (int i = 0; i < (int)Staged<ACT>::PER_LANE; i++) {
+                const u32x4 v = lds128(base + 64 * i);
+                x[0].r[4 * i] = v.x; x[0].r[4 * i + 1] = v.y; x[0].r[4 * i + 2] = v.z; x[0].r[4 * i + 3] = v.w;
+            }
+            tile_mma<ACT, INT2, NT, ONE>(wcur, x, acc);
+        } else {
+            tile_mma<ACT, INT2, NT, ONE>(wcur, cur, acc);
+        }
+    };
+    XTile<ACT> xa[NT], xb[NT];
+    if (total > 0) {
+        if (!ONE) load_x(warp, xa);
+        cp_async_wait<DEPTH - 2>();
+        wnext = lds128(my_ring);
+    }
+
+    u32 f = 0;
+    for (u32 i = 0; i < my_rows; i++) {
+        const u32 rt = blockIdx.x + i * gridDim.x;
+        // Two activation buffers, alternating, so no registers are copied per tile.
+        for (u32 t = 0; t < mine; t += 2) {
+            step(f, t, xa, xb);
+            f++;
+            if (t + 1 < mine) {
+                step(f, t + 1, xb, xa);
+                f++;
+            }
+        }
+        if (!ONE && (mine & 1)) {  // an odd count left the next tile's activations in xb
+#pragma unroll
+            for (int j = 0; j < NT; j++) xa[j] = xb[j];
+        }
+
+        // ---- reduce the warps' partial sums in shared memory ----
+        // C fragment: c0, c1 -> (row g, tokens 2q, 2q+1); c2, c3 -> (row g+8, same tokens).
+#pragma unroll
+        for (int j = 0; j < NT; j++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const u32 row = g + 8 * (e / 2), col = 8 * j + 2 * q + (e % 2);
+                if (ACT == ACT_I8) {
+                    red[warp][row][col] = (u32)acc.i[j][e];
+                } else if (SUBNORMAL<ACT, ONE>) {
+                    // Group s holds 2^-24 * 4^s * sum c x: undo both scales.
+                    float v = 0.f;
+#pragma unroll
+                    for (int s = 0; s < 5; s++) v += acc.f[s][e] * (float)(1 << (24 - 2 * s));
+                    red[warp][row][col] = __float_as_uint(v);
+                } else {
+                    red[warp][row][col] = __float_as_uint(acc.f[j][e]);
+                }
+            }
+            if (ACT == ACT_I8) {
+                int sx = acc.xsum[j];
+                sx += __shfl_xor_sync(0xffffffffu, sx, 1);
+                sx += __shfl_xor_sync(0xffffffffu, sx, 2);
+                if (q == 0) red_x[warp][8 * j + g] = sx;
+            }
+        }
+        reset();
+        __syncthreads();
+
+        // ---- epilogue: scale, bias, convert, store ----
+        for (u32 e = threadIdx.x; e < 16 * COLS; e += blockDim.x) {
+            const u32 row = e % 16, col = e / 16;
+            const u32 r = rt * 16 + row, b = b_base + col;
+            if (r >= p.rows || b >= p.batch) continue;
+            float v;
+            if (ACT == ACT_I8) {
+                int sum = 0, xs = 0;
+#pragma unroll
+                for (int w = 0; w < WARPS; w++) { sum += (int)red[w][row][col]; xs += red_x[w][col]; }
+                // Ternary: sum (c - 1) x. INT2: sum (2c - 3) x, twice the level sum.
+                // (Unsigned: the partial terms may wrap; the result fits, see MAX_W2A8_COLS.)
+                sum = INT2 ? (int)(2u * (u32)sum - 3u * (u32)xs) : sum - xs;
+                if (OUT == OUT_I32) {
+                    ((int*)p.y)[(u64)b * p.ldy + r] = sum;
+                    continue;
+                }
+                v = (float)sum * (INT2 ? 0.5f : 1.f) * p.x_scale[b];
+            } else {
+                v = 0.f;
+#pragma unroll
+                for (int w = 0; w < WARPS; w++) v += __uint_as_float(red[w][row][col]);
+                if (SUBNORMAL<ACT, ONE>) v -= (INT2 ? 1.5f : 1.f) * x_total;  // sum (c - off) x
+            }
+            if (p.w_scale != nullptr) v *= p.w_scale[p.scale_per_row ? r : 0];
+            v += load_bias<OUT>(p.bias, r);
+            u16* y = (u16*)p.y + (u64)b * p.ldy + r;
+            *y = OUT == OUT_BF16 ? f32_to_bf16(v) : f32_to_f16(v);
+        }
+        __syncthreads();  // `red` is rewritten for the next row tile
+    }
+    cp_async_wait<0>();
+}
+
+// Kernel symbols: gemm_{t2|int2}_{activation}_{output}_n{tokens per CTA}; built by
+// `gemm_symbol` in launch.rs. n1 is the single-token kernel. MIN_CTAS caps
+// registers so that many CTAs fit an SM without spilling in the main loop
+// (checked in the resource report: ptxas -v).
+#define GEMM_KERNEL(ACT, OUT, NT, ONE, INT2, MIN_CTAS, NAME)                                     \
+    extern "C" __global__ void __launch_bounds__(WARPS * 32, MIN_CTAS) NAME(const GemmParams p) { \
+        gemm_tiles<ACT, OUT, NT, ONE, INT2>(p);                                                 \
+    }

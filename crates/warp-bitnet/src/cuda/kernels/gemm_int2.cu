@@ -1,0 +1,26 @@
+// INT2 GEMM/GEMV: Y[B, M] = (X[B, N] . Lᵀ) * scale + bias with the four levels
+// L = c - 1.5 in {-1.5, -0.5, +0.5, +1.5}, codes c kept as they are in the T2 tile
+// layout (docs/FORMATS.md, "INT2"). Same kernels as gemm_t2.cu (gemm.cuh) but for the
+// offset: i8 with i32 output gives sum (2c - 3) x, twice the level sum.
+#include "gemm.cuh"
+
+GEMM_KERNEL(ACT_F16, OUT_F16, 1, true, true, 3, gemm_int2_f16_f16_n1)
+GEMM_KERNEL(ACT_F16, OUT_F16, 1, false, true, 3, gemm_int2_f16_f16_n8)
+GEMM_KERNEL(ACT_F16, OUT_F16, 2, false, true, 1, gemm_int2_f16_f16_n16)
+GEMM_KERNEL(ACT_F16, OUT_F16, 4, false, true, 1, gemm_int2_f16_f16_n32)
+GEMM_KERNEL(ACT_BF16, OUT_BF16, 1, true, true, 3, gemm_int2_bf16_bf16_n1)
+GEMM_KERNEL(ACT_BF16, OUT_BF16, 1, false, true, 3, gemm_int2_bf16_bf16_n8)
+GEMM_KERNEL(ACT_BF16, OUT_BF16, 2, false, true, 1, gemm_int2_bf16_bf16_n16)
+GEMM_KERNEL(ACT_BF16, OUT_BF16, 4, false, true, 1, gemm_int2_bf16_bf16_n32)
+GEMM_KERNEL(ACT_I8, OUT_F16, 1, true, true, 4, gemm_int2_i8_f16_n1)
+GEMM_KERNEL(ACT_I8, OUT_F16, 1, false, true, 4, gemm_int2_i8_f16_n8)
+GEMM_KERNEL(ACT_I8, OUT_F16, 2, false, true, 1, gemm_int2_i8_f16_n16)
+GEMM_KERNEL(ACT_I8, OUT_F16, 4, false, true, 1, gemm_int2_i8_f16_n32)
+GEMM_KERNEL(ACT_I8, OUT_BF16, 1, true, true, 4, gemm_int2_i8_bf16_n1)
+GEMM_KERNEL(ACT_I8, OUT_BF16, 1, false, true, 4, gemm_int2_i8_bf16_n8)
+GEMM_KERNEL(ACT_I8, OUT_BF16, 2, false, true, 1, gemm_int2_i8_bf16_n16)
+GEMM_KERNEL(ACT_I8, OUT_BF16, 4, false, true, 1, gemm_int2_i8_bf16_n32)
+GEMM_KERNEL(ACT_I8, OUT_I32, 1, true, true, 4, gemm_int2_i8_i32_n1)
+GEMM_KERNEL(ACT_I8, OUT_I32, 1, false, true, 4, gemm_int2_i8_i32_n8)
+GEMM_KERNEL(ACT_I8, OUT_I32, 2, false, true, 1, gemm_int2_i8_i32_n16)
+GEMM_KERNEL(ACT_I8, OUT_I32, 4, false, true, 1, gemm_int2_i8_i32_n32)
