@@ -15,8 +15,13 @@ compute-sanitizer --tool memcheck --error-exitcode 9 $G/cuda-tests --include-ign
   layout strided misaligned every_kernel cpu_and_gpu quantizer wrong_lengths 2>&1 | tail -25 | tee "$OUT/memcheck.txt"
 echo "== bench"
 $G/warp-bitnet bench --device cuda --batch "${BATCH:-1}" --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt"
-echo "== SASS"
-for f in "$OUT"/cache/gemm_t2*.cubin; do
-  cuobjdump -sass "$f" > "$OUT/gemm_t2.sass" 2>&1 && break
+echo "== SASS and registers"
+for family in gemm_t2 gemm_int2; do
+  for f in "$OUT"/cache/$family*.cubin; do
+    cuobjdump -sass "$f" > "$OUT/$family.sass" 2>&1
+    cuobjdump -res-usage "$f" 2>&1 | grep -E "Function|REG" | paste - - | sed -E 's/ +/ /g' > "$OUT/$family.resources.txt"
+    break
+  done
 done
+cat "$OUT"/gemm_*.resources.txt | awk '{print $2, $3, $4, $5, $6}' | head -45
 rm -rf "$OUT/cache"
