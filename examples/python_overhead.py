@@ -2,7 +2,8 @@
 
     python examples/python_overhead.py [--rows 4096 --cols 4096]
 
-Times, per call (host wall clock over many back-to-back calls, then one synchronize):
+Times, per call (host wall clock over many back-to-back calls, then one synchronize;
+best of 5 such runs):
 the native launch alone (`_native.gemm` with prepared pointers and a preallocated
 output), the custom op through torch's dispatcher (`torch.ops.warp_bitnet.gemm`, what
 torch.compile records), the op's implementation called directly (what eager code calls),
@@ -19,15 +20,20 @@ import warp_bitnet as wb
 from warp_bitnet import _native
 
 
-def per_call_us(fn, n=2000):
+def per_call_us(fn, n=2000, repeats=5):
+    """Best of ``repeats`` runs of ``n`` back-to-back calls (the least disturbed run, as
+    timeit does)."""
     for _ in range(50):
         fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(n):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / n * 1e6
+    best = float("inf")
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(n):
+            fn()
+        torch.cuda.synchronize()
+        best = min(best, (time.perf_counter() - start) / n * 1e6)
+    return best
 
 
 def main():
