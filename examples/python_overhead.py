@@ -55,7 +55,7 @@ def main():
     def bare():
         _native.gemm(
             0, t2.data_ptr(), "ternary", m, n, 0, False, x.data_ptr(), "float16", n,
-            y.data_ptr(), "float16", m, 1, 0, 0, stream,
+            y.data_ptr(), "float16", m, 1, 0, 0, False, stream,
         )  # fmt: skip
 
     rows = {

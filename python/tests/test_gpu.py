@@ -164,3 +164,21 @@ def test_int2_compatibility_module_on_gpu():
     s = torch.rand(333, generator=g) + 0.5
     bitnet_int2_cuda.gemv_int2_scaled(bitnet_int2_cuda.pack_int2(L).cuda(), X, s.cuda(), Y)
     assert rel(Y.cpu(), ref(L, X.cpu(), s)) < 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("levels", ["ternary", "int2"])
+def test_one_token_w2a8_in_one_launch_equals_the_batched_path(dtype, levels):
+    g = torch.Generator().manual_seed(21)
+    m, n = 700, 2500
+    if levels == "ternary":
+        packed, scale = wb.quantize_ternary(torch.randn(m, n, generator=g))
+    else:
+        packed, scale = wb.quantize_int2(torch.randn(m, n, generator=g))
+    t2 = wb.ops.to_t2(packed.cuda(), n, levels)
+    x = torch.randn(3, n, generator=g).to(dtype).cuda()
+    bias = torch.randn(m, generator=g).to(dtype).cuda()
+    s = scale.cuda().reshape(-1).float()
+    one = wb.functional._linear_t2(x[:1], t2, m, s, bias, True, levels)  # the quantizing kernel
+    three = wb.functional._linear_t2(x, t2, m, s, bias, True, levels)  # quantize_i8, then gemm_i8
+    assert torch.equal(one, three[:1])

@@ -32,6 +32,7 @@ def gemm(
     batch: int,
     bias: int,
     x_scale: int,
+    quantize_x: bool,
     stream: int,
 ) -> None:
     """``y = (x . Wᵀ) * scale + bias`` on ``"ternary"`` or ``"int2"`` T2 weights (pointer 0 =

@@ -74,13 +74,17 @@ def _gemm(
     x: torch.Tensor,
     bias: torch.Tensor | None,
     levels: str = "ternary",
+    quantize_x: bool = False,
 ) -> torch.Tensor:
     """``y[B, rows] = (x[B, cols] . Wᵀ) * scale + bias`` with f16/bf16 ``x`` on CUDA; ``W``
-    ternary, or the INT2 levels with ``levels="int2"``."""
+    ternary, or the INT2 levels with ``levels="int2"``. ``quantize_x`` (one token, B = 1):
+    ``x`` is quantized per token to int8 inside the kernel (as ``quantize_i8``) and
+    multiplied as W2A8, in one launch."""
     _cuda_contiguous("x", x)
     _cuda_contiguous("t2", t2, x.device)
     _require(x.dim() == 2 and x.shape[1] == cols, f"`x` must be [B, {cols}], got {tuple(x.shape)}")
     _require(x.dtype in (torch.float16, torch.bfloat16), f"`x` must be float16 or bfloat16, got {x.dtype}")
+    _require(not quantize_x or x.shape[0] == 1, f"`quantize_x` takes one token, got {x.shape[0]}")
     if scale is not None:
         _cuda_contiguous("scale", scale, x.device)
         _require(scale.dtype == torch.float32 and scale.numel() in (1, rows), "`scale` must be float32 [1] or [rows]")
@@ -92,7 +96,7 @@ def _gemm(
     per_row = scale is not None and scale.numel() == rows and rows > 1
     _native.gemm(
         x.device.index, t2.data_ptr(), levels, rows, cols, _ptr(scale), per_row, x.data_ptr(), dt, cols,
-        y.data_ptr(), dt, rows, x.shape[0], _ptr(bias), 0, _stream(x),
+        y.data_ptr(), dt, rows, x.shape[0], _ptr(bias), 0, quantize_x, _stream(x),
     )  # fmt: skip
     return y
 
@@ -101,7 +105,7 @@ gemm = torch.library.custom_op("warp_bitnet::gemm", mutates_args=())(_gemm)
 
 
 @gemm.register_fake
-def _(t2, rows, cols, scale, x, bias, levels="ternary"):
+def _(t2, rows, cols, scale, x, bias, levels="ternary", quantize_x=False):
     return x.new_empty(x.shape[0], rows)
 
 
@@ -141,7 +145,7 @@ def _gemm_i8(
     per_row = scale is not None and scale.numel() == rows and rows > 1
     _native.gemm(
         q.device.index, t2.data_ptr(), levels, rows, cols, _ptr(scale), per_row, q.data_ptr(), "int8", cols,
-        y.data_ptr(), _dtype_name(out_dtype), rows, q.shape[0], _ptr(bias), x_scale.data_ptr(), _stream(q),
+        y.data_ptr(), _dtype_name(out_dtype), rows, q.shape[0], _ptr(bias), x_scale.data_ptr(), False, _stream(q),
     )  # fmt: skip
     return y
 

@@ -109,7 +109,7 @@ fn i2_to_t2(
 /// (`"ternary"` or `"int2"`; see `warp_bitnet.ops.gemm`).
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
-#[pyo3(signature = (device, tiles, levels, rows, cols, scale, scale_per_row, x, x_dtype, ldx, y, y_dtype, ldy, batch, bias, x_scale, stream))]
+#[pyo3(signature = (device, tiles, levels, rows, cols, scale, scale_per_row, x, x_dtype, ldx, y, y_dtype, ldy, batch, bias, x_scale, quantize_x, stream))]
 fn gemm(
     py: Python<'_>,
     device: usize,
@@ -128,6 +128,7 @@ fn gemm(
     batch: usize,
     bias: u64,
     x_scale: u64,
+    quantize_x: bool,
     stream: u64,
 ) -> PyResult<()> {
     let levels = parse_levels(levels)?;
@@ -143,6 +144,7 @@ fn gemm(
         batch,
         bias: nonzero(bias),
         x_scale: nonzero(x_scale),
+        quantize_x,
     };
     let scale = nonzero(scale).map(|p| (p, scale_per_row));
     // SAFETY: as in `i2_to_t2`: live CUDA tensors of the checked sizes on `device`.

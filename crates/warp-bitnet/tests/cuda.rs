@@ -315,6 +315,7 @@ fn strided_and_misaligned_activations_take_the_scalar_path_correctly() {
             batch,
             bias: None,
             x_scale: None,
+            quantize_x: false,
         };
         unsafe { gpu.gemm_raw(&d, &args, s.cu_stream()) }.unwrap();
         drop((_g, _g2));
@@ -430,6 +431,7 @@ fn misaligned_int8_activations_are_exact() {
             batch,
             bias: None,
             x_scale: Some(sp),
+            quantize_x: false,
         };
         unsafe { gpu.gemm_raw(&d, &args, s.cu_stream()) }.unwrap();
         drop((_g, _g1, _g2));
@@ -475,4 +477,67 @@ fn wrong_lengths_are_errors() {
     let x = s.alloc_zeros::<f16>(255).unwrap();
     let mut y = s.alloc_zeros::<f16>(64).unwrap();
     assert!(gpu.gemm(&d, &x, 1, None, &mut y, &s).is_err());
+}
+
+/// The single-token kernels that quantize their own activations give exactly the bytes
+/// of the two-launch path (quantize_i8, then the int8 GEMM), for both weight kinds.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn quantizing_gemv_equals_quantize_then_gemm() {
+    fused_equals_two_launches::<TernaryMatrix, f16>();
+    fused_equals_two_launches::<TernaryMatrix, bf16>();
+    fused_equals_two_launches::<Int2Matrix, f16>();
+    fused_equals_two_launches::<Int2Matrix, bf16>();
+}
+
+fn fused_equals_two_launches<
+    W: RandomWeights,
+    T: warp_bitnet::cuda::GpuFloat
+        + Activation
+        + cudarc::driver::ValidAsZeroBits
+        + PartialEq
+        + std::fmt::Debug,
+>() {
+    let (gpu, s, mut rng) = setup();
+    // Vector and scalar (cols % 8 != 0) staging, one k tile and many.
+    for (i, (rows, cols)) in [(37, 300), (129, 1000), (2560, 6912), (640, 2560), (1, 16)]
+        .into_iter()
+        .enumerate()
+    {
+        let w = W::random(&mut rng, rows, cols, i);
+        let d = gpu.upload(&w, &s).unwrap();
+        let x: Vec<T> = (0..cols)
+            .map(|_| T::from_f32(rng.random_range(-3.0..3.0)))
+            .collect();
+        let bias: Vec<T> = (0..rows)
+            .map(|_| T::from_f32(rng.random_range(-1.0..1.0)))
+            .collect();
+        let (xd, bd) = (s.clone_htod(&x).unwrap(), s.clone_htod(&bias).unwrap());
+        let (mut q, mut qs) = (
+            s.alloc_zeros::<i8>(cols).unwrap(),
+            s.alloc_zeros::<f32>(1).unwrap(),
+        );
+        gpu.quantize_i8(&xd, 1, cols, &mut q, &mut qs, &s).unwrap();
+        let mut want = s.alloc_zeros::<T>(rows).unwrap();
+        gpu.gemm_w2a8(
+            &d,
+            &q,
+            &qs,
+            1,
+            Some(&bd as &dyn DevicePtr<T>),
+            &mut want,
+            &s,
+        )
+        .unwrap();
+        let mut got = s.alloc_zeros::<T>(rows).unwrap();
+        poison(&s, &mut got);
+        gpu.gemv_quantized(&d, &xd, Some(&bd as &dyn DevicePtr<T>), &mut got, &s)
+            .unwrap();
+        assert_eq!(
+            s.clone_dtoh(&got).unwrap(),
+            s.clone_dtoh(&want).unwrap(),
+            "{:?} {rows}x{cols}",
+            W::LEVELS
+        );
+    }
 }

@@ -331,6 +331,23 @@ impl CudaBench {
             bytes(ws[0].tiled_bytes(), 2, 2),
             err,
         ));
+        // One token: the kernel that quantizes its own activations (one launch).
+        if batch == 1 {
+            poison(s, &mut y_h)?;
+            self.gpu.gemv_quantized(&ws[0], x_h, None, &mut y_h, s)?;
+            let err = max_rel_err(to_f64(&s.clone_dtoh(&y_h)?).into_iter(), &want8);
+            let t = self.time(ours_copies, &mut |i| {
+                self.gpu.gemv_quantized(&ws[i], x_h, None, &mut y_h, s)
+            })?;
+            out.push(row(
+                "f16q",
+                "cublas-f16",
+                t,
+                base.f16_us,
+                bytes(ws[0].tiled_bytes(), 2, 2),
+                err,
+            ));
+        }
         Ok(out)
     }
 

@@ -27,6 +27,7 @@ pub struct Source {
 const HEADERS: &[(&str, &str)] = &[
     ("common.cuh", include_str!("kernels/common.cuh")),
     ("gemm.cuh", include_str!("kernels/gemm.cuh")),
+    ("quant.cuh", include_str!("kernels/quant.cuh")),
 ];
 
 /// The ternary GEMM family.

@@ -77,7 +77,10 @@ const _: () = assert!(std::mem::size_of::<GemmParams>() == 80);
 /// (i8, bf16), and (i8, i32) for the raw integer accumulators (neither the weight
 /// scale nor `x_scale` is applied, and `bias` must be `None`; `x_scale` is still
 /// required for i8 activations). i8 activations allow at most
-/// [`MAX_W2A8_COLS`](crate::cpu::reference::MAX_W2A8_COLS) columns.
+/// [`MAX_W2A8_COLS`](crate::cpu::reference::MAX_W2A8_COLS) columns. With
+/// `quantize_x`, a single f16 (bf16) token is quantized per token to int8 inside the
+/// kernel (the arithmetic of [`quantize_i8`](Gpu::quantize_i8)) and multiplied as
+/// W2A8 into f16 (bf16): one launch instead of two.
 #[derive(Clone, Copy, Debug)]
 pub struct GemmArgs {
     /// `[batch, ldx]` activations.
@@ -98,15 +101,29 @@ pub struct GemmArgs {
     pub bias: Option<CUdeviceptr>,
     /// `[batch]` f32 per-token dequantization factors; required for i8 activations.
     pub x_scale: Option<CUdeviceptr>,
+    /// Quantize the f16/bf16 activations to int8 in the kernel (batch 1 only).
+    pub quantize_x: bool,
 }
 
-/// The kernel symbol for weight levels, activation, output and tokens per CTA.
-pub fn gemm_symbol(levels: Levels, x: DType, y: DType, tokens_per_cta: usize) -> String {
+/// The kernel symbol for weight levels, activation (`quantize_x`: quantized to int8
+/// in the kernel), output and tokens per CTA.
+pub fn gemm_symbol(
+    levels: Levels,
+    x: DType,
+    quantize_x: bool,
+    y: DType,
+    tokens_per_cta: usize,
+) -> String {
     let family = match levels {
         Levels::Ternary => "t2",
         Levels::Int2 => "int2",
     };
-    format!("gemm_{family}_{}_{}_n{tokens_per_cta}", x.name(), y.name())
+    let q = if quantize_x { "q" } else { "" };
+    format!(
+        "gemm_{family}_{}{q}_{}_n{tokens_per_cta}",
+        x.name(),
+        y.name()
+    )
 }
 
 /// A checked launch: kernel symbol, parameters and grid.
@@ -165,12 +182,27 @@ pub(crate) fn plan_gemm(
     if a.batch == 0 {
         return Err(Error::Empty { arg: "x" });
     }
+    if a.quantize_x && (a.x_dtype == I8 || a.batch != 1) {
+        return Err(missing(
+            "quantize_x",
+            "quantizes one f16 or bf16 token in the kernel; quantize larger batches with quantize_i8",
+        ));
+    }
     let (_, k_tiles) = tiled::tile_counts(rows, cols);
     // The single-token kernels keep the activation row (128 columns per k tile) in
     // shared memory; a row too long for it takes the 8-token kernel.
-    let row_bytes = k_tiles * 128 * a.x_dtype.size();
+    let staged = if a.quantize_x { I8 } else { a.x_dtype };
+    let row_bytes = k_tiles * 128 * staged.size();
     let mut tokens = tokens_per_cta(a.batch);
-    if tokens == 1 && row_bytes > gpu.max_dynamic(&gemm_symbol(levels, a.x_dtype, a.y_dtype, 1))? {
+    let single = gemm_symbol(levels, a.x_dtype, a.quantize_x, a.y_dtype, 1);
+    if tokens == 1 && row_bytes > gpu.max_dynamic(&single)? {
+        if a.quantize_x {
+            return Err(Error::TooLarge {
+                arg: "cols",
+                value: cols as u64,
+                limit: (gpu.max_dynamic(&single)? / 128 * 128) as u64,
+            });
+        }
         tokens = TOKENS_PER_CTA[0];
     }
     let groups = a.batch.div_ceil(tokens);
@@ -197,7 +229,7 @@ pub(crate) fn plan_gemm(
             });
         }
     }
-    if a.x_dtype == I8 {
+    if a.x_dtype == I8 || a.quantize_x {
         use crate::cpu::reference::check_w2a8_cols;
         match levels {
             Levels::Ternary => check_w2a8_cols::<crate::TernaryMatrix>(cols)?,
@@ -233,7 +265,7 @@ pub(crate) fn plan_gemm(
         (I32, _) | (_, None) => (0, false),
         (_, Some(s)) => s,
     };
-    let symbol = gemm_symbol(levels, a.x_dtype, a.y_dtype, tokens);
+    let symbol = gemm_symbol(levels, a.x_dtype, a.quantize_x, a.y_dtype, tokens);
     // Token groups share the GPU: each gets its share of the resident CTAs. Filling
     // every slot beat spreading the row tiles evenly over fewer CTAs (docs/NOTES.md, v8).
     let smem = if tokens == 1 { row_bytes } else { 0 };
@@ -444,7 +476,24 @@ impl Gpu {
         let (xp, _gx) = x.device_ptr(stream);
         let x = (xp, x.len(), T::DTYPE, None);
         // SAFETY: `x` is the live device buffer it describes, read on `stream`.
-        unsafe { self.gemm_checked(w, x, batch, bias, y, stream) }
+        unsafe { self.gemm_checked(w, x, false, batch, bias, y, stream) }
+    }
+
+    /// W2A8 for one token in one launch: `x` (f16 or bf16, `[cols]`) is quantized per
+    /// token to int8 inside the kernel, exactly as [`Gpu::quantize_i8`] would, then
+    /// `y = (q . Wtᵀ) * x_scale * scale + bias` in `x`'s type.
+    pub fn gemv_quantized<T: GpuFloat>(
+        &self,
+        w: &GpuMatrix,
+        x: &impl DevicePtr<T>,
+        bias: Option<&dyn DevicePtr<T>>,
+        y: &mut impl DevicePtrMut<T>,
+        stream: &Arc<CudaStream>,
+    ) -> Result<()> {
+        let (xp, _gx) = x.device_ptr(stream);
+        let x = (xp, x.len(), T::DTYPE, None);
+        // SAFETY: `x` is the live device buffer it describes, read on `stream`.
+        unsafe { self.gemm_checked(w, x, true, 1, bias, y, stream) }
     }
 
     /// W2A8: `y = (q . Wtᵀ) * x_scale[b] * scale + bias` with f16/bf16 `y`, or the raw
@@ -466,7 +515,7 @@ impl Gpu {
         let (sp, _gs) = x_scale.device_ptr(stream);
         let q = (qp, q.len(), DType::I8, Some(sp));
         // SAFETY: `q` and `x_scale` are the live device buffers they describe, read on `stream`.
-        unsafe { self.gemm_checked(w, q, batch, bias, y, stream) }
+        unsafe { self.gemm_checked(w, q, false, batch, bias, y, stream) }
     }
 
     /// The checked path of `gemm` and `gemm_w2a8`: lengths, context, and the weights
@@ -475,10 +524,12 @@ impl Gpu {
     /// # Safety
     /// `x = (pointer, elements, dtype, x_scale)` must describe live device buffers
     /// that stay alive until the launch completes (their guards are the caller's).
+    #[allow(clippy::too_many_arguments)]
     unsafe fn gemm_checked<O: GpuOut>(
         &self,
         w: &GpuMatrix,
         x: (CUdeviceptr, usize, DType, Option<CUdeviceptr>),
+        quantize_x: bool,
         batch: usize,
         bias: Option<&dyn DevicePtr<O>>,
         y: &mut impl DevicePtrMut<O>,
@@ -509,6 +560,7 @@ impl Gpu {
             batch,
             bias: bias_ptr.as_ref().map(|(p, _)| *p),
             x_scale,
+            quantize_x,
         };
         // SAFETY: lengths and context checked above; every buffer is read or written in
         // `stream`'s order and its guard outlives the launch.
@@ -643,6 +695,7 @@ mod tests {
             batch,
             bias: None,
             x_scale: (x_dtype == DType::I8).then_some(0x3000),
+            quantize_x: false,
         }
     }
 
@@ -720,6 +773,34 @@ mod tests {
         };
         let p = plan_gemm(100, 1 << 17, Levels::Ternary, 0x10, None, &wide, GPU).unwrap();
         assert_eq!((p.symbol.as_str(), p.smem), ("gemm_t2_f16_f16_n8", 0));
+    }
+
+    #[test]
+    fn quantize_x_takes_the_single_token_int8_kernel() {
+        let a = GemmArgs {
+            quantize_x: true,
+            ..args(DType::BF16, DType::BF16, 1)
+        };
+        let p = plan_gemm(100, 300, Levels::Int2, 0x10, None, &a, GPU).unwrap();
+        // The staged row is int8: 3 k tiles of 128 bytes.
+        assert_eq!(
+            (p.symbol.as_str(), p.smem),
+            ("gemm_int2_bf16q_bf16_n1", 3 * 128)
+        );
+        for bad in [
+            GemmArgs { batch: 2, ..a },
+            GemmArgs {
+                x_dtype: DType::I8,
+                y_dtype: DType::F16,
+                x_scale: Some(0x3000),
+                ..a
+            },
+        ] {
+            assert!(matches!(
+                plan_gemm(100, 300, Levels::Int2, 0x10, None, &bad, GPU),
+                Err(Error::Unsupported { .. })
+            ));
+        }
     }
 
     #[test]

@@ -220,7 +220,10 @@ fn kernel_names(text: &str) -> Vec<String> {
             if let Some(name) = rest.split('(').next().filter(symbol) {
                 names.push(name.to_string());
             }
-        } else if let Some(args) = line.strip_prefix("GEMM_KERNEL(") {
+        } else if let Some(args) = line
+            .strip_prefix("GEMM_KERNEL(")
+            .or_else(|| line.strip_prefix("GEMM_KERNEL_QX("))
+        {
             if let Some(name) = args.trim_end_matches(')').rsplit(',').next() {
                 names.push(name.trim().to_string());
             }
@@ -241,16 +244,18 @@ mod tests {
             (compile::GEMM_INT2, Levels::Int2, "gemm_int2_"),
         ] {
             let names = kernel_names(src.text);
-            assert_eq!(names.len(), 20);
+            assert_eq!(names.len(), 22);
             for n in &names {
                 assert!(n.starts_with(prefix), "{n}");
             }
-            for (x, y, t) in [
-                (DType::F16, DType::F16, 1),
-                (DType::BF16, DType::BF16, 8),
-                (DType::I8, DType::I32, 32),
+            for (x, q, y, t) in [
+                (DType::F16, false, DType::F16, 1),
+                (DType::BF16, false, DType::BF16, 8),
+                (DType::I8, false, DType::I32, 32),
+                (DType::F16, true, DType::F16, 1),
+                (DType::BF16, true, DType::BF16, 1),
             ] {
-                assert!(names.contains(&gemm_symbol(levels, x, y, t)));
+                assert!(names.contains(&gemm_symbol(levels, x, q, y, t)));
             }
         }
         assert_eq!(kernel_names(compile::LAYOUT.text), ["i2_to_t2", "t2_to_i2"]);

@@ -50,11 +50,17 @@
 // Measured (H100, 2026-11-26): 28672 x 8192 in 29.8 µs (f16) / 27.0 µs (i8), 66% /
 // 72% of copy bandwidth, 5.8x / 6.4x cuBLAS f16; the history is in docs/NOTES.md.
 #pragma once
-#include "common.cuh"
+#include "quant.cuh"
 
 #define ACT_F16 0
 #define ACT_BF16 1
 #define ACT_I8 2
+// Where i8 activations come from: given (QX_NONE), or an f16/bf16 row quantized by
+// the single-token kernel itself.
+#define QX_NONE 0
+#define QX_F16 1
+#define QX_BF16 2
+
 #define OUT_F16 0
 #define OUT_BF16 1
 #define OUT_I32 2
@@ -330,7 +336,43 @@ __device__ __forceinline__ float stage_row(const GemmParams& p, u32 xs, float* s
     return s;
 }
 
-template <int ACT, int OUT, int NT, bool ONE, bool INT2>
+// Stages row 0 of f16/bf16 x quantized to int8 in the Staged<ACT_I8> layout (zeros
+// past `cols`); returns the dequantization factor 1 / s on every thread.
+template <bool BF16>
+__device__ __forceinline__ float stage_row_quantized(const GemmParams& p, u32 xs, float* scratch) {
+    const u16* row = (const u16*)p.x;
+    const u32 vec8 = p.x_vec ? p.cols / 8 : 0;  // 16-byte chunks of 8 values
+    float amax = 0.f;
+    for (u32 c = threadIdx.x; c < vec8; c += blockDim.x) amax = fmaxf(amax, absmax8<BF16>(load_v4(row + 8 * c)));
+    for (u32 k = 8 * vec8 + threadIdx.x; k < p.cols; k += blockDim.x) amax = fmaxf(amax, fabsf(to_f32<BF16>(row[k])));
+    for (int o = 16; o > 0; o /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = amax;
+    __syncthreads();
+    amax = 0.f;
+#pragma unroll
+    for (int w = 0; w < WARPS; w++) amax = fmaxf(amax, scratch[w]);
+    const float s = quant_factor(amax);
+    // Chunks of 16 int8 values, in row order.
+    for (u32 c = threadIdx.x; c < p.k_tiles * (Staged<ACT_I8>::TILE_BYTES / 16); c += blockDim.x) {
+        u32x2 lo = {0, 0}, hi = {0, 0};
+        if (p.x_vec && 16 * c + 16 <= p.cols) {
+            lo = quantize8<BF16>(load_v4(row + 16 * c), s);
+            hi = quantize8<BF16>(load_v4(row + 16 * c + 8), s);
+        } else {
+            u32 q[4] = {0, 0, 0, 0};
+            for (u32 e = 0; e < 16 && 16 * c + e < p.cols; e++)
+                q[e / 4] |= quantize_one(to_f32<BF16>(row[16 * c + e]), s) << (8 * (e % 4));
+            lo = {q[0], q[1]};
+            hi = {q[2], q[3]};
+        }
+        asm volatile("st.shared.v4.u32 [%0], {%1,%2,%3,%4};" ::"r"(xs + 16 * Staged<ACT_I8>::slot(c)), "r"(lo.x),
+                     "r"(lo.y), "r"(hi.x), "r"(hi.y));
+    }
+    __syncthreads();
+    return 1.0f / s;
+}
+
+template <int ACT, int OUT, int NT, bool ONE, bool INT2, int QX>
 __device__ __forceinline__ void gemm_tiles(const GemmParams& p) {
     constexpr int COLS = 8 * NT;  // tokens per CTA
     constexpr int XBYTES = ACT == ACT_I8 ? 1 : 2;
@@ -398,7 +440,10 @@ __device__ __forceinline__ void gemm_tiles(const GemmParams& p) {
 #pragma unroll
     for (int t = 0; t < DEPTH - 1; t++) produce();
     const u32 xs = smem_addr(x_row);
-    const float x_total = ONE ? stage_row<ACT>(p, xs, row_sum_scratch) : 0.f;
+    // f16 n1: sum(x) for the subnormal decode; quantizing n1: the dequantization factor.
+    float x_total = 0.f, x_dequant = 0.f;
+    if constexpr (QX != QX_NONE) x_dequant = stage_row_quantized<QX == QX_BF16>(p, xs, row_sum_scratch);
+    else if constexpr (ONE) x_total = stage_row<ACT>(p, xs, row_sum_scratch);
 
     const auto load_x = [&](u32 kt, XTile<ACT>(&dst)[NT]) {
 #pragma unroll
@@ -501,7 +546,7 @@ __device__ __forceinline__ void gemm_tiles(const GemmParams& p) {
                     ((int*)p.y)[(u64)b * p.ldy + r] = sum;
                     continue;
                 }
-                v = (float)sum * (INT2 ? 0.5f : 1.f) * p.x_scale[b];
+                v = (float)sum * (INT2 ? 0.5f : 1.f) * (QX != QX_NONE ? x_dequant : p.x_scale[b]);
             } else {
                 v = 0.f;
 #pragma unroll
@@ -524,5 +569,10 @@ __device__ __forceinline__ void gemm_tiles(const GemmParams& p) {
 // (checked in the resource report: ptxas -v).
 #define GEMM_KERNEL(ACT, OUT, NT, ONE, INT2, MIN_CTAS, NAME)                                     \
     extern "C" __global__ void __launch_bounds__(WARPS * 32, MIN_CTAS) NAME(const GemmParams p) { \
-        gemm_tiles<ACT, OUT, NT, ONE, INT2>(p);                                                 \
+        gemm_tiles<ACT, OUT, NT, ONE, INT2, QX_NONE>(p);                                        \
+    }
+// The single-token W2A8 kernels that quantize their f16/bf16 activation row themselves.
+#define GEMM_KERNEL_QX(QX, OUT, INT2, MIN_CTAS, NAME)                                            \
+    extern "C" __global__ void __launch_bounds__(WARPS * 32, MIN_CTAS) NAME(const GemmParams p) { \
+        gemm_tiles<ACT_I8, OUT, 1, true, INT2, QX>(p);                                          \
     }

@@ -11,41 +11,10 @@
 //
 // v1 (256 threads, scalar loads, two passes over global memory) took 10-28 µs on
 // an H100 for one token of 8192-28672 values: a chain of dependent loads.
-#include "common.cuh"
+#include "quant.cuh"
 
 #define THREADS 1024
 #define KEEP 4
-
-template <bool BF16>
-__device__ __forceinline__ float to_f32(u16 h) {
-    return BF16 ? bf16_to_f32(h) : f16_to_f32(h);
-}
-
-__device__ __forceinline__ u32 quantize_one(float x, float s) {
-    return (u32)(unsigned char)(i8)(int)fminf(fmaxf(rintf(x * s), -128.f), 127.f);
-}
-
-// The 8 values of a 16-byte chunk, quantized and packed into 8 bytes.
-template <bool BF16>
-__device__ __forceinline__ u32x2 quantize8(const u32x4& v, float s) {
-    const u32 h[4] = {v.x, v.y, v.z, v.w};
-    u32 out[2] = {0, 0};
-#pragma unroll
-    for (int i = 0; i < 8; i++) {
-        const u16 e = (u16)(h[i / 2] >> (16 * (i % 2)));
-        out[i / 4] |= quantize_one(to_f32<BF16>(e), s) << (8 * (i % 4));
-    }
-    return {out[0], out[1]};
-}
-
-template <bool BF16>
-__device__ __forceinline__ float absmax8(const u32x4& v) {
-    const u32 h[4] = {v.x, v.y, v.z, v.w};
-    float m = 0.f;
-#pragma unroll
-    for (int i = 0; i < 8; i++) m = fmaxf(m, fabsf(to_f32<BF16>((u16)(h[i / 2] >> (16 * (i % 2))))));
-    return m;
-}
 
 template <bool BF16>
 __device__ __forceinline__ void quantize_row(const u16* x, i8* q, float* scale, u32 n, u32 ldx, u32 ldq, u32 vec) {
@@ -72,7 +41,7 @@ __device__ __forceinline__ void quantize_row(const u16* x, i8* q, float* scale, 
     amax = 0.f;
 #pragma unroll 8
     for (u32 w = 0; w < THREADS / 32; w++) amax = fmaxf(amax, warp_max[w]);
-    const float s = 127.0f / fmaxf(amax, 1e-5f);
+    const float s = quant_factor(amax);
 
     // ---- pass 2: quantize ----
 #pragma unroll
