@@ -182,3 +182,40 @@ def test_one_token_w2a8_in_one_launch_equals_the_batched_path(dtype, levels):
     one = wb.functional._linear_t2(x[:1], t2, m, s, bias, True, levels)  # the quantizing kernel
     three = wb.functional._linear_t2(x, t2, m, s, bias, True, levels)  # quantize_i8, then gemm_i8
     assert torch.equal(one, three[:1])
+
+
+def test_bitlinear_train_runs_on_the_kernels_and_matches_the_reference():
+    import copy
+
+    torch.manual_seed(3)
+    cpu_layer = wb.BitLinearTrain(300, 200)
+    for method in ("absmean", "absmean_row"):
+        cpu_layer.weight_method = method
+        gpu_layer = copy.deepcopy(cpu_layer).cuda()
+        x = torch.randn(2, 7, 300, requires_grad=True)
+        xg = x.detach().cuda().requires_grad_()
+        y, yg = cpu_layer(x), gpu_layer(xg)
+        assert "TernaryLinearCuda" in yg.grad_fn.name()
+        assert rel(yg.detach().cpu(), y.detach().double()) < 1e-5
+        dy = torch.randn_like(y)
+        y.backward(dy)
+        yg.backward(dy.cuda())
+        # dX through the kernel with float16-scaled dY (11-bit mantissa); dW, db dense.
+        assert rel(xg.grad.cpu(), x.grad.double()) < 2e-3
+        assert rel(gpu_layer.weight.grad.cpu(), cpu_layer.weight.grad.double()) < 1e-5
+        assert rel(gpu_layer.bias.grad.cpu(), cpu_layer.bias.grad.double()) < 1e-5
+        cpu_layer.zero_grad()
+
+
+def test_bitlinear_train_bf16_on_the_kernels_matches_float64():
+    torch.manual_seed(4)
+    layer = wb.BitLinearTrain(256, 96, quantize_activations=False).cuda().to(torch.bfloat16)
+    x = torch.randn(5, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    y = layer(x)
+    wq = wb.nn._quantize_weight(layer.weight.float(), "absmean").double()
+    want = x.detach().double() @ wq.T + layer.bias.detach().double()
+    assert rel(y.detach().cpu(), want.cpu()) < 1e-2
+    dy = torch.randn_like(y)
+    y.backward(dy)
+    assert rel(x.grad.cpu(), (dy.double() @ wq).cpu()) < 1e-2
+    assert rel(layer.weight.grad.cpu(), (dy.double().T @ x.detach().double()).cpu()) < 1e-2

@@ -173,8 +173,9 @@ class _TernarySTE(torch.autograd.Function):
         return grad, None
 
 
-def _quantize_weight(w: torch.Tensor, method: str) -> torch.Tensor:
-    """``Wt * scale`` in ``w``'s dtype (the formulas of ``quantize_ternary``), without packing."""
+def _ternary_weight(w: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(Wt, scale)``: the ternary weights (float32 -1, 0, +1) and the float32 scale
+    (``[]``, or ``[M, 1]`` for ``absmean_row``) by the formulas of ``quantize_ternary``."""
     wf = w.detach().to(torch.float32)
     if method == "absmean":
         s = wf.abs().mean().clamp(min=F.WEIGHT_EPS)
@@ -182,7 +183,13 @@ def _quantize_weight(w: torch.Tensor, method: str) -> torch.Tensor:
         s = wf.abs().mean(dim=1, keepdim=True).clamp(min=F.WEIGHT_EPS)
     else:
         s = wf.abs().max().clamp(min=F.WEIGHT_EPS)
-    return ((wf / s).round().clamp(-1, 1) * s).to(w.dtype)
+    return (wf / s).round().clamp(-1, 1), s
+
+
+def _quantize_weight(w: torch.Tensor, method: str) -> torch.Tensor:
+    """``Wt * scale`` in ``w``'s dtype, without packing."""
+    q, s = _ternary_weight(w, method)
+    return (q * s).to(w.dtype)
 
 
 def _quantize_act(x: torch.Tensor) -> torch.Tensor:
@@ -190,6 +197,54 @@ def _quantize_act(x: torch.Tensor) -> torch.Tensor:
     xf = x.detach().to(torch.float32)
     s = F._div(127.0, xf.abs().amax(dim=-1, keepdim=True).clamp(min=F.ACT_EPS))
     return ((xf * s).round().clamp(-128, 127) / s).to(x.dtype)
+
+
+def _t2_of_ternary(q: torch.Tensor) -> torch.Tensor:
+    """GPU tile layout of float -1, 0, +1 weights ``[M, N]``, packed on the device (codes
+    valid by construction: no validation, no host sync)."""
+    codes = torch.where(q == 1, 1, torch.where(q == -1, 2, 0))
+    return ops.eager(ops.to_t2)(F._words_of_codes(codes), q.shape[1])
+
+
+class _TernaryLinearCuda(torch.autograd.Function):
+    """``BitLinearTrain`` on the CUDA kernels. Forward: the master weights are quantized
+    and packed on the device (as ``W`` and ``Wᵀ``), then one ternary GEMM (W2A8 when
+    activations are quantized). Backward (straight-through): ``dX = dY . (Wt * scale)``
+    on the kernels with the transposed matrix; ``dW = dYᵀ . X_q`` dense (the master
+    weights' gradient is dense by nature); float32 ``dY`` goes to the kernel as float16
+    scaled per row by its max (11-bit mantissa, no overflow), so ``dX`` is within ~1e-3
+    of the float32 product."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, method: str, quantize_activations: bool):
+        q, s = _ternary_weight(weight, method)
+        m = q.shape[0]
+        scale = s.reshape(-1)
+        y = F._linear_t2(x, _t2_of_ternary(q), m, scale, bias, quantize_activations)
+        xq = _quantize_act(x) if quantize_activations else x
+        ctx.save_for_backward(xq, _t2_of_ternary(q.T), scale)
+        ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        xq, t2t, scale = ctx.saved_tensors
+        n, m = xq.shape[-1], dy.shape[-1]
+        g = dy.reshape(-1, m)
+        per_row = scale.numel() > 1
+        if per_row:
+            g = g * scale.to(g.dtype)
+        post = None if per_row else scale
+        if g.dtype == torch.float32:
+            # Rows scaled into [-1, 1] (and by m / 32768 more for tall matrices): a sum of
+            # m terms stays inside the float16 range.
+            amax = g.abs().amax(dim=1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny) * max(1.0, m / 32768)
+            dx = F._linear_t2((g / amax).half(), t2t, n, post, None, False).float() * amax
+        else:
+            dx = F._linear_t2(g.contiguous(), t2t, n, post, None, False)
+        dw = (dy.reshape(-1, m).T.float() @ xq.reshape(-1, n).float()).to(ctx.dtypes[0])
+        db = None if ctx.dtypes[1] is None else dy.reshape(-1, m).sum(0).to(ctx.dtypes[1])
+        return dx.reshape(*dy.shape[:-1], n).to(xq.dtype), dw, db, None, None
 
 
 class BitLinearTrain(nn.Linear):
@@ -200,7 +255,10 @@ class BitLinearTrain(nn.Linear):
     behaviour) and, by default, per-token int8 activations; the backward pass is the
     straight-through estimator: the master weights receive the gradient of the
     quantized product unchanged, and the input gradient uses the quantized weights.
-    ``.quantize()`` freezes the layer to a fast ``BitLinear``.
+    On CUDA (float16/bfloat16 inputs, or float32 with quantized activations) both
+    products run on the ternary kernels, the weights quantized and packed on the device
+    each step; elsewhere a PyTorch reference path. ``.quantize()`` freezes the layer to
+    a fast ``BitLinear``.
     """
 
     def __init__(
@@ -220,6 +278,9 @@ class BitLinearTrain(nn.Linear):
         self.quantize_activations = quantize_activations
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # CUDA kernels take f16/bf16 activations, or float32 ones quantized to int8.
+        if x.is_cuda and (x.dtype in (torch.float16, torch.bfloat16) or self.quantize_activations):
+            return _TernaryLinearCuda.apply(x, self.weight, self.bias, self.weight_method, self.quantize_activations)
         w = _TernarySTE.apply(self.weight, _quantize_weight(self.weight, self.weight_method))
         if self.quantize_activations:
             x = _TernarySTE.apply(x, _quantize_act(x))
