@@ -219,3 +219,14 @@ def test_bitlinear_train_bf16_on_the_kernels_matches_float64():
     y.backward(dy)
     assert rel(x.grad.cpu(), (dy.double() @ wq).cpu()) < 1e-2
     assert rel(layer.weight.grad.cpu(), (dy.double().T @ x.detach().double()).cpu()) < 1e-2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("method", ["absmean", "absmean_row"])
+def test_quantize_to_t2_is_quantize_then_pack(dtype, method):
+    w = torch.randn(70, 333, device="cuda").to(dtype)
+    q, s = wb.nn._ternary_weight(w, method)
+    scale = s.reshape(-1)
+    for transpose in (False, True):
+        want = wb.ops.to_t2(wb.pack_ternary(q.T.contiguous() if transpose else q), 70 if transpose else 333)
+        assert torch.equal(wb.ops.quantize_to_t2(w, scale, transpose), want)

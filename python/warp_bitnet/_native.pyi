@@ -1,7 +1,16 @@
 """Type stubs of the private native module (crates/warp-bitnet-py). Pointers are
 device addresses (``tensor.data_ptr()``), streams ``cudaStream_t`` values as ints."""
 
-__all__ = ["__version__", "convert_checkpoint", "cuda_available", "gemm", "i2_to_t2", "quantize_i8", "t2_words"]
+__all__ = [
+    "__version__",
+    "convert_checkpoint",
+    "cuda_available",
+    "gemm",
+    "i2_to_t2",
+    "quantize_i8",
+    "quantize_to_t2",
+    "t2_words",
+]
 
 __version__: str
 
@@ -37,6 +46,22 @@ def gemm(
 ) -> None:
     """``y = (x . Wᵀ) * scale + bias`` on ``"ternary"`` or ``"int2"`` T2 weights (pointer 0 =
     absent); raises ValueError on bad arguments."""
+
+def quantize_to_t2(
+    device: int,
+    w: int,
+    w_dtype: str,
+    rows: int,
+    cols: int,
+    ldw: int,
+    scale: int,
+    per_row: bool,
+    transpose: bool,
+    dst: int,
+    stream: int,
+) -> None:
+    """Float weights quantized to ternary with ``scale`` and packed to T2 words at ``dst`` (of
+    ``w``, or of its transpose)."""
 
 def quantize_i8(
     device: int, x: int, x_dtype: str, batch: int, n: int, ldx: int, q: int, scale: int, stream: int

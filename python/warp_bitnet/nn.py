@@ -173,16 +173,20 @@ class _TernarySTE(torch.autograd.Function):
         return grad, None
 
 
+def _weight_scale(wf: torch.Tensor, method: str) -> torch.Tensor:
+    """The float32 scale of float32 weights by ``method``: ``[]``, or ``[M, 1]`` for ``absmean_row``."""
+    if method == "absmean":
+        return wf.abs().mean().clamp(min=F.WEIGHT_EPS)
+    if method == "absmean_row":
+        return wf.abs().mean(dim=1, keepdim=True).clamp(min=F.WEIGHT_EPS)
+    return wf.abs().max().clamp(min=F.WEIGHT_EPS)
+
+
 def _ternary_weight(w: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``(Wt, scale)``: the ternary weights (float32 -1, 0, +1) and the float32 scale
     (``[]``, or ``[M, 1]`` for ``absmean_row``) by the formulas of ``quantize_ternary``."""
     wf = w.detach().to(torch.float32)
-    if method == "absmean":
-        s = wf.abs().mean().clamp(min=F.WEIGHT_EPS)
-    elif method == "absmean_row":
-        s = wf.abs().mean(dim=1, keepdim=True).clamp(min=F.WEIGHT_EPS)
-    else:
-        s = wf.abs().max().clamp(min=F.WEIGHT_EPS)
+    s = _weight_scale(wf, method)
     return (wf / s).round().clamp(-1, 1), s
 
 
@@ -199,16 +203,9 @@ def _quantize_act(x: torch.Tensor) -> torch.Tensor:
     return ((xf * s).round().clamp(-128, 127) / s).to(x.dtype)
 
 
-def _t2_of_ternary(q: torch.Tensor) -> torch.Tensor:
-    """GPU tile layout of float -1, 0, +1 weights ``[M, N]``, packed on the device (codes
-    valid by construction: no validation, no host sync)."""
-    codes = torch.where(q == 1, 1, torch.where(q == -1, 2, 0))
-    return ops.eager(ops.to_t2)(F._words_of_codes(codes), q.shape[1])
-
-
 class _TernaryLinearCuda(torch.autograd.Function):
     """``BitLinearTrain`` on the CUDA kernels. Forward: the master weights are quantized
-    and packed on the device (as ``W`` and ``Wᵀ``), then one ternary GEMM (W2A8 when
+    and packed on the device in one pass each (as ``W`` and ``Wᵀ``), then one ternary GEMM (W2A8 when
     activations are quantized). Backward (straight-through): ``dX = dY . (Wt * scale)``
     on the kernels with the transposed matrix; ``dW = dYᵀ . X_q`` dense (the master
     weights' gradient is dense by nature); float32 ``dY`` goes to the kernel as float16
@@ -217,12 +214,12 @@ class _TernaryLinearCuda(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, method: str, quantize_activations: bool):
-        q, s = _ternary_weight(weight, method)
-        m = q.shape[0]
-        scale = s.reshape(-1)
-        y = F._linear_t2(x, _t2_of_ternary(q), m, scale, bias, quantize_activations)
+        w = weight.detach().contiguous()
+        scale = _weight_scale(w.to(torch.float32), method).reshape(-1)
+        pack = ops.eager(ops.quantize_to_t2)
+        y = F._linear_t2(x, pack(w, scale, False), w.shape[0], scale, bias, quantize_activations)
         xq = _quantize_act(x) if quantize_activations else x
-        ctx.save_for_backward(xq, _t2_of_ternary(q.T), scale)
+        ctx.save_for_backward(xq, pack(w, scale, True), scale)
         ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
         return y
 

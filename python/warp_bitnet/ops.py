@@ -32,7 +32,8 @@ def _ptr(t: torch.Tensor | None) -> int:
 
 
 def _dtype_name(dt: torch.dtype) -> str:
-    return {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.int8: "int8", torch.int32: "int32"}[dt]
+    names = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+    return (names | {torch.int8: "int8", torch.int32: "int32"})[dt]
 
 
 def _require(cond: bool, message: str) -> None:
@@ -64,6 +65,35 @@ to_t2 = torch.library.custom_op("warp_bitnet::to_t2", mutates_args=())(_to_t2)
 @to_t2.register_fake
 def _(packed, cols, levels="ternary"):
     return packed.new_empty(_native.t2_words(packed.shape[0], cols))
+
+
+def _quantize_to_t2(w: torch.Tensor, scale: torch.Tensor, transpose: bool = False) -> torch.Tensor:
+    """Float weights ``w`` ``[M, N]`` (f32/f16/bf16, CUDA) -> ternary T2 words in one pass:
+    weight = clamp(round(w / scale), -1, 1), ``scale`` float32 ``[1]`` or ``[M]`` on the device
+    (no host sync); the T2 words of ``wᵀ`` with ``transpose``."""
+    _cuda_contiguous("w", w)
+    _cuda_contiguous("scale", scale, w.device)
+    _require(w.dim() == 2, f"`w` must be [M, N], got {tuple(w.shape)}")
+    _require(w.dtype in (torch.float32, torch.float16, torch.bfloat16), f"`w` must be a float tensor, got {w.dtype}")
+    rows, cols = w.shape
+    _require(scale.dtype == torch.float32 and scale.numel() in (1, rows), "`scale` must be float32 [1] or [M]")
+    out_shape = (cols, rows) if transpose else (rows, cols)
+    out = torch.empty(_native.t2_words(*out_shape), dtype=torch.int32, device=w.device)
+    per_row = scale.numel() == rows and rows > 1
+    _native.quantize_to_t2(
+        w.device.index, w.data_ptr(), _dtype_name(w.dtype), rows, cols, cols, scale.data_ptr(), per_row,
+        transpose, out.data_ptr(), _stream(w),
+    )  # fmt: skip
+    return out
+
+
+quantize_to_t2 = torch.library.custom_op("warp_bitnet::quantize_to_t2", mutates_args=())(_quantize_to_t2)
+
+
+@quantize_to_t2.register_fake
+def _(w, scale, transpose=False):
+    rows, cols = w.shape
+    return w.new_empty(_native.t2_words(*((cols, rows) if transpose else (rows, cols))), dtype=torch.int32)
 
 
 def _gemm(
@@ -180,4 +210,10 @@ def _(x):
     return x.new_empty(x.shape, dtype=torch.int8), x.new_empty(x.shape[0], dtype=torch.float32)
 
 
-_IMPLS = {to_t2: _to_t2, gemm: _gemm, gemm_i8: _gemm_i8, quantize_i8: _quantize_i8}
+_IMPLS = {
+    to_t2: _to_t2,
+    quantize_to_t2: _quantize_to_t2,
+    gemm: _gemm,
+    gemm_i8: _gemm_i8,
+    quantize_i8: _quantize_i8,
+}

@@ -36,6 +36,7 @@ fn to_py(e: Error) -> PyErr {
 
 fn dtype(name: &str) -> PyResult<DType> {
     Ok(match name {
+        "float32" => DType::F32,
         "float16" => DType::F16,
         "bfloat16" => DType::BF16,
         "int8" => DType::I8,
@@ -103,6 +104,45 @@ fn i2_to_t2(
     // launch, which runs in `stream`'s order like every PyTorch op on them.
     py.detach(|| unsafe { g.i2_to_t2_raw(src, dst, rows, cols, levels, stream as _) })
         .map_err(to_py)
+}
+
+/// Float weights `w` (`[rows, cols]`, row stride `ldw`, dtype `w_dtype`) quantized to
+/// ternary with `scale` (one f32, or `rows` with `per_row`) and packed to T2 at `dst`, of
+/// `w` or, with `transpose`, of its transpose; see `warp_bitnet.ops.quantize_to_t2`.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn quantize_to_t2(
+    py: Python<'_>,
+    device: usize,
+    w: u64,
+    w_dtype: &str,
+    rows: usize,
+    cols: usize,
+    ldw: usize,
+    scale: u64,
+    per_row: bool,
+    transpose: bool,
+    dst: u64,
+    stream: u64,
+) -> PyResult<()> {
+    let w_dtype = dtype(w_dtype)?;
+    let g = gpu(device)?;
+    // SAFETY: as in `i2_to_t2`: live CUDA tensors of the checked sizes on `device`.
+    py.detach(|| unsafe {
+        g.quantize_to_t2_raw(
+            w,
+            w_dtype,
+            rows,
+            cols,
+            ldw,
+            scale,
+            per_row,
+            transpose,
+            dst,
+            stream as _,
+        )
+    })
+    .map_err(to_py)
 }
 
 /// `y = (x . Wᵀ) * scale + bias` on T2 weights at `tiles` whose codes are `levels`
@@ -201,6 +241,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(t2_words, m)?)?;
     m.add_function(wrap_pyfunction!(i2_to_t2, m)?)?;
     m.add_function(wrap_pyfunction!(gemm, m)?)?;
+    m.add_function(wrap_pyfunction!(quantize_to_t2, m)?)?;
     m.add_function(wrap_pyfunction!(quantize_i8, m)?)?;
     m.add_function(wrap_pyfunction!(convert_checkpoint, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -541,3 +541,104 @@ fn fused_equals_two_launches<
         );
     }
 }
+
+/// The training path's one-pass quantize-and-pack gives the T2 words of the CPU
+/// quantizer's ternary matrix (and of its transpose), for each weight dtype and scale kind.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn quantize_to_t2_matches_the_cpu_quantizer() {
+    use warp_bitnet::format::i2;
+    use warp_bitnet::quant::{quantize_ternary, WeightQuant};
+    let (gpu, s, mut rng) = setup();
+    for (rows, cols) in [(37, 300), (200, 1000), (16, 128), (1, 17)] {
+        let w: Vec<f32> = (0..rows * cols)
+            .map(|_| rng.random_range(-1.0f32..1.0))
+            .collect();
+        for method in [WeightQuant::AbsMean, WeightQuant::AbsMeanRow] {
+            let m = quantize_ternary(&w, rows, cols, method).unwrap();
+            let (scale, per_row) = match m.scale() {
+                Scale::PerTensor(v) => (vec![*v], false),
+                Scale::PerRow(v) => (v.clone(), true),
+                Scale::None => unreachable!(),
+            };
+            let codes = m.to_ternary();
+            let transposed: Vec<i8> = (0..cols * rows)
+                .map(|i| codes[(i % rows) * cols + i / rows])
+                .collect();
+            let want = [
+                tiled::from_i2(m.words(), rows, cols).unwrap(),
+                tiled::from_i2(&i2::pack(&transposed, cols, rows).unwrap(), cols, rows).unwrap(),
+            ];
+            let wd16: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+            let (wd, sd) = (s.clone_htod(&w).unwrap(), s.clone_htod(&scale).unwrap());
+            for (transpose, want) in [false, true].into_iter().zip(want) {
+                let mut out = s.alloc_zeros::<u32>(want.len()).unwrap();
+                let (wp, _g1) = wd.device_ptr(&s);
+                let (sp, _g2) = sd.device_ptr(&s);
+                let (op, _g3) = out.device_ptr_mut(&s);
+                unsafe {
+                    gpu.quantize_to_t2_raw(
+                        wp,
+                        DType::F32,
+                        rows,
+                        cols,
+                        cols,
+                        sp,
+                        per_row,
+                        transpose,
+                        op,
+                        s.cu_stream(),
+                    )
+                }
+                .unwrap();
+                drop((_g1, _g2, _g3));
+                assert_eq!(
+                    s.clone_dtoh(&out).unwrap(),
+                    want,
+                    "{rows}x{cols} {method:?} transpose {transpose}"
+                );
+            }
+            // f16 weights: compare with the CPU quantizer given the same (rounded) values and scale.
+            let w16: Vec<f32> = wd16.iter().map(|v| v.to_f32()).collect();
+            let m16 = TernaryMatrix::from_ternary(
+                rows,
+                cols,
+                &w16.iter()
+                    .enumerate()
+                    .map(|(i, &v)| {
+                        let sc = if per_row { scale[i / cols] } else { scale[0] };
+                        (v / sc).round_ties_even().clamp(-1.0, 1.0) as i8
+                    })
+                    .collect::<Vec<_>>(),
+                Scale::None,
+            )
+            .unwrap();
+            let dev16 = s.clone_htod(&wd16).unwrap();
+            let mut out = s.alloc_zeros::<u32>(tiled::len_words(rows, cols)).unwrap();
+            let (wp, _g1) = dev16.device_ptr(&s);
+            let (sp, _g2) = sd.device_ptr(&s);
+            let (op, _g3) = out.device_ptr_mut(&s);
+            unsafe {
+                gpu.quantize_to_t2_raw(
+                    wp,
+                    DType::F16,
+                    rows,
+                    cols,
+                    cols,
+                    sp,
+                    per_row,
+                    false,
+                    op,
+                    s.cu_stream(),
+                )
+            }
+            .unwrap();
+            drop((_g1, _g2, _g3));
+            assert_eq!(
+                s.clone_dtoh(&out).unwrap(),
+                tiled::from_i2(m16.words(), rows, cols).unwrap(),
+                "f16 {rows}x{cols}"
+            );
+        }
+    }
+}

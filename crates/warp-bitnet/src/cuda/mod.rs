@@ -258,7 +258,10 @@ mod tests {
                 assert!(names.contains(&gemm_symbol(levels, x, q, y, t)));
             }
         }
-        assert_eq!(kernel_names(compile::LAYOUT.text), ["i2_to_t2", "t2_to_i2"]);
+        assert_eq!(
+            kernel_names(compile::LAYOUT.text),
+            ["i2_to_t2", "t2_to_i2", "quantize_to_t2"]
+        );
         assert_eq!(
             kernel_names(compile::QUANT.text),
             ["quantize_i8_f16", "quantize_i8_bf16"]

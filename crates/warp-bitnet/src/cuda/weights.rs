@@ -188,6 +188,110 @@ impl Gpu {
         unsafe { launch(f, (blocks as u32, 1, 1), 256, 0, stream, &mut kp) }
     }
 
+    /// Quantizes float weights to ternary and writes their T2 words in one pass (the
+    /// training path): `w` is `[rows, cols]` f32/f16/bf16 with row stride `ldw`,
+    /// weight = clamp(round-half-even(w / scale), -1, 1) with `scale` one f32 or, with
+    /// `per_row`, `rows` f32 (the formulas of [`quantize_ternary`](crate::quant::quantize_ternary)
+    /// given the scale); with `transpose`, `dst` receives the T2 words of `wᵀ`
+    /// ([`tiled::len_words`]`(cols, rows)` words), else of `w` (`len_words(rows, cols)`).
+    ///
+    /// # Safety
+    /// The buffers must hold those sizes on this GPU and stay alive until the launch
+    /// completes; `stream` must belong to this GPU's context.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn quantize_to_t2_raw(
+        &self,
+        w: CUdeviceptr,
+        w_dtype: crate::DType,
+        rows: usize,
+        cols: usize,
+        ldw: usize,
+        scale: CUdeviceptr,
+        per_row: bool,
+        transpose: bool,
+        dst: CUdeviceptr,
+        stream: cudarc::driver::sys::CUstream,
+    ) -> Result<()> {
+        use crate::DType;
+        if rows == 0 || cols == 0 {
+            return Err(Error::Empty { arg: "weights" });
+        }
+        for (arg, v) in [("rows", rows), ("cols", cols), ("ldw", ldw)] {
+            if v > crate::format::MAX_DIM {
+                return Err(Error::TooLarge {
+                    arg,
+                    value: v as u64,
+                    limit: crate::format::MAX_DIM as u64,
+                });
+            }
+        }
+        if ldw < cols {
+            return Err(Error::ShapeMismatch {
+                arg: "ldw",
+                expected: format!(">= {cols}"),
+                got: ldw.to_string(),
+            });
+        }
+        let mut dtype: u32 = match w_dtype {
+            DType::F32 => 0,
+            DType::F16 => 1,
+            DType::BF16 => 2,
+            other => {
+                return Err(Error::Unsupported {
+                    what: "dtype",
+                    detail: format!("weights {}; need f32, f16 or bf16", other.name()),
+                })
+            }
+        };
+        for (arg, p, align) in [
+            ("w", w, w_dtype.size()),
+            ("scale", scale, 4),
+            ("dst", dst, 4),
+        ] {
+            if p == 0 || p % align as u64 != 0 {
+                return Err(Error::Misaligned {
+                    arg,
+                    detail: format!("address {p:#x} is null or not a multiple of {align}"),
+                });
+            }
+        }
+        let (t_rows, t_cols) = if transpose {
+            (cols, rows)
+        } else {
+            (rows, cols)
+        };
+        let (_, k_tiles) = tiled::tile_counts(t_rows, t_cols);
+        let words = tiled::len_words(t_rows, t_cols);
+        let blocks = words.div_ceil(256);
+        if blocks > u32::MAX as usize {
+            return Err(Error::TooLarge {
+                arg: "weights",
+                value: words as u64,
+                limit: u32::MAX as u64 * 256,
+            });
+        }
+        let f = self.function("quantize_to_t2")?;
+        let (mut w, mut scale, mut dst) = (w, scale, dst);
+        let (mut ldw, mut per_row, mut transpose) = (ldw as u32, per_row as u32, transpose as u32);
+        let (mut tr, mut tc, mut kt, mut n) =
+            (t_rows as u32, t_cols as u32, k_tiles as u32, words as u64);
+        let mut kp: [*mut c_void; 11] = [
+            &mut w as *mut _ as *mut c_void,
+            &mut dtype as *mut _ as *mut c_void,
+            &mut ldw as *mut _ as *mut c_void,
+            &mut scale as *mut _ as *mut c_void,
+            &mut per_row as *mut _ as *mut c_void,
+            &mut transpose as *mut _ as *mut c_void,
+            &mut dst as *mut _ as *mut c_void,
+            &mut tr as *mut _ as *mut c_void,
+            &mut tc as *mut _ as *mut c_void,
+            &mut kt as *mut _ as *mut c_void,
+            &mut n as *mut _ as *mut c_void,
+        ];
+        // SAFETY: parameters match quantize_to_t2 in layout.cu; the caller guarantees the buffers.
+        unsafe { launch(f, (blocks as u32, 1, 1), 256, 0, stream, &mut kp) }
+    }
+
     /// Converts the device tiles back to I2-layout words (`t2_to_i2`: I2 codes for
     /// ternary, the INT2 codes for INT2) and copies them to the host.
     pub fn download_i2(&self, w: &GpuMatrix, stream: &Arc<CudaStream>) -> Result<Vec<u32>> {

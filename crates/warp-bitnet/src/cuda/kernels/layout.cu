@@ -51,3 +51,37 @@ extern "C" __global__ void t2_to_i2(const u32* t2, u32* i2, u32 rows, u32 cols, 
     }
     i2[idx] = out;
 }
+
+// Float weights -> ternary T2 in one pass (the training path: the master weights are
+// quantized and packed every step). w is [rows, cols] (row stride ldw) of f32, f16 or
+// bf16 (`dtype` 0, 1, 2); weight = clamp(rint(w / scale), -1, 1) with an IEEE
+// division, exactly the formula of quantize_ternary, scale one f32 or one per row of
+// w. With `transpose`, the T2 words are those of wᵀ ([cols, rows]). One thread per
+// T2 word, as in i2_to_t2; `t_rows` x `t_cols` is the packed matrix's shape.
+__device__ __forceinline__ float load_weight(const void* w, u32 dtype, u64 i) {
+    if (dtype == 0) return ((const float*)w)[i];
+    const u16 h = ((const u16*)w)[i];
+    return dtype == 1 ? f16_to_f32(h) : bf16_to_f32(h);
+}
+
+extern "C" __global__ void quantize_to_t2(const void* w, u32 dtype, u32 ldw, const float* scale, u32 per_row,
+                                          u32 transpose, u32* t2, u32 t_rows, u32 t_cols, u32 k_tiles, u64 words) {
+    const u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= words) return;
+    const u64 tile = idx / 128;
+    const u32 rt = (u32)(tile / k_tiles), kt = (u32)(tile % k_tiles);
+    const u32 lane = (u32)(idx % 128) / 4, wd = (u32)(idx % 4);
+    const u32 g = lane / 4, q = lane % 4;
+    u32 out = 0;
+    for (u32 t = 0; t < 16; t++) {
+        const u32 r = rt * 16 + g + 8 * (wd >> 1), c = kt * 128 + 32 * q + 4 * (t % 8) + 2 * (wd & 1) + t / 8;
+        u32 code = 1;  // weight 0 (padding)
+        if (r < t_rows && c < t_cols) {
+            const u32 wr = transpose ? c : r, wc = transpose ? r : c;  // position in w
+            const float v = load_weight(w, dtype, (u64)wr * ldw + wc) / scale[per_row ? wr : 0];
+            code = (u32)(fminf(fmaxf(rintf(v), -1.f), 1.f) + 1.f);
+        }
+        out |= code << (2 * t);
+    }
+    t2[idx] = out;
+}
