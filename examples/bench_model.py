@@ -6,7 +6,8 @@
 Both models are the same transformers ``BitNetForCausalLM`` (config of
 ``microsoft/bitnet-b1.58-2B-4T``) with random weights; random ternary weights cost what real
 ones do. The baseline keeps bf16 ``nn.Linear`` layers; ours replaces every linear layer but
-``lm_head`` with ``warp_bitnet.BitLinear`` (int8 activations, as the real model). Reported:
+``lm_head`` with ``warp_bitnet.BitLinear`` (int8 activations, as the real model), q/k/v and
+gate/up fused into one layer each (``warp_bitnet.hf.fuse_projections``). Reported:
 
 - decode time per token at each batch size, from ``generate`` with a static KV cache
   (``(t(1 + N new tokens) - t(1 new token)) / N``); on CUDA, transformers compiles the decode
@@ -16,7 +17,7 @@ ones do. The baseline keeps bf16 ``nn.Linear`` layers; ours replaces every linea
   (our GEMM and quantizer kernels; cuBLAS/CUTLASS GEMMs for bf16), in attention (flash / SDPA
   kernels) and the rest, and the number of kernel launches per token.
 
-Not yet run on a GPU: the numbers the README quotes will come from this script.
+The README's numbers come from this script (bench/results has each run).
 """
 
 from __future__ import annotations
@@ -49,14 +50,15 @@ def config(tiny: bool) -> transformers.BitNetConfig:
 
 
 def ternary_copy(model: nn.Module) -> nn.Module:
-    """The model with every nn.Linear but lm_head as a BitLinear (absmean, int8 activations)."""
+    """The model with every nn.Linear but lm_head as a BitLinear (absmean, int8 activations),
+    q/k/v and gate/up fused (``warp_bitnet.hf.fuse_projections``)."""
     import copy
 
     ours = copy.deepcopy(model)
     for name, m in list(ours.named_modules()):
         if type(m) is nn.Linear and not name.endswith("lm_head"):
             ours.set_submodule(name, wb.BitLinear.from_linear(m, quantize_activations=True))
-    return ours
+    return wb.hf.fuse_projections(ours)
 
 
 def sync(device: str) -> None:

@@ -225,3 +225,20 @@ def test_convert_checkpoint_reads_bitnet_cpp_gguf(tmp_path):
     assert torch.equal(out["blk.0.ffn_up.weight.packed"], wb.pack_ternary(W))
     assert out["blk.0.ffn_up.weight.scale"].item() == 0.625
     assert torch.equal(out["blk.0.attn_norm.weight"], norm)
+
+
+@pytest.mark.parametrize("arch", ["bitnet", "llama"])
+def test_fused_projections_match_the_separate_layers(arch):
+    ref = tiny_model("autobitlinear", "offline", arch=arch)
+    separate = swap_bitnet_linears(copy.deepcopy(ref), fuse=False)
+    fused = swap_bitnet_linears(copy.deepcopy(ref))
+    attn, mlp = fused.model.layers[0].self_attn, fused.model.layers[0].mlp
+    assert isinstance(attn.qkv_proj, wb.hf.FusedBitLinear) and isinstance(mlp.gate_up_proj, wb.hf.FusedBitLinear)
+    assert not any(k.startswith("model.layers.0.self_attn.q_proj") for k in fused.state_dict())
+    ids = torch.randint(2, 97, (2, 11), generator=torch.Generator().manual_seed(6))
+    assert torch.equal(_logits(fused, ids), _logits(separate, ids))
+    assert fused.model.layers[0].self_attn.qkv_proj._x is None  # nothing held between calls
+    # torch.compile traces the hand-out of parts in one graph.
+    compiled = torch.compile(fused.model.layers[0].mlp, backend="eager", fullgraph=True)
+    x = torch.randn(2, 3, fused.config.hidden_size)
+    torch.testing.assert_close(compiled(x), separate.model.layers[0].mlp(x))

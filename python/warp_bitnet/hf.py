@@ -12,6 +12,10 @@ Activations are quantized per token to int8, as in those layers. Embeddings, ``l
 every other module are left alone, so ``model.generate()`` works unchanged. For dense
 Llama-family models, quantize with ``warp_bitnet.convert_to_bitlinear`` instead.
 
+``fuse_projections(model)`` (called by ``swap_bitnet_linears``) then merges the
+``q_proj``/``k_proj``/``v_proj`` and ``gate_proj``/``up_proj`` BitLinear layers of each block
+into one layer each: one launch where there were three (two), the activations quantized once.
+
 ``convert_checkpoint`` writes such a checkpoint file, or a bitnet.cpp GGUF file, as our packed
 safetensors file (``warp-bitnet convert`` of the CLI, the same code).
 """
@@ -26,6 +30,10 @@ from torch import nn
 from . import _native
 from . import functional as F
 from .nn import BitLinear
+
+# Sibling projections that read the same input, fused into one layer (stored on the parent
+# under the key's name).
+FUSABLE = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
 
 
 def _from_auto(module) -> BitLinear:
@@ -50,8 +58,11 @@ def _from_auto(module) -> BitLinear:
     return layer
 
 
-def swap_bitnet_linears(model: nn.Module) -> nn.Module:
+def swap_bitnet_linears(model: nn.Module, fuse: bool = True) -> nn.Module:
     """Replaces transformers' BitNet layers of ``model`` by ``warp_bitnet.BitLinear``, in place.
+
+    Args:
+        fuse: then merge sibling projections (``fuse_projections``).
 
     Returns:
         ``model``. A layer with transformers' optional activation RMSNorm becomes
@@ -80,6 +91,85 @@ def swap_bitnet_linears(model: nn.Module) -> nn.Module:
         if module.rms_norm is not None:
             layer = nn.Sequential(module.rms_norm, layer)
         model.set_submodule(name, layer)
+    return fuse_projections(model) if fuse else model
+
+
+class FusedBitLinear(nn.Module):
+    """Several ``BitLinear`` layers of one input as one: their rows stacked (each layer's
+    scale spread over its rows), computed in one launch on the first call of a part and
+    handed out part by part (``part(x, i)``), so that modules calling ``q_proj(x)``,
+    ``k_proj(x)``, ``v_proj(x)`` in turn run one GEMM. A part asked with another input
+    than the one computed recomputes, so the result is always that of the separate layers."""
+
+    def __init__(self, layers: list[BitLinear]):
+        super().__init__()
+        first = layers[0]
+        for layer in layers:
+            if (layer.in_features, layer.quantize_activations) != (first.in_features, first.quantize_activations):
+                raise ValueError("fused layers must share in_features and quantize_activations")
+            if (layer.bias is None) != (first.bias is None):
+                raise ValueError("fused layers must all have a bias or none")
+        self.sizes = [layer.out_features for layer in layers]
+        dev = first.weight_packed.device
+        self.linear = BitLinear(
+            first.in_features, sum(self.sizes), bias=first.bias is not None,
+            quantize_activations=first.quantize_activations, device=dev,
+            dtype=None if first.bias is None else first.bias.dtype,
+        )  # fmt: skip
+        with torch.no_grad():
+            self.linear.weight_packed.copy_(torch.cat([layer.weight_packed for layer in layers]))
+            self.linear.weight_scale = torch.cat(
+                [layer.weight_scale.to(torch.float32).expand(layer.out_features) for layer in layers]
+            ).contiguous()
+            if first.bias is not None:
+                self.linear.bias = torch.cat([layer.bias for layer in layers])
+        self.linear.refresh()
+        self._x: torch.Tensor | None = None
+        self._parts: tuple[torch.Tensor, ...] = ()
+        self._left = 0
+
+    def part(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        if self._x is not x or self._left == 0:
+            self._x, self._parts, self._left = x, self.linear(x).split(self.sizes, dim=-1), len(self.sizes)
+        out = self._parts[i]
+        self._left -= 1
+        if self._left == 0:  # every part handed out: hold no tensor between calls
+            self._x, self._parts = None, ()
+        return out
+
+
+class _FusedPart(nn.Module):
+    """Part ``index`` of a ``FusedBitLinear`` (which its parent module owns)."""
+
+    def __init__(self, fused: FusedBitLinear, index: int):
+        super().__init__()
+        object.__setattr__(self, "fused", fused)  # not a submodule: saved once, by the parent
+        self.index = index
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fused.part(x, self.index)
+
+    def extra_repr(self) -> str:
+        return f"part {self.index} of {self.fused.sizes}"
+
+
+def fuse_projections(model: nn.Module) -> nn.Module:
+    """Merges, in place, every module's ``q_proj``/``k_proj``/``v_proj`` and
+    ``gate_proj``/``up_proj`` that are all ``BitLinear`` with the same input size and
+    activation quantization into one ``FusedBitLinear`` (``qkv_proj``, ``gate_up_proj``);
+    the old names become views of its parts. Other modules are left alone. Returns ``model``."""
+    for parent in list(model.modules()):
+        for fused_name, names in FUSABLE.items():
+            layers = [getattr(parent, n, None) for n in names]
+            if not all(type(layer) is BitLinear for layer in layers):
+                continue
+            try:
+                fused = FusedBitLinear(layers)
+            except ValueError:
+                continue
+            parent.add_module(fused_name, fused)
+            for i, n in enumerate(names):
+                setattr(parent, n, _FusedPart(fused, i))
     return model
 
 
