@@ -13,6 +13,8 @@ gate/up fused into one layer each (``warp_bitnet.hf.fuse_projections``). Reporte
   (``(t(1 + N new tokens) - t(1 new token)) / N``); on CUDA, transformers compiles the decode
   step with ``mode="reduce-overhead"`` (CUDA graphs) for a static cache, unless ``--eager``;
 - prefill time of ``--prefill`` tokens at batch 1;
+- on CUDA, the GPU time of one decode step replayed from a CUDA graph (no host overhead:
+  ``generate`` adds its own Python time per token to both models alike);
 - a per-token breakdown from the profiler over eager decode steps: kernel time in linear layers
   (our GEMM and quantizer kernels; cuBLAS/CUTLASS GEMMs for bf16), in attention (flash / SDPA
   kernels) and the rest, and the number of kernel launches per token.
@@ -89,6 +91,41 @@ def decode_ms_per_token(model, batch: int, new_tokens: int, device: str, reps: i
     short = timed(gen(1), device, reps)
     long = timed(gen(1 + new_tokens), device, reps)
     return (long - short) / new_tokens
+
+
+def graph_step_ms(model, batch: int, steps: int = 50) -> float | None:
+    """GPU time (ms) of one decode step at ``batch`` tokens replayed from a CUDA graph
+    (static KV cache, position 16): the model's kernels without any host overhead, what a
+    serving loop with graphs pays per token. None (and a message) if capture fails."""
+    ids = torch.randint(1, model.config.vocab_size, (batch, 1), device="cuda")
+    cache = transformers.StaticCache(config=model.config, max_cache_len=64)
+    pos = torch.tensor([16], device="cuda")
+
+    def step():
+        return model(ids, past_key_values=cache, cache_position=pos, use_cache=True)
+
+    try:
+        with torch.no_grad():
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    step()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                step()
+    except RuntimeError as e:  # a model that syncs the host cannot be captured: report, go on
+        print(f"CUDA graph capture failed: {type(e).__name__}: {e}")
+        return None
+    graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(steps):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / steps
 
 
 def prefill_ms(model, tokens: int, device: str, reps: int) -> float:
@@ -174,6 +211,8 @@ def main(argv: list[str] | None = None) -> dict:
             r[f"tokens_per_s_b{b}"] = b * 1e3 / ms
         if a.device == "cuda":
             r["breakdown_b1"] = breakdown(model)
+            for b in a.batch:
+                r[f"graph_step_ms_b{b}"] = graph_step_ms(model, b)
         results["models"][name] = r
         print(name, json.dumps(r, indent=1))
     base_name = next(iter(models))
@@ -182,6 +221,14 @@ def main(argv: list[str] | None = None) -> dict:
         speedup = results["models"]["warp-bitnet"][key] / results["models"][base_name][key]
         results[f"speedup_b{b}"] = speedup
         print(f"batch {b}: {speedup:.2f}x tokens/s vs {base_name}")
+        key = f"graph_step_ms_b{b}"
+        if a.device == "cuda" and None not in (
+            results["models"]["warp-bitnet"][key],
+            results["models"][base_name][key],
+        ):
+            ratio = results["models"][base_name][key] / results["models"]["warp-bitnet"][key]
+            results[f"graph_step_speedup_b{b}"] = ratio
+            print(f"batch {b}: {ratio:.2f}x decode-step GPU time (CUDA graph replay) vs {base_name}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(results, f, indent=1)
