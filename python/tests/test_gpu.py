@@ -230,3 +230,21 @@ def test_quantize_to_t2_is_quantize_then_pack(dtype, method):
     for transpose in (False, True):
         want = wb.ops.to_t2(wb.pack_ternary(q.T.contiguous() if transpose else q), 70 if transpose else 333)
         assert torch.equal(wb.ops.quantize_to_t2(w, scale, transpose), want)
+
+
+def test_bitlinear_train_step_under_torch_compile():
+    import copy
+
+    torch.manual_seed(8)
+    model = wb.convert_to_bitlinear(
+        torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 4))
+    )
+    model = model.cuda()
+    twin = copy.deepcopy(model)
+    x = torch.randn(16, 64, device="cuda")
+    y = torch.randint(0, 4, (16,), device="cuda")
+    compiled = torch.compile(twin)
+    for m in (model, compiled):
+        torch.nn.functional.cross_entropy(m(x), y).backward()
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6)
