@@ -31,28 +31,38 @@ def _ptr(t: torch.Tensor | None) -> int:
     return 0 if t is None else t.data_ptr()
 
 
+_DTYPE_NAMES = {
+    torch.float32: "float32",
+    torch.float16: "float16",
+    torch.bfloat16: "bfloat16",
+    torch.int8: "int8",
+    torch.int32: "int32",
+}
+
+
 def _dtype_name(dt: torch.dtype) -> str:
-    names = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
-    return (names | {torch.int8: "int8", torch.int32: "int32"})[dt]
+    return _DTYPE_NAMES[dt]
 
 
-def _require(cond: bool, message: str) -> None:
+def _require(cond: bool, message: str, *args) -> None:
+    """Raises ValueError(message.format(*args)) unless ``cond``: the message is formatted only
+    on failure (these checks run on every call; formatting devices and dtypes costs microseconds)."""
     if not cond:
-        raise ValueError(message)
+        raise ValueError(message.format(*args))
 
 
 def _cuda_contiguous(name: str, t: torch.Tensor, device: torch.device | None = None) -> None:
-    _require(t.is_cuda, f"`{name}` must be a CUDA tensor, got one on {t.device}")
-    _require(t.is_contiguous(), f"`{name}` must be contiguous")
+    _require(t.is_cuda, "`{}` must be a CUDA tensor, got one on {}", name, t.device)
+    _require(t.is_contiguous(), "`{}` must be contiguous", name)
     if device is not None:
-        _require(t.device == device, f"`{name}` is on {t.device}, expected {device}")
+        _require(t.device == device, "`{}` is on {}, expected {}", name, t.device, device)
 
 
 def _to_t2(packed: torch.Tensor, cols: int, levels: str = "ternary") -> torch.Tensor:
     """I2-layout words ``[M, ceil(cols / 16)]`` (int32, CUDA; ternary I2 codes, or INT2
     codes with ``levels="int2"``) -> GPU tile layout (int32 words)."""
     _cuda_contiguous("packed", packed)
-    _require(packed.dtype == torch.int32, f"`packed` must be int32, got {packed.dtype}")
+    _require(packed.dtype == torch.int32, "`packed` must be int32, got {}", packed.dtype)
     rows = packed.shape[0]
     out = torch.empty(_native.t2_words(rows, cols), dtype=torch.int32, device=packed.device)
     _native.i2_to_t2(packed.device.index, packed.data_ptr(), out.data_ptr(), rows, cols, levels, _stream(packed))
@@ -73,8 +83,8 @@ def _quantize_to_t2(w: torch.Tensor, scale: torch.Tensor, transpose: bool = Fals
     (no host sync); the T2 words of ``wᵀ`` with ``transpose``."""
     _cuda_contiguous("w", w)
     _cuda_contiguous("scale", scale, w.device)
-    _require(w.dim() == 2, f"`w` must be [M, N], got {tuple(w.shape)}")
-    _require(w.dtype in (torch.float32, torch.float16, torch.bfloat16), f"`w` must be a float tensor, got {w.dtype}")
+    _require(w.dim() == 2, "`w` must be [M, N], got {}", tuple(w.shape))
+    _require(w.dtype in (torch.float32, torch.float16, torch.bfloat16), "`w` must be a float tensor, got {}", w.dtype)
     rows, cols = w.shape
     _require(scale.dtype == torch.float32 and scale.numel() in (1, rows), "`scale` must be float32 [1] or [M]")
     out_shape = (cols, rows) if transpose else (rows, cols)
@@ -112,15 +122,15 @@ def _gemm(
     multiplied as W2A8, in one launch."""
     _cuda_contiguous("x", x)
     _cuda_contiguous("t2", t2, x.device)
-    _require(x.dim() == 2 and x.shape[1] == cols, f"`x` must be [B, {cols}], got {tuple(x.shape)}")
-    _require(x.dtype in (torch.float16, torch.bfloat16), f"`x` must be float16 or bfloat16, got {x.dtype}")
-    _require(not quantize_x or x.shape[0] == 1, f"`quantize_x` takes one token, got {x.shape[0]}")
+    _require(x.dim() == 2 and x.shape[1] == cols, "`x` must be [B, {}], got {}", cols, tuple(x.shape))
+    _require(x.dtype in (torch.float16, torch.bfloat16), "`x` must be float16 or bfloat16, got {}", x.dtype)
+    _require(not quantize_x or x.shape[0] == 1, "`quantize_x` takes one token, got {}", x.shape[0])
     if scale is not None:
         _cuda_contiguous("scale", scale, x.device)
         _require(scale.dtype == torch.float32 and scale.numel() in (1, rows), "`scale` must be float32 [1] or [rows]")
     if bias is not None:
         _cuda_contiguous("bias", bias, x.device)
-        _require(bias.dtype == x.dtype and bias.numel() == rows, f"`bias` must be {x.dtype} [{rows}]")
+        _require(bias.dtype == x.dtype and bias.numel() == rows, "`bias` must be {} [{}]", x.dtype, rows)
     y = torch.empty(x.shape[0], rows, dtype=x.dtype, device=x.device)
     dt = _dtype_name(x.dtype)
     per_row = scale is not None and scale.numel() == rows and rows > 1
@@ -156,11 +166,12 @@ def _gemm_i8(
     _cuda_contiguous("q", q)
     _cuda_contiguous("t2", t2, q.device)
     _cuda_contiguous("x_scale", x_scale, q.device)
-    _require(q.dtype == torch.int8 and q.dim() == 2 and q.shape[1] == cols, f"`q` must be int8 [B, {cols}]")
+    _require(q.dtype == torch.int8 and q.dim() == 2 and q.shape[1] == cols, "`q` must be int8 [B, {}]", cols)
     _require(x_scale.dtype == torch.float32 and x_scale.numel() == q.shape[0], "`x_scale` must be float32 [B]")
     _require(
         out_dtype in (torch.float16, torch.bfloat16, torch.int32),
-        f"`out_dtype` must be float16, bfloat16 or int32, got {out_dtype}",
+        "`out_dtype` must be float16, bfloat16 or int32, got {}",
+        out_dtype,
     )
     _require(
         out_dtype != torch.int32 or (scale is None and bias is None), "int32 output takes no `scale` and no `bias`"
@@ -170,7 +181,7 @@ def _gemm_i8(
         _require(scale.dtype == torch.float32 and scale.numel() in (1, rows), "`scale` must be float32 [1] or [rows]")
     if bias is not None:
         _cuda_contiguous("bias", bias, q.device)
-        _require(bias.dtype == out_dtype and bias.numel() == rows, f"`bias` must be {out_dtype} [{rows}]")
+        _require(bias.dtype == out_dtype and bias.numel() == rows, "`bias` must be {} [{}]", out_dtype, rows)
     y = torch.empty(q.shape[0], rows, dtype=out_dtype, device=q.device)
     per_row = scale is not None and scale.numel() == rows and rows > 1
     _native.gemm(
