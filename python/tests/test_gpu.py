@@ -27,7 +27,7 @@ def rel(a, b):
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float16, 1e-3), (torch.bfloat16, 1e-2)])
 @pytest.mark.parametrize("m,n", [(1, 16), (127, 48), (300, 2560), (4097, 300)])
-@pytest.mark.parametrize("batch", [1, 3, 17])
+@pytest.mark.parametrize("batch", [1, 3, 17, 100])
 def test_linear_matches_float64(dtype, tol, m, n, batch):
     g = torch.Generator().manual_seed(m * n + batch)
     W = torch.randint(-1, 2, (m, n), generator=g).float()
@@ -140,7 +140,7 @@ def test_bitlinear_gpu_layout_follows_the_weights():
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float16, 1e-3), (torch.bfloat16, 1e-2)])
 @pytest.mark.parametrize("m,n", [(1, 16), (127, 48), (300, 2560), (4097, 300)])
-@pytest.mark.parametrize("batch", [1, 3, 17])
+@pytest.mark.parametrize("batch", [1, 3, 17, 100])
 def test_linear_int2_matches_float64(dtype, tol, m, n, batch):
     g = torch.Generator().manual_seed(m * 7 + n + batch)
     W, scale = wb.quantize_int2(torch.randn(m, n, generator=g))
@@ -248,3 +248,22 @@ def test_bitlinear_train_step_under_torch_compile():
         torch.nn.functional.cross_entropy(m(x), y).backward()
     for a, b in zip(model.parameters(), twin.parameters(), strict=True):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("levels", ["ternary", "int2"])
+@pytest.mark.parametrize("m,n", [(256, 512), (300, 1000)])  # int8 on cuBLAS; kernels (300 % 8 != 0)
+def test_large_batch_w2a8_equals_the_kernels(dtype, levels, m, n):
+    g = torch.Generator().manual_seed(31)
+    if levels == "ternary":
+        packed, scale = wb.quantize_ternary(torch.randn(m, n, generator=g))
+    else:
+        packed, scale = wb.quantize_int2(torch.randn(m, n, generator=g))
+    packed, s = packed.cuda(), scale.cuda().reshape(-1).float()
+    t2 = wb.ops.to_t2(packed, n, levels)
+    x = torch.randn(100, n, generator=g).to(dtype).cuda()
+    bias = torch.randn(m, generator=g).to(dtype).cuda()
+    big = wb.functional._linear_t2(x, t2, m, s, bias, True, levels, i2=packed)  # >= DENSE_MIN_TOKENS
+    small = wb.functional._linear_t2(x[:64], t2, m, s, bias, True, levels, i2=packed)  # the kernels
+    assert wb.functional.DENSE_MIN_TOKENS > 64
+    assert torch.equal(big[:64], small)

@@ -6,6 +6,7 @@ __all__ = [
     "convert_checkpoint",
     "cuda_available",
     "gemm",
+    "i2_to_dense",
     "i2_to_t2",
     "quantize_i8",
     "quantize_to_t2",
@@ -46,6 +47,10 @@ def gemm(
 ) -> None:
     """``y = (x . Wᵀ) * scale + bias`` on ``"ternary"`` or ``"int2"`` T2 weights (pointer 0 =
     absent); raises ValueError on bad arguments."""
+
+def i2_to_dense(device: int, src: int, dst: int, rows: int, cols: int, levels: str, out: str, stream: int) -> None:
+    """I2-layout words at ``src`` -> dense ``[rows, cols]`` weights at ``dst`` (``out``: ``"int8"``
+    ternary weights or twice the INT2 levels, ``"float16"`` / ``"bfloat16"`` levels)."""
 
 def quantize_to_t2(
     device: int,

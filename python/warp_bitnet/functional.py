@@ -277,7 +277,9 @@ def linear(
     """
     n, m = _check_linear_args(x, packed_weight, scale, bias, in_features)
     if x.is_cuda:
-        return _linear_t2(x, _t2_of(packed_weight, n), m, scale, bias, quantize_activations)
+        return _linear_t2(
+            x, _t2_of(packed_weight, n), m, scale, bias, quantize_activations, i2=packed_weight.contiguous()
+        )
     lead = x.shape[:-1]
     x2 = x.reshape(-1, n)
     validate_packed(packed_weight, n)
@@ -295,6 +297,12 @@ def linear(
     return y.to(x.dtype).reshape(*lead, m)
 
 
+# From this many tokens on, a dense tensor-core GEMM on the decoded weights (cuBLAS) beats the
+# GEMV kernels, which re-decode the weights for every group of 32 tokens (H100: break-even at
+# 64 tokens on 28672 x 8192, docs/NOTES.md).
+DENSE_MIN_TOKENS = 65
+
+
 def _linear_t2(
     x: torch.Tensor,
     t2: torch.Tensor,
@@ -303,13 +311,20 @@ def _linear_t2(
     bias: torch.Tensor | None,
     quantize_activations: bool,
     levels: str = "ternary",
+    i2: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The CUDA path of ``linear`` (``linear_int2`` with ``levels="int2"``) on weights already
-    in the GPU layout (checked by the caller)."""
+    in the GPU layout (checked by the caller). Given the I2-layout words ``i2`` too, batches of
+    ``DENSE_MIN_TOKENS`` or more run on cuBLAS over the decoded weights (int8 products exact,
+    the same epilogue)."""
     n = x.shape[-1]
     lead = x.shape[:-1]
     x2 = x.reshape(-1, n).contiguous()
     s = None if scale is None else scale.to(torch.float32).reshape(-1).contiguous()
+    if i2 is not None and x2.shape[0] >= DENSE_MIN_TOKENS and x.dtype in (torch.float16, torch.bfloat16):
+        y = _linear_dense(x2, i2, m, s, bias, quantize_activations, levels)
+        if y is not None:
+            return y.reshape(*lead, m)
     if x.dtype == torch.float32:
         if not quantize_activations:
             raise TypeError(
@@ -337,6 +352,27 @@ def _linear_t2(
     else:
         y = ops.eager(ops.gemm)(t2, m, n, s, x2, b, levels)
     return y.reshape(*lead, m)
+
+
+def _linear_dense(x2, i2, m, s, bias, quantize_activations, levels) -> torch.Tensor | None:
+    """Large batches: decode the weights to a dense matrix and multiply on cuBLAS; int8
+    activations through ``torch._int_mm`` (exact int32 sums, then the kernels' epilogue in the
+    same order). None where ``_int_mm`` does not apply (dimensions not multiples of 8)."""
+    n = x2.shape[1]
+    dense = ops.eager(ops.i2_to_dense)
+    if quantize_activations:
+        if n % 8 or m % 8:
+            return None
+        q, qs = ops.eager(ops.quantize_i8)(x2)
+        acc = torch._int_mm(q, dense(i2, n, levels, torch.int8).T).to(torch.float32)
+        y = (acc * 0.5 if levels == "int2" else acc) * qs[:, None]
+    else:
+        y = torch.nn.functional.linear(x2, dense(i2, n, levels, x2.dtype)).to(torch.float32)
+    if s is not None:
+        y = y * s
+    if bias is not None:
+        y = y + bias.to(x2.dtype).to(torch.float32)
+    return y.to(x2.dtype)
 
 
 def gemv(W_packed: torch.Tensor, X: torch.Tensor, Y: torch.Tensor) -> None:
@@ -435,7 +471,8 @@ def linear_int2(
     """
     n, m = _check_linear_args(x, packed_weight, scale, bias, in_features)
     if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16):
-        return _linear_t2(x, _t2_of(packed_weight, n, "int2"), m, scale, bias, False, "int2")
+        t2 = _t2_of(packed_weight, n, "int2")
+        return _linear_t2(x, t2, m, scale, bias, False, "int2", i2=packed_weight.contiguous())
     levels = unpack_int2(packed_weight, n)
     y = x.reshape(-1, n).to(torch.float32) @ levels.T
     if scale is not None:

@@ -151,7 +151,13 @@ class BitLinear(nn.Module):
             )
         F._check_linear_args(x, self.weight_packed, self.weight_scale, self.bias, self.in_features)
         return F._linear_t2(
-            x, self._gpu_weights(), self.out_features, self.weight_scale, self.bias, self.quantize_activations
+            x,
+            self._gpu_weights(),
+            self.out_features,
+            self.weight_scale,
+            self.bias,
+            self.quantize_activations,
+            i2=self.weight_packed,
         )
 
     def extra_repr(self) -> str:
@@ -252,9 +258,10 @@ class BitLinearTrain(nn.Linear):
     behaviour) and, by default, per-token int8 activations; the backward pass is the
     straight-through estimator: the master weights receive the gradient of the
     quantized product unchanged, and the input gradient uses the quantized weights.
-    On CUDA (float16/bfloat16 inputs, or float32 with quantized activations) both
-    products run on the ternary kernels, the weights quantized and packed on the device
-    each step; elsewhere a PyTorch reference path. ``.quantize()`` freezes the layer to
+    On CUDA (float16/bfloat16 inputs, or float32 with quantized activations) and fewer
+    than ``functional.DENSE_MIN_TOKENS`` tokens, both products run on the ternary kernels,
+    the weights quantized and packed on the device each step; larger batches and other
+    devices take the PyTorch path (dense quantized weights, cuBLAS on CUDA). ``.quantize()`` freezes the layer to
     a fast ``BitLinear``.
     """
 
@@ -275,8 +282,11 @@ class BitLinearTrain(nn.Linear):
         self.quantize_activations = quantize_activations
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # CUDA kernels take f16/bf16 activations, or float32 ones quantized to int8.
-        if x.is_cuda and (x.dtype in (torch.float16, torch.bfloat16) or self.quantize_activations):
+        # CUDA kernels take f16/bf16 activations, or float32 ones quantized to int8; from
+        # DENSE_MIN_TOKENS tokens on, cuBLAS on the dense quantized weights (below) is faster.
+        tokens = x.numel() // max(x.shape[-1], 1)
+        kernels = x.dtype in (torch.float16, torch.bfloat16) or self.quantize_activations
+        if x.is_cuda and kernels and tokens < F.DENSE_MIN_TOKENS:
             return _TernaryLinearCuda.apply(x, self.weight, self.bias, self.weight_method, self.quantize_activations)
         w = _TernarySTE.apply(self.weight, _quantize_weight(self.weight, self.weight_method))
         if self.quantize_activations:

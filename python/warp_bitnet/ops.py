@@ -77,6 +77,31 @@ def _(packed, cols, levels="ternary"):
     return packed.new_empty(_native.t2_words(packed.shape[0], cols))
 
 
+def _i2_to_dense(
+    packed: torch.Tensor, cols: int, levels: str = "ternary", dtype: torch.dtype = torch.int8
+) -> torch.Tensor:
+    """I2-layout words ``[M, ceil(cols / 16)]`` (int32, CUDA) -> dense ``[M, cols]``: int8 ternary
+    weights (for ``levels="int2"``, twice the levels: ``2c - 3``), or float16 / bfloat16 levels."""
+    _cuda_contiguous("packed", packed)
+    _require(packed.dtype == torch.int32, "`packed` must be int32, got {}", packed.dtype)
+    _require(dtype in (torch.int8, torch.float16, torch.bfloat16), "`dtype` must be int8, float16 or bfloat16")
+    rows = packed.shape[0]
+    out = torch.empty(rows, cols, dtype=dtype, device=packed.device)
+    _native.i2_to_dense(
+        packed.device.index, packed.data_ptr(), out.data_ptr(), rows, cols, levels, _dtype_name(dtype),
+        _stream(packed),
+    )  # fmt: skip
+    return out
+
+
+i2_to_dense = torch.library.custom_op("warp_bitnet::i2_to_dense", mutates_args=())(_i2_to_dense)
+
+
+@i2_to_dense.register_fake
+def _(packed, cols, levels="ternary", dtype=torch.int8):
+    return packed.new_empty(packed.shape[0], cols, dtype=dtype)
+
+
 def _quantize_to_t2(w: torch.Tensor, scale: torch.Tensor, transpose: bool = False) -> torch.Tensor:
     """Float weights ``w`` ``[M, N]`` (f32/f16/bf16, CUDA) -> ternary T2 words in one pass:
     weight = clamp(round(w / scale), -1, 1), ``scale`` float32 ``[1]`` or ``[M]`` on the device
@@ -223,6 +248,7 @@ def _(x):
 
 _IMPLS = {
     to_t2: _to_t2,
+    i2_to_dense: _i2_to_dense,
     quantize_to_t2: _quantize_to_t2,
     gemm: _gemm,
     gemm_i8: _gemm_i8,

@@ -106,6 +106,28 @@ fn i2_to_t2(
         .map_err(to_py)
 }
 
+/// I2-layout words (`levels` codes) at `src` -> dense `[rows, cols]` weights at `dst`
+/// (`out`: "int8" ternary weights or twice the INT2 levels; "float16"/"bfloat16" levels).
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn i2_to_dense(
+    py: Python<'_>,
+    device: usize,
+    src: u64,
+    dst: u64,
+    rows: usize,
+    cols: usize,
+    levels: &str,
+    out: &str,
+    stream: u64,
+) -> PyResult<()> {
+    let (levels, out) = (parse_levels(levels)?, dtype(out)?);
+    let g = gpu(device)?;
+    // SAFETY: as in `i2_to_t2`: live CUDA tensors of the checked sizes on `device`.
+    py.detach(|| unsafe { g.i2_to_dense_raw(src, dst, rows, cols, levels, out, stream as _) })
+        .map_err(to_py)
+}
+
 /// Float weights `w` (`[rows, cols]`, row stride `ldw`, dtype `w_dtype`) quantized to
 /// ternary with `scale` (one f32, or `rows` with `per_row`) and packed to T2 at `dst`, of
 /// `w` or, with `transpose`, of its transpose; see `warp_bitnet.ops.quantize_to_t2`.
@@ -242,6 +264,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(i2_to_t2, m)?)?;
     m.add_function(wrap_pyfunction!(gemm, m)?)?;
     m.add_function(wrap_pyfunction!(quantize_to_t2, m)?)?;
+    m.add_function(wrap_pyfunction!(i2_to_dense, m)?)?;
     m.add_function(wrap_pyfunction!(quantize_i8, m)?)?;
     m.add_function(wrap_pyfunction!(convert_checkpoint, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -260,7 +260,7 @@ mod tests {
         }
         assert_eq!(
             kernel_names(compile::LAYOUT.text),
-            ["i2_to_t2", "t2_to_i2", "quantize_to_t2"]
+            ["i2_to_t2", "t2_to_i2", "quantize_to_t2", "i2_to_dense"]
         );
         assert_eq!(
             kernel_names(compile::QUANT.text),

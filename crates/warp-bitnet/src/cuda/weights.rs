@@ -292,6 +292,85 @@ impl Gpu {
         unsafe { launch(f, (blocks as u32, 1, 1), 256, 0, stream, &mut kp) }
     }
 
+    /// I2-layout words -> a dense row-major `[rows, cols]` matrix on raw device pointers
+    /// (for large batches, where a dense tensor-core GEMM is faster): `out` i8 holds the
+    /// ternary weights, or twice the INT2 levels (`2c - 3`); f16 / bf16 hold the weights
+    /// or levels themselves.
+    ///
+    /// # Safety
+    /// `src` must hold `rows * ceil(cols / 16)` words (valid I2 codes for ternary), `dst`
+    /// `rows * cols` elements of `out`, both on this GPU and alive until the launch
+    /// completes; `stream` must belong to this GPU's context.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn i2_to_dense_raw(
+        &self,
+        src: CUdeviceptr,
+        dst: CUdeviceptr,
+        rows: usize,
+        cols: usize,
+        levels: Levels,
+        out: crate::DType,
+        stream: cudarc::driver::sys::CUstream,
+    ) -> Result<()> {
+        use crate::DType;
+        if rows == 0 || cols == 0 {
+            return Err(Error::Empty { arg: "weights" });
+        }
+        for (arg, v) in [("rows", rows), ("cols", cols)] {
+            if v > crate::format::MAX_DIM {
+                return Err(Error::TooLarge {
+                    arg,
+                    value: v as u64,
+                    limit: crate::format::MAX_DIM as u64,
+                });
+            }
+        }
+        let mut code: u32 = match out {
+            DType::I8 => 0,
+            DType::F16 => 1,
+            DType::BF16 => 2,
+            other => {
+                return Err(Error::Unsupported {
+                    what: "dtype",
+                    detail: format!("dense weights {}; need i8, f16 or bf16", other.name()),
+                })
+            }
+        };
+        for (arg, p, align) in [("src", src, 4), ("dst", dst, out.size())] {
+            if p == 0 || p % align as u64 != 0 {
+                return Err(Error::Misaligned {
+                    arg,
+                    detail: format!("address {p:#x} is null or not a multiple of {align}"),
+                });
+            }
+        }
+        let wpr = i2::words_per_row(cols);
+        let words = rows * wpr;
+        let blocks = words.div_ceil(256);
+        if blocks > u32::MAX as usize {
+            return Err(Error::TooLarge {
+                arg: "weights",
+                value: words as u64,
+                limit: u32::MAX as u64 * 256,
+            });
+        }
+        let f = self.function("i2_to_dense")?;
+        let (mut src, mut dst) = (src, dst);
+        let (mut r, mut c, mut wp) = (rows as u32, cols as u32, wpr as u32);
+        let mut int2 = u32::from(levels == Levels::Int2);
+        let mut kp: [*mut c_void; 7] = [
+            &mut src as *mut _ as *mut c_void,
+            &mut dst as *mut _ as *mut c_void,
+            &mut r as *mut _ as *mut c_void,
+            &mut c as *mut _ as *mut c_void,
+            &mut wp as *mut _ as *mut c_void,
+            &mut int2 as *mut _ as *mut c_void,
+            &mut code as *mut _ as *mut c_void,
+        ];
+        // SAFETY: parameters match i2_to_dense in layout.cu; the caller guarantees the buffers.
+        unsafe { launch(f, (blocks as u32, 1, 1), 256, 0, stream, &mut kp) }
+    }
+
     /// Converts the device tiles back to I2-layout words (`t2_to_i2`: I2 codes for
     /// ternary, the INT2 codes for INT2) and copies them to the host.
     pub fn download_i2(&self, w: &GpuMatrix, stream: &Arc<CudaStream>) -> Result<Vec<u32>> {

@@ -85,3 +85,22 @@ extern "C" __global__ void quantize_to_t2(const void* w, u32 dtype, u32 ldw, con
     }
     t2[idx] = out;
 }
+
+// I2-layout words -> dense row-major weights, for large batches (a tensor-core GEMM on
+// the dense matrix beats the GEMV kernels there). One thread per word: 16 consecutive
+// values. `out` 0: int8 (ternary -1/0/+1; INT2 2c - 3, twice the level), 1: f16 levels,
+// 2: bf16 levels; values past `cols` are not written. Codes were validated on upload.
+extern "C" __global__ void i2_to_dense(const u32* i2, void* dst, u32 rows, u32 cols, u32 wpr, u32 int2, u32 out) {
+    const u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (u64)rows * wpr) return;
+    const u32 r = (u32)(idx / wpr), j = (u32)(idx % wpr);
+    const u32 word = i2[idx];
+    for (u32 t = 0; t < 16 && 16 * j + t < cols; t++) {
+        const u32 c = (word >> (2 * t)) & 3;
+        const int twice = int2 ? 2 * (int)c - 3 : 2 * ((int)(c & 1) - (int)(c >> 1));  // 2 x level
+        const u64 o = (u64)r * cols + 16 * j + t;
+        if (out == 0) ((i8*)dst)[o] = (i8)(int2 ? twice : twice / 2);
+        else if (out == 1) ((u16*)dst)[o] = f32_to_f16(0.5f * (float)twice);
+        else ((u16*)dst)[o] = f32_to_bf16(0.5f * (float)twice);
+    }
+}

@@ -1,0 +1,62 @@
+"""Large batches (prefill, training) through ``warp_bitnet.linear`` against torch's dense
+f16 ``F.linear`` on the same shapes (run on a CUDA host).
+
+    python examples/bench_prefill.py [--json out.json]
+
+From ``functional.DENSE_MIN_TOKENS`` tokens on, ``linear`` decodes the packed weights to a
+dense matrix and runs cuBLAS (int8 ``torch._int_mm`` for W2A8); below it, the GEMV kernels.
+Times are CUDA-event medians of 50 calls after warm-up, one weight copy (at these batch sizes
+the GEMM is compute-bound, so L2 residency hardly matters; the decode is included in ours).
+"""
+
+import argparse
+import json
+import statistics
+
+import torch
+import warp_bitnet as wb
+
+SHAPES = {"bitnet-2b gate/up": (6912, 2560), "llama3-8b gate/up": (14336, 4096), "llama3-70b gate/up": (28672, 8192)}
+
+
+def median_ms(fn, iters=50):
+    for _ in range(5):
+        fn()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch", type=int, nargs="+", default=[32, 64, 128, 512, 2048])
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    rows = []
+    print(f"{torch.cuda.get_device_name()}: ours vs dense f16 F.linear (ms), DENSE_MIN_TOKENS = {wb.functional.DENSE_MIN_TOKENS}")
+    for name, (m, n) in SHAPES.items():
+        w = torch.randint(-1, 2, (m, n), device="cuda", dtype=torch.float16)
+        packed = wb.pack_ternary(w)
+        for b in a.batch:
+            x = torch.randn(b, n, device="cuda", dtype=torch.float16)
+            dense = median_ms(lambda: torch.nn.functional.linear(x, w))
+            f16 = median_ms(lambda: wb.linear(x, packed))
+            i8 = median_ms(lambda: wb.linear(x, packed, quantize_activations=True))
+            row = {"shape": name, "rows": m, "cols": n, "batch": b, "dense_f16_ms": dense, "ours_f16_ms": f16,
+                   "ours_w2a8_ms": i8, "speedup_f16": dense / f16, "speedup_w2a8": dense / i8}  # fmt: skip
+            rows.append(row)
+            print(f"{name:20s} {m}x{n} B={b:5d}  dense {dense:7.3f}  ours f16 {f16:7.3f} ({dense / f16:4.2f}x)  "
+                  f"W2A8 {i8:7.3f} ({dense / i8:4.2f}x)")  # fmt: skip
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
