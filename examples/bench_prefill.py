@@ -39,15 +39,17 @@ def main():
     ap.add_argument("--json")
     a = ap.parse_args()
     rows = []
-    print(f"{torch.cuda.get_device_name()}: ours vs dense f16 F.linear (ms), DENSE_MIN_TOKENS = {wb.functional.DENSE_MIN_TOKENS}")
+    print(
+        f"{torch.cuda.get_device_name()}: ours vs dense f16 F.linear (ms), DENSE_MIN_TOKENS = {wb.functional.DENSE_MIN_TOKENS}"
+    )
     for name, (m, n) in SHAPES.items():
         w = torch.randint(-1, 2, (m, n), device="cuda", dtype=torch.float16)
         packed = wb.pack_ternary(w)
         for b in a.batch:
             x = torch.randn(b, n, device="cuda", dtype=torch.float16)
-            dense = median_ms(lambda: torch.nn.functional.linear(x, w))
-            f16 = median_ms(lambda: wb.linear(x, packed))
-            i8 = median_ms(lambda: wb.linear(x, packed, quantize_activations=True))
+            dense = median_ms(lambda x=x, w=w: torch.nn.functional.linear(x, w))
+            f16 = median_ms(lambda x=x, p=packed: wb.linear(x, p))
+            i8 = median_ms(lambda x=x, p=packed: wb.linear(x, p, quantize_activations=True))
             row = {"shape": name, "rows": m, "cols": n, "batch": b, "dense_f16_ms": dense, "ours_f16_ms": f16,
                    "ours_w2a8_ms": i8, "speedup_f16": dense / f16, "speedup_w2a8": dense / i8}  # fmt: skip
             rows.append(row)
