@@ -52,8 +52,8 @@ def main():
             f16 = median_ms(lambda x=x, p=packed: wb.linear(x, p))
             i8 = median_ms(lambda x=x, p=packed: wb.linear(x, p, quantize_activations=True))
             # The GEMV kernels alone (no dense fallback), to place DENSE_MIN_TOKENS.
-            kf16 = median_ms(lambda x=x: wb.functional._linear_t2(x, t2, m, None, None, False))
-            ki8 = median_ms(lambda x=x: wb.functional._linear_t2(x, t2, m, None, None, True))
+            kf16 = median_ms(lambda x=x, t=t2, m=m: wb.functional._linear_t2(x, t, m, None, None, False))
+            ki8 = median_ms(lambda x=x, t=t2, m=m: wb.functional._linear_t2(x, t, m, None, None, True))
             row = {"shape": name, "rows": m, "cols": n, "batch": b, "dense_f16_ms": dense, "ours_f16_ms": f16,
                    "ours_w2a8_ms": i8, "kernels_f16_ms": kf16, "kernels_w2a8_ms": ki8,
                    "speedup_f16": dense / f16, "speedup_w2a8": dense / i8}  # fmt: skip
