@@ -345,12 +345,13 @@ impl Gpu {
             }
         }
         let wpr = i2::words_per_row(cols);
-        let words = rows * wpr;
-        let blocks = words.div_ceil(256);
+        // One thread per word (int8) or per half word (16-bit values): 16 bytes each.
+        let threads = rows * wpr * if code == 0 { 1 } else { 2 };
+        let blocks = threads.div_ceil(256);
         if blocks > u32::MAX as usize {
             return Err(Error::TooLarge {
                 arg: "weights",
-                value: words as u64,
+                value: threads as u64,
                 limit: u32::MAX as u64 * 256,
             });
         }

@@ -87,17 +87,22 @@ extern "C" __global__ void quantize_to_t2(const void* w, u32 dtype, u32 ldw, con
 }
 
 // I2-layout words -> dense row-major weights, for large batches (a tensor-core GEMM on
-// the dense matrix beats the GEMV kernels there). One thread per word: its 16 values
-// looked up per code in a 4-entry table and written with 16-byte stores where aligned.
+// the dense matrix beats the GEMV kernels there). Values are looked up per code in a
+// 4-entry table; each thread writes 16 bytes, adjacent threads adjacent bytes (full
+// coalescing): int8 one thread per word, f16/bf16 one per half word (8 values).
 // `out` 0: int8 (ternary -1/0/+1; INT2 2c - 3, twice the level), 1: f16 levels, 2: bf16
 // levels; values past `cols` are not written. Codes were validated on upload.
 extern "C" __global__ void i2_to_dense(const u32* i2, void* dst, u32 rows, u32 cols, u32 wpr, u32 int2, u32 out) {
+    const u32 per_word = out == 0 ? 1 : 2;  // threads per word
     const u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= (u64)rows * wpr) return;
-    const u32 r = (u32)(idx / wpr), j = (u32)(idx % wpr);
-    const u32 word = i2[idx];
-    const u32 n = min(16u, cols - 16 * j);
-    const u64 o = (u64)r * cols + 16 * j;  // first element
+    if (idx >= (u64)rows * wpr * per_word) return;
+    const u64 w = idx / per_word;
+    const u32 r = (u32)(w / wpr), j = (u32)(w % wpr), part = (u32)(idx % per_word);
+    const u32 first = 16 * j + 8 * part;  // first column of this thread
+    if (first >= cols) return;
+    const u32 n = min(16u / per_word, cols - first);
+    const u32 word = i2[w] >> (16 * part);
+    const u64 o = (u64)r * cols + first;
     if (out == 0) {
         // Bytes per code: ternary 0, +1, -1, (0); INT2 -3, -1, +1, +3.
         const u32 lut = int2 ? 0x0301FFFDu : 0x00FF0100u;
@@ -114,14 +119,13 @@ extern "C" __global__ void i2_to_dense(const u32* i2, void* dst, u32 rows, u32 c
         // f16 / bf16 bits per code: ternary 0, +1, -1, (0); INT2 -1.5, -0.5, +0.5, +1.5.
         const u64 lut = out == 1 ? (int2 ? 0x3E003800B800BE00ull : 0x0000BC003C000000ull)
                                  : (int2 ? 0x3FC03F00BF00BFC0ull : 0x0000BF803F800000ull);
-        u32 v[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        u32 v[4] = {0, 0, 0, 0};
 #pragma unroll
-        for (int k = 0; k < 16; k++)
+        for (int k = 0; k < 8; k++)
             v[k / 2] |= (u32)((lut >> (16 * ((word >> (2 * k)) & 3))) & 0xFFFF) << (16 * (k % 2));
         u16* p = (u16*)dst + o;
-        if (n == 16 && (u64)p % 16 == 0) {
-            ((u32x4*)p)[0] = {v[0], v[1], v[2], v[3]};
-            ((u32x4*)p)[1] = {v[4], v[5], v[6], v[7]};
+        if (n == 8 && (u64)p % 16 == 0) {
+            *(u32x4*)p = {v[0], v[1], v[2], v[3]};
         } else {
             for (u32 k = 0; k < n; k++) p[k] = (u16)(v[k / 2] >> (16 * (k % 2)));
         }
