@@ -1,0 +1,52 @@
+"""Speedup over cuBLAS f16 against batch size, one line per shape, from recorded results:
+``warp-bitnet bench --batch ... --json`` rows (the GEMV kernels, L2-cold, 1-64 tokens) and
+``examples/bench_prefill.py --json`` rows (what ``warp_bitnet.linear`` runs, 32-2048 tokens).
+
+    python scripts/plot_batches.py BENCH.json PREFILL.json OUT.png   (needs matplotlib)
+"""
+
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+
+def main(bench_path: str, prefill_path: str, out: str) -> None:
+    bench = json.loads(Path(bench_path).read_text())
+    prefill = json.loads(Path(prefill_path).read_text())
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for act, style in (("f16", "-"), ("i8", "--")):
+        lines = defaultdict(list)
+        for r in bench["rows"]:
+            if r["format"] == "t2" and r["activation"] == act:
+                lines[r["shape"]].append((r["batch"], r["speedup"]))
+        for shape, pts in sorted(lines.items()):
+            pts.sort()
+            axes[0].plot([b for b, _ in pts], [s for _, s in pts], style, marker="o", ms=3, label=f"{shape} {act}")
+    axes[0].set_title(f"GEMV kernels vs cuBLAS f16 (L2-cold), {bench['run']['gpu']}")
+    for key, style in (("speedup_f16", "-"), ("speedup_w2a8", "--")):
+        lines = defaultdict(list)
+        for r in prefill["rows"]:
+            lines[r["shape"]].append((r["batch"], r[key]))
+        for shape, pts in sorted(lines.items()):
+            pts.sort()
+            label = f"{shape} {'f16' if key == 'speedup_f16' else 'W2A8'}"
+            axes[1].plot([b for b, _ in pts], [s for _, s in pts], style, marker="o", ms=3, label=label)
+    axes[1].set_title(f"warp_bitnet.linear vs torch F.linear f16, {prefill['device']}")
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set_xlabel("tokens (batch)")
+        ax.set_ylabel("speedup (x)")
+        ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
