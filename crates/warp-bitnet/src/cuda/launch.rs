@@ -12,7 +12,7 @@ use half::{bf16, f16};
 use super::{Gpu, GpuMatrix};
 use crate::dtype::DType;
 use crate::error::{shape, Error, Result};
-use crate::format::{tiled, Levels, MAX_DIM};
+use crate::format::{check_dims, tiled, Levels, MAX_DIM};
 
 /// Threads per GEMM CTA (8 warps; `WARPS` in gemm_t2.cu).
 pub(crate) const GEMM_THREADS: u32 = 256;
@@ -300,7 +300,16 @@ fn missing(arg: &'static str, why: &str) -> Error {
     }
 }
 
-fn check_ptr(arg: &'static str, ptr: CUdeviceptr, align: usize) -> Result<()> {
+/// Blocks of 256 threads for `threads` threads, within the 1-D grid limit.
+pub(crate) fn blocks_of_256(threads: usize) -> Result<u32> {
+    u32::try_from(threads.div_ceil(256)).map_err(|_| Error::TooLarge {
+        arg: "weights",
+        value: threads as u64,
+        limit: u32::MAX as u64 * 256,
+    })
+}
+
+pub(crate) fn check_ptr(arg: &'static str, ptr: CUdeviceptr, align: usize) -> Result<()> {
     if ptr == 0 {
         return Err(Error::Misaligned {
             arg,
@@ -428,18 +437,7 @@ impl Gpu {
         args: &GemmArgs,
         stream: CUstream,
     ) -> Result<()> {
-        if rows == 0 || cols == 0 {
-            return Err(Error::Empty { arg: "weights" });
-        }
-        for (arg, v) in [("rows", rows), ("cols", cols)] {
-            if v > MAX_DIM {
-                return Err(Error::TooLarge {
-                    arg,
-                    value: v as u64,
-                    limit: MAX_DIM as u64,
-                });
-            }
-        }
+        check_dims(rows, cols)?;
         check_ptr("tiles", tiles, 16)?;
         if let Some((s, _)) = scale {
             check_ptr("scale", s, 4)?;

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, SyncOnDrop};
 
-use super::launch::launch;
+use super::launch::{blocks_of_256, check_ptr, launch};
 use super::Gpu;
 use crate::error::{Error, Result};
-use crate::format::{i2, tiled, Levels, PackedWeights, Scale};
+use crate::format::{check_dims, i2, tiled, Levels, PackedWeights, Scale};
 
 /// A 2-bit weight matrix on the GPU: T2 tiles, what their codes stand for, and the
 /// weight scale.
@@ -146,29 +146,11 @@ impl Gpu {
         levels: Levels,
         stream: cudarc::driver::sys::CUstream,
     ) -> Result<()> {
-        if rows == 0 || cols == 0 {
-            return Err(Error::Empty { arg: "weights" });
-        }
-        for (arg, v) in [("rows", rows), ("cols", cols)] {
-            if v > crate::format::MAX_DIM {
-                return Err(Error::TooLarge {
-                    arg,
-                    value: v as u64,
-                    limit: crate::format::MAX_DIM as u64,
-                });
-            }
-        }
+        check_dims(rows, cols)?;
         let f = self.function("i2_to_t2")?;
         let (_, k_tiles) = tiled::tile_counts(rows, cols);
         let words = tiled::len_words(rows, cols);
-        let blocks = words.div_ceil(256);
-        if blocks > u32::MAX as usize {
-            return Err(Error::TooLarge {
-                arg: "weights",
-                value: words as u64,
-                limit: u32::MAX as u64 * 256,
-            });
-        }
+        let blocks = blocks_of_256(words)?;
         let (mut src, mut dst) = (src, dst);
         let (mut r, mut c) = (rows as u32, cols as u32);
         let (mut wpr, mut kt, mut n) =
@@ -185,7 +167,7 @@ impl Gpu {
             &mut int2 as *mut _ as *mut c_void,
         ];
         // SAFETY: parameters match i2_to_t2 in layout.cu; the caller guarantees the buffers.
-        unsafe { launch(f, (blocks as u32, 1, 1), 256, 0, stream, &mut kp) }
+        unsafe { launch(f, (blocks, 1, 1), 256, 0, stream, &mut kp) }
     }
 
     /// Quantizes float weights to ternary and writes their T2 words in one pass (the
@@ -213,17 +195,13 @@ impl Gpu {
         stream: cudarc::driver::sys::CUstream,
     ) -> Result<()> {
         use crate::DType;
-        if rows == 0 || cols == 0 {
-            return Err(Error::Empty { arg: "weights" });
-        }
-        for (arg, v) in [("rows", rows), ("cols", cols), ("ldw", ldw)] {
-            if v > crate::format::MAX_DIM {
-                return Err(Error::TooLarge {
-                    arg,
-                    value: v as u64,
-                    limit: crate::format::MAX_DIM as u64,
-                });
-            }
+        check_dims(rows, cols)?;
+        if ldw > crate::format::MAX_DIM {
+            return Err(Error::TooLarge {
+                arg: "ldw",
+                value: ldw as u64,
+                limit: crate::format::MAX_DIM as u64,
+            });
         }
         if ldw < cols {
             return Err(Error::ShapeMismatch {
@@ -243,18 +221,9 @@ impl Gpu {
                 })
             }
         };
-        for (arg, p, align) in [
-            ("w", w, w_dtype.size()),
-            ("scale", scale, 4),
-            ("dst", dst, 4),
-        ] {
-            if p == 0 || p % align as u64 != 0 {
-                return Err(Error::Misaligned {
-                    arg,
-                    detail: format!("address {p:#x} is null or not a multiple of {align}"),
-                });
-            }
-        }
+        check_ptr("w", w, w_dtype.size())?;
+        check_ptr("scale", scale, 4)?;
+        check_ptr("dst", dst, 4)?;
         let (t_rows, t_cols) = if transpose {
             (cols, rows)
         } else {
@@ -262,14 +231,7 @@ impl Gpu {
         };
         let (_, k_tiles) = tiled::tile_counts(t_rows, t_cols);
         let words = tiled::len_words(t_rows, t_cols);
-        let blocks = words.div_ceil(256);
-        if blocks > u32::MAX as usize {
-            return Err(Error::TooLarge {
-                arg: "weights",
-                value: words as u64,
-                limit: u32::MAX as u64 * 256,
-            });
-        }
+        let blocks = blocks_of_256(words)?;
         let f = self.function("quantize_to_t2")?;
         let (mut w, mut scale, mut dst) = (w, scale, dst);
         let (mut ldw, mut per_row, mut transpose) = (ldw as u32, per_row as u32, transpose as u32);
@@ -289,7 +251,7 @@ impl Gpu {
             &mut n as *mut _ as *mut c_void,
         ];
         // SAFETY: parameters match quantize_to_t2 in layout.cu; the caller guarantees the buffers.
-        unsafe { launch(f, (blocks as u32, 1, 1), 256, 0, stream, &mut kp) }
+        unsafe { launch(f, (blocks, 1, 1), 256, 0, stream, &mut kp) }
     }
 
     /// I2-layout words -> a dense row-major `[rows, cols]` matrix on raw device pointers
@@ -313,18 +275,7 @@ impl Gpu {
         stream: cudarc::driver::sys::CUstream,
     ) -> Result<()> {
         use crate::DType;
-        if rows == 0 || cols == 0 {
-            return Err(Error::Empty { arg: "weights" });
-        }
-        for (arg, v) in [("rows", rows), ("cols", cols)] {
-            if v > crate::format::MAX_DIM {
-                return Err(Error::TooLarge {
-                    arg,
-                    value: v as u64,
-                    limit: crate::format::MAX_DIM as u64,
-                });
-            }
-        }
+        check_dims(rows, cols)?;
         let mut code: u32 = match out {
             DType::I8 => 0,
             DType::F16 => 1,
@@ -336,25 +287,12 @@ impl Gpu {
                 })
             }
         };
-        for (arg, p, align) in [("src", src, 4), ("dst", dst, out.size())] {
-            if p == 0 || p % align as u64 != 0 {
-                return Err(Error::Misaligned {
-                    arg,
-                    detail: format!("address {p:#x} is null or not a multiple of {align}"),
-                });
-            }
-        }
+        check_ptr("src", src, 4)?;
+        check_ptr("dst", dst, out.size())?;
         let wpr = i2::words_per_row(cols);
         // One thread per word (int8) or per half word (16-bit values): 16 bytes each.
         let threads = rows * wpr * if code == 0 { 1 } else { 2 };
-        let blocks = threads.div_ceil(256);
-        if blocks > u32::MAX as usize {
-            return Err(Error::TooLarge {
-                arg: "weights",
-                value: threads as u64,
-                limit: u32::MAX as u64 * 256,
-            });
-        }
+        let blocks = blocks_of_256(threads)?;
         let f = self.function("i2_to_dense")?;
         let (mut src, mut dst) = (src, dst);
         let (mut r, mut c, mut wp) = (rows as u32, cols as u32, wpr as u32);
@@ -369,7 +307,7 @@ impl Gpu {
             &mut code as *mut _ as *mut c_void,
         ];
         // SAFETY: parameters match i2_to_dense in layout.cu; the caller guarantees the buffers.
-        unsafe { launch(f, (blocks as u32, 1, 1), 256, 0, stream, &mut kp) }
+        unsafe { launch(f, (blocks, 1, 1), 256, 0, stream, &mut kp) }
     }
 
     /// Converts the device tiles back to I2-layout words (`t2_to_i2`: I2 codes for
@@ -396,24 +334,9 @@ impl Gpu {
                 &mut kt as *mut _ as *mut c_void,
                 &mut int2 as *mut _ as *mut c_void,
             ];
-            if n.div_ceil(256) > u32::MAX as usize {
-                return Err(Error::TooLarge {
-                    arg: "weights",
-                    value: n as u64,
-                    limit: u32::MAX as u64 * 256,
-                });
-            }
+            let blocks = blocks_of_256(n)?;
             // SAFETY: parameters match t2_to_i2 in layout.cu; buffers hold the sizes it indexes.
-            unsafe {
-                launch(
-                    f,
-                    (n.div_ceil(256) as u32, 1, 1),
-                    256,
-                    0,
-                    stream.cu_stream(),
-                    &mut kp,
-                )
-            }?;
+            unsafe { launch(f, (blocks, 1, 1), 256, 0, stream.cu_stream(), &mut kp) }?;
         }
         Ok(stream.clone_dtoh(&out)?)
     }
