@@ -127,7 +127,7 @@ def test_bitlinear_gpu_layout_follows_the_weights():
     g = torch.Generator().manual_seed(12)
     W1, W2 = (torch.randint(-1, 2, (64, 160), generator=g).float() for _ in range(2))
     layer = wb.BitLinear(160, 64, bias=False).cuda()
-    assert layer.weight_t2 is not None and "weight_t2" not in layer.state_dict()
+    assert layer.weight_t2 is None and "weight_t2" not in layer.state_dict()  # made on first use
     x = torch.randn(2, 160, generator=g).half().cuda()
     layer.weight_packed.copy_(wb.pack_ternary(W1).cuda())
     assert rel(layer(x).cpu(), ref(W1, x.cpu())) < 1e-3  # eager: remade
@@ -267,3 +267,13 @@ def test_large_batch_w2a8_equals_the_kernels(dtype, levels, m, n):
     small = wb.functional._linear_t2(x[:64], t2, m, s, bias, True, levels, i2=packed)  # the kernels
     assert wb.functional.DENSE_MIN_TOKENS > 64
     assert torch.equal(big[:64], small)
+
+
+def test_cuda_linear_with_a_gradient_wanted_refuses_backward():
+    packed = wb.pack_ternary(torch.randint(-1, 2, (32, 64)).float()).cuda()
+    x = torch.randn(3, 64, device="cuda", dtype=torch.float16, requires_grad=True)
+    y = wb.linear(x, packed)
+    with pytest.raises(RuntimeError):
+        y.sum().backward()
+    with pytest.raises(ValueError, match="must be \\[M, 4\\]"):
+        wb.ops.i2_to_dense(packed[:, :2].contiguous(), 64)

@@ -246,3 +246,15 @@ def test_fused_projections_match_the_separate_layers(arch):
     compiled = torch.compile(fused.model.layers[0].mlp, backend="eager", fullgraph=True)
     x = torch.randn(2, 3, fused.config.hidden_size)
     torch.testing.assert_close(compiled(x), separate.model.layers[0].mlp(x))
+
+
+def test_fused_part_asked_again_recomputes():
+    torch.manual_seed(9)
+    layers = [wb.BitLinear.from_linear(torch.nn.Linear(16, n, bias=False)) for n in (8, 4)]
+    fused = wb.hf.FusedBitLinear(layers)
+    x = torch.randn(2, 16)
+    torch.testing.assert_close(fused.part(x, 0), layers[0](x))
+    x.add_(1.0)  # the same tensor, changed: asking part 0 again must not reuse the old result
+    torch.testing.assert_close(fused.part(x, 0), layers[0](x))
+    torch.testing.assert_close(fused.part(x, 1), layers[1](x))
+    assert fused._x is None

@@ -317,12 +317,15 @@ def _linear_t2(
     in the GPU layout (checked by the caller). Given the I2-layout words ``i2`` too, batches of
     ``DENSE_MIN_TOKENS`` or more run on cuBLAS over the decoded weights (int8 products exact,
     the same epilogue)."""
+    # The ops have no backward: with a gradient wanted they go through the dispatcher, whose
+    # outputs then fail at backward() rather than silently lose the gradient path.
+    grad = x.requires_grad and torch.is_grad_enabled()
     n = x.shape[-1]
     lead = x.shape[:-1]
     x2 = x.reshape(-1, n).contiguous()
     s = None if scale is None else scale.to(torch.float32).reshape(-1).contiguous()
     if i2 is not None and x2.shape[0] >= DENSE_MIN_TOKENS and x.dtype in (torch.float16, torch.bfloat16):
-        y = _linear_dense(x2, i2, m, s, bias, quantize_activations, levels)
+        y = _linear_dense(x2, i2, m, s, bias, quantize_activations, levels, grad)
         if y is not None:
             return y.reshape(*lead, m)
     if x.dtype == torch.float32:
@@ -334,7 +337,7 @@ def _linear_t2(
         xs = _div(127.0, x2.abs().amax(dim=-1, keepdim=True).clamp(min=ACT_EPS))
         q = (x2 * xs).round().clamp(-128, 127).to(torch.int8)
         qs = _div(1.0, xs)
-        acc = ops.eager(ops.gemm_i8)(t2, m, n, None, q, qs.reshape(-1), None, torch.int32, levels)
+        acc = ops.eager(ops.gemm_i8, grad)(t2, m, n, None, q, qs.reshape(-1), None, torch.int32, levels)
         y = acc.to(torch.float32) * (qs if levels == "ternary" else qs * 0.5)  # INT2: twice the levels
         if s is not None:
             y = y * s
@@ -345,33 +348,41 @@ def _linear_t2(
         raise TypeError(f"CUDA `x` must be float16, bfloat16 or float32, got {x.dtype}")
     b = None if bias is None else bias.to(x.dtype).contiguous()
     if quantize_activations and x2.shape[0] == 1:  # one launch: the kernel quantizes x
-        y = ops.eager(ops.gemm)(t2, m, n, s, x2, b, levels, True)
+        y = ops.eager(ops.gemm, grad)(t2, m, n, s, x2, b, levels, True)
     elif quantize_activations:
-        q, qs = ops.eager(ops.quantize_i8)(x2)
-        y = ops.eager(ops.gemm_i8)(t2, m, n, s, q, qs, b, x.dtype, levels)
+        q, qs = ops.eager(ops.quantize_i8, grad)(x2)
+        y = ops.eager(ops.gemm_i8, grad)(t2, m, n, s, q, qs, b, x.dtype, levels)
     else:
-        y = ops.eager(ops.gemm)(t2, m, n, s, x2, b, levels)
+        y = ops.eager(ops.gemm, grad)(t2, m, n, s, x2, b, levels)
     return y.reshape(*lead, m)
 
 
-def _linear_dense(x2, i2, m, s, bias, quantize_activations, levels) -> torch.Tensor | None:
-    """Large batches: decode the weights to a dense matrix and multiply on cuBLAS; int8
-    activations through ``torch._int_mm`` (exact int32 sums, then the kernels' epilogue in the
-    same order). None where ``_int_mm`` does not apply (dimensions not multiples of 8)."""
+def _linear_dense(x2, i2, m, s, bias, quantize_activations, levels, grad) -> torch.Tensor | None:
+    """Large batches: decode the weights to a dense matrix and multiply on cuBLAS.
+
+    int8 activations go through ``torch._int_mm`` (exact int32 sums, then the kernels' epilogue
+    in the same order: the same bytes as the kernels); None where it does not apply (dimensions
+    not multiples of 8). f16/bf16 activations multiply the dense weights with the scale folded in
+    (``W * scale`` rounded to the activation type, as a dense model holds them) and the bias in
+    cuBLAS's epilogue: f32 accumulation, one rounding of the output, and no unscaled
+    intermediate that could overflow f16."""
     n = x2.shape[1]
-    dense = ops.eager(ops.i2_to_dense)
-    if quantize_activations:
-        if n % 8 or m % 8:
-            return None
-        q, qs = ops.eager(ops.quantize_i8)(x2)
-        acc = torch._int_mm(q, dense(i2, n, levels, torch.int8).T).to(torch.float32)
-        y = (acc * 0.5 if levels == "int2" else acc) * qs[:, None]
-    else:
-        y = torch.nn.functional.linear(x2, dense(i2, n, levels, x2.dtype)).to(torch.float32)
+    dense = ops.eager(ops.i2_to_dense, grad)
+    b = None if bias is None else bias.to(x2.dtype)
+    if not quantize_activations:
+        w = dense(i2, n, levels, x2.dtype)
+        if s is not None:
+            w = (w.to(torch.float32) * (s if s.numel() == 1 else s[:, None])).to(x2.dtype)
+        return torch.nn.functional.linear(x2, w, b)
+    if n % 8 or m % 8:
+        return None
+    q, qs = ops.eager(ops.quantize_i8, grad)(x2)
+    acc = torch._int_mm(q, dense(i2, n, levels, torch.int8).T).to(torch.float32)
+    y = (acc * 0.5 if levels == "int2" else acc) * qs[:, None]
     if s is not None:
         y = y * s
-    if bias is not None:
-        y = y + bias.to(x2.dtype).to(torch.float32)
+    if b is not None:
+        y = y + b.to(torch.float32)
     return y.to(x2.dtype)
 
 

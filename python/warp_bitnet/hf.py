@@ -99,7 +99,9 @@ class FusedBitLinear(nn.Module):
     scale spread over its rows), computed in one launch on the first call of a part and
     handed out part by part (``part(x, i)``), so that modules calling ``q_proj(x)``,
     ``k_proj(x)``, ``v_proj(x)`` in turn run one GEMM. A part asked with another input
-    than the one computed recomputes, so the result is always that of the separate layers."""
+    tensor, or asked again before the others, recomputes; the input must not change in
+    place between the calls of one round (modules that project one tensor three times
+    don't)."""
 
     def __init__(self, layers: list[BitLinear]):
         super().__init__()
@@ -126,15 +128,15 @@ class FusedBitLinear(nn.Module):
         self.linear.refresh()
         self._x: torch.Tensor | None = None
         self._parts: tuple[torch.Tensor, ...] = ()
-        self._left = 0
+        self._given = 0  # bit i: part i handed out since the last computation
 
     def part(self, x: torch.Tensor, i: int) -> torch.Tensor:
-        if self._x is not x or self._left == 0:
-            self._x, self._parts, self._left = x, self.linear(x).split(self.sizes, dim=-1), len(self.sizes)
+        if self._x is not x or self._given >> i & 1:
+            self._x, self._parts, self._given = x, self.linear(x).split(self.sizes, dim=-1), 0
         out = self._parts[i]
-        self._left -= 1
-        if self._left == 0:  # every part handed out: hold no tensor between calls
-            self._x, self._parts = None, ()
+        self._given |= 1 << i
+        if self._given == (1 << len(self.sizes)) - 1:  # every part handed out: hold nothing
+            self._x, self._parts, self._given = None, (), 0
         return out
 
 

@@ -18,9 +18,10 @@ class BitLinear(nn.Module):
     Buffers (in ``state_dict``): ``weight_packed`` (int32 I2 words ``[out, ceil(in / 16)]``),
     ``weight_scale`` (float32 ``[]`` or ``[out]``) and, if present, ``bias``. On a CUDA
     device the layer also keeps ``weight_t2``, the weights in the GPU tile layout (not
-    saved), made when the weights are loaded or moved and again in an eager forward
-    after ``weight_packed`` changed in place. A compiled forward uses ``weight_t2`` as
-    it is: after changing ``weight_packed`` in place, call ``refresh()`` before it.
+    saved), made when the weights are loaded and remade by an eager forward after the
+    layer moved or ``weight_packed`` changed in place. Call ``refresh()`` yourself before
+    a compiled forward of a moved or changed layer, and after writes that PyTorch does not
+    version (``weight_packed.data``, numpy or DLPack views).
 
     Args:
         in_features, out_features: as ``nn.Linear``.
@@ -65,7 +66,7 @@ class BitLinear(nn.Module):
         self._t2_source = (w.data_ptr(), w._version)
 
     def _gpu_weights(self) -> torch.Tensor:
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling():  # weight_t2 as it is (refresh() after in-place changes)
             if self.weight_t2 is not None:
                 return self.weight_t2
             return ops.to_t2(self.weight_packed.contiguous(), self.in_features)
@@ -74,8 +75,10 @@ class BitLinear(nn.Module):
         return self.weight_t2
 
     def _apply(self, fn, recurse=True):
+        # Moved, cast or re-allocated (`to_empty` leaves the words uninitialized): the GPU
+        # layout is remade on the next eager forward, or by refresh().
         super()._apply(fn, recurse)
-        self.refresh()
+        self.weight_t2, self._t2_source = None, None
         return self
 
     @classmethod
@@ -285,7 +288,8 @@ class BitLinearTrain(nn.Linear):
         # CUDA kernels take f16/bf16 activations, or float32 ones quantized to int8; from
         # DENSE_MIN_TOKENS tokens on, cuBLAS on the dense quantized weights (below) is faster.
         tokens = x.numel() // max(x.shape[-1], 1)
-        kernels = x.dtype in (torch.float16, torch.bfloat16) or self.quantize_activations
+        kernels = x.dtype in (torch.float16, torch.bfloat16) or (x.dtype == torch.float32 and self.quantize_activations)
+        kernels = kernels and self.weight.dtype in (torch.float32, torch.float16, torch.bfloat16)
         if x.is_cuda and kernels and tokens < F.DENSE_MIN_TOKENS:
             return _TernaryLinearCuda.apply(x, self.weight, self.bias, self.weight_method, self.quantize_activations)
         w = _TernarySTE.apply(self.weight, _quantize_weight(self.weight, self.weight_method))

@@ -14,11 +14,13 @@ import torch
 from . import _native
 
 
-def eager(op):
+def eager(op, grad: bool = False):
     """The implementation of custom op ``op`` outside torch.compile, else the op: called
     directly it skips the dispatcher (tens of microseconds a call, more than a GEMV takes);
-    it is the same code, graph-capture safe either way."""
-    return op if torch.compiler.is_compiling() else _IMPLS[op]
+    it is the same code, graph-capture safe either way. With ``grad`` (an input wants a
+    gradient) the op itself, whose outputs refuse backward() instead of silently
+    carrying no gradient."""
+    return op if grad or torch.compiler.is_compiling() else _IMPLS[op]
 
 
 def _stream(t: torch.Tensor) -> int:
@@ -58,11 +60,20 @@ def _cuda_contiguous(name: str, t: torch.Tensor, device: torch.device | None = N
         _require(t.device == device, "`{}` is on {}, expected {}", name, t.device, device)
 
 
+def _check_words(packed: torch.Tensor, cols: int) -> None:
+    """Packed words ``[M, ceil(cols / 16)]``: int32, contiguous, on CUDA (the kernels read them all)."""
+    _cuda_contiguous("packed", packed)
+    _require(packed.dtype == torch.int32, "`packed` must be int32, got {}", packed.dtype)
+    _require(
+        packed.dim() == 2 and cols > 0 and packed.shape[1] == (cols + 15) // 16,
+        "`packed` must be [M, {}] for {} columns, got {}", (cols + 15) // 16, cols, tuple(packed.shape),
+    )  # fmt: skip
+
+
 def _to_t2(packed: torch.Tensor, cols: int, levels: str = "ternary") -> torch.Tensor:
     """I2-layout words ``[M, ceil(cols / 16)]`` (int32, CUDA; ternary I2 codes, or INT2
     codes with ``levels="int2"``) -> GPU tile layout (int32 words)."""
-    _cuda_contiguous("packed", packed)
-    _require(packed.dtype == torch.int32, "`packed` must be int32, got {}", packed.dtype)
+    _check_words(packed, cols)
     rows = packed.shape[0]
     out = torch.empty(_native.t2_words(rows, cols), dtype=torch.int32, device=packed.device)
     _native.i2_to_t2(packed.device.index, packed.data_ptr(), out.data_ptr(), rows, cols, levels, _stream(packed))
@@ -82,8 +93,7 @@ def _i2_to_dense(
 ) -> torch.Tensor:
     """I2-layout words ``[M, ceil(cols / 16)]`` (int32, CUDA) -> dense ``[M, cols]``: int8 ternary
     weights (for ``levels="int2"``, twice the levels: ``2c - 3``), or float16 / bfloat16 levels."""
-    _cuda_contiguous("packed", packed)
-    _require(packed.dtype == torch.int32, "`packed` must be int32, got {}", packed.dtype)
+    _check_words(packed, cols)
     _require(dtype in (torch.int8, torch.float16, torch.bfloat16), "`dtype` must be int8, float16 or bfloat16")
     rows = packed.shape[0]
     out = torch.empty(rows, cols, dtype=dtype, device=packed.device)
