@@ -14,7 +14,16 @@ use crate::dtype::DType;
 use crate::error::{shape, Error, Result};
 use crate::format::{check_dims, tiled, Levels, MAX_DIM};
 
-/// Threads per GEMM CTA (8 warps; `WARPS` in gemm_t2.cu).
+/// The argument array of a kernel launch: a pointer to each (mutable, local) parameter,
+/// in the kernel's order.
+macro_rules! kernel_params {
+    ($($p:ident),* $(,)?) => {
+        [$(&mut $p as *mut _ as *mut std::ffi::c_void),*]
+    };
+}
+pub(crate) use kernel_params;
+
+/// Threads per GEMM CTA (8 warps; `WARPS` in gemm.cuh).
 pub(crate) const GEMM_THREADS: u32 = 256;
 /// Threads per quantization CTA (`THREADS` in quant.cu).
 const QUANT_THREADS: u32 = 1024;
@@ -640,15 +649,7 @@ impl Gpu {
         let (mut n32, mut ldx32, mut ldq) = (n as u32, ldx as u32, n as u32);
         // 16-byte loads and 8-byte stores need 8-element rows and aligned bases.
         let mut vec = u32::from(n % 8 == 0 && ldx % 8 == 0 && x % 16 == 0 && q % 8 == 0);
-        let mut kp: [*mut c_void; 7] = [
-            &mut xp as *mut _ as *mut c_void,
-            &mut qp as *mut _ as *mut c_void,
-            &mut sp as *mut _ as *mut c_void,
-            &mut n32 as *mut _ as *mut c_void,
-            &mut ldx32 as *mut _ as *mut c_void,
-            &mut ldq as *mut _ as *mut c_void,
-            &mut vec as *mut _ as *mut c_void,
-        ];
+        let mut kp = kernel_params!(xp, qp, sp, n32, ldx32, ldq, vec);
         // SAFETY: parameters match quantize_i8_* in quant.cu; the caller guarantees the buffers.
         unsafe { launch(f, (batch as u32, 1, 1), QUANT_THREADS, 0, stream, &mut kp) }
     }

@@ -1,12 +1,11 @@
 //! Device-resident 2-bit weights (ternary or INT2) in the T2 tile layout.
 
-use std::ffi::c_void;
 use std::sync::Arc;
 
 use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, SyncOnDrop};
 
-use super::launch::{blocks_of_256, check_ptr, launch};
+use super::launch::{blocks_of_256, check_ptr, kernel_params, launch};
 use super::Gpu;
 use crate::error::{Error, Result};
 use crate::format::{check_dims, i2, tiled, Levels, PackedWeights, Scale};
@@ -156,16 +155,7 @@ impl Gpu {
         let (mut wpr, mut kt, mut n) =
             (i2::words_per_row(cols) as u32, k_tiles as u32, words as u64);
         let mut int2 = u32::from(levels == Levels::Int2);
-        let mut kp: [*mut c_void; 8] = [
-            &mut src as *mut _ as *mut c_void,
-            &mut dst as *mut _ as *mut c_void,
-            &mut r as *mut _ as *mut c_void,
-            &mut c as *mut _ as *mut c_void,
-            &mut wpr as *mut _ as *mut c_void,
-            &mut kt as *mut _ as *mut c_void,
-            &mut n as *mut _ as *mut c_void,
-            &mut int2 as *mut _ as *mut c_void,
-        ];
+        let mut kp = kernel_params!(src, dst, r, c, wpr, kt, n, int2);
         // SAFETY: parameters match i2_to_t2 in layout.cu; the caller guarantees the buffers.
         unsafe { launch(f, (blocks, 1, 1), 256, 0, stream, &mut kp) }
     }
@@ -237,19 +227,7 @@ impl Gpu {
         let (mut ldw, mut per_row, mut transpose) = (ldw as u32, per_row as u32, transpose as u32);
         let (mut tr, mut tc, mut kt, mut n) =
             (t_rows as u32, t_cols as u32, k_tiles as u32, words as u64);
-        let mut kp: [*mut c_void; 11] = [
-            &mut w as *mut _ as *mut c_void,
-            &mut dtype as *mut _ as *mut c_void,
-            &mut ldw as *mut _ as *mut c_void,
-            &mut scale as *mut _ as *mut c_void,
-            &mut per_row as *mut _ as *mut c_void,
-            &mut transpose as *mut _ as *mut c_void,
-            &mut dst as *mut _ as *mut c_void,
-            &mut tr as *mut _ as *mut c_void,
-            &mut tc as *mut _ as *mut c_void,
-            &mut kt as *mut _ as *mut c_void,
-            &mut n as *mut _ as *mut c_void,
-        ];
+        let mut kp = kernel_params!(w, dtype, ldw, scale, per_row, transpose, dst, tr, tc, kt, n);
         // SAFETY: parameters match quantize_to_t2 in layout.cu; the caller guarantees the buffers.
         unsafe { launch(f, (blocks, 1, 1), 256, 0, stream, &mut kp) }
     }
@@ -297,15 +275,7 @@ impl Gpu {
         let (mut src, mut dst) = (src, dst);
         let (mut r, mut c, mut wp) = (rows as u32, cols as u32, wpr as u32);
         let mut int2 = u32::from(levels == Levels::Int2);
-        let mut kp: [*mut c_void; 7] = [
-            &mut src as *mut _ as *mut c_void,
-            &mut dst as *mut _ as *mut c_void,
-            &mut r as *mut _ as *mut c_void,
-            &mut c as *mut _ as *mut c_void,
-            &mut wp as *mut _ as *mut c_void,
-            &mut int2 as *mut _ as *mut c_void,
-            &mut code as *mut _ as *mut c_void,
-        ];
+        let mut kp = kernel_params!(src, dst, r, c, wp, int2, code);
         // SAFETY: parameters match i2_to_dense in layout.cu; the caller guarantees the buffers.
         unsafe { launch(f, (blocks, 1, 1), 256, 0, stream, &mut kp) }
     }
@@ -325,15 +295,7 @@ impl Gpu {
             let (mut r, mut c, mut wp, mut kt) =
                 (w.rows as u32, w.cols as u32, wpr as u32, k_tiles as u32);
             let mut int2 = u32::from(w.levels == Levels::Int2);
-            let mut kp: [*mut c_void; 7] = [
-                &mut src as *mut _ as *mut c_void,
-                &mut dst as *mut _ as *mut c_void,
-                &mut r as *mut _ as *mut c_void,
-                &mut c as *mut _ as *mut c_void,
-                &mut wp as *mut _ as *mut c_void,
-                &mut kt as *mut _ as *mut c_void,
-                &mut int2 as *mut _ as *mut c_void,
-            ];
+            let mut kp = kernel_params!(src, dst, r, c, wp, kt, int2);
             let blocks = blocks_of_256(n)?;
             // SAFETY: parameters match t2_to_i2 in layout.cu; buffers hold the sizes it indexes.
             unsafe { launch(f, (blocks, 1, 1), 256, 0, stream.cu_stream(), &mut kp) }?;
