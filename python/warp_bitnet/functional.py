@@ -297,6 +297,11 @@ def linear(
     return y.to(x.dtype).reshape(*lead, m)
 
 
+# One token of int8 activations is quantized inside the GEMM (one launch) when its int8 row
+# fits the kernel's shared memory on every supported GPU (sm_86/89 allow the least); wider
+# rows take the quantize kernel and the int8 GEMM.
+ONE_LAUNCH_MAX_COLS = 32768
+
 # From this many tokens on, a dense tensor-core GEMM on the decoded weights (cuBLAS) beats the
 # GEMV kernels, which re-decode the weights for every group of 32 tokens (H100: break-even at
 # 64 tokens on 28672 x 8192, docs/NOTES.md).
@@ -347,7 +352,7 @@ def _linear_t2(
     if x.dtype not in (torch.float16, torch.bfloat16):
         raise TypeError(f"CUDA `x` must be float16, bfloat16 or float32, got {x.dtype}")
     b = None if bias is None else bias.to(x.dtype).contiguous()
-    if quantize_activations and x2.shape[0] == 1:  # one launch: the kernel quantizes x
+    if quantize_activations and x2.shape[0] == 1 and n <= ONE_LAUNCH_MAX_COLS:  # the kernel quantizes x
         y = ops.eager(ops.gemm, grad)(t2, m, n, s, x2, b, levels, True)
     elif quantize_activations:
         q, qs = ops.eager(ops.quantize_i8, grad)(x2)
