@@ -158,18 +158,24 @@ def quantize_ternary(W: torch.Tensor, method: str = "absmean") -> tuple[torch.Te
     w = W.detach().to(torch.float32)
     if not torch.isfinite(w).all():
         raise ValueError("`W` holds NaN or infinity")
+    scale = _weight_scale(w, method)
+    q = (w / scale).round().clamp(-1, 1)
+    return pack_ternary(q), scale.reshape(-1) if method == "absmean_row" else scale
+
+
+def _weight_scale(w: torch.Tensor, method: str) -> torch.Tensor:
+    """The float32 scale of float32 weights by the formulas of ``quantize_ternary``: ``[]``, or
+    ``[M, 1]`` for ``absmean_row`` (means summed in float64, as the Rust quantizer does). No
+    checks, no host sync: the training path calls it every step."""
     if method == "absmean":
         scale = w.abs().to(torch.float64).mean().to(torch.float32).clamp(min=WEIGHT_EPS)
-        q = (w / scale).round().clamp(-1, 1)
     elif method == "absmean_row":
-        scale = w.abs().to(torch.float64).mean(dim=1).to(torch.float32).clamp(min=WEIGHT_EPS)
-        q = (w / scale[:, None]).round().clamp(-1, 1)
+        scale = w.abs().to(torch.float64).mean(dim=1, keepdim=True).to(torch.float32).clamp(min=WEIGHT_EPS)
     elif method == "absmax":
         scale = w.abs().max().clamp(min=WEIGHT_EPS)
-        q = (w / scale).round().clamp(-1, 1)
     else:
         raise ValueError(f'`method` must be "absmean", "absmean_row" or "absmax", got {method!r}')
-    return pack_ternary(q), scale
+    return scale
 
 
 def quantize_activations_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -182,20 +182,11 @@ class _TernarySTE(torch.autograd.Function):
         return grad, None
 
 
-def _weight_scale(wf: torch.Tensor, method: str) -> torch.Tensor:
-    """The float32 scale of float32 weights by ``method``: ``[]``, or ``[M, 1]`` for ``absmean_row``."""
-    if method == "absmean":
-        return wf.abs().mean().clamp(min=F.WEIGHT_EPS)
-    if method == "absmean_row":
-        return wf.abs().mean(dim=1, keepdim=True).clamp(min=F.WEIGHT_EPS)
-    return wf.abs().max().clamp(min=F.WEIGHT_EPS)
-
-
 def _ternary_weight(w: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(Wt, scale)``: the ternary weights (float32 -1, 0, +1) and the float32 scale
-    (``[]``, or ``[M, 1]`` for ``absmean_row``) by the formulas of ``quantize_ternary``."""
+    """``(Wt, scale)`` of ``w`` (any float dtype) by the formulas of ``quantize_ternary``:
+    float32 -1, 0, +1 and the float32 scale, ``[]`` or ``[M, 1]``."""
     wf = w.detach().to(torch.float32)
-    s = _weight_scale(wf, method)
+    s = F._weight_scale(wf, method)
     return (wf / s).round().clamp(-1, 1), s
 
 
@@ -224,7 +215,7 @@ class _TernaryLinearCuda(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, method: str, quantize_activations: bool):
         w = weight.detach().contiguous()
-        scale = _weight_scale(w.to(torch.float32), method).reshape(-1)
+        scale = F._weight_scale(w.to(torch.float32), method).reshape(-1)
         pack = ops.eager(ops.quantize_to_t2)
         y = F._linear_t2(x, pack(w, scale, False), w.shape[0], scale, bias, quantize_activations)
         xq = _quantize_act(x) if quantize_activations else x
