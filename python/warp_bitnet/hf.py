@@ -39,23 +39,11 @@ FUSABLE = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_pr
 def _from_auto(module) -> BitLinear:
     if module.online_quant:
         return BitLinear.from_linear(module, "absmean", quantize_activations=True)
-    layer = BitLinear(
-        module.in_features,
-        module.out_features,
-        bias=module.bias is not None,
-        quantize_activations=True,
-        device=module.weight.device,
-        dtype=module.weight.dtype,
-    )
-    layer.weight_packed.copy_(F.pack_ternary(module.weight.detach()))
     scale = module.weight_scale.detach().to(torch.float32)
     if scale.numel() != 1:
         raise ValueError(f"`weight_scale` must hold one value, got shape {tuple(scale.shape)}")
-    layer.weight_scale = scale.reshape(())
-    if module.bias is not None:
-        layer.bias = module.bias.detach().clone()
-    layer.refresh()
-    return layer
+    packed = F.pack_ternary(module.weight.detach())
+    return BitLinear.from_packed(packed, scale.reshape(()), module.in_features, module.bias, quantize_activations=True)
 
 
 def swap_bitnet_linears(model: nn.Module, fuse: bool = True) -> nn.Module:
@@ -112,20 +100,13 @@ class FusedBitLinear(nn.Module):
             if (layer.bias is None) != (first.bias is None):
                 raise ValueError("fused layers must all have a bias or none")
         self.sizes = [layer.out_features for layer in layers]
-        dev = first.weight_packed.device
-        self.linear = BitLinear(
-            first.in_features, sum(self.sizes), bias=first.bias is not None,
-            quantize_activations=first.quantize_activations, device=dev,
-            dtype=None if first.bias is None else first.bias.dtype,
-        )  # fmt: skip
-        with torch.no_grad():
-            self.linear.weight_packed.copy_(torch.cat([layer.weight_packed for layer in layers]))
-            self.linear.weight_scale = torch.cat(
-                [layer.weight_scale.to(torch.float32).expand(layer.out_features) for layer in layers]
-            ).contiguous()
-            if first.bias is not None:
-                self.linear.bias = torch.cat([layer.bias for layer in layers])
-        self.linear.refresh()
+        self.linear = BitLinear.from_packed(
+            torch.cat([layer.weight_packed for layer in layers]),
+            torch.cat([layer.weight_scale.to(torch.float32).expand(layer.out_features) for layer in layers]),
+            first.in_features,
+            None if first.bias is None else torch.cat([layer.bias for layer in layers]),
+            first.quantize_activations,
+        )
         self._x: torch.Tensor | None = None
         self._parts: tuple[torch.Tensor, ...] = ()
         self._given = 0  # bit i: part i handed out since the last computation

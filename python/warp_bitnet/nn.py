@@ -86,21 +86,9 @@ class BitLinear(nn.Module):
         """Quantizes an ``nn.Linear`` (``method`` as in ``quantize_ternary``)."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"expected nn.Linear, got {type(linear).__name__}")
-        layer = cls(
-            linear.in_features,
-            linear.out_features,
-            bias=linear.bias is not None,
-            quantize_activations=quantize_activations,
-            device=linear.weight.device,
-            dtype=linear.weight.dtype,
-        )
         packed, scale = F.quantize_ternary(linear.weight.detach(), method)
+        layer = cls.from_packed(packed, scale, linear.in_features, linear.bias, quantize_activations)
         layer.weight_method = method
-        layer.weight_packed.copy_(packed)
-        layer.weight_scale = scale.to(linear.weight.device)
-        layer.refresh()
-        if linear.bias is not None:
-            layer.bias = linear.bias.detach().clone()
         return layer
 
     @classmethod
@@ -116,22 +104,37 @@ class BitLinear(nn.Module):
         ``weight_scale`` (``F.unpack_hf_bitnet``); activations are quantized per token to
         int8 by default, as BitNet b1.58 models were trained."""
         ternary, scale = F.unpack_hf_bitnet(weight, weight_scale, linear_class)
-        out_features, in_features = ternary.shape
+        return cls.from_packed(F.pack_ternary(ternary), scale, ternary.shape[1], bias, quantize_activations)
+
+    @classmethod
+    def from_packed(
+        cls,
+        packed: torch.Tensor,
+        scale: torch.Tensor,
+        in_features: int,
+        bias: torch.Tensor | None = None,
+        quantize_activations: bool = False,
+    ) -> BitLinear:
+        """A layer on I2 words ``packed`` (``[out, ceil(in_features / 16)]``; invalid codes are
+        refused when the weights reach a CUDA device or a CPU forward), its scale (``[]`` or
+        ``[out]``) and optional ``bias``, on ``packed``'s device."""
+        out_features = packed.shape[0]
+        if bias is not None and bias.shape != (out_features,):
+            raise ValueError(f"`bias` must have shape ({out_features},), got {tuple(bias.shape)}")
         layer = cls(
             in_features,
             out_features,
             bias=bias is not None,
             quantize_activations=quantize_activations,
-            device=weight.device,
+            device=packed.device,
             dtype=None if bias is None else bias.dtype,
         )
-        layer.weight_packed.copy_(F.pack_ternary(ternary))
-        layer.weight_scale = scale.to(weight.device)
+        with torch.no_grad():
+            layer.weight_packed.copy_(packed)
+            layer.weight_scale = scale.detach().to(device=packed.device, dtype=torch.float32)
+            if bias is not None:
+                layer.bias = bias.detach().clone()
         layer.refresh()
-        if bias is not None:
-            if bias.shape != (out_features,):
-                raise ValueError(f"`bias` must have shape ({out_features},), got {tuple(bias.shape)}")
-            layer.bias = bias.detach().clone()
         return layer
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
