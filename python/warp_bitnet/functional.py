@@ -197,9 +197,27 @@ def quantize_activations_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     xf = x.detach().to(torch.float32)
     if not torch.isfinite(xf).all():
         raise ValueError("`x` holds NaN or infinity")
+    return _quantize_rows(xf)
+
+
+def _quantize_rows(xf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``quantize_activations_int8`` of float32 ``xf`` without its checks (no host sync)."""
     s = _div(127.0, xf.abs().amax(dim=-1, keepdim=True).clamp(min=ACT_EPS))
-    q = (xf * s).round().clamp(-128, 127).to(torch.int8)
-    return q, _div(1.0, s).squeeze(-1)
+    return (xf * s).round().clamp(-128, 127).to(torch.int8), _div(1.0, s).squeeze(-1)
+
+
+def _w2a8_epilogue(acc, qs, s, bias, levels) -> torch.Tensor:
+    """int32 sums ``[B, M]`` -> float32 in the kernels' order: sum (x 0.5 for INT2, whose
+    sums are twice the level sums) x activation scale ``qs[B]`` x weight scale + bias."""
+    y = acc.to(torch.float32)
+    if levels == "int2":
+        y = y * 0.5
+    y = y * qs[:, None]
+    if s is not None:
+        y = y * s
+    if bias is not None:
+        y = y + bias.to(torch.float32)
+    return y
 
 
 def _div(a: float, t: torch.Tensor) -> torch.Tensor:
@@ -345,16 +363,9 @@ def _linear_t2(
                 "CUDA `x` must be float16 or bfloat16 (float32 only with quantize_activations=True); cast it"
             )
         # int8 products summed exactly in int32, then the epilogue in float32.
-        xs = _div(127.0, x2.abs().amax(dim=-1, keepdim=True).clamp(min=ACT_EPS))
-        q = (x2 * xs).round().clamp(-128, 127).to(torch.int8)
-        qs = _div(1.0, xs)
-        acc = ops.eager(ops.gemm_i8, grad)(t2, m, n, None, q, qs.reshape(-1), None, torch.int32, levels)
-        y = acc.to(torch.float32) * (qs if levels == "ternary" else qs * 0.5)  # INT2: twice the levels
-        if s is not None:
-            y = y * s
-        if bias is not None:
-            y = y + bias.to(torch.float32)
-        return y.reshape(*lead, m)
+        q, qs = _quantize_rows(x2)
+        acc = ops.eager(ops.gemm_i8, grad)(t2, m, n, None, q, qs, None, torch.int32, levels)
+        return _w2a8_epilogue(acc, qs, s, bias, levels).reshape(*lead, m)
     if x.dtype not in (torch.float16, torch.bfloat16):
         raise TypeError(f"CUDA `x` must be float16, bfloat16 or float32, got {x.dtype}")
     b = None if bias is None else bias.to(x.dtype).contiguous()
@@ -388,13 +399,8 @@ def _linear_dense(x2, i2, m, s, bias, quantize_activations, levels, grad) -> tor
     if n % 8 or m % 8:
         return None
     q, qs = ops.eager(ops.quantize_i8, grad)(x2)
-    acc = torch._int_mm(q, dense(i2, n, levels, torch.int8).T).to(torch.float32)
-    y = (acc * 0.5 if levels == "int2" else acc) * qs[:, None]
-    if s is not None:
-        y = y * s
-    if b is not None:
-        y = y + b.to(torch.float32)
-    return y.to(x2.dtype)
+    acc = torch._int_mm(q, dense(i2, n, levels, torch.int8).T)
+    return _w2a8_epilogue(acc, qs, s, b, levels).to(x2.dtype)
 
 
 def gemv(W_packed: torch.Tensor, X: torch.Tensor, Y: torch.Tensor) -> None:

@@ -200,10 +200,10 @@ def _quantize_weight(w: torch.Tensor, method: str) -> torch.Tensor:
 
 
 def _quantize_act(x: torch.Tensor) -> torch.Tensor:
-    """Per-token absmax int8 quantize-dequantize (the formulas of ``quantize_activations_int8``)."""
-    xf = x.detach().to(torch.float32)
-    s = F._div(127.0, xf.abs().amax(dim=-1, keepdim=True).clamp(min=F.ACT_EPS))
-    return ((xf * s).round().clamp(-128, 127) / s).to(x.dtype)
+    """Per-token absmax int8 quantize-dequantize: ``q * scale`` of ``quantize_activations_int8``,
+    the values the W2A8 products multiply."""
+    q, scale = F._quantize_rows(x.detach().to(torch.float32))
+    return (q.to(torch.float32) * scale[..., None]).to(x.dtype)
 
 
 class _TernaryLinearCuda(torch.autograd.Function):
