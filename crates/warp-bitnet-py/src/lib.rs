@@ -100,7 +100,7 @@ fn i2_to_t2(
     let levels = parse_levels(levels)?;
     let g = gpu(device)?;
     // SAFETY: the Python caller passes live, contiguous CUDA tensors of the sizes
-    // above on `device` (checked in warp_bitnet/_ops.py) and keeps them alive for the
+    // above on `device` (checked in warp_bitnet/ops.py) and keeps them alive for the
     // launch, which runs in `stream`'s order like every PyTorch op on them.
     py.detach(|| unsafe { g.i2_to_t2_raw(src, dst, rows, cols, levels, stream as _) })
         .map_err(to_py)

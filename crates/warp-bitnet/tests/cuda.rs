@@ -61,6 +61,16 @@ impl RandomWeights for Int2Matrix {
     }
 }
 
+/// f16 / bf16 values as f64.
+fn host_f64<T: Activation>(v: &[T]) -> Vec<f64> {
+    v.iter().map(|v| f64::from(v.to_f32())).collect()
+}
+
+/// A device buffer of f16 / bf16, copied back as f64.
+fn device_f64<T: Activation + DeviceRepr>(s: &Arc<CudaStream>, y: &CudaSlice<T>) -> Vec<f64> {
+    host_f64(&s.clone_dtoh(y).unwrap())
+}
+
 fn rel_err(got: &[f64], want: &[f64]) -> f64 {
     assert!(
         got.iter().all(|v| v.is_finite()),
@@ -144,15 +154,9 @@ fn check_w2a16<
                 &s,
             )
             .unwrap();
-            let got: Vec<f64> = s
-                .clone_dtoh(&yd)
-                .unwrap()
-                .iter()
-                .map(|v| f64::from(v.to_f32()))
-                .collect();
-            let xf: Vec<f64> = x.iter().map(|v| f64::from(v.to_f32())).collect();
-            let bf: Option<Vec<f64>> =
-                bias.map(|b| b.iter().map(|v| f64::from(v.to_f32())).collect());
+            let got = device_f64(&s, &yd);
+            let xf: Vec<f64> = host_f64(&x);
+            let bf: Option<Vec<f64>> = bias.map(|b| host_f64(&b));
             let want = reference_f64(&w, &xf, batch, bf.as_deref());
             let e = rel_err(&got, &want);
             assert!(
@@ -233,12 +237,7 @@ fn check_w2a8<W: RandomWeights>() {
             poison(&s, &mut y);
             gpu.gemm_w2a8::<f16>(&d, &qd, &xsd, batch, None, &mut y, &s)
                 .unwrap();
-            let got: Vec<f64> = s
-                .clone_dtoh(&y)
-                .unwrap()
-                .iter()
-                .map(|v| f64::from(v.to_f32()))
-                .collect();
+            let got = device_f64(&s, &y);
             let deq: Vec<f64> = q
                 .iter()
                 .enumerate()
@@ -365,30 +364,14 @@ fn every_kernel<W: RandomWeights>() {
             let mut y = s.alloc_zeros::<f16>(batch * rows).unwrap();
             poison(&s, &mut y);
             gpu.gemm(&d, &xd, batch, None, &mut y, &s).unwrap();
-            let got: Vec<f64> = s
-                .clone_dtoh(&y)
-                .unwrap()
-                .iter()
-                .map(|v| f64::from(v.to_f32()))
-                .collect();
-            let e = rel_err(
-                &got,
-                &want(x16.iter().map(|v| f64::from(v.to_f32())).collect()),
-            );
+            let got = device_f64(&s, &y);
+            let e = rel_err(&got, &want(host_f64(&x16)));
             assert!(e <= 1e-3, "f16 {rows}x{cols} batch {batch}: {e:.2e}");
             let mut yb = s.alloc_zeros::<bf16>(batch * rows).unwrap();
             poison(&s, &mut yb);
             gpu.gemm(&d, &xbd, batch, None, &mut yb, &s).unwrap();
-            let got: Vec<f64> = s
-                .clone_dtoh(&yb)
-                .unwrap()
-                .iter()
-                .map(|v| f64::from(v.to_f32()))
-                .collect();
-            let e = rel_err(
-                &got,
-                &want(xb.iter().map(|v| f64::from(v.to_f32())).collect()),
-            );
+            let got = device_f64(&s, &yb);
+            let e = rel_err(&got, &want(host_f64(&xb)));
             assert!(e <= 1e-2, "bf16 {rows}x{cols} batch {batch}: {e:.2e}");
             let mut acc = s.alloc_zeros::<i32>(batch * rows).unwrap();
             poison(&s, &mut acc);
@@ -458,13 +441,8 @@ fn cpu_and_gpu_backends_agree() {
     let xd = s.clone_htod(&x).unwrap();
     let mut yd = s.alloc_zeros::<f16>(batch * rows).unwrap();
     gpu.gemm(&d, &xd, batch, None, &mut yd, &s).unwrap();
-    let a: Vec<f64> = y_cpu.iter().map(|v| f64::from(v.to_f32())).collect();
-    let b: Vec<f64> = s
-        .clone_dtoh(&yd)
-        .unwrap()
-        .iter()
-        .map(|v| f64::from(v.to_f32()))
-        .collect();
+    let a: Vec<f64> = host_f64(&y_cpu);
+    let b = device_f64(&s, &yd);
     assert!(rel_err(&b, &a) <= 1e-3);
 }
 

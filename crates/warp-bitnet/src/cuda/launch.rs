@@ -700,6 +700,8 @@ mod tests {
 
     #[test]
     fn picks_the_smallest_token_group_and_the_grid() {
+        // A 100 x 300 ternary matrix without scale.
+        let plan = |a: GemmArgs| plan_gemm(100, 300, Levels::Ternary, 0x10, None, &a, GPU).unwrap();
         let p = plan_gemm(
             100,
             300,
@@ -721,49 +723,13 @@ mod tests {
         let p = plan_gemm(10_000, 300, Levels::Ternary, 0x10, None, &tall, GPU).unwrap();
         // Persistent: 625 row tiles over the 264 resident CTAs.
         assert_eq!(p.grid, (264, 1, 1));
-        let p = plan_gemm(
-            100,
-            300,
-            Levels::Ternary,
-            0x10,
-            None,
-            &args(DType::I8, DType::I32, 70),
-            GPU,
-        )
-        .unwrap();
+        let p = plan(args(DType::I8, DType::I32, 70));
         assert_eq!((p.symbol.as_str(), p.grid.1), ("gemm_t2_i8_i32_n32", 3));
-        let p = plan_gemm(
-            100,
-            300,
-            Levels::Ternary,
-            0x10,
-            None,
-            &args(DType::BF16, DType::BF16, 9),
-            GPU,
-        )
-        .unwrap();
+        let p = plan(args(DType::BF16, DType::BF16, 9));
         assert_eq!(p.symbol, "gemm_t2_bf16_bf16_n16");
-        let p = plan_gemm(
-            100,
-            300,
-            Levels::Ternary,
-            0x10,
-            None,
-            &args(DType::F16, DType::F16, 2),
-            GPU,
-        )
-        .unwrap();
+        let p = plan(args(DType::F16, DType::F16, 2));
         assert_eq!(p.symbol, "gemm_t2_f16_f16_n8");
-        let p = plan_gemm(
-            100,
-            300,
-            Levels::Ternary,
-            0x10,
-            None,
-            &args(DType::I8, DType::BF16, 1),
-            GPU,
-        )
-        .unwrap();
+        let p = plan(args(DType::I8, DType::BF16, 1));
         assert_eq!((p.symbol.as_str(), p.smem), ("gemm_t2_i8_bf16_n1", 3 * 128));
         // A row longer than the shared memory the single-token kernel may take (200 KB).
         let wide = GemmArgs {
