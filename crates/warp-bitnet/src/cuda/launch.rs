@@ -45,6 +45,37 @@ fn tokens_per_cta(batch: usize) -> usize {
 }
 const MAX_GRID_Y: usize = 65_535;
 
+/// Warps per GEMM CTA.
+const GEMM_WARPS: usize = GEMM_THREADS as usize / 32;
+
+/// Row tiles per CTA and weight ring stages per warp of the kernel for activation
+/// type `x` (int8 when quantized in the kernel) and `tokens` per CTA; mirrors
+/// `ROW_TILES` and `DEPTH_OF` in gemm.cuh. Every warp multiplies each of its
+/// activation tiles with all the CTA's row tiles, so more row tiles cut the
+/// activation traffic per weight byte; single-token kernels read the activations
+/// from shared memory and keep one.
+fn cta_shape(x: DType, tokens: usize) -> (usize, usize) {
+    match (x, tokens) {
+        (_, 1) => (1, 8),
+        (DType::I8, 8) => (1, 4),
+        (DType::I8, _) => (2, 4),
+        (_, 16) => (4, 4),
+        _ => (2, 4),
+    }
+}
+
+/// Dynamic shared memory of a GEMM kernel without the staged activation row; mirrors
+/// `GemmSmem` in gemm.cuh (the kernel traps if given less).
+fn gemm_fixed_smem(x: DType, tokens: usize) -> usize {
+    let (rt, depth) = cta_shape(x, tokens);
+    let cols = tokens.max(8);
+    let ring = GEMM_WARPS * depth * rt * 512;
+    let partial_sums = GEMM_WARPS * 16 * rt * cols * 4;
+    let x_sums = GEMM_WARPS * cols * 4;
+    let scratch = (GEMM_WARPS * 4).next_multiple_of(16);
+    ring + partial_sums + x_sums + scratch
+}
+
 /// Parameters of the GEMM kernels, passed by value; mirrors `GemmParams` in common.cuh.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -204,12 +235,15 @@ pub(crate) fn plan_gemm(
     let row_bytes = k_tiles * 128 * staged.size();
     let mut tokens = tokens_per_cta(a.batch);
     let single = gemm_symbol(levels, a.x_dtype, a.quantize_x, a.y_dtype, 1);
-    if tokens == 1 && row_bytes > gpu.max_dynamic(&single)? {
+    let row_room = gpu
+        .max_dynamic(&single)?
+        .saturating_sub(gemm_fixed_smem(staged, 1));
+    if tokens == 1 && row_bytes > row_room {
         if a.quantize_x {
             return Err(Error::TooLarge {
                 arg: "cols",
                 value: cols as u64,
-                limit: (gpu.max_dynamic(&single)? / 128 * 128) as u64,
+                limit: (row_room / 128 * 128) as u64,
             });
         }
         tokens = TOKENS_PER_CTA[0];
@@ -277,8 +311,9 @@ pub(crate) fn plan_gemm(
     let symbol = gemm_symbol(levels, a.x_dtype, a.quantize_x, a.y_dtype, tokens);
     // Token groups share the GPU: each gets its share of the resident CTAs. Filling
     // every slot beat spreading the row tiles evenly over fewer CTAs (docs/NOTES.md, v8).
-    let smem = if tokens == 1 { row_bytes } else { 0 };
-    let ctas = (gpu.resident(&symbol, smem)? / groups).clamp(1, row_tiles);
+    let smem = gemm_fixed_smem(a.x_dtype, tokens) + if tokens == 1 { row_bytes } else { 0 };
+    let row_blocks = row_tiles.div_ceil(cta_shape(a.x_dtype, tokens).0);
+    let ctas = (gpu.resident(&symbol, smem)? / groups).clamp(1, row_blocks);
     Ok(GemmPlan {
         symbol,
         params: GemmParams {
@@ -730,14 +765,28 @@ mod tests {
         let p = plan(args(DType::F16, DType::F16, 2));
         assert_eq!(p.symbol, "gemm_t2_f16_f16_n8");
         let p = plan(args(DType::I8, DType::BF16, 1));
-        assert_eq!((p.symbol.as_str(), p.smem), ("gemm_t2_i8_bf16_n1", 3 * 128));
+        let staged_row = 3 * 128;
+        assert_eq!(
+            (p.symbol.as_str(), p.smem as usize),
+            ("gemm_t2_i8_bf16_n1", gemm_fixed_smem(DType::I8, 1) + staged_row)
+        );
         // A row longer than the shared memory the single-token kernel may take (200 KB).
         let wide = GemmArgs {
             ldx: 1 << 17,
             ..args(DType::F16, DType::F16, 1)
         };
         let p = plan_gemm(100, 1 << 17, Levels::Ternary, 0x10, None, &wide, GPU).unwrap();
-        assert_eq!((p.symbol.as_str(), p.smem), ("gemm_t2_f16_f16_n8", 0));
+        assert_eq!(
+            (p.symbol.as_str(), p.smem as usize),
+            ("gemm_t2_f16_f16_n8", gemm_fixed_smem(DType::F16, 8))
+        );
+        // Token-group kernels take several row tiles per CTA: 625 row tiles in blocks of 4.
+        let tall16 = GemmArgs {
+            ldy: 10_000,
+            ..args(DType::F16, DType::F16, 16)
+        };
+        let p = plan_gemm(10_000, 300, Levels::Ternary, 0x10, None, &tall16, GPU).unwrap();
+        assert_eq!((p.symbol.as_str(), p.grid), ("gemm_t2_f16_f16_n16", (157, 1, 1)));
     }
 
     #[test]
@@ -749,8 +798,8 @@ mod tests {
         let p = plan_gemm(100, 300, Levels::Int2, 0x10, None, &a, GPU).unwrap();
         // The staged row is int8: 3 k tiles of 128 bytes.
         assert_eq!(
-            (p.symbol.as_str(), p.smem),
-            ("gemm_int2_bf16q_bf16_n1", 3 * 128)
+            (p.symbol.as_str(), p.smem as usize),
+            ("gemm_int2_bf16q_bf16_n1", gemm_fixed_smem(DType::I8, 1) + 3 * 128)
         );
         for bad in [
             GemmArgs { batch: 2, ..a },

@@ -239,7 +239,8 @@ __device__ __forceinline__ void pair_mma(const u32 (&w)[4], const XTile<ACT> (&x
 }
 
 template <int NT, bool ONE, int J>
-__device__ __forceinline__ void quad_mma_i8(const u32 (&w)[4], const XTile<ACT_I8> (&x)[NT], Acc<ACT_I8, NT, ONE>& acc) {
+__device__ __forceinline__ void quad_mma_i8(const u32 (&w)[4], const XTile<ACT_I8> (&x)[NT], Acc<ACT_I8, NT, ONE>& acc,
+                                            bool count_x) {
     const u32 a0 = (w[0] >> (2 * J)) & 0x03030303u, a1 = (w[2] >> (2 * J)) & 0x03030303u;
     const u32 a2 = (w[1] >> (2 * J)) & 0x03030303u, a3 = (w[3] >> (2 * J)) & 0x03030303u;
 #pragma unroll
@@ -247,18 +248,20 @@ __device__ __forceinline__ void quad_mma_i8(const u32 (&w)[4], const XTile<ACT_I
         // A bytes are columns (4J, 4J+16, 4J+1, 4J+17) (+2 for a2, a3): gather B to match.
         const u32 lo = x[j].r[J], hi = x[j].r[J + 4];
         mma_i8(acc.i[j], a0, a1, a2, a3, prmt(lo, hi, 0x5140), prmt(lo, hi, 0x7362));
-        acc.xsum[j] = dp4a(hi, 0x01010101u, dp4a(lo, 0x01010101u, acc.xsum[j]));
+        if (count_x) acc.xsum[j] = dp4a(hi, 0x01010101u, dp4a(lo, 0x01010101u, acc.xsum[j]));
     }
 }
 
+// count_x: also sum the activations (i8; needed once per k tile, not per row tile).
 template <int ACT, bool INT2, int NT, bool ONE>
-__device__ __forceinline__ void tile_mma(const u32x4& wv, const XTile<ACT> (&x)[NT], Acc<ACT, NT, ONE>& acc) {
+__device__ __forceinline__ void tile_mma(const u32x4& wv, const XTile<ACT> (&x)[NT], Acc<ACT, NT, ONE>& acc,
+                                         bool count_x) {
     const u32 w[4] = {wv.x, wv.y, wv.z, wv.w};
     if constexpr (ACT == ACT_I8) {
-        quad_mma_i8<NT, ONE, 0>(w, x, acc);
-        quad_mma_i8<NT, ONE, 1>(w, x, acc);
-        quad_mma_i8<NT, ONE, 2>(w, x, acc);
-        quad_mma_i8<NT, ONE, 3>(w, x, acc);
+        quad_mma_i8<NT, ONE, 0>(w, x, acc, count_x);
+        quad_mma_i8<NT, ONE, 1>(w, x, acc, count_x);
+        quad_mma_i8<NT, ONE, 2>(w, x, acc, count_x);
+        quad_mma_i8<NT, ONE, 3>(w, x, acc, count_x);
     } else {
         pair_mma<ACT, INT2, NT, ONE, 0>(w, x, acc);
         pair_mma<ACT, INT2, NT, ONE, 1>(w, x, acc);
@@ -372,33 +375,69 @@ __device__ __forceinline__ float stage_row_quantized(const GemmParams& p, u32 xs
     return 1.0f / s;
 }
 
+// CTA shape: row tiles per CTA (each warp multiplies every one of them with the
+// activations it loaded, so the activation traffic per weight byte falls by RT, but
+// fewer CTAs share the rows) and weight ring stages per warp. i8 activations are half
+// the bytes and take fewer row tiles (docs/NOTES.md, v16). Single-token kernels read
+// their activations from shared memory and take one. Mirrored by `cta_shape` in
+// launch.rs, which sizes the dynamic shared memory; the kernel checks that it got
+// enough (GemmSmem).
+template <int ACT, int NT, bool ONE>
+constexpr int ROW_TILES = ONE ? 1 : ACT == ACT_I8 ? (NT == 1 ? 1 : 2) : (NT == 2 ? 4 : 2);
+template <int NT, bool ONE>
+constexpr int DEPTH_OF = ONE ? 8 : 4;
+
+// Dynamic shared memory, in this order: the weight rings, the warps' partial sums
+// (f32 bits, or i32 for i8), the i8 activation sums, a reduction scratch, then the
+// single-token kernels' staged activation row.
+template <int NT, int RT, int DEPTH>
+struct GemmSmem {
+    static constexpr u32 RING = WARPS * DEPTH * RT * 512;
+    static constexpr u32 RED = WARPS * 16 * RT * 8 * NT * 4;
+    static constexpr u32 RED_X = WARPS * 8 * NT * 4;
+    static constexpr u32 SCRATCH = 16 * ((WARPS * 4 + 15) / 16);
+    static constexpr u32 FIXED = RING + RED + RED_X + SCRATCH;
+};
+
+__device__ __forceinline__ u32 dynamic_smem_size() {
+    u32 r;
+    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(r));
+    return r;
+}
+
 template <int ACT, int OUT, int NT, bool ONE, bool INT2, int QX>
 __device__ __forceinline__ void gemm_tiles(const GemmParams& p) {
     constexpr int COLS = 8 * NT;  // tokens per CTA
     constexpr int XBYTES = ACT == ACT_I8 ? 1 : 2;
-    constexpr int DEPTH = NT == 1 ? 8 : 4;  // ring stages per warp
-    __shared__ __align__(16) u32x4 ring[WARPS][DEPTH][32];
-    __shared__ u32 red[WARPS][16][COLS];  // partial sums: f32 bits, or i32 for i8
-    __shared__ int red_x[WARPS][COLS];
-    __shared__ float row_sum_scratch[WARPS];
-    extern __shared__ __align__(16) unsigned char x_row[];  // single-token kernel only
+    constexpr int RT = ROW_TILES<ACT, NT, ONE>;
+    constexpr int DEPTH = DEPTH_OF<NT, ONE>;
+    typedef GemmSmem<NT, RT, DEPTH> Smem;
+    extern __shared__ __align__(16) unsigned char smem[];
+    u32* const red = (u32*)(smem + Smem::RING);  // [WARPS][16 RT][COLS]
+    int* const red_x = (int*)(smem + Smem::RING + Smem::RED);  // [WARPS][COLS]
+    float* const scratch = (float*)(smem + Smem::RING + Smem::RED + Smem::RED_X);
+    // A launch with less shared memory than this kernel's layout is a host bug.
+    if (dynamic_smem_size() < Smem::FIXED) __trap();
 
     const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const u32 g = lane / 4, q = lane % 4;
     const u32 b_base = blockIdx.y * COLS;
     const u64 policy = evict_first_policy();
 
-    Acc<ACT, NT, ONE> acc;
+    Acc<ACT, NT, ONE> acc[RT];
     const auto reset = [&]() {
 #pragma unroll
-        for (int j = 0; j < (SUBNORMAL<ACT, ONE> ? 5 : NT); j++)
+        for (int r = 0; r < RT; r++) {
 #pragma unroll
-            for (int i = 0; i < 4; i++) acc.f[j][i] = 0.f;
+            for (int j = 0; j < (SUBNORMAL<ACT, ONE> ? 5 : NT); j++)
 #pragma unroll
-        for (int j = 0; j < NT; j++) {
-            acc.xsum[j] = 0;
+                for (int i = 0; i < 4; i++) acc[r].f[j][i] = 0.f;
 #pragma unroll
-            for (int i = 0; i < 4; i++) acc.i[j][i] = 0;
+            for (int j = 0; j < NT; j++) {
+                acc[r].xsum[j] = 0;
+#pragma unroll
+                for (int i = 0; i < 4; i++) acc[r].i[j][i] = 0;
+            }
         }
     };
     reset();
@@ -412,24 +451,34 @@ __device__ __forceinline__ void gemm_tiles(const GemmParams& p) {
         lane_x[j] = (const unsigned char*)p.x + ((u64)tok[j] * p.ldx + 32 * q) * XBYTES;
     }
 
-    // ---- persistent CTA: row tiles blockIdx.x, + gridDim.x, ...; each warp takes k
-    // tiles warp, warp + 8, ... of every row tile, as one stream of `total` tiles ----
+    // ---- persistent CTA: row blocks (RT row tiles) blockIdx.x, + gridDim.x, ...; each
+    // warp takes k tiles warp, warp + 8, ... of every row block, as one stream of
+    // `total` steps of RT tiles ----
     const u32 row_tiles = (p.rows + 15) / 16;
-    const u32 my_rows = (row_tiles - blockIdx.x + gridDim.x - 1) / gridDim.x;
+    const u32 row_blocks = (row_tiles + RT - 1) / RT;
+    const u32 my_blocks = (row_blocks - blockIdx.x + gridDim.x - 1) / gridDim.x;
     const u32 mine = p.k_tiles > warp ? (p.k_tiles - warp + WARPS - 1) / WARPS : 0;
-    const u32 total = my_rows * mine;
+    const u32 total = my_blocks * mine;
     const u32 fast_tiles = p.x_vec ? p.cols / 128 : 0;
-    const u32 my_ring = smem_addr(&ring[warp][0][lane]);
+    const u32 my_ring = smem_addr(smem) + (warp * DEPTH * RT * 32 + lane) * 16;
+    const u64 row_tile_step = (u64)p.k_tiles * 32;  // u32x4 per row tile
 
-    // The ring's producer runs DEPTH-1 tiles ahead: (row tile, k step) of tile `ahead`.
-    u32 ahead = 0, a_t = 0;
-    const u32x4* a_ptr = p.w + ((u64)blockIdx.x * p.k_tiles + warp) * 32 + lane;
-    const auto produce = [&]() {  // one commit group per tile, empty past the end
+    // The ring's producer runs DEPTH-1 steps ahead: (row block, k step) of step `ahead`.
+    // Row tiles past the last (a partial last block) reload the last one; the
+    // epilogue drops their rows.
+    u32 ahead = 0, a_t = 0, a_rb = blockIdx.x;
+    const u32x4* a_ptr = p.w + ((u64)blockIdx.x * RT * p.k_tiles + warp) * 32 + lane;
+    const auto produce = [&]() {  // one commit group per step, empty past the end
         if (ahead < total) {
-            cp_async_16_evict_first(my_ring + (ahead % DEPTH) * 512, a_ptr, policy);
+            const u32 valid = min((u32)RT, row_tiles - a_rb * RT);
+#pragma unroll
+            for (int r = 0; r < RT; r++)
+                cp_async_16_evict_first(my_ring + ((ahead % DEPTH) * RT + r) * 512,
+                                        a_ptr + min((u32)r, valid - 1) * row_tile_step, policy);
             if (++a_t == mine) {
                 a_t = 0;
-                a_ptr += ((u64)gridDim.x * p.k_tiles - (u64)(mine - 1) * WARPS) * 32;
+                a_rb += gridDim.x;
+                a_ptr += (u64)gridDim.x * RT * row_tile_step - (u64)(mine - 1) * WARPS * 32;
             } else {
                 a_ptr += WARPS * 32;
             }
@@ -439,11 +488,11 @@ __device__ __forceinline__ void gemm_tiles(const GemmParams& p) {
     };
 #pragma unroll
     for (int t = 0; t < DEPTH - 1; t++) produce();
-    const u32 xs = smem_addr(x_row);
+    const u32 xs = smem_addr(smem) + Smem::FIXED;
     // f16 n1: sum(x) for the subnormal decode; quantizing n1: the dequantization factor.
     float x_total = 0.f, x_dequant = 0.f;
-    if constexpr (QX != QX_NONE) x_dequant = stage_row_quantized<QX == QX_BF16>(p, xs, row_sum_scratch);
-    else if constexpr (ONE) x_total = stage_row<ACT>(p, xs, row_sum_scratch);
+    if constexpr (QX != QX_NONE) x_dequant = stage_row_quantized<QX == QX_BF16>(p, xs, scratch);
+    else if constexpr (ONE) x_total = stage_row<ACT>(p, xs, scratch);
 
     const auto load_x = [&](u32 kt, XTile<ACT>(&dst)[NT]) {
 #pragma unroll
@@ -452,17 +501,27 @@ __device__ __forceinline__ void gemm_tiles(const GemmParams& p) {
             else dst[j] = load_x_tile_slow<ACT>(p, tok[j], kt, q);
         }
     };
-    // Tile f (k step t of its row tile): refill the ring, prefetch the next tile's
-    // activations into `nxt`, read the next tile's weights from the ring, multiply.
-    u32x4 wnext = {0, 0, 0, 0};
+    const auto read_ring = [&](u32 f, u32x4(&dst)[RT]) {
+#pragma unroll
+        for (int r = 0; r < RT; r++) dst[r] = lds128(my_ring + ((f % DEPTH) * RT + r) * 512);
+    };
+    const auto multiply = [&](const u32x4(&w)[RT], const XTile<ACT>(&x)[NT]) {
+#pragma unroll
+        for (int r = 0; r < RT; r++) tile_mma<ACT, INT2, NT, ONE>(w[r], x, acc[r], r == 0);
+    };
+    // Step f (k step t of its row block): refill the ring, prefetch the next step's
+    // activations into `nxt`, read the next step's weights from the ring, multiply.
+    u32x4 wnext[RT];
     const auto step = [&](u32 f, u32 t, const XTile<ACT>(&cur)[NT], XTile<ACT>(&nxt)[NT]) {
         produce();
         if constexpr (!ONE) {
             if (f + 1 < total) load_x(warp + (t + 1 == mine ? 0 : t + 1) * WARPS, nxt);
         }
-        const u32x4 wcur = wnext;
-        cp_async_wait<DEPTH - 2>();  // tile f+1 has landed
-        wnext = lds128(my_ring + ((f + 1) % DEPTH) * 512);
+        u32x4 wcur[RT];
+#pragma unroll
+        for (int r = 0; r < RT; r++) wcur[r] = wnext[r];
+        cp_async_wait<DEPTH - 2>();  // step f+1 has landed
+        read_ring(f + 1, wnext);
         if constexpr (ONE) {  // the lane's 32 activations of this tile, from the staged row
             XTile<ACT> x[1];
             const u32 base = xs + (warp + t * WARPS) * Staged<ACT>::TILE_BYTES + 16 * q;
@@ -471,22 +530,22 @@ __device__ __forceinline__ void gemm_tiles(const GemmParams& p) {
                 const u32x4 v = lds128(base + 64 * i);
                 x[0].r[4 * i] = v.x; x[0].r[4 * i + 1] = v.y; x[0].r[4 * i + 2] = v.z; x[0].r[4 * i + 3] = v.w;
             }
-            tile_mma<ACT, INT2, NT, ONE>(wcur, x, acc);
+            multiply(wcur, x);
         } else {
-            tile_mma<ACT, INT2, NT, ONE>(wcur, cur, acc);
+            multiply(wcur, cur);
         }
     };
     XTile<ACT> xa[NT], xb[NT];
     if (total > 0) {
         if (!ONE) load_x(warp, xa);
         cp_async_wait<DEPTH - 2>();
-        wnext = lds128(my_ring);
+        read_ring(0, wnext);
     }
 
     u32 f = 0;
-    for (u32 i = 0; i < my_rows; i++) {
-        const u32 rt = blockIdx.x + i * gridDim.x;
-        // Two activation buffers, alternating, so no registers are copied per tile.
+    for (u32 i = 0; i < my_blocks; i++) {
+        const u32 rb = blockIdx.x + i * gridDim.x;
+        // Two activation buffers, alternating, so no registers are copied per step.
         for (u32 t = 0; t < mine; t += 2) {
             step(f, t, xa, xb);
             f++;
@@ -495,7 +554,7 @@ __device__ __forceinline__ void gemm_tiles(const GemmParams& p) {
                 f++;
             }
         }
-        if (!ONE && (mine & 1)) {  // an odd count left the next tile's activations in xb
+        if (!ONE && (mine & 1)) {  // an odd count left the next step's activations in xb
 #pragma unroll
             for (int j = 0; j < NT; j++) xa[j] = xb[j];
         }
@@ -503,42 +562,52 @@ __device__ __forceinline__ void gemm_tiles(const GemmParams& p) {
         // ---- reduce the warps' partial sums in shared memory ----
         // C fragment: c0, c1 -> (row g, tokens 2q, 2q+1); c2, c3 -> (row g+8, same tokens).
 #pragma unroll
-        for (int j = 0; j < NT; j++) {
+        for (int r = 0; r < RT; r++) {
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const u32 row = g + 8 * (e / 2), col = 8 * j + 2 * q + (e % 2);
-                if (ACT == ACT_I8) {
-                    red[warp][row][col] = (u32)acc.i[j][e];
-                } else if (SUBNORMAL<ACT, ONE>) {
-                    // Group s holds 2^-24 * 4^s * sum c x: undo both scales.
-                    float v = 0.f;
+            for (int j = 0; j < NT; j++) {
 #pragma unroll
-                    for (int s = 0; s < 5; s++) v += acc.f[s][e] * (float)(1 << (24 - 2 * s));
-                    red[warp][row][col] = __float_as_uint(v);
-                } else {
-                    red[warp][row][col] = __float_as_uint(acc.f[j][e]);
+                for (int e = 0; e < 4; e++) {
+                    const u32 row = 16 * r + g + 8 * (e / 2), col = 8 * j + 2 * q + (e % 2);
+                    u32& slot = red[(warp * 16 * RT + row) * COLS + col];
+                    if (ACT == ACT_I8) {
+                        slot = (u32)acc[r].i[j][e];
+                    } else if (SUBNORMAL<ACT, ONE>) {
+                        // Group s holds 2^-24 * 4^s * sum c x: undo both scales.
+                        float v = 0.f;
+#pragma unroll
+                        for (int s = 0; s < 5; s++) v += acc[r].f[s][e] * (float)(1 << (24 - 2 * s));
+                        slot = __float_as_uint(v);
+                    } else {
+                        slot = __float_as_uint(acc[r].f[j][e]);
+                    }
                 }
             }
-            if (ACT == ACT_I8) {
-                int sx = acc.xsum[j];
+        }
+        if (ACT == ACT_I8) {
+#pragma unroll
+            for (int j = 0; j < NT; j++) {
+                int sx = acc[0].xsum[j];
                 sx += __shfl_xor_sync(0xffffffffu, sx, 1);
                 sx += __shfl_xor_sync(0xffffffffu, sx, 2);
-                if (q == 0) red_x[warp][8 * j + g] = sx;
+                if (q == 0) red_x[warp * COLS + 8 * j + g] = sx;
             }
         }
         reset();
         __syncthreads();
 
         // ---- epilogue: scale, bias, convert, store ----
-        for (u32 e = threadIdx.x; e < 16 * COLS; e += blockDim.x) {
-            const u32 row = e % 16, col = e / 16;
-            const u32 r = rt * 16 + row, b = b_base + col;
+        for (u32 e = threadIdx.x; e < 16 * RT * COLS; e += blockDim.x) {
+            const u32 row = e % (16 * RT), col = e / (16 * RT);
+            const u32 r = rb * 16 * RT + row, b = b_base + col;
             if (r >= p.rows || b >= p.batch) continue;
             float v;
             if (ACT == ACT_I8) {
                 int sum = 0, xs = 0;
 #pragma unroll
-                for (int w = 0; w < WARPS; w++) { sum += (int)red[w][row][col]; xs += red_x[w][col]; }
+                for (int w = 0; w < WARPS; w++) {
+                    sum += (int)red[(w * 16 * RT + row) * COLS + col];
+                    xs += red_x[w * COLS + col];
+                }
                 // Ternary: sum (c - 1) x. INT2: sum (2c - 3) x, twice the level sum.
                 // (Unsigned: the partial terms may wrap; the result fits, see MAX_W2A8_COLS.)
                 sum = INT2 ? (int)(2u * (u32)sum - 3u * (u32)xs) : sum - xs;
@@ -550,7 +619,7 @@ __device__ __forceinline__ void gemm_tiles(const GemmParams& p) {
             } else {
                 v = 0.f;
 #pragma unroll
-                for (int w = 0; w < WARPS; w++) v += __uint_as_float(red[w][row][col]);
+                for (int w = 0; w < WARPS; w++) v += __uint_as_float(red[(w * 16 * RT + row) * COLS + col]);
                 if (SUBNORMAL<ACT, ONE>) v -= (INT2 ? 1.5f : 1.f) * x_total;  // sum (c - off) x
             }
             if (p.w_scale != nullptr) v *= p.w_scale[p.scale_per_row ? r : 0];
@@ -558,7 +627,7 @@ __device__ __forceinline__ void gemm_tiles(const GemmParams& p) {
             u16* y = (u16*)p.y + (u64)b * p.ldy + r;
             *y = OUT == OUT_BF16 ? f32_to_bf16(v) : f32_to_f16(v);
         }
-        __syncthreads();  // `red` is rewritten for the next row tile
+        __syncthreads();  // `red` is rewritten for the next row block
     }
     cp_async_wait<0>();
 }

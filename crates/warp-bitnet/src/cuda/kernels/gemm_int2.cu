@@ -5,11 +5,11 @@
 #include "gemm.cuh"
 
 GEMM_KERNEL(ACT_F16, OUT_F16, 1, true, true, 3, gemm_int2_f16_f16_n1)
-GEMM_KERNEL(ACT_F16, OUT_F16, 1, false, true, 3, gemm_int2_f16_f16_n8)
+GEMM_KERNEL(ACT_F16, OUT_F16, 1, false, true, 2, gemm_int2_f16_f16_n8)
 GEMM_KERNEL(ACT_F16, OUT_F16, 2, false, true, 1, gemm_int2_f16_f16_n16)
 GEMM_KERNEL(ACT_F16, OUT_F16, 4, false, true, 1, gemm_int2_f16_f16_n32)
 GEMM_KERNEL(ACT_BF16, OUT_BF16, 1, true, true, 3, gemm_int2_bf16_bf16_n1)
-GEMM_KERNEL(ACT_BF16, OUT_BF16, 1, false, true, 3, gemm_int2_bf16_bf16_n8)
+GEMM_KERNEL(ACT_BF16, OUT_BF16, 1, false, true, 2, gemm_int2_bf16_bf16_n8)
 GEMM_KERNEL(ACT_BF16, OUT_BF16, 2, false, true, 1, gemm_int2_bf16_bf16_n16)
 GEMM_KERNEL(ACT_BF16, OUT_BF16, 4, false, true, 1, gemm_int2_bf16_bf16_n32)
 GEMM_KERNEL(ACT_I8, OUT_F16, 1, true, true, 4, gemm_int2_i8_f16_n1)
