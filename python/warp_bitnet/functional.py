@@ -251,17 +251,23 @@ def _t2_of(packed: torch.Tensor, n: int, levels: str = "ternary") -> torch.Tenso
     return t2
 
 
+def _check_x(x, n: int, device: torch.device) -> None:
+    """Checks the input of a linear layer with ``n`` input features on ``device``."""
+    _check_tensor("x", x)
+    if not x.is_floating_point():
+        raise TypeError(f"`x` must be a float tensor, got {x.dtype}")
+    if x.shape[-1] != n:
+        raise ValueError(f"`x` has {x.shape[-1]} features, the weight expects {n}")
+    if x.device != device:
+        raise ValueError(f"the weights are on {device}, `x` on {x.device}")
+
+
 def _check_linear_args(x, packed_weight, scale, bias, in_features) -> tuple[int, int]:
     """Checks the arguments of ``linear`` / ``linear_int2``; returns ``(N, M)``."""
     _check_tensor("x", x)
     _check_tensor("packed_weight", packed_weight, 2)
-    if not x.is_floating_point():
-        raise TypeError(f"`x` must be a float tensor, got {x.dtype}")
     n = x.shape[-1] if in_features is None else in_features
-    if x.shape[-1] != n:
-        raise ValueError(f"`x` has {x.shape[-1]} features, the weight expects {n}")
-    if packed_weight.device != x.device:
-        raise ValueError(f"`packed_weight` is on {packed_weight.device}, `x` on {x.device}")
+    _check_x(x, n, packed_weight.device)
     m = packed_weight.shape[0]
     for name, t, sizes, shapes in (
         ("scale", scale, (1, m), f"[] or [1] or [{m}]"),
@@ -351,8 +357,12 @@ def _linear_t2(
     grad = x.requires_grad and torch.is_grad_enabled()
     n = x.shape[-1]
     lead = x.shape[:-1]
-    x2 = x.reshape(-1, n).contiguous()
-    s = None if scale is None else scale.to(torch.float32).reshape(-1).contiguous()
+    # Conversions only where needed: each torch call costs about a microsecond, and a
+    # one-token GEMV takes a few.
+    x2 = x if x.dim() == 2 and x.is_contiguous() else x.reshape(-1, n).contiguous()
+    s = scale
+    if s is not None and not (s.dtype == torch.float32 and s.dim() <= 1 and s.is_contiguous()):
+        s = s.to(torch.float32).reshape(-1).contiguous()
     if i2 is not None and x2.shape[0] >= DENSE_MIN_TOKENS and x.dtype in (torch.float16, torch.bfloat16):
         y = _linear_dense(x2, i2, m, s, bias, quantize_activations, levels, grad)
         if y is not None:
@@ -376,7 +386,7 @@ def _linear_t2(
         y = ops.eager(ops.gemm_i8, grad)(t2, m, n, s, q, qs, b, x.dtype, levels)
     else:
         y = ops.eager(ops.gemm, grad)(t2, m, n, s, x2, b, levels)
-    return y.reshape(*lead, m)
+    return y if x.dim() == 2 else y.reshape(*lead, m)
 
 
 def _linear_dense(x2, i2, m, s, bias, quantize_activations, levels, grad) -> torch.Tensor | None:

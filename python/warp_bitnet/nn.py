@@ -155,7 +155,8 @@ class BitLinear(nn.Module):
                 in_features=self.in_features,
                 quantize_activations=self.quantize_activations,
             )
-        F._check_linear_args(x, self.weight_packed, self.weight_scale, self.bias, self.in_features)
+        # Only x: the layer's own buffers are checked where they are made and by the ops.
+        F._check_x(x, self.in_features, self.weight_packed.device)
         return F._linear_t2(
             x,
             self._gpu_weights(),

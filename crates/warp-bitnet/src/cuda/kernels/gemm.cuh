@@ -399,6 +399,15 @@ struct GemmSmem {
     static constexpr u32 FIXED = RING + RED + RED_X + SCRATCH;
 };
 
+// `v` through an opaque move: the compiler keeps it in a register instead of
+// recomputing it in the main loop (for a dynamic shared memory address that costs an
+// S2UR of the CTA id per use, measurably slower on the single-token i8 kernel).
+__device__ __forceinline__ u32 pinned(u32 v) {
+    u32 r;
+    asm volatile("mov.b32 %0, %1;" : "=r"(r) : "r"(v));
+    return r;
+}
+
 __device__ __forceinline__ u32 dynamic_smem_size() {
     u32 r;
     asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(r));
@@ -460,7 +469,8 @@ __device__ __forceinline__ void gemm_tiles(const GemmParams& p) {
     const u32 mine = p.k_tiles > warp ? (p.k_tiles - warp + WARPS - 1) / WARPS : 0;
     const u32 total = my_blocks * mine;
     const u32 fast_tiles = p.x_vec ? p.cols / 128 : 0;
-    const u32 my_ring = smem_addr(smem) + (warp * DEPTH * RT * 32 + lane) * 16;
+    const u32 smem_base = pinned(smem_addr(smem));
+    const u32 my_ring = smem_base + (warp * DEPTH * RT * 32 + lane) * 16;
     const u64 row_tile_step = (u64)p.k_tiles * 32;  // u32x4 per row tile
 
     // The ring's producer runs DEPTH-1 steps ahead: (row block, k step) of step `ahead`.
@@ -488,7 +498,7 @@ __device__ __forceinline__ void gemm_tiles(const GemmParams& p) {
     };
 #pragma unroll
     for (int t = 0; t < DEPTH - 1; t++) produce();
-    const u32 xs = smem_addr(smem) + Smem::FIXED;
+    const u32 xs = smem_base + Smem::FIXED;
     // f16 n1: sum(x) for the subnormal decode; quantizing n1: the dequantization factor.
     float x_total = 0.f, x_dequant = 0.f;
     if constexpr (QX != QX_NONE) x_dequant = stage_row_quantized<QX == QX_BF16>(p, xs, scratch);
