@@ -85,6 +85,11 @@ def test_errors_name_the_argument():
         wb.linear(torch.zeros(2, 32, device="cuda"), packed)
     with pytest.raises(ValueError, match="`packed_weight` is on cpu"):
         wb.linear(torch.zeros(2, 32, device="cuda").half(), packed.cpu())
+    layer = wb.BitLinear(32, 8)
+    with pytest.raises(ValueError, match="`weight_packed` is on cpu, `x` on cuda"):
+        layer(torch.zeros(2, 32, device="cuda").half())
+    with pytest.raises(ValueError, match="`x` has 31 features, the weight expects 32"):
+        layer.cuda()(torch.zeros(2, 31, device="cuda").half())
 
 
 def test_torch_compile_and_cuda_graph():

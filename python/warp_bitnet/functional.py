@@ -251,15 +251,15 @@ def _t2_of(packed: torch.Tensor, n: int, levels: str = "ternary") -> torch.Tenso
     return t2
 
 
-def _check_x(x, n: int, device: torch.device) -> None:
-    """Checks the input of a linear layer with ``n`` input features on ``device``."""
+def _check_x(x, n: int, weight: torch.Tensor, weight_name: str) -> None:
+    """Checks the input of a linear layer with ``n`` input features and weights ``weight``."""
     _check_tensor("x", x)
     if not x.is_floating_point():
         raise TypeError(f"`x` must be a float tensor, got {x.dtype}")
     if x.shape[-1] != n:
         raise ValueError(f"`x` has {x.shape[-1]} features, the weight expects {n}")
-    if x.device != device:
-        raise ValueError(f"the weights are on {device}, `x` on {x.device}")
+    if x.device != weight.device:
+        raise ValueError(f"`{weight_name}` is on {weight.device}, `x` on {x.device}")
 
 
 def _check_linear_args(x, packed_weight, scale, bias, in_features) -> tuple[int, int]:
@@ -267,7 +267,7 @@ def _check_linear_args(x, packed_weight, scale, bias, in_features) -> tuple[int,
     _check_tensor("x", x)
     _check_tensor("packed_weight", packed_weight, 2)
     n = x.shape[-1] if in_features is None else in_features
-    _check_x(x, n, packed_weight.device)
+    _check_x(x, n, packed_weight, "packed_weight")
     m = packed_weight.shape[0]
     for name, t, sizes, shapes in (
         ("scale", scale, (1, m), f"[] or [1] or [{m}]"),

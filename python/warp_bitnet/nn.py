@@ -156,7 +156,7 @@ class BitLinear(nn.Module):
                 quantize_activations=self.quantize_activations,
             )
         # Only x: the layer's own buffers are checked where they are made and by the ops.
-        F._check_x(x, self.in_features, self.weight_packed.device)
+        F._check_x(x, self.in_features, self.weight_packed, "weight_packed")
         return F._linear_t2(
             x,
             self._gpu_weights(),
