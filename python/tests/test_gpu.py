@@ -282,3 +282,53 @@ def test_cuda_linear_with_a_gradient_wanted_refuses_backward():
         y.sum().backward()
     with pytest.raises(ValueError, match="must be \\[M, 4\\]"):
         wb.ops.i2_to_dense(packed[:, :2].contiguous(), 64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("levels", ["ternary", "int2"])
+@pytest.mark.parametrize("per_row", [False, True])
+def test_dense_path_ops_equal_the_torch_formulas(dtype, levels, per_row):
+    g = torch.Generator().manual_seed(41)
+    m, n, batch = 300, 1000, 70
+    if levels == "ternary":
+        packed, _ = wb.quantize_ternary(torch.randn(m, n, generator=g))
+    else:
+        packed, _ = wb.quantize_int2(torch.randn(m, n, generator=g))
+    packed = packed.cuda()
+    s = (torch.rand(m if per_row else 1, generator=g) * 3 + 1e-3).cuda()
+    # Decoding with the scale folded in: level * scale in float32, rounded once.
+    levels_dense = wb.ops.i2_to_dense(packed, n, levels, dtype)
+    want = (levels_dense.float() * (s[:, None] if per_row else s)).to(dtype)
+    assert torch.equal(wb.ops.i2_to_dense(packed, n, levels, dtype, s), want)
+    # The W2A8 epilogue on int32 sums: functional._w2a8_epilogue's formula, bit for bit.
+    acc = torch.randint(-(2**20), 2**20, (batch, m), generator=g, dtype=torch.int32).cuda()
+    qs = (torch.rand(batch, generator=g) * 1e-2).cuda()
+    bias = torch.randn(m, generator=g).to(dtype).cuda()
+    for b in (None, bias):
+        want = wb.functional._w2a8_epilogue(acc, qs, s, b, levels).to(dtype)
+        assert torch.equal(wb.ops.w2a8_epilogue(acc, qs, s, b, dtype, levels), want)
+    assert torch.equal(
+        wb.ops.w2a8_epilogue(acc, qs, None, None, dtype, levels),
+        wb.functional._w2a8_epilogue(acc, qs, None, None, levels).to(dtype),
+    )
+
+
+def test_dense_path_ops_reject_bad_arguments():
+    packed = wb.pack_ternary(torch.randint(-1, 2, (32, 64)).float()).cuda()
+    s = torch.ones(32, device="cuda")
+    with pytest.raises(ValueError, match="int8 dense weights"):
+        wb.ops.i2_to_dense(packed, 64, "ternary", torch.int8, s)
+    with pytest.raises(ValueError, match="`scale` must be float32"):
+        wb.ops.i2_to_dense(packed, 64, "ternary", torch.float16, s[:5])
+    acc = torch.zeros(4, 32, dtype=torch.int32, device="cuda")
+    qs = torch.ones(4, device="cuda")
+    with pytest.raises(ValueError, match="`acc` must be int32"):
+        wb.ops.w2a8_epilogue(acc.float(), qs, None, None, torch.float16)
+    with pytest.raises(ValueError, match="`x_scale` must be float32"):
+        wb.ops.w2a8_epilogue(acc, qs[:3], None, None, torch.float16)
+    with pytest.raises(ValueError, match="`bias` must be"):
+        wb.ops.w2a8_epilogue(acc, qs, None, torch.zeros(32, device="cuda"), torch.float16)
+    with pytest.raises(ValueError, match="`dtype` must be float16 or bfloat16"):
+        wb.ops.w2a8_epilogue(acc, qs, None, None, torch.float32)
+    with pytest.raises(ValueError, match="must be a CUDA tensor"):
+        wb.ops.w2a8_epilogue(acc.cpu(), qs, None, None, torch.float16)

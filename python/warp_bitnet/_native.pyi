@@ -11,6 +11,7 @@ __all__ = [
     "quantize_i8",
     "quantize_to_t2",
     "t2_words",
+    "w2a8_epilogue",
 ]
 
 __version__: str
@@ -48,9 +49,38 @@ def gemm(
     """``y = (x . Wᵀ) * scale + bias`` on ``"ternary"`` or ``"int2"`` T2 weights (pointer 0 =
     absent); raises ValueError on bad arguments."""
 
-def i2_to_dense(device: int, src: int, dst: int, rows: int, cols: int, levels: str, out: str, stream: int) -> None:
+def i2_to_dense(
+    device: int,
+    src: int,
+    dst: int,
+    rows: int,
+    cols: int,
+    levels: str,
+    out: str,
+    scale: int,
+    scale_per_row: bool,
+    stream: int,
+) -> None:
     """I2-layout words at ``src`` -> dense ``[rows, cols]`` weights at ``dst`` (``out``: ``"int8"``
-    ternary weights or twice the INT2 levels, ``"float16"`` / ``"bfloat16"`` levels)."""
+    ternary weights or twice the INT2 levels, ``"float16"`` / ``"bfloat16"`` levels times the
+    float32 ``scale`` (one, or ``rows`` with ``scale_per_row``; pointer 0 = none))."""
+
+def w2a8_epilogue(
+    device: int,
+    acc: int,
+    x_scale: int,
+    w_scale: int,
+    scale_per_row: bool,
+    bias: int,
+    y: int,
+    y_dtype: str,
+    rows: int,
+    batch: int,
+    levels: str,
+    stream: int,
+) -> None:
+    """int32 sums ``acc`` ``[batch, rows]`` -> ``y`` (``"float16"`` / ``"bfloat16"``) with the W2A8
+    epilogue of the GEMM kernels (pointer 0 = no weight scale / bias)."""
 
 def quantize_to_t2(
     device: int,

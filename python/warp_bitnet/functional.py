@@ -392,25 +392,22 @@ def _linear_t2(
 def _linear_dense(x2, i2, m, s, bias, quantize_activations, levels, grad) -> torch.Tensor | None:
     """Large batches: decode the weights to a dense matrix and multiply on cuBLAS.
 
-    int8 activations go through ``torch._int_mm`` (exact int32 sums, then the kernels' epilogue
-    in the same order: the same bytes as the kernels); None where it does not apply (dimensions
-    not multiples of 8). f16/bf16 activations multiply the dense weights with the scale folded in
-    (``W * scale`` rounded to the activation type, as a dense model holds them) and the bias in
-    cuBLAS's epilogue: f32 accumulation, one rounding of the output, and no unscaled
-    intermediate that could overflow f16."""
+    int8 activations go through ``torch._int_mm`` (exact int32 sums), then the kernels' epilogue
+    in one pass (``ops.w2a8_epilogue``: the same bytes as the kernels); None where it does not
+    apply (dimensions not multiples of 8). f16/bf16 activations multiply dense weights decoded
+    with the scale folded in (``W * scale`` rounded once to the activation type, as a dense
+    model holds them) and the bias in cuBLAS's epilogue: f32 accumulation, one rounding of the
+    output, and no unscaled intermediate that could overflow f16."""
     n = x2.shape[1]
     dense = ops.eager(ops.i2_to_dense, grad)
-    b = None if bias is None else bias.to(x2.dtype)
+    b = None if bias is None else bias.to(x2.dtype).contiguous()
     if not quantize_activations:
-        w = dense(i2, n, levels, x2.dtype)
-        if s is not None:
-            w = (w.to(torch.float32) * (s if s.numel() == 1 else s[:, None])).to(x2.dtype)
-        return torch.nn.functional.linear(x2, w, b)
+        return torch.nn.functional.linear(x2, dense(i2, n, levels, x2.dtype, s), b)
     if n % 8 or m % 8:
         return None
     q, qs = ops.eager(ops.quantize_i8, grad)(x2)
     acc = torch._int_mm(q, dense(i2, n, levels, torch.int8).T)
-    return _w2a8_epilogue(acc, qs, s, b, levels).to(x2.dtype)
+    return ops.eager(ops.w2a8_epilogue, grad)(acc, qs, s, b, x2.dtype, levels)
 
 
 def gemv(W_packed: torch.Tensor, X: torch.Tensor, Y: torch.Tensor) -> None:

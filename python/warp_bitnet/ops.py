@@ -88,18 +88,31 @@ def _(packed, cols, levels="ternary"):
     return packed.new_empty(_native.t2_words(packed.shape[0], cols))
 
 
+def _check_scale(scale: torch.Tensor | None, rows: int, device: torch.device) -> None:
+    if scale is not None:
+        _cuda_contiguous("scale", scale, device)
+        _require(scale.dtype == torch.float32 and scale.numel() in (1, rows), "`scale` must be float32 [1] or [rows]")
+
+
 def _i2_to_dense(
-    packed: torch.Tensor, cols: int, levels: str = "ternary", dtype: torch.dtype = torch.int8
+    packed: torch.Tensor,
+    cols: int,
+    levels: str = "ternary",
+    dtype: torch.dtype = torch.int8,
+    scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """I2-layout words ``[M, ceil(cols / 16)]`` (int32, CUDA) -> dense ``[M, cols]``: int8 ternary
-    weights (for ``levels="int2"``, twice the levels: ``2c - 3``), or float16 / bfloat16 levels."""
+    weights (for ``levels="int2"``, twice the levels: ``2c - 3``), or float16 / bfloat16 levels,
+    times ``scale`` (float32 ``[1]`` or ``[M]``; 16-bit outputs only) rounded once."""
     _check_words(packed, cols)
     _require(dtype in (torch.int8, torch.float16, torch.bfloat16), "`dtype` must be int8, float16 or bfloat16")
     rows = packed.shape[0]
+    _check_scale(scale, rows, packed.device)
     out = torch.empty(rows, cols, dtype=dtype, device=packed.device)
+    per_row = scale is not None and scale.numel() == rows and rows > 1
     _native.i2_to_dense(
         packed.device.index, packed.data_ptr(), out.data_ptr(), rows, cols, levels, _dtype_name(dtype),
-        _stream(packed),
+        _ptr(scale), per_row, _stream(packed),
     )  # fmt: skip
     return out
 
@@ -108,7 +121,7 @@ i2_to_dense = torch.library.custom_op("warp_bitnet::i2_to_dense", mutates_args=(
 
 
 @i2_to_dense.register_fake
-def _(packed, cols, levels="ternary", dtype=torch.int8):
+def _(packed, cols, levels="ternary", dtype=torch.int8, scale=None):
     return packed.new_empty(packed.shape[0], cols, dtype=dtype)
 
 
@@ -160,9 +173,7 @@ def _gemm(
     _require(x.dim() == 2 and x.shape[1] == cols, "`x` must be [B, {}], got {}", cols, tuple(x.shape))
     _require(x.dtype in (torch.float16, torch.bfloat16), "`x` must be float16 or bfloat16, got {}", x.dtype)
     _require(not quantize_x or x.shape[0] == 1, "`quantize_x` takes one token, got {}", x.shape[0])
-    if scale is not None:
-        _cuda_contiguous("scale", scale, x.device)
-        _require(scale.dtype == torch.float32 and scale.numel() in (1, rows), "`scale` must be float32 [1] or [rows]")
+    _check_scale(scale, rows, x.device)
     if bias is not None:
         _cuda_contiguous("bias", bias, x.device)
         _require(bias.dtype == x.dtype and bias.numel() == rows, "`bias` must be {} [{}]", x.dtype, rows)
@@ -211,9 +222,7 @@ def _gemm_i8(
     _require(
         out_dtype != torch.int32 or (scale is None and bias is None), "int32 output takes no `scale` and no `bias`"
     )
-    if scale is not None:
-        _cuda_contiguous("scale", scale, q.device)
-        _require(scale.dtype == torch.float32 and scale.numel() in (1, rows), "`scale` must be float32 [1] or [rows]")
+    _check_scale(scale, rows, q.device)
     if bias is not None:
         _cuda_contiguous("bias", bias, q.device)
         _require(bias.dtype == out_dtype and bias.numel() == rows, "`bias` must be {} [{}]", out_dtype, rows)
@@ -256,6 +265,44 @@ def _(x):
     return x.new_empty(x.shape, dtype=torch.int8), x.new_empty(x.shape[0], dtype=torch.float32)
 
 
+def _w2a8_epilogue(
+    acc: torch.Tensor,
+    x_scale: torch.Tensor,
+    scale: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    dtype: torch.dtype,
+    levels: str = "ternary",
+) -> torch.Tensor:
+    """int32 sums ``acc`` ``[B, M]`` (CUDA) of int8 activations and the int8 dense weights of
+    ``i2_to_dense`` -> ``[B, M]`` float16 / bfloat16: ``acc * x_scale[b] * scale + bias`` (INT2 sums
+    halved), the GEMM kernels' epilogue in one pass."""
+    _cuda_contiguous("acc", acc)
+    _require(acc.dim() == 2 and acc.dtype == torch.int32, "`acc` must be int32 [B, M], got {}", acc.dtype)
+    batch, rows = acc.shape
+    _cuda_contiguous("x_scale", x_scale, acc.device)
+    _require(x_scale.dtype == torch.float32 and x_scale.numel() == batch, "`x_scale` must be float32 [{}]", batch)
+    _check_scale(scale, rows, acc.device)
+    _require(dtype in (torch.float16, torch.bfloat16), "`dtype` must be float16 or bfloat16, got {}", dtype)
+    if bias is not None:
+        _cuda_contiguous("bias", bias, acc.device)
+        _require(bias.dtype == dtype and bias.numel() == rows, "`bias` must be {} [{}]", dtype, rows)
+    y = torch.empty(batch, rows, dtype=dtype, device=acc.device)
+    per_row = scale is not None and scale.numel() == rows and rows > 1
+    _native.w2a8_epilogue(
+        acc.device.index, acc.data_ptr(), x_scale.data_ptr(), _ptr(scale), per_row, _ptr(bias), y.data_ptr(),
+        _dtype_name(dtype), rows, batch, levels, _stream(acc),
+    )  # fmt: skip
+    return y
+
+
+w2a8_epilogue = torch.library.custom_op("warp_bitnet::w2a8_epilogue", mutates_args=())(_w2a8_epilogue)
+
+
+@w2a8_epilogue.register_fake
+def _(acc, x_scale, scale, bias, dtype, levels="ternary"):
+    return acc.new_empty(acc.shape, dtype=dtype)
+
+
 _IMPLS = {
     to_t2: _to_t2,
     i2_to_dense: _i2_to_dense,
@@ -263,4 +310,5 @@ _IMPLS = {
     gemm: _gemm,
     gemm_i8: _gemm_i8,
     quantize_i8: _quantize_i8,
+    w2a8_epilogue: _w2a8_epilogue,
 }

@@ -107,7 +107,8 @@ fn i2_to_t2(
 }
 
 /// I2-layout words (`levels` codes) at `src` -> dense `[rows, cols]` weights at `dst`
-/// (`out`: "int8" ternary weights or twice the INT2 levels; "float16"/"bfloat16" levels).
+/// (`out`: "int8" ternary weights or twice the INT2 levels; "float16"/"bfloat16" levels,
+/// times the f32 `scale` (one, or `rows` with `scale_per_row`) unless it is 0).
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
 fn i2_to_dense(
@@ -119,13 +120,60 @@ fn i2_to_dense(
     cols: usize,
     levels: &str,
     out: &str,
+    scale: u64,
+    scale_per_row: bool,
     stream: u64,
 ) -> PyResult<()> {
     let (levels, out) = (parse_levels(levels)?, dtype(out)?);
     let g = gpu(device)?;
+    let scale = (scale != 0).then_some((scale, scale_per_row));
     // SAFETY: as in `i2_to_t2`: live CUDA tensors of the checked sizes on `device`.
-    py.detach(|| unsafe { g.i2_to_dense_raw(src, dst, rows, cols, levels, out, stream as _) })
-        .map_err(to_py)
+    py.detach(|| unsafe {
+        g.i2_to_dense_raw(src, dst, rows, cols, levels, out, scale, stream as _)
+    })
+    .map_err(to_py)
+}
+
+/// int32 sums `acc` `[batch, rows]` -> `y` in `y_dtype` with the W2A8 epilogue
+/// (`x_scale` per token, optional `w_scale` and `bias` (0: none)); see
+/// `warp_bitnet.ops.w2a8_epilogue`.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn w2a8_epilogue(
+    py: Python<'_>,
+    device: usize,
+    acc: u64,
+    x_scale: u64,
+    w_scale: u64,
+    scale_per_row: bool,
+    bias: u64,
+    y: u64,
+    y_dtype: &str,
+    rows: usize,
+    batch: usize,
+    levels: &str,
+    stream: u64,
+) -> PyResult<()> {
+    let (levels, y_dtype) = (parse_levels(levels)?, dtype(y_dtype)?);
+    let g = gpu(device)?;
+    let w_scale = (w_scale != 0).then_some((w_scale, scale_per_row));
+    let bias = (bias != 0).then_some(bias);
+    // SAFETY: as in `i2_to_t2`: live CUDA tensors of the checked sizes on `device`.
+    py.detach(|| unsafe {
+        g.w2a8_epilogue_raw(
+            acc,
+            x_scale,
+            w_scale,
+            bias,
+            y,
+            y_dtype,
+            rows,
+            batch,
+            levels,
+            stream as _,
+        )
+    })
+    .map_err(to_py)
 }
 
 /// Float weights `w` (`[rows, cols]`, row stride `ldw`, dtype `w_dtype`) quantized to
@@ -265,6 +313,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(gemm, m)?)?;
     m.add_function(wrap_pyfunction!(quantize_to_t2, m)?)?;
     m.add_function(wrap_pyfunction!(i2_to_dense, m)?)?;
+    m.add_function(wrap_pyfunction!(w2a8_epilogue, m)?)?;
     m.add_function(wrap_pyfunction!(quantize_i8, m)?)?;
     m.add_function(wrap_pyfunction!(convert_checkpoint, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -45,7 +45,7 @@ pub const LAYOUT: Source = Source {
     name: "layout.cu",
     text: include_str!("kernels/layout.cu"),
 };
-/// Per-token int8 activation quantization.
+/// Per-token int8 activation quantization and the dense path's W2A8 epilogue.
 pub const QUANT: Source = Source {
     name: "quant.cu",
     text: include_str!("kernels/quant.cu"),

@@ -688,6 +688,73 @@ impl Gpu {
         // SAFETY: parameters match quantize_i8_* in quant.cu; the caller guarantees the buffers.
         unsafe { launch(f, (batch as u32, 1, 1), QUANT_THREADS, 0, stream, &mut kp) }
     }
+
+    /// The W2A8 epilogue on int32 sums computed elsewhere (a dense int8 GEMM over
+    /// [`i2_to_dense_raw`](Gpu::i2_to_dense_raw) weights): `acc` `[batch, rows]` ->
+    /// `y[b, r] = acc * (0.5 for INT2) * x_scale[b] * w_scale + bias[r]` in f16 or bf16,
+    /// the GEMM kernels' arithmetic. `w_scale` is `[1]` or `[rows]` (`true`); `bias` is
+    /// in the output type.
+    ///
+    /// # Safety
+    /// `acc` must hold `batch * rows` i32, `y` as many outputs, `x_scale` `batch` floats,
+    /// `w_scale` and `bias` their sizes, all on this GPU and alive until the launch
+    /// completes; `y` must not overlap the inputs; `stream` must belong to this GPU's context.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn w2a8_epilogue_raw(
+        &self,
+        acc: CUdeviceptr,
+        x_scale: CUdeviceptr,
+        w_scale: Option<(CUdeviceptr, bool)>,
+        bias: Option<CUdeviceptr>,
+        y: CUdeviceptr,
+        y_dtype: DType,
+        rows: usize,
+        batch: usize,
+        levels: Levels,
+        stream: CUstream,
+    ) -> Result<()> {
+        if rows == 0 || batch == 0 {
+            return Err(Error::Empty { arg: "acc" });
+        }
+        for (arg, v) in [("rows", rows), ("batch", batch)] {
+            if v > MAX_DIM {
+                return Err(Error::TooLarge {
+                    arg,
+                    value: v as u64,
+                    limit: MAX_DIM as u64,
+                });
+            }
+        }
+        let mut out: u32 = match y_dtype {
+            DType::F16 => 1,
+            DType::BF16 => 2,
+            other => {
+                return Err(Error::Unsupported {
+                    what: "dtype",
+                    detail: format!("y {}; need f16 or bf16", other.name()),
+                })
+            }
+        };
+        check_ptr("acc", acc, 4)?;
+        check_ptr("x_scale", x_scale, 4)?;
+        check_ptr("y", y, 2)?;
+        if let Some((s, _)) = w_scale {
+            check_ptr("w_scale", s, 4)?;
+        }
+        if let Some(b) = bias {
+            check_ptr("bias", b, 2)?;
+        }
+        let blocks = blocks_of_256(elems("y", rows, batch)?)?;
+        let f = self.function("w2a8_epilogue")?;
+        let (mut accp, mut xs, mut yp) = (acc, x_scale, y);
+        let (mut ws, mut per_row) = w_scale.map_or((0, 0), |(p, per_row)| (p, u32::from(per_row)));
+        let mut bp = bias.unwrap_or(0);
+        let (mut r, mut b) = (rows as u32, batch as u32);
+        let mut int2 = u32::from(levels == Levels::Int2);
+        let mut kp = kernel_params!(accp, xs, ws, per_row, bp, yp, r, b, int2, out);
+        // SAFETY: parameters match w2a8_epilogue in quant.cu; the caller guarantees the buffers.
+        unsafe { launch(f, (blocks, 1, 1), 256, 0, stream, &mut kp) }
+    }
 }
 
 fn check_buf(arg: &'static str, len: usize, need: usize, dims: &[usize]) -> Result<()> {
@@ -768,7 +835,10 @@ mod tests {
         let staged_row = 3 * 128;
         assert_eq!(
             (p.symbol.as_str(), p.smem as usize),
-            ("gemm_t2_i8_bf16_n1", gemm_fixed_smem(DType::I8, 1) + staged_row)
+            (
+                "gemm_t2_i8_bf16_n1",
+                gemm_fixed_smem(DType::I8, 1) + staged_row
+            )
         );
         // A row longer than the shared memory the single-token kernel may take (200 KB).
         let wide = GemmArgs {
@@ -786,7 +856,10 @@ mod tests {
             ..args(DType::F16, DType::F16, 16)
         };
         let p = plan_gemm(10_000, 300, Levels::Ternary, 0x10, None, &tall16, GPU).unwrap();
-        assert_eq!((p.symbol.as_str(), p.grid), ("gemm_t2_f16_f16_n16", (157, 1, 1)));
+        assert_eq!(
+            (p.symbol.as_str(), p.grid),
+            ("gemm_t2_f16_f16_n16", (157, 1, 1))
+        );
     }
 
     #[test]
@@ -799,7 +872,10 @@ mod tests {
         // The staged row is int8: 3 k tiles of 128 bytes.
         assert_eq!(
             (p.symbol.as_str(), p.smem as usize),
-            ("gemm_int2_bf16q_bf16_n1", gemm_fixed_smem(DType::I8, 1) + 3 * 128)
+            (
+                "gemm_int2_bf16q_bf16_n1",
+                gemm_fixed_smem(DType::I8, 1) + 3 * 128
+            )
         );
         for bad in [
             GemmArgs { batch: 2, ..a },

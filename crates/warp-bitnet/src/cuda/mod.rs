@@ -264,7 +264,7 @@ mod tests {
         );
         assert_eq!(
             kernel_names(compile::QUANT.text),
-            ["quantize_i8_f16", "quantize_i8_bf16"]
+            ["quantize_i8_f16", "quantize_i8_bf16", "w2a8_epilogue"]
         );
     }
 

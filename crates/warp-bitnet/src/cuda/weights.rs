@@ -235,12 +235,13 @@ impl Gpu {
     /// I2-layout words -> a dense row-major `[rows, cols]` matrix on raw device pointers
     /// (for large batches, where a dense tensor-core GEMM is faster): `out` i8 holds the
     /// ternary weights, or twice the INT2 levels (`2c - 3`); f16 / bf16 hold the weights
-    /// or levels themselves.
+    /// or levels themselves, times `scale` when given (float32 `[1]`, or `[rows]` with
+    /// `true`; the product rounded once to `out`, as a dense model holds its weights).
     ///
     /// # Safety
     /// `src` must hold `rows * ceil(cols / 16)` words (valid I2 codes for ternary), `dst`
-    /// `rows * cols` elements of `out`, both on this GPU and alive until the launch
-    /// completes; `stream` must belong to this GPU's context.
+    /// `rows * cols` elements of `out`, `scale` 1 or `rows` floats, all on this GPU and
+    /// alive until the launch completes; `stream` must belong to this GPU's context.
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn i2_to_dense_raw(
         &self,
@@ -250,6 +251,7 @@ impl Gpu {
         cols: usize,
         levels: Levels,
         out: crate::DType,
+        scale: Option<(CUdeviceptr, bool)>,
         stream: cudarc::driver::sys::CUstream,
     ) -> Result<()> {
         use crate::DType;
@@ -267,6 +269,16 @@ impl Gpu {
         };
         check_ptr("src", src, 4)?;
         check_ptr("dst", dst, out.size())?;
+        if let Some((s, _)) = scale {
+            if code == 0 {
+                return Err(Error::Unsupported {
+                    what: "argument",
+                    detail: "`scale`: int8 dense weights hold the levels; scale the int32 sums"
+                        .into(),
+                });
+            }
+            check_ptr("scale", s, 4)?;
+        }
         let wpr = i2::words_per_row(cols);
         // One thread per word (int8) or per half word (16-bit values): 16 bytes each.
         let threads = rows * wpr * if code == 0 { 1 } else { 2 };
@@ -275,7 +287,8 @@ impl Gpu {
         let (mut src, mut dst) = (src, dst);
         let (mut r, mut c, mut wp) = (rows as u32, cols as u32, wpr as u32);
         let mut int2 = u32::from(levels == Levels::Int2);
-        let mut kp = kernel_params!(src, dst, r, c, wp, int2, code);
+        let (mut sp, mut per_row) = scale.map_or((0, 0), |(p, per_row)| (p, u32::from(per_row)));
+        let mut kp = kernel_params!(src, dst, r, c, wp, int2, code, sp, per_row);
         // SAFETY: parameters match i2_to_dense in layout.cu; the caller guarantees the buffers.
         unsafe { launch(f, (blocks, 1, 1), 256, 0, stream, &mut kp) }
     }

@@ -91,8 +91,10 @@ extern "C" __global__ void quantize_to_t2(const void* w, u32 dtype, u32 ldw, con
 // 4-entry table; each thread writes 16 bytes, adjacent threads adjacent bytes (full
 // coalescing): int8 one thread per word, f16/bf16 one per half word (8 values).
 // `out` 0: int8 (ternary -1/0/+1; INT2 2c - 3, twice the level), 1: f16 levels, 2: bf16
-// levels; values past `cols` are not written. Codes were validated on upload.
-extern "C" __global__ void i2_to_dense(const u32* i2, void* dst, u32 rows, u32 cols, u32 wpr, u32 int2, u32 out) {
+// levels, times `scale` (float32 [1] or [rows] with per_row; null: 1) rounded once;
+// values past `cols` are not written. Codes were validated on upload.
+extern "C" __global__ void i2_to_dense(const u32* i2, void* dst, u32 rows, u32 cols, u32 wpr, u32 int2, u32 out,
+                                       const float* scale, u32 per_row) {
     const u32 per_word = out == 0 ? 1 : 2;  // threads per word
     const u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (u64)rows * wpr * per_word) return;
@@ -123,6 +125,16 @@ extern "C" __global__ void i2_to_dense(const u32* i2, void* dst, u32 rows, u32 c
 #pragma unroll
         for (int k = 0; k < 8; k++)
             v[k / 2] |= (u32)((lut >> (16 * ((word >> (2 * k)) & 3))) & 0xFFFF) << (16 * (k % 2));
+        if (scale != nullptr) {  // level * scale in float32, rounded once to the output type
+            const float s = scale[per_row ? r : 0];
+#pragma unroll
+            for (int k = 0; k < 8; k++) {
+                const u16 h = (u16)(v[k / 2] >> (16 * (k % 2)));
+                const float x = __fmul_rn(out == 1 ? f16_to_f32(h) : bf16_to_f32(h), s);
+                const u32 o16 = out == 1 ? f32_to_f16(x) : f32_to_bf16(x);
+                v[k / 2] = (v[k / 2] & ~(0xFFFFu << (16 * (k % 2)))) | (o16 << (16 * (k % 2)));
+            }
+        }
         u16* p = (u16*)dst + o;
         if (n == 8 && (u64)p % 16 == 0) {
             *(u32x4*)p = {v[0], v[1], v[2], v[3]};

@@ -1,4 +1,5 @@
-// Per-token absmax int8 quantization of f16/bf16 activations (the W2A8 front end).
+// Per-token absmax int8 quantization of f16/bf16 activations (the W2A8 front end), and
+// the W2A8 epilogue of the dense large-batch path (its back end; at the end of the file).
 //
 // One CTA of 1024 threads per token. Pass 1 finds max|x| (warp shuffles, then
 // shared memory); pass 2 writes q. When the row allows 16-byte accesses (`vec`:
@@ -61,4 +62,22 @@ extern "C" __global__ void __launch_bounds__(THREADS) quantize_i8_f16(const u16*
 
 extern "C" __global__ void __launch_bounds__(THREADS) quantize_i8_bf16(const u16* x, i8* q, float* scale, u32 n, u32 ldx, u32 ldq, u32 vec) {
     quantize_row<true>(x, q, scale, n, ldx, ldq, vec);
+}
+
+// The back end of the dense large-batch W2A8 path: int32 sums `acc` [batch, rows] (cuBLAS
+// int8 GEMM over the decoded weights) -> y [batch, rows] in f16 (out 1) or bf16 (out 2):
+//   y = (((acc * (int2 ? 0.5 : 1)) * x_scale[b]) * w_scale[r or 0]) + bias[r]
+// in float32, each step rounded as written (no FMA contraction): the GEMM kernels' epilogue
+// and functional._w2a8_epilogue, bit for bit. One thread per output; 4 + 2 bytes each.
+extern "C" __global__ void w2a8_epilogue(const int* acc, const float* x_scale, const float* w_scale, u32 per_row,
+                                         const u16* bias, u16* y, u32 rows, u32 batch, u32 int2, u32 out) {
+    const u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (u64)rows * batch) return;
+    const u32 b = (u32)(i / rows), r = (u32)(i % rows);
+    float v = (float)acc[i];
+    if (int2) v = __fmul_rn(v, 0.5f);
+    v = __fmul_rn(v, x_scale[b]);
+    if (w_scale != nullptr) v = __fmul_rn(v, w_scale[per_row ? r : 0]);
+    if (bias != nullptr) v = __fadd_rn(v, out == 2 ? bf16_to_f32(bias[r]) : f16_to_f32(bias[r]));
+    y[i] = out == 2 ? f32_to_bf16(v) : f32_to_f16(v);
 }
