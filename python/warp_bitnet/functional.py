@@ -333,8 +333,8 @@ def linear(
 ONE_LAUNCH_MAX_COLS = 32768
 
 # From this many tokens on, a dense tensor-core GEMM on the decoded weights (cuBLAS) beats the
-# GEMV kernels, which re-decode the weights for every group of 32 tokens (H100: break-even at
-# 64 tokens on 28672 x 8192, docs/NOTES.md).
+# GEMV kernels, which re-decode the weights for every group of 16 (f16/bf16) or 32 (int8) tokens
+# (H100: break-even near 64-128 tokens on 28672 x 8192, docs/NOTES.md).
 DENSE_MIN_TOKENS = 65
 
 

@@ -332,7 +332,7 @@ fn strided_and_misaligned_activations_take_the_scalar_path_correctly() {
     }
 }
 
-/// Every kernel (single token, 8, 16 and 32 tokens per CTA, several token groups) on
+/// Every kernel (single token, 8, 16 and, for int8, 32 tokens per CTA, several token groups) on
 /// small odd shapes: cheap enough for compute-sanitizer (scripts/gpu-check.sh).
 #[test]
 #[ignore = "needs a CUDA GPU"]

@@ -27,21 +27,29 @@ pub(crate) use kernel_params;
 pub(crate) const GEMM_THREADS: u32 = 256;
 /// Threads per quantization CTA (`THREADS` in quant.cu).
 const QUANT_THREADS: u32 = 1024;
-/// Token group sizes with an instantiated kernel (`8 * NT` in gemm_t2.cu).
-pub const TOKENS_PER_CTA: [usize; 3] = [8, 16, 32];
+/// Token group sizes with an instantiated kernel (`8 * NT` in gemm_t2.cu) for int8
+/// activations; f16/bf16 stop at 16: their 32-token kernel needed twice the activation
+/// registers and ran 20-30% slower than two 16-token groups (docs/NOTES.md, v18).
+pub fn tokens_per_cta_options(x: DType) -> &'static [usize] {
+    match x {
+        DType::I8 => &[8, 16, 32],
+        _ => &[8, 16],
+    }
+}
 
 /// Tokens per CTA for a call: the single-token kernel (`n1`: activation row staged
 /// in shared memory, and for f16 a cheaper decode) for one token, else the smallest
-/// group that holds the batch, else 32 with several CTAs along the batch.
-fn tokens_per_cta(batch: usize) -> usize {
+/// group that holds the batch, else the largest with several CTAs along the batch.
+fn tokens_per_cta(x: DType, batch: usize) -> usize {
+    let options = tokens_per_cta_options(x);
     if batch == 1 {
         return 1;
     }
-    TOKENS_PER_CTA
+    options
         .iter()
         .copied()
         .find(|&t| t >= batch)
-        .unwrap_or(32)
+        .unwrap_or(options[options.len() - 1])
 }
 const MAX_GRID_Y: usize = 65_535;
 
@@ -233,7 +241,7 @@ pub(crate) fn plan_gemm(
     // shared memory; a row too long for it takes the 8-token kernel.
     let staged = if a.quantize_x { I8 } else { a.x_dtype };
     let row_bytes = k_tiles * 128 * staged.size();
-    let mut tokens = tokens_per_cta(a.batch);
+    let mut tokens = tokens_per_cta(a.x_dtype, a.batch);
     let single = gemm_symbol(levels, a.x_dtype, a.quantize_x, a.y_dtype, 1);
     let row_room = gpu
         .max_dynamic(&single)?
@@ -246,7 +254,7 @@ pub(crate) fn plan_gemm(
                 limit: (row_room / 128 * 128) as u64,
             });
         }
-        tokens = TOKENS_PER_CTA[0];
+        tokens = tokens_per_cta_options(a.x_dtype)[0];
     }
     let groups = a.batch.div_ceil(tokens);
     if groups > MAX_GRID_Y {
@@ -827,6 +835,9 @@ mod tests {
         assert_eq!(p.grid, (264, 1, 1));
         let p = plan(args(DType::I8, DType::I32, 70));
         assert_eq!((p.symbol.as_str(), p.grid.1), ("gemm_t2_i8_i32_n32", 3));
+        // f16/bf16 stop at 16 tokens per CTA.
+        let p = plan(args(DType::F16, DType::F16, 40));
+        assert_eq!((p.symbol.as_str(), p.grid.1), ("gemm_t2_f16_f16_n16", 3));
         let p = plan(args(DType::BF16, DType::BF16, 9));
         assert_eq!(p.symbol, "gemm_t2_bf16_bf16_n16");
         let p = plan(args(DType::F16, DType::F16, 2));
