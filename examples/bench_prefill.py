@@ -3,8 +3,9 @@ f16 ``F.linear`` on the same shapes (run on a CUDA host).
 
     python examples/bench_prefill.py [--json out.json]
 
-From ``functional.DENSE_MIN_TOKENS`` tokens on, ``linear`` decodes the packed weights to a
-dense matrix and runs cuBLAS (int8 ``torch._int_mm`` for W2A8); below it, the GEMV kernels.
+From ``functional.DENSE_MIN_TOKENS_W2A16`` (f16) / ``DENSE_MIN_TOKENS`` (W2A8) tokens on,
+``linear`` decodes the packed weights to a dense matrix and runs cuBLAS (int8 ``torch._int_mm``
+for W2A8); below, the GEMV kernels.
 Times are CUDA-event medians of 50 calls after warm-up, one weight copy (at these batch sizes
 the GEMM is compute-bound, so L2 residency hardly matters; the decode is included in ours).
 """
@@ -40,7 +41,7 @@ def main():
     a = ap.parse_args()
     rows = []
     print(
-        f"{torch.cuda.get_device_name()}: ours vs dense f16 F.linear (ms), DENSE_MIN_TOKENS = {wb.functional.DENSE_MIN_TOKENS}"
+        f"{torch.cuda.get_device_name()}: ours vs dense f16 F.linear (ms), dense from {wb.functional.DENSE_MIN_TOKENS_W2A16} (f16) / {wb.functional.DENSE_MIN_TOKENS} (W2A8) tokens"
     )
     for name, (m, n) in SHAPES.items():
         w = torch.randint(-1, 2, (m, n), device="cuda", dtype=torch.float16)
@@ -51,7 +52,7 @@ def main():
             dense = median_ms(lambda x=x, w=w: torch.nn.functional.linear(x, w))
             f16 = median_ms(lambda x=x, p=packed: wb.linear(x, p))
             i8 = median_ms(lambda x=x, p=packed: wb.linear(x, p, quantize_activations=True))
-            # The GEMV kernels alone (no dense fallback), to place DENSE_MIN_TOKENS.
+            # The GEMV kernels alone (no dense fallback), to place the dense thresholds.
             kf16 = median_ms(lambda x=x, t=t2, m=m: wb.functional._linear_t2(x, t, m, None, None, False))
             ki8 = median_ms(lambda x=x, t=t2, m=m: wb.functional._linear_t2(x, t, m, None, None, True))
             row = {"shape": name, "rows": m, "cols": n, "batch": b, "dense_f16_ms": dense, "ours_f16_ms": f16,

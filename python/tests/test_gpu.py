@@ -27,7 +27,7 @@ def rel(a, b):
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float16, 1e-3), (torch.bfloat16, 1e-2)])
 @pytest.mark.parametrize("m,n", [(1, 16), (127, 48), (300, 2560), (4097, 300)])
-@pytest.mark.parametrize("batch", [1, 3, 17, 100])
+@pytest.mark.parametrize("batch", [1, 3, 17, 100, 130])  # 130: the dense path
 def test_linear_matches_float64(dtype, tol, m, n, batch):
     g = torch.Generator().manual_seed(m * n + batch)
     W = torch.randint(-1, 2, (m, n), generator=g).float()

@@ -333,9 +333,11 @@ def linear(
 ONE_LAUNCH_MAX_COLS = 32768
 
 # From this many tokens on, a dense tensor-core GEMM on the decoded weights (cuBLAS) beats the
-# GEMV kernels, which re-decode the weights for every group of 16 (f16/bf16) or 32 (int8) tokens
-# (H100: break-even near 64-128 tokens on 28672 x 8192, docs/NOTES.md).
+# GEMV kernels, which re-decode the weights for every group of 16 (f16/bf16) or 32 (int8) tokens.
+# H100 crossovers on the 2B, 8B and 70B gate/up shapes (docs/NOTES.md, v18): int8 activations
+# between 64 and 128 tokens (BitLinearTrain uses this one too), f16/bf16 between 128 and 192.
 DENSE_MIN_TOKENS = 65
+DENSE_MIN_TOKENS_W2A16 = 129
 
 
 def _linear_t2(
@@ -350,8 +352,8 @@ def _linear_t2(
 ) -> torch.Tensor:
     """The CUDA path of ``linear`` (``linear_int2`` with ``levels="int2"``) on weights already
     in the GPU layout (checked by the caller). Given the I2-layout words ``i2`` too, batches of
-    ``DENSE_MIN_TOKENS`` or more run on cuBLAS over the decoded weights (int8 products exact,
-    the same epilogue)."""
+    ``DENSE_MIN_TOKENS`` (int8 activations) or ``DENSE_MIN_TOKENS_W2A16`` (f16/bf16) tokens or
+    more run on cuBLAS over the decoded weights (int8 products exact, the same epilogue)."""
     # The ops have no backward: with a gradient wanted they go through the dispatcher, whose
     # outputs then fail at backward() rather than silently lose the gradient path.
     grad = x.requires_grad and torch.is_grad_enabled()
@@ -363,7 +365,8 @@ def _linear_t2(
     s = scale
     if s is not None and not (s.dtype == torch.float32 and s.dim() <= 1 and s.is_contiguous()):
         s = s.to(torch.float32).reshape(-1).contiguous()
-    if i2 is not None and x2.shape[0] >= DENSE_MIN_TOKENS and x.dtype in (torch.float16, torch.bfloat16):
+    dense_from = DENSE_MIN_TOKENS if quantize_activations else DENSE_MIN_TOKENS_W2A16
+    if i2 is not None and x2.shape[0] >= dense_from and x.dtype in (torch.float16, torch.bfloat16):
         y = _linear_dense(x2, i2, m, s, bias, quantize_activations, levels, grad)
         if y is not None:
             return y.reshape(*lead, m)
