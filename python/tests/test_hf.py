@@ -258,3 +258,92 @@ def test_fused_part_asked_again_recomputes():
     torch.testing.assert_close(fused.part(x, 0), layers[0](x))
     torch.testing.assert_close(fused.part(x, 1), layers[1](x))
     assert fused._x is None
+
+
+# bitnet.cpp's GGUF names (gguf-py's tensor map for the BitNet architecture), written out here
+# rather than taken from warp_bitnet.hf, so a wrong table there fails this test.
+GGUF_NAMES = {
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+    "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "ffn_norm",
+    "self_attn.attn_sub_norm": "attn_sub_norm",
+    "mlp.ffn_sub_norm": "ffn_sub_norm",
+}
+
+
+def bitnet_cpp_gguf(model) -> bytes:
+    """The GGUF file bitnet.cpp would hold for ``model`` (offline AutoBitLinear layers): I2_S
+    projections with their scale, F32 norms, embeddings and output."""
+    tensors = []
+    for name, m in model.named_modules():
+        if isinstance(m, bitnet.AutoBitLinear):
+            layer, _, rest = name.removeprefix("model.layers.").partition(".")
+            W = m.weight.detach().to(torch.int64)
+            gguf = f"blk.{layer}.{GGUF_NAMES[rest]}.weight"
+            tensors.append((gguf, (W.shape[1], W.shape[0]), 36, i2s_pack(W, m.weight_scale.item())))
+    for name, t in model.state_dict().items():
+        if name.startswith("model.layers.") and name.endswith(".weight") and t.dim() == 1:
+            layer, _, rest = name.removeprefix("model.layers.").partition(".")
+            gguf = f"blk.{layer}.{GGUF_NAMES[rest.removesuffix('.weight')]}.weight"
+        elif name in ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"):
+            gguf = {"model.embed_tokens.weight": "token_embd", "model.norm.weight": "output_norm"}.get(
+                name, "output"
+            ) + ".weight"
+        else:
+            continue
+        data = t.detach().float().contiguous()
+        tensors.append((gguf, tuple(reversed(data.shape)), 0, data.numpy().tobytes()))
+    return gguf_bytes(tensors)
+
+
+def test_bitnet_cpp_gguf_loads_into_a_transformers_model(tmp_path):
+    from warp_bitnet.hf import convert_checkpoint, load_packed
+
+    ref = tiny_model("autobitlinear", "offline", arch="bitnet")
+    (tmp_path / "model.gguf").write_bytes(bitnet_cpp_gguf(ref))
+    matrices, kept = convert_checkpoint(tmp_path / "model.gguf", tmp_path / "packed.safetensors")
+    assert matrices == 2 * 7
+    fresh = transformers.BitNetForCausalLM(ref.config).eval()
+    ours = load_packed(fresh, tmp_path / "packed.safetensors")
+    assert isinstance(ours.model.layers[1].self_attn.qkv_proj, wb.hf.FusedBitLinear)
+
+    ids = torch.randint(2, 97, (2, 11), generator=torch.Generator().manual_seed(5))
+    want, got = _logits(ref, ids), _logits(ours, ids)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+    kwargs = {"max_new_tokens": 12, "do_sample": False, "pad_token_id": 0}
+    with torch.no_grad():
+        assert torch.equal(ours.generate(ids[:1, :4], **kwargs), ref.generate(ids[:1, :4], **kwargs))
+
+    # Our packed files with transformers names load the same way.
+    from safetensors.torch import load_file, save_file
+
+    packed = load_file(tmp_path / "packed.safetensors")
+    with pytest.raises(ValueError, match="not a packed ternary file"):
+        save_file(packed, tmp_path / "untagged.safetensors")
+        load_packed(transformers.BitNetForCausalLM(ref.config), tmp_path / "untagged.safetensors")
+
+
+def test_load_packed_refuses_what_it_cannot_load(tmp_path):
+    from warp_bitnet.hf import convert_checkpoint, load_packed
+
+    ref = tiny_model("autobitlinear", "offline", arch="bitnet")
+    gguf = bitnet_cpp_gguf(ref)
+    (tmp_path / "model.gguf").write_bytes(gguf)
+    convert_checkpoint(tmp_path / "model.gguf", tmp_path / "packed.safetensors")
+    # A model of another shape.
+    small = copy.deepcopy(ref.config)
+    small.intermediate_size = 32
+    with pytest.raises(ValueError, match="ffn|mlp"):
+        load_packed(transformers.BitNetForCausalLM(small), tmp_path / "packed.safetensors")
+    # A Llama-family GGUF (no sub-norms): llama.cpp permutes its q/k rows.
+    llama = tiny_model("autobitlinear", "offline", arch="llama")
+    (tmp_path / "llama.gguf").write_bytes(bitnet_cpp_gguf(llama))
+    convert_checkpoint(tmp_path / "llama.gguf", tmp_path / "llama.safetensors")
+    with pytest.raises(ValueError, match="Llama family"):
+        load_packed(transformers.LlamaForCausalLM(llama.config), tmp_path / "llama.safetensors")

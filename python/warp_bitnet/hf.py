@@ -17,12 +17,15 @@ Llama-family models, quantize with ``warp_bitnet.convert_to_bitlinear`` instead.
 into one layer each: one launch where there were three (two), the activations quantized once.
 
 ``convert_checkpoint`` writes such a checkpoint file, or a bitnet.cpp GGUF file, as our packed
-safetensors file (``warp-bitnet convert`` of the CLI, the same code).
+safetensors file (``warp-bitnet convert`` of the CLI, the same code); ``load_packed`` loads that
+file into a transformers model built from its config (GGUF tensor names mapped to transformers'
+names), with ``BitLinear`` layers on the packed weights.
 """
 
 from __future__ import annotations
 
 import os
+import re
 
 import torch
 from torch import nn
@@ -178,3 +181,118 @@ def convert_checkpoint(
         ``(matrices converted, tensors kept)``.
     """
     return _native.convert_checkpoint(os.fspath(path), os.fspath(output), linear_class)
+
+
+# bitnet.cpp GGUF tensor names -> transformers BitNetForCausalLM names. bitnet.cpp's converter
+# writes the projections as they are in the Hugging Face checkpoint (no q/k permutation).
+_GGUF_TOP = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+_GGUF_BLOCK = {
+    "attn_norm": "input_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "attn_sub_norm": "self_attn.attn_sub_norm",
+    "ffn_norm": "post_attention_layernorm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+    "ffn_sub_norm": "mlp.ffn_sub_norm",
+}
+
+
+def _hf_name(name: str) -> str:
+    """The transformers name of GGUF tensor ``name`` (``blk.3.attn_q.weight`` ->
+    ``model.layers.3.self_attn.q_proj.weight``)."""
+    if name in _GGUF_TOP:
+        return _GGUF_TOP[name]
+    m = re.fullmatch(r"blk\.(\d+)\.(\w+)\.(weight|bias)", name)
+    if m is None or m.group(2) not in _GGUF_BLOCK:
+        raise ValueError(f"GGUF tensor `{name}` has no transformers name")
+    return f"model.layers.{m.group(1)}.{_GGUF_BLOCK[m.group(2)]}.{m.group(3)}"
+
+
+def load_packed(
+    model: nn.Module, path: str | os.PathLike, quantize_activations: bool = True, fuse: bool = True
+) -> nn.Module:
+    """Loads our packed safetensors file (``convert_checkpoint``'s output) into ``model``, a
+    transformers model built from the checkpoint's config (e.g.
+    ``BitNetForCausalLM(BitNetConfig.from_pretrained(...))``), in place.
+
+    Every packed matrix ``NAME.weight`` replaces the linear layer ``NAME`` by a ``BitLinear`` on
+    the packed words and scale (``quantize_activations``: int8 activations per token, as BitNet
+    b1.58 models run); every other tensor is copied into the parameter or buffer of its name. A
+    file converted from bitnet.cpp's GGUF has GGUF names (``blk.N.attn_q.weight``, ...), which are
+    mapped to transformers' BitNet names; GGUF files of Llama-family models are refused, as
+    llama.cpp stores their q/k rows permuted for its rotary layout. ``fuse`` then merges the
+    projections (``fuse_projections``).
+
+    Raises:
+        ValueError: not our packed file, INT2 matrices, a name the model lacks, a shape that
+            differs, a model tensor the file does not set (a tied ``lm_head`` may be absent).
+
+    Returns:
+        ``model``.
+    """
+    from safetensors import safe_open
+
+    with safe_open(os.fspath(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iterator)
+    if meta.get("format") != "warp-bitnet/i2":
+        raise ValueError(f"{os.fspath(path)} is not a packed ternary file (format {meta.get('format')!r})")
+    packed = {k[: -len(".packed")] for k in tensors if k.endswith(".packed")}
+    if any(k.startswith("blk.") or k in _GGUF_TOP for k in tensors):
+        if not any(".attn_sub_norm." in k for k in tensors):
+            raise ValueError("a GGUF file without BitNet sub-norms (Llama family: q/k permuted by llama.cpp)")
+        cols = {_hf_name(n): int(meta[f"{n}.cols"]) for n in packed}
+
+        def rename(k: str) -> str:
+            base, _, suffix = k.rpartition(".")
+            return f"{_hf_name(base)}.{suffix}" if base in packed else _hf_name(k)
+
+        tensors = {rename(k): v for k, v in tensors.items()}
+    else:
+        cols = {n: int(meta[f"{n}.cols"]) for n in packed}
+
+    modules = dict(model.named_modules())
+    for name, n_cols in cols.items():
+        if not name.endswith(".weight") or name[: -len(".weight")] not in modules:
+            raise ValueError(f"packed matrix `{name}` is not the weight of a module of the model")
+        module_name = name[: -len(".weight")]
+        old = modules[module_name]
+        words = tensors.pop(name + ".packed")
+        shape = (getattr(old, "out_features", None), getattr(old, "in_features", None))
+        if shape != (words.shape[0], n_cols):
+            raise ValueError(f"`{name}` is {words.shape[0]} x {n_cols}, the model's `{module_name}` {shape}")
+        scale = tensors.pop(name + ".scale", torch.ones((), dtype=torch.float32))
+        bias = tensors.pop(module_name + ".bias", None)
+        layer = BitLinear.from_packed(words, scale, n_cols, bias, quantize_activations)
+        parent_name, _, child = module_name.rpartition(".")
+        setattr(modules[parent_name] if parent_name else model, child, layer)
+
+    state = model.state_dict()
+    for name, t in tensors.items():
+        if name not in state:
+            raise ValueError(f"`{name}` in the file is not a tensor of the model")
+        if state[name].shape != t.shape:
+            raise ValueError(f"`{name}` has shape {tuple(t.shape)}, the model's {tuple(state[name].shape)}")
+        with torch.no_grad():
+            state[name].copy_(t)
+    tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
+    missing = [
+        n
+        for n, m in model.named_modules()
+        for p in ("weight", "bias")
+        if not isinstance(m, BitLinear)
+        and isinstance(getattr(m, p, None), torch.Tensor)
+        and f"{n}.{p}" not in tensors
+        and not (tied and f"{n}.{p}" == "lm_head.weight")
+    ]
+    if missing:
+        raise ValueError(f"the file does not set {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    return fuse_projections(model) if fuse else model
