@@ -12,7 +12,7 @@ use half::{bf16, f16};
 use super::{Gpu, GpuMatrix};
 use crate::dtype::DType;
 use crate::error::{shape, Error, Result};
-use crate::format::{check_dims, tiled, Levels, MAX_DIM};
+use crate::format::{check_dims, check_max_dim, tiled, Levels};
 
 /// The argument array of a kernel launch: a pointer to each (mutable, local) parameter,
 /// in the kernel's order.
@@ -662,15 +662,7 @@ impl Gpu {
             return Err(Error::Empty { arg: "x" });
         }
         // The kernel indexes a row with 32-bit integers that step by its block size.
-        for (arg, v) in [("batch", batch), ("n", n), ("ldx", ldx)] {
-            if v > MAX_DIM {
-                return Err(Error::TooLarge {
-                    arg,
-                    value: v as u64,
-                    limit: MAX_DIM as u64,
-                });
-            }
-        }
+        check_max_dim(&[("batch", batch), ("n", n), ("ldx", ldx)])?;
         if ldx < n {
             return Err(Error::ShapeMismatch {
                 arg: "ldx",
@@ -724,15 +716,7 @@ impl Gpu {
         if rows == 0 || batch == 0 {
             return Err(Error::Empty { arg: "acc" });
         }
-        for (arg, v) in [("rows", rows), ("batch", batch)] {
-            if v > MAX_DIM {
-                return Err(Error::TooLarge {
-                    arg,
-                    value: v as u64,
-                    limit: MAX_DIM as u64,
-                });
-            }
-        }
+        check_max_dim(&[("rows", rows), ("batch", batch)])?;
         let mut out: u32 = match y_dtype {
             DType::F16 => 1,
             DType::BF16 => 2,

@@ -8,7 +8,7 @@ use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut
 use super::launch::{blocks_of_256, check_ptr, kernel_params, launch};
 use super::Gpu;
 use crate::error::{Error, Result};
-use crate::format::{check_dims, i2, tiled, Levels, PackedWeights, Scale};
+use crate::format::{check_dims, check_max_dim, i2, tiled, Levels, PackedWeights, Scale};
 
 /// A 2-bit weight matrix on the GPU: T2 tiles, what their codes stand for, and the
 /// weight scale.
@@ -186,13 +186,7 @@ impl Gpu {
     ) -> Result<()> {
         use crate::DType;
         check_dims(rows, cols)?;
-        if ldw > crate::format::MAX_DIM {
-            return Err(Error::TooLarge {
-                arg: "ldw",
-                value: ldw as u64,
-                limit: crate::format::MAX_DIM as u64,
-            });
-        }
+        check_max_dim(&[("ldw", ldw)])?;
         if ldw < cols {
             return Err(Error::ShapeMismatch {
                 arg: "ldw",

@@ -132,21 +132,25 @@ impl TernaryMatrix {
     }
 }
 
+/// `TooLarge` for the first size above [`MAX_DIM`] (the kernels index with 32-bit integers).
+pub(crate) fn check_max_dim(sizes: &[(&'static str, usize)]) -> Result<()> {
+    match sizes.iter().find(|&&(_, v)| v > MAX_DIM) {
+        Some(&(arg, v)) => Err(Error::TooLarge {
+            arg,
+            value: v as u64,
+            limit: MAX_DIM as u64,
+        }),
+        None => Ok(()),
+    }
+}
+
 pub(crate) fn check_dims(rows: usize, cols: usize) -> Result<()> {
     if rows == 0 || cols == 0 {
         return Err(Error::Empty {
             arg: "weight matrix",
         });
     }
-    for (arg, v) in [("rows", rows), ("cols", cols)] {
-        if v > MAX_DIM {
-            return Err(Error::TooLarge {
-                arg,
-                value: v as u64,
-                limit: MAX_DIM as u64,
-            });
-        }
-    }
+    check_max_dim(&[("rows", rows), ("cols", cols)])?;
     Ok(())
 }
 

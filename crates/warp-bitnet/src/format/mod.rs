@@ -6,7 +6,7 @@ mod matrix;
 pub mod tiled;
 
 pub use int2::Int2Matrix;
-pub(crate) use matrix::check_dims;
+pub(crate) use matrix::{check_dims, check_max_dim};
 pub use matrix::{Scale, TernaryMatrix, MAX_DIM};
 
 /// What the 2-bit codes of a packed matrix stand for.
