@@ -332,8 +332,8 @@ fn strided_and_misaligned_activations_take_the_scalar_path_correctly() {
     }
 }
 
-/// Every kernel (single token, 8, 16 and, for int8, 32 tokens per CTA, several token groups) on
-/// small odd shapes: cheap enough for compute-sanitizer (scripts/gpu-check.sh).
+/// Every kernel (single token, 8, 16 and, for int8, 32 tokens per CTA, each row-tile count,
+/// several token groups) on odd shapes: cheap enough for compute-sanitizer (scripts/gpu-check.sh).
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn every_kernel_on_small_odd_shapes() {
@@ -343,7 +343,12 @@ fn every_kernel_on_small_odd_shapes() {
 
 fn every_kernel<W: RandomWeights>() {
     let (gpu, s, mut rng) = setup();
-    for (i, (rows, cols)) in [(37, 300), (129, 1000)].into_iter().enumerate() {
+    // 20000 rows: enough row tiles that the planner takes the kernels with the most row
+    // tiles per CTA (on GPUs of up to ~150 SMs); the small shapes take the others.
+    for (i, (rows, cols)) in [(37, 300), (129, 1000), (20_000, 300)]
+        .into_iter()
+        .enumerate()
+    {
         let w = W::random(&mut rng, rows, cols, i + 1);
         let d = gpu.upload(&w, &s).unwrap();
         for batch in [1, 5, 9, 17, 40] {

@@ -56,29 +56,29 @@ const MAX_GRID_Y: usize = 65_535;
 /// Warps per GEMM CTA.
 const GEMM_WARPS: usize = GEMM_THREADS as usize / 32;
 
-/// Row tiles per CTA and weight ring stages per warp of the kernel for activation
-/// type `x` (int8 when quantized in the kernel) and `tokens` per CTA; mirrors
-/// `ROW_TILES` and `DEPTH_OF` in gemm.cuh. Every warp multiplies each of its
-/// activation tiles with all the CTA's row tiles, so more row tiles cut the
-/// activation traffic per weight byte; single-token kernels read the activations
-/// from shared memory and keep one.
-fn cta_shape(x: DType, tokens: usize) -> (usize, usize) {
+/// Row tiles per CTA of the instantiated kernels for activation type `x` and `tokens`
+/// per CTA (`_r{rt}` in gemm_t2.cu), largest first. Every warp multiplies each of its
+/// activation tiles with all the CTA's row tiles, so more row tiles cut the activation
+/// traffic per weight byte, but fewer, larger blocks may leave SMs idle: the planner
+/// takes the largest whose blocks fill the GPU (docs/NOTES.md, v16-v19). int8
+/// activations are half the bytes and gain less; single-token kernels read their
+/// activations from shared memory.
+pub(crate) fn row_tile_options(x: DType, tokens: usize) -> &'static [usize] {
     match (x, tokens) {
-        (_, 1) => (1, 8),
-        (DType::I8, 8) => (1, 4),
-        (DType::I8, _) => (2, 4),
-        (_, 16) => (4, 4),
-        _ => (2, 4),
+        (_, 1) | (DType::I8, 8) => &[1],
+        (DType::I8, _) => &[2],
+        (_, 8) => &[4, 2],
+        _ => &[8, 4],
     }
 }
 
 /// Dynamic shared memory of a GEMM kernel without the staged activation row; mirrors
-/// `GemmSmem` in gemm.cuh (the kernel traps if given less).
-fn gemm_fixed_smem(x: DType, tokens: usize) -> usize {
-    let (rt, depth) = cta_shape(x, tokens);
+/// `GemmSmem` and `DEPTH_OF` in gemm.cuh (the kernel traps if given less).
+fn gemm_fixed_smem(tokens: usize, row_tiles: usize) -> usize {
+    let depth = if tokens == 1 { 8 } else { 4 };
     let cols = tokens.max(8);
-    let ring = GEMM_WARPS * depth * rt * 512;
-    let partial_sums = GEMM_WARPS * 16 * rt * cols * 4;
+    let ring = GEMM_WARPS * depth * row_tiles * 512;
+    let partial_sums = GEMM_WARPS * 16 * row_tiles * cols * 4;
     let x_sums = GEMM_WARPS * cols * 4;
     let scratch = (GEMM_WARPS * 4).next_multiple_of(16);
     ring + partial_sums + x_sums + scratch
@@ -154,21 +154,27 @@ pub struct GemmArgs {
 }
 
 /// The kernel symbol for weight levels, activation (`quantize_x`: quantized to int8
-/// in the kernel), output and tokens per CTA.
+/// in the kernel), output, tokens per CTA and (token-group kernels) row tiles per CTA.
 pub fn gemm_symbol(
     levels: Levels,
     x: DType,
     quantize_x: bool,
     y: DType,
     tokens_per_cta: usize,
+    row_tiles: usize,
 ) -> String {
     let family = match levels {
         Levels::Ternary => "t2",
         Levels::Int2 => "int2",
     };
     let q = if quantize_x { "q" } else { "" };
+    let rt = if tokens_per_cta == 1 {
+        String::new()
+    } else {
+        format!("_r{row_tiles}")
+    };
     format!(
-        "gemm_{family}_{}{q}_{}_n{tokens_per_cta}",
+        "gemm_{family}_{}{q}_{}_n{tokens_per_cta}{rt}",
         x.name(),
         y.name()
     )
@@ -242,10 +248,10 @@ pub(crate) fn plan_gemm(
     let staged = if a.quantize_x { I8 } else { a.x_dtype };
     let row_bytes = k_tiles * 128 * staged.size();
     let mut tokens = tokens_per_cta(a.x_dtype, a.batch);
-    let single = gemm_symbol(levels, a.x_dtype, a.quantize_x, a.y_dtype, 1);
+    let single = gemm_symbol(levels, a.x_dtype, a.quantize_x, a.y_dtype, 1, 1);
     let row_room = gpu
         .max_dynamic(&single)?
-        .saturating_sub(gemm_fixed_smem(staged, 1));
+        .saturating_sub(gemm_fixed_smem(1, 1));
     if tokens == 1 && row_bytes > row_room {
         if a.quantize_x {
             return Err(Error::TooLarge {
@@ -316,12 +322,23 @@ pub(crate) fn plan_gemm(
         (I32, _) | (_, None) => (0, false),
         (_, Some(s)) => s,
     };
-    let symbol = gemm_symbol(levels, a.x_dtype, a.quantize_x, a.y_dtype, tokens);
-    // Token groups share the GPU: each gets its share of the resident CTAs. Filling
-    // every slot beat spreading the row tiles evenly over fewer CTAs (docs/NOTES.md, v8).
-    let smem = gemm_fixed_smem(a.x_dtype, tokens) + if tokens == 1 { row_bytes } else { 0 };
-    let row_blocks = row_tiles.div_ceil(cta_shape(a.x_dtype, tokens).0);
-    let ctas = (gpu.resident(&symbol, smem)? / groups).clamp(1, row_blocks);
+    // The most row tiles per CTA whose blocks (times the token groups) fill every
+    // resident CTA slot, else the fewest. Token groups share the GPU: each gets its
+    // share of the resident CTAs. Filling every slot beat spreading the row tiles
+    // evenly over fewer CTAs (docs/NOTES.md, v8).
+    let options = row_tile_options(a.x_dtype, tokens);
+    let mut chosen = None;
+    for (i, &rt) in options.iter().enumerate() {
+        let symbol = gemm_symbol(levels, a.x_dtype, a.quantize_x, a.y_dtype, tokens, rt);
+        let smem = gemm_fixed_smem(tokens, rt) + if tokens == 1 { row_bytes } else { 0 };
+        let resident = gpu.resident(&symbol, smem)?;
+        let row_blocks = row_tiles.div_ceil(rt);
+        if row_blocks * groups >= resident || i + 1 == options.len() {
+            chosen = Some((symbol, smem, (resident / groups).clamp(1, row_blocks)));
+            break;
+        }
+    }
+    let (symbol, smem, ctas) = chosen.expect("row_tile_options is never empty");
     Ok(GemmPlan {
         symbol,
         params: GemmParams {
@@ -818,22 +835,19 @@ mod tests {
         // Persistent: 625 row tiles over the 264 resident CTAs.
         assert_eq!(p.grid, (264, 1, 1));
         let p = plan(args(DType::I8, DType::I32, 70));
-        assert_eq!((p.symbol.as_str(), p.grid.1), ("gemm_t2_i8_i32_n32", 3));
+        assert_eq!((p.symbol.as_str(), p.grid.1), ("gemm_t2_i8_i32_n32_r2", 3));
         // f16/bf16 stop at 16 tokens per CTA.
         let p = plan(args(DType::F16, DType::F16, 40));
-        assert_eq!((p.symbol.as_str(), p.grid.1), ("gemm_t2_f16_f16_n16", 3));
+        assert_eq!((p.symbol.as_str(), p.grid.1), ("gemm_t2_f16_f16_n16_r4", 3));
         let p = plan(args(DType::BF16, DType::BF16, 9));
-        assert_eq!(p.symbol, "gemm_t2_bf16_bf16_n16");
+        assert_eq!(p.symbol, "gemm_t2_bf16_bf16_n16_r4");
         let p = plan(args(DType::F16, DType::F16, 2));
-        assert_eq!(p.symbol, "gemm_t2_f16_f16_n8");
+        assert_eq!(p.symbol, "gemm_t2_f16_f16_n8_r2");
         let p = plan(args(DType::I8, DType::BF16, 1));
         let staged_row = 3 * 128;
         assert_eq!(
             (p.symbol.as_str(), p.smem as usize),
-            (
-                "gemm_t2_i8_bf16_n1",
-                gemm_fixed_smem(DType::I8, 1) + staged_row
-            )
+            ("gemm_t2_i8_bf16_n1", gemm_fixed_smem(1, 1) + staged_row)
         );
         // A row longer than the shared memory the single-token kernel may take (200 KB).
         let wide = GemmArgs {
@@ -843,17 +857,57 @@ mod tests {
         let p = plan_gemm(100, 1 << 17, Levels::Ternary, 0x10, None, &wide, GPU).unwrap();
         assert_eq!(
             (p.symbol.as_str(), p.smem as usize),
-            ("gemm_t2_f16_f16_n8", gemm_fixed_smem(DType::F16, 8))
+            ("gemm_t2_f16_f16_n8_r2", gemm_fixed_smem(8, 2))
         );
-        // Token-group kernels take several row tiles per CTA: 625 row tiles in blocks of 4.
-        let tall16 = GemmArgs {
-            ldy: 10_000,
-            ..args(DType::F16, DType::F16, 16)
+        // Token-group kernels take several row tiles per CTA: the most whose blocks fill
+        // the 264 resident CTAs. 625 row tiles: 79 blocks of 8 would not, 157 of 4 are the
+        // fewest on offer.
+        let tall16 = |rows: usize, batch: usize| GemmArgs {
+            ldy: rows,
+            ..args(DType::F16, DType::F16, batch)
         };
-        let p = plan_gemm(10_000, 300, Levels::Ternary, 0x10, None, &tall16, GPU).unwrap();
+        let p = plan_gemm(
+            10_000,
+            300,
+            Levels::Ternary,
+            0x10,
+            None,
+            &tall16(10_000, 16),
+            GPU,
+        )
+        .unwrap();
         assert_eq!(
             (p.symbol.as_str(), p.grid),
-            ("gemm_t2_f16_f16_n16", (157, 1, 1))
+            ("gemm_t2_f16_f16_n16_r4", (157, 1, 1))
+        );
+        // 4 token groups x 79 blocks of 8 fill them; so do 2500 blocks of 8 for one group.
+        let p = plan_gemm(
+            10_000,
+            300,
+            Levels::Ternary,
+            0x10,
+            None,
+            &tall16(10_000, 64),
+            GPU,
+        )
+        .unwrap();
+        assert_eq!(
+            (p.symbol.as_str(), p.grid),
+            ("gemm_t2_f16_f16_n16_r8", (66, 4, 1))
+        );
+        let p = plan_gemm(
+            320_000,
+            300,
+            Levels::Ternary,
+            0x10,
+            None,
+            &tall16(320_000, 16),
+            GPU,
+        )
+        .unwrap();
+        assert_eq!(
+            (p.symbol.as_str(), p.grid),
+            ("gemm_t2_f16_f16_n16_r8", (264, 1, 1))
         );
     }
 
@@ -867,10 +921,7 @@ mod tests {
         // The staged row is int8: 3 k tiles of 128 bytes.
         assert_eq!(
             (p.symbol.as_str(), p.smem as usize),
-            (
-                "gemm_int2_bf16q_bf16_n1",
-                gemm_fixed_smem(DType::I8, 1) + 3 * 128
-            )
+            ("gemm_int2_bf16q_bf16_n1", gemm_fixed_smem(1, 1) + 3 * 128)
         );
         for bad in [
             GemmArgs { batch: 2, ..a },

@@ -375,16 +375,13 @@ __device__ __forceinline__ float stage_row_quantized(const GemmParams& p, u32 xs
     return 1.0f / s;
 }
 
-// CTA shape: row tiles per CTA (each warp multiplies every one of them with the
-// activations it loaded, so the activation traffic per weight byte falls by RT, but
-// fewer CTAs share the rows) and weight ring stages per warp. i8 activations are half
-// the bytes and take fewer row tiles (docs/NOTES.md, v16). Single-token kernels read
-// their activations from shared memory and take one. Mirrored by `cta_shape` in
-// launch.rs, which sizes the dynamic shared memory; the kernel checks that it got
-// enough (GemmSmem).
-template <int ACT, int NT, bool ONE>
-constexpr int ROW_TILES = ONE ? 1 : ACT == ACT_I8 ? (NT == 1 ? 1 : 2) : (NT == 2 ? 4 : 2);
-template <int NT, bool ONE>
+// CTA shape: RT row tiles per CTA (a template parameter: each warp multiplies every
+// one of them with the activations it loaded, so the activation traffic per weight
+// byte falls by RT, but fewer CTAs share the rows; the planner picks among the
+// instantiated RT, docs/NOTES.md v16-v19) and weight ring stages per warp. The
+// planner sizes the dynamic shared memory (`gemm_fixed_smem` in launch.rs); the
+// kernel checks that it got enough (GemmSmem).
+template <bool ONE>
 constexpr int DEPTH_OF = ONE ? 8 : 4;
 
 // Dynamic shared memory, in this order: the weight rings, the warps' partial sums
@@ -414,12 +411,12 @@ __device__ __forceinline__ u32 dynamic_smem_size() {
     return r;
 }
 
-template <int ACT, int OUT, int NT, bool ONE, bool INT2, int QX>
+template <int ACT, int OUT, int NT, int RT, bool ONE, bool INT2, int QX>
 __device__ __forceinline__ void gemm_tiles(const GemmParams& p) {
+    static_assert(!ONE || RT == 1, "single-token kernels take one row tile");
     constexpr int COLS = 8 * NT;  // tokens per CTA
     constexpr int XBYTES = ACT == ACT_I8 ? 1 : 2;
-    constexpr int RT = ROW_TILES<ACT, NT, ONE>;
-    constexpr int DEPTH = DEPTH_OF<NT, ONE>;
+    constexpr int DEPTH = DEPTH_OF<ONE>;
     typedef GemmSmem<NT, RT, DEPTH> Smem;
     extern __shared__ __align__(16) unsigned char smem[];
     u32* const red = (u32*)(smem + Smem::RING);  // [WARPS][16 RT][COLS]
@@ -642,16 +639,16 @@ __device__ __forceinline__ void gemm_tiles(const GemmParams& p) {
     cp_async_wait<0>();
 }
 
-// Kernel symbols: gemm_{t2|int2}_{activation}_{output}_n{tokens per CTA}; built by
-// `gemm_symbol` in launch.rs. n1 is the single-token kernel. MIN_CTAS caps
-// registers so that many CTAs fit an SM without spilling in the main loop
-// (checked in the resource report: ptxas -v).
-#define GEMM_KERNEL(ACT, OUT, NT, ONE, INT2, MIN_CTAS, NAME)                                     \
+// Kernel symbols: gemm_{t2|int2}_{activation}_{output}_n{tokens per CTA}, and for
+// the token-group kernels _r{row tiles per CTA}; built by `gemm_symbol` in launch.rs.
+// n1 is the single-token kernel. MIN_CTAS caps registers so that many CTAs fit an SM
+// without spilling in the main loop (checked in the resource report: ptxas -v).
+#define GEMM_KERNEL(ACT, OUT, NT, RT, ONE, INT2, MIN_CTAS, NAME)                                 \
     extern "C" __global__ void __launch_bounds__(WARPS * 32, MIN_CTAS) NAME(const GemmParams p) { \
-        gemm_tiles<ACT, OUT, NT, ONE, INT2, QX_NONE>(p);                                        \
+        gemm_tiles<ACT, OUT, NT, RT, ONE, INT2, QX_NONE>(p);                                    \
     }
 // The single-token W2A8 kernels that quantize their f16/bf16 activation row themselves.
 #define GEMM_KERNEL_QX(QX, OUT, INT2, MIN_CTAS, NAME)                                            \
     extern "C" __global__ void __launch_bounds__(WARPS * 32, MIN_CTAS) NAME(const GemmParams p) { \
-        gemm_tiles<ACT_I8, OUT, 1, true, INT2, QX>(p);                                          \
+        gemm_tiles<ACT_I8, OUT, 1, 1, true, INT2, QX>(p);                                       \
     }
