@@ -862,53 +862,20 @@ mod tests {
         // Token-group kernels take several row tiles per CTA: the most whose blocks fill
         // the 264 resident CTAs. 625 row tiles: 79 blocks of 8 would not, 157 of 4 are the
         // fewest on offer.
-        let tall16 = |rows: usize, batch: usize| GemmArgs {
-            ldy: rows,
-            ..args(DType::F16, DType::F16, batch)
+        let tall = |rows: usize, batch: usize| {
+            let a = GemmArgs {
+                ldy: rows,
+                ..args(DType::F16, DType::F16, batch)
+            };
+            let p = plan_gemm(rows, 300, Levels::Ternary, 0x10, None, &a, GPU).unwrap();
+            (p.symbol, p.grid)
         };
-        let p = plan_gemm(
-            10_000,
-            300,
-            Levels::Ternary,
-            0x10,
-            None,
-            &tall16(10_000, 16),
-            GPU,
-        )
-        .unwrap();
-        assert_eq!(
-            (p.symbol.as_str(), p.grid),
-            ("gemm_t2_f16_f16_n16_r4", (157, 1, 1))
-        );
+        let r4 = "gemm_t2_f16_f16_n16_r4".to_string();
+        let r8 = "gemm_t2_f16_f16_n16_r8".to_string();
+        assert_eq!(tall(10_000, 16), (r4, (157, 1, 1)));
         // 4 token groups x 79 blocks of 8 fill them; so do 2500 blocks of 8 for one group.
-        let p = plan_gemm(
-            10_000,
-            300,
-            Levels::Ternary,
-            0x10,
-            None,
-            &tall16(10_000, 64),
-            GPU,
-        )
-        .unwrap();
-        assert_eq!(
-            (p.symbol.as_str(), p.grid),
-            ("gemm_t2_f16_f16_n16_r8", (66, 4, 1))
-        );
-        let p = plan_gemm(
-            320_000,
-            300,
-            Levels::Ternary,
-            0x10,
-            None,
-            &tall16(320_000, 16),
-            GPU,
-        )
-        .unwrap();
-        assert_eq!(
-            (p.symbol.as_str(), p.grid),
-            ("gemm_t2_f16_f16_n16_r8", (264, 1, 1))
-        );
+        assert_eq!(tall(10_000, 64), (r8.clone(), (66, 4, 1)));
+        assert_eq!(tall(320_000, 16), (r8, (264, 1, 1)));
     }
 
     #[test]
