@@ -33,32 +33,18 @@ static_assert(sizeof(GemmParams) == 80, "GemmParams layout must match launch.rs"
 
 // ---- loads -----------------------------------------------------------------
 
-// Weights are read exactly once: skip L1 and mark them first to leave L2, so
-// the activations, read by every CTA, stay cached.
+// Weights are read exactly once (cp.async.cg skips L1): mark them first to leave
+// L2, so the activations, read by every CTA, stay cached.
 __device__ __forceinline__ u64 evict_first_policy() {
     u64 policy;
     asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
     return policy;
 }
 
-__device__ __forceinline__ u32x4 load_stream(const u32x4* p, u64 policy) {
-    u32x4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0,%1,%2,%3}, [%4], %5;"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p), "l"(policy));
-    return v;
-}
-
 __device__ __forceinline__ u32x4 load_v4(const void* p) {
     u32x4 v;
     asm volatile("ld.global.nc.v4.u32 {%0,%1,%2,%3}, [%4];"
                  : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
-    return v;
-}
-
-__device__ __forceinline__ u32x2 load_v2(const void* p) {
-    u32x2 v;
-    asm volatile("ld.global.nc.v2.u32 {%0,%1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
     return v;
 }
 
