@@ -77,6 +77,11 @@ fn cuda_available() -> bool {
 }
 
 /// Number of u32 words of the GPU (T2) layout of a rows x cols matrix.
+/// An optional device pointer from Python, where 0 means absent.
+fn present(ptr: u64) -> Option<u64> {
+    (ptr != 0).then_some(ptr)
+}
+
 #[pyfunction]
 fn t2_words(rows: usize, cols: usize) -> usize {
     warp_bitnet::format::tiled::len_words(rows, cols)
@@ -126,7 +131,7 @@ fn i2_to_dense(
 ) -> PyResult<()> {
     let (levels, out) = (parse_levels(levels)?, dtype(out)?);
     let g = gpu(device)?;
-    let scale = (scale != 0).then_some((scale, scale_per_row));
+    let scale = present(scale).map(|p| (p, scale_per_row));
     // SAFETY: as in `i2_to_t2`: live CUDA tensors of the checked sizes on `device`.
     py.detach(|| unsafe {
         g.i2_to_dense_raw(src, dst, rows, cols, levels, out, scale, stream as _)
@@ -156,8 +161,8 @@ fn w2a8_epilogue(
 ) -> PyResult<()> {
     let (levels, y_dtype) = (parse_levels(levels)?, dtype(y_dtype)?);
     let g = gpu(device)?;
-    let w_scale = (w_scale != 0).then_some((w_scale, scale_per_row));
-    let bias = (bias != 0).then_some(bias);
+    let w_scale = present(w_scale).map(|p| (p, scale_per_row));
+    let bias = present(bias);
     // SAFETY: as in `i2_to_t2`: live CUDA tensors of the checked sizes on `device`.
     py.detach(|| unsafe {
         g.w2a8_epilogue_raw(
@@ -243,7 +248,6 @@ fn gemm(
 ) -> PyResult<()> {
     let levels = parse_levels(levels)?;
     let g = gpu(device)?;
-    let nonzero = |p: u64| (p != 0).then_some(p);
     let args = GemmArgs {
         x,
         x_dtype: dtype(x_dtype)?,
@@ -252,11 +256,11 @@ fn gemm(
         y_dtype: dtype(y_dtype)?,
         ldy,
         batch,
-        bias: nonzero(bias),
-        x_scale: nonzero(x_scale),
+        bias: present(bias),
+        x_scale: present(x_scale),
         quantize_x,
     };
-    let scale = nonzero(scale).map(|p| (p, scale_per_row));
+    let scale = present(scale).map(|p| (p, scale_per_row));
     // SAFETY: as in `i2_to_t2`: live CUDA tensors of the checked sizes on `device`.
     py.detach(|| unsafe { g.gemm_tiles_raw(rows, cols, levels, tiles, scale, &args, stream as _) })
         .map_err(to_py)
