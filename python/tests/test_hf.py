@@ -320,27 +320,58 @@ def test_bitnet_cpp_gguf_loads_into_a_transformers_model(tmp_path):
     with torch.no_grad():
         assert torch.equal(ours.generate(ids[:1, :4], **kwargs), ref.generate(ids[:1, :4], **kwargs))
 
-    # Our packed files with transformers names load the same way.
-    from safetensors.torch import load_file, save_file
+    # The same file with transformers' names (as converted from a Hugging Face checkpoint).
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    from warp_bitnet.hf import _hf_name
 
-    packed = load_file(tmp_path / "packed.safetensors")
-    with pytest.raises(ValueError, match="not a packed ternary file"):
-        save_file(packed, tmp_path / "untagged.safetensors")
-        load_packed(transformers.BitNetForCausalLM(ref.config), tmp_path / "untagged.safetensors")
+    with safe_open(tmp_path / "packed.safetensors", framework="pt") as f:
+        meta, packed = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    rename = {k: _hf_name(k) for k in packed if not k.endswith((".packed", ".scale"))}
+    rename.update(
+        {
+            f"{m}.{s}": f"{_hf_name(m)}.{s}"
+            for m in (k[:-7] for k in packed if k.endswith(".packed"))
+            for s in ("packed", "scale")
+        }
+    )
+    hf_meta = {(_hf_name(k[:-5]) + ".cols" if k.endswith(".cols") else k): v for k, v in meta.items()}
+    save_file({rename[k]: v for k, v in packed.items()}, tmp_path / "hf.safetensors", metadata=hf_meta)
+    by_name = load_packed(transformers.BitNetForCausalLM(ref.config).eval(), tmp_path / "hf.safetensors")
+    assert torch.equal(_logits(by_name, ids), got)
 
 
 def test_load_packed_refuses_what_it_cannot_load(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
     from warp_bitnet.hf import convert_checkpoint, load_packed
 
     ref = tiny_model("autobitlinear", "offline", arch="bitnet")
-    gguf = bitnet_cpp_gguf(ref)
-    (tmp_path / "model.gguf").write_bytes(gguf)
+    (tmp_path / "model.gguf").write_bytes(bitnet_cpp_gguf(ref))
     convert_checkpoint(tmp_path / "model.gguf", tmp_path / "packed.safetensors")
-    # A model of another shape.
+    with safe_open(tmp_path / "packed.safetensors", framework="pt") as f:
+        meta, packed = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+
+    def refused(match, model=None, tensors=packed, metadata=meta):
+        model = model or transformers.BitNetForCausalLM(ref.config)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        save_file(tensors, tmp_path / "case.safetensors", metadata=metadata)
+        with pytest.raises(ValueError, match=match):
+            load_packed(model, tmp_path / "case.safetensors")
+        # Refused before anything changed.
+        assert not any(isinstance(m, wb.BitLinear) for m in model.modules())
+        assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
     small = copy.deepcopy(ref.config)
     small.intermediate_size = 32
-    with pytest.raises(ValueError, match="ffn|mlp"):
-        load_packed(transformers.BitNetForCausalLM(small), tmp_path / "packed.safetensors")
+    refused(r"model\.layers\.\d\.mlp\.\w+_proj\.weight", transformers.BitNetForCausalLM(small))
+    refused("not a packed ternary file", metadata={})
+    refused("does not set model.norm.weight", tensors={k: v for k, v in packed.items() if k != "output_norm.weight"})
+    refused("has no transformers name", tensors={**packed, "blk.0.extra.weight": torch.zeros(3)})
+    no_cols = {k: v for k, v in meta.items() if k != "blk.1.ffn_down.weight.cols"}
+    refused(r"down_proj\.weight.*None columns", metadata=no_cols)
+    refused("scales for", tensors={**packed, "blk.0.attn_q.weight.scale": torch.ones(5)})
+
     # A Llama-family GGUF (no sub-norms): llama.cpp permutes its q/k rows.
     llama = tiny_model("autobitlinear", "offline", arch="llama")
     (tmp_path / "llama.gguf").write_bytes(bitnet_cpp_gguf(llama))

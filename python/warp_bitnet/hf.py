@@ -233,7 +233,8 @@ def load_packed(
 
     Raises:
         ValueError: not our packed file, INT2 matrices, a name the model lacks, a shape that
-            differs, a model tensor the file does not set (a tied ``lm_head`` may be absent).
+            differs, a model tensor the file does not set (a tied ``lm_head`` may be absent); the
+            model is unchanged then.
 
     Returns:
         ``model``.
@@ -245,54 +246,54 @@ def load_packed(
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iterator)
     if meta.get("format") != "warp-bitnet/i2":
         raise ValueError(f"{os.fspath(path)} is not a packed ternary file (format {meta.get('format')!r})")
-    packed = {k[: -len(".packed")] for k in tensors if k.endswith(".packed")}
+    matrices = sorted(k[: -len(".packed")] for k in tensors if k.endswith(".packed"))
+    name_of = str
     if any(k.startswith("blk.") or k in _GGUF_TOP for k in tensors):
         if not any(".attn_sub_norm." in k for k in tensors):
             raise ValueError("a GGUF file without BitNet sub-norms (Llama family: q/k permuted by llama.cpp)")
-        cols = {_hf_name(n): int(meta[f"{n}.cols"]) for n in packed}
+        name_of = _hf_name
 
-        def rename(k: str) -> str:
-            base, _, suffix = k.rpartition(".")
-            return f"{_hf_name(base)}.{suffix}" if base in packed else _hf_name(k)
-
-        tensors = {rename(k): v for k, v in tensors.items()}
-    else:
-        cols = {n: int(meta[f"{n}.cols"]) for n in packed}
-
+    # Everything is checked before the model changes: the new layers and the state they load.
     modules = dict(model.named_modules())
-    for name, n_cols in cols.items():
-        if not name.endswith(".weight") or name[: -len(".weight")] not in modules:
+    layers, state = {}, {}
+    for m in matrices:
+        name = name_of(m)
+        module_name = name.removesuffix(".weight")
+        old = modules.get(module_name) if name.endswith(".weight") else None
+        if old is None:
             raise ValueError(f"packed matrix `{name}` is not the weight of a module of the model")
-        module_name = name[: -len(".weight")]
-        old = modules[module_name]
-        words = tensors.pop(name + ".packed")
+        cols = int(meta[f"{m}.cols"]) if meta.get(f"{m}.cols", "").isdecimal() else None
+        words = tensors.pop(m + ".packed")
         shape = (getattr(old, "out_features", None), getattr(old, "in_features", None))
-        if shape != (words.shape[0], n_cols):
-            raise ValueError(f"`{name}` is {words.shape[0]} x {n_cols}, the model's `{module_name}` {shape}")
-        scale = tensors.pop(name + ".scale", torch.ones((), dtype=torch.float32))
-        bias = tensors.pop(module_name + ".bias", None)
-        layer = BitLinear.from_packed(words, scale, n_cols, bias, quantize_activations)
-        parent_name, _, child = module_name.rpartition(".")
-        setattr(modules[parent_name] if parent_name else model, child, layer)
+        if cols is None or shape != (words.shape[0], cols) or words.shape[1] != (cols + 15) // 16:
+            raise ValueError(
+                f"`{name}` is {tuple(words.shape)} words for {cols} columns, the model's `{module_name}` {shape}"
+            )
+        has_bias = isinstance(getattr(old, "bias", None), torch.Tensor)
+        layers[module_name] = BitLinear(cols, words.shape[0], has_bias, quantize_activations)
+        state[module_name + ".weight_packed"] = words
+        scale = tensors.pop(m + ".scale", torch.ones((), dtype=torch.float32))
+        if scale.numel() not in (1, words.shape[0]):
+            raise ValueError(f"`{name}` has {scale.numel()} scales for {words.shape[0]} rows")
+        state[module_name + ".weight_scale"] = scale
+    state.update((name_of(k), v) for k, v in tensors.items())
 
-    state = model.state_dict()
-    for name, t in tensors.items():
-        if name not in state:
-            raise ValueError(f"`{name}` in the file is not a tensor of the model")
-        if state[name].shape != t.shape:
-            raise ValueError(f"`{name}` has shape {tuple(t.shape)}, the model's {tuple(state[name].shape)}")
-        with torch.no_grad():
-            state[name].copy_(t)
+    # The model's state with the new layers in place of the old (not yet swapped in).
+    expected = {k: v for k, v in model.state_dict().items() if not any(k.startswith(m + ".") for m in layers)}
+    for module_name, layer in layers.items():
+        expected.update((f"{module_name}.{k}", v) for k, v in layer.state_dict().items())
     tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
-    missing = [
-        n
-        for n, m in model.named_modules()
-        for p in ("weight", "bias")
-        if not isinstance(m, BitLinear)
-        and isinstance(getattr(m, p, None), torch.Tensor)
-        and f"{n}.{p}" not in tensors
-        and not (tied and f"{n}.{p}" == "lm_head.weight")
-    ]
+    missing = sorted(set(expected) - set(state) - ({"lm_head.weight"} if tied else set()))
+    unexpected = sorted(set(state) - set(expected))
     if missing:
         raise ValueError(f"the file does not set {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    if unexpected:
+        raise ValueError(f"the model has no {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}")
+    for k, v in state.items():
+        if not k.endswith(".weight_scale") and v.shape != expected[k].shape:
+            raise ValueError(f"`{k}` has shape {tuple(v.shape)}, the model's {tuple(expected[k].shape)}")
+
+    for module_name, layer in layers.items():
+        model.set_submodule(module_name, layer.to(next(modules[module_name].parameters()).device))
+    model.load_state_dict(state, strict=False)
     return fuse_projections(model) if fuse else model
