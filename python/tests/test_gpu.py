@@ -145,7 +145,7 @@ def test_bitlinear_gpu_layout_follows_the_weights():
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float16, 1e-3), (torch.bfloat16, 1e-2)])
 @pytest.mark.parametrize("m,n", [(1, 16), (127, 48), (300, 2560), (4097, 300)])
-@pytest.mark.parametrize("batch", [1, 3, 17, 100])
+@pytest.mark.parametrize("batch", [1, 3, 17, 100, 130])  # 130: the dense path
 def test_linear_int2_matches_float64(dtype, tol, m, n, batch):
     g = torch.Generator().manual_seed(m * 7 + n + batch)
     W, scale = wb.quantize_int2(torch.randn(m, n, generator=g))
@@ -296,21 +296,20 @@ def test_dense_path_ops_equal_the_torch_formulas(dtype, levels, per_row):
         packed, _ = wb.quantize_int2(torch.randn(m, n, generator=g))
     packed = packed.cuda()
     s = (torch.rand(m if per_row else 1, generator=g) * 3 + 1e-3).cuda()
-    # Decoding with the scale folded in: level * scale in float32, rounded once.
+    # The decode against the CPU unpackers, then with the scale folded in: level * scale in
+    # float32, rounded once.
     levels_dense = wb.ops.i2_to_dense(packed, n, levels, dtype)
+    unpack = wb.unpack_ternary if levels == "ternary" else wb.unpack_int2
+    assert torch.equal(levels_dense.cpu(), unpack(packed.cpu(), n).to(dtype))
     want = (levels_dense.float() * (s[:, None] if per_row else s)).to(dtype)
     assert torch.equal(wb.ops.i2_to_dense(packed, n, levels, dtype, s), want)
     # The W2A8 epilogue on int32 sums: functional._w2a8_epilogue's formula, bit for bit.
     acc = torch.randint(-(2**20), 2**20, (batch, m), generator=g, dtype=torch.int32).cuda()
     qs = (torch.rand(batch, generator=g) * 1e-2).cuda()
     bias = torch.randn(m, generator=g).to(dtype).cuda()
-    for b in (None, bias):
-        want = wb.functional._w2a8_epilogue(acc, qs, s, b, levels).to(dtype)
-        assert torch.equal(wb.ops.w2a8_epilogue(acc, qs, s, b, dtype, levels), want)
-    assert torch.equal(
-        wb.ops.w2a8_epilogue(acc, qs, None, None, dtype, levels),
-        wb.functional._w2a8_epilogue(acc, qs, None, None, levels).to(dtype),
-    )
+    for sc, b in ((s, None), (s, bias), (None, None)):
+        want = wb.functional._w2a8_epilogue(acc, qs, sc, b, levels).to(dtype)
+        assert torch.equal(wb.ops.w2a8_epilogue(acc, qs, sc, b, dtype, levels), want)
 
 
 def test_dense_path_ops_reject_bad_arguments():
