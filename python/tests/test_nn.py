@@ -25,6 +25,20 @@ def test_bitlinear_from_linear_and_state_dict_round_trip():
         assert fresh.weight_t2 is None  # made only on a CUDA device
 
 
+def test_bitlinear_cast_keeps_the_float32_scale():
+    torch.manual_seed(1)
+    lin = nn.Linear(40, 7)
+    for method in ("absmean", "absmean_row"):
+        layer = wb.BitLinear.from_linear(lin, method)
+        scale = layer.weight_scale.clone()
+        assert scale.to(torch.bfloat16).float().ne(scale).any()  # a cast would round it
+        layer.to(torch.bfloat16)
+        assert layer.weight_scale.dtype == torch.float32 and torch.equal(layer.weight_scale, scale)
+        assert layer.bias.dtype == torch.bfloat16  # the rest follows the cast
+        layer.half()
+        assert torch.equal(layer.weight_scale, scale)
+
+
 def test_ste_gradients():
     torch.manual_seed(1)
     layer = wb.BitLinearTrain(16, 4, quantize_activations=False)

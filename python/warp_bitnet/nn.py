@@ -75,9 +75,14 @@ class BitLinear(nn.Module):
         return self.weight_t2
 
     def _apply(self, fn, recurse=True):
+        # The scale stays float32 (what the kernels take): a cast of the layer (`.half()`,
+        # `.to(torch.bfloat16)`) would round it, so it only follows moves.
+        scale = self._buffers.pop("weight_scale")
+        super()._apply(fn, recurse)
+        moved = fn(scale)
+        self._buffers["weight_scale"] = moved if moved.dtype == torch.float32 else scale.to(moved.device)
         # Moved, cast or re-allocated (`to_empty` leaves the words uninitialized): the GPU
         # layout is remade on the next eager forward, or by refresh().
-        super()._apply(fn, recurse)
         self.weight_t2, self._t2_source = None, None
         return self
 
