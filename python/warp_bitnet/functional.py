@@ -481,9 +481,10 @@ def quantize_int2(W: torch.Tensor, method: str = "mse") -> tuple[torch.Tensor, t
     if method == "mse":
         # Every row runs its rounds independently: a settled row keeps its scale.
         active = torch.ones(w.shape[0], dtype=torch.bool, device=w.device)
+        w64 = w.to(torch.float64)
         for _ in range(_INT2_MAX_ROUNDS):
             levels = codes.to(torch.float64) - 1.5
-            fit = ((w.to(torch.float64) * levels).sum(1) / (levels * levels).sum(1)).to(torch.float32).clamp(min=floor)
+            fit = ((w64 * levels).sum(1) / (levels * levels).sum(1)).to(torch.float32).clamp(min=floor)
             s = torch.where(active, fit, s)
             new = _nearest_int2_codes(w / s[:, None])
             changed = (new != codes).any(dim=1) & active
