@@ -88,10 +88,20 @@ def _(packed, cols, levels="ternary"):
     return packed.new_empty(_native.t2_words(packed.shape[0], cols))
 
 
-def _check_scale(scale: torch.Tensor | None, rows: int, device: torch.device) -> None:
-    if scale is not None:
-        _cuda_contiguous("scale", scale, device)
-        _require(scale.dtype == torch.float32 and scale.numel() in (1, rows), "`scale` must be float32 [1] or [rows]")
+def _check_scale(scale: torch.Tensor | None, rows: int, device: torch.device) -> bool:
+    """Checks an optional float32 weight scale of ``[1]`` or ``[rows]``; returns whether it is
+    per row (the kernels' ``scale_per_row``)."""
+    if scale is None:
+        return False
+    _cuda_contiguous("scale", scale, device)
+    _require(scale.dtype == torch.float32 and scale.numel() in (1, rows), "`scale` must be float32 [1] or [rows]")
+    return scale.numel() == rows and rows > 1
+
+
+def _check_bias(bias: torch.Tensor | None, dtype: torch.dtype, rows: int, device: torch.device) -> None:
+    if bias is not None:
+        _cuda_contiguous("bias", bias, device)
+        _require(bias.dtype == dtype and bias.numel() == rows, "`bias` must be {} [{}]", dtype, rows)
 
 
 def _i2_to_dense(
@@ -107,9 +117,8 @@ def _i2_to_dense(
     _check_words(packed, cols)
     _require(dtype in (torch.int8, torch.float16, torch.bfloat16), "`dtype` must be int8, float16 or bfloat16")
     rows = packed.shape[0]
-    _check_scale(scale, rows, packed.device)
+    per_row = _check_scale(scale, rows, packed.device)
     out = torch.empty(rows, cols, dtype=dtype, device=packed.device)
-    per_row = scale is not None and scale.numel() == rows and rows > 1
     _native.i2_to_dense(
         packed.device.index, packed.data_ptr(), out.data_ptr(), rows, cols, levels, _dtype_name(dtype),
         _ptr(scale), per_row, _stream(packed),
@@ -130,14 +139,13 @@ def _quantize_to_t2(w: torch.Tensor, scale: torch.Tensor, transpose: bool = Fals
     weight = clamp(round(w / scale), -1, 1), ``scale`` float32 ``[1]`` or ``[M]`` on the device
     (no host sync); the T2 words of ``wᵀ`` with ``transpose``."""
     _cuda_contiguous("w", w)
-    _cuda_contiguous("scale", scale, w.device)
     _require(w.dim() == 2, "`w` must be [M, N], got {}", tuple(w.shape))
     _require(w.dtype in (torch.float32, torch.float16, torch.bfloat16), "`w` must be a float tensor, got {}", w.dtype)
     rows, cols = w.shape
-    _require(scale.dtype == torch.float32 and scale.numel() in (1, rows), "`scale` must be float32 [1] or [M]")
+    _require(scale is not None, "`scale` is required")
+    per_row = _check_scale(scale, rows, w.device)
     out_shape = (cols, rows) if transpose else (rows, cols)
     out = torch.empty(_native.t2_words(*out_shape), dtype=torch.int32, device=w.device)
-    per_row = scale.numel() == rows and rows > 1
     _native.quantize_to_t2(
         w.device.index, w.data_ptr(), _dtype_name(w.dtype), rows, cols, cols, scale.data_ptr(), per_row,
         transpose, out.data_ptr(), _stream(w),
@@ -173,13 +181,10 @@ def _gemm(
     _require(x.dim() == 2 and x.shape[1] == cols, "`x` must be [B, {}], got {}", cols, tuple(x.shape))
     _require(x.dtype in (torch.float16, torch.bfloat16), "`x` must be float16 or bfloat16, got {}", x.dtype)
     _require(not quantize_x or x.shape[0] == 1, "`quantize_x` takes one token, got {}", x.shape[0])
-    _check_scale(scale, rows, x.device)
-    if bias is not None:
-        _cuda_contiguous("bias", bias, x.device)
-        _require(bias.dtype == x.dtype and bias.numel() == rows, "`bias` must be {} [{}]", x.dtype, rows)
+    per_row = _check_scale(scale, rows, x.device)
+    _check_bias(bias, x.dtype, rows, x.device)
     y = torch.empty(x.shape[0], rows, dtype=x.dtype, device=x.device)
     dt = _dtype_name(x.dtype)
-    per_row = scale is not None and scale.numel() == rows and rows > 1
     _native.gemm(
         x.device.index, t2.data_ptr(), levels, rows, cols, _ptr(scale), per_row, x.data_ptr(), dt, cols,
         y.data_ptr(), dt, rows, x.shape[0], _ptr(bias), 0, quantize_x, _stream(x),
@@ -222,12 +227,9 @@ def _gemm_i8(
     _require(
         out_dtype != torch.int32 or (scale is None and bias is None), "int32 output takes no `scale` and no `bias`"
     )
-    _check_scale(scale, rows, q.device)
-    if bias is not None:
-        _cuda_contiguous("bias", bias, q.device)
-        _require(bias.dtype == out_dtype and bias.numel() == rows, "`bias` must be {} [{}]", out_dtype, rows)
+    per_row = _check_scale(scale, rows, q.device)
+    _check_bias(bias, out_dtype, rows, q.device)
     y = torch.empty(q.shape[0], rows, dtype=out_dtype, device=q.device)
-    per_row = scale is not None and scale.numel() == rows and rows > 1
     _native.gemm(
         q.device.index, t2.data_ptr(), levels, rows, cols, _ptr(scale), per_row, q.data_ptr(), "int8", cols,
         y.data_ptr(), _dtype_name(out_dtype), rows, q.shape[0], _ptr(bias), x_scale.data_ptr(), False, _stream(q),
@@ -281,13 +283,10 @@ def _w2a8_epilogue(
     batch, rows = acc.shape
     _cuda_contiguous("x_scale", x_scale, acc.device)
     _require(x_scale.dtype == torch.float32 and x_scale.numel() == batch, "`x_scale` must be float32 [{}]", batch)
-    _check_scale(scale, rows, acc.device)
+    per_row = _check_scale(scale, rows, acc.device)
     _require(dtype in (torch.float16, torch.bfloat16), "`dtype` must be float16 or bfloat16, got {}", dtype)
-    if bias is not None:
-        _cuda_contiguous("bias", bias, acc.device)
-        _require(bias.dtype == dtype and bias.numel() == rows, "`bias` must be {} [{}]", dtype, rows)
+    _check_bias(bias, dtype, rows, acc.device)
     y = torch.empty(batch, rows, dtype=dtype, device=acc.device)
-    per_row = scale is not None and scale.numel() == rows and rows > 1
     _native.w2a8_epilogue(
         acc.device.index, acc.data_ptr(), x_scale.data_ptr(), _ptr(scale), per_row, _ptr(bias), y.data_ptr(),
         _dtype_name(dtype), rows, batch, levels, _stream(acc),
