@@ -45,6 +45,8 @@ __global__ void __launch_bounds__(256) ldg(const uint4* w, u64 n) {
     if (acc == 0x12345678u) sink = acc;
 }
 
+__global__ void empty() {}
+
 __device__ __forceinline__ u64 evict_first() {
     u64 p;
     asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(p));
@@ -219,5 +221,19 @@ int main() {
     BULK(4096, 16, 2)
     BULK(2048, 8, 4)
     BULK(2048, 16, 4)
+
+    // The floor under any kernel: an empty launch, and plain reads of the packed sizes of
+    // the bench's shapes (and larger), to fit time = t0 + bytes / bandwidth.
+    printf("\nempty kernel: %.2f us\n", time_us([&](int) { empty<<<sms, 256>>>(); }, 1));
+    printf("%-34s %8s %8s %6s\n", "read (ldg unroll8 8 CTA/SM)", "us", "GB/s", "%copy");
+    unsigned char* big; CHECK(cudaMalloc(&big, 4 * bytes)); CHECK(cudaMemset(big, 0x5a, 4 * bytes));
+    for (u64 b : {640ull * 2560 / 4, 2560ull * 6912 / 4, 4096ull * 4096 / 4, 14336ull * 4096 / 4, 8192ull * 8192 / 4,
+                  bytes, 2 * bytes, 4 * bytes}) {
+        // L2-cold: the source moves through a span of 4 x 58.7 MB (>= 4 x L2) each launch.
+        const int slots = (int)std::max<u64>(1, 4 * bytes / b);
+        const float us = time_us([&](int c) { ldg<8><<<sms * 8, 256>>>((const uint4*)(big + (u64)(c % slots) * b), b / 16); }, slots > 1 ? slots : 1);
+        const double g = b / us / 1e3;
+        printf("%-34.1f %8.2f %8.0f %6.1f\n", b / 1e6, us, g, 100.0 * g / copy_gbps);
+    }
     return 0;
 }
