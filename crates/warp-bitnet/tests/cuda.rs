@@ -197,6 +197,61 @@ fn int2_w2a16_bf16_matches_float64() {
     check_w2a16::<Int2Matrix, bf16>(1e-2);
 }
 
+/// The single-token bf16 kernels run on f16 values rescaled by a power of two per row
+/// (gemm.cuh, `bf16_row_exponent`): rows far outside f16's range, rows with values
+/// spread over many octaves and rows with one outlier must keep bf16 accuracy.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn single_token_bf16_keeps_the_bf16_range() {
+    bf16_range::<TernaryMatrix>();
+    bf16_range::<Int2Matrix>();
+}
+
+fn bf16_range<W: RandomWeights>() {
+    let (gpu, s, mut rng) = setup();
+    let (rows, cols) = (127, 2600);
+    let w = W::random(&mut rng, rows, cols, 2);
+    let d = gpu.upload(&w, &s).unwrap();
+    let times = |p: i32| move |r: &mut StdRng, _: usize| r.random_range(-2f32..2.0) * 2f32.powi(p);
+    type Draw = Box<dyn Fn(&mut StdRng, usize) -> f32>;
+    let rows_of: [(&str, Draw); 6] = [
+        ("2^100", Box::new(times(100))),
+        ("2^30", Box::new(times(30))),
+        ("2^-30", Box::new(times(-30))),
+        ("2^-120", Box::new(times(-120))),
+        (
+            "octaves",
+            Box::new(|r, _| r.random_range(-2f32..2.0) * 2f32.powi(r.random_range(-20..20))),
+        ),
+        (
+            "outlier",
+            Box::new(|r, k| {
+                if k == 77 {
+                    3e5
+                } else {
+                    r.random_range(-2f32..2.0)
+                }
+            }),
+        ),
+    ];
+    for (name, value) in &rows_of {
+        let x: Vec<bf16> = (0..cols)
+            .map(|k| bf16::from_f32(value(&mut rng, k)))
+            .collect();
+        let xd = s.clone_htod(&x).unwrap();
+        let mut yd = s.alloc_zeros::<bf16>(rows).unwrap();
+        poison(&s, &mut yd);
+        gpu.gemm(&d, &xd, 1, None, &mut yd, &s).unwrap();
+        let want = reference_f64(&w, &host_f64(&x), 1, None);
+        let e = rel_err(&device_f64(&s, &yd), &want);
+        assert!(
+            e <= 1e-2,
+            "{:?} row {name}: relative error {e:.2e}",
+            W::LEVELS
+        );
+    }
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn w2a8_integer_part_is_exact_and_epilogue_accurate() {

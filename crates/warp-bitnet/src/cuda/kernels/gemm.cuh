@@ -55,8 +55,9 @@
 #define ACT_F16 0
 #define ACT_BF16 1
 #define ACT_I8 2
-// Where i8 activations come from: given (QX_NONE), or an f16/bf16 row quantized by
-// the single-token kernel itself.
+// Where the activations come from: given in the kernel's type (QX_NONE), or an
+// f16/bf16 row that the single-token kernel converts itself: quantized to int8
+// (ACT_I8), or a bf16 row rescaled to f16 (ACT_F16, see stage_row).
 #define QX_NONE 0
 #define QX_F16 1
 #define QX_BF16 2
@@ -297,16 +298,78 @@ struct Staged {
     }
 };
 
-// Stages row 0 of x; for f16 also returns its sum (f32) on every thread (the
-// subnormal decode subtracts it). Issued after the weight ring is primed, so its
+// `v` reduced over the CTA by `op` (sum or max), on every thread. Ends with a
+// barrier, so `scratch` may be reused at once.
+template <class Op>
+__device__ __forceinline__ float cta_reduce(float v, float* scratch, Op op) {
+    for (int o = 16; o > 0; o /= 2) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
+    if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
+    __syncthreads();
+    v = scratch[0];
+#pragma unroll
+    for (int w = 1; w < WARPS; w++) v = op(v, scratch[w]);
+    __syncthreads();
+    return v;
+}
+__device__ __forceinline__ float add(float a, float b) { return a + b; }
+
+// The largest |x| of row 0 (f16/bf16), on every thread.
+template <bool BF16>
+__device__ __forceinline__ float row_absmax(const GemmParams& p, float* scratch) {
+    const u16* row = (const u16*)p.x;
+    const u32 vec8 = p.x_vec ? p.cols / 8 : 0;  // 16-byte chunks of 8 values
+    float amax = 0.f;
+    for (u32 c = threadIdx.x; c < vec8; c += blockDim.x) amax = fmaxf(amax, absmax8<BF16>(load_v4(row + 8 * c)));
+    for (u32 k = 8 * vec8 + threadIdx.x; k < p.cols; k += blockDim.x) amax = fmaxf(amax, fabsf(to_f32<BF16>(row[k])));
+    return cta_reduce(amax, scratch, fmaxf);
+}
+
+// The power of two 2^e that brings a bf16 row of largest magnitude `amax` into f16:
+// amax * 2^-e in [2^14, 2^15). Every value within 2^28 of amax then converts exactly
+// (f16 has 11 significant bits, bf16 8), smaller ones round as f16 subnormals: their
+// share of the dot product is below f32 accumulation rounding. Clamped so that 2^e and
+// 2^-e are normal floats; infinities stay infinite, NaNs NaN.
+__device__ __forceinline__ float bf16_row_exponent(float amax) {
+    const int e = min(max((int)((__float_as_uint(amax) >> 23) & 0xff) - 127 - 14, -126), 126);
+    return __uint_as_float((u32)(127 + e) << 23);
+}
+
+// The 8 bf16 values of a chunk as f16 values times `down` (a power of two).
+__device__ __forceinline__ u32x4 bf16x8_to_f16(const u32x4& v, float down) {
+    const u32 h[4] = {v.x, v.y, v.z, v.w};
+    u32 out[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+        out[i] = f32_to_f16(bf16_to_f32((u16)h[i]) * down) | (u32)f32_to_f16(bf16_to_f32((u16)(h[i] >> 16)) * down) << 16;
+    return {out[0], out[1], out[2], out[3]};
+}
+
+__device__ __forceinline__ float sum8_f16(const u32x4& v) {
+    const u32 h[4] = {v.x, v.y, v.z, v.w};
+    float s = 0.f;
+#pragma unroll
+    for (int i = 0; i < 4; i++) s += f16_to_f32((u16)h[i]) + f16_to_f32((u16)(h[i] >> 16));
+    return s;
+}
+
+__device__ __forceinline__ void sts128(u32 addr, const u32x4& v) {
+    asm volatile("st.shared.v4.u32 [%0], {%1,%2,%3,%4};" ::"r"(addr), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w));
+}
+
+// Stages row 0 of x (zeros past `cols`). Returns, on every thread, sum(x) for f16
+// (the subnormal decode subtracts it) and 0 otherwise. FROM_BF16: x is bf16, staged as
+// f16 x * 2^-e (bf16_row_exponent; 2^e goes to *unscale): the row is copied as it is,
+// then converted in place, each thread converting the chunks it copied, so the row
+// is read from global memory once. Issued after the weight ring is primed, so its
 // loads overlap the weights' latency.
-template <int ACT>
-__device__ __forceinline__ float stage_row(const GemmParams& p, u32 xs, float* scratch) {
+template <int ACT, bool FROM_BF16 = false>
+__device__ __forceinline__ float stage_row(const GemmParams& p, u32 xs, float* scratch, float* unscale = nullptr) {
     typedef Staged<ACT> S;
     constexpr u32 PER = ACT == ACT_I8 ? 16 : 8;  // columns per chunk
     const unsigned char* row = (const unsigned char*)p.x;
-    float s = 0.f;
-    for (u32 c = threadIdx.x; c < p.k_tiles * (S::TILE_BYTES / 16); c += blockDim.x) {
+    const u32 chunks = p.k_tiles * (S::TILE_BYTES / 16);
+    float s = 0.f, amax = 0.f;
+    for (u32 c = threadIdx.x; c < chunks; c += blockDim.x) {
         u32x4 v = {0, 0, 0, 0};
         if (p.x_vec && PER * c + PER <= p.cols) {
             v = load_v4(row + 16 * c);
@@ -318,25 +381,24 @@ __device__ __forceinline__ float stage_row(const GemmParams& p, u32 xs, float* s
             }
             v = {h[0], h[1], h[2], h[3]};
         }
-        if (ACT == ACT_F16) {
-            const u32 h[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-            for (int i = 0; i < 4; i++) s += f16_to_f32((u16)h[i]) + f16_to_f32((u16)(h[i] >> 16));
+        if (FROM_BF16) amax = fmaxf(amax, absmax8<true>(v));
+        else if (ACT == ACT_F16) s += sum8_f16(v);
+        sts128(xs + 16 * S::slot(c), v);
+    }
+    if (FROM_BF16) {
+        *unscale = bf16_row_exponent(cta_reduce(amax, scratch, fmaxf));
+        const float down = 1.f / *unscale;
+        for (u32 c = threadIdx.x; c < chunks; c += blockDim.x) {
+            const u32x4 v = bf16x8_to_f16(lds128(xs + 16 * S::slot(c)), down);
+            s += sum8_f16(v);
+            sts128(xs + 16 * S::slot(c), v);
         }
-        asm volatile("st.shared.v4.u32 [%0], {%1,%2,%3,%4};" ::"r"(xs + 16 * S::slot(c)), "r"(v.x), "r"(v.y), "r"(v.z),
-                     "r"(v.w));
     }
     if (ACT != ACT_F16) {
         __syncthreads();
         return 0.f;
     }
-    for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
-    if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = s;
-    __syncthreads();
-    s = 0.f;
-#pragma unroll
-    for (int w = 0; w < WARPS; w++) s += scratch[w];
-    return s;
+    return cta_reduce(s, scratch, add);
 }
 
 // Stages row 0 of f16/bf16 x quantized to int8 in the Staged<ACT_I8> layout (zeros
@@ -344,17 +406,7 @@ __device__ __forceinline__ float stage_row(const GemmParams& p, u32 xs, float* s
 template <bool BF16>
 __device__ __forceinline__ float stage_row_quantized(const GemmParams& p, u32 xs, float* scratch) {
     const u16* row = (const u16*)p.x;
-    const u32 vec8 = p.x_vec ? p.cols / 8 : 0;  // 16-byte chunks of 8 values
-    float amax = 0.f;
-    for (u32 c = threadIdx.x; c < vec8; c += blockDim.x) amax = fmaxf(amax, absmax8<BF16>(load_v4(row + 8 * c)));
-    for (u32 k = 8 * vec8 + threadIdx.x; k < p.cols; k += blockDim.x) amax = fmaxf(amax, fabsf(to_f32<BF16>(row[k])));
-    for (int o = 16; o > 0; o /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-    if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = amax;
-    __syncthreads();
-    amax = 0.f;
-#pragma unroll
-    for (int w = 0; w < WARPS; w++) amax = fmaxf(amax, scratch[w]);
-    const float s = quant_factor(amax);
+    const float s = quant_factor(row_absmax<BF16>(p, scratch));
     // Chunks of 16 int8 values, in row order.
     for (u32 c = threadIdx.x; c < p.k_tiles * (Staged<ACT_I8>::TILE_BYTES / 16); c += blockDim.x) {
         u32x2 lo = {0, 0}, hi = {0, 0};
@@ -368,8 +420,7 @@ __device__ __forceinline__ float stage_row_quantized(const GemmParams& p, u32 xs
             lo = {q[0], q[1]};
             hi = {q[2], q[3]};
         }
-        asm volatile("st.shared.v4.u32 [%0], {%1,%2,%3,%4};" ::"r"(xs + 16 * Staged<ACT_I8>::slot(c)), "r"(lo.x),
-                     "r"(lo.y), "r"(hi.x), "r"(hi.y));
+        sts128(xs + 16 * Staged<ACT_I8>::slot(c), {lo.x, lo.y, hi.x, hi.y});
     }
     __syncthreads();
     return 1.0f / s;
@@ -497,9 +548,15 @@ __device__ __forceinline__ void gemm_tiles(const GemmParams& p) {
     for (int t = 0; t < DEPTH - 1; t++) produce();
     const u32 xs = smem_base + Smem::FIXED;
     // f16 n1: sum(x) for the subnormal decode; quantizing n1: the dequantization factor.
+    // bf16 as f16: the power of two the row was scaled down by.
     float x_total = 0.f, x_dequant = 0.f;
-    if constexpr (QX != QX_NONE) x_dequant = stage_row_quantized<QX == QX_BF16>(p, xs, scratch);
-    else if constexpr (ONE) x_total = stage_row<ACT>(p, xs, scratch);
+    if constexpr (ACT == ACT_I8 && QX != QX_NONE) {
+        x_dequant = stage_row_quantized<QX == QX_BF16>(p, xs, scratch);
+    } else if constexpr (QX == QX_BF16) {
+        x_total = stage_row<ACT_F16, true>(p, xs, scratch, &x_dequant);
+    } else if constexpr (ONE) {
+        x_total = stage_row<ACT>(p, xs, scratch);
+    }
 
     const auto load_x = [&](u32 kt, XTile<ACT>(&dst)[NT]) {
 #pragma unroll
@@ -628,6 +685,7 @@ __device__ __forceinline__ void gemm_tiles(const GemmParams& p) {
 #pragma unroll
                 for (int w = 0; w < WARPS; w++) v += __uint_as_float(red[(w * 16 * RT + row) * COLS + col]);
                 if (SUBNORMAL<ACT, ONE>) v -= (INT2 ? 1.5f : 1.f) * x_total;  // sum (c - off) x
+                if (QX != QX_NONE) v *= x_dequant;
             }
             if (p.w_scale != nullptr) v *= p.w_scale[p.scale_per_row ? r : 0];
             v += load_bias<OUT>(p.bias, r);
@@ -647,8 +705,9 @@ __device__ __forceinline__ void gemm_tiles(const GemmParams& p) {
     extern "C" __global__ void __launch_bounds__(WARPS * 32, MIN_CTAS) NAME(const GemmParams p) { \
         gemm_tiles<ACT, OUT, NT, RT, ONE, INT2, QX_NONE>(p);                                    \
     }
-// The single-token W2A8 kernels that quantize their f16/bf16 activation row themselves.
-#define GEMM_KERNEL_QX(QX, OUT, INT2, MIN_CTAS, NAME)                                            \
+// The single-token kernels that convert their f16/bf16 activation row themselves:
+// W2A8 quantizing it (ACT_I8), bf16 rescaled to f16 (ACT_F16, QX_BF16).
+#define GEMM_KERNEL_QX(ACT, QX, OUT, INT2, MIN_CTAS, NAME)                                       \
     extern "C" __global__ void __launch_bounds__(WARPS * 32, MIN_CTAS) NAME(const GemmParams p) { \
-        gemm_tiles<ACT_I8, OUT, 1, 1, true, INT2, QX>(p);                                       \
+        gemm_tiles<ACT, OUT, 1, 1, true, INT2, QX>(p);                                          \
     }
