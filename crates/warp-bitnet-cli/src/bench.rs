@@ -75,11 +75,11 @@ pub fn run(a: Args) -> Result<()> {
     println!(
         "CPU: reference kernel (ternary i2, int2) vs dense f32 GEMV, batch 1, median of {iters}"
     );
-    header();
+    header(false);
     let mut rows = Vec::new();
     for s in &shapes {
         for r in cpu::run_shape(*s, iters, &mut rng)? {
-            print_row(&r);
+            print_row(&r, false);
             rows.push(r);
         }
     }
@@ -87,9 +87,10 @@ pub fn run(a: Args) -> Result<()> {
     write_json(&a, run, &rows)
 }
 
-fn header() {
-    println!(
-        "{:<22} {:>12} {:>5} {:>5} {:>7} {:>10} {:>12} {:>10} {:>8} {:>8} {:>7} {:>9}",
+/// The table's columns; `b2b`: also the back-to-back timing (CUDA).
+fn header(b2b: bool) {
+    print!(
+        "{:<22} {:>12} {:>5} {:>5} {:>7} {:>10} {:>12} {:>10} {:>8} {:>8} {:>7}",
         "shape",
         "MxN",
         "batch",
@@ -100,14 +101,20 @@ fn header() {
         "base us",
         "speedup",
         "GB/s",
-        "%copy",
-        "max err"
+        "%copy"
     );
+    if b2b {
+        print!(
+            " {:>8} {:>8} {:>8} {:>7}",
+            "b2b us", "b2b base", "b2b x", "%copy"
+        );
+    }
+    println!(" {:>9}", "max err");
 }
 
-fn print_row(r: &BenchRow) {
-    println!(
-        "{:<22} {:>12} {:>5} {:>5} {:>7} {:>10.2} {:>12} {:>10.2} {:>7.2}x {:>8.1} {:>7.1} {:>9.2e}",
+fn print_row(r: &BenchRow, b2b: bool) {
+    print!(
+        "{:<22} {:>12} {:>5} {:>5} {:>7} {:>10.2} {:>12} {:>10.2} {:>7.2}x {:>8.1} {:>7.1}",
         r.shape,
         format!("{}x{}", r.rows, r.cols),
         r.batch,
@@ -119,8 +126,14 @@ fn print_row(r: &BenchRow) {
         r.speedup,
         r.gbps,
         r.pct_copy_bw,
-        r.max_rel_err
     );
+    if b2b {
+        print!(
+            " {:>8.2} {:>8.2} {:>7.2}x {:>7.1}",
+            r.stream_us, r.baseline_stream_us, r.stream_speedup, r.stream_pct_copy_bw
+        );
+    }
+    println!(" {:>9.2e}", r.max_rel_err);
 }
 
 fn write_json(a: &Args, run: impl Serialize, rows: &[BenchRow]) -> Result<()> {
@@ -155,12 +168,12 @@ fn run_cuda(a: &Args, shapes: &[Shape], rng: &mut StdRng) -> Result<()> {
         "CUDA: {} (sm {}, {} SMs, {} MiB L2, driver {}), copy bandwidth {:.0} GB/s; L2-cold, median of {}",
         i.gpu, i.compute_capability, i.sm_count, i.l2_bytes >> 20, i.driver, i.copy_gbps, i.iters
     );
-    header();
+    header(true);
     let mut rows = Vec::new();
     for &batch in &a.batch {
         for s in shapes {
             for r in bench.run_shape(*s, batch, rng)? {
-                print_row(&r);
+                print_row(&r, true);
                 rows.push(r);
             }
         }

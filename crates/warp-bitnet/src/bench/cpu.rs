@@ -90,6 +90,10 @@ fn time_format<W: PackedWeights>(
         speedup: base / ours,
         gbps: bytes / ours / 1e3,
         pct_copy_bw: 0.0,
+        stream_us: 0.0,
+        baseline_stream_us: 0.0,
+        stream_speedup: 0.0,
+        stream_pct_copy_bw: 0.0,
         max_rel_err: max_rel_err(y.iter().map(|&v| f64::from(v)), &want),
     })
 }

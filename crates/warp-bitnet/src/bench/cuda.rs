@@ -2,7 +2,10 @@
 //!
 //! Method (docs/NOTES.md): weights rotate among enough copies to exceed 4x the L2
 //! size, so every call reads them from HBM (L2-cold); each call is timed alone with
-//! CUDA events after a warm-up, and the median is reported. The device-to-device
+//! CUDA events after a warm-up, and the median is reported. Each call is also timed
+//! back to back, as a decode loop or a CUDA graph runs it: groups of calls between
+//! two events, the median per call; this hides the launch latency that a lone call
+//! pays (about 6 µs on an H100, bench/probes/stream_read.cu). The device-to-device
 //! copy bandwidth is measured in the same run and each row reports its effective
 //! bandwidth as a percentage of it. Every kernel's output is checked against a
 //! float64 reference on the same random data before it is timed.
@@ -90,14 +93,15 @@ impl CudaBench {
         let (d, _g2) = dst.device_ptr_mut(&self.stream);
         let cu = self.stream.cu_stream();
         // SAFETY: both buffers hold n bytes and live until the stream is synchronized in `time`.
-        let us = self.time(1, &mut |_| {
+        let t = self.time(1, &mut |_| {
             unsafe { cudarc::driver::result::memcpy_dtod_async(d, s, n, cu) }.map_err(Into::into)
         })?;
-        Ok(2.0 * n as f64 / us / 1e3)
+        Ok(2.0 * n as f64 / t.alone_us / 1e3)
     }
 
-    /// Median microseconds of `f(i)`, `i` cycling over `copies` weight copies.
-    fn time(&self, copies: usize, f: &mut dyn FnMut(usize) -> Result<()>) -> Result<f64> {
+    /// Median microseconds of `f(i)`, `i` cycling over `copies` weight copies: each
+    /// call alone, and per call of a group of back-to-back calls.
+    fn time(&self, copies: usize, f: &mut dyn FnMut(usize) -> Result<()>) -> Result<Timing> {
         let warmup = (self.iters / 10).max(copies.min(self.iters)).max(5);
         for i in 0..warmup {
             f(i % copies)?;
@@ -117,7 +121,27 @@ impl CudaBench {
             .iter()
             .map(|(s, e)| Ok(f64::from(s.elapsed_ms(e)?) * 1e3))
             .collect::<Result<Vec<_>>>()?;
-        Ok(median(&mut us))
+        let alone_us = median(&mut us);
+
+        let groups = &events[..(self.iters / GROUP).max(5).min(events.len())];
+        let mut next = warmup + self.iters;
+        for (start, end) in groups {
+            start.record(&self.stream)?;
+            for _ in 0..GROUP {
+                f(next % copies)?;
+                next += 1;
+            }
+            end.record(&self.stream)?;
+        }
+        self.stream.synchronize()?;
+        let mut us = groups
+            .iter()
+            .map(|(s, e)| Ok(f64::from(s.elapsed_ms(e)?) * 1e3 / GROUP as f64))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Timing {
+            alone_us,
+            stream_us: median(&mut us),
+        })
     }
 
     /// Copies needed so that rotating among them moves more than 4x the L2 size.
@@ -186,8 +210,8 @@ impl CudaBench {
         let base = Baseline {
             shape,
             batch,
-            f16_us: t_blas_h,
-            bf16_us: t_blas_b,
+            f16: t_blas_h,
+            bf16: t_blas_b,
         };
         let mut out = self.ours(&w, "t2", &acts, &base)?;
         out.extend(self.ours(&random_int2_matrix(rng, rows, cols), "int2", &acts, &base)?);
@@ -221,7 +245,7 @@ impl CudaBench {
         let bytes = |wbytes: usize, xsz: usize, ysz: usize| {
             (wbytes + batch * (cols * xsz + rows * ysz)) as f64
         };
-        let row = |act: &str, base_name: &str, t: f64, tb: f64, b: f64, err: f64| BenchRow {
+        let row = |act: &str, base_name: &str, t: Timing, tb: Timing, b: f64, err: f64| BenchRow {
             shape: base.shape.name.into(),
             rows,
             cols,
@@ -230,12 +254,16 @@ impl CudaBench {
             activation: act.into(),
             backend: "cuda".into(),
             device: self.info.gpu.clone(),
-            time_us: t,
+            time_us: t.alone_us,
             baseline: base_name.into(),
-            baseline_us: tb,
-            speedup: tb / t,
-            gbps: b / t / 1e3,
-            pct_copy_bw: 100.0 * (b / t / 1e3) / self.info.copy_gbps,
+            baseline_us: tb.alone_us,
+            speedup: tb.alone_us / t.alone_us,
+            gbps: b / t.alone_us / 1e3,
+            pct_copy_bw: 100.0 * (b / t.alone_us / 1e3) / self.info.copy_gbps,
+            stream_us: t.stream_us,
+            baseline_stream_us: tb.stream_us,
+            stream_speedup: tb.stream_us / t.stream_us,
+            stream_pct_copy_bw: 100.0 * (b / t.stream_us / 1e3) / self.info.copy_gbps,
             max_rel_err: err,
         };
         let to_f64 = |v: &[f16]| v.iter().map(|v| f64::from(v.to_f32())).collect::<Vec<_>>();
@@ -264,7 +292,7 @@ impl CudaBench {
             "f16",
             "cublas-f16",
             t,
-            base.f16_us,
+            base.f16,
             bytes(ws[0].tiled_bytes(), 2, 2),
             err,
         ));
@@ -282,7 +310,7 @@ impl CudaBench {
             "bf16",
             "cublas-bf16",
             t,
-            base.bf16_us,
+            base.bf16,
             bytes(ws[0].tiled_bytes(), 2, 2),
             err,
         ));
@@ -308,7 +336,7 @@ impl CudaBench {
             "i8",
             "cublas-f16",
             t,
-            base.f16_us,
+            base.f16,
             bytes(ws[0].tiled_bytes(), 1, 2),
             err,
         ));
@@ -327,7 +355,7 @@ impl CudaBench {
             "f16>i8",
             "cublas-f16",
             t,
-            base.f16_us,
+            base.f16,
             bytes(ws[0].tiled_bytes(), 2, 2),
             err,
         ));
@@ -343,7 +371,7 @@ impl CudaBench {
                 "f16q",
                 "cublas-f16",
                 t,
-                base.f16_us,
+                base.f16,
                 bytes(ws[0].tiled_bytes(), 2, 2),
                 err,
             ));
@@ -420,12 +448,22 @@ struct Acts {
     x_b: CudaSlice<bf16>,
 }
 
-/// One shape's cuBLAS times, microseconds.
+/// Calls back to back per timed group (`CudaBench::time`).
+const GROUP: usize = 20;
+
+/// Median microseconds per call: alone, and back to back.
+#[derive(Clone, Copy, Debug)]
+struct Timing {
+    alone_us: f64,
+    stream_us: f64,
+}
+
+/// One shape's cuBLAS times.
 struct Baseline {
     shape: Shape,
     batch: usize,
-    f16_us: f64,
-    bf16_us: f64,
+    f16: Timing,
+    bf16: Timing,
 }
 
 /// Dense row-major `W * scale`, converted per element.

@@ -69,6 +69,14 @@ pub struct BenchRow {
     pub gbps: f64,
     /// `gbps` as a percentage of the copy bandwidth measured in the same run (0 if not measured).
     pub pct_copy_bw: f64,
+    /// Our median time per call when calls run back to back (0 if not measured), µs.
+    pub stream_us: f64,
+    /// The baseline's, likewise.
+    pub baseline_stream_us: f64,
+    /// `baseline_stream_us / stream_us` (0 if not measured).
+    pub stream_speedup: f64,
+    /// Bandwidth back to back as a percentage of the copy bandwidth (0 if not measured).
+    pub stream_pct_copy_bw: f64,
     /// Max over outputs of `|ours - ref| / max|ref|`, against a float64 reference.
     pub max_rel_err: f64,
 }
