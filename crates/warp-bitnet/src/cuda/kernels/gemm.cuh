@@ -313,14 +313,47 @@ __device__ __forceinline__ float cta_reduce(float v, float* scratch, Op op) {
 }
 __device__ __forceinline__ float add(float a, float b) { return a + b; }
 
+// use(c, load(c)) for chunks c = threadIdx.x, + blockDim.x, ... below n, BATCH loads
+// issued before the first use. A plain loop would wait out one L2 round trip per
+// chunk: the loads are volatile asm, which the compiler keeps in program order.
+template <int BATCH, class Load, class Use>
+__device__ __forceinline__ void batched_chunks(u32 n, Load load, Use use) {
+    for (u32 c0 = threadIdx.x; c0 < n; c0 += BATCH * blockDim.x) {
+        u32x4 v[BATCH];
+#pragma unroll
+        for (int i = 0; i < BATCH; i++) {
+            const u32 c = c0 + i * blockDim.x;
+            if (c < n) v[i] = load(c);
+        }
+#pragma unroll
+        for (int i = 0; i < BATCH; i++) {
+            const u32 c = c0 + i * blockDim.x;
+            if (c < n) use(c, v[i]);
+        }
+    }
+}
+constexpr int STAGE_BATCH = 4;
+
+// Chunk c (16 bytes: PER values) of row 0, zeros past `cols`.
+template <int PER>
+__device__ __forceinline__ u32x4 row_chunk(const GemmParams& p, u32 c) {
+    const unsigned char* row = (const unsigned char*)p.x;
+    if (p.x_vec && PER * c + PER <= p.cols) return load_v4(row + 16 * c);
+    u32 h[4] = {0, 0, 0, 0};
+    for (u32 e = 0; e < PER && PER * c + e < p.cols; e++) {
+        if (PER == 16) h[e / 4] |= (u32)row[PER * c + e] << (8 * (e % 4));
+        else h[e / 2] |= (u32)((const u16*)row)[PER * c + e] << (16 * (e % 2));
+    }
+    return {h[0], h[1], h[2], h[3]};
+}
+
 // The largest |x| of row 0 (f16/bf16), on every thread.
 template <bool BF16>
 __device__ __forceinline__ float row_absmax(const GemmParams& p, float* scratch) {
-    const u16* row = (const u16*)p.x;
-    const u32 vec8 = p.x_vec ? p.cols / 8 : 0;  // 16-byte chunks of 8 values
     float amax = 0.f;
-    for (u32 c = threadIdx.x; c < vec8; c += blockDim.x) amax = fmaxf(amax, absmax8<BF16>(load_v4(row + 8 * c)));
-    for (u32 k = 8 * vec8 + threadIdx.x; k < p.cols; k += blockDim.x) amax = fmaxf(amax, fabsf(to_f32<BF16>(row[k])));
+    batched_chunks<STAGE_BATCH>(
+        (p.cols + 7) / 8, [&](u32 c) { return row_chunk<8>(p, c); },
+        [&](u32, const u32x4& v) { amax = fmaxf(amax, absmax8<BF16>(v)); });
     return cta_reduce(amax, scratch, fmaxf);
 }
 
@@ -365,34 +398,25 @@ __device__ __forceinline__ void sts128(u32 addr, const u32x4& v) {
 template <int ACT, bool FROM_BF16 = false>
 __device__ __forceinline__ float stage_row(const GemmParams& p, u32 xs, float* scratch, float* unscale = nullptr) {
     typedef Staged<ACT> S;
-    constexpr u32 PER = ACT == ACT_I8 ? 16 : 8;  // columns per chunk
-    const unsigned char* row = (const unsigned char*)p.x;
     const u32 chunks = p.k_tiles * (S::TILE_BYTES / 16);
     float s = 0.f, amax = 0.f;
-    for (u32 c = threadIdx.x; c < chunks; c += blockDim.x) {
-        u32x4 v = {0, 0, 0, 0};
-        if (p.x_vec && PER * c + PER <= p.cols) {
-            v = load_v4(row + 16 * c);
-        } else {
-            u32 h[4] = {0, 0, 0, 0};
-            for (u32 e = 0; e < PER && PER * c + e < p.cols; e++) {
-                if (ACT == ACT_I8) h[e / 4] |= (u32)row[PER * c + e] << (8 * (e % 4));
-                else h[e / 2] |= (u32)((const u16*)row)[PER * c + e] << (16 * (e % 2));
-            }
-            v = {h[0], h[1], h[2], h[3]};
-        }
-        if (FROM_BF16) amax = fmaxf(amax, absmax8<true>(v));
-        else if (ACT == ACT_F16) s += sum8_f16(v);
-        sts128(xs + 16 * S::slot(c), v);
-    }
+    batched_chunks<STAGE_BATCH>(
+        chunks, [&](u32 c) { return row_chunk<ACT == ACT_I8 ? 16 : 8>(p, c); },
+        [&](u32 c, const u32x4& v) {
+            if (FROM_BF16) amax = fmaxf(amax, absmax8<true>(v));
+            else if (ACT == ACT_F16) s += sum8_f16(v);
+            sts128(xs + 16 * S::slot(c), v);
+        });
     if (FROM_BF16) {
         *unscale = bf16_row_exponent(cta_reduce(amax, scratch, fmaxf));
         const float down = 1.f / *unscale;
-        for (u32 c = threadIdx.x; c < chunks; c += blockDim.x) {
-            const u32x4 v = bf16x8_to_f16(lds128(xs + 16 * S::slot(c)), down);
-            s += sum8_f16(v);
-            sts128(xs + 16 * S::slot(c), v);
-        }
+        batched_chunks<STAGE_BATCH>(
+            chunks, [&](u32 c) { return lds128(xs + 16 * S::slot(c)); },
+            [&](u32 c, const u32x4& raw) {
+                const u32x4 v = bf16x8_to_f16(raw, down);
+                s += sum8_f16(v);
+                sts128(xs + 16 * S::slot(c), v);
+            });
     }
     if (ACT != ACT_F16) {
         __syncthreads();
@@ -402,26 +426,18 @@ __device__ __forceinline__ float stage_row(const GemmParams& p, u32 xs, float* s
 }
 
 // Stages row 0 of f16/bf16 x quantized to int8 in the Staged<ACT_I8> layout (zeros
-// past `cols`); returns the dequantization factor 1 / s on every thread.
+// past `cols`); returns the dequantization factor 1 / s on every thread. Each chunk of
+// 8 values becomes 8 bytes, half of a 16-byte staged slot.
 template <bool BF16>
 __device__ __forceinline__ float stage_row_quantized(const GemmParams& p, u32 xs, float* scratch) {
-    const u16* row = (const u16*)p.x;
     const float s = quant_factor(row_absmax<BF16>(p, scratch));
-    // Chunks of 16 int8 values, in row order.
-    for (u32 c = threadIdx.x; c < p.k_tiles * (Staged<ACT_I8>::TILE_BYTES / 16); c += blockDim.x) {
-        u32x2 lo = {0, 0}, hi = {0, 0};
-        if (p.x_vec && 16 * c + 16 <= p.cols) {
-            lo = quantize8<BF16>(load_v4(row + 16 * c), s);
-            hi = quantize8<BF16>(load_v4(row + 16 * c + 8), s);
-        } else {
-            u32 q[4] = {0, 0, 0, 0};
-            for (u32 e = 0; e < 16 && 16 * c + e < p.cols; e++)
-                q[e / 4] |= quantize_one(to_f32<BF16>(row[16 * c + e]), s) << (8 * (e % 4));
-            lo = {q[0], q[1]};
-            hi = {q[2], q[3]};
-        }
-        sts128(xs + 16 * Staged<ACT_I8>::slot(c), {lo.x, lo.y, hi.x, hi.y});
-    }
+    batched_chunks<STAGE_BATCH>(
+        p.k_tiles * (Staged<ACT_I8>::TILE_BYTES / 8), [&](u32 c) { return row_chunk<8>(p, c); },
+        [&](u32 c, const u32x4& v) {
+            const u32x2 q = quantize8<BF16>(v, s);
+            asm volatile("st.shared.v2.u32 [%0], {%1,%2};" ::"r"(xs + 16 * Staged<ACT_I8>::slot(c / 2) + 8 * (c % 2)),
+                         "r"(q.x), "r"(q.y));
+        });
     __syncthreads();
     return 1.0f / s;
 }

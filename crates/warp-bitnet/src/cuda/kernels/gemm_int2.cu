@@ -4,12 +4,12 @@
 // offset: i8 with i32 output gives sum (2c - 3) x, twice the level sum.
 #include "gemm.cuh"
 
-GEMM_KERNEL(ACT_F16, OUT_F16, 1, 1, true, true, 3, gemm_int2_f16_f16_n1)
+GEMM_KERNEL(ACT_F16, OUT_F16, 1, 1, true, true, 4, gemm_int2_f16_f16_n1)
 GEMM_KERNEL(ACT_F16, OUT_F16, 1, 2, false, true, 2, gemm_int2_f16_f16_n8_r2)
 GEMM_KERNEL(ACT_F16, OUT_F16, 1, 4, false, true, 1, gemm_int2_f16_f16_n8_r4)
 GEMM_KERNEL(ACT_F16, OUT_F16, 2, 4, false, true, 1, gemm_int2_f16_f16_n16_r4)
 GEMM_KERNEL(ACT_F16, OUT_F16, 2, 8, false, true, 1, gemm_int2_f16_f16_n16_r8)
-GEMM_KERNEL_QX(ACT_F16, QX_BF16, OUT_BF16, true, 3, gemm_int2_bf16_bf16_n1)
+GEMM_KERNEL_QX(ACT_F16, QX_BF16, OUT_BF16, true, 4, gemm_int2_bf16_bf16_n1)
 GEMM_KERNEL(ACT_BF16, OUT_BF16, 1, 2, false, true, 2, gemm_int2_bf16_bf16_n8_r2)
 GEMM_KERNEL(ACT_BF16, OUT_BF16, 1, 4, false, true, 1, gemm_int2_bf16_bf16_n8_r4)
 GEMM_KERNEL(ACT_BF16, OUT_BF16, 2, 4, false, true, 1, gemm_int2_bf16_bf16_n16_r4)

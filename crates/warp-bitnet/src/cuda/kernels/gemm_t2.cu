@@ -2,12 +2,12 @@
 // in {-1, 0, +1}. Layout, thread mapping, decode and byte/instruction budget: gemm.cuh.
 #include "gemm.cuh"
 
-GEMM_KERNEL(ACT_F16, OUT_F16, 1, 1, true, false, 3, gemm_t2_f16_f16_n1)
+GEMM_KERNEL(ACT_F16, OUT_F16, 1, 1, true, false, 4, gemm_t2_f16_f16_n1)
 GEMM_KERNEL(ACT_F16, OUT_F16, 1, 2, false, false, 2, gemm_t2_f16_f16_n8_r2)
 GEMM_KERNEL(ACT_F16, OUT_F16, 1, 4, false, false, 1, gemm_t2_f16_f16_n8_r4)
 GEMM_KERNEL(ACT_F16, OUT_F16, 2, 4, false, false, 1, gemm_t2_f16_f16_n16_r4)
 GEMM_KERNEL(ACT_F16, OUT_F16, 2, 8, false, false, 1, gemm_t2_f16_f16_n16_r8)
-GEMM_KERNEL_QX(ACT_F16, QX_BF16, OUT_BF16, false, 3, gemm_t2_bf16_bf16_n1)
+GEMM_KERNEL_QX(ACT_F16, QX_BF16, OUT_BF16, false, 4, gemm_t2_bf16_bf16_n1)
 GEMM_KERNEL(ACT_BF16, OUT_BF16, 1, 2, false, false, 2, gemm_t2_bf16_bf16_n8_r2)
 GEMM_KERNEL(ACT_BF16, OUT_BF16, 1, 4, false, false, 1, gemm_t2_bf16_bf16_n8_r4)
 GEMM_KERNEL(ACT_BF16, OUT_BF16, 2, 4, false, false, 1, gemm_t2_bf16_bf16_n16_r4)
