@@ -12,6 +12,7 @@
 
 use std::ffi::c_void;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
 use cudarc::driver::sys::{CUdeviceptr, CUevent_flags};
@@ -102,9 +103,18 @@ impl CudaBench {
     /// Median microseconds of `f(i)`, `i` cycling over `copies` weight copies: each
     /// call alone, and per call of a group of back-to-back calls.
     fn time(&self, copies: usize, f: &mut dyn FnMut(usize) -> Result<()>) -> Result<Timing> {
-        let warmup = (self.iters / 10).max(copies.min(self.iters)).max(5);
-        for i in 0..warmup {
-            f(i % copies)?;
+        // Warm-up: a count of calls, and at least WARMUP of GPU time, so that clocks
+        // have settled before the first timed call (small shapes scattered by up to 2x
+        // between runs with a count alone).
+        let (mut warmup, start) = (0, Instant::now());
+        while warmup < (self.iters / 10).max(copies.min(self.iters)).max(5)
+            || start.elapsed() < WARMUP
+        {
+            f(warmup % copies)?;
+            warmup += 1;
+            if warmup % 16 == 0 {
+                self.stream.synchronize()?;
+            }
         }
         let ctx = self.gpu.context();
         let flag = Some(CUevent_flags::CU_EVENT_DEFAULT);
@@ -447,6 +457,9 @@ struct Acts {
     x_h: CudaSlice<f16>,
     x_b: CudaSlice<bf16>,
 }
+
+/// The least GPU time spent on warm-up calls before timing (`CudaBench::time`).
+const WARMUP: Duration = Duration::from_millis(30);
 
 /// Calls back to back per timed group (`CudaBench::time`).
 const GROUP: usize = 20;
