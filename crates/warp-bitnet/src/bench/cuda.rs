@@ -1,11 +1,13 @@
 //! CUDA benchmark: our kernels against cuBLAS in the same process, on the same stream.
 //!
 //! Method (docs/NOTES.md): weights rotate among enough copies to exceed 4x the L2
-//! size, so every call reads them from HBM (L2-cold); each call is timed alone with
-//! CUDA events after a warm-up, and the median is reported. Each call is also timed
-//! back to back, as a decode loop or a CUDA graph runs it: groups of calls between
-//! two events, the median per call; this hides the launch latency that a lone call
-//! pays (about 6 µs on an H100, bench/probes/stream_read.cu). The device-to-device
+//! size, so every call reads them from HBM (L2-cold); each call is timed with its own
+//! pair of CUDA events after a warm-up, and the median is reported. The timed calls
+//! are queued behind a kernel that holds the stream until all are queued (nvbench's
+//! blocking kernel), so host-side launch time never shows up as GPU time: without
+//! it small shapes scattered by up to 2x between runs. Each call is also timed back to
+//! back, as a decode loop or a CUDA graph runs it: groups of calls between two
+//! events, the median per call. The device-to-device
 //! copy bandwidth is measured in the same run and each row reports its effective
 //! bandwidth as a percentage of it. Every kernel's output is checked against a
 //! float64 reference on the same random data before it is timed.
@@ -16,7 +18,10 @@ use std::time::{Duration, Instant};
 
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
 use cudarc::driver::sys::{CUdeviceptr, CUevent_flags};
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
+use cudarc::driver::{
+    CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
+};
+use cudarc::nvrtc::Ptx;
 use half::{bf16, f16};
 use rand::Rng;
 use rayon::prelude::*;
@@ -25,7 +30,7 @@ use serde::Serialize;
 use super::{
     max_rel_err, median, random_int2_matrix, random_matrix, reference_f64, BenchRow, Shape,
 };
-use crate::cuda::Gpu;
+use crate::cuda::{compile, Gpu};
 use crate::error::Result;
 use crate::PackedWeights;
 
@@ -48,11 +53,24 @@ pub struct RunInfo {
     pub iters: usize,
 }
 
+/// Holds the stream for `ns` nanoseconds of GPU time.
+const HOLD_SRC: &str = r#"
+extern "C" __global__ void hold(unsigned long long ns) {
+    unsigned long long t0, t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+    do asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)); while (t - t0 < ns);
+}"#;
+
+/// Host time to queue one call, generously (events and a launch or two): the hold
+/// per timed call.
+const HOLD_PER_CALL: Duration = Duration::from_micros(40);
+
 /// Benchmark state: one GPU, one stream, one cuBLAS handle.
 pub struct CudaBench {
     gpu: Gpu,
     stream: Arc<CudaStream>,
     blas: CudaBlas,
+    hold: CudaFunction,
     iters: usize,
     /// Copy bandwidth measured at start-up, GB/s.
     pub info: RunInfo,
@@ -65,6 +83,14 @@ impl CudaBench {
         let stream = gpu.context().new_stream()?;
         let blas = CudaBlas::new(stream.clone())?;
         let i = gpu.info().clone();
+        let hold_src = compile::Source {
+            name: "hold.cu",
+            text: HOLD_SRC,
+        };
+        let module = gpu
+            .context()
+            .load_module(Ptx::from_binary(compile::compile(hold_src, &i.arch)?))?;
+        let hold = module.load_function("hold")?;
         let info = RunInfo {
             gpu: i.name,
             compute_capability: format!("{}.{}", i.compute_capability.0, i.compute_capability.1),
@@ -78,6 +104,7 @@ impl CudaBench {
             gpu,
             stream,
             blas,
+            hold,
             iters,
             info,
         };
@@ -121,6 +148,7 @@ impl CudaBench {
         let events = (0..self.iters)
             .map(|_| Ok((ctx.new_event(flag)?, ctx.new_event(flag)?)))
             .collect::<Result<Vec<_>>>()?;
+        self.hold(self.iters)?;
         for (i, (start, end)) in events.iter().enumerate() {
             start.record(&self.stream)?;
             f((warmup + i) % copies)?;
@@ -135,6 +163,7 @@ impl CudaBench {
 
         let groups = &events[..(self.iters / GROUP).max(5).min(events.len())];
         let mut next = warmup + self.iters;
+        self.hold(groups.len() * GROUP)?;
         for (start, end) in groups {
             start.record(&self.stream)?;
             for _ in 0..GROUP {
@@ -152,6 +181,19 @@ impl CudaBench {
             alone_us,
             stream_us: median(&mut us),
         })
+    }
+
+    /// Holds the stream long enough for the host to queue `calls` calls behind.
+    fn hold(&self, calls: usize) -> Result<()> {
+        let ns = (HOLD_PER_CALL * calls as u32).as_nanos() as u64;
+        let cfg = LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (1, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: `hold` takes one u64 and touches no memory.
+        unsafe { self.stream.launch_builder(&self.hold).arg(&ns).launch(cfg) }?;
+        Ok(())
     }
 
     /// Copies needed so that rotating among them moves more than 4x the L2 size.
