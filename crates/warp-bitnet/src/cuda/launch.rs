@@ -72,6 +72,11 @@ pub(crate) fn row_tile_options(x: DType, tokens: usize) -> &'static [usize] {
     }
 }
 
+/// Weight tiles per SM from which a single bf16 token takes the kernel that stages it
+/// as f16 (H100: 1.10x faster at 869 tiles per SM, as fast at 217-248, 0.9x at 40-130;
+/// bench/results/ab/run22-bf16-as-f16-by-size).
+const AS_F16_MIN_TILES_PER_SM: usize = 512;
+
 /// Dynamic shared memory of a GEMM kernel without the staged activation row; mirrors
 /// `GemmSmem` and `DEPTH_OF` in gemm.cuh (the kernel traps if given less).
 fn gemm_fixed_smem(tokens: usize, row_tiles: usize) -> usize {
@@ -153,12 +158,23 @@ pub struct GemmArgs {
     pub quantize_x: bool,
 }
 
-/// The kernel symbol for weight levels, activation (`quantize_x`: quantized to int8
-/// in the kernel), output, tokens per CTA and (token-group kernels) row tiles per CTA.
+/// How a single-token kernel holds its f16/bf16 activation row in shared memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Staging {
+    /// As given (every token-group kernel too).
+    AsIs,
+    /// Quantized to int8 (W2A8 in one launch): symbol suffix `q`.
+    Quantized,
+    /// bf16 rescaled by a power of two to f16, for the cheaper f16 decode: suffix `h`.
+    AsF16,
+}
+
+/// The kernel symbol for weight levels, activation and its staging, output, tokens
+/// per CTA and (token-group kernels) row tiles per CTA.
 pub fn gemm_symbol(
     levels: Levels,
     x: DType,
-    quantize_x: bool,
+    staging: Staging,
     y: DType,
     tokens_per_cta: usize,
     row_tiles: usize,
@@ -167,7 +183,11 @@ pub fn gemm_symbol(
         Levels::Ternary => "t2",
         Levels::Int2 => "int2",
     };
-    let q = if quantize_x { "q" } else { "" };
+    let q = match staging {
+        Staging::AsIs => "",
+        Staging::Quantized => "q",
+        Staging::AsF16 => "h",
+    };
     let rt = if tokens_per_cta == 1 {
         String::new()
     } else {
@@ -196,11 +216,16 @@ pub(crate) trait Occupancy {
     fn resident(&self, symbol: &str, dynamic: usize) -> Result<usize>;
     /// The most dynamic shared memory `symbol` may take.
     fn max_dynamic(&self, symbol: &str) -> Result<usize>;
+    /// Multiprocessors.
+    fn sm_count(&self) -> usize;
 }
 
 impl Occupancy for Gpu {
     fn resident(&self, symbol: &str, dynamic: usize) -> Result<usize> {
         self.resident_ctas(symbol, dynamic)
+    }
+    fn sm_count(&self) -> usize {
+        self.info.sm_count
     }
     fn max_dynamic(&self, symbol: &str) -> Result<usize> {
         Ok(self.kernel(symbol)?.max_dynamic_smem)
@@ -248,7 +273,12 @@ pub(crate) fn plan_gemm(
     let staged = if a.quantize_x { I8 } else { a.x_dtype };
     let row_bytes = k_tiles * 128 * staged.size();
     let mut tokens = tokens_per_cta(a.x_dtype, a.batch);
-    let single = gemm_symbol(levels, a.x_dtype, a.quantize_x, a.y_dtype, 1, 1);
+    let staging = if a.quantize_x {
+        Staging::Quantized
+    } else {
+        Staging::AsIs
+    };
+    let single = gemm_symbol(levels, a.x_dtype, staging, a.y_dtype, 1, 1);
     let row_room = gpu
         .max_dynamic(&single)?
         .saturating_sub(gemm_fixed_smem(1, 1));
@@ -326,10 +356,22 @@ pub(crate) fn plan_gemm(
     // resident CTA slot, else the fewest. Token groups share the GPU: each gets its
     // share of the resident CTAs. Filling every slot beat spreading the row tiles
     // evenly over fewer CTAs (docs/NOTES.md, v8).
+    // One bf16 token: the f16 decode costs half the bf16 one per weight, but every CTA
+    // first converts the whole row; that pays once each SM streams at least
+    // AS_F16_MIN_TILES_PER_SM weight tiles (docs/NOTES.md, v20).
+    let staging = if tokens == 1
+        && a.x_dtype == BF16
+        && !a.quantize_x
+        && row_tiles * k_tiles >= AS_F16_MIN_TILES_PER_SM * gpu.sm_count()
+    {
+        Staging::AsF16
+    } else {
+        staging
+    };
     let options = row_tile_options(a.x_dtype, tokens);
     let mut chosen = None;
     for (i, &rt) in options.iter().enumerate() {
-        let symbol = gemm_symbol(levels, a.x_dtype, a.quantize_x, a.y_dtype, tokens, rt);
+        let symbol = gemm_symbol(levels, a.x_dtype, staging, a.y_dtype, tokens, rt);
         let smem = gemm_fixed_smem(tokens, rt) + if tokens == 1 { row_bytes } else { 0 };
         let resident = gpu.resident(&symbol, smem)?;
         let row_blocks = row_tiles.div_ceil(rt);
@@ -791,6 +833,9 @@ mod tests {
         fn max_dynamic(&self, _: &str) -> Result<usize> {
             Ok(200 << 10)
         }
+        fn sm_count(&self) -> usize {
+            132
+        }
     }
     const GPU: &FakeGpu = &FakeGpu;
 
@@ -843,6 +888,21 @@ mod tests {
         assert_eq!(p.symbol, "gemm_t2_bf16_bf16_n16_r4");
         let p = plan(args(DType::F16, DType::F16, 2));
         assert_eq!(p.symbol, "gemm_t2_f16_f16_n8_r2");
+        // One bf16 token: staged as f16 from 512 weight tiles per SM (132 SMs) on.
+        for (row_tiles, symbol) in [
+            (1, "gemm_t2_bf16_bf16_n1"),
+            (1055, "gemm_t2_bf16_bf16_n1"),
+            (1056, "gemm_t2_bf16h_bf16_n1"),
+        ] {
+            let (rows, cols) = (16 * row_tiles, 64 * 128);
+            let a = GemmArgs {
+                ldx: cols,
+                ldy: rows,
+                ..args(DType::BF16, DType::BF16, 1)
+            };
+            let p = plan_gemm(rows, cols, Levels::Ternary, 0x10, None, &a, GPU).unwrap();
+            assert_eq!(p.symbol, symbol, "{row_tiles} row tiles");
+        }
         let p = plan(args(DType::I8, DType::BF16, 1));
         let staged_row = 3 * 128;
         assert_eq!(

@@ -26,7 +26,9 @@ use std::sync::Arc;
 use cudarc::driver::sys::CUdevice_attribute as Attr;
 use cudarc::driver::{CudaContext, CudaFunction};
 
-pub use launch::{gemm_symbol, tokens_per_cta_options, GemmArgs, GemmParams, GpuFloat, GpuOut};
+pub use launch::{
+    gemm_symbol, tokens_per_cta_options, GemmArgs, GemmParams, GpuFloat, GpuOut, Staging,
+};
 pub use weights::GpuMatrix;
 
 use crate::error::{Error, Result};
@@ -257,11 +259,14 @@ mod tests {
                 (DType::I8, DType::I32),
             ] {
                 if x != DType::I8 {
-                    planned.push(gemm_symbol(levels, x, true, y, 1, 1));
+                    planned.push(gemm_symbol(levels, x, Staging::Quantized, y, 1, 1));
+                }
+                if x == DType::BF16 {
+                    planned.push(gemm_symbol(levels, x, Staging::AsF16, y, 1, 1));
                 }
                 for &t in [1].iter().chain(launch::tokens_per_cta_options(x)) {
                     for &rt in launch::row_tile_options(x, t) {
-                        planned.push(gemm_symbol(levels, x, false, y, t, rt));
+                        planned.push(gemm_symbol(levels, x, Staging::AsIs, y, t, rt));
                     }
                 }
             }

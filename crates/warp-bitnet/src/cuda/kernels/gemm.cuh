@@ -19,6 +19,9 @@
 //     sit in the exponent bits and use word >> 10. MMAs of slot pairs with the same
 //     4^s accumulate together (5 groups), scaled by 2^24 / 4^s at the end, and
 //     sum(x) is subtracted: sum (c - 1) x. ~9 per word.
+//   bf16, one token, large matrices ("bf16h", from 512 weight tiles per SM): the row
+//     is staged as f16 times a power of two (stage_row) and takes the f16 decode above;
+//     the conversion costs every CTA the whole row, so small matrices keep the next one.
 //   f16 (2+ tokens), bf16: (word & mask) | 1024.0 (128.0 for bf16) is 1024 + c*4^s
 //     (one LOP3), fma(h, 4^-s, -(1024*4^-s + 1)) = c - 1 exactly (one HFMA2).
 //     ~17 per word (bf16 has 7 mantissa bits: shifts by 6 and 12, ~18).
