@@ -214,21 +214,11 @@ __device__ __noinline__ XTile<ACT> load_x_tile_slow(const GemmParams& p, u32 b, 
 template <int ACT, bool ONE>
 constexpr bool SUBNORMAL = ONE && ACT == ACT_F16;
 
-// i8, single-token kernels: slot groups J = 1, 2 are masked in place
-// (c * 4^J <= 48 is still a valid int8) into accumulators of their own, saving the
-// shift; J = 3 (c * 64 would not fit) is shifted down and shares J = 0's. Per warp
-// an accumulator then holds at most 48 * 128 per column: exact in i32 for the
-// MAX_W2A8_COLS limit (8.4M columns; 11.1M would fit). The token-group kernels have
-// no registers for three times the accumulators (the 8-token one spilled).
-template <bool ONE>
-constexpr int I8_GROUPS = ONE ? 3 : 1;
-
-// Accumulators: f32 per token group (c - 1 decode), or per 4^s group, or i32 (per
-// slot group and token group).
+// Accumulators: f32 per token group (c - 1 decode), or per 4^s group, or i32.
 template <int ACT, int NT, bool ONE>
 struct Acc {
     float f[SUBNORMAL<ACT, ONE> ? 5 : NT][4];
-    int i[I8_GROUPS<ONE>][NT][4];
+    int i[NT][4];
     int xsum[NT];
 };
 
@@ -255,16 +245,13 @@ __device__ __forceinline__ void pair_mma(const u32 (&w)[4], const XTile<ACT> (&x
 template <int NT, bool ONE, int J>
 __device__ __forceinline__ void quad_mma_i8(const u32 (&w)[4], const XTile<ACT_I8> (&x)[NT], Acc<ACT_I8, NT, ONE>& acc,
                                             bool count_x) {
-    constexpr bool IN_PLACE = I8_GROUPS<ONE> == 3 && (J == 1 || J == 2);
-    constexpr int SHIFT = IN_PLACE ? 0 : 2 * J, GROUP = IN_PLACE ? J : 0;
-    constexpr u32 MASK = 0x03030303u << (IN_PLACE ? 2 * J : 0);
-    const u32 a0 = (w[0] >> SHIFT) & MASK, a1 = (w[2] >> SHIFT) & MASK;
-    const u32 a2 = (w[1] >> SHIFT) & MASK, a3 = (w[3] >> SHIFT) & MASK;
+    const u32 a0 = (w[0] >> (2 * J)) & 0x03030303u, a1 = (w[2] >> (2 * J)) & 0x03030303u;
+    const u32 a2 = (w[1] >> (2 * J)) & 0x03030303u, a3 = (w[3] >> (2 * J)) & 0x03030303u;
 #pragma unroll
     for (int j = 0; j < NT; j++) {
         // A bytes are columns (4J, 4J+16, 4J+1, 4J+17) (+2 for a2, a3): gather B to match.
         const u32 lo = x[j].r[J], hi = x[j].r[J + 4];
-        mma_i8(acc.i[GROUP][j], a0, a1, a2, a3, prmt(lo, hi, 0x5140), prmt(lo, hi, 0x7362));
+        mma_i8(acc.i[j], a0, a1, a2, a3, prmt(lo, hi, 0x5140), prmt(lo, hi, 0x7362));
         if (count_x) acc.xsum[j] = dp4a(hi, 0x01010101u, dp4a(lo, 0x01010101u, acc.xsum[j]));
     }
 }
@@ -531,9 +518,7 @@ __device__ __forceinline__ void gemm_tiles(const GemmParams& p) {
             for (int j = 0; j < NT; j++) {
                 acc[r].xsum[j] = 0;
 #pragma unroll
-                for (int i = 0; i < 4; i++)
-#pragma unroll
-                    for (int g = 0; g < I8_GROUPS<ONE>; g++) acc[r].i[g][j][i] = 0;
+                for (int i = 0; i < 4; i++) acc[r].i[j][i] = 0;
             }
         }
     };
@@ -674,9 +659,7 @@ __device__ __forceinline__ void gemm_tiles(const GemmParams& p) {
                     const u32 row = 16 * r + g + 8 * (e / 2), col = 8 * j + 2 * q + (e % 2);
                     u32& slot = red[(warp * 16 * RT + row) * COLS + col];
                     if (ACT == ACT_I8) {
-                        // Groups 1, 2 hold 4 and 16 times their sums (exact multiples).
-                        slot = (u32)acc[r].i[0][j][e];
-                        if (I8_GROUPS<ONE> == 3) slot += (u32)(acc[r].i[1][j][e] >> 2) + (u32)(acc[r].i[2][j][e] >> 4);
+                        slot = (u32)acc[r].i[j][e];
                     } else if (SUBNORMAL<ACT, ONE>) {
                         // Group s holds 2^-24 * 4^s * sum c x: undo both scales.
                         float v = 0.f;
