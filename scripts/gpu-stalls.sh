@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Warp stall reasons of one kernel (Nsight Compute metrics), for the notes.
-# Usage: KERNEL=gemm_t2_f16_f16_n8 ONLY="70b gate" bash scripts/gpu-stalls.sh [build dir under .gpu]
+# Usage: KERNEL=gemm_t2_f16_f16_n8 ONLY="70b gate" BATCH=8 bash scripts/gpu-stalls.sh [build dir under .gpu]
 set -uo pipefail
 source "$(dirname "$0")/gpu-env.sh"
 v=${1:-.}
@@ -18,5 +18,5 @@ m="$m,sm__inst_executed_pipe_lsu.avg.pct_of_peak_sustained_active,smsp__issue_ac
 m="$m,smsp__warps_active.avg.per_cycle_active,l1tex__data_pipe_lsu_wavefronts_mem_shared.avg.pct_of_peak_sustained_elapsed"
 WARP_BITNET_CACHE_DIR=/tmp/cache-stalls ncu --clock-control none --kernel-name "regex:${KERNEL:-gemm_t2_f16_f16_n8}" \
   --launch-skip 30 --launch-count 1 --metrics "$m" \
-  .gpu/$v/warp-bitnet bench --device cuda --only "${ONLY:-70b gate}" --iters 40 2>&1 | grep -E "gemm_t2|stalled|inst_executed|cycles|dram|pipe|issue_active|warps_active|wavefronts" \
+  .gpu/$v/warp-bitnet bench --device cuda --only "${ONLY:-70b gate}" --batch "${BATCH:-1}" --iters 40 2>&1 | grep -E "gemm_t2|stalled|inst_executed|cycles|dram|pipe|issue_active|warps_active|wavefronts" \
   | sed -E 's/smsp__average_warps_issue_stalled_//; s/_per_issue_active.ratio//' | tee -a "$OUT/stalls.txt"
