@@ -32,7 +32,8 @@ def main(bench_path: str, prefill_path: str, out: str) -> None:
     for key, style in (("speedup_f16", "-"), ("speedup_w2a8", "--")):
         lines = defaultdict(list)
         for r in prefill["rows"]:
-            lines[r["shape"]].append((r["batch"], r[key]))
+            if key in r:  # the dX rows have no W2A8 time
+                lines[r["shape"]].append((r["batch"], r[key]))
         for shape, pts in sorted(lines.items()):
             pts.sort()
             label = f"{shape} {'f16' if key == 'speedup_f16' else 'W2A8'}"
