@@ -50,8 +50,11 @@
 // 4 LDS (activations) + LDS + LDGSTS (weights) + ~10 loop = ~60 warp-instructions. At 3.0 TB/s on 132 SMs
 // at 1.8 GHz an SM must finish a tile every ~41 cycles (164 issue slots), at 4.3
 // TB/s (H200) every ~29 cycles (114 slots): bound by HBM if issue stays above ~50%.
-// Measured (H100, 2026-11-26): 28672 x 8192 in 29.8 µs (f16) / 27.0 µs (i8), 66% /
-// 72% of copy bandwidth, 5.8x / 6.4x cuBLAS f16; the history is in docs/NOTES.md.
+// Measured (H100, 2026-11-26, a009edf): 28672 x 8192 in 28.6 µs (f16) / 27.3 µs (i8),
+// 68% / 72% of copy bandwidth, 5.8x / 6.0x cuBLAS f16, where a plain read of the weights
+// takes 25.5-26.3 µs (bench/probes/stream_read.cu). On an H200 the read takes 18.5 µs and
+// these kernels the same as on the H100: there the issue rate above binds (ALU pipe 55%).
+// The history is in docs/NOTES.md.
 #pragma once
 #include "quant.cuh"
 
