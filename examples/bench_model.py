@@ -14,10 +14,13 @@ gate/up fused into one layer each (``warp_bitnet.hf.fuse_projections``). Reporte
   step with ``mode="reduce-overhead"`` (CUDA graphs) for a static cache, unless ``--eager``;
 - prefill time of ``--prefill`` tokens at batch 1;
 - on CUDA, the GPU time of one decode step replayed from a CUDA graph (no host overhead:
-  ``generate`` adds its own Python time per token to both models alike);
+  ``generate`` adds its own Python time per token to both models alike), of the eager model and
+  of the model compiled by inductor (``torch.compile``, which fuses the elementwise work between
+  the linear layers), with the kernel launches per step of each;
 - a per-token breakdown from the profiler over eager decode steps: kernel time in linear layers
   (our GEMM and quantizer kernels; cuBLAS/CUTLASS GEMMs for bf16), in attention (flash / SDPA
-  kernels) and the rest, and the number of kernel launches per token.
+  kernels) and the rest, the number of kernel launches per token, and the kernels that take most
+  of the rest.
 
 The README's numbers come from this script (bench/results has each run).
 """
@@ -93,16 +96,18 @@ def decode_ms_per_token(model, batch: int, new_tokens: int, device: str, reps: i
     return (long - short) / new_tokens
 
 
-def graph_step_ms(model, batch: int, steps: int = 50) -> float | None:
+def graph_step_ms(model, batch: int, steps: int = 50, compiled: bool = False) -> float | None:
     """GPU time (ms) of one decode step at ``batch`` tokens replayed from a CUDA graph
     (static KV cache, position 16): the model's kernels without any host overhead, what a
-    serving loop with graphs pays per token. None (and a message) if capture fails."""
+    serving loop with graphs pays per token; ``compiled``: of ``torch.compile(model)``.
+    None (and a message) if capture fails."""
     ids = torch.randint(1, model.config.vocab_size, (batch, 1), device="cuda")
     cache = transformers.StaticCache(config=model.config, max_cache_len=64)
     pos = torch.tensor([16], device="cuda")
+    forward = torch.compile(model, dynamic=False) if compiled else model
 
     def step():
-        return model(ids, past_key_values=cache, cache_position=pos, use_cache=True)
+        return forward(ids, past_key_values=cache, cache_position=pos, use_cache=True)
 
     try:
         with torch.no_grad():
@@ -155,6 +160,7 @@ def breakdown(model, steps: int = 8) -> dict:
                 past, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
             torch.cuda.synchronize()
     split = {"linear_ms": 0.0, "attention_ms": 0.0, "other_ms": 0.0}
+    other: dict[str, list[float]] = {}
     launches = 0
     for e in prof.events():
         if e.device_type != torch.autograd.DeviceType.CUDA:
@@ -170,8 +176,13 @@ def breakdown(model, steps: int = 8) -> dict:
             split["attention_ms"] += us / 1e3
         else:
             split["other_ms"] += us / 1e3
+            other.setdefault(e.name[:90], []).append(us)
     result = {k: v / steps for k, v in split.items()}
     result["launches_per_token"] = launches / steps
+    top = sorted(other.items(), key=lambda kv: -sum(kv[1]))[:12]
+    result["top_other"] = [
+        {"kernel": k, "ms_per_token": sum(v) / steps / 1e3, "launches_per_token": len(v) / steps} for k, v in top
+    ]
     return result
 
 
@@ -213,6 +224,8 @@ def main(argv: list[str] | None = None) -> dict:
             r["breakdown_b1"] = breakdown(model)
             for b in a.batch:
                 r[f"graph_step_ms_b{b}"] = graph_step_ms(model, b)
+            if not a.eager:
+                r["compiled_graph_step_ms_b1"] = graph_step_ms(model, 1, compiled=True)
         results["models"][name] = r
         print(name, json.dumps(r, indent=1))
     base_name = next(iter(models))
@@ -229,6 +242,11 @@ def main(argv: list[str] | None = None) -> dict:
             ratio = results["models"][base_name][key] / results["models"]["warp-bitnet"][key]
             results[f"graph_step_speedup_b{b}"] = ratio
             print(f"batch {b}: {ratio:.2f}x decode-step GPU time (CUDA graph replay) vs {base_name}")
+    key = "compiled_graph_step_ms_b1"
+    steps = [results["models"][m].get(key) for m in ("warp-bitnet", base_name)]
+    if None not in steps:
+        results["compiled_graph_step_speedup_b1"] = steps[1] / steps[0]
+        print(f"batch 1: {steps[1] / steps[0]:.2f}x compiled decode-step GPU time (CUDA graph replay) vs {base_name}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(results, f, indent=1)
