@@ -74,7 +74,7 @@ pub(crate) fn row_tile_options(x: DType, tokens: usize) -> &'static [usize] {
 
 /// Weight tiles per SM from which a single bf16 token takes the kernel that stages it
 /// as f16 (H100: 1.10x faster at 869 tiles per SM, as fast at 217-248, 0.9x at 40-130;
-/// bench/results/ab/run22-bf16-as-f16-by-size).
+/// bench/results/ab/run22-bench-hold).
 const AS_F16_MIN_TILES_PER_SM: usize = 512;
 
 /// Dynamic shared memory of a GEMM kernel without the staged activation row; mirrors
@@ -352,13 +352,9 @@ pub(crate) fn plan_gemm(
         (I32, _) | (_, None) => (0, false),
         (_, Some(s)) => s,
     };
-    // The most row tiles per CTA whose blocks (times the token groups) fill every
-    // resident CTA slot, else the fewest. Token groups share the GPU: each gets its
-    // share of the resident CTAs. Filling every slot beat spreading the row tiles
-    // evenly over fewer CTAs (docs/NOTES.md, v8).
     // One bf16 token: the f16 decode costs half the bf16 one per weight, but every CTA
     // first converts the whole row; that pays once each SM streams at least
-    // AS_F16_MIN_TILES_PER_SM weight tiles (docs/NOTES.md, v20).
+    // AS_F16_MIN_TILES_PER_SM weight tiles (docs/NOTES.md, v21).
     let staging = if tokens == 1
         && a.x_dtype == BF16
         && !a.quantize_x
@@ -368,6 +364,10 @@ pub(crate) fn plan_gemm(
     } else {
         staging
     };
+    // The most row tiles per CTA whose blocks (times the token groups) fill every
+    // resident CTA slot, else the fewest. Token groups share the GPU: each gets its
+    // share of the resident CTAs. Filling every slot beat spreading the row tiles
+    // evenly over fewer CTAs (docs/NOTES.md, v8).
     let options = row_tile_options(a.x_dtype, tokens);
     let mut chosen = None;
     for (i, &rt) in options.iter().enumerate() {
