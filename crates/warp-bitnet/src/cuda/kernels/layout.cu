@@ -95,12 +95,11 @@ extern "C" __global__ void quantize_to_t2(const void* w, u32 dtype, u32 ldw, con
 // values past `cols` are not written. Codes were validated on upload.
 extern "C" __global__ void i2_to_dense(const u32* i2, void* dst, u32 rows, u32 cols, u32 wpr, u32 int2, u32 out,
                                        const float* scale, u32 per_row) {
-    const u32 half = out == 0 ? 0 : 1;  // f16/bf16: two threads per word
-    const u32 per_word = 1u << half;
+    const u32 per_word = out == 0 ? 1 : 2;  // threads per word
     const u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (u64)rows * wpr * per_word) return;
-    const u64 w = idx >> half;
-    const u32 r = (u32)(w / wpr), j = (u32)(w % wpr), part = (u32)idx & half;
+    const u64 w = idx / per_word;
+    const u32 r = (u32)(w / wpr), j = (u32)(w % wpr), part = (u32)(idx % per_word);
     const u32 first = 16 * j + 8 * part;  // first column of this thread
     if (first >= cols) return;
     const u32 n = min(16u / per_word, cols - first);
@@ -120,23 +119,22 @@ extern "C" __global__ void i2_to_dense(const u32* i2, void* dst, u32 rows, u32 c
         }
     } else {
         // f16 / bf16 bits per code: ternary 0, +1, -1, (0); INT2 -1.5, -0.5, +0.5, +1.5.
-        u64 lut = out == 1 ? (int2 ? 0x3E003800B800BE00ull : 0x0000BC003C000000ull)
-                           : (int2 ? 0x3FC03F00BF00BFC0ull : 0x0000BF803F800000ull);
-        if (scale != nullptr) {  // level * scale in float32, rounded once: the 4 entries, not the 8 values
-            const float s = scale[per_row ? r : 0];
-            u64 scaled = 0;
-#pragma unroll
-            for (int c = 0; c < 4; c++) {
-                const u16 h = (u16)(lut >> (16 * c));
-                const float x = __fmul_rn(out == 1 ? f16_to_f32(h) : bf16_to_f32(h), s);
-                scaled |= (u64)(out == 1 ? f32_to_f16(x) : f32_to_bf16(x)) << (16 * c);
-            }
-            lut = scaled;
-        }
+        const u64 lut = out == 1 ? (int2 ? 0x3E003800B800BE00ull : 0x0000BC003C000000ull)
+                                 : (int2 ? 0x3FC03F00BF00BFC0ull : 0x0000BF803F800000ull);
         u32 v[4] = {0, 0, 0, 0};
 #pragma unroll
         for (int k = 0; k < 8; k++)
             v[k / 2] |= (u32)((lut >> (16 * ((word >> (2 * k)) & 3))) & 0xFFFF) << (16 * (k % 2));
+        if (scale != nullptr) {  // level * scale in float32, rounded once to the output type
+            const float s = scale[per_row ? r : 0];
+#pragma unroll
+            for (int k = 0; k < 8; k++) {
+                const u16 h = (u16)(v[k / 2] >> (16 * (k % 2)));
+                const float x = __fmul_rn(out == 1 ? f16_to_f32(h) : bf16_to_f32(h), s);
+                const u32 o16 = out == 1 ? f32_to_f16(x) : f32_to_bf16(x);
+                v[k / 2] = (v[k / 2] & ~(0xFFFFu << (16 * (k % 2)))) | (o16 << (16 * (k % 2)));
+            }
+        }
         u16* p = (u16*)dst + o;
         if (n == 8 && (u64)p % 16 == 0) {
             *(u32x4*)p = {v[0], v[1], v[2], v[3]};
