@@ -411,6 +411,24 @@ fn missing(arg: &'static str, why: &str) -> Error {
     }
 }
 
+/// The element-type code the layout and epilogue kernels take (`dtype`/`out` in
+/// layout.cu and quant.cu): 0 for their one non-16-bit type (f32 or i8), 1 f16, 2 bf16;
+/// `dtype` must be one of `allowed`, else an error naming `arg`.
+pub(crate) fn kernel_dtype(dtype: DType, allowed: &[DType], arg: &str) -> Result<u32> {
+    if !allowed.contains(&dtype) {
+        let names: Vec<_> = allowed.iter().map(|d| d.name()).collect();
+        return Err(Error::Unsupported {
+            what: "dtype",
+            detail: format!("{arg} {}; need {}", dtype.name(), names.join(" or ")),
+        });
+    }
+    Ok(match dtype {
+        DType::F16 => 1,
+        DType::BF16 => 2,
+        _ => 0,
+    })
+}
+
 /// Blocks of 256 threads for `threads` threads, within the 1-D grid limit.
 pub(crate) fn blocks_of_256(threads: usize) -> Result<u32> {
     u32::try_from(threads.div_ceil(256)).map_err(|_| Error::TooLarge {
@@ -729,12 +747,7 @@ impl Gpu {
                 got: ldx.to_string(),
             });
         }
-        if !matches!(x_dtype, DType::F16 | DType::BF16) {
-            return Err(Error::Unsupported {
-                what: "dtype",
-                detail: format!("x {}; need f16 or bf16", x_dtype.name()),
-            });
-        }
+        kernel_dtype(x_dtype, &[DType::F16, DType::BF16], "x")?;
         check_ptr("x", x, 2)?;
         check_ptr("q", q, 1)?;
         check_ptr("scale", scale, 4)?;
@@ -776,16 +789,7 @@ impl Gpu {
             return Err(Error::Empty { arg: "acc" });
         }
         check_max_dim(&[("rows", rows), ("batch", batch)])?;
-        let mut out: u32 = match y_dtype {
-            DType::F16 => 1,
-            DType::BF16 => 2,
-            other => {
-                return Err(Error::Unsupported {
-                    what: "dtype",
-                    detail: format!("y {}; need f16 or bf16", other.name()),
-                })
-            }
-        };
+        let mut out = kernel_dtype(y_dtype, &[DType::F16, DType::BF16], "y")?;
         check_ptr("acc", acc, 4)?;
         check_ptr("x_scale", x_scale, 4)?;
         check_ptr("y", y, 2)?;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, SyncOnDrop};
 
-use super::launch::{blocks_of_256, check_ptr, kernel_params, launch};
+use super::launch::{blocks_of_256, check_ptr, kernel_dtype, kernel_params, launch};
 use super::Gpu;
 use crate::error::{Error, Result};
 use crate::format::{check_dims, check_max_dim, i2, tiled, Levels, PackedWeights, Scale};
@@ -194,17 +194,7 @@ impl Gpu {
                 got: ldw.to_string(),
             });
         }
-        let mut dtype: u32 = match w_dtype {
-            DType::F32 => 0,
-            DType::F16 => 1,
-            DType::BF16 => 2,
-            other => {
-                return Err(Error::Unsupported {
-                    what: "dtype",
-                    detail: format!("weights {}; need f32, f16 or bf16", other.name()),
-                })
-            }
-        };
+        let mut dtype = kernel_dtype(w_dtype, &[DType::F32, DType::F16, DType::BF16], "weights")?;
         check_ptr("w", w, w_dtype.size())?;
         check_ptr("scale", scale, 4)?;
         check_ptr("dst", dst, 4)?;
@@ -250,17 +240,7 @@ impl Gpu {
     ) -> Result<()> {
         use crate::DType;
         check_dims(rows, cols)?;
-        let mut code: u32 = match out {
-            DType::I8 => 0,
-            DType::F16 => 1,
-            DType::BF16 => 2,
-            other => {
-                return Err(Error::Unsupported {
-                    what: "dtype",
-                    detail: format!("dense weights {}; need i8, f16 or bf16", other.name()),
-                })
-            }
-        };
+        let mut code = kernel_dtype(out, &[DType::I8, DType::F16, DType::BF16], "dense weights")?;
         check_ptr("src", src, 4)?;
         check_ptr("dst", dst, out.size())?;
         if let Some((s, _)) = scale {
