@@ -15,20 +15,28 @@ __device__ __forceinline__ u32 t2_code(const u32* i2, u32 rows, u32 cols, u32 wp
     return int2 ? code : (u32)(1 + (int)(code & 1) - (int)(code >> 1));
 }
 
+// Where T2 word `idx` sits in the matrix (gemm.cuh header): all its slots are in row
+// `r`; slot t is column c0 + 4 (t % 8) + t / 8.
+struct T2Word {
+    u32 r, c0;
+    __device__ T2Word(u64 idx, u32 k_tiles) {
+        const u64 tile = idx / 128;
+        const u32 rt = (u32)(tile / k_tiles), kt = (u32)(tile % k_tiles);
+        const u32 lane = (u32)(idx % 128) / 4, w = (u32)(idx % 4);
+        r = rt * 16 + lane / 4 + 8 * (w >> 1);
+        c0 = kt * 128 + 32 * (lane % 4) + 2 * (w & 1);
+    }
+    __device__ u32 col(u32 t) const { return c0 + 4 * (t % 8) + t / 8; }
+};
+
 // One thread per T2 word; `words` = row tiles * k_tiles * 128.
 extern "C" __global__ void i2_to_t2(const u32* i2, u32* t2, u32 rows, u32 cols, u32 wpr, u32 k_tiles,
                                     u64 words, u32 int2) {
     const u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= words) return;
-    const u64 tile = idx / 128;
-    const u32 rt = (u32)(tile / k_tiles), kt = (u32)(tile % k_tiles);
-    const u32 lane = (u32)(idx % 128) / 4, w = (u32)(idx % 4);
-    const u32 g = lane / 4, q = lane % 4;
+    const T2Word at(idx, k_tiles);
     u32 out = 0;
-    for (u32 t = 0; t < 16; t++) {
-        const u32 r = rt * 16 + g + 8 * (w >> 1), c = kt * 128 + 32 * q + 4 * (t % 8) + 2 * (w & 1) + t / 8;
-        out |= t2_code(i2, rows, cols, wpr, r, c, int2) << (2 * t);
-    }
+    for (u32 t = 0; t < 16; t++) out |= t2_code(i2, rows, cols, wpr, at.r, at.col(t), int2) << (2 * t);
     t2[idx] = out;
 }
 
@@ -68,13 +76,11 @@ extern "C" __global__ void quantize_to_t2(const void* w, u32 dtype, u32 ldw, con
                                           u32 transpose, u32* t2, u32 t_rows, u32 t_cols, u32 k_tiles, u64 words) {
     const u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= words) return;
-    const u64 tile = idx / 128;
-    const u32 rt = (u32)(tile / k_tiles), kt = (u32)(tile % k_tiles);
-    const u32 lane = (u32)(idx % 128) / 4, wd = (u32)(idx % 4);
-    const u32 g = lane / 4, q = lane % 4;
+    const T2Word at(idx, k_tiles);
+    const u32 r = at.r;
     u32 out = 0;
     for (u32 t = 0; t < 16; t++) {
-        const u32 r = rt * 16 + g + 8 * (wd >> 1), c = kt * 128 + 32 * q + 4 * (t % 8) + 2 * (wd & 1) + t / 8;
+        const u32 c = at.col(t);
         u32 code = 1;  // weight 0 (padding)
         if (r < t_rows && c < t_cols) {
             const u32 wr = transpose ? c : r, wc = transpose ? r : c;  // position in w
