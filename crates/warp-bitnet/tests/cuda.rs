@@ -200,8 +200,8 @@ fn int2_w2a16_bf16_matches_float64() {
 /// One bf16 token on a large matrix takes the kernel that stages the row as f16,
 /// rescaled by a power of two (gemm.cuh, `bf16_row_exponent`; chosen from 512 weight
 /// tiles per SM, launch.rs): rows far outside f16's range, rows spread over many
-/// octaves and rows with one outlier must keep bf16 accuracy. A small matrix (the bf16
-/// decode) gets the same rows.
+/// octaves and rows with one outlier, with a bias and per-row scales, must keep bf16
+/// accuracy. A small matrix (the bf16 decode) gets the same rows.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn single_token_bf16_keeps_the_bf16_range() {
@@ -248,11 +248,22 @@ fn bf16_range<W: RandomWeights>() {
         let d = gpu.upload(&w, &s).unwrap();
         let want = reference_f64(&w, &host_f64(&x), kinds.len(), None);
         for (i, (name, _)) in kinds.iter().enumerate() {
+            // A bias of the outputs' own size (half of each), so that one applied before
+            // the row's power of two is restored would show.
+            let want = &want[i * rows..(i + 1) * rows];
+            let bias: Vec<bf16> = want.iter().map(|&v| bf16::from_f64(v / 2.0)).collect();
+            let want: Vec<f64> = want
+                .iter()
+                .zip(host_f64(&bias))
+                .map(|(w, b)| w + b)
+                .collect();
             let xd = s.clone_htod(&x[i * cols..(i + 1) * cols]).unwrap();
+            let bd = s.clone_htod(&bias).unwrap();
             let mut yd = s.alloc_zeros::<bf16>(rows).unwrap();
             poison(&s, &mut yd);
-            gpu.gemm(&d, &xd, 1, None, &mut yd, &s).unwrap();
-            let e = rel_err(&device_f64(&s, &yd), &want[i * rows..(i + 1) * rows]);
+            gpu.gemm(&d, &xd, 1, Some(&bd as &dyn DevicePtr<bf16>), &mut yd, &s)
+                .unwrap();
+            let e = rel_err(&device_f64(&s, &yd), &want);
             assert!(
                 e <= 1e-2,
                 "{:?} {rows}x{cols}, row {name}: relative error {e:.2e}",
@@ -399,6 +410,8 @@ fn strided_and_misaligned_activations_take_the_scalar_path_correctly() {
 
 /// Every kernel (single token, 8, 16 and, for int8, 32 tokens per CTA, each row-tile count,
 /// several token groups) on odd shapes: cheap enough for compute-sanitizer (scripts/gpu-check.sh).
+/// The one exception, the bf16 single-token kernel for large matrices, needs more weights
+/// than is cheap here: `single_token_bf16_keeps_the_bf16_range` covers it.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn every_kernel_on_small_odd_shapes() {
