@@ -37,6 +37,17 @@ pub struct Args {
     /// Random seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// When to take the split-K cluster kernels (sm_90+, 9+ tokens): `never` times the
+    /// token-group kernels that sm_80 GPUs run, `always` the split kernels wherever they fit.
+    #[arg(long, value_enum, default_value = "auto")]
+    split_kernels: Split,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Split {
+    Never,
+    Auto,
+    Always,
 }
 
 #[derive(Serialize)]
@@ -109,7 +120,7 @@ fn header(b2b: bool) {
             "b2b us", "b2b base", "b2b x", "%copy"
         );
     }
-    println!(" {:>9}", "max err");
+    println!(" {:>9}  kernel", "max err");
 }
 
 fn print_row(r: &BenchRow, b2b: bool) {
@@ -133,7 +144,7 @@ fn print_row(r: &BenchRow, b2b: bool) {
             r.stream_us, r.baseline_stream_us, r.stream_speedup, r.stream_pct_copy_bw
         );
     }
-    println!(" {:>9.2e}", r.max_rel_err);
+    println!(" {:>9.2e}  {}", r.max_rel_err, r.kernel);
 }
 
 fn write_json(a: &Args, run: impl Serialize, rows: &[BenchRow]) -> Result<()> {
@@ -162,7 +173,13 @@ fn cuda_present() -> bool {
 
 #[cfg(feature = "cuda")]
 fn run_cuda(a: &Args, shapes: &[Shape], rng: &mut StdRng) -> Result<()> {
-    let bench = warp_bitnet::bench::cuda::CudaBench::new(a.iters.unwrap_or(200))?;
+    use warp_bitnet::cuda::SplitKernels;
+    let split = match a.split_kernels {
+        Split::Never => SplitKernels::Never,
+        Split::Auto => SplitKernels::Auto,
+        Split::Always => SplitKernels::Always,
+    };
+    let bench = warp_bitnet::bench::cuda::CudaBench::new(a.iters.unwrap_or(200), split)?;
     let i = &bench.info;
     println!(
         "CUDA: {} (sm {}, {} SMs, {} MiB L2, driver {}), copy bandwidth {:.0} GB/s; L2-cold, median of {}",

@@ -12,7 +12,7 @@ use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr}
 use half::{bf16, f16};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use warp_bitnet::bench::{random_int2_matrix, random_matrix, reference_f64};
-use warp_bitnet::cuda::{GemmArgs, Gpu};
+use warp_bitnet::cuda::{GemmArgs, Gpu, SplitKernels};
 use warp_bitnet::format::tiled;
 use warp_bitnet::{cpu, quant, Activation, DType, Int2Matrix, PackedWeights, Scale, TernaryMatrix};
 
@@ -365,12 +365,14 @@ fn device_quantizer_matches_the_cpu_bytes() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn strided_and_misaligned_activations_take_the_scalar_path_correctly() {
-    let (gpu, s, mut rng) = setup();
+    let (mut gpu, s, mut rng) = setup();
+    // Batch 12 takes the split kernel on sm_90 even for this small matrix.
+    gpu.set_split_kernels(SplitKernels::Always);
     let (rows, cols, ldx) = (300, 1000, 1003);
     let w = random_matrix(&mut rng, rows, cols);
     let d = gpu.upload(&w, &s).unwrap();
-    // 1 token: the single-token kernel; 5: the token-group kernel.
-    for batch in [1, 5] {
+    // 1 token: the single-token kernel; 5: the token-group kernel; 12: the split kernel (sm_90).
+    for batch in [1, 5, 12] {
         // One extra element in front makes the base 2 bytes past 16-byte alignment.
         let buf: Vec<f16> = (0..1 + batch * ldx)
             .map(|_| f16::from_f32(rng.random_range(-1.0..1.0)))
@@ -409,7 +411,9 @@ fn strided_and_misaligned_activations_take_the_scalar_path_correctly() {
 }
 
 /// Every kernel (single token, 8, 16 and, for int8, 32 tokens per CTA, each row-tile count,
-/// several token groups) on odd shapes: cheap enough for compute-sanitizer (scripts/gpu-check.sh).
+/// several token groups; on sm_90 the split-K cluster kernels for 16, 32 and 64 tokens, with
+/// one and with several K slices, and the token-group kernels they replace) on odd shapes:
+/// cheap enough for compute-sanitizer (scripts/gpu-check.sh).
 /// The one exception, the bf16 single-token kernel for large matrices, needs more weights
 /// than is cheap here: `single_token_bf16_keeps_the_bf16_range` covers it.
 #[test]
@@ -420,16 +424,25 @@ fn every_kernel_on_small_odd_shapes() {
 }
 
 fn every_kernel<W: RandomWeights>() {
-    let (gpu, s, mut rng) = setup();
+    let (mut gpu, s, mut rng) = setup();
     // 20000 rows: enough row tiles that the planner takes the kernels with the most row
-    // tiles per CTA (on GPUs of up to ~150 SMs); the small shapes take the others.
-    for (i, (rows, cols)) in [(37, 300), (129, 1000), (20_000, 300)]
+    // tiles per CTA (on GPUs of up to ~150 SMs); the small shapes take the others. The
+    // split kernels take K slices of 1 k tile on the small shapes, a single slice on
+    // 3000 x 100.
+    for (i, (rows, cols), split, batches) in [(37, 300), (129, 1000), (20_000, 300), (3000, 100)]
         .into_iter()
         .enumerate()
+        .flat_map(|(i, shape)| {
+            [
+                (i, shape, SplitKernels::Always, &[1, 5, 9, 17, 40, 100][..]),
+                (i, shape, SplitKernels::Never, &[9, 17, 40][..]),
+            ]
+        })
     {
+        gpu.set_split_kernels(split);
         let w = W::random(&mut rng, rows, cols, i + 1);
         let d = gpu.upload(&w, &s).unwrap();
-        for batch in [1, 5, 9, 17, 40] {
+        for &batch in batches {
             let xf: Vec<f32> = (0..batch * cols)
                 .map(|_| rng.random_range(-1.0..1.0))
                 .collect();
@@ -449,13 +462,19 @@ fn every_kernel<W: RandomWeights>() {
             gpu.gemm(&d, &xd, batch, None, &mut y, &s).unwrap();
             let got = device_f64(&s, &y);
             let e = rel_err(&got, &want(host_f64(&x16)));
-            assert!(e <= 1e-3, "f16 {rows}x{cols} batch {batch}: {e:.2e}");
+            assert!(
+                e <= 1e-3,
+                "f16 {rows}x{cols} batch {batch} split kernels {split:?}: {e:.2e}"
+            );
             let mut yb = s.alloc_zeros::<bf16>(batch * rows).unwrap();
             poison(&s, &mut yb);
             gpu.gemm(&d, &xbd, batch, None, &mut yb, &s).unwrap();
             let got = device_f64(&s, &yb);
             let e = rel_err(&got, &want(host_f64(&xb)));
-            assert!(e <= 1e-2, "bf16 {rows}x{cols} batch {batch}: {e:.2e}");
+            assert!(
+                e <= 1e-2,
+                "bf16 {rows}x{cols} batch {batch} split kernels {split:?}: {e:.2e}"
+            );
             let mut acc = s.alloc_zeros::<i32>(batch * rows).unwrap();
             poison(&s, &mut acc);
             gpu.gemm_w2a8::<i32>(&d, &qd, &xsd, batch, None, &mut acc, &s)
@@ -464,7 +483,7 @@ fn every_kernel<W: RandomWeights>() {
             assert_eq!(
                 s.clone_dtoh(&acc).unwrap(),
                 exact,
-                "i8 {rows}x{cols} batch {batch}"
+                "i8 {rows}x{cols} batch {batch} split kernels {split:?}"
             );
         }
     }
@@ -473,11 +492,13 @@ fn every_kernel<W: RandomWeights>() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn misaligned_int8_activations_are_exact() {
-    let (gpu, s, mut rng) = setup();
+    let (mut gpu, s, mut rng) = setup();
+    // Batch 12 takes the split kernel on sm_90 even for this small matrix.
+    gpu.set_split_kernels(SplitKernels::Always);
     let (rows, cols, ldx) = (200, 1000, 1001);
     let w = random_matrix(&mut rng, rows, cols);
     let d = gpu.upload(&w, &s).unwrap();
-    for batch in [1, 3] {
+    for batch in [1, 3, 12] {
         // One byte in front: the base is 1 byte past alignment.
         let buf: Vec<i8> = (0..1 + batch * ldx).map(|_| rng.random()).collect();
         let scales: Vec<f32> = vec![1.0; batch];

@@ -95,5 +95,6 @@ fn time_format<W: PackedWeights>(
         stream_speedup: 0.0,
         stream_pct_copy_bw: 0.0,
         max_rel_err: max_rel_err(y.iter().map(|&v| f64::from(v)), &want),
+        kernel: "cpu::reference::gemm".into(),
     })
 }

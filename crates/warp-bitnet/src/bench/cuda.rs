@@ -30,8 +30,9 @@ use serde::Serialize;
 use super::{
     max_rel_err, median, random_int2_matrix, random_matrix, reference_f64, BenchRow, Shape,
 };
-use crate::cuda::{compile, Gpu};
+use crate::cuda::{compile, gemm_symbol, Cta, Gpu, SplitKernels, Staging};
 use crate::error::Result;
+use crate::DType;
 use crate::PackedWeights;
 
 /// Facts about the run that every row shares.
@@ -51,6 +52,8 @@ pub struct RunInfo {
     pub copy_gbps: f64,
     /// Timed iterations per measurement.
     pub iters: usize,
+    /// When the split-K cluster kernels were taken (sm_90+, 9+ tokens): never, auto, always.
+    pub split_kernels: String,
 }
 
 /// Holds the stream for `ns` nanoseconds of GPU time.
@@ -77,9 +80,10 @@ pub struct CudaBench {
 }
 
 impl CudaBench {
-    /// Opens device 0, measures the copy bandwidth.
-    pub fn new(iters: usize) -> Result<Self> {
-        let gpu = Gpu::new(0)?;
+    /// Opens device 0, measures the copy bandwidth. `split`: see [`Gpu::set_split_kernels`].
+    pub fn new(iters: usize, split: SplitKernels) -> Result<Self> {
+        let mut gpu = Gpu::new(0)?;
+        gpu.set_split_kernels(split);
         let stream = gpu.context().new_stream()?;
         let blas = CudaBlas::new(stream.clone())?;
         let i = gpu.info().clone();
@@ -99,6 +103,7 @@ impl CudaBench {
             l2_bytes: i.l2_bytes,
             copy_gbps: 0.0,
             iters,
+            split_kernels: format!("{split:?}").to_lowercase(),
         };
         let mut bench = Self {
             gpu,
@@ -321,7 +326,14 @@ impl CudaBench {
         let bytes = |wbytes: usize, xsz: usize, ysz: usize| {
             (wbytes + batch * (cols * xsz + rows * ysz)) as f64
         };
-        let row = |act: &str, base_name: &str, t: Timing, tb: Timing, b: f64, err: f64| BenchRow {
+        let kernel = |x: DType, y: DType| self.gpu.gemm_kernel(&ws[0], x, y, batch);
+        let row = |act: &str,
+                   base_name: &str,
+                   t: Timing,
+                   tb: Timing,
+                   b: f64,
+                   err: f64,
+                   kernel: String| BenchRow {
             shape: base.shape.name.into(),
             rows,
             cols,
@@ -341,6 +353,7 @@ impl CudaBench {
             stream_speedup: tb.stream_us / t.stream_us,
             stream_pct_copy_bw: 100.0 * (b / t.stream_us / 1e3) / self.info.copy_gbps,
             max_rel_err: err,
+            kernel,
         };
         let to_f64 = |v: &[f16]| v.iter().map(|v| f64::from(v.to_f32())).collect::<Vec<_>>();
 
@@ -371,6 +384,7 @@ impl CudaBench {
             base.f16,
             bytes(ws[0].tiled_bytes(), 2, 2),
             err,
+            kernel(DType::F16, DType::F16)?,
         ));
 
         poison(s, &mut y_b)?;
@@ -389,6 +403,7 @@ impl CudaBench {
             base.bf16,
             bytes(ws[0].tiled_bytes(), 2, 2),
             err,
+            kernel(DType::BF16, DType::BF16)?,
         ));
 
         // ---- W2A8: quantize on the device, then the int8 GEMM ----
@@ -415,6 +430,7 @@ impl CudaBench {
             base.f16,
             bytes(ws[0].tiled_bytes(), 1, 2),
             err,
+            kernel(DType::I8, DType::F16)?,
         ));
         // The combined path, checked on its own output first (same activations, same q).
         poison(s, &mut y_h)?;
@@ -434,6 +450,7 @@ impl CudaBench {
             base.f16,
             bytes(ws[0].tiled_bytes(), 2, 2),
             err,
+            format!("quantize_i8 + {}", kernel(DType::I8, DType::F16)?),
         ));
         // One token: the kernel that quantizes its own activations (one launch).
         if batch == 1 {
@@ -450,6 +467,13 @@ impl CudaBench {
                 base.f16,
                 bytes(ws[0].tiled_bytes(), 2, 2),
                 err,
+                gemm_symbol(
+                    ws[0].levels(),
+                    DType::F16,
+                    Staging::Quantized,
+                    DType::F16,
+                    Cta::Single,
+                ),
             ));
         }
         Ok(out)

@@ -79,6 +79,8 @@ pub struct BenchRow {
     pub stream_pct_copy_bw: f64,
     /// Max over outputs of `|ours - ref| / max|ref|`, against a float64 reference.
     pub max_rel_err: f64,
+    /// The kernel that ran and its launch shape (CUDA; see `Gpu::gemm_kernel`).
+    pub kernel: String,
 }
 
 /// Median of a non-empty sample (sorted in place).

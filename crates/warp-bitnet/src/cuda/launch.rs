@@ -169,16 +169,29 @@ pub enum Staging {
     AsF16,
 }
 
-/// The kernel symbol for weight levels, activation and its staging, output, tokens
-/// per CTA and (token-group kernels) row tiles per CTA.
-pub fn gemm_symbol(
-    levels: Levels,
-    x: DType,
-    staging: Staging,
-    y: DType,
-    tokens_per_cta: usize,
-    row_tiles: usize,
-) -> String {
+/// What one CTA of a GEMM kernel takes on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cta {
+    /// One token, its activation row staged in shared memory (`_n1`).
+    Single,
+    /// `tokens` (8, 16 or 32) tokens in registers, `row_tiles` 16-row tiles per CTA
+    /// (`_n{tokens}_r{row_tiles}`).
+    Groups {
+        /// Tokens per CTA.
+        tokens: usize,
+        /// Row tiles per CTA.
+        row_tiles: usize,
+    },
+    /// `tokens` (16, 32 or 64) tokens staged in shared memory for a K slice; the slices
+    /// of a thread-block cluster sum their partial products (`_s{tokens}`, sm_90+).
+    Split {
+        /// Tokens per CTA.
+        tokens: usize,
+    },
+}
+
+/// The kernel symbol for weight levels, activation and its staging, output and CTA shape.
+pub fn gemm_symbol(levels: Levels, x: DType, staging: Staging, y: DType, cta: Cta) -> String {
     let family = match levels {
         Levels::Ternary => "t2",
         Levels::Int2 => "int2",
@@ -188,16 +201,26 @@ pub fn gemm_symbol(
         Staging::Quantized => "q",
         Staging::AsF16 => "h",
     };
-    let rt = if tokens_per_cta == 1 {
-        String::new()
-    } else {
-        format!("_r{row_tiles}")
+    let shape = match cta {
+        Cta::Single => "n1".to_string(),
+        Cta::Groups { tokens, row_tiles } => format!("n{tokens}_r{row_tiles}"),
+        Cta::Split { tokens } => format!("s{tokens}"),
     };
-    format!(
-        "gemm_{family}_{}{q}_{}_n{tokens_per_cta}{rt}",
-        x.name(),
-        y.name()
-    )
+    format!("gemm_{family}_{}{q}_{}_{shape}", x.name(), y.name())
+}
+
+/// When the planner takes the split-K cluster kernels (`Cta::Split`, sm_90+) for 9 or
+/// more tokens.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SplitKernels {
+    /// Never: the token-group kernels, as on GPUs before sm_90.
+    Never,
+    /// Where they keep at least [`SPLIT_MIN_UTILIZATION`] of the GPU's warps busy, and
+    /// for f16/bf16 activations only up to 16 tokens (docs/NOTES.md, v25).
+    #[default]
+    Auto,
+    /// Whenever a K slice of the activations fits shared memory.
+    Always,
 }
 
 /// A checked launch: kernel symbol, parameters and grid.
@@ -208,6 +231,10 @@ pub(crate) struct GemmPlan {
     pub grid: (u32, u32, u32),
     /// Dynamic shared memory, bytes.
     pub smem: u32,
+    /// CTAs per thread-block cluster (split kernels), or 0 for a plain launch.
+    pub cluster: u32,
+    /// Threads per CTA.
+    pub threads: u32,
 }
 
 /// What the planner needs to know about the loaded kernels (a `Gpu`, or a fake in tests).
@@ -218,6 +245,11 @@ pub(crate) trait Occupancy {
     fn max_dynamic(&self, symbol: &str) -> Result<usize>;
     /// Multiprocessors.
     fn sm_count(&self) -> usize;
+    /// Clusters of `size` CTAs of `symbol` with `dynamic` bytes of dynamic shared memory
+    /// that fit the GPU at once; 0 on GPUs without thread-block clusters (before sm_90).
+    fn clusters(&self, symbol: &str, dynamic: usize, size: usize) -> Result<usize>;
+    /// When to take the split kernels.
+    fn split_kernels(&self) -> SplitKernels;
 }
 
 impl Occupancy for Gpu {
@@ -229,6 +261,12 @@ impl Occupancy for Gpu {
     }
     fn max_dynamic(&self, symbol: &str) -> Result<usize> {
         Ok(self.kernel(symbol)?.max_dynamic_smem)
+    }
+    fn clusters(&self, symbol: &str, dynamic: usize, size: usize) -> Result<usize> {
+        self.resident_clusters(symbol, dynamic, size)
+    }
+    fn split_kernels(&self) -> SplitKernels {
+        self.split_kernels
     }
 }
 
@@ -278,7 +316,7 @@ pub(crate) fn plan_gemm(
     } else {
         Staging::AsIs
     };
-    let single = gemm_symbol(levels, a.x_dtype, staging, a.y_dtype, 1, 1);
+    let single = gemm_symbol(levels, a.x_dtype, staging, a.y_dtype, Cta::Single);
     let row_room = gpu
         .max_dynamic(&single)?
         .saturating_sub(gemm_fixed_smem(1, 1));
@@ -364,6 +402,27 @@ pub(crate) fn plan_gemm(
     } else {
         staging
     };
+    let params = GemmParams {
+        w,
+        x: a.x,
+        y: a.y,
+        w_scale,
+        bias: a.bias.unwrap_or(0),
+        x_scale: a.x_scale.unwrap_or(0),
+        rows: rows as u32,
+        cols: cols as u32,
+        batch: a.batch as u32,
+        ldx: a.ldx as u32,
+        ldy: a.ldy as u32,
+        k_tiles: k_tiles as u32,
+        scale_per_row: per_row as u32,
+        x_vec: x_vec as u32,
+    };
+    if a.batch >= SPLIT_MIN_BATCH && gpu.split_kernels() != SplitKernels::Never {
+        if let Some(plan) = plan_split(levels, a, row_tiles, k_tiles, params, gpu)? {
+            return Ok(plan);
+        }
+    }
     // The most row tiles per CTA whose blocks (times the token groups) fill every
     // resident CTA slot, else the fewest. Token groups share the GPU: each gets its
     // share of the resident CTAs. Filling every slot beat spreading the row tiles
@@ -371,7 +430,15 @@ pub(crate) fn plan_gemm(
     let options = row_tile_options(a.x_dtype, tokens);
     let mut chosen = None;
     for (i, &rt) in options.iter().enumerate() {
-        let symbol = gemm_symbol(levels, a.x_dtype, staging, a.y_dtype, tokens, rt);
+        let cta = if tokens == 1 {
+            Cta::Single
+        } else {
+            Cta::Groups {
+                tokens,
+                row_tiles: rt,
+            }
+        };
+        let symbol = gemm_symbol(levels, a.x_dtype, staging, a.y_dtype, cta);
         let smem = gemm_fixed_smem(tokens, rt) + if tokens == 1 { row_bytes } else { 0 };
         let resident = gpu.resident(&symbol, smem)?;
         let row_blocks = row_tiles.div_ceil(rt);
@@ -383,25 +450,137 @@ pub(crate) fn plan_gemm(
     let (symbol, smem, ctas) = chosen.expect("row_tile_options is never empty");
     Ok(GemmPlan {
         symbol,
-        params: GemmParams {
-            w,
-            x: a.x,
-            y: a.y,
-            w_scale,
-            bias: a.bias.unwrap_or(0),
-            x_scale: a.x_scale.unwrap_or(0),
-            rows: rows as u32,
-            cols: cols as u32,
-            batch: a.batch as u32,
-            ldx: a.ldx as u32,
-            ldy: a.ldy as u32,
-            k_tiles: k_tiles as u32,
-            scale_per_row: per_row as u32,
-            x_vec: x_vec as u32,
-        },
+        params,
         grid: (ctas as u32, groups as u32, 1),
         smem: smem as u32,
+        cluster: 0,
+        threads: GEMM_THREADS,
     })
+}
+
+/// Batches from which the split-K cluster kernels take over (sm_90+): up to 8 tokens
+/// the token-group kernel holds the batch in one CTA's registers.
+const SPLIT_MIN_BATCH: usize = 9;
+/// Tokens per CTA of the split kernels (`_s{T}` in gemm_t2.cu).
+pub(crate) const SPLIT_TOKENS: [usize; 3] = [16, 32, 64];
+/// CTAs per cluster on offer: divisors of the warps per CTA (each rank sums the partial
+/// sums of warps w = rank mod S), up to the portable limit of 8.
+const CLUSTER_SIZES: [usize; 4] = [1, 2, 4, 8];
+/// What a round of a split kernel costs besides its k tiles (partial sums through
+/// shared memory, two cluster barriers), in k-tile steps: the planner's cost model.
+const SPLIT_ROUND_STEPS: usize = 2;
+/// The share of the GPU's warp time a split launch must fill with weight tiles for
+/// [`SplitKernels::Auto`] to take it: its warps own whole row pairs for whole K slices,
+/// so shapes with few row pairs per warp leave SMs or rounds half empty, and there the
+/// token-group kernels (warps splitting K inside a CTA) were faster (H100: split kernels
+/// at 0.48-0.53 of the warp time 1.3-1.6x slower, at 0.85 1.1-1.4x faster;
+/// docs/NOTES.md, v25).
+pub const SPLIT_MIN_UTILIZATION: f64 = 0.75;
+/// Batches up to which [`SplitKernels::Auto`] takes the split kernels for f16 and bf16
+/// activations: beyond, 32 or 64 tokens per CTA were 1.2-1.3x slower than the
+/// token-group kernels even at 0.85 of the warp time (H100), and several 16-token groups
+/// would each read the weights again.
+const SPLIT_MAX_TOKENS_FLOAT: usize = 16;
+
+/// Warps per CTA of the split kernel for `tokens` (`SPLIT_WARPS` in gemm_split.cuh).
+fn split_warps(tokens: usize) -> usize {
+    if tokens <= 32 {
+        16
+    } else {
+        8
+    }
+}
+
+/// Dynamic shared memory of a split kernel without its staged activations; mirrors
+/// `SplitSmem` in gemm_split.cuh.
+fn split_fixed_smem(tokens: usize) -> usize {
+    let warps = split_warps(tokens);
+    let ring = warps * 4 * 2 * 512;
+    let partial_sums = warps * 32 * tokens * 4;
+    let x_sums = tokens * 4;
+    ring + partial_sums + x_sums
+}
+
+/// The staged activations of a split kernel: `tokens` rows of `per` k tiles, each row
+/// padded to 32 mod 128 bytes (`SplitX` in gemm_split.cuh).
+fn split_x_smem(x: DType, tokens: usize, per: usize) -> usize {
+    tokens * (per * 128 * x.size() + 32)
+}
+
+/// The split-K cluster kernel for a batch of 9 or more, if this GPU has clusters and
+/// the activations of some K slice fit shared memory: the tokens per CTA that hold the
+/// batch (else 64 per CTA along the grid's y), and the cluster size (K slices) that
+/// minimizes rounds x (k tiles per slice + a round's overhead), where a round gives
+/// every warp of every resident cluster one pair of row tiles. In `Auto` mode, only
+/// where that fills [`SPLIT_MIN_UTILIZATION`] of the warp time, and for f16/bf16 only
+/// up to 16 tokens per CTA.
+fn plan_split(
+    levels: Levels,
+    a: &GemmArgs,
+    row_tiles: usize,
+    k_tiles: usize,
+    params: GemmParams,
+    gpu: &impl Occupancy,
+) -> Result<Option<GemmPlan>> {
+    let auto = gpu.split_kernels() == SplitKernels::Auto;
+    let pairs = row_tiles.div_ceil(2);
+    let want = SPLIT_TOKENS
+        .iter()
+        .position(|&t| t >= a.batch)
+        .unwrap_or(SPLIT_TOKENS.len() - 1);
+    if auto && a.x_dtype != DType::I8 && a.batch > SPLIT_MAX_TOKENS_FLOAT {
+        return Ok(None);
+    }
+    for &tokens in SPLIT_TOKENS[..=want].iter().rev() {
+        let warps = split_warps(tokens);
+        let blocks = pairs.div_ceil(warps);
+        let groups = a.batch.div_ceil(tokens);
+        if groups > MAX_GRID_Y {
+            continue;
+        }
+        let cta = Cta::Split { tokens };
+        let symbol = gemm_symbol(levels, a.x_dtype, Staging::AsIs, a.y_dtype, cta);
+        let room = gpu.max_dynamic(&symbol)?;
+        // (cost, utilization, cluster size, clusters per token group, smem)
+        let mut best: Option<(usize, f64, usize, usize, usize)> = None;
+        for size in CLUSTER_SIZES.into_iter().filter(|&s| s <= k_tiles) {
+            let per = k_tiles.div_ceil(size);
+            let smem = split_fixed_smem(tokens) + split_x_smem(a.x_dtype, tokens, per);
+            if smem > room {
+                continue;
+            }
+            let fit = gpu.clusters(&symbol, smem, size)?;
+            if fit == 0 {
+                continue;
+            }
+            let clusters = (fit / groups).clamp(1, blocks);
+            // Token groups beyond what fits at once run in further waves.
+            let waves = (groups * clusters).div_ceil(fit);
+            let steps = waves * blocks.div_ceil(clusters) * per;
+            let cost = steps + waves * blocks.div_ceil(clusters) * SPLIT_ROUND_STEPS;
+            // Weight-tile steps of the launch over those its resident warps could do.
+            let capacity = steps * fit * size * warps;
+            let utilization = (pairs * k_tiles * groups) as f64 / capacity as f64;
+            if best.is_none_or(|(c, ..)| cost < c) {
+                best = Some((cost, utilization, size, clusters, smem));
+            }
+        }
+        let Some((_, utilization, size, clusters, smem)) = best else {
+            continue;
+        };
+        if auto && utilization < SPLIT_MIN_UTILIZATION {
+            return Ok(None);
+        }
+        return Ok(Some(GemmPlan {
+            symbol,
+            params,
+            grid: ((clusters * size) as u32, groups as u32, 1),
+            smem: smem as u32,
+            cluster: size as u32,
+            threads: (warps * 32) as u32,
+        }));
+    }
+    Ok(None)
 }
 
 fn missing(arg: &'static str, why: &str) -> Error {
@@ -517,6 +696,45 @@ pub(crate) unsafe fn launch(
     Ok(())
 }
 
+/// Launches `f` in clusters of `cluster` CTAs along x (`grid.0` a multiple).
+///
+/// # Safety
+/// As [`launch`].
+unsafe fn launch_clusters(
+    f: &CudaFunction,
+    grid: (u32, u32, u32),
+    cluster: u32,
+    threads: u32,
+    smem: u32,
+    stream: CUstream,
+    params: &mut [*mut c_void],
+) -> Result<()> {
+    let mut attr = super::cluster_attribute(cluster);
+    let config = cudarc::driver::sys::CUlaunchConfig {
+        gridDimX: grid.0,
+        gridDimY: grid.1,
+        gridDimZ: grid.2,
+        blockDimX: threads,
+        blockDimY: 1,
+        blockDimZ: 1,
+        sharedMemBytes: smem,
+        hStream: stream,
+        attrs: &mut attr,
+        numAttrs: 1,
+    };
+    // SAFETY: forwarded from the caller; `config` and `attr` outlive the call.
+    unsafe {
+        cudarc::driver::sys::cuLaunchKernelEx(
+            &config,
+            f.cu_function(),
+            params.as_mut_ptr(),
+            std::ptr::null_mut(),
+        )
+    }
+    .result()?;
+    Ok(())
+}
+
 impl Gpu {
     /// GEMM on raw device pointers, on `stream` (e.g. PyTorch's current stream).
     ///
@@ -576,7 +794,44 @@ impl Gpu {
         let mut params = plan.params;
         let mut kp = [&mut params as *mut GemmParams as *mut c_void];
         // SAFETY: the kernel takes one GemmParams by value; the caller guarantees the buffers.
-        unsafe { launch(f, plan.grid, GEMM_THREADS, plan.smem, stream, &mut kp) }
+        unsafe {
+            if plan.cluster > 0 {
+                launch_clusters(
+                    f,
+                    plan.grid,
+                    plan.cluster,
+                    plan.threads,
+                    plan.smem,
+                    stream,
+                    &mut kp,
+                )
+            } else {
+                launch(f, plan.grid, plan.threads, plan.smem, stream, &mut kp)
+            }
+        }
+    }
+
+    /// The kernel and launch shape the planner picks for `batch` tokens of `x` type into
+    /// `y` type on `w` (dense, aligned activations), e.g. `gemm_t2_f16_f16_s16 grid
+    /// 132x1 cluster 2 threads 512 smem 229952`: what a benchmark row ran.
+    pub fn gemm_kernel(&self, w: &GpuMatrix, x: DType, y: DType, batch: usize) -> Result<String> {
+        let args = GemmArgs {
+            x: 256,
+            x_dtype: x,
+            ldx: w.cols().next_multiple_of(16),
+            y: 256,
+            y_dtype: y,
+            ldy: w.rows(),
+            batch,
+            bias: None,
+            x_scale: (x == DType::I8).then_some(256),
+            quantize_x: false,
+        };
+        let p = plan_gemm(w.rows(), w.cols(), w.levels(), 256, None, &args, self)?;
+        Ok(format!(
+            "{} grid {}x{} cluster {} threads {} smem {}",
+            p.symbol, p.grid.0, p.grid.1, p.cluster, p.threads, p.smem
+        ))
     }
 
     fn check_context(&self, w: &GpuMatrix) -> Result<()> {
@@ -828,8 +1083,13 @@ fn check_buf(arg: &'static str, len: usize, need: usize, dims: &[usize]) -> Resu
 mod tests {
     use super::*;
 
-    /// 132 SMs with two resident CTAs each, 200 KB of dynamic shared memory per CTA.
-    struct FakeGpu;
+    /// 132 SMs with two resident CTAs each, 200 KB of dynamic shared memory per CTA;
+    /// with `clusters`, an sm_90 that fits one cluster CTA per SM (16 clusters of 8),
+    /// taking the split kernels as `split` says.
+    struct FakeGpu {
+        clusters: bool,
+        split: SplitKernels,
+    }
     impl Occupancy for FakeGpu {
         fn resident(&self, _: &str, _: usize) -> Result<usize> {
             Ok(264)
@@ -840,8 +1100,25 @@ mod tests {
         fn sm_count(&self) -> usize {
             132
         }
+        fn clusters(&self, _: &str, _: usize, size: usize) -> Result<usize> {
+            Ok(if self.clusters { 132 / size } else { 0 })
+        }
+        fn split_kernels(&self) -> SplitKernels {
+            self.split
+        }
     }
-    const GPU: &FakeGpu = &FakeGpu;
+    const GPU: &FakeGpu = &FakeGpu {
+        clusters: false,
+        split: SplitKernels::Auto,
+    };
+    const SM90: &FakeGpu = &FakeGpu {
+        clusters: true,
+        split: SplitKernels::Always,
+    };
+    const SM90_AUTO: &FakeGpu = &FakeGpu {
+        clusters: true,
+        split: SplitKernels::Auto,
+    };
 
     fn args(x_dtype: DType, y_dtype: DType, batch: usize) -> GemmArgs {
         GemmArgs {
@@ -940,6 +1217,70 @@ mod tests {
         // 4 token groups x 79 blocks of 8 fill them; so do 2500 blocks of 8 for one group.
         assert_eq!(tall(10_000, 64), (r8.clone(), (66, 4, 1)));
         assert_eq!(tall(320_000, 16), (r8, (264, 1, 1)));
+    }
+
+    #[test]
+    fn split_kernels_take_nine_tokens_and_more_on_sm90() {
+        let plan = |rows: usize, cols: usize, x: DType, y: DType, batch: usize, gpu: &FakeGpu| {
+            let a = GemmArgs {
+                ldx: cols,
+                ldy: rows,
+                ..args(x, y, batch)
+            };
+            plan_gemm(rows, cols, Levels::Ternary, 0x10, None, &a, gpu).unwrap()
+        };
+        // 28672 x 8192, 16 tokens: 16 warps per CTA, 56 blocks of 16 row pairs, 64 k tiles.
+        // Two slices of 32 would stage 16 x 32 x 256 bytes, more than fits next to the
+        // rings and partial sums; 4 slices of 16: 33 clusters, 2 rounds, cost 2 x (16 + 2)
+        // (3 slices: 2 x 24; 6: 3 x 13; 8: 4 x 10).
+        let p = plan(28_672, 8192, DType::F16, DType::F16, 16, SM90);
+        assert_eq!(p.symbol, "gemm_t2_f16_f16_s16");
+        assert_eq!((p.grid, p.cluster, p.threads), ((132, 1, 1), 4, 512));
+        assert_eq!(p.smem as usize, split_fixed_smem(16) + 16 * (16 * 256 + 32));
+        // 8192 x 8192, 64 tokens: no slice of 64 f16 tokens fits 200 KB; 2 groups of 32
+        // in 8 slices (8 clusters each, 2 rounds).
+        let p = plan(8192, 8192, DType::F16, DType::F16, 64, SM90);
+        assert_eq!(p.symbol, "gemm_t2_f16_f16_s32");
+        assert_eq!((p.grid, p.cluster), ((64, 2, 1), 8));
+        // int8 rows are half as wide: 64 tokens fit.
+        let p = plan(8192, 8192, DType::I8, DType::BF16, 64, SM90);
+        assert_eq!((p.symbol.as_str(), p.grid.1), ("gemm_t2_i8_bf16_s64", 1));
+        // 9 and 33 tokens: the smallest CTA that holds them.
+        assert_eq!(
+            plan(300, 300, DType::BF16, DType::BF16, 9, SM90).symbol,
+            "gemm_t2_bf16_bf16_s16"
+        );
+        assert_eq!(
+            plan(300, 300, DType::I8, DType::I32, 33, SM90).symbol,
+            "gemm_t2_i8_i32_s64"
+        );
+        // 8 tokens, and any batch before sm_90: the token-group kernels.
+        assert_eq!(
+            plan(300, 300, DType::F16, DType::F16, 8, SM90).symbol,
+            "gemm_t2_f16_f16_n8_r2"
+        );
+        let p = plan(28_672, 8192, DType::F16, DType::F16, 16, GPU);
+        assert_eq!(
+            (p.symbol.as_str(), p.cluster),
+            ("gemm_t2_f16_f16_n16_r4", 0)
+        );
+        // Rows too long for any slice of 8: the token-group kernel.
+        let p = plan(100, 1 << 20, DType::F16, DType::F16, 16, SM90);
+        assert_eq!(p.symbol, "gemm_t2_f16_f16_n16_r4");
+        // Auto: 28672 x 8192 keeps 896 x 64 / (2 rounds x 16 x 33 clusters x 4 x 16 warps)
+        // = 0.85 of the warp time busy; 8192 x 8192 only 256 x 64 / (1 x 8 x 16 x 8 x 16)
+        // = 0.98 on the fake GPU, but 300 x 300 a sliver.
+        let p = plan(28_672, 8192, DType::I8, DType::F16, 16, SM90_AUTO);
+        assert_eq!(p.symbol, "gemm_t2_i8_f16_s16");
+        let p = plan(300, 300, DType::I8, DType::F16, 16, SM90_AUTO);
+        assert_eq!(p.symbol, "gemm_t2_i8_f16_n16_r2");
+        // Auto takes the split kernels for f16/bf16 up to 16 tokens only.
+        let p = plan(28_672, 8192, DType::BF16, DType::BF16, 16, SM90_AUTO);
+        assert_eq!(p.symbol, "gemm_t2_bf16_bf16_s16");
+        let p = plan(28_672, 8192, DType::BF16, DType::BF16, 17, SM90_AUTO);
+        assert_eq!(p.symbol, "gemm_t2_bf16_bf16_n16_r8");
+        let p = plan(28_672, 8192, DType::I8, DType::BF16, 64, SM90_AUTO);
+        assert_eq!((p.symbol.as_str(), p.grid.1), ("gemm_t2_i8_bf16_s64", 1));
     }
 
     #[test]

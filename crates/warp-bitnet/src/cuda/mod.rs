@@ -21,13 +21,14 @@ mod launch;
 mod weights;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys::CUdevice_attribute as Attr;
 use cudarc::driver::{CudaContext, CudaFunction};
 
 pub use launch::{
-    gemm_symbol, tokens_per_cta_options, GemmArgs, GemmParams, GpuFloat, GpuOut, Staging,
+    gemm_symbol, tokens_per_cta_options, Cta, GemmArgs, GemmParams, GpuFloat, GpuOut, SplitKernels,
+    Staging,
 };
 pub use weights::GpuMatrix;
 
@@ -69,12 +70,19 @@ pub struct Gpu {
     ctx: Arc<CudaContext>,
     info: DeviceInfo,
     functions: HashMap<String, Kernel>,
+    /// Resident clusters by (kernel, CTAs per SM, cluster size): the driver's answer,
+    /// asked once (`resident_clusters`).
+    clusters: Mutex<HashMap<(String, usize, usize), usize>>,
+    /// When the planner takes the split-K cluster kernels (sm_90+).
+    split_kernels: SplitKernels,
 }
 
-/// A loaded kernel: how many of its 256-thread CTAs fit on one SM by registers, and
-/// its shared memory (static, and the most dynamic memory it was allowed).
+/// A loaded kernel: its CTA size (the `__launch_bounds__` it was compiled for), how
+/// many of its CTAs fit on one SM by registers, and its shared memory (static, and the
+/// most dynamic memory it was allowed).
 struct Kernel {
     function: CudaFunction,
+    threads: u32,
     ctas_per_sm: usize,
     static_smem: usize,
     max_dynamic_smem: usize,
@@ -138,6 +146,8 @@ impl Gpu {
             ctx,
             info,
             functions,
+            clusters: Mutex::default(),
+            split_kernels: SplitKernels::Auto,
         })
     }
 
@@ -151,12 +161,68 @@ impl Gpu {
         &self.info
     }
 
+    /// When the planner takes the split-K cluster kernels for 9+ tokens on sm_90 and
+    /// newer (default [`SplitKernels::Auto`]). The other modes are for tests and A/B
+    /// benchmarks of the two kernel families on one GPU.
+    pub fn set_split_kernels(&mut self, mode: SplitKernels) {
+        self.split_kernels = mode;
+    }
+
     /// CTAs of kernel `name` with `dynamic` bytes of dynamic shared memory that fit the
     /// GPU at once (registers and shared memory; 1 KB per CTA is reserved by the driver).
     fn resident_ctas(&self, name: &str, dynamic: usize) -> Result<usize> {
         let k = self.kernel(name)?;
         let by_smem = self.info.smem_per_sm / (k.static_smem + dynamic + 1024);
         Ok(k.ctas_per_sm.min(by_smem).max(1) * self.info.sm_count)
+    }
+
+    /// Clusters of `size` CTAs of kernel `name` with `dynamic` bytes of dynamic shared
+    /// memory that fit the GPU at once (clusters live within one GPC, so this is the
+    /// driver's count, not SMs / size); 0 before sm_90.
+    fn resident_clusters(&self, name: &str, dynamic: usize, size: usize) -> Result<usize> {
+        if self.info.compute_capability.0 < 9 {
+            return Ok(0);
+        }
+        let k = self.kernel(name)?;
+        // The driver's answer depends on the shared memory only through the CTAs it lets
+        // an SM hold.
+        let per_sm = k
+            .ctas_per_sm
+            .min(self.info.smem_per_sm / (k.static_smem + dynamic + 1024));
+        if per_sm == 0 {
+            return Ok(0);
+        }
+        let key = (name.to_string(), per_sm, size);
+        let mut cache = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&n) = cache.get(&key) {
+            return Ok(n);
+        }
+        let mut attr = cluster_attribute(size as u32);
+        let config = cudarc::driver::sys::CUlaunchConfig {
+            gridDimX: size as u32,
+            gridDimY: 1,
+            gridDimZ: 1,
+            blockDimX: k.threads,
+            blockDimY: 1,
+            blockDimZ: 1,
+            sharedMemBytes: dynamic as u32,
+            hStream: std::ptr::null_mut(),
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        let mut n = 0;
+        // SAFETY: the function is loaded; `config` and `attr` outlive the call.
+        unsafe {
+            cudarc::driver::sys::cuOccupancyMaxActiveClusters(
+                &mut n,
+                k.function.cu_function(),
+                &config,
+            )
+        }
+        .result()?;
+        let n = n.max(0) as usize;
+        cache.insert(key, n);
+        Ok(n)
     }
 
     fn kernel(&self, name: &str) -> Result<&Kernel> {
@@ -189,19 +255,34 @@ impl Kernel {
             )
         }?;
         // SAFETY: as above.
+        let threads =
+            unsafe { get_function_attribute(f, F::CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK) }?;
+        // SAFETY: as above.
         let ctas = unsafe {
-            cudarc::driver::result::occupancy::max_active_block_per_multiprocessor(
-                f,
-                launch::GEMM_THREADS as i32,
-                0,
-            )
+            cudarc::driver::result::occupancy::max_active_block_per_multiprocessor(f, threads, 0)
         }?;
         Ok(Self {
             function,
+            threads: threads as u32,
             ctas_per_sm: ctas.max(1) as usize,
             static_smem,
             max_dynamic_smem,
         })
+    }
+}
+
+/// The launch attribute for clusters of `size` CTAs along x.
+pub(crate) fn cluster_attribute(size: u32) -> cudarc::driver::sys::CUlaunchAttribute {
+    use cudarc::driver::sys::{CUlaunchAttribute, CUlaunchAttributeID, CUlaunchAttributeValue};
+    // SAFETY: an all-zero launch attribute value is valid (a union of plain integers).
+    let mut value: CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
+    value.clusterDim.x = size;
+    value.clusterDim.y = 1;
+    value.clusterDim.z = 1;
+    CUlaunchAttribute {
+        id: CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
+        pad: [0; 4],
+        value,
     }
 }
 
@@ -225,6 +306,7 @@ fn kernel_names(text: &str) -> Vec<String> {
         } else if let Some(args) = line
             .strip_prefix("GEMM_KERNEL(")
             .or_else(|| line.strip_prefix("GEMM_KERNEL_QX("))
+            .or_else(|| line.strip_prefix("GEMM_SPLIT_KERNEL("))
         {
             if let Some(name) = args.trim_end_matches(')').rsplit(',').next() {
                 names.push(name.trim().to_string());
@@ -259,15 +341,26 @@ mod tests {
                 (DType::I8, DType::I32),
             ] {
                 if x != DType::I8 {
-                    planned.push(gemm_symbol(levels, x, Staging::Quantized, y, 1, 1));
+                    planned.push(gemm_symbol(levels, x, Staging::Quantized, y, Cta::Single));
                 }
                 if x == DType::BF16 {
-                    planned.push(gemm_symbol(levels, x, Staging::AsF16, y, 1, 1));
+                    planned.push(gemm_symbol(levels, x, Staging::AsF16, y, Cta::Single));
                 }
-                for &t in [1].iter().chain(launch::tokens_per_cta_options(x)) {
-                    for &rt in launch::row_tile_options(x, t) {
-                        planned.push(gemm_symbol(levels, x, Staging::AsIs, y, t, rt));
+                planned.push(gemm_symbol(levels, x, Staging::AsIs, y, Cta::Single));
+                for &tokens in launch::tokens_per_cta_options(x) {
+                    for &row_tiles in launch::row_tile_options(x, tokens) {
+                        let cta = Cta::Groups { tokens, row_tiles };
+                        planned.push(gemm_symbol(levels, x, Staging::AsIs, y, cta));
                     }
+                }
+                for tokens in launch::SPLIT_TOKENS {
+                    planned.push(gemm_symbol(
+                        levels,
+                        x,
+                        Staging::AsIs,
+                        y,
+                        Cta::Split { tokens },
+                    ));
                 }
             }
             planned.sort();

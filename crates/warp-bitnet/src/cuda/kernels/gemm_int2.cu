@@ -2,7 +2,7 @@
 // L = c - 1.5 in {-1.5, -0.5, +0.5, +1.5}, codes c kept as they are in the T2 tile
 // layout (docs/FORMATS.md, "INT2"). Same kernels as gemm_t2.cu (gemm.cuh) but for the
 // offset: i8 with i32 output gives sum (2c - 3) x, twice the level sum.
-#include "gemm.cuh"
+#include "gemm_split.cuh"
 
 GEMM_KERNEL(ACT_F16, OUT_F16, 1, 1, true, true, 4, gemm_int2_f16_f16_n1)
 GEMM_KERNEL(ACT_F16, OUT_F16, 1, 2, false, true, 2, gemm_int2_f16_f16_n8_r2)
@@ -29,3 +29,18 @@ GEMM_KERNEL(ACT_I8, OUT_I32, 2, 2, false, true, 1, gemm_int2_i8_i32_n16_r2)
 GEMM_KERNEL(ACT_I8, OUT_I32, 4, 2, false, true, 1, gemm_int2_i8_i32_n32_r2)
 GEMM_KERNEL_QX(ACT_I8, QX_F16, OUT_F16, true, 4, gemm_int2_f16q_f16_n1)
 GEMM_KERNEL_QX(ACT_I8, QX_BF16, OUT_BF16, true, 4, gemm_int2_bf16q_bf16_n1)
+GEMM_SPLIT_KERNEL(ACT_F16, OUT_F16, 2, true, gemm_int2_f16_f16_s16)
+GEMM_SPLIT_KERNEL(ACT_BF16, OUT_BF16, 2, true, gemm_int2_bf16_bf16_s16)
+GEMM_SPLIT_KERNEL(ACT_I8, OUT_F16, 2, true, gemm_int2_i8_f16_s16)
+GEMM_SPLIT_KERNEL(ACT_I8, OUT_BF16, 2, true, gemm_int2_i8_bf16_s16)
+GEMM_SPLIT_KERNEL(ACT_I8, OUT_I32, 2, true, gemm_int2_i8_i32_s16)
+GEMM_SPLIT_KERNEL(ACT_F16, OUT_F16, 4, true, gemm_int2_f16_f16_s32)
+GEMM_SPLIT_KERNEL(ACT_BF16, OUT_BF16, 4, true, gemm_int2_bf16_bf16_s32)
+GEMM_SPLIT_KERNEL(ACT_I8, OUT_F16, 4, true, gemm_int2_i8_f16_s32)
+GEMM_SPLIT_KERNEL(ACT_I8, OUT_BF16, 4, true, gemm_int2_i8_bf16_s32)
+GEMM_SPLIT_KERNEL(ACT_I8, OUT_I32, 4, true, gemm_int2_i8_i32_s32)
+GEMM_SPLIT_KERNEL(ACT_F16, OUT_F16, 8, true, gemm_int2_f16_f16_s64)
+GEMM_SPLIT_KERNEL(ACT_BF16, OUT_BF16, 8, true, gemm_int2_bf16_bf16_s64)
+GEMM_SPLIT_KERNEL(ACT_I8, OUT_F16, 8, true, gemm_int2_i8_f16_s64)
+GEMM_SPLIT_KERNEL(ACT_I8, OUT_BF16, 8, true, gemm_int2_i8_bf16_s64)
+GEMM_SPLIT_KERNEL(ACT_I8, OUT_I32, 8, true, gemm_int2_i8_i32_s64)

@@ -1,0 +1,398 @@
+// Split-K kernels for 9-64 tokens per CTA ("_s{T}"), sm_90 thread-block clusters.
+// Same T2 tiles, decode and MMAs as gemm.cuh; what changes is who holds what.
+//
+// Why: the token-group kernels of gemm.cuh keep each warp's activations in registers
+// (16 per token group) and decode every weight once per group of 8-16 tokens, so at 16
+// tokens they run 2 warps per scheduler (238 registers) and at 64 tokens decode each
+// weight four times. Here a CTA stages its tokens' activations for one K slice in
+// shared memory once, for its whole life, and every weight is decoded once for all T
+// tokens.
+//
+// Mapping: the grid is clusters of S CTAs (S = cluster size, chosen by the planner);
+// CTA rank r of a cluster owns k tiles [r*per, (r+1)*per), per = ceil(k_tiles / S),
+// and stages X[T tokens, that slice] in dynamic shared memory. Warp w owns a row pair
+// (two 16-row tiles: each activation fragment read from shared memory feeds two MMAs)
+// and walks the slice: in round i the cluster's 8 warps of each rank take row pairs
+// (cluster + i * clusters) * 8 + w, the same pairs in every rank. Weights stream through
+// a private per-warp cp.async ring that runs on across rounds (no CTA barrier in the
+// main loop). At the end of a round, the partial sums of warp w belong to rank w % S
+// (S divides the warps per CTA): each warp stores them into its owner's shared memory
+// (st.shared::cluster: stores do not wait for a round trip, remote loads would), the
+// cluster synchronizes, and each rank sums its warps' values over the S slices from its
+// own shared memory, then applies scale, bias and the conversion (the i8 kernels
+// subtract each slice's sum(x) before they send).
+//
+// Staged activations, per token, per k tile: 256 bytes (f16/bf16) or 128 (i8). The
+// 8 bytes lane (g, q) needs for slot pair s (f16: columns 32q + 4s..4s+3, the B
+// fragment as it is) or quad j (i8: columns 32q + {4j, 4j+16, 4j+1, 4j+17, 4j+2, 4j+18,
+// 4j+3, 4j+19}, the B registers the MMA needs, permuted once when staged) sit at
+// 32s + 8q; a token's row is padded to 32 mod 128 bytes, so the 16 lanes of a half warp
+// (4 tokens x 4 q) read 128 distinct bytes: no bank conflicts.
+//
+// Budget per 2048-weight tile per warp (f16, T tokens): 64 LOP3/HFMA2 (decode) + T HMMA
+// + T/2 LDS.64 + ~3 (ring) instructions; shared memory 128 T bytes. At T = 16 that is ~90
+// instructions (the read-bound H100 allows ~210 issue slots per tile per SM) and the
+// H100's mma.sync rate bounds T = 64 at ~1.5 cycles per HMMA: ~96 cycles a tile, about
+// 2x the weight read. i8: 32 decode + T/2 IMMA + T/4 LDS.64.
+#pragma once
+#include "gemm.cuh"
+
+constexpr int SPLIT_RW = 2;     // row tiles per warp
+constexpr int SPLIT_DEPTH = 4;  // weight ring stages per warp (each 2 tiles)
+// Warps per CTA: 16 while the registers allow (up to 32 tokens: <= 128 per thread), so
+// that 4 warps per scheduler hide the shared-memory and MMA latencies; 8 for 64 tokens.
+template <int NT>
+constexpr int SPLIT_WARPS = NT <= 4 ? 16 : 8;
+
+// Bytes per token per k tile of the staged activations, and a token's row stride for
+// slices of `per` k tiles (32 mod 128, see above).
+template <int ACT>
+struct SplitX {
+    static constexpr u32 TILE = ACT == ACT_I8 ? 128 : 256;
+    __device__ static constexpr u32 stride(u32 per) { return per * TILE + 32; }
+};
+
+// Dynamic shared memory, in this order: weight rings, the partial sums this rank owns
+// [source rank][owned warp][lane][8 NT] (f32 or i32 bits), the slice's per-token sum(x)
+// (i8), then the staged activations. Mirrored by `split_fixed_smem` in launch.rs.
+template <int NT>
+struct SplitSmem {
+    static constexpr u32 RING = SPLIT_WARPS<NT> * SPLIT_DEPTH * SPLIT_RW * 512;
+    static constexpr u32 RED = SPLIT_WARPS<NT> * 32 * SPLIT_RW * NT * 4 * 4;
+    static constexpr u32 XSUM = 8 * NT * 4;
+    static constexpr u32 FIXED = RING + RED + XSUM;
+};
+
+__device__ __forceinline__ u32 cluster_rank() {
+    u32 r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return r;
+}
+__device__ __forceinline__ u32 cluster_ctas() {
+    u32 r;
+    asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(r));
+    return r;
+}
+__device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory"); }
+__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); }
+// The shared-memory address `addr` (this CTA's address space) in cluster CTA `rank`.
+__device__ __forceinline__ u32 map_rank(u32 addr, u32 rank) {
+    u32 remote;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(addr), "r"(rank));
+    return remote;
+}
+__device__ __forceinline__ void st_cluster128(u32 remote, u32 a, u32 b, u32 c, u32 d) {
+    asm volatile("st.shared::cluster.v4.u32 [%0], {%1,%2,%3,%4};" ::"r"(remote), "r"(a), "r"(b), "r"(c), "r"(d)
+                 : "memory");
+}
+
+
+__device__ __forceinline__ void sts64(u32 addr, u32 a, u32 b) {
+    asm volatile("st.shared.v2.u32 [%0], {%1,%2};" ::"r"(addr), "r"(a), "r"(b));
+}
+
+// One token's 32 columns from `col` on (zeros past `cols`), element by element: the
+// last, partial k tile, or activations not aligned for 16-byte loads.
+template <int ACT>
+struct Cols32 {
+    u32 w[ACT == ACT_I8 ? 8 : 16];
+};
+template <int ACT>
+__device__ __noinline__ Cols32<ACT> load_cols32_slow(const GemmParams& p, u32 b, u32 col) {
+    constexpr int XB = ACT == ACT_I8 ? 1 : 2;
+    Cols32<ACT> v;
+#pragma unroll
+    for (int i = 0; i < 8 * XB; i++) v.w[i] = 0;
+    const unsigned char* src = (const unsigned char*)p.x + ((u64)b * p.ldx + col) * XB;
+    for (u32 e = 0; e < 32 && col + e < p.cols; e++) {
+        const u32 h = XB == 1 ? (u32)src[e] : (u32)((const u16*)src)[e];
+        v.w[e * XB / 4] |= h << (8 * XB * (e % (4 / XB)));
+    }
+    return v;
+}
+
+// Stages tokens b_base .. b_base + tokens - 1, k tiles kt0 .. kt0 + kts - 1 (zeros past
+// `cols` and `batch`) in the layout above; i8 also sums each token's slice into xsum.
+// One unit = one token's 32 columns of one k tile for one q: consecutive threads read
+// consecutive 32 columns of a token (coalesced). Each thread loads STAGE_BATCH units
+// before it stores any (see batched_chunks).
+template <int ACT>
+__device__ __forceinline__ void stage_slice(const GemmParams& p, u32 xs, u32 rs, u32 b_base, u32 tokens, u32 kt0,
+                                            u32 kts, int* xsum) {
+    constexpr int WORDS = ACT == ACT_I8 ? 8 : 16;
+    const u32 n = tokens * kts * 4;
+    for (u32 c0 = threadIdx.x; c0 < n; c0 += STAGE_BATCH * blockDim.x) {
+        Cols32<ACT> v[STAGE_BATCH];
+#pragma unroll
+        for (int u = 0; u < STAGE_BATCH; u++) {
+            const u32 c = c0 + u * blockDim.x;
+            const u32 q = c % 4, kt = (c / 4) % kts, b = b_base + c / (4 * kts);
+            const u32 col = (kt0 + kt) * 128 + 32 * q;
+            if (c >= n || b >= p.batch) {
+#pragma unroll
+                for (int i = 0; i < WORDS; i++) v[u].w[i] = 0;
+            } else if (p.x_vec && col + 32 <= p.cols) {
+                const unsigned char* src = (const unsigned char*)p.x + ((u64)b * p.ldx + col) * (WORDS / 8);
+#pragma unroll
+                for (int i = 0; i < WORDS / 4; i++) {
+                    const u32x4 w = load_v4(src + 16 * i);
+                    v[u].w[4 * i] = w.x; v[u].w[4 * i + 1] = w.y; v[u].w[4 * i + 2] = w.z; v[u].w[4 * i + 3] = w.w;
+                }
+            } else {
+                v[u] = load_cols32_slow<ACT>(p, b, col);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < STAGE_BATCH; u++) {
+            const u32 c = c0 + u * blockDim.x;
+            if (c >= n) break;
+            const u32 q = c % 4, kt = (c / 4) % kts, t = c / (4 * kts);
+            const u32 dst = xs + t * rs + kt * SplitX<ACT>::TILE + 8 * q;
+            if constexpr (ACT == ACT_I8) {
+                int sum = 0;
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    const u32 lo = v[u].w[j], hi = v[u].w[j + 4];
+                    sts64(dst + 32 * j, prmt(lo, hi, 0x5140), prmt(lo, hi, 0x7362));
+                    sum = dp4a(hi, 0x01010101u, dp4a(lo, 0x01010101u, sum));
+                }
+                if (sum != 0) atomicAdd(&xsum[t], sum);
+            } else {
+#pragma unroll
+                for (int j = 0; j < 8; j++) sts64(dst + 32 * j, v[u].w[2 * j], v[u].w[2 * j + 1]);
+            }
+        }
+    }
+}
+
+template <int ACT, int NT>
+struct SplitAcc {
+    float f[SPLIT_RW][NT][4];
+    int i[SPLIT_RW][NT][4];
+};
+
+// Slot pair S of two row tiles (f16/bf16 decode) times every token group.
+template <int ACT, bool INT2, int NT, int S>
+__device__ __forceinline__ void split_pair(const u32x4 (&wv)[SPLIT_RW], const uint2* xk, u32 rs8, SplitAcc<ACT, NT>& acc) {
+    u32 a[SPLIT_RW][4];
+#pragma unroll
+    for (int r = 0; r < SPLIT_RW; r++) {
+        // Fragment order: row g (word 0), row g+8 (word 2), then the odd words.
+        a[r][0] = decode_pair<ACT, INT2, S>(wv[r].x);
+        a[r][1] = decode_pair<ACT, INT2, S>(wv[r].z);
+        a[r][2] = decode_pair<ACT, INT2, S>(wv[r].y);
+        a[r][3] = decode_pair<ACT, INT2, S>(wv[r].w);
+    }
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        const uint2 b = xk[t * rs8 + 4 * S];
+#pragma unroll
+        for (int r = 0; r < SPLIT_RW; r++) {
+            if (ACT == ACT_F16) mma_f16(acc.f[r][t], a[r][0], a[r][1], a[r][2], a[r][3], b.x, b.y);
+            else mma_bf16(acc.f[r][t], a[r][0], a[r][1], a[r][2], a[r][3], b.x, b.y);
+        }
+    }
+}
+
+// Two row tiles' weights times the staged activations of one k tile (`xk`: lane's
+// fragments for token g of the first group; groups are `rs8` fragments apart). Plain
+// loads, not asm: the compiler may issue them ahead of the MMAs that wait for them.
+template <int ACT, bool INT2, int NT>
+__device__ __forceinline__ void split_tile(const u32x4 (&wv)[SPLIT_RW], const uint2* xk, u32 rs8, SplitAcc<ACT, NT>& acc) {
+    if constexpr (ACT == ACT_I8) {
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            u32 a[SPLIT_RW][4];
+#pragma unroll
+            for (int r = 0; r < SPLIT_RW; r++) {
+                a[r][0] = (wv[r].x >> (2 * j)) & 0x03030303u;
+                a[r][1] = (wv[r].z >> (2 * j)) & 0x03030303u;
+                a[r][2] = (wv[r].y >> (2 * j)) & 0x03030303u;
+                a[r][3] = (wv[r].w >> (2 * j)) & 0x03030303u;
+            }
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                const uint2 b = xk[t * rs8 + 4 * j];
+#pragma unroll
+                for (int r = 0; r < SPLIT_RW; r++) mma_i8(acc.i[r][t], a[r][0], a[r][1], a[r][2], a[r][3], b.x, b.y);
+            }
+        }
+    } else {
+        split_pair<ACT, INT2, NT, 0>(wv, xk, rs8, acc);
+        split_pair<ACT, INT2, NT, 1>(wv, xk, rs8, acc);
+        split_pair<ACT, INT2, NT, 2>(wv, xk, rs8, acc);
+        split_pair<ACT, INT2, NT, 3>(wv, xk, rs8, acc);
+        split_pair<ACT, INT2, NT, 4>(wv, xk, rs8, acc);
+        split_pair<ACT, INT2, NT, 5>(wv, xk, rs8, acc);
+        split_pair<ACT, INT2, NT, 6>(wv, xk, rs8, acc);
+        split_pair<ACT, INT2, NT, 7>(wv, xk, rs8, acc);
+    }
+}
+
+template <int ACT, int OUT, int NT, bool INT2>
+__device__ __forceinline__ void gemm_split(const GemmParams& p) {
+#if __CUDA_ARCH__ >= 900
+    constexpr u32 T = 8 * NT, VALUES = SPLIT_RW * NT * 4, W = SPLIT_WARPS<NT>;
+    typedef SplitSmem<NT> Smem;
+    extern __shared__ __align__(16) unsigned char smem[];
+    const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
+    const u32 S = cluster_ctas(), rank = cluster_rank();
+    const u32 cluster = blockIdx.x / S, clusters = gridDim.x / S;
+    const u32 per = (p.k_tiles + S - 1) / S;
+    const u32 kt0 = min(rank * per, p.k_tiles), kts = min(per, p.k_tiles - kt0);
+    const u32 rs = SplitX<ACT>::stride(per);
+    // A launch with less shared memory than this layout, or a cluster size that does
+    // not divide the warps, is a host bug.
+    if (dynamic_smem_size() < Smem::FIXED + T * rs || W % S != 0) __trap();
+    const u32 base = pinned(smem_addr(smem));
+    const u32 red = base + Smem::RING;
+    int* const xsum = (int*)(smem + Smem::RING + Smem::RED);
+    const u32 xs = base + Smem::FIXED;
+    const u32 b_base = blockIdx.y * T;
+    const u64 policy = evict_first_policy();
+
+    // ---- row pairs: round i gives warp w pair (cluster + i * clusters) * W + w ----
+    const u32 row_tiles = (p.rows + 15) / 16, pairs = (row_tiles + 1) / 2;
+    const u32 blocks = (pairs + W - 1) / W;
+    const u32 rounds = blocks > cluster ? (blocks - cluster + clusters - 1) / clusters : 0;
+    const u32 first = cluster * W + warp, stride_pairs = clusters * W;
+    const u32 mine = pairs > first ? min(rounds, (pairs - first + stride_pairs - 1) / stride_pairs) : 0;
+    const u32 total = mine * kts;
+
+    // ---- weight ring: step f = (round f / kts, k tile f % kts) ----
+    const u32 my_ring = base + (warp * SPLIT_DEPTH * SPLIT_RW * 32 + lane) * 16;
+    const u64 tile_step = (u64)p.k_tiles * 32;
+    u32 ahead = 0, a_kt = 0, a_pair = first;
+    const auto produce = [&]() {  // one commit group per step, empty past the end
+        if (ahead < total) {
+            const u32x4* t0 = p.w + ((u64)(2 * a_pair) * p.k_tiles + kt0 + a_kt) * 32 + lane;
+            // A last, odd row tile: its pair's second tile reloads it; the epilogue drops the rows.
+            const u32x4* t1 = 2 * a_pair + 1 < row_tiles ? t0 + tile_step : t0;
+            const u32 slot = my_ring + (ahead % SPLIT_DEPTH) * SPLIT_RW * 512;
+            cp_async_16_evict_first(slot, t0, policy);
+            cp_async_16_evict_first(slot + 512, t1, policy);
+            if (++a_kt == kts) {
+                a_kt = 0;
+                a_pair += stride_pairs;
+            }
+        }
+        cp_async_commit();
+        ahead++;
+    };
+#pragma unroll
+    for (int t = 0; t < SPLIT_DEPTH - 1; t++) produce();
+
+    // ---- stage this slice of the tokens' activations (overlapping the ring's loads) ----
+    if (ACT == ACT_I8 && threadIdx.x < T) xsum[threadIdx.x] = 0;
+    if (ACT == ACT_I8) __syncthreads();
+    stage_slice<ACT>(p, xs, rs, b_base, T, kt0, kts, xsum);
+    __syncthreads();
+
+    const auto read_ring = [&](u32 f, u32x4(&dst)[SPLIT_RW]) {
+#pragma unroll
+        for (int r = 0; r < SPLIT_RW; r++) dst[r] = lds128(my_ring + ((f % SPLIT_DEPTH) * SPLIT_RW + r) * 512);
+    };
+    u32x4 wnext[SPLIT_RW];
+    if (total > 0) {
+        cp_async_wait<SPLIT_DEPTH - 2>();
+        read_ring(0, wnext);
+    }
+    const uint2* const x_lane = (const uint2*)(smem + Smem::FIXED + g * rs + 8 * q);
+    const u32 rs8 = rs;  // 8 tokens of rs bytes = rs fragments of 8 bytes
+    // Partial sums: warp w's go to rank w % S, block (source rank) * W/S + w / S.
+    const u32 per_owner = W / S;
+    const u32 my_block = red + (((rank * per_owner + warp / S) * 32 + lane) * VALUES) * 4;
+    const u32 owner = warp % S;
+    // The owner's share: warp w sums values v = w / per_owner (mod S) of owned warp
+    // w % per_owner, i.e. of the sender warp (w % per_owner) * S + rank.
+    const u32 owned = warp % per_owner, sender = owned * S + rank, phase = warp / per_owner;
+
+    u32 f = 0;
+    for (u32 i = 0; i < rounds; i++) {
+        SplitAcc<ACT, NT> acc;
+#pragma unroll
+        for (int r = 0; r < SPLIT_RW; r++)
+#pragma unroll
+            for (int t = 0; t < NT; t++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    acc.f[r][t][e] = 0.f;
+                    acc.i[r][t][e] = 0;
+                }
+        if (i < mine) {
+            for (u32 kt = 0; kt < kts; kt++) {
+                produce();
+                u32x4 wcur[SPLIT_RW];
+#pragma unroll
+                for (int r = 0; r < SPLIT_RW; r++) wcur[r] = wnext[r];
+                cp_async_wait<SPLIT_DEPTH - 2>();  // step f+1 has landed
+                read_ring(f + 1, wnext);
+                split_tile<ACT, INT2, NT>(wcur, x_lane + kt * (SplitX<ACT>::TILE / 8), rs8, acc);
+                f++;
+            }
+        }
+
+        // ---- partial sums to shared memory; value v = (r * NT + t) * 4 + e ----
+        if (i > 0) cluster_wait();  // every rank has read the previous round's
+        const u32 remote = map_rank(my_block, owner);
+#pragma unroll
+        for (int r = 0; r < SPLIT_RW; r++)
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                u32 v[4];
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    if (ACT == ACT_I8) {
+                        // Ternary: sum (c - 1) x. INT2: sum (2c - 3) x, twice the level sum.
+                        // (Unsigned: the partial terms may wrap; the result fits, see MAX_W2A8_COLS.)
+                        const u32 sx = (u32)xsum[8 * t + 2 * q + (e % 2)], s = (u32)acc.i[r][t][e];
+                        v[e] = INT2 ? 2u * s - 3u * sx : s - sx;
+                    } else {
+                        v[e] = __float_as_uint(acc.f[r][t][e]);
+                    }
+                }
+                st_cluster128(remote + (r * NT + t) * 16, v[0], v[1], v[2], v[3]);
+            }
+        cluster_arrive();
+        cluster_wait();
+
+        // ---- this rank's share of the values: sum over the slices, scale, bias, store ----
+        const u32 pair = first - warp + sender + i * stride_pairs;
+        const u32* const sums = (const u32*)(smem + Smem::RING) + (owned * 32 + lane) * VALUES;
+        const u32 block_stride = per_owner * 32 * VALUES;  // words between source ranks
+        for (u32 v = phase; v < VALUES; v += S) {
+            const u32 r = v / (4 * NT), t = (v / 4) % NT, e = v % 4;
+            const u32 row = 32 * pair + 16 * r + g + 8 * (e / 2), b = b_base + 8 * t + 2 * q + (e % 2);
+            if (pair >= pairs || row >= p.rows || b >= p.batch) continue;
+            float y;
+            if (ACT == ACT_I8) {
+                u32 sum = 0;
+                for (u32 k = 0; k < S; k++) sum += sums[k * block_stride + v];
+                if (OUT == OUT_I32) {
+                    ((int*)p.y)[(u64)b * p.ldy + row] = (int)sum;
+                    continue;
+                }
+                y = (float)(int)sum * (INT2 ? 0.5f : 1.f) * p.x_scale[b];
+            } else {
+                y = 0.f;
+                for (u32 k = 0; k < S; k++) y += __uint_as_float(sums[k * block_stride + v]);
+            }
+            if (p.w_scale != nullptr) y *= p.w_scale[p.scale_per_row ? row : 0];
+            y += load_bias<OUT>(p.bias, row);
+            u16* out = (u16*)p.y + (u64)b * p.ldy + row;
+            *out = OUT == OUT_BF16 ? f32_to_bf16(y) : f32_to_f16(y);
+        }
+        cluster_arrive();
+    }
+    if (rounds > 0) cluster_wait();  // no rank exits while another reads its shared memory
+    cp_async_wait<0>();
+#else
+    __trap();  // the planner takes these kernels only on sm_90 and newer
+#endif
+}
+
+// Symbols: gemm_{t2|int2}_{activation}_{output}_s{8 NT}; built by `gemm_symbol`.
+#define GEMM_SPLIT_KERNEL(ACT, OUT, NT, INT2, NAME)                                              \
+    extern "C" __global__ void __launch_bounds__(SPLIT_WARPS<NT> * 32, 1) NAME(const GemmParams p) { \
+        gemm_split<ACT, OUT, NT, INT2>(p);                                                     \
+    }
