@@ -215,8 +215,8 @@ pub fn gemm_symbol(levels: Levels, x: DType, staging: Staging, y: DType, cta: Ct
 pub enum SplitKernels {
     /// Never: the token-group kernels, as on GPUs before sm_90.
     Never,
-    /// Where they keep at least [`SPLIT_MIN_UTILIZATION`] of the GPU's warps busy, and
-    /// for f16/bf16 activations only up to 16 tokens (docs/NOTES.md, v25).
+    /// Where one CTA size holds the batch (up to 64 tokens; 16 for f16/bf16) and keeps at
+    /// least [`SPLIT_MIN_UTILIZATION`] of the GPU's warp time busy (docs/NOTES.md, v25).
     #[default]
     Auto,
     /// Whenever a K slice of the activations fits shared memory.
@@ -466,16 +466,19 @@ pub(crate) const SPLIT_TOKENS: [usize; 3] = [16, 32, 64];
 /// CTAs per cluster on offer: divisors of the warps per CTA (each rank sums the partial
 /// sums of warps w = rank mod S), up to the portable limit of 8.
 const CLUSTER_SIZES: [usize; 4] = [1, 2, 4, 8];
-/// What a round of a split kernel costs besides its k tiles (partial sums through
-/// shared memory, two cluster barriers), in k-tile steps: the planner's cost model.
-const SPLIT_ROUND_STEPS: usize = 2;
-/// The share of the GPU's warp time a split launch must fill with weight tiles for
-/// [`SplitKernels::Auto`] to take it: its warps own whole row pairs for whole K slices,
-/// so shapes with few row pairs per warp leave SMs or rounds half empty, and there the
-/// token-group kernels (warps splitting K inside a CTA) were faster (H100: split kernels
-/// at 0.48-0.53 of the warp time 1.3-1.6x slower, at 0.85 1.1-1.4x faster;
-/// docs/NOTES.md, v25).
-pub const SPLIT_MIN_UTILIZATION: f64 = 0.75;
+/// What a round of a split kernel costs besides its k tiles (staging, partial sums
+/// through shared memory, two cluster barriers), in k-tile steps: the planner's cost
+/// model.
+const SPLIT_ROUND_STEPS: usize = 1;
+/// The share of the GPU's warp time (k-tile steps including each round's overhead, over
+/// every warp the kernel fits) a split launch must fill with weight tiles for
+/// [`SplitKernels::Auto`] to take it. Its warps own whole row pairs for whole K slices,
+/// so shapes with few row pairs per warp leave SMs or rounds part empty, and there the
+/// token-group kernels (warps splitting K inside a CTA) are faster. Measured on the
+/// H100 over the bench shapes at 16-64 tokens: every launch at 0.45-0.63 was 1.1-1.5x
+/// slower than the token-group kernel, every one at 0.68-0.82 1.1-1.6x faster
+/// (docs/NOTES.md, v25).
+pub const SPLIT_MIN_UTILIZATION: f64 = 0.65;
 /// Batches up to which [`SplitKernels::Auto`] takes the split kernels for f16 and bf16
 /// activations: beyond, 32 or 64 tokens per CTA were 1.2-1.3x slower than the
 /// token-group kernels even at 0.85 of the warp time (H100), and several 16-token groups
@@ -512,8 +515,8 @@ fn split_x_smem(x: DType, tokens: usize, per: usize) -> usize {
 /// batch (else 64 per CTA along the grid's y), and the cluster size (K slices) that
 /// minimizes rounds x (k tiles per slice + a round's overhead), where a round gives
 /// every warp of every resident cluster one pair of row tiles. In `Auto` mode, only
-/// where that fills [`SPLIT_MIN_UTILIZATION`] of the warp time, and for f16/bf16 only
-/// up to 16 tokens per CTA.
+/// where that fills [`SPLIT_MIN_UTILIZATION`] of the warp time with the CTA size that
+/// holds the batch, and for f16/bf16 only up to 16 tokens.
 fn plan_split(
     levels: Levels,
     a: &GemmArgs,
@@ -531,7 +534,10 @@ fn plan_split(
     if auto && a.x_dtype != DType::I8 && a.batch > SPLIT_MAX_TOKENS_FLOAT {
         return Ok(None);
     }
-    for &tokens in SPLIT_TOKENS[..=want].iter().rev() {
+    // Auto: only the CTA size that holds the batch (64 tokens a CTA beyond); a smaller
+    // one would read the weights once per extra token group.
+    let first = if auto { want } else { 0 };
+    for &tokens in SPLIT_TOKENS[first..=want].iter().rev() {
         let warps = split_warps(tokens);
         let blocks = pairs.div_ceil(warps);
         let groups = a.batch.div_ceil(tokens);
@@ -556,10 +562,9 @@ fn plan_split(
             let clusters = (fit / groups).clamp(1, blocks);
             // Token groups beyond what fits at once run in further waves.
             let waves = (groups * clusters).div_ceil(fit);
-            let steps = waves * blocks.div_ceil(clusters) * per;
-            let cost = steps + waves * blocks.div_ceil(clusters) * SPLIT_ROUND_STEPS;
+            let cost = waves * blocks.div_ceil(clusters) * (per + SPLIT_ROUND_STEPS);
             // Weight-tile steps of the launch over those its resident warps could do.
-            let capacity = steps * fit * size * warps;
+            let capacity = cost * fit * size * warps;
             let utilization = (pairs * k_tiles * groups) as f64 / capacity as f64;
             if best.is_none_or(|(c, ..)| cost < c) {
                 best = Some((cost, utilization, size, clusters, smem));
@@ -1267,9 +1272,9 @@ mod tests {
         // Rows too long for any slice of 8: the token-group kernel.
         let p = plan(100, 1 << 20, DType::F16, DType::F16, 16, SM90);
         assert_eq!(p.symbol, "gemm_t2_f16_f16_n16_r4");
-        // Auto: 28672 x 8192 keeps 896 x 64 / (2 rounds x 16 x 33 clusters x 4 x 16 warps)
-        // = 0.85 of the warp time busy; 8192 x 8192 only 256 x 64 / (1 x 8 x 16 x 8 x 16)
-        // = 0.98 on the fake GPU, but 300 x 300 a sliver.
+        // Auto: 28672 x 8192 with 16 int8 tokens, 2 slices of 32 k tiles, fills
+        // 896 x 64 / ((32 + 1) x 66 clusters x 2 x 16 warps) = 0.82 of the warp time;
+        // 300 x 300 a sliver.
         let p = plan(28_672, 8192, DType::I8, DType::F16, 16, SM90_AUTO);
         assert_eq!(p.symbol, "gemm_t2_i8_f16_s16");
         let p = plan(300, 300, DType::I8, DType::F16, 16, SM90_AUTO);
@@ -1281,6 +1286,12 @@ mod tests {
         assert_eq!(p.symbol, "gemm_t2_bf16_bf16_n16_r8");
         let p = plan(28_672, 8192, DType::I8, DType::BF16, 64, SM90_AUTO);
         assert_eq!((p.symbol.as_str(), p.grid.1), ("gemm_t2_i8_bf16_s64", 1));
+        // 32 int8 tokens of 28672 columns: no slice of 32 fits. Always splits them into
+        // two 16-token groups; Auto would read the weights twice, and keeps one group of 32.
+        let p = plan(8192, 28_672, DType::I8, DType::F16, 32, SM90);
+        assert_eq!((p.symbol.as_str(), p.grid.1), ("gemm_t2_i8_f16_s16", 2));
+        let p = plan(8192, 28_672, DType::I8, DType::F16, 32, SM90_AUTO);
+        assert_eq!((p.symbol.as_str(), p.grid.1), ("gemm_t2_i8_f16_n32_r2", 1));
     }
 
     #[test]
