@@ -95,7 +95,7 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
     let run = serde_json::json!({ "backend": "cpu", "threads": rayon::current_num_threads(), "iters": iters });
-    write_json(&a, run, &rows)
+    write_json(&a, run, &rows, true)
 }
 
 /// The table's columns; `b2b`: also the back-to-back timing (CUDA).
@@ -147,7 +147,8 @@ fn print_row(r: &BenchRow, b2b: bool) {
     println!(" {:>9.2e}  {}", r.max_rel_err, r.kernel);
 }
 
-fn write_json(a: &Args, run: impl Serialize, rows: &[BenchRow]) -> Result<()> {
+/// Writes the rows so far to `--json`, if given; `last` says so on the console.
+fn write_json(a: &Args, run: impl Serialize, rows: &[BenchRow], last: bool) -> Result<()> {
     if let Some(path) = &a.json {
         let report = Report {
             date: today_utc(),
@@ -156,7 +157,9 @@ fn write_json(a: &Args, run: impl Serialize, rows: &[BenchRow]) -> Result<()> {
             rows,
         };
         std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")?;
-        println!("wrote {}", path.display());
+        if last {
+            println!("wrote {}", path.display());
+        }
     }
     Ok(())
 }
@@ -193,9 +196,11 @@ fn run_cuda(a: &Args, shapes: &[Shape], rng: &mut StdRng) -> Result<()> {
                 print_row(&r, true);
                 rows.push(r);
             }
+            // After every shape: a long run cut short keeps what it measured.
+            write_json(a, &bench.info, &rows, false)?;
         }
     }
-    write_json(a, &bench.info, &rows)
+    write_json(a, &bench.info, &rows, true)
 }
 
 #[cfg(not(feature = "cuda"))]
