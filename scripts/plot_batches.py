@@ -1,5 +1,5 @@
 """Speedup over cuBLAS f16 against batch size, one line per shape, from recorded results:
-``warp-bitnet bench --batch ... --json`` rows (the GEMV kernels, L2-cold, 1-64 tokens) and
+``warp-bitnet bench --batch ... --json`` rows (the GEMV kernels, L2-cold, the batches recorded) and
 ``examples/bench_prefill.py --json`` rows (what ``warp_bitnet.linear`` runs, 32-2048 tokens).
 
     python scripts/plot_batches.py BENCH.json PREFILL.json OUT.png   (needs matplotlib)

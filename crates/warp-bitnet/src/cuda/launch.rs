@@ -474,10 +474,9 @@ const SPLIT_ROUND_STEPS: usize = 1;
 /// every warp the kernel fits) a split launch must fill with weight tiles for
 /// [`SplitKernels::Auto`] to take it. Its warps own whole row pairs for whole K slices,
 /// so shapes with few row pairs per warp leave SMs or rounds part empty, and there the
-/// token-group kernels (warps splitting K inside a CTA) are faster. Measured on the
-/// H100 over the bench shapes at 16-64 tokens: every launch at 0.45-0.63 was 1.1-1.5x
-/// slower than the token-group kernel, every one at 0.68-0.82 1.1-1.6x faster
-/// (docs/NOTES.md, v25).
+/// token-group kernels (warps splitting K inside a CTA) are faster. On the H100, split
+/// launches this estimate put at 0.45-0.63 ran 1.0-1.9x the token-group kernels' time,
+/// those at 0.68-0.82 0.61-0.92x (docs/NOTES.md, v25).
 pub const SPLIT_MIN_UTILIZATION: f64 = 0.65;
 /// Batches up to which [`SplitKernels::Auto`] takes the split kernels for f16 and bf16
 /// activations: beyond, 32 or 64 tokens per CTA were 1.2-1.3x slower than the
