@@ -121,10 +121,8 @@ pub struct GemmParams {
     pub scale_per_row: u32,
     /// 1 when the base of x and its row stride in bytes are multiples of 16.
     pub x_vec: u32,
-    /// Split kernels: warps sharing a row pair's K slice (1, 2 or 4); 1 elsewhere.
-    pub pair_warps: u32,
 }
-const _: () = assert!(std::mem::size_of::<GemmParams>() == 88);
+const _: () = assert!(std::mem::size_of::<GemmParams>() == 80);
 
 /// A GEMM on raw device pointers: `y = (x . Wtᵀ) * scale + bias`.
 ///
@@ -419,7 +417,6 @@ pub(crate) fn plan_gemm(
         k_tiles: k_tiles as u32,
         scale_per_row: per_row as u32,
         x_vec: x_vec as u32,
-        pair_warps: 1,
     };
     if a.batch >= SPLIT_MIN_BATCH && gpu.split_kernels() != SplitKernels::Never {
         if let Some(plan) = plan_split(levels, a, row_tiles, k_tiles, params, gpu)? {
@@ -466,12 +463,9 @@ pub(crate) fn plan_gemm(
 const SPLIT_MIN_BATCH: usize = 9;
 /// Tokens per CTA of the split kernels (`_s{T}` in gemm_t2.cu).
 pub(crate) const SPLIT_TOKENS: [usize; 3] = [16, 32, 64];
-/// CTAs per cluster on offer, up to the portable limit of 8; a size must divide the row
-/// pairs a CTA holds (each rank sums the partial sums of pair slots j = rank mod S).
+/// CTAs per cluster on offer: divisors of the warps per CTA (each rank sums the partial
+/// sums of warps w = rank mod S), up to the portable limit of 8.
 const CLUSTER_SIZES: [usize; 4] = [1, 2, 4, 8];
-/// Warps that may share a row pair's K slice (`pair_warps`): more make the unit of work
-/// smaller, for matrices with few rows.
-const PAIR_WARPS: [usize; 3] = [1, 2, 4];
 /// What a round of a split kernel costs besides its k tiles (staging, partial sums
 /// through shared memory, two cluster barriers), in k-tile steps: the planner's cost
 /// model.
@@ -544,6 +538,7 @@ fn plan_split(
     let first = if auto { want } else { 0 };
     for &tokens in SPLIT_TOKENS[first..=want].iter().rev() {
         let warps = split_warps(tokens);
+        let blocks = pairs.div_ceil(warps);
         let groups = a.batch.div_ceil(tokens);
         if groups > MAX_GRID_Y {
             continue;
@@ -551,8 +546,8 @@ fn plan_split(
         let cta = Cta::Split { tokens };
         let symbol = gemm_symbol(levels, a.x_dtype, Staging::AsIs, a.y_dtype, cta);
         let room = gpu.max_dynamic(&symbol)?;
-        // (cost, utilization, cluster size, pair warps, clusters per token group, smem)
-        let mut best: Option<(usize, f64, usize, usize, usize, usize)> = None;
+        // (cost, utilization, cluster size, clusters per token group, smem)
+        let mut best: Option<(usize, f64, usize, usize, usize)> = None;
         for size in CLUSTER_SIZES.into_iter().filter(|&s| s <= k_tiles) {
             let per = k_tiles.div_ceil(size);
             let smem = split_fixed_smem(tokens) + split_x_smem(a.x_dtype, tokens, per);
@@ -563,22 +558,18 @@ fn plan_split(
             if fit == 0 {
                 continue;
             }
-            for kw in PAIR_WARPS.into_iter().filter(|&k| (warps / k) % size == 0) {
-                let blocks = pairs.div_ceil(warps / kw);
-                let clusters = (fit / groups).clamp(1, blocks);
-                // Token groups beyond what fits at once run in further waves.
-                let waves = (groups * clusters).div_ceil(fit);
-                let cost =
-                    waves * blocks.div_ceil(clusters) * (per.div_ceil(kw) + SPLIT_ROUND_STEPS);
-                // Weight-tile steps of the launch over those its resident warps could do.
-                let capacity = cost * fit * size * warps;
-                let utilization = (pairs * k_tiles * groups) as f64 / capacity as f64;
-                if best.is_none_or(|(c, ..)| cost < c) {
-                    best = Some((cost, utilization, size, kw, clusters, smem));
-                }
+            let clusters = (fit / groups).clamp(1, blocks);
+            // Token groups beyond what fits at once run in further waves.
+            let waves = (groups * clusters).div_ceil(fit);
+            let cost = waves * blocks.div_ceil(clusters) * (per + SPLIT_ROUND_STEPS);
+            // Weight-tile steps of the launch over those its resident warps could do.
+            let capacity = cost * fit * size * warps;
+            let utilization = (pairs * k_tiles * groups) as f64 / capacity as f64;
+            if best.is_none_or(|(c, ..)| cost < c) {
+                best = Some((cost, utilization, size, clusters, smem));
             }
         }
-        let Some((_, utilization, size, kw, clusters, smem)) = best else {
+        let Some((_, utilization, size, clusters, smem)) = best else {
             continue;
         };
         if auto && utilization < SPLIT_MIN_UTILIZATION {
@@ -586,10 +577,7 @@ fn plan_split(
         }
         return Ok(Some(GemmPlan {
             symbol,
-            params: GemmParams {
-                pair_warps: kw as u32,
-                ..params
-            },
+            params,
             grid: ((clusters * size) as u32, groups as u32, 1),
             smem: smem as u32,
             cluster: size as u32,
@@ -1290,11 +1278,6 @@ mod tests {
         assert_eq!(p.symbol, "gemm_t2_i8_f16_s16");
         let p = plan(300, 300, DType::I8, DType::F16, 16, SM90_AUTO);
         assert_eq!(p.symbol, "gemm_t2_i8_f16_n16_r2");
-        // 8192 x 8192 has 256 row pairs, 16 blocks of 16 warps: four warps share each pair
-        // (every fourth k tile of a slice), 64 blocks of 4 pairs in 64 clusters of 2.
-        let p = plan(8192, 8192, DType::I8, DType::F16, 16, SM90_AUTO);
-        assert_eq!(p.symbol, "gemm_t2_i8_f16_s16");
-        assert_eq!((p.params.pair_warps, p.cluster, p.grid), (4, 2, (128, 1, 1)));
         // Auto takes the split kernels for f16/bf16 up to 16 tokens only.
         let p = plan(28_672, 8192, DType::BF16, DType::BF16, 16, SM90_AUTO);
         assert_eq!(p.symbol, "gemm_t2_bf16_bf16_s16");

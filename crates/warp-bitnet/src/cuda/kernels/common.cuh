@@ -28,9 +28,8 @@ struct GemmParams {
     u32 k_tiles;          // ceil(cols / 128)
     u32 scale_per_row;    // 1: w_scale has `rows` entries; 0: one
     u32 x_vec;            // 1: the base of x and its row stride in bytes are multiples of 16
-    u32 pair_warps;       // split kernels: warps that share a row pair's K slice (1, 2 or 4)
 };
-static_assert(sizeof(GemmParams) == 88, "GemmParams layout must match launch.rs");
+static_assert(sizeof(GemmParams) == 80, "GemmParams layout must match launch.rs");
 
 // ---- loads -----------------------------------------------------------------
 

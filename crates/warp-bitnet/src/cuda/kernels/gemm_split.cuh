@@ -10,19 +10,17 @@
 //
 // Mapping: the grid is clusters of S CTAs (S = cluster size, chosen by the planner);
 // CTA rank r of a cluster owns k tiles [r*per, (r+1)*per), per = ceil(k_tiles / S),
-// and stages X[T tokens, that slice] in dynamic shared memory. KW = p.pair_warps warps
-// share a row pair (two 16-row tiles: each activation fragment read from shared memory
-// feeds two MMAs), warp kw taking the slice's k tiles kw, kw + KW, ...; a CTA of W warps
-// holds P = W / KW pairs, and in round i the P pairs of every rank of a cluster are
-// (cluster + i * clusters) * P + 0..P-1, the same pairs in every rank. (KW > 1 halves or
-// quarters the unit of work for matrices with few rows.) Weights stream through a
-// private per-warp cp.async ring that runs on across rounds (no CTA barrier in the main
-// loop). At the end of a round, the partial sums of pair slot j belong to rank j % S
-// (S divides P): each warp stores them into its owner's shared memory
+// and stages X[T tokens, that slice] in dynamic shared memory. Warp w owns a row pair
+// (two 16-row tiles: each activation fragment read from shared memory feeds two MMAs)
+// and walks the slice: in round i the cluster's 8 warps of each rank take row pairs
+// (cluster + i * clusters) * 8 + w, the same pairs in every rank. Weights stream through
+// a private per-warp cp.async ring that runs on across rounds (no CTA barrier in the
+// main loop). At the end of a round, the partial sums of warp w belong to rank w % S
+// (S divides the warps per CTA): each warp stores them into its owner's shared memory
 // (st.shared::cluster: stores do not wait for a round trip, remote loads would), the
-// cluster synchronizes, and each rank sums its pairs' values over the S slices and KW
-// warps from its own shared memory, then applies scale, bias and the conversion (the i8
-// kernels subtract each slice's sum(x) once, in warp kw = 0, before they send).
+// cluster synchronizes, and each rank sums its warps' values over the S slices from its
+// own shared memory, then applies scale, bias and the conversion (the i8 kernels
+// subtract each slice's sum(x) before they send).
 //
 // Staged activations, per token, per k tile: 256 bytes (f16/bf16) or 128 (i8). The
 // 8 bytes lane (g, q) needs for slot pair s (f16: columns 32q + 4s..4s+3, the B
@@ -55,9 +53,8 @@ struct SplitX {
 };
 
 // Dynamic shared memory, in this order: weight rings, the partial sums this rank owns
-// [source rank][source kw][owned pair][lane][8 NT] (f32 or i32 bits; W blocks in all),
-// the slice's per-token sum(x) (i8), then the staged activations. Mirrored by
-// `split_fixed_smem` in launch.rs.
+// [source rank][owned warp][lane][8 NT] (f32 or i32 bits), the slice's per-token sum(x)
+// (i8), then the staged activations. Mirrored by `split_fixed_smem` in launch.rs.
 template <int NT>
 struct SplitSmem {
     static constexpr u32 RING = SPLIT_WARPS<NT> * SPLIT_DEPTH * SPLIT_RW * 512;
@@ -244,10 +241,9 @@ __device__ __forceinline__ void gemm_split(const GemmParams& p) {
     const u32 per = (p.k_tiles + S - 1) / S;
     const u32 kt0 = min(rank * per, p.k_tiles), kts = min(per, p.k_tiles - kt0);
     const u32 rs = SplitX<ACT>::stride(per);
-    const u32 KW = p.pair_warps, P = W / KW;
-    // A launch with less shared memory than this layout, or pair warps and a cluster
-    // size that do not divide the warps, is a host bug.
-    if (dynamic_smem_size() < Smem::FIXED + T * rs || KW == 0 || W % KW != 0 || P % S != 0) __trap();
+    // A launch with less shared memory than this layout, or a cluster size that does
+    // not divide the warps, is a host bug.
+    if (dynamic_smem_size() < Smem::FIXED + T * rs || W % S != 0) __trap();
     const u32 base = pinned(smem_addr(smem));
     const u32 red = base + Smem::RING;
     int* const xsum = (int*)(smem + Smem::RING + Smem::RED);
@@ -255,30 +251,27 @@ __device__ __forceinline__ void gemm_split(const GemmParams& p) {
     const u32 b_base = blockIdx.y * T;
     const u64 policy = evict_first_policy();
 
-    // ---- row pairs: round i gives warp w pair (cluster + i * clusters) * P + w / KW,
-    // and of its slice the k tiles kw = w % KW, + KW, ... ----
+    // ---- row pairs: round i gives warp w pair (cluster + i * clusters) * W + w ----
     const u32 row_tiles = (p.rows + 15) / 16, pairs = (row_tiles + 1) / 2;
-    const u32 blocks = (pairs + P - 1) / P;
+    const u32 blocks = (pairs + W - 1) / W;
     const u32 rounds = blocks > cluster ? (blocks - cluster + clusters - 1) / clusters : 0;
-    const u32 slot = warp / KW, kw = warp % KW;
-    const u32 first = cluster * P + slot, stride_pairs = clusters * P;
+    const u32 first = cluster * W + warp, stride_pairs = clusters * W;
     const u32 mine = pairs > first ? min(rounds, (pairs - first + stride_pairs - 1) / stride_pairs) : 0;
-    const u32 steps = kts > kw ? (kts - kw + KW - 1) / KW : 0;  // k tiles per round
-    const u32 total = mine * steps;
+    const u32 total = mine * kts;
 
-    // ---- weight ring: step f = (round f / steps, k tile kw + (f % steps) * KW) ----
+    // ---- weight ring: step f = (round f / kts, k tile f % kts) ----
     const u32 my_ring = base + (warp * SPLIT_DEPTH * SPLIT_RW * 32 + lane) * 16;
     const u64 tile_step = (u64)p.k_tiles * 32;
     u32 ahead = 0, a_kt = 0, a_pair = first;
     const auto produce = [&]() {  // one commit group per step, empty past the end
         if (ahead < total) {
-            const u32x4* t0 = p.w + ((u64)(2 * a_pair) * p.k_tiles + kt0 + kw + a_kt * KW) * 32 + lane;
+            const u32x4* t0 = p.w + ((u64)(2 * a_pair) * p.k_tiles + kt0 + a_kt) * 32 + lane;
             // A last, odd row tile: its pair's second tile reloads it; the epilogue drops the rows.
             const u32x4* t1 = 2 * a_pair + 1 < row_tiles ? t0 + tile_step : t0;
-            const u32 stage = my_ring + (ahead % SPLIT_DEPTH) * SPLIT_RW * 512;
-            cp_async_16_evict_first(stage, t0, policy);
-            cp_async_16_evict_first(stage + 512, t1, policy);
-            if (++a_kt == steps) {
+            const u32 slot = my_ring + (ahead % SPLIT_DEPTH) * SPLIT_RW * 512;
+            cp_async_16_evict_first(slot, t0, policy);
+            cp_async_16_evict_first(slot + 512, t1, policy);
+            if (++a_kt == kts) {
                 a_kt = 0;
                 a_pair += stride_pairs;
             }
@@ -306,13 +299,13 @@ __device__ __forceinline__ void gemm_split(const GemmParams& p) {
     }
     const uint2* const x_lane = (const uint2*)(smem + Smem::FIXED + g * rs + 8 * q);
     const u32 rs8 = rs;  // 8 tokens of rs bytes = rs fragments of 8 bytes
-    // Partial sums: pair slot j's go to rank j % S, block ((source rank) * KW + kw) * P/S
-    // + j / S. The owner's share: warp w sums, of owned pair o = w % (P/S) (pair slot
-    // o * S + rank), the values v = w / (P/S) (mod S * KW) over the S * KW sources.
-    const u32 per_owner = P / S, sources = S * KW;
-    const u32 my_block = red + ((((rank * KW + kw) * per_owner + slot / S) * 32 + lane) * VALUES) * 4;
-    const u32 owner = slot % S;
-    const u32 owned = warp % per_owner, phase = warp / per_owner;
+    // Partial sums: warp w's go to rank w % S, block (source rank) * W/S + w / S.
+    const u32 per_owner = W / S;
+    const u32 my_block = red + (((rank * per_owner + warp / S) * 32 + lane) * VALUES) * 4;
+    const u32 owner = warp % S;
+    // The owner's share: warp w sums values v = w / per_owner (mod S) of owned warp
+    // w % per_owner, i.e. of the sender warp (w % per_owner) * S + rank.
+    const u32 owned = warp % per_owner, sender = owned * S + rank, phase = warp / per_owner;
 
     u32 f = 0;
     for (u32 i = 0; i < rounds; i++) {
@@ -327,14 +320,14 @@ __device__ __forceinline__ void gemm_split(const GemmParams& p) {
                     acc.i[r][t][e] = 0;
                 }
         if (i < mine) {
-            for (u32 j = 0; j < steps; j++) {
+            for (u32 kt = 0; kt < kts; kt++) {
                 produce();
                 u32x4 wcur[SPLIT_RW];
 #pragma unroll
                 for (int r = 0; r < SPLIT_RW; r++) wcur[r] = wnext[r];
                 cp_async_wait<SPLIT_DEPTH - 2>();  // step f+1 has landed
                 read_ring(f + 1, wnext);
-                split_tile<ACT, INT2, NT>(wcur, x_lane + (kw + j * KW) * (SplitX<ACT>::TILE / 8), rs8, acc);
+                split_tile<ACT, INT2, NT>(wcur, x_lane + kt * (SplitX<ACT>::TILE / 8), rs8, acc);
                 f++;
             }
         }
@@ -350,10 +343,9 @@ __device__ __forceinline__ void gemm_split(const GemmParams& p) {
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
                     if (ACT == ACT_I8) {
-                        // Ternary: sum (c - 1) x. INT2: sum (2c - 3) x, twice the level sum; the
-                        // slice's sum(x) enters once, through kw = 0. (Unsigned: the partial
-                        // terms may wrap; the result fits, see MAX_W2A8_COLS.)
-                        const u32 sx = kw == 0 ? (u32)xsum[8 * t + 2 * q + (e % 2)] : 0u, s = (u32)acc.i[r][t][e];
+                        // Ternary: sum (c - 1) x. INT2: sum (2c - 3) x, twice the level sum.
+                        // (Unsigned: the partial terms may wrap; the result fits, see MAX_W2A8_COLS.)
+                        const u32 sx = (u32)xsum[8 * t + 2 * q + (e % 2)], s = (u32)acc.i[r][t][e];
                         v[e] = INT2 ? 2u * s - 3u * sx : s - sx;
                     } else {
                         v[e] = __float_as_uint(acc.f[r][t][e]);
@@ -365,17 +357,17 @@ __device__ __forceinline__ void gemm_split(const GemmParams& p) {
         cluster_wait();
 
         // ---- this rank's share of the values: sum over the slices, scale, bias, store ----
-        const u32 pair = first - slot + owned * S + rank + i * stride_pairs;
+        const u32 pair = first - warp + sender + i * stride_pairs;
         const u32* const sums = (const u32*)(smem + Smem::RING) + (owned * 32 + lane) * VALUES;
-        const u32 block_stride = per_owner * 32 * VALUES;  // words between sources
-        for (u32 v = phase; v < VALUES; v += sources) {
+        const u32 block_stride = per_owner * 32 * VALUES;  // words between source ranks
+        for (u32 v = phase; v < VALUES; v += S) {
             const u32 r = v / (4 * NT), t = (v / 4) % NT, e = v % 4;
             const u32 row = 32 * pair + 16 * r + g + 8 * (e / 2), b = b_base + 8 * t + 2 * q + (e % 2);
             if (pair >= pairs || row >= p.rows || b >= p.batch) continue;
             float y;
             if (ACT == ACT_I8) {
                 u32 sum = 0;
-                for (u32 k = 0; k < sources; k++) sum += sums[k * block_stride + v];
+                for (u32 k = 0; k < S; k++) sum += sums[k * block_stride + v];
                 if (OUT == OUT_I32) {
                     ((int*)p.y)[(u64)b * p.ldy + row] = (int)sum;
                     continue;
@@ -383,7 +375,7 @@ __device__ __forceinline__ void gemm_split(const GemmParams& p) {
                 y = (float)(int)sum * (INT2 ? 0.5f : 1.f) * p.x_scale[b];
             } else {
                 y = 0.f;
-                for (u32 k = 0; k < sources; k++) y += __uint_as_float(sums[k * block_stride + v]);
+                for (u32 k = 0; k < S; k++) y += __uint_as_float(sums[k * block_stride + v]);
             }
             if (p.w_scale != nullptr) y *= p.w_scale[p.scale_per_row ? row : 0];
             y += load_bias<OUT>(p.bias, row);
