@@ -1,6 +1,6 @@
 // INT2 GEMM/GEMV: Y[B, M] = (X[B, N] . Lᵀ) * scale + bias with the four levels
 // L = c - 1.5 in {-1.5, -0.5, +0.5, +1.5}, codes c kept as they are in the T2 tile
-// layout (docs/FORMATS.md, "INT2"). Same kernels as gemm_t2.cu (gemm.cuh) but for the
+// layout (docs/FORMATS.md, "INT2"). Same kernels as gemm_t2.cu (gemm.cuh, gemm_split.cuh) but for the
 // offset: i8 with i32 output gives sum (2c - 3) x, twice the level sum.
 #include "gemm_split.cuh"
 

@@ -1,5 +1,6 @@
 // Ternary GEMM/GEMV on T2 weights: Y[B, M] = (X[B, N] . Wtᵀ) * scale + bias, Wt = c - 1
-// in {-1, 0, +1}. Layout, thread mapping, decode and byte/instruction budget: gemm.cuh.
+// in {-1, 0, +1}. Layout, thread mapping, decode and byte/instruction budget: gemm.cuh
+// (single-token and token-group kernels) and gemm_split.cuh (split-K cluster kernels, `_s`).
 #include "gemm_split.cuh"
 
 GEMM_KERNEL(ACT_F16, OUT_F16, 1, 1, true, false, 4, gemm_t2_f16_f16_n1)
