@@ -479,9 +479,9 @@ const SPLIT_ROUND_STEPS: usize = 1;
 /// those at 0.68-0.82 0.61-0.92x (docs/NOTES.md, v25).
 pub const SPLIT_MIN_UTILIZATION: f64 = 0.65;
 /// Batches up to which [`SplitKernels::Auto`] takes the split kernels for f16 and bf16
-/// activations: beyond, 32 or 64 tokens per CTA were 1.2-1.3x slower than the
-/// token-group kernels even at 0.85 of the warp time (H100), and several 16-token groups
-/// would each read the weights again.
+/// activations: beyond, 32 or 64 tokens per CTA took 1.15-1.31x the token-group
+/// kernels' time on 28672 x 8192 at 0.83 of the warp time (0.95-0.98x on 14336 x 4096;
+/// H100), and several 16-token groups would each read the weights again.
 const SPLIT_MAX_TOKENS_FLOAT: usize = 16;
 
 /// Warps per CTA of the split kernel for `tokens` (`SPLIT_WARPS` in gemm_split.cuh).
