@@ -427,18 +427,23 @@ fn every_kernel<W: RandomWeights>() {
     let (mut gpu, s, mut rng) = setup();
     // 20000 rows: enough row tiles that the planner takes the kernels with the most row
     // tiles per CTA (on GPUs of up to ~150 SMs); the small shapes take the others. The
-    // split kernels take K slices of 1 k tile on the small shapes, a single slice on
-    // 3000 x 100.
-    for (i, (rows, cols), split, batches) in [(37, 300), (129, 1000), (20_000, 300), (3000, 100)]
-        .into_iter()
-        .enumerate()
-        .flat_map(|(i, shape)| {
-            [
-                (i, shape, SplitKernels::Always, &[1, 5, 9, 17, 40, 100][..]),
-                (i, shape, SplitKernels::Never, &[9, 17, 40][..]),
-            ]
-        })
-    {
+    // split kernels take 2 K slices for 300 columns (2 and 1 k tiles), 8 slices of 1 for
+    // 1000, 4 for 600 (2, 2, 1 and an empty one), a single slice for 3000 x 100.
+    for (i, (rows, cols), split, batches) in [
+        (37, 300),
+        (129, 1000),
+        (129, 600),
+        (20_000, 300),
+        (3000, 100),
+    ]
+    .into_iter()
+    .enumerate()
+    .flat_map(|(i, shape)| {
+        [
+            (i, shape, SplitKernels::Always, &[1, 5, 9, 17, 40, 100][..]),
+            (i, shape, SplitKernels::Never, &[9, 17, 40][..]),
+        ]
+    }) {
         gpu.set_split_kernels(split);
         let w = W::random(&mut rng, rows, cols, i + 1);
         let d = gpu.upload(&w, &s).unwrap();

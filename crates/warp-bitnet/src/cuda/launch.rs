@@ -215,8 +215,9 @@ pub fn gemm_symbol(levels: Levels, x: DType, staging: Staging, y: DType, cta: Ct
 pub enum SplitKernels {
     /// Never: the token-group kernels, as on GPUs before sm_90.
     Never,
-    /// Where one CTA size holds the batch (up to 64 tokens; 16 for f16/bf16) and keeps at
-    /// least [`SPLIT_MIN_UTILIZATION`] of the GPU's warp time busy (docs/NOTES.md, v25).
+    /// Where the CTA size that holds the batch (64 tokens per CTA, in several token groups,
+    /// for larger int8 batches; f16/bf16 only up to 16 tokens) keeps at least
+    /// [`SPLIT_MIN_UTILIZATION`] of the GPU's warp time busy (docs/NOTES.md, v25).
     #[default]
     Auto,
     /// Whenever a K slice of the activations fits shared memory.
@@ -538,7 +539,7 @@ fn plan_split(
     let first = if auto { want } else { 0 };
     for &tokens in SPLIT_TOKENS[first..=want].iter().rev() {
         let warps = split_warps(tokens);
-        let blocks = pairs.div_ceil(warps);
+        let blocks = pairs.div_ceil(warps).max(1);
         let groups = a.batch.div_ceil(tokens);
         if groups > MAX_GRID_Y {
             continue;
@@ -1235,8 +1236,8 @@ mod tests {
         };
         // 28672 x 8192, 16 tokens: 16 warps per CTA, 56 blocks of 16 row pairs, 64 k tiles.
         // Two slices of 32 would stage 16 x 32 x 256 bytes, more than fits next to the
-        // rings and partial sums; 4 slices of 16: 33 clusters, 2 rounds, cost 2 x (16 + 2)
-        // (3 slices: 2 x 24; 6: 3 x 13; 8: 4 x 10).
+        // rings and partial sums; 4 slices of 16: 33 clusters, 2 rounds, cost 2 x (16 + 1)
+        // (8 slices: 16 clusters, 4 x (8 + 1)).
         let p = plan(28_672, 8192, DType::F16, DType::F16, 16, SM90);
         assert_eq!(p.symbol, "gemm_t2_f16_f16_s16");
         assert_eq!((p.grid, p.cluster, p.threads), ((132, 1, 1), 4, 512));

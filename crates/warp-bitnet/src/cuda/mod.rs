@@ -77,9 +77,10 @@ pub struct Gpu {
     split_kernels: SplitKernels,
 }
 
-/// A loaded kernel: its CTA size (the `__launch_bounds__` it was compiled for), how
-/// many of its CTAs fit on one SM by registers, and its shared memory (static, and the
-/// most dynamic memory it was allowed).
+/// A loaded kernel: the most threads its CTA may have (for the GEMM kernels, the
+/// `__launch_bounds__` they were compiled for: their CTA size), how many such CTAs fit on
+/// one SM by registers, and its shared memory (static, and the most dynamic memory it
+/// was allowed).
 struct Kernel {
     function: CudaFunction,
     threads: u32,

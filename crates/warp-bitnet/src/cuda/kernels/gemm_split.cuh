@@ -292,6 +292,9 @@ __device__ __forceinline__ void gemm_split(const GemmParams& p) {
     if (ACT == ACT_I8) __syncthreads();
     stage_slice<ACT>(p, xs, rs, b_base, T, kt0, kts, xsum);
     __syncthreads();
+    // Other ranks may store into this CTA's shared memory only once every CTA of the
+    // cluster runs: the first round's wait pairs with this arrive.
+    if (rounds > 0) cluster_arrive();
 
     const auto read_ring = [&](u32 f, u32x4(&dst)[SPLIT_RW]) {
 #pragma unroll
@@ -338,7 +341,7 @@ __device__ __forceinline__ void gemm_split(const GemmParams& p) {
         }
 
         // ---- partial sums to shared memory; value v = (r * NT + t) * 4 + e ----
-        if (i > 0) cluster_wait();  // every rank has read the previous round's
+        cluster_wait();  // every CTA runs, and has read the previous round's sums
         const u32 remote = map_rank(my_block, owner);
 #pragma unroll
         for (int r = 0; r < SPLIT_RW; r++)
@@ -389,7 +392,7 @@ __device__ __forceinline__ void gemm_split(const GemmParams& p) {
         }
         cluster_arrive();
     }
-    if (rounds > 0) cluster_wait();  // no rank exits while another reads its shared memory
+    if (rounds > 0) cluster_wait();  // pairs the last arrive: every CTA leaves with the barrier complete
     cp_async_wait<0>();
 #else
     __trap();  // the planner takes these kernels only on sm_90 and newer
