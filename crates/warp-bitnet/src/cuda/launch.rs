@@ -216,8 +216,8 @@ pub enum SplitKernels {
     /// Never: the token-group kernels, as on GPUs before sm_90.
     Never,
     /// Where the CTA size that holds the batch (64 tokens per CTA, in several token groups,
-    /// for larger int8 batches; f16/bf16 only up to 16 tokens) keeps at least
-    /// [`SPLIT_MIN_UTILIZATION`] of the GPU's warp time busy (docs/NOTES.md, v25).
+    /// for larger int8 batches; f16/bf16 only up to 16 tokens) keeps at least 65% of the
+    /// GPU's warp time busy (`SPLIT_MIN_UTILIZATION`; docs/NOTES.md, v25).
     #[default]
     Auto,
     /// Whenever a K slice of the activations fits shared memory.
@@ -478,7 +478,7 @@ const SPLIT_ROUND_STEPS: usize = 1;
 /// token-group kernels (warps splitting K inside a CTA) are faster. On the H100, split
 /// launches this estimate put at 0.45-0.63 ran 1.0-1.9x the token-group kernels' time,
 /// those at 0.68-0.82 0.61-0.92x (docs/NOTES.md, v25).
-pub const SPLIT_MIN_UTILIZATION: f64 = 0.65;
+const SPLIT_MIN_UTILIZATION: f64 = 0.65;
 /// Batches up to which [`SplitKernels::Auto`] takes the split kernels for f16 and bf16
 /// activations: beyond, 32 or 64 tokens per CTA took 1.15-1.31x the token-group
 /// kernels' time on 28672 x 8192 at 0.83 of the warp time (0.95-0.98x on 14336 x 4096;

@@ -70,9 +70,6 @@ pub struct Gpu {
     ctx: Arc<CudaContext>,
     info: DeviceInfo,
     functions: HashMap<String, Kernel>,
-    /// Resident clusters by (kernel, CTAs per SM, cluster size): the driver's answer,
-    /// asked once (`resident_clusters`).
-    clusters: Mutex<HashMap<(String, usize, usize), usize>>,
     /// When the planner takes the split-K cluster kernels (sm_90+).
     split_kernels: SplitKernels,
 }
@@ -87,6 +84,9 @@ struct Kernel {
     ctas_per_sm: usize,
     static_smem: usize,
     max_dynamic_smem: usize,
+    /// Resident clusters by (CTAs per SM, cluster size): the driver's answer, asked once
+    /// (`Gpu::resident_clusters`).
+    clusters: Mutex<HashMap<(usize, usize), usize>>,
 }
 
 impl Gpu {
@@ -147,7 +147,6 @@ impl Gpu {
             ctx,
             info,
             functions,
-            clusters: Mutex::default(),
             split_kernels: SplitKernels::Auto,
         })
     }
@@ -170,11 +169,17 @@ impl Gpu {
     }
 
     /// CTAs of kernel `name` with `dynamic` bytes of dynamic shared memory that fit the
-    /// GPU at once (registers and shared memory; 1 KB per CTA is reserved by the driver).
+    /// GPU at once (registers and shared memory).
     fn resident_ctas(&self, name: &str, dynamic: usize) -> Result<usize> {
         let k = self.kernel(name)?;
+        Ok(self.ctas_per_sm(k, dynamic).max(1) * self.info.sm_count)
+    }
+
+    /// CTAs of `k` with `dynamic` bytes of dynamic shared memory that one SM holds, by
+    /// registers and shared memory (1 KB per CTA is reserved by the driver); 0 if none.
+    fn ctas_per_sm(&self, k: &Kernel, dynamic: usize) -> usize {
         let by_smem = self.info.smem_per_sm / (k.static_smem + dynamic + 1024);
-        Ok(k.ctas_per_sm.min(by_smem).max(1) * self.info.sm_count)
+        k.ctas_per_sm.min(by_smem)
     }
 
     /// Clusters of `size` CTAs of kernel `name` with `dynamic` bytes of dynamic shared
@@ -187,15 +192,12 @@ impl Gpu {
         let k = self.kernel(name)?;
         // The driver's answer depends on the shared memory only through the CTAs it lets
         // an SM hold.
-        let per_sm = k
-            .ctas_per_sm
-            .min(self.info.smem_per_sm / (k.static_smem + dynamic + 1024));
+        let per_sm = self.ctas_per_sm(k, dynamic);
         if per_sm == 0 {
             return Ok(0);
         }
-        let key = (name.to_string(), per_sm, size);
-        let mut cache = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(&n) = cache.get(&key) {
+        let mut cache = k.clusters.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&n) = cache.get(&(per_sm, size)) {
             return Ok(n);
         }
         let mut attr = cluster_attribute(size as u32);
@@ -222,7 +224,7 @@ impl Gpu {
         }
         .result()?;
         let n = n.max(0) as usize;
-        cache.insert(key, n);
+        cache.insert((per_sm, size), n);
         Ok(n)
     }
 
@@ -268,6 +270,7 @@ impl Kernel {
             ctas_per_sm: ctas.max(1) as usize,
             static_smem,
             max_dynamic_smem,
+            clusters: Mutex::default(),
         })
     }
 }

@@ -34,8 +34,9 @@
 // instructions (the read-bound H100 allows ~210 issue slots per tile per SM) and the
 // H100's mma.sync rate bounds T = 64 at ~1.5 cycles per HMMA: ~96 cycles a tile, about
 // 2x the weight read. i8: 32 decode + T/2 IMMA + T/4 LDS.64.
-// Measured (H100, 4f6c4ff): the f16 T = 16 loop holds 123 instructions per tile (25 of them
-// addressing) and issues in 47% of cycles; 28672 x 8192 at 16 tokens takes 45.9 µs f16 /
+// Measured (H100, 4f6c4ff): the f16 T = 16 loop holds 123 instructions per tile (~65 of
+// them decode, 16 HMMA; bench/results/2026-11-26-h100-4f6c4ff-split/development/
+// sass-s16-loop.txt) and issues in 47% of cycles; 28672 x 8192 at 16 tokens takes 45.9 µs f16 /
 // 34.1 µs i8 (3.6x / 4.8x cuBLAS), 0.87 / 0.81 of the token-group kernels' time. Shapes
 // with few row pairs lose to those kernels; the planner's rule is in launch.rs
 // (SPLIT_MIN_UTILIZATION) and the history in docs/NOTES.md (v25, v26).
@@ -96,26 +97,6 @@ __device__ __forceinline__ void sts64(u32 addr, u32 a, u32 b) {
     asm volatile("st.shared.v2.u32 [%0], {%1,%2};" ::"r"(addr), "r"(a), "r"(b));
 }
 
-// One token's 32 columns from `col` on (zeros past `cols`), element by element: the
-// last, partial k tile, or activations not aligned for 16-byte loads.
-template <int ACT>
-struct Cols32 {
-    u32 w[ACT == ACT_I8 ? 8 : 16];
-};
-template <int ACT>
-__device__ __noinline__ Cols32<ACT> load_cols32_slow(const GemmParams& p, u32 b, u32 col) {
-    constexpr int XB = ACT == ACT_I8 ? 1 : 2;
-    Cols32<ACT> v;
-#pragma unroll
-    for (int i = 0; i < 8 * XB; i++) v.w[i] = 0;
-    const unsigned char* src = (const unsigned char*)p.x + ((u64)b * p.ldx + col) * XB;
-    for (u32 e = 0; e < 32 && col + e < p.cols; e++) {
-        const u32 h = XB == 1 ? (u32)src[e] : (u32)((const u16*)src)[e];
-        v.w[e * XB / 4] |= h << (8 * XB * (e % (4 / XB)));
-    }
-    return v;
-}
-
 // Stages tokens b_base .. b_base + tokens - 1, k tiles kt0 .. kt0 + kts - 1 (zeros past
 // `cols` and `batch`) in the layout above; i8 also sums each token's slice into xsum.
 // One unit = one token's 32 columns of one k tile for one q: consecutive threads read
@@ -124,27 +105,21 @@ __device__ __noinline__ Cols32<ACT> load_cols32_slow(const GemmParams& p, u32 b,
 template <int ACT>
 __device__ __forceinline__ void stage_slice(const GemmParams& p, u32 xs, u32 rs, u32 b_base, u32 tokens, u32 kt0,
                                             u32 kts, int* xsum) {
-    constexpr int WORDS = ACT == ACT_I8 ? 8 : 16;
-    const u32 n = tokens * kts * 4;
+    constexpr int XB = ACT == ACT_I8 ? 1 : 2;
+    const u32 n = tokens * kts * 4, fast_tiles = p.x_vec ? p.cols / 128 : 0;
     for (u32 c0 = threadIdx.x; c0 < n; c0 += STAGE_BATCH * blockDim.x) {
-        Cols32<ACT> v[STAGE_BATCH];
+        XTile<ACT> v[STAGE_BATCH];
 #pragma unroll
         for (int u = 0; u < STAGE_BATCH; u++) {
             const u32 c = c0 + u * blockDim.x;
-            const u32 q = c % 4, kt = (c / 4) % kts, b = b_base + c / (4 * kts);
-            const u32 col = (kt0 + kt) * 128 + 32 * q;
+            const u32 q = c % 4, kt = kt0 + (c / 4) % kts, b = b_base + c / (4 * kts);
             if (c >= n || b >= p.batch) {
 #pragma unroll
-                for (int i = 0; i < WORDS; i++) v[u].w[i] = 0;
-            } else if (p.x_vec && col + 32 <= p.cols) {
-                const unsigned char* src = (const unsigned char*)p.x + ((u64)b * p.ldx + col) * (WORDS / 8);
-#pragma unroll
-                for (int i = 0; i < WORDS / 4; i++) {
-                    const u32x4 w = load_v4(src + 16 * i);
-                    v[u].w[4 * i] = w.x; v[u].w[4 * i + 1] = w.y; v[u].w[4 * i + 2] = w.z; v[u].w[4 * i + 3] = w.w;
-                }
+                for (int i = 0; i < 8 * XB; i++) v[u].r[i] = 0;
+            } else if (kt < fast_tiles) {
+                load_x_tile<ACT>(v[u], (const unsigned char*)p.x + ((u64)b * p.ldx + 32 * q) * XB, kt);
             } else {
-                v[u] = load_cols32_slow<ACT>(p, b, col);
+                v[u] = load_x_tile_slow<ACT>(p, b, kt, q);
             }
         }
 #pragma unroll
@@ -157,14 +132,14 @@ __device__ __forceinline__ void stage_slice(const GemmParams& p, u32 xs, u32 rs,
                 int sum = 0;
 #pragma unroll
                 for (int j = 0; j < 4; j++) {
-                    const u32 lo = v[u].w[j], hi = v[u].w[j + 4];
+                    const u32 lo = v[u].r[j], hi = v[u].r[j + 4];
                     sts64(dst + 32 * j, prmt(lo, hi, 0x5140), prmt(lo, hi, 0x7362));
                     sum = dp4a(hi, 0x01010101u, dp4a(lo, 0x01010101u, sum));
                 }
                 if (sum != 0) atomicAdd(&xsum[t], sum);
             } else {
 #pragma unroll
-                for (int j = 0; j < 8; j++) sts64(dst + 32 * j, v[u].w[2 * j], v[u].w[2 * j + 1]);
+                for (int j = 0; j < 8; j++) sts64(dst + 32 * j, v[u].r[2 * j], v[u].r[2 * j + 1]);
             }
         }
     }
