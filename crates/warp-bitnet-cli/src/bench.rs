@@ -41,6 +41,9 @@ pub struct Args {
     /// token-group kernels that sm_80 GPUs run, `always` the split kernels wherever they fit.
     #[arg(long, value_enum, default_value = "auto")]
     split_kernels: Split,
+    /// Split kernels with mma.sync where the GPU has wgmma (sm_90a), for A/B runs.
+    #[arg(long)]
+    no_wgmma: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -182,7 +185,8 @@ fn run_cuda(a: &Args, shapes: &[Shape], rng: &mut StdRng) -> Result<()> {
         Split::Auto => SplitKernels::Auto,
         Split::Always => SplitKernels::Always,
     };
-    let bench = warp_bitnet::bench::cuda::CudaBench::new(a.iters.unwrap_or(200), split)?;
+    let bench =
+        warp_bitnet::bench::cuda::CudaBench::new(a.iters.unwrap_or(200), split, !a.no_wgmma)?;
     let i = &bench.info;
     println!(
         "CUDA: {} (sm {}, {} SMs, {} MiB L2, driver {}), copy bandwidth {:.0} GB/s; L2-cold, median of {}",

@@ -428,8 +428,9 @@ fn every_kernel<W: RandomWeights>() {
     // 20000 rows: enough row tiles that the planner takes the kernels with the most row
     // tiles per CTA (on GPUs of up to ~150 SMs); the small shapes take the others. The
     // split kernels take 2 K slices for 300 columns (2 and 1 k tiles), 8 slices of 1 for
-    // 1000, 4 for 600 (2, 2, 1 and an empty one), a single slice for 3000 x 100.
-    for (i, (rows, cols), split, batches) in [
+    // 1000, 4 for 600 (2, 2, 1 and an empty one), a single slice for 3000 x 100. On
+    // sm_90a the split kernels run with wgmma and with mma.sync.
+    for (i, (rows, cols), (split, wgmma), batches) in [
         (37, 300),
         (129, 1000),
         (129, 600),
@@ -439,12 +440,15 @@ fn every_kernel<W: RandomWeights>() {
     .into_iter()
     .enumerate()
     .flat_map(|(i, shape)| {
+        let all = &[1, 5, 9, 17, 40, 100][..];
         [
-            (i, shape, SplitKernels::Always, &[1, 5, 9, 17, 40, 100][..]),
-            (i, shape, SplitKernels::Never, &[9, 17, 40][..]),
+            (i, shape, (SplitKernels::Always, true), all),
+            (i, shape, (SplitKernels::Always, false), all),
+            (i, shape, (SplitKernels::Never, true), &[9, 17, 40][..]),
         ]
     }) {
         gpu.set_split_kernels(split);
+        gpu.set_wgmma(wgmma);
         let w = W::random(&mut rng, rows, cols, i + 1);
         let d = gpu.upload(&w, &s).unwrap();
         for &batch in batches {
@@ -469,7 +473,7 @@ fn every_kernel<W: RandomWeights>() {
             let e = rel_err(&got, &want(host_f64(&x16)));
             assert!(
                 e <= 1e-3,
-                "f16 {rows}x{cols} batch {batch} split kernels {split:?}: {e:.2e}"
+                "f16 {rows}x{cols} batch {batch} split kernels {split:?}, wgmma {wgmma}: {e:.2e}"
             );
             let mut yb = s.alloc_zeros::<bf16>(batch * rows).unwrap();
             poison(&s, &mut yb);
@@ -478,7 +482,7 @@ fn every_kernel<W: RandomWeights>() {
             let e = rel_err(&got, &want(host_f64(&xb)));
             assert!(
                 e <= 1e-2,
-                "bf16 {rows}x{cols} batch {batch} split kernels {split:?}: {e:.2e}"
+                "bf16 {rows}x{cols} batch {batch} split kernels {split:?}, wgmma {wgmma}: {e:.2e}"
             );
             let mut acc = s.alloc_zeros::<i32>(batch * rows).unwrap();
             poison(&s, &mut acc);
@@ -488,7 +492,7 @@ fn every_kernel<W: RandomWeights>() {
             assert_eq!(
                 s.clone_dtoh(&acc).unwrap(),
                 exact,
-                "i8 {rows}x{cols} batch {batch} split kernels {split:?}"
+                "i8 {rows}x{cols} batch {batch} split kernels {split:?}, wgmma {wgmma}"
             );
         }
     }

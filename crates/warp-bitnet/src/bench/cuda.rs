@@ -54,6 +54,8 @@ pub struct RunInfo {
     pub iters: usize,
     /// When the split-K cluster kernels were taken (sm_90+, 9+ tokens): never, auto, always.
     pub split_kernels: String,
+    /// Whether the split kernels used wgmma (sm_90a) rather than mma.sync.
+    pub wgmma: bool,
 }
 
 /// Holds the stream for `ns` nanoseconds of GPU time.
@@ -80,10 +82,12 @@ pub struct CudaBench {
 }
 
 impl CudaBench {
-    /// Opens device 0, measures the copy bandwidth. `split`: see [`Gpu::set_split_kernels`].
-    pub fn new(iters: usize, split: SplitKernels) -> Result<Self> {
+    /// Opens device 0, measures the copy bandwidth. `split` and `wgmma`: see
+    /// [`Gpu::set_split_kernels`] and [`Gpu::set_wgmma`].
+    pub fn new(iters: usize, split: SplitKernels, wgmma: bool) -> Result<Self> {
         let mut gpu = Gpu::new(0)?;
         gpu.set_split_kernels(split);
+        gpu.set_wgmma(wgmma);
         let stream = gpu.context().new_stream()?;
         let blas = CudaBlas::new(stream.clone())?;
         let i = gpu.info().clone();
@@ -104,6 +108,7 @@ impl CudaBench {
             copy_gbps: 0.0,
             iters,
             split_kernels: format!("{split:?}").to_lowercase(),
+            wgmma: gpu.wgmma(),
         };
         let mut bench = Self {
             gpu,

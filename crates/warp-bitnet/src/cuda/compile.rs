@@ -29,6 +29,7 @@ const HEADERS: &[(&str, &str)] = &[
     ("gemm.cuh", include_str!("kernels/gemm.cuh")),
     ("gemm_split.cuh", include_str!("kernels/gemm_split.cuh")),
     ("quant.cuh", include_str!("kernels/quant.cuh")),
+    ("wgmma.cuh", include_str!("kernels/wgmma.cuh")),
 ];
 
 /// The ternary GEMM family.
@@ -72,11 +73,14 @@ pub fn nvrtc_version() -> Result<(i32, i32)> {
     Ok((major, minor))
 }
 
+/// The one target with warpgroup MMAs (wgmma), an arch-specific feature of Hopper.
+pub const WGMMA_ARCH: &str = "sm_90a";
+
 /// The NVRTC target for compute capability `major.minor`: `sm_90a` on Hopper
 /// (arch-specific features), `sm_XY` elsewhere.
 pub fn arch_for(major: i32, minor: i32) -> String {
     if (major, minor) == (9, 0) {
-        "sm_90a".to_string()
+        WGMMA_ARCH.to_string()
     } else {
         format!("sm_{major}{minor}")
     }

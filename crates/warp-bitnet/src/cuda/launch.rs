@@ -183,10 +183,13 @@ pub enum Cta {
         row_tiles: usize,
     },
     /// `tokens` (16, 32 or 64) tokens staged in shared memory for a K slice; the slices
-    /// of a thread-block cluster sum their partial products (`_s{tokens}`, sm_90+).
+    /// of a thread-block cluster sum their partial products (`_s{tokens}`, sm_90+; with
+    /// warpgroup MMAs `_w{tokens}`, sm_90a).
     Split {
         /// Tokens per CTA.
         tokens: usize,
+        /// wgmma instead of mma.sync.
+        wgmma: bool,
     },
 }
 
@@ -204,7 +207,7 @@ pub fn gemm_symbol(levels: Levels, x: DType, staging: Staging, y: DType, cta: Ct
     let shape = match cta {
         Cta::Single => "n1".to_string(),
         Cta::Groups { tokens, row_tiles } => format!("n{tokens}_r{row_tiles}"),
-        Cta::Split { tokens } => format!("s{tokens}"),
+        Cta::Split { tokens, wgmma } => format!("{}{tokens}", if wgmma { "w" } else { "s" }),
     };
     format!("gemm_{family}_{}{q}_{}_{shape}", x.name(), y.name())
 }
@@ -216,8 +219,8 @@ pub enum SplitKernels {
     /// Never: the token-group kernels, as on GPUs before sm_90.
     Never,
     /// Where the CTA size that holds the batch (64 tokens per CTA, in several token groups,
-    /// for larger int8 batches; f16/bf16 only up to 16 tokens) keeps at least 65% of the
-    /// GPU's warp time busy (`SPLIT_MIN_UTILIZATION`; docs/NOTES.md, v25).
+    /// for larger batches) keeps at least 55% of the GPU's warp time busy, 40% at 64
+    /// tokens a CTA (`SPLIT_MIN_UTILIZATION`; docs/NOTES.md, v25 and v27).
     #[default]
     Auto,
     /// Whenever a K slice of the activations fits shared memory.
@@ -251,6 +254,8 @@ pub(crate) trait Occupancy {
     fn clusters(&self, symbol: &str, dynamic: usize, size: usize) -> Result<usize>;
     /// When to take the split kernels.
     fn split_kernels(&self) -> SplitKernels;
+    /// Whether the split kernels use wgmma (sm_90a).
+    fn wgmma(&self) -> bool;
 }
 
 impl Occupancy for Gpu {
@@ -268,6 +273,9 @@ impl Occupancy for Gpu {
     }
     fn split_kernels(&self) -> SplitKernels {
         self.split_kernels
+    }
+    fn wgmma(&self) -> bool {
+        self.wgmma
     }
 }
 
@@ -475,15 +483,14 @@ const SPLIT_ROUND_STEPS: usize = 1;
 /// every warp the kernel fits) a split launch must fill with weight tiles for
 /// [`SplitKernels::Auto`] to take it. Its warps own whole row pairs for whole K slices,
 /// so shapes with few row pairs per warp leave SMs or rounds part empty, and there the
-/// token-group kernels (warps splitting K inside a CTA) are faster. On the H100, split
-/// launches this estimate put at 0.45-0.63 ran 1.0-1.9x the token-group kernels' time,
-/// those at 0.68-0.82 0.61-0.92x (docs/NOTES.md, v25).
-const SPLIT_MIN_UTILIZATION: f64 = 0.65;
-/// Batches up to which [`SplitKernels::Auto`] takes the split kernels for f16 and bf16
-/// activations: beyond, 32 or 64 tokens per CTA took 1.15-1.31x the token-group
-/// kernels' time on 28672 x 8192 at 0.83 of the warp time (0.95-0.98x on 14336 x 4096;
-/// H100), and several 16-token groups would each read the weights again.
-const SPLIT_MAX_TOKENS_FLOAT: usize = 16;
+/// token-group kernels (warps splitting K inside a CTA) are faster. On the H100 (wgmma,
+/// every shape of the bench at 16-32 tokens, docs/NOTES.md, v27), split launches this
+/// estimate put at 0.05-0.50 ran 0.81-1.53x the token-group kernels' time, mostly
+/// slower; at 0.56 1.08-1.11x (16 tokens) and 0.67-0.81x (32); from 0.60 0.45-0.93x.
+const SPLIT_MIN_UTILIZATION: f64 = 0.55;
+/// The same for 64 tokens a CTA, where the token-group kernels decode every weight two
+/// (int8) or four times (f16/bf16): at 0.42-0.50 0.64-0.92x, at 0.10 1.01-1.28x.
+const SPLIT_MIN_UTILIZATION_64: f64 = 0.4;
 
 /// Warps per CTA of the split kernel for `tokens` (`SPLIT_WARPS` in gemm_split.cuh).
 fn split_warps(tokens: usize) -> usize {
@@ -505,9 +512,14 @@ fn split_fixed_smem(tokens: usize) -> usize {
 }
 
 /// The staged activations of a split kernel: `tokens` rows of `per` k tiles, each row
-/// padded to 32 mod 128 bytes (`SplitX` in gemm_split.cuh).
-fn split_x_smem(x: DType, tokens: usize, per: usize) -> usize {
-    tokens * (per * 128 * x.size() + 32)
+/// padded to 32 mod 128 bytes, or with wgmma `per` k tiles of all tokens, each padded by
+/// 16 bytes (`SplitX` in gemm_split.cuh).
+fn split_x_smem(x: DType, tokens: usize, per: usize, wgmma: bool) -> usize {
+    if wgmma {
+        per * (tokens * 128 * x.size() + 16)
+    } else {
+        tokens * (per * 128 * x.size() + 32)
+    }
 }
 
 /// The split-K cluster kernel for a batch of 9 or more, if this GPU has clusters and
@@ -515,8 +527,9 @@ fn split_x_smem(x: DType, tokens: usize, per: usize) -> usize {
 /// batch (else 64 per CTA along the grid's y), and the cluster size (K slices) that
 /// minimizes rounds x (k tiles per slice + a round's overhead), where a round gives
 /// every warp of every resident cluster one pair of row tiles. In `Auto` mode, only
-/// where that fills [`SPLIT_MIN_UTILIZATION`] of the warp time with the CTA size that
-/// holds the batch, and for f16/bf16 only up to 16 tokens.
+/// where that fills [`SPLIT_MIN_UTILIZATION`] (64 tokens: [`SPLIT_MIN_UTILIZATION_64`])
+/// of the warp time with the CTA size that holds the batch. With wgmma (sm_90a) the
+/// `_w` kernels, else `_s`.
 fn plan_split(
     levels: Levels,
     a: &GemmArgs,
@@ -526,14 +539,12 @@ fn plan_split(
     gpu: &impl Occupancy,
 ) -> Result<Option<GemmPlan>> {
     let auto = gpu.split_kernels() == SplitKernels::Auto;
+    let wgmma = gpu.wgmma();
     let pairs = row_tiles.div_ceil(2);
     let want = SPLIT_TOKENS
         .iter()
         .position(|&t| t >= a.batch)
         .unwrap_or(SPLIT_TOKENS.len() - 1);
-    if auto && a.x_dtype != DType::I8 && a.batch > SPLIT_MAX_TOKENS_FLOAT {
-        return Ok(None);
-    }
     // Auto: only the CTA size that holds the batch (64 tokens a CTA beyond); a smaller
     // one would read the weights once per extra token group.
     let first = if auto { want } else { 0 };
@@ -544,14 +555,14 @@ fn plan_split(
         if groups > MAX_GRID_Y {
             continue;
         }
-        let cta = Cta::Split { tokens };
+        let cta = Cta::Split { tokens, wgmma };
         let symbol = gemm_symbol(levels, a.x_dtype, Staging::AsIs, a.y_dtype, cta);
         let room = gpu.max_dynamic(&symbol)?;
         // (cost, utilization, cluster size, clusters per token group, smem)
         let mut best: Option<(usize, f64, usize, usize, usize)> = None;
         for size in CLUSTER_SIZES.into_iter().filter(|&s| s <= k_tiles) {
             let per = k_tiles.div_ceil(size);
-            let smem = split_fixed_smem(tokens) + split_x_smem(a.x_dtype, tokens, per);
+            let smem = split_fixed_smem(tokens) + split_x_smem(a.x_dtype, tokens, per, wgmma);
             if smem > room {
                 continue;
             }
@@ -573,7 +584,12 @@ fn plan_split(
         let Some((_, utilization, size, clusters, smem)) = best else {
             continue;
         };
-        if auto && utilization < SPLIT_MIN_UTILIZATION {
+        let min = if tokens == 64 {
+            SPLIT_MIN_UTILIZATION_64
+        } else {
+            SPLIT_MIN_UTILIZATION
+        };
+        if auto && utilization < min {
             return Ok(None);
         }
         return Ok(Some(GemmPlan {
@@ -1094,6 +1110,7 @@ mod tests {
     struct FakeGpu {
         clusters: bool,
         split: SplitKernels,
+        wgmma: bool,
     }
     impl Occupancy for FakeGpu {
         fn resident(&self, _: &str, _: usize) -> Result<usize> {
@@ -1111,18 +1128,29 @@ mod tests {
         fn split_kernels(&self) -> SplitKernels {
             self.split
         }
+        fn wgmma(&self) -> bool {
+            self.wgmma
+        }
     }
     const GPU: &FakeGpu = &FakeGpu {
         clusters: false,
         split: SplitKernels::Auto,
+        wgmma: false,
     };
     const SM90: &FakeGpu = &FakeGpu {
         clusters: true,
         split: SplitKernels::Always,
+        wgmma: false,
+    };
+    const SM90A: &FakeGpu = &FakeGpu {
+        clusters: true,
+        split: SplitKernels::Always,
+        wgmma: true,
     };
     const SM90_AUTO: &FakeGpu = &FakeGpu {
         clusters: true,
         split: SplitKernels::Auto,
+        wgmma: false,
     };
 
     fn args(x_dtype: DType, y_dtype: DType, batch: usize) -> GemmArgs {
@@ -1279,11 +1307,10 @@ mod tests {
         assert_eq!(p.symbol, "gemm_t2_i8_f16_s16");
         let p = plan(300, 300, DType::I8, DType::F16, 16, SM90_AUTO);
         assert_eq!(p.symbol, "gemm_t2_i8_f16_n16_r2");
-        // Auto takes the split kernels for f16/bf16 up to 16 tokens only.
-        let p = plan(28_672, 8192, DType::BF16, DType::BF16, 16, SM90_AUTO);
-        assert_eq!(p.symbol, "gemm_t2_bf16_bf16_s16");
+        // 17 bf16 tokens: a CTA of 32 in 8 slices of 8 k tiles, 16 clusters, 4 rounds:
+        // 896 x 64 / (4 x (8 + 1) x 16 x 8 x 16 warps) = 0.78 of the warp time.
         let p = plan(28_672, 8192, DType::BF16, DType::BF16, 17, SM90_AUTO);
-        assert_eq!(p.symbol, "gemm_t2_bf16_bf16_n16_r8");
+        assert_eq!((p.symbol.as_str(), p.cluster), ("gemm_t2_bf16_bf16_s32", 8));
         let p = plan(28_672, 8192, DType::I8, DType::BF16, 64, SM90_AUTO);
         assert_eq!((p.symbol.as_str(), p.grid.1), ("gemm_t2_i8_bf16_s64", 1));
         // 32 int8 tokens of 28672 columns: no slice of 32 fits. Always splits them into
@@ -1292,6 +1319,11 @@ mod tests {
         assert_eq!((p.symbol.as_str(), p.grid.1), ("gemm_t2_i8_f16_s16", 2));
         let p = plan(8192, 28_672, DType::I8, DType::F16, 32, SM90_AUTO);
         assert_eq!((p.symbol.as_str(), p.grid.1), ("gemm_t2_i8_f16_n32_r2", 1));
+        // With wgmma: the `_w` kernels, activations staged by k tile (16 bytes of padding
+        // per tile, not per token); the same 4 slices of 16 k tiles as above.
+        let p = plan(28_672, 8192, DType::F16, DType::F16, 16, SM90A);
+        assert_eq!((p.symbol.as_str(), p.cluster), ("gemm_t2_f16_f16_w16", 4));
+        assert_eq!(p.smem as usize, split_fixed_smem(16) + 16 * (16 * 256 + 16));
     }
 
     #[test]

@@ -72,6 +72,7 @@ pub struct Gpu {
     functions: HashMap<String, Kernel>,
     /// When the planner takes the split-K cluster kernels (sm_90+).
     split_kernels: SplitKernels,
+    wgmma: bool,
 }
 
 /// A loaded kernel: the most threads its CTA may have (for the GEMM kernels, the
@@ -145,6 +146,7 @@ impl Gpu {
         };
         Ok(Self {
             ctx,
+            wgmma: info.arch == compile::WGMMA_ARCH,
             info,
             functions,
             split_kernels: SplitKernels::Auto,
@@ -166,6 +168,18 @@ impl Gpu {
     /// benchmarks of the two kernel families on one GPU.
     pub fn set_split_kernels(&mut self, mode: SplitKernels) {
         self.split_kernels = mode;
+    }
+
+    /// Whether the split kernels use warpgroup MMAs (`wgmma`) where the GPU has them
+    /// (sm_90a; the default there) or `mma.sync`: for tests and A/B benchmarks. Off has
+    /// no effect elsewhere.
+    pub fn set_wgmma(&mut self, on: bool) {
+        self.wgmma = on && self.info.arch == compile::WGMMA_ARCH;
+    }
+
+    /// Whether the split kernels use wgmma.
+    pub fn wgmma(&self) -> bool {
+        self.wgmma
     }
 
     /// CTAs of kernel `name` with `dynamic` bytes of dynamic shared memory that fit the
@@ -358,13 +372,10 @@ mod tests {
                     }
                 }
                 for tokens in launch::SPLIT_TOKENS {
-                    planned.push(gemm_symbol(
-                        levels,
-                        x,
-                        Staging::AsIs,
-                        y,
-                        Cta::Split { tokens },
-                    ));
+                    for wgmma in [false, true] {
+                        let cta = Cta::Split { tokens, wgmma };
+                        planned.push(gemm_symbol(levels, x, Staging::AsIs, y, cta));
+                    }
                 }
             }
             planned.sort();

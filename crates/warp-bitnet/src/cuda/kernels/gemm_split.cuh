@@ -1,5 +1,6 @@
-// Split-K kernels for 9-64 tokens per CTA ("_s{T}"), sm_90 thread-block clusters.
-// Same T2 tiles, decode and MMAs as gemm.cuh; what changes is who holds what.
+// Split-K kernels for 9-64 tokens per CTA, sm_90 thread-block clusters: "_s{T}" with
+// gemm.cuh's mma.sync MMAs, "_w{T}" with warpgroup MMAs (wgmma, sm_90a; wgmma.cuh).
+// Same T2 tiles and decode as gemm.cuh; what changes is who holds what.
 //
 // Why: the token-group kernels of gemm.cuh keep each warp's activations in registers
 // (16 per token group) and decode every weight once per group of 8-16 tokens, so at 16
@@ -21,27 +22,39 @@
 // cluster synchronizes, and each rank sums its warps' values over the S slices from its
 // own shared memory, then applies scale, bias and the conversion (the i8 kernels
 // subtract each slice's sum(x) before they send).
+// wgmma: the unit of a round is an octet of row tiles per warpgroup (warp i of the
+// warpgroup takes tiles i and 4 + i: its rows of two m64 blocks); the partial sums sit
+// in the same registers as mma.sync's (wgmma.cuh), so the reduction is shared.
 //
 // Staged activations, per token, per k tile: 256 bytes (f16/bf16) or 128 (i8). The
 // 8 bytes lane (g, q) needs for slot pair s (f16: columns 32q + 4s..4s+3, the B
 // fragment as it is) or quad j (i8: columns 32q + {4j, 4j+16, 4j+1, 4j+17, 4j+2, 4j+18,
 // 4j+3, 4j+19}, the B registers the MMA needs, permuted once when staged) sit at
 // 32s + 8q; a token's row is padded to 32 mod 128 bytes, so the 16 lanes of a half warp
-// (4 tokens x 4 q) read 128 distinct bytes: no bank conflicts.
+// (4 tokens x 4 q) read 128 distinct bytes: no bank conflicts. wgmma: the same 8 bytes
+// as two words, k values 2q, 2q+1 and 8+2q, 9+2q (i8: 4q.. and 16+4q..) of the MMA's k
+// step, in wgmma.cuh's core-matrix layout (SplitX::wg_tile).
 //
 // Budget per 2048-weight tile per warp (f16, T tokens): 64 LOP3/HFMA2 (decode) + T HMMA
 // + T/2 LDS.64 + ~3 (ring) instructions; shared memory 128 T bytes. At T = 16 that is ~90
 // instructions (the read-bound H100 allows ~210 issue slots per tile per SM) and the
 // H100's mma.sync rate bounds T = 64 at ~1.5 cycles per HMMA: ~96 cycles a tile, about
 // 2x the weight read. i8: 32 decode + T/2 IMMA + T/4 LDS.64.
-// Measured (H100, 4f6c4ff): the f16 T = 16 loop holds 123 instructions per tile (~65 of
-// them decode, 16 HMMA; bench/results/2026-11-26-h100-4f6c4ff-split/development/
-// sass-s16-loop.txt) and issues in 47% of cycles; 28672 x 8192 at 16 tokens takes 45.9 µs f16 /
-// 34.1 µs i8 (3.6x / 4.8x cuBLAS), 0.87 / 0.81 of the token-group kernels' time. Shapes
-// with few row pairs lose to those kernels; the planner's rule is in launch.rs
-// (SPLIT_MIN_UTILIZATION) and the history in docs/NOTES.md (v25, v26).
+// wgmma replaces the T HMMA + T/2 LDS with 2 x 8 wgmma per warpgroup (one per m64 block
+// and k step), which run at the full tensor rate (mma.sync: ~60% of it).
+// Measured (H100, 4f6c4ff, mma.sync): the f16 T = 16 loop holds 123 instructions per tile
+// (~65 of them decode, 16 HMMA; bench/results/2026-11-26-h100-4f6c4ff-split/development/
+// sass-s16-loop.txt) and issues in 47% of cycles. Then (v27) a 32-way bank conflict in
+// the reduction's reads (now fixed: lanes read consecutive 16 bytes) turned out to take
+// half of the 64-token kernel's time. With wgmma (bench/results/2026-11-26-h100-*-wgmma/)
+// 28672 x 8192 takes 44 / 61 / 97 µs f16 and 32 / 40 / 60 µs i8 at 16 / 32 / 64 tokens
+// (3.8 / 2.7 / 1.8x and 5.1 / 4.2 / 2.9x cuBLAS); the 64-token f16 kernel keeps the
+// tensor pipe 31% busy at 2 warps per scheduler. Shapes with few row pairs lose to the
+// token-group kernels; the planner's rule is in launch.rs (SPLIT_MIN_UTILIZATION) and
+// the history in docs/NOTES.md (v25-v27).
 #pragma once
 #include "gemm.cuh"
+#include "wgmma.cuh"
 
 constexpr int SPLIT_RW = 2;     // row tiles per warp
 constexpr int SPLIT_DEPTH = 4;  // weight ring stages per warp (each 2 tiles)
@@ -56,10 +69,16 @@ template <int ACT>
 struct SplitX {
     static constexpr u32 TILE = ACT == ACT_I8 ? 128 : 256;
     __device__ static constexpr u32 stride(u32 per) { return per * TILE + 32; }
+    // wgmma variant: k tile kt, k step s, of T tokens sits at kt * wg_tile(T) +
+    // s * wg_step(T) in wgmma.cuh's B layout; tiles are padded to 16 mod 128 bytes, so
+    // that a warp staging 8 k tiles x 4 q of one token stores into 32 distinct banks.
+    static constexpr u32 STEPS = ACT == ACT_I8 ? 4 : 8;  // MMA k steps per k tile
+    __device__ static constexpr u32 wg_step(u32 tokens) { return tokens * 32; }
+    __device__ static constexpr u32 wg_tile(u32 tokens) { return STEPS * tokens * 32 + 16; }
 };
 
 // Dynamic shared memory, in this order: weight rings, the partial sums this rank owns
-// [source rank][owned warp][lane][8 NT] (f32 or i32 bits), the slice's per-token sum(x)
+// [source rank][owned warp][value group 2 NT][lane][4] (f32 or i32 bits), the slice's per-token sum(x)
 // (i8), then the staged activations. Mirrored by `split_fixed_smem` in launch.rs.
 template <int NT>
 struct SplitSmem {
@@ -93,6 +112,7 @@ __device__ __forceinline__ void st_cluster128(u32 remote, u32 a, u32 b, u32 c, u
 }
 
 
+__device__ __forceinline__ void sts32(u32 addr, u32 a) { asm volatile("st.shared.u32 [%0], %1;" ::"r"(addr), "r"(a)); }
 __device__ __forceinline__ void sts64(u32 addr, u32 a, u32 b) {
     asm volatile("st.shared.v2.u32 [%0], {%1,%2};" ::"r"(addr), "r"(a), "r"(b));
 }
@@ -102,7 +122,8 @@ __device__ __forceinline__ void sts64(u32 addr, u32 a, u32 b) {
 // One unit = one token's 32 columns of one k tile for one q: consecutive threads read
 // consecutive 32 columns of a token (coalesced). Each thread loads STAGE_BATCH units
 // before it stores any (see batched_chunks).
-template <int ACT>
+// WG: the wgmma layout instead; `rs` is then unused.
+template <int ACT, bool WG>
 __device__ __forceinline__ void stage_slice(const GemmParams& p, u32 xs, u32 rs, u32 b_base, u32 tokens, u32 kt0,
                                             u32 kts, int* xsum) {
     constexpr int XB = ACT == ACT_I8 ? 1 : 2;
@@ -127,19 +148,29 @@ __device__ __forceinline__ void stage_slice(const GemmParams& p, u32 xs, u32 rs,
             const u32 c = c0 + u * blockDim.x;
             if (c >= n) break;
             const u32 q = c % 4, kt = (c / 4) % kts, t = c / (4 * kts);
-            const u32 dst = xs + t * rs + kt * SplitX<ACT>::TILE + 8 * q;
+            // Slot pair / quad j: the MMA's k values 0..7 of lane q (first word) and 8..15.
+            const auto store = [&](int j, u32 first, u32 second) {
+                if constexpr (WG) {
+                    const u32 dst = xs + kt * SplitX<ACT>::wg_tile(tokens) + j * SplitX<ACT>::wg_step(tokens) +
+                                    (t / 8) * 256 + (t % 8) * 16 + 4 * q;
+                    sts32(dst, first);
+                    sts32(dst + 128, second);
+                } else {
+                    sts64(xs + t * rs + kt * SplitX<ACT>::TILE + 8 * q + 32 * j, first, second);
+                }
+            };
             if constexpr (ACT == ACT_I8) {
                 int sum = 0;
 #pragma unroll
                 for (int j = 0; j < 4; j++) {
                     const u32 lo = v[u].r[j], hi = v[u].r[j + 4];
-                    sts64(dst + 32 * j, prmt(lo, hi, 0x5140), prmt(lo, hi, 0x7362));
+                    store(j, prmt(lo, hi, 0x5140), prmt(lo, hi, 0x7362));
                     sum = dp4a(hi, 0x01010101u, dp4a(lo, 0x01010101u, sum));
                 }
                 if (sum != 0) atomicAdd(&xsum[t], sum);
             } else {
 #pragma unroll
-                for (int j = 0; j < 8; j++) sts64(dst + 32 * j, v[u].r[2 * j], v[u].r[2 * j + 1]);
+                for (int j = 0; j < 8; j++) store(j, v[u].r[2 * j], v[u].r[2 * j + 1]);
             }
         }
     }
@@ -150,6 +181,18 @@ struct SplitAcc {
     float f[SPLIT_RW][NT][4];
     int i[SPLIT_RW][NT][4];
 };
+
+// The 8 slot pairs of one row tile's words as A fragments, into a[s][r].
+template <int ACT, bool INT2, int S = 0>
+__device__ __forceinline__ void decode_steps(const u32x4& w, u32 (&a)[8][SPLIT_RW][4], int r) {
+    if constexpr (S < 8) {
+        a[S][r][0] = decode_pair<ACT, INT2, S>(w.x);
+        a[S][r][1] = decode_pair<ACT, INT2, S>(w.z);
+        a[S][r][2] = decode_pair<ACT, INT2, S>(w.y);
+        a[S][r][3] = decode_pair<ACT, INT2, S>(w.w);
+        decode_steps<ACT, INT2, S + 1>(w, a, r);
+    }
+}
 
 // Slot pair S of two row tiles (f16/bf16 decode) times every token group.
 template <int ACT, bool INT2, int NT, int S>
@@ -209,7 +252,76 @@ __device__ __forceinline__ void split_tile(const u32x4 (&wv)[SPLIT_RW], const ui
     }
 }
 
-template <int ACT, int OUT, int NT, bool INT2>
+template <int ACT, int NT>
+__device__ __forceinline__ void fence_accumulators(SplitAcc<ACT, NT>& acc) {
+#pragma unroll
+    for (int r = 0; r < SPLIT_RW; r++)
+#pragma unroll
+        for (int t = 0; t < NT; t++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                if constexpr (ACT == ACT_I8) fence_operand(acc.i[r][t][e]);
+                else fence_operand(acc.f[r][t][e]);
+            }
+}
+
+// The wgmma variant of split_tile, in two halves. wg_decode: one k tile of the
+// warp's two row tiles as A registers a[k step][r][4], all decoded before the first
+// wgmma reads them. wg_issue: the warpgroup's two 64-row blocks (warp i holds row
+// tiles i and 4 + i of its octet) times the staged activations of that k tile at
+// shared address `xk`, one commit group that the caller waits for. (Decoding the next
+// tile while it runs measured no faster: docs/NOTES.md, v27.)
+template <int ACT>
+using WgA = u32[SplitX<ACT>::STEPS][SPLIT_RW][4];
+
+template <int ACT, bool INT2>
+__device__ __forceinline__ void wg_decode(const u32x4 (&wv)[SPLIT_RW], WgA<ACT>& a) {
+#pragma unroll
+    for (int r = 0; r < SPLIT_RW; r++) {
+        if constexpr (ACT == ACT_I8) {
+#pragma unroll
+            for (int j = 0; j < SplitX<ACT>::STEPS; j++) {
+                a[j][r][0] = (wv[r].x >> (2 * j)) & 0x03030303u;
+                a[j][r][1] = (wv[r].z >> (2 * j)) & 0x03030303u;
+                a[j][r][2] = (wv[r].y >> (2 * j)) & 0x03030303u;
+                a[j][r][3] = (wv[r].w >> (2 * j)) & 0x03030303u;
+            }
+        } else {
+            decode_steps<ACT, INT2>(wv[r], a, r);
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < SplitX<ACT>::STEPS; j++)
+#pragma unroll
+        for (int r = 0; r < SPLIT_RW; r++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) fence_operand(a[j][r][e]);
+}
+
+template <int ACT, int NT>
+__device__ __forceinline__ void wg_issue(WgA<ACT>& a, u32 xk, SplitAcc<ACT, NT>& acc) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr u32 STEP = SplitX<ACT>::wg_step(8 * NT);
+    fence_accumulators(acc);
+    wgmma_fence();
+#pragma unroll
+    for (int j = 0; j < SplitX<ACT>::STEPS; j++)
+#pragma unroll
+        for (int r = 0; r < SPLIT_RW; r++) {
+            const u64 desc = wgmma_desc(xk + j * STEP);
+            if constexpr (ACT == ACT_I8)
+                wgmma(reinterpret_cast<int(&)[4 * NT]>(acc.i[r]), a[j][r][0], a[j][r][1], a[j][r][2], a[j][r][3], desc);
+            else
+                wgmma(reinterpret_cast<float(&)[4 * NT]>(acc.f[r]), a[j][r][0], a[j][r][1], a[j][r][2], a[j][r][3], desc,
+                      Act<ACT>{});
+        }
+    wgmma_commit();
+#else
+    __trap();  // the planner takes the wgmma variant only on sm_90a
+#endif
+}
+
+template <int ACT, int OUT, int NT, bool INT2, bool WG>
 __device__ __forceinline__ void gemm_split(const GemmParams& p) {
 #if __CUDA_ARCH__ >= 900
     constexpr u32 T = 8 * NT, VALUES = SPLIT_RW * NT * 4, W = SPLIT_WARPS<NT>;
@@ -221,9 +333,10 @@ __device__ __forceinline__ void gemm_split(const GemmParams& p) {
     const u32 per = (p.k_tiles + S - 1) / S;
     const u32 kt0 = min(rank * per, p.k_tiles), kts = min(per, p.k_tiles - kt0);
     const u32 rs = SplitX<ACT>::stride(per);
+    const u32 x_bytes = WG ? per * SplitX<ACT>::wg_tile(T) : T * rs;
     // A launch with less shared memory than this layout, or a cluster size that does
     // not divide the warps, is a host bug.
-    if (dynamic_smem_size() < Smem::FIXED + T * rs || W % S != 0) __trap();
+    if (dynamic_smem_size() < Smem::FIXED + x_bytes || W % S != 0) __trap();
     const u32 base = pinned(smem_addr(smem));
     const u32 red = base + Smem::RING;
     int* const xsum = (int*)(smem + Smem::RING + Smem::RED);
@@ -231,29 +344,35 @@ __device__ __forceinline__ void gemm_split(const GemmParams& p) {
     const u32 b_base = blockIdx.y * T;
     const u64 policy = evict_first_policy();
 
-    // ---- row pairs: round i gives warp w pair (cluster + i * clusters) * W + w ----
-    const u32 row_tiles = (p.rows + 15) / 16, pairs = (row_tiles + 1) / 2;
-    const u32 blocks = (pairs + W - 1) / W;
+    // ---- units of row tiles: round i gives warp w unit (cluster + i * clusters) * UPC +
+    // w (a pair: tiles 2u, 2u + 1), or warpgroup w / 4 an octet (warp w takes tiles
+    // 8u + w % 4 and 8u + 4 + w % 4) ----
+    constexpr u32 UPC = WG ? W / 4 : W;  // units per CTA and round
+    const u32 row_tiles = (p.rows + 15) / 16, units = WG ? (row_tiles + 7) / 8 : (row_tiles + 1) / 2;
+    const auto tile_of = [&](u32 unit, u32 w, u32 r) { return WG ? 8 * unit + 4 * r + w % 4 : 2 * unit + r; };
+    const u32 blocks = (units + UPC - 1) / UPC;
     const u32 rounds = blocks > cluster ? (blocks - cluster + clusters - 1) / clusters : 0;
-    const u32 first = cluster * W + warp, stride_pairs = clusters * W;
-    const u32 mine = pairs > first ? min(rounds, (pairs - first + stride_pairs - 1) / stride_pairs) : 0;
+    const u32 first = cluster * UPC + (WG ? warp / 4 : warp), stride_units = clusters * UPC;
+    const u32 mine = units > first ? min(rounds, (units - first + stride_units - 1) / stride_units) : 0;
     const u32 total = mine * kts;
 
     // ---- weight ring: step f = (round f / kts, k tile f % kts) ----
     const u32 my_ring = base + (warp * SPLIT_DEPTH * SPLIT_RW * 32 + lane) * 16;
     const u64 tile_step = (u64)p.k_tiles * 32;
-    u32 ahead = 0, a_kt = 0, a_pair = first;
+    u32 ahead = 0, a_kt = 0, a_unit = first;
     const auto produce = [&]() {  // one commit group per step, empty past the end
         if (ahead < total) {
-            const u32x4* t0 = p.w + ((u64)(2 * a_pair) * p.k_tiles + kt0 + a_kt) * 32 + lane;
-            // A last, odd row tile: its pair's second tile reloads it; the epilogue drops the rows.
-            const u32x4* t1 = 2 * a_pair + 1 < row_tiles ? t0 + tile_step : t0;
+            const u32x4* k0 = p.w + ((u64)kt0 + a_kt) * 32 + lane;
             const u32 slot = my_ring + (ahead % SPLIT_DEPTH) * SPLIT_RW * 512;
-            cp_async_16_evict_first(slot, t0, policy);
-            cp_async_16_evict_first(slot + 512, t1, policy);
+#pragma unroll
+            for (int r = 0; r < SPLIT_RW; r++) {
+                // Tiles past the last reload it; the epilogue drops their rows.
+                const u32 tile = min(tile_of(a_unit, warp, r), row_tiles - 1);
+                cp_async_16_evict_first(slot + r * 512, k0 + tile * tile_step, policy);
+            }
             if (++a_kt == kts) {
                 a_kt = 0;
-                a_pair += stride_pairs;
+                a_unit += stride_units;
             }
         }
         cp_async_commit();
@@ -265,7 +384,8 @@ __device__ __forceinline__ void gemm_split(const GemmParams& p) {
     // ---- stage this slice of the tokens' activations (overlapping the ring's loads) ----
     if (ACT == ACT_I8 && threadIdx.x < T) xsum[threadIdx.x] = 0;
     if (ACT == ACT_I8) __syncthreads();
-    stage_slice<ACT>(p, xs, rs, b_base, T, kt0, kts, xsum);
+    stage_slice<ACT, WG>(p, xs, rs, b_base, T, kt0, kts, xsum);
+    if (WG) fence_proxy_async();
     __syncthreads();
     // Other ranks may store into this CTA's shared memory only once every CTA of the
     // cluster runs: the first round's wait pairs with this arrive.
@@ -282,11 +402,13 @@ __device__ __forceinline__ void gemm_split(const GemmParams& p) {
     }
     const uint2* const x_lane = (const uint2*)(smem + Smem::FIXED + g * rs + 8 * q);
     const u32 rs8 = rs;  // 8 tokens of rs bytes = rs fragments of 8 bytes
-    // Partial sums: warp w's go to rank w % S, block (source rank) * W/S + w / S.
+    // Partial sums: warp w's go to rank w % S, block (source rank) * W/S + w / S; in a
+    // block, group rt = r * NT + t (values e = 0..3) of lane l at 16 (32 rt + l) bytes,
+    // so that a warp's 16-byte stores and loads of a group are contiguous.
     const u32 per_owner = W / S;
-    const u32 my_block = red + (((rank * per_owner + warp / S) * 32 + lane) * VALUES) * 4;
+    const u32 my_block = red + (rank * per_owner + warp / S) * 32 * VALUES * 4 + lane * 16;
     const u32 owner = warp % S;
-    // The owner's share: warp w sums values v = w / per_owner (mod S) of owned warp
+    // The owner's share: warp w sums groups rt = w / per_owner (mod S) of owned warp
     // w % per_owner, i.e. of the sender warp (w % per_owner) * S + rank.
     const u32 owned = warp % per_owner, sender = owned * S + rank, phase = warp / per_owner;
 
@@ -310,7 +432,14 @@ __device__ __forceinline__ void gemm_split(const GemmParams& p) {
                 for (int r = 0; r < SPLIT_RW; r++) wcur[r] = wnext[r];
                 cp_async_wait<SPLIT_DEPTH - 2>();  // step f+1 has landed
                 read_ring(f + 1, wnext);
-                split_tile<ACT, INT2, NT>(wcur, x_lane + kt * (SplitX<ACT>::TILE / 8), rs8, acc);
+                if constexpr (WG) {
+                    WgA<ACT> a;
+                    wg_decode<ACT, INT2>(wcur, a);
+                    wg_issue<ACT, NT>(a, xs + kt * SplitX<ACT>::wg_tile(T), acc);
+                    wgmma_wait<0>();
+                } else {
+                    split_tile<ACT, INT2, NT>(wcur, x_lane + kt * (SplitX<ACT>::TILE / 8), rs8, acc);
+                }
                 f++;
             }
         }
@@ -334,36 +463,45 @@ __device__ __forceinline__ void gemm_split(const GemmParams& p) {
                         v[e] = __float_as_uint(acc.f[r][t][e]);
                     }
                 }
-                st_cluster128(remote + (r * NT + t) * 16, v[0], v[1], v[2], v[3]);
+                st_cluster128(remote + (r * NT + t) * 512, v[0], v[1], v[2], v[3]);
             }
         cluster_arrive();
         cluster_wait();
 
         // ---- this rank's share of the values: sum over the slices, scale, bias, store ----
-        const u32 pair = first - warp + sender + i * stride_pairs;
-        const u32* const sums = (const u32*)(smem + Smem::RING) + (owned * 32 + lane) * VALUES;
-        const u32 block_stride = per_owner * 32 * VALUES;  // words between source ranks
-        for (u32 v = phase; v < VALUES; v += S) {
-            const u32 r = v / (4 * NT), t = (v / 4) % NT, e = v % 4;
-            const u32 row = 32 * pair + 16 * r + g + 8 * (e / 2), b = b_base + 8 * t + 2 * q + (e % 2);
-            if (pair >= pairs || row >= p.rows || b >= p.batch) continue;
-            float y;
-            if (ACT == ACT_I8) {
-                u32 sum = 0;
-                for (u32 k = 0; k < S; k++) sum += sums[k * block_stride + v];
-                if (OUT == OUT_I32) {
-                    ((int*)p.y)[(u64)b * p.ldy + row] = (int)sum;
-                    continue;
+        const u32 unit = (cluster + i * clusters) * UPC + (WG ? sender / 4 : sender);
+        const u32x4* const sums = (const u32x4*)(smem + Smem::RING) + owned * 32 * (VALUES / 4) + lane;
+        const u32 block_stride = per_owner * 32 * (VALUES / 4);  // groups between source ranks
+        for (u32 rt = phase; rt < VALUES / 4; rt += S) {
+            const u32 r = rt / NT, t = rt % NT, tile = tile_of(unit, sender, r);
+            u32 isum[4] = {0, 0, 0, 0};
+            float fsum[4] = {0.f, 0.f, 0.f, 0.f};
+            for (u32 k = 0; k < S; k++) {
+                const u32x4 v = sums[k * block_stride + rt * 32];
+                const u32 w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    isum[e] += w[e];
+                    fsum[e] += __uint_as_float(w[e]);
                 }
-                y = (float)(int)sum * (INT2 ? 0.5f : 1.f) * p.x_scale[b];
-            } else {
-                y = 0.f;
-                for (u32 k = 0; k < S; k++) y += __uint_as_float(sums[k * block_stride + v]);
             }
-            if (p.w_scale != nullptr) y *= p.w_scale[p.scale_per_row ? row : 0];
-            y += load_bias<OUT>(p.bias, row);
-            u16* out = (u16*)p.y + (u64)b * p.ldy + row;
-            *out = OUT == OUT_BF16 ? f32_to_bf16(y) : f32_to_f16(y);
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const u32 row = 16 * tile + g + 8 * (e / 2), b = b_base + 8 * t + 2 * q + (e % 2);
+                if (tile >= row_tiles || row >= p.rows || b >= p.batch) continue;
+                float y = fsum[e];
+                if (ACT == ACT_I8) {
+                    if (OUT == OUT_I32) {
+                        ((int*)p.y)[(u64)b * p.ldy + row] = (int)isum[e];
+                        continue;
+                    }
+                    y = (float)(int)isum[e] * (INT2 ? 0.5f : 1.f) * p.x_scale[b];
+                }
+                if (p.w_scale != nullptr) y *= p.w_scale[p.scale_per_row ? row : 0];
+                y += load_bias<OUT>(p.bias, row);
+                u16* out = (u16*)p.y + (u64)b * p.ldy + row;
+                *out = OUT == OUT_BF16 ? f32_to_bf16(y) : f32_to_f16(y);
+            }
         }
         cluster_arrive();
     }
@@ -374,8 +512,8 @@ __device__ __forceinline__ void gemm_split(const GemmParams& p) {
 #endif
 }
 
-// Symbols: gemm_{t2|int2}_{activation}_{output}_s{8 NT}; built by `gemm_symbol`.
-#define GEMM_SPLIT_KERNEL(ACT, OUT, NT, INT2, NAME)                                              \
+// Symbols: gemm_{t2|int2}_{activation}_{output}_{s|w}{8 NT} (w: wgmma); built by `gemm_symbol`.
+#define GEMM_SPLIT_KERNEL(ACT, OUT, NT, INT2, WG, NAME)                                          \
     extern "C" __global__ void __launch_bounds__(SPLIT_WARPS<NT> * 32, 1) NAME(const GemmParams p) { \
-        gemm_split<ACT, OUT, NT, INT2>(p);                                                     \
+        gemm_split<ACT, OUT, NT, INT2, WG>(p);                                                 \
     }
