@@ -492,21 +492,23 @@ const SPLIT_MIN_UTILIZATION: f64 = 0.55;
 /// (int8) or four times (f16/bf16): at 0.42-0.50 0.64-0.92x, at 0.10 1.01-1.28x.
 const SPLIT_MIN_UTILIZATION_64: f64 = 0.4;
 
-/// Warps per CTA of the split kernel for `tokens` (`SPLIT_WARPS` in gemm_split.cuh).
-fn split_warps(tokens: usize) -> usize {
-    if tokens <= 32 {
-        16
-    } else {
-        8
+/// Warps per CTA and row tiles per warp of the split kernel for `tokens` (`SPLIT_WARPS`
+/// and `SPLIT_RW` in gemm_split.cuh): a CTA takes 32 row tiles a round, or 16 at 64
+/// tokens. The 64-token wgmma kernel spreads its 16 over 16 warps.
+fn split_warps(tokens: usize, wgmma: bool) -> (usize, usize) {
+    match (tokens, wgmma) {
+        (64, true) => (16, 1),
+        (64, false) => (8, 2),
+        _ => (16, 2),
     }
 }
 
 /// Dynamic shared memory of a split kernel without its staged activations; mirrors
 /// `SplitSmem` in gemm_split.cuh.
-fn split_fixed_smem(tokens: usize) -> usize {
-    let warps = split_warps(tokens);
-    let ring = warps * 4 * 2 * 512;
-    let partial_sums = warps * 32 * tokens * 4;
+fn split_fixed_smem(tokens: usize, wgmma: bool) -> usize {
+    let (warps, rw) = split_warps(tokens, wgmma);
+    let ring = warps * 4 * rw * 512;
+    let partial_sums = warps * 32 * rw * tokens * 2;
     let x_sums = tokens * 4;
     ring + partial_sums + x_sums
 }
@@ -549,8 +551,10 @@ fn plan_split(
     // one would read the weights once per extra token group.
     let first = if auto { want } else { 0 };
     for &tokens in SPLIT_TOKENS[first..=want].iter().rev() {
-        let warps = split_warps(tokens);
-        let blocks = pairs.div_ceil(warps).max(1);
+        let (warps, rw) = split_warps(tokens, wgmma);
+        // The cost model counts warps that own a row pair.
+        let pair_warps = warps * rw / 2;
+        let blocks = pairs.div_ceil(pair_warps).max(1);
         let groups = a.batch.div_ceil(tokens);
         if groups > MAX_GRID_Y {
             continue;
@@ -562,7 +566,8 @@ fn plan_split(
         let mut best: Option<(usize, f64, usize, usize, usize)> = None;
         for size in CLUSTER_SIZES.into_iter().filter(|&s| s <= k_tiles) {
             let per = k_tiles.div_ceil(size);
-            let smem = split_fixed_smem(tokens) + split_x_smem(a.x_dtype, tokens, per, wgmma);
+            let smem =
+                split_fixed_smem(tokens, wgmma) + split_x_smem(a.x_dtype, tokens, per, wgmma);
             if smem > room {
                 continue;
             }
@@ -575,7 +580,7 @@ fn plan_split(
             let waves = (groups * clusters).div_ceil(fit);
             let cost = waves * blocks.div_ceil(clusters) * (per + SPLIT_ROUND_STEPS);
             // Weight-tile steps of the launch over those its resident warps could do.
-            let capacity = cost * fit * size * warps;
+            let capacity = cost * fit * size * pair_warps;
             let utilization = (pairs * k_tiles * groups) as f64 / capacity as f64;
             if best.is_none_or(|(c, ..)| cost < c) {
                 best = Some((cost, utilization, size, clusters, smem));
@@ -1269,7 +1274,10 @@ mod tests {
         let p = plan(28_672, 8192, DType::F16, DType::F16, 16, SM90);
         assert_eq!(p.symbol, "gemm_t2_f16_f16_s16");
         assert_eq!((p.grid, p.cluster, p.threads), ((132, 1, 1), 4, 512));
-        assert_eq!(p.smem as usize, split_fixed_smem(16) + 16 * (16 * 256 + 32));
+        assert_eq!(
+            p.smem as usize,
+            split_fixed_smem(16, false) + 16 * (16 * 256 + 32)
+        );
         // 8192 x 8192, 64 tokens: no slice of 64 f16 tokens fits 200 KB; 2 groups of 32
         // in 8 slices (8 clusters each, 2 rounds).
         let p = plan(8192, 8192, DType::F16, DType::F16, 64, SM90);
@@ -1323,7 +1331,20 @@ mod tests {
         // per tile, not per token); the same 4 slices of 16 k tiles as above.
         let p = plan(28_672, 8192, DType::F16, DType::F16, 16, SM90A);
         assert_eq!((p.symbol.as_str(), p.cluster), ("gemm_t2_f16_f16_w16", 4));
-        assert_eq!(p.smem as usize, split_fixed_smem(16) + 16 * (16 * 256 + 16));
+        assert_eq!(
+            p.smem as usize,
+            split_fixed_smem(16, true) + 16 * (16 * 256 + 16)
+        );
+        // 64 tokens with wgmma: 16 warps of one row tile each, 8 slices of 8 k tiles.
+        let p = plan(28_672, 8192, DType::I8, DType::F16, 64, SM90A);
+        assert_eq!(
+            (p.symbol.as_str(), p.threads, p.cluster),
+            ("gemm_t2_i8_f16_w64", 512, 8)
+        );
+        assert_eq!(
+            p.smem as usize,
+            split_fixed_smem(64, true) + 8 * (64 * 128 + 16)
+        );
     }
 
     #[test]

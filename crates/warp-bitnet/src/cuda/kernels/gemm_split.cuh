@@ -56,12 +56,16 @@
 #include "gemm.cuh"
 #include "wgmma.cuh"
 
-constexpr int SPLIT_RW = 2;     // row tiles per warp
-constexpr int SPLIT_DEPTH = 4;  // weight ring stages per warp (each 2 tiles)
-// Warps per CTA: 16 while the registers allow (up to 32 tokens: <= 128 per thread), so
-// that 4 warps per scheduler hide the shared-memory and MMA latencies; 8 for 64 tokens.
-template <int NT>
-constexpr int SPLIT_WARPS = NT <= 4 ? 16 : 8;
+constexpr int SPLIT_DEPTH = 4;  // weight ring stages per warp (each RW tiles)
+// Row tiles per warp: 2 (mma.sync: each B fragment read from shared memory feeds two
+// MMAs; wgmma: two m64 blocks per warpgroup), 1 for the 64-token wgmma kernel, whose
+// registers then fit 16 warps.
+template <int NT, bool WG>
+constexpr int SPLIT_RW = WG && NT == 8 ? 1 : 2;
+// Warps per CTA: 16 while the registers allow (<= 128 per thread), so that 4 warps per
+// scheduler hide the shared-memory and MMA latencies; 8 for 64 mma.sync tokens.
+template <int NT, bool WG>
+constexpr int SPLIT_WARPS = NT <= 4 || WG ? 16 : 8;
 
 // Bytes per token per k tile of the staged activations, and a token's row stride for
 // slices of `per` k tiles (32 mod 128, see above).
@@ -80,10 +84,10 @@ struct SplitX {
 // Dynamic shared memory, in this order: weight rings, the partial sums this rank owns
 // [source rank][owned warp][value group 2 NT][lane][4] (f32 or i32 bits), the slice's per-token sum(x)
 // (i8), then the staged activations. Mirrored by `split_fixed_smem` in launch.rs.
-template <int NT>
+template <int NT, bool WG>
 struct SplitSmem {
-    static constexpr u32 RING = SPLIT_WARPS<NT> * SPLIT_DEPTH * SPLIT_RW * 512;
-    static constexpr u32 RED = SPLIT_WARPS<NT> * 32 * SPLIT_RW * NT * 4 * 4;
+    static constexpr u32 RING = SPLIT_WARPS<NT, WG> * SPLIT_DEPTH * SPLIT_RW<NT, WG> * 512;
+    static constexpr u32 RED = SPLIT_WARPS<NT, WG> * 32 * SPLIT_RW<NT, WG> * NT * 4 * 4;
     static constexpr u32 XSUM = 8 * NT * 4;
     static constexpr u32 FIXED = RING + RED + XSUM;
 };
@@ -100,6 +104,11 @@ __device__ __forceinline__ u32 cluster_ctas() {
 }
 __device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory"); }
 __device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); }
+// Signals only that this thread is past its reads of shared memory: no release, so it
+// does not wait for the outputs stored before it to complete.
+__device__ __forceinline__ void cluster_arrive_relaxed() {
+    asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
+}
 // The shared-memory address `addr` (this CTA's address space) in cluster CTA `rank`.
 __device__ __forceinline__ u32 map_rank(u32 addr, u32 rank) {
     u32 remote;
@@ -176,30 +185,30 @@ __device__ __forceinline__ void stage_slice(const GemmParams& p, u32 xs, u32 rs,
     }
 }
 
-template <int ACT, int NT>
+template <int ACT, int NT, int RW>
 struct SplitAcc {
-    float f[SPLIT_RW][NT][4];
-    int i[SPLIT_RW][NT][4];
+    float f[RW][NT][4];
+    int i[RW][NT][4];
 };
 
 // The 8 slot pairs of one row tile's words as A fragments, into a[s][r].
-template <int ACT, bool INT2, int S = 0>
-__device__ __forceinline__ void decode_steps(const u32x4& w, u32 (&a)[8][SPLIT_RW][4], int r) {
+template <int ACT, bool INT2, int RW, int S = 0>
+__device__ __forceinline__ void decode_steps(const u32x4& w, u32 (&a)[8][RW][4], int r) {
     if constexpr (S < 8) {
         a[S][r][0] = decode_pair<ACT, INT2, S>(w.x);
         a[S][r][1] = decode_pair<ACT, INT2, S>(w.z);
         a[S][r][2] = decode_pair<ACT, INT2, S>(w.y);
         a[S][r][3] = decode_pair<ACT, INT2, S>(w.w);
-        decode_steps<ACT, INT2, S + 1>(w, a, r);
+        decode_steps<ACT, INT2, RW, S + 1>(w, a, r);
     }
 }
 
 // Slot pair S of two row tiles (f16/bf16 decode) times every token group.
 template <int ACT, bool INT2, int NT, int S>
-__device__ __forceinline__ void split_pair(const u32x4 (&wv)[SPLIT_RW], const uint2* xk, u32 rs8, SplitAcc<ACT, NT>& acc) {
-    u32 a[SPLIT_RW][4];
+__device__ __forceinline__ void split_pair(const u32x4 (&wv)[2], const uint2* xk, u32 rs8, SplitAcc<ACT, NT, 2>& acc) {
+    u32 a[2][4];
 #pragma unroll
-    for (int r = 0; r < SPLIT_RW; r++) {
+    for (int r = 0; r < 2; r++) {
         // Fragment order: row g (word 0), row g+8 (word 2), then the odd words.
         a[r][0] = decode_pair<ACT, INT2, S>(wv[r].x);
         a[r][1] = decode_pair<ACT, INT2, S>(wv[r].z);
@@ -210,7 +219,7 @@ __device__ __forceinline__ void split_pair(const u32x4 (&wv)[SPLIT_RW], const ui
     for (int t = 0; t < NT; t++) {
         const uint2 b = xk[t * rs8 + 4 * S];
 #pragma unroll
-        for (int r = 0; r < SPLIT_RW; r++) {
+        for (int r = 0; r < 2; r++) {
             if (ACT == ACT_F16) mma_f16(acc.f[r][t], a[r][0], a[r][1], a[r][2], a[r][3], b.x, b.y);
             else mma_bf16(acc.f[r][t], a[r][0], a[r][1], a[r][2], a[r][3], b.x, b.y);
         }
@@ -221,13 +230,13 @@ __device__ __forceinline__ void split_pair(const u32x4 (&wv)[SPLIT_RW], const ui
 // fragments for token g of the first group; groups are `rs8` fragments apart). Plain
 // loads, not asm: the compiler may issue them ahead of the MMAs that wait for them.
 template <int ACT, bool INT2, int NT>
-__device__ __forceinline__ void split_tile(const u32x4 (&wv)[SPLIT_RW], const uint2* xk, u32 rs8, SplitAcc<ACT, NT>& acc) {
+__device__ __forceinline__ void split_tile(const u32x4 (&wv)[2], const uint2* xk, u32 rs8, SplitAcc<ACT, NT, 2>& acc) {
     if constexpr (ACT == ACT_I8) {
 #pragma unroll
         for (int j = 0; j < 4; j++) {
-            u32 a[SPLIT_RW][4];
+            u32 a[2][4];
 #pragma unroll
-            for (int r = 0; r < SPLIT_RW; r++) {
+            for (int r = 0; r < 2; r++) {
                 a[r][0] = (wv[r].x >> (2 * j)) & 0x03030303u;
                 a[r][1] = (wv[r].z >> (2 * j)) & 0x03030303u;
                 a[r][2] = (wv[r].y >> (2 * j)) & 0x03030303u;
@@ -237,7 +246,7 @@ __device__ __forceinline__ void split_tile(const u32x4 (&wv)[SPLIT_RW], const ui
             for (int t = 0; t < NT; t++) {
                 const uint2 b = xk[t * rs8 + 4 * j];
 #pragma unroll
-                for (int r = 0; r < SPLIT_RW; r++) mma_i8(acc.i[r][t], a[r][0], a[r][1], a[r][2], a[r][3], b.x, b.y);
+                for (int r = 0; r < 2; r++) mma_i8(acc.i[r][t], a[r][0], a[r][1], a[r][2], a[r][3], b.x, b.y);
             }
         }
     } else {
@@ -252,10 +261,10 @@ __device__ __forceinline__ void split_tile(const u32x4 (&wv)[SPLIT_RW], const ui
     }
 }
 
-template <int ACT, int NT>
-__device__ __forceinline__ void fence_accumulators(SplitAcc<ACT, NT>& acc) {
+template <int ACT, int NT, int RW>
+__device__ __forceinline__ void fence_accumulators(SplitAcc<ACT, NT, RW>& acc) {
 #pragma unroll
-    for (int r = 0; r < SPLIT_RW; r++)
+    for (int r = 0; r < RW; r++)
 #pragma unroll
         for (int t = 0; t < NT; t++)
 #pragma unroll
@@ -271,13 +280,13 @@ __device__ __forceinline__ void fence_accumulators(SplitAcc<ACT, NT>& acc) {
 // tiles i and 4 + i of its octet) times the staged activations of that k tile at
 // shared address `xk`, one commit group that the caller waits for. (Decoding the next
 // tile while it runs measured no faster: docs/NOTES.md, v27.)
-template <int ACT>
-using WgA = u32[SplitX<ACT>::STEPS][SPLIT_RW][4];
+template <int ACT, int RW>
+using WgA = u32[SplitX<ACT>::STEPS][RW][4];
 
-template <int ACT, bool INT2>
-__device__ __forceinline__ void wg_decode(const u32x4 (&wv)[SPLIT_RW], WgA<ACT>& a) {
+template <int ACT, bool INT2, int RW>
+__device__ __forceinline__ void wg_decode(const u32x4 (&wv)[RW], WgA<ACT, RW>& a) {
 #pragma unroll
-    for (int r = 0; r < SPLIT_RW; r++) {
+    for (int r = 0; r < RW; r++) {
         if constexpr (ACT == ACT_I8) {
 #pragma unroll
             for (int j = 0; j < SplitX<ACT>::STEPS; j++) {
@@ -287,19 +296,19 @@ __device__ __forceinline__ void wg_decode(const u32x4 (&wv)[SPLIT_RW], WgA<ACT>&
                 a[j][r][3] = (wv[r].w >> (2 * j)) & 0x03030303u;
             }
         } else {
-            decode_steps<ACT, INT2>(wv[r], a, r);
+            decode_steps<ACT, INT2, RW>(wv[r], a, r);
         }
     }
 #pragma unroll
     for (int j = 0; j < SplitX<ACT>::STEPS; j++)
 #pragma unroll
-        for (int r = 0; r < SPLIT_RW; r++)
+        for (int r = 0; r < RW; r++)
 #pragma unroll
             for (int e = 0; e < 4; e++) fence_operand(a[j][r][e]);
 }
 
-template <int ACT, int NT>
-__device__ __forceinline__ void wg_issue(WgA<ACT>& a, u32 xk, SplitAcc<ACT, NT>& acc) {
+template <int ACT, int NT, int RW>
+__device__ __forceinline__ void wg_issue(WgA<ACT, RW>& a, u32 xk, SplitAcc<ACT, NT, RW>& acc) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr u32 STEP = SplitX<ACT>::wg_step(8 * NT);
     fence_accumulators(acc);
@@ -307,7 +316,7 @@ __device__ __forceinline__ void wg_issue(WgA<ACT>& a, u32 xk, SplitAcc<ACT, NT>&
 #pragma unroll
     for (int j = 0; j < SplitX<ACT>::STEPS; j++)
 #pragma unroll
-        for (int r = 0; r < SPLIT_RW; r++) {
+        for (int r = 0; r < RW; r++) {
             const u64 desc = wgmma_desc(xk + j * STEP);
             if constexpr (ACT == ACT_I8)
                 wgmma(reinterpret_cast<int(&)[4 * NT]>(acc.i[r]), a[j][r][0], a[j][r][1], a[j][r][2], a[j][r][3], desc);
@@ -324,8 +333,9 @@ __device__ __forceinline__ void wg_issue(WgA<ACT>& a, u32 xk, SplitAcc<ACT, NT>&
 template <int ACT, int OUT, int NT, bool INT2, bool WG>
 __device__ __forceinline__ void gemm_split(const GemmParams& p) {
 #if __CUDA_ARCH__ >= 900
-    constexpr u32 T = 8 * NT, VALUES = SPLIT_RW * NT * 4, W = SPLIT_WARPS<NT>;
-    typedef SplitSmem<NT> Smem;
+    constexpr int RW = SPLIT_RW<NT, WG>;
+    constexpr u32 T = 8 * NT, VALUES = RW * NT * 4, W = SPLIT_WARPS<NT, WG>;
+    typedef SplitSmem<NT, WG> Smem;
     extern __shared__ __align__(16) unsigned char smem[];
     const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
     const u32 S = cluster_ctas(), rank = cluster_rank();
@@ -345,11 +355,12 @@ __device__ __forceinline__ void gemm_split(const GemmParams& p) {
     const u64 policy = evict_first_policy();
 
     // ---- units of row tiles: round i gives warp w unit (cluster + i * clusters) * UPC +
-    // w (a pair: tiles 2u, 2u + 1), or warpgroup w / 4 an octet (warp w takes tiles
-    // 8u + w % 4 and 8u + 4 + w % 4) ----
+    // w (a pair: tiles 2u, 2u + 1), or warpgroup w / 4 the 4 RW tiles of RW m64 blocks
+    // (warp w takes tiles 4 RW u + 4 r + w % 4, r < RW) ----
     constexpr u32 UPC = WG ? W / 4 : W;  // units per CTA and round
-    const u32 row_tiles = (p.rows + 15) / 16, units = WG ? (row_tiles + 7) / 8 : (row_tiles + 1) / 2;
-    const auto tile_of = [&](u32 unit, u32 w, u32 r) { return WG ? 8 * unit + 4 * r + w % 4 : 2 * unit + r; };
+    constexpr u32 UNIT = WG ? 4 * RW : 2;  // row tiles per unit
+    const u32 row_tiles = (p.rows + 15) / 16, units = (row_tiles + UNIT - 1) / UNIT;
+    const auto tile_of = [&](u32 unit, u32 w, u32 r) { return WG ? UNIT * unit + 4 * r + w % 4 : 2 * unit + r; };
     const u32 blocks = (units + UPC - 1) / UPC;
     const u32 rounds = blocks > cluster ? (blocks - cluster + clusters - 1) / clusters : 0;
     const u32 first = cluster * UPC + (WG ? warp / 4 : warp), stride_units = clusters * UPC;
@@ -357,15 +368,15 @@ __device__ __forceinline__ void gemm_split(const GemmParams& p) {
     const u32 total = mine * kts;
 
     // ---- weight ring: step f = (round f / kts, k tile f % kts) ----
-    const u32 my_ring = base + (warp * SPLIT_DEPTH * SPLIT_RW * 32 + lane) * 16;
+    const u32 my_ring = base + (warp * SPLIT_DEPTH * RW * 32 + lane) * 16;
     const u64 tile_step = (u64)p.k_tiles * 32;
     u32 ahead = 0, a_kt = 0, a_unit = first;
     const auto produce = [&]() {  // one commit group per step, empty past the end
         if (ahead < total) {
             const u32x4* k0 = p.w + ((u64)kt0 + a_kt) * 32 + lane;
-            const u32 slot = my_ring + (ahead % SPLIT_DEPTH) * SPLIT_RW * 512;
+            const u32 slot = my_ring + (ahead % SPLIT_DEPTH) * RW * 512;
 #pragma unroll
-            for (int r = 0; r < SPLIT_RW; r++) {
+            for (int r = 0; r < RW; r++) {
                 // Tiles past the last reload it; the epilogue drops their rows.
                 const u32 tile = min(tile_of(a_unit, warp, r), row_tiles - 1);
                 cp_async_16_evict_first(slot + r * 512, k0 + tile * tile_step, policy);
@@ -391,11 +402,11 @@ __device__ __forceinline__ void gemm_split(const GemmParams& p) {
     // cluster runs: the first round's wait pairs with this arrive.
     if (rounds > 0) cluster_arrive();
 
-    const auto read_ring = [&](u32 f, u32x4(&dst)[SPLIT_RW]) {
+    const auto read_ring = [&](u32 f, u32x4(&dst)[RW]) {
 #pragma unroll
-        for (int r = 0; r < SPLIT_RW; r++) dst[r] = lds128(my_ring + ((f % SPLIT_DEPTH) * SPLIT_RW + r) * 512);
+        for (int r = 0; r < RW; r++) dst[r] = lds128(my_ring + ((f % SPLIT_DEPTH) * RW + r) * 512);
     };
-    u32x4 wnext[SPLIT_RW];
+    u32x4 wnext[RW];
     if (total > 0) {
         cp_async_wait<SPLIT_DEPTH - 2>();
         read_ring(0, wnext);
@@ -414,9 +425,9 @@ __device__ __forceinline__ void gemm_split(const GemmParams& p) {
 
     u32 f = 0;
     for (u32 i = 0; i < rounds; i++) {
-        SplitAcc<ACT, NT> acc;
+        SplitAcc<ACT, NT, RW> acc;
 #pragma unroll
-        for (int r = 0; r < SPLIT_RW; r++)
+        for (int r = 0; r < RW; r++)
 #pragma unroll
             for (int t = 0; t < NT; t++)
 #pragma unroll
@@ -427,15 +438,15 @@ __device__ __forceinline__ void gemm_split(const GemmParams& p) {
         if (i < mine) {
             for (u32 kt = 0; kt < kts; kt++) {
                 produce();
-                u32x4 wcur[SPLIT_RW];
+                u32x4 wcur[RW];
 #pragma unroll
-                for (int r = 0; r < SPLIT_RW; r++) wcur[r] = wnext[r];
+                for (int r = 0; r < RW; r++) wcur[r] = wnext[r];
                 cp_async_wait<SPLIT_DEPTH - 2>();  // step f+1 has landed
                 read_ring(f + 1, wnext);
                 if constexpr (WG) {
-                    WgA<ACT> a;
-                    wg_decode<ACT, INT2>(wcur, a);
-                    wg_issue<ACT, NT>(a, xs + kt * SplitX<ACT>::wg_tile(T), acc);
+                    WgA<ACT, RW> a;
+                    wg_decode<ACT, INT2, RW>(wcur, a);
+                    wg_issue<ACT, NT, RW>(a, xs + kt * SplitX<ACT>::wg_tile(T), acc);
                     wgmma_wait<0>();
                 } else {
                     split_tile<ACT, INT2, NT>(wcur, x_lane + kt * (SplitX<ACT>::TILE / 8), rs8, acc);
@@ -448,7 +459,7 @@ __device__ __forceinline__ void gemm_split(const GemmParams& p) {
         cluster_wait();  // every CTA runs, and has read the previous round's sums
         const u32 remote = map_rank(my_block, owner);
 #pragma unroll
-        for (int r = 0; r < SPLIT_RW; r++)
+        for (int r = 0; r < RW; r++)
 #pragma unroll
             for (int t = 0; t < NT; t++) {
                 u32 v[4];
@@ -503,7 +514,9 @@ __device__ __forceinline__ void gemm_split(const GemmParams& p) {
                 *out = OUT == OUT_BF16 ? f32_to_bf16(y) : f32_to_f16(y);
             }
         }
-        cluster_arrive();
+        // The next round's stores into this rank wait for it. (A release here made every
+        // warp wait for its output stores to complete: 2-4% of the time, docs/NOTES.md v27.)
+        cluster_arrive_relaxed();
     }
     if (rounds > 0) cluster_wait();  // pairs the last arrive: every CTA leaves with the barrier complete
     cp_async_wait<0>();
@@ -514,6 +527,6 @@ __device__ __forceinline__ void gemm_split(const GemmParams& p) {
 
 // Symbols: gemm_{t2|int2}_{activation}_{output}_{s|w}{8 NT} (w: wgmma); built by `gemm_symbol`.
 #define GEMM_SPLIT_KERNEL(ACT, OUT, NT, INT2, WG, NAME)                                          \
-    extern "C" __global__ void __launch_bounds__(SPLIT_WARPS<NT> * 32, 1) NAME(const GemmParams p) { \
+    extern "C" __global__ void __launch_bounds__(SPLIT_WARPS<NT, WG> * 32, 1) NAME(const GemmParams p) { \
         gemm_split<ACT, OUT, NT, INT2, WG>(p);                                                 \
     }
