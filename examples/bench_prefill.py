@@ -3,9 +3,9 @@ f16 ``F.linear`` on the same shapes (run on a CUDA host).
 
     python examples/bench_prefill.py [--json out.json] [--profile]
 
-From ``functional.DENSE_MIN_TOKENS_W2A16`` (f16) / ``DENSE_MIN_TOKENS`` (W2A8) tokens on,
-``linear`` decodes the packed weights to a dense matrix and runs cuBLAS (int8 ``torch._int_mm``
-for W2A8); below, the GEMV kernels.
+From ``functional.dense_min_tokens`` tokens on (per GPU, f16 and W2A8), ``linear`` decodes the
+packed weights to a dense matrix and runs cuBLAS (int8 ``torch._int_mm`` for W2A8); below, the
+ternary kernels.
 Times are CUDA-event medians of 50 calls after warm-up, one weight copy (at these batch sizes
 the GEMM is compute-bound, so L2 residency hardly matters; the decode is included in ours).
 The ``dX`` rows are the training input gradient of the 70B gate/up layer, ``dY . W`` (2048 x
@@ -63,8 +63,9 @@ def main():
     ap.add_argument("--profile", action="store_true")
     a = ap.parse_args()
     rows = []
+    dense_from = [wb.functional.dense_min_tokens(torch.device("cuda"), q) for q in (False, True)]
     print(
-        f"{torch.cuda.get_device_name()}: ours vs dense f16 F.linear (ms), dense from {wb.functional.DENSE_MIN_TOKENS_W2A16} (f16) / {wb.functional.DENSE_MIN_TOKENS} (W2A8) tokens"
+        f"{torch.cuda.get_device_name()}: ours vs dense f16 F.linear (ms), dense from {dense_from[0]} (f16) / {dense_from[1]} (W2A8) tokens"
     )
     for name, (m, n) in SHAPES.items():
         w = torch.randint(-1, 2, (m, n), device="cuda", dtype=torch.float16)

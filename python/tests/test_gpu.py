@@ -266,11 +266,12 @@ def test_large_batch_w2a8_equals_the_kernels(dtype, levels, m, n):
         packed, scale = wb.quantize_int2(torch.randn(m, n, generator=g))
     packed, s = packed.cuda(), scale.cuda().reshape(-1).float()
     t2 = wb.ops.to_t2(packed, n, levels)
-    x = torch.randn(100, n, generator=g).to(dtype).cuda()
+    dense_from = wb.functional.dense_min_tokens(torch.device("cuda"), True)
+    assert dense_from > 64
+    x = torch.randn(dense_from, n, generator=g).to(dtype).cuda()
     bias = torch.randn(m, generator=g).to(dtype).cuda()
-    big = wb.functional._linear_t2(x, t2, m, s, bias, True, levels, i2=packed)  # >= DENSE_MIN_TOKENS
+    big = wb.functional._linear_t2(x, t2, m, s, bias, True, levels, i2=packed)  # the dense path
     small = wb.functional._linear_t2(x[:64], t2, m, s, bias, True, levels, i2=packed)  # the kernels
-    assert wb.functional.DENSE_MIN_TOKENS > 64
     assert torch.equal(big[:64], small)
 
 

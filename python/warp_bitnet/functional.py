@@ -8,6 +8,7 @@ round-half-to-even (``torch.round``) everywhere, as in the Rust crate.
 
 from __future__ import annotations
 
+import functools
 import weakref
 
 import torch
@@ -335,9 +336,28 @@ ONE_LAUNCH_MAX_COLS = 32768
 # From this many tokens on, a dense tensor-core GEMM on the decoded weights (cuBLAS) beats the
 # GEMV kernels, which re-decode the weights for every group of 16 (f16/bf16) or 32 (int8) tokens.
 # H100 crossovers on the 2B, 8B and 70B gate/up shapes (docs/NOTES.md, v18): int8 activations
-# between 64 and 128 tokens (BitLinearTrain uses this one too), f16/bf16 between 128 and 192.
+# between 64 and 128 tokens (BitLinearTrain uses this one too: its input gradient), f16/bf16
+# between 128 and 192.
 DENSE_MIN_TOKENS = 65
 DENSE_MIN_TOKENS_W2A16 = 129
+# The same on GPUs with the split-K wgmma kernels (compute capability 9.0), which decode every
+# weight once per 64 tokens: measured on the H100 (docs/NOTES.md, v27), the kernels beat the
+# dense path up to 512 int8 tokens (the largest measured) and 256 f16 ones (512 lose).
+SPLIT_DENSE_MIN_TOKENS = 513
+SPLIT_DENSE_MIN_TOKENS_W2A16 = 257
+
+
+@functools.cache
+def _has_split_kernels(device_index: int) -> bool:
+    return torch.cuda.get_device_capability(device_index) == (9, 0)
+
+
+def dense_min_tokens(device: torch.device, quantize_activations: bool) -> int:
+    """The batch from which ``linear`` on CUDA ``device`` decodes the weights and multiplies on
+    cuBLAS rather than on the ternary kernels."""
+    if _has_split_kernels(device.index if device.index is not None else torch.cuda.current_device()):
+        return SPLIT_DENSE_MIN_TOKENS if quantize_activations else SPLIT_DENSE_MIN_TOKENS_W2A16
+    return DENSE_MIN_TOKENS if quantize_activations else DENSE_MIN_TOKENS_W2A16
 
 
 def _linear_t2(
@@ -352,8 +372,8 @@ def _linear_t2(
 ) -> torch.Tensor:
     """The CUDA path of ``linear`` (``linear_int2`` with ``levels="int2"``) on weights already
     in the GPU layout (checked by the caller). Given the I2-layout words ``i2`` too, batches of
-    ``DENSE_MIN_TOKENS`` (int8 activations) or ``DENSE_MIN_TOKENS_W2A16`` (f16/bf16) tokens or
-    more run on cuBLAS over the decoded weights (int8 products exact, the same epilogue)."""
+    ``dense_min_tokens`` tokens or more run on cuBLAS over the decoded weights (int8 products
+    exact, the same epilogue)."""
     # The ops have no backward: with a gradient wanted they go through the dispatcher, whose
     # outputs then fail at backward() rather than silently lose the gradient path.
     grad = x.requires_grad and torch.is_grad_enabled()
@@ -365,8 +385,11 @@ def _linear_t2(
     s = scale
     if s is not None and not (s.dtype == torch.float32 and s.dim() <= 1 and s.is_contiguous()):
         s = s.to(torch.float32).reshape(-1).contiguous()
-    dense_from = DENSE_MIN_TOKENS if quantize_activations else DENSE_MIN_TOKENS_W2A16
-    if i2 is not None and x2.shape[0] >= dense_from and x.dtype in (torch.float16, torch.bfloat16):
+    if (
+        i2 is not None
+        and x.dtype in (torch.float16, torch.bfloat16)
+        and x2.shape[0] >= dense_min_tokens(x.device, quantize_activations)
+    ):
         y = _linear_dense(x2, i2, m, s, bias, quantize_activations, levels, grad)
         if y is not None:
             return y.reshape(*lead, m)
