@@ -2,7 +2,9 @@
 ``warp-bitnet bench --batch ... --json`` rows (the GEMV kernels, L2-cold, the batches recorded) and
 ``examples/bench_prefill.py --json`` rows (what ``warp_bitnet.linear`` runs, 32-2048 tokens).
 
-    python scripts/plot_batches.py BENCH.json PREFILL.json OUT.png   (needs matplotlib)
+    python scripts/plot_batches.py OUT.png PREFILL.json BENCH.json [BENCH.json ...]   (needs matplotlib)
+
+Several bench files (e.g. one run per batch range) go on one panel; they must come from one GPU.
 """
 
 import json
@@ -16,19 +18,22 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 
-def main(bench_path: str, prefill_path: str, out: str) -> None:
-    bench = json.loads(Path(bench_path).read_text())
+def main(out: str, prefill_path: str, *bench_paths: str) -> None:
+    benches = [json.loads(Path(p).read_text()) for p in bench_paths]
+    gpus = {b["run"]["gpu"] for b in benches}
+    if len(gpus) != 1:
+        raise SystemExit(f"bench files from several GPUs: {sorted(gpus)}")
     prefill = json.loads(Path(prefill_path).read_text())
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for act, style in (("f16", "-"), ("i8", "--")):
         lines = defaultdict(list)
-        for r in bench["rows"]:
+        for r in (r for b in benches for r in b["rows"]):
             if r["format"] == "t2" and r["activation"] == act:
                 lines[r["shape"]].append((r["batch"], r["speedup"]))
         for shape, pts in sorted(lines.items()):
             pts.sort()
             axes[0].plot([b for b, _ in pts], [s for _, s in pts], style, marker="o", ms=3, label=f"{shape} {act}")
-    axes[0].set_title(f"GEMV kernels vs cuBLAS f16 (L2-cold), {bench['run']['gpu']}")
+    axes[0].set_title(f"GEMV kernels vs cuBLAS f16 (L2-cold), {gpus.pop()}")
     for key, style in (("speedup_f16", "-"), ("speedup_w2a8", "--")):
         lines = defaultdict(list)
         for r in prefill["rows"]:
@@ -50,4 +55,4 @@ def main(bench_path: str, prefill_path: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:])
