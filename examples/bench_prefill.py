@@ -3,9 +3,9 @@ f16 ``F.linear`` on the same shapes (run on a CUDA host).
 
     python examples/bench_prefill.py [--json out.json] [--profile]
 
-From ``functional.dense_min_tokens`` tokens on (per GPU, f16 and W2A8), ``linear`` decodes the
-packed weights to a dense matrix and runs cuBLAS (int8 ``torch._int_mm`` for W2A8); below, the
-ternary kernels.
+Where ``functional.dense_path`` says so (by batch, and on sm_90a by whether the GEMM takes the
+split-K kernels), ``linear`` decodes the packed weights to a dense matrix and runs cuBLAS (int8
+``torch._int_mm`` for W2A8); elsewhere, the ternary kernels.
 Times are CUDA-event medians of 50 calls after warm-up, one weight copy (at these batch sizes
 the GEMM is compute-bound, so L2 residency hardly matters; the decode is included in ours).
 The ``dX`` rows are the training input gradient of the 70B gate/up layer, ``dY . W`` (2048 x
@@ -20,7 +20,12 @@ import statistics
 import torch
 import warp_bitnet as wb
 
-SHAPES = {"bitnet-2b gate/up": (6912, 2560), "llama3-8b gate/up": (14336, 4096), "llama3-70b gate/up": (28672, 8192)}
+SHAPES = {
+    "bitnet-2b gate/up": (6912, 2560),
+    "llama3-8b gate/up": (14336, 4096),
+    "llama3-70b gate/up": (28672, 8192),
+    "llama3-70b down": (8192, 28672),
+}
 
 
 def median_ms(fn, iters=50):
@@ -63,9 +68,9 @@ def main():
     ap.add_argument("--profile", action="store_true")
     a = ap.parse_args()
     rows = []
-    dense_from = [wb.functional.dense_min_tokens(torch.device("cuda"), q) for q in (False, True)]
     print(
-        f"{torch.cuda.get_device_name()}: ours vs dense f16 F.linear (ms), dense from {dense_from[0]} (f16) / {dense_from[1]} (W2A8) tokens"
+        f"{torch.cuda.get_device_name()}: ours vs dense f16 F.linear (ms); ours takes the dense path where"
+        " functional.dense_path says"
     )
     for name, (m, n) in SHAPES.items():
         w = torch.randint(-1, 2, (m, n), device="cuda", dtype=torch.float16)

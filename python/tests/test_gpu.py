@@ -266,13 +266,25 @@ def test_large_batch_w2a8_equals_the_kernels(dtype, levels, m, n):
         packed, scale = wb.quantize_int2(torch.randn(m, n, generator=g))
     packed, s = packed.cuda(), scale.cuda().reshape(-1).float()
     t2 = wb.ops.to_t2(packed, n, levels)
-    dense_from = wb.functional.dense_min_tokens(torch.device("cuda"), True)
-    assert dense_from > 64
-    x = torch.randn(dense_from, n, generator=g).to(dtype).cuda()
+    x = torch.randn(100, n, generator=g).to(dtype).cuda()
     bias = torch.randn(m, generator=g).to(dtype).cuda()
+    # This small matrix keeps the token-group kernels, so 100 tokens take the dense path.
+    assert wb.functional.dense_path(100, x.device, m, n, levels, True)
+    assert not wb.functional.dense_path(64, x.device, m, n, levels, True)
     big = wb.functional._linear_t2(x, t2, m, s, bias, True, levels, i2=packed)  # the dense path
     small = wb.functional._linear_t2(x[:64], t2, m, s, bias, True, levels, i2=packed)  # the kernels
     assert torch.equal(big[:64], small)
+
+
+def test_dense_path_follows_the_split_kernels():
+    # 28672 x 8192 takes the split kernels at 96-512 tokens on sm_90a (then the kernels beat the
+    # dense path), 8192 x 28672 never (a K slice of its rows does not fit shared memory).
+    cuda = torch.device("cuda")
+    split = torch.cuda.get_device_capability() == (9, 0)
+    assert wb.functional.dense_path(128, cuda, 28672, 8192, "ternary", True) != split
+    assert wb.functional.dense_path(128, cuda, 8192, 28672, "ternary", True)
+    assert wb.functional.dense_path(513, cuda, 28672, 8192, "ternary", True)
+    assert not wb.functional.dense_path(128, cuda, 28672, 8192, "ternary", False)
 
 
 def test_cuda_linear_with_a_gradient_wanted_refuses_backward():

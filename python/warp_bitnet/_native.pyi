@@ -19,6 +19,10 @@ __version__: str
 def cuda_available() -> bool:
     """Whether a CUDA driver and device are present."""
 
+def takes_split_kernels(device: int, rows: int, cols: int, levels: str, x_dtype: str, batch: int) -> bool:
+    """Whether the GEMM on `device` takes the split-K kernels for `batch` tokens of `x_dtype`
+    ("float16", "bfloat16" or "int8") on a rows x cols matrix of `levels`."""
+
 def t2_words(rows: int, cols: int) -> int:
     """Number of int32 words of the GPU (T2) layout of a rows x cols matrix."""
 

@@ -8,12 +8,11 @@ round-half-to-even (``torch.round``) everywhere, as in the Rust crate.
 
 from __future__ import annotations
 
-import functools
 import weakref
 
 import torch
 
-from . import ops
+from . import _native, ops
 
 WEIGHT_EPS = 1e-5
 ACT_EPS = 1e-5
@@ -340,24 +339,28 @@ ONE_LAUNCH_MAX_COLS = 32768
 # between 128 and 192.
 DENSE_MIN_TOKENS = 65
 DENSE_MIN_TOKENS_W2A16 = 129
-# The same on GPUs with the split-K wgmma kernels (compute capability 9.0), which decode every
-# weight once per 64 tokens: measured on the H100 (docs/NOTES.md, v27), the kernels beat the
-# dense path up to 512 int8 tokens (the largest measured) and 256 f16 ones (512 lose).
+# Where the GEMM takes the split-K kernels (sm_90 clusters; wgmma on compute capability 9.0),
+# which decode every weight once per 64 tokens, they beat the dense path much longer: measured
+# on the H100 (docs/NOTES.md, v27) up to 512 int8 tokens (the largest measured) and 256 f16 ones
+# (512 lose). BitLinearTrain keeps DENSE_MIN_TOKENS: its input gradient runs on the transposed
+# matrix, which the split kernels do not cover, and loses to the dense path from 96 tokens.
 SPLIT_DENSE_MIN_TOKENS = 513
 SPLIT_DENSE_MIN_TOKENS_W2A16 = 257
 
 
-@functools.cache
-def _has_split_kernels(device_index: int) -> bool:
-    return torch.cuda.get_device_capability(device_index) == (9, 0)
-
-
-def dense_min_tokens(device: torch.device, quantize_activations: bool) -> int:
-    """The batch from which ``linear`` on CUDA ``device`` decodes the weights and multiplies on
-    cuBLAS rather than on the ternary kernels."""
-    if _has_split_kernels(device.index if device.index is not None else torch.cuda.current_device()):
-        return SPLIT_DENSE_MIN_TOKENS if quantize_activations else SPLIT_DENSE_MIN_TOKENS_W2A16
-    return DENSE_MIN_TOKENS if quantize_activations else DENSE_MIN_TOKENS_W2A16
+def dense_path(
+    tokens: int, device: torch.device, rows: int, cols: int, levels: str, quantize_activations: bool
+) -> bool:
+    """Whether ``linear`` multiplies ``tokens`` tokens by a ``rows`` x ``cols`` matrix on CUDA
+    ``device`` on cuBLAS over the decoded weights rather than on the ternary kernels."""
+    if tokens < (DENSE_MIN_TOKENS if quantize_activations else DENSE_MIN_TOKENS_W2A16):
+        return False
+    if tokens >= (SPLIT_DENSE_MIN_TOKENS if quantize_activations else SPLIT_DENSE_MIN_TOKENS_W2A16):
+        return True
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    # The planner's answer depends on the shape and the batch, not the dtype's width alone.
+    x_dtype = "int8" if quantize_activations else "float16"
+    return not _native.takes_split_kernels(index, rows, cols, levels, x_dtype, tokens)
 
 
 def _linear_t2(
@@ -371,9 +374,9 @@ def _linear_t2(
     i2: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The CUDA path of ``linear`` (``linear_int2`` with ``levels="int2"``) on weights already
-    in the GPU layout (checked by the caller). Given the I2-layout words ``i2`` too, batches of
-    ``dense_min_tokens`` tokens or more run on cuBLAS over the decoded weights (int8 products
-    exact, the same epilogue)."""
+    in the GPU layout (checked by the caller). Given the I2-layout words ``i2`` too, batches
+    where ``dense_path`` says so run on cuBLAS over the decoded weights (int8 products exact,
+    the same epilogue)."""
     # The ops have no backward: with a gradient wanted they go through the dispatcher, whose
     # outputs then fail at backward() rather than silently lose the gradient path.
     grad = x.requires_grad and torch.is_grad_enabled()
@@ -388,7 +391,7 @@ def _linear_t2(
     if (
         i2 is not None
         and x.dtype in (torch.float16, torch.bfloat16)
-        and x2.shape[0] >= dense_min_tokens(x.device, quantize_activations)
+        and dense_path(x2.shape[0], x.device, m, n, levels, quantize_activations)
     ):
         y = _linear_dense(x2, i2, m, s, bias, quantize_activations, levels, grad)
         if y is not None:

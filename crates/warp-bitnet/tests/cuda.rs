@@ -446,7 +446,16 @@ fn every_kernel<W: RandomWeights>() {
             (i, shape, (SplitKernels::Always, false), all),
             (i, shape, (SplitKernels::Never, true), &[9, 17, 40][..]),
         ]
-    }) {
+    })
+    // Enough row tiles that 16- and 32-token CTAs in clusters of 2 take several rounds.
+    .chain([true, false].map(|wgmma| {
+        (
+            5,
+            (70_000, 300),
+            (SplitKernels::Always, wgmma),
+            &[17, 33][..],
+        )
+    })) {
         gpu.set_split_kernels(split);
         gpu.set_wgmma(wgmma);
         let w = W::random(&mut rng, rows, cols, i + 1);

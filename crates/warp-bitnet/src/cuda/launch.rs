@@ -470,7 +470,7 @@ pub(crate) fn plan_gemm(
 /// Batches from which the split-K cluster kernels take over (sm_90+): up to 8 tokens
 /// the token-group kernel holds the batch in one CTA's registers.
 const SPLIT_MIN_BATCH: usize = 9;
-/// Tokens per CTA of the split kernels (`_s{T}` in gemm_t2.cu).
+/// Tokens per CTA of the split kernels (`_s{T}` and `_w{T}` in gemm_t2.cu).
 pub(crate) const SPLIT_TOKENS: [usize; 3] = [16, 32, 64];
 /// CTAs per cluster on offer: divisors of the warps per CTA (each rank sums the partial
 /// sums of warps w = rank mod S), up to the portable limit of 8.
@@ -481,12 +481,16 @@ const CLUSTER_SIZES: [usize; 4] = [1, 2, 4, 8];
 const SPLIT_ROUND_STEPS: usize = 1;
 /// The share of the GPU's warp time (k-tile steps including each round's overhead, over
 /// every warp the kernel fits) a split launch must fill with weight tiles for
-/// [`SplitKernels::Auto`] to take it. Its warps own whole row pairs for whole K slices,
-/// so shapes with few row pairs per warp leave SMs or rounds part empty, and there the
+/// [`SplitKernels::Auto`] to take it. Its warps own whole row tiles for whole K slices,
+/// so shapes with few row tiles per warp leave SMs or rounds part empty, and there the
 /// token-group kernels (warps splitting K inside a CTA) are faster. On the H100 (wgmma,
 /// every shape of the bench at 16-32 tokens, docs/NOTES.md, v27), split launches this
 /// estimate put at 0.05-0.50 ran 0.81-1.53x the token-group kernels' time, mostly
-/// slower; at 0.56 1.08-1.11x (16 tokens) and 0.67-0.81x (32); from 0.60 0.45-0.93x.
+/// slower; at 0.56 1.08-1.11x (16 tokens) and 0.67-0.81x (32); from 0.60 0.45-0.93x. The
+/// mma.sync variant (clusters without wgmma) takes the same rule: on four shapes of the
+/// same card it ran 1.05-1.28x the wgmma kernels' time at 32-64 tokens, still ahead of
+/// the token-group kernels where the rule takes it except 8192 x 8192 at 64 f16 tokens
+/// (1.04x).
 const SPLIT_MIN_UTILIZATION: f64 = 0.55;
 /// The same for 64 tokens a CTA, where the token-group kernels decode every weight two
 /// (int8) or four times (f16/bf16): at 0.42-0.50 0.64-0.92x, at 0.10 1.01-1.28x.
@@ -528,7 +532,8 @@ fn split_x_smem(x: DType, tokens: usize, per: usize, wgmma: bool) -> usize {
 /// the activations of some K slice fit shared memory: the tokens per CTA that hold the
 /// batch (else 64 per CTA along the grid's y), and the cluster size (K slices) that
 /// minimizes rounds x (k tiles per slice + a round's overhead), where a round gives
-/// every warp of every resident cluster one pair of row tiles. In `Auto` mode, only
+/// every resident cluster one unit of row tiles (32 a CTA, 16 at 64 tokens, as row pairs of
+/// its warps: `pair_warps`). In `Auto` mode, only
 /// where that fills [`SPLIT_MIN_UTILIZATION`] (64 tokens: [`SPLIT_MIN_UTILIZATION_64`])
 /// of the warp time with the CTA size that holds the batch. With wgmma (sm_90a) the
 /// `_w` kernels, else `_s`.
@@ -552,7 +557,7 @@ fn plan_split(
     let first = if auto { want } else { 0 };
     for &tokens in SPLIT_TOKENS[first..=want].iter().rev() {
         let (warps, rw) = split_warps(tokens, wgmma);
-        // The cost model counts warps that own a row pair.
+        // The cost model counts a CTA's row tiles of a round as pairs, one per "pair warp".
         let pair_warps = warps * rw / 2;
         let blocks = pairs.div_ceil(pair_warps).max(1);
         let groups = a.batch.div_ceil(tokens);
@@ -841,23 +846,52 @@ impl Gpu {
     /// `y` type on `w` (dense, aligned activations), e.g. `gemm_t2_f16_f16_s16 grid
     /// 132x1 cluster 2 threads 512 smem 229952`: what a benchmark row ran.
     pub fn gemm_kernel(&self, w: &GpuMatrix, x: DType, y: DType, batch: usize) -> Result<String> {
+        let p = self.plan_for(w.rows(), w.cols(), w.levels(), x, y, batch)?;
+        Ok(format!(
+            "{} grid {}x{} cluster {} threads {} smem {}",
+            p.symbol, p.grid.0, p.grid.1, p.cluster, p.threads, p.smem
+        ))
+    }
+
+    /// Whether the planner takes the split-K cluster kernels (`Cta::Split`) for `batch`
+    /// tokens of `x` type on a `rows` x `cols` matrix of `levels`: there they decode every
+    /// weight once per 64 tokens, so they stay ahead of a dense GEMM on decoded weights far
+    /// longer than the token-group kernels (the Python package's dense threshold).
+    pub fn takes_split_kernels(
+        &self,
+        rows: usize,
+        cols: usize,
+        levels: Levels,
+        x: DType,
+        batch: usize,
+    ) -> Result<bool> {
+        let y = if x == DType::I8 { DType::F16 } else { x };
+        Ok(self.plan_for(rows, cols, levels, x, y, batch)?.cluster > 0)
+    }
+
+    /// The plan for dense, aligned activations.
+    fn plan_for(
+        &self,
+        rows: usize,
+        cols: usize,
+        levels: Levels,
+        x: DType,
+        y: DType,
+        batch: usize,
+    ) -> Result<GemmPlan> {
         let args = GemmArgs {
             x: 256,
             x_dtype: x,
-            ldx: w.cols().next_multiple_of(16),
+            ldx: cols.next_multiple_of(16),
             y: 256,
             y_dtype: y,
-            ldy: w.rows(),
+            ldy: rows,
             batch,
             bias: None,
             x_scale: (x == DType::I8).then_some(256),
             quantize_x: false,
         };
-        let p = plan_gemm(w.rows(), w.cols(), w.levels(), 256, None, &args, self)?;
-        Ok(format!(
-            "{} grid {}x{} cluster {} threads {} smem {}",
-            p.symbol, p.grid.0, p.grid.1, p.cluster, p.threads, p.smem
-        ))
+        plan_gemm(rows, cols, levels, 256, None, &args, self)
     }
 
     fn check_context(&self, w: &GpuMatrix) -> Result<()> {
@@ -1152,6 +1186,11 @@ mod tests {
         split: SplitKernels::Always,
         wgmma: true,
     };
+    const SM90A_AUTO: &FakeGpu = &FakeGpu {
+        clusters: true,
+        split: SplitKernels::Auto,
+        wgmma: true,
+    };
     const SM90_AUTO: &FakeGpu = &FakeGpu {
         clusters: true,
         split: SplitKernels::Auto,
@@ -1345,6 +1384,13 @@ mod tests {
             p.smem as usize,
             split_fixed_smem(64, true) + 8 * (64 * 128 + 16)
         );
+        // Auto with wgmma: 64 int8 tokens on 28672 x 8192 fill 896 x 64 / (7 x (8 + 1) x 16
+        // clusters x 8 x 8 pair warps) = 0.89 of the warp time; 4096 x 4096 at 16 f16
+        // tokens 0.40.
+        let p = plan(28_672, 8192, DType::I8, DType::F16, 64, SM90A_AUTO);
+        assert_eq!(p.symbol, "gemm_t2_i8_f16_w64");
+        let p = plan(4096, 4096, DType::F16, DType::F16, 16, SM90A_AUTO);
+        assert_eq!(p.symbol, "gemm_t2_f16_f16_n16_r4");
     }
 
     #[test]

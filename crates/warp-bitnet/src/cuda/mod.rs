@@ -72,6 +72,7 @@ pub struct Gpu {
     functions: HashMap<String, Kernel>,
     /// When the planner takes the split-K cluster kernels (sm_90+).
     split_kernels: SplitKernels,
+    /// Whether the split kernels use wgmma (sm_90a only).
     wgmma: bool,
 }
 
@@ -171,8 +172,8 @@ impl Gpu {
     }
 
     /// Whether the split kernels use warpgroup MMAs (`wgmma`) where the GPU has them
-    /// (sm_90a; the default there) or `mma.sync`: for tests and A/B benchmarks. Off has
-    /// no effect elsewhere.
+    /// (sm_90a; the default there) or `mma.sync`: for tests and A/B benchmarks. Elsewhere
+    /// they always use `mma.sync`.
     pub fn set_wgmma(&mut self, on: bool) {
         self.wgmma = on && self.info.arch == compile::WGMMA_ARCH;
     }

@@ -22,9 +22,11 @@
 // cluster synchronizes, and each rank sums its warps' values over the S slices from its
 // own shared memory, then applies scale, bias and the conversion (the i8 kernels
 // subtract each slice's sum(x) before they send).
-// wgmma: the unit of a round is an octet of row tiles per warpgroup (warp i of the
-// warpgroup takes tiles i and 4 + i: its rows of two m64 blocks); the partial sums sit
-// in the same registers as mma.sync's (wgmma.cuh), so the reduction is shared.
+// wgmma: the unit of a round is 4 RW row tiles per warpgroup (warp i of the warpgroup
+// takes tiles i and, with RW = 2, 4 + i: its rows of RW m64 blocks); the partial sums
+// sit in the same registers as mma.sync's (wgmma.cuh), so the reduction is shared. The
+// owner rank loads and sums its values, arrives at the cluster barrier (releasing only
+// those loads), then stores the outputs.
 //
 // Staged activations, per token, per k tile: 256 bytes (f16/bf16) or 128 (i8). The
 // 8 bytes lane (g, q) needs for slot pair s (f16: columns 32q + 4s..4s+3, the B
@@ -40,8 +42,8 @@
 // instructions (the read-bound H100 allows ~210 issue slots per tile per SM) and the
 // H100's mma.sync rate bounds T = 64 at ~1.5 cycles per HMMA: ~96 cycles a tile, about
 // 2x the weight read. i8: 32 decode + T/2 IMMA + T/4 LDS.64.
-// wgmma replaces the T HMMA + T/2 LDS with 2 x 8 wgmma per warpgroup (one per m64 block
-// and k step), which run at the full tensor rate (mma.sync: ~60% of it).
+// wgmma replaces the T HMMA + T/2 LDS with RW x 8 wgmma per warpgroup (int8: RW x 4; one
+// per m64 block and k step), which run at the full tensor rate (mma.sync: ~60% of it).
 // Measured (H100, 4f6c4ff, mma.sync): the f16 T = 16 loop holds 123 instructions per tile
 // (~65 of them decode, 16 HMMA; bench/results/2026-11-26-h100-4f6c4ff-split/development/
 // sass-s16-loop.txt) and issues in 47% of cycles. Then (v27) a 32-way bank conflict in
@@ -82,7 +84,7 @@ struct SplitX {
 };
 
 // Dynamic shared memory, in this order: weight rings, the partial sums this rank owns
-// [source rank][owned warp][value group 2 NT][lane][4] (f32 or i32 bits), the slice's per-token sum(x)
+// [source rank][owned warp][value group RW NT][lane][4] (f32 or i32 bits), the slice's per-token sum(x)
 // (i8), then the staged activations. Mirrored by `split_fixed_smem` in launch.rs.
 template <int NT, bool WG>
 struct SplitSmem {
@@ -104,11 +106,6 @@ __device__ __forceinline__ u32 cluster_ctas() {
 }
 __device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory"); }
 __device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); }
-// Signals only that this thread is past its reads of shared memory: no release, so it
-// does not wait for the outputs stored before it to complete.
-__device__ __forceinline__ void cluster_arrive_relaxed() {
-    asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
-}
 // The shared-memory address `addr` (this CTA's address space) in cluster CTA `rank`.
 __device__ __forceinline__ u32 map_rank(u32 addr, u32 rank) {
     u32 remote;
@@ -276,8 +273,8 @@ __device__ __forceinline__ void fence_accumulators(SplitAcc<ACT, NT, RW>& acc) {
 
 // The wgmma variant of split_tile, in two halves. wg_decode: one k tile of the
 // warp's two row tiles as A registers a[k step][r][4], all decoded before the first
-// wgmma reads them. wg_issue: the warpgroup's two 64-row blocks (warp i holds row
-// tiles i and 4 + i of its octet) times the staged activations of that k tile at
+// wgmma reads them. wg_issue: the warpgroup's RW 64-row blocks (warp i holds row
+// tiles i and 4 + i of its unit) times the staged activations of that k tile at
 // shared address `xk`, one commit group that the caller waits for. (Decoding the next
 // tile while it runs measured no faster: docs/NOTES.md, v27.)
 template <int ACT, int RW>
@@ -448,6 +445,7 @@ __device__ __forceinline__ void gemm_split(const GemmParams& p) {
                     wg_decode<ACT, INT2, RW>(wcur, a);
                     wg_issue<ACT, NT, RW>(a, xs + kt * SplitX<ACT>::wg_tile(T), acc);
                     wgmma_wait<0>();
+                    fence_accumulators(acc);
                 } else {
                     split_tile<ACT, INT2, NT>(wcur, x_lane + kt * (SplitX<ACT>::TILE / 8), rs8, acc);
                 }
@@ -455,7 +453,7 @@ __device__ __forceinline__ void gemm_split(const GemmParams& p) {
             }
         }
 
-        // ---- partial sums to shared memory; value v = (r * NT + t) * 4 + e ----
+        // ---- partial sums to the owner's shared memory, group r * NT + t (values e) ----
         cluster_wait();  // every CTA runs, and has read the previous round's sums
         const u32 remote = map_rank(my_block, owner);
 #pragma unroll
@@ -479,34 +477,46 @@ __device__ __forceinline__ void gemm_split(const GemmParams& p) {
         cluster_arrive();
         cluster_wait();
 
-        // ---- this rank's share of the values: sum over the slices, scale, bias, store ----
+        // ---- this rank's share of the values: sum over the slices (all loads first, so
+        // that the arrive releases only them, not the output stores), then scale, bias,
+        // store. Warp w takes groups phase, phase + S, ...: at most RW * NT of them. ----
         const u32 unit = (cluster + i * clusters) * UPC + (WG ? sender / 4 : sender);
         const u32x4* const sums = (const u32x4*)(smem + Smem::RING) + owned * 32 * (VALUES / 4) + lane;
         const u32 block_stride = per_owner * 32 * (VALUES / 4);  // groups between source ranks
-        for (u32 rt = phase; rt < VALUES / 4; rt += S) {
-            const u32 r = rt / NT, t = rt % NT, tile = tile_of(unit, sender, r);
-            u32 isum[4] = {0, 0, 0, 0};
-            float fsum[4] = {0.f, 0.f, 0.f, 0.f};
+        u32 total_sum[RW * NT][4];  // i32 bits, or f32
+#pragma unroll
+        for (int j = 0; j < RW * NT; j++) {
+            const u32 rt = phase + j * S;
+#pragma unroll
+            for (int e = 0; e < 4; e++) total_sum[j][e] = ACT == ACT_I8 ? 0u : __float_as_uint(0.f);
+            if (rt >= VALUES / 4) continue;
             for (u32 k = 0; k < S; k++) {
                 const u32x4 v = sums[k * block_stride + rt * 32];
                 const u32 w[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    isum[e] += w[e];
-                    fsum[e] += __uint_as_float(w[e]);
-                }
+                for (int e = 0; e < 4; e++)
+                    total_sum[j][e] = ACT == ACT_I8 ? total_sum[j][e] + w[e]
+                                                    : __float_as_uint(__uint_as_float(total_sum[j][e]) + __uint_as_float(w[e]));
             }
+        }
+        // The next round's stores into this rank wait for this arrive.
+        cluster_arrive();
+#pragma unroll
+        for (int j = 0; j < RW * NT; j++) {
+            const u32 rt = phase + j * S;
+            if (rt >= VALUES / 4) continue;
+            const u32 r = rt / NT, t = rt % NT, tile = tile_of(unit, sender, r);
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 const u32 row = 16 * tile + g + 8 * (e / 2), b = b_base + 8 * t + 2 * q + (e % 2);
-                if (tile >= row_tiles || row >= p.rows || b >= p.batch) continue;
-                float y = fsum[e];
+                if (row >= p.rows || b >= p.batch) continue;  // also the tiles past the last
+                float y = __uint_as_float(total_sum[j][e]);
                 if (ACT == ACT_I8) {
                     if (OUT == OUT_I32) {
-                        ((int*)p.y)[(u64)b * p.ldy + row] = (int)isum[e];
+                        ((int*)p.y)[(u64)b * p.ldy + row] = (int)total_sum[j][e];
                         continue;
                     }
-                    y = (float)(int)isum[e] * (INT2 ? 0.5f : 1.f) * p.x_scale[b];
+                    y = (float)(int)total_sum[j][e] * (INT2 ? 0.5f : 1.f) * p.x_scale[b];
                 }
                 if (p.w_scale != nullptr) y *= p.w_scale[p.scale_per_row ? row : 0];
                 y += load_bias<OUT>(p.bias, row);
@@ -514,9 +524,6 @@ __device__ __forceinline__ void gemm_split(const GemmParams& p) {
                 *out = OUT == OUT_BF16 ? f32_to_bf16(y) : f32_to_f16(y);
             }
         }
-        // The next round's stores into this rank wait for it. (A release here made every
-        // warp wait for its output stores to complete: 2-4% of the time, docs/NOTES.md v27.)
-        cluster_arrive_relaxed();
     }
     if (rounds > 0) cluster_wait();  // pairs the last arrive: every CTA leaves with the barrier complete
     cp_async_wait<0>();
