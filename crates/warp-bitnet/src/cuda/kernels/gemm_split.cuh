@@ -24,9 +24,7 @@
 // subtract each slice's sum(x) before they send).
 // wgmma: the unit of a round is 4 RW row tiles per warpgroup (warp i of the warpgroup
 // takes tiles i and, with RW = 2, 4 + i: its rows of RW m64 blocks); the partial sums
-// sit in the same registers as mma.sync's (wgmma.cuh), so the reduction is shared. The
-// owner rank loads and sums its values, arrives at the cluster barrier (releasing only
-// those loads), then stores the outputs.
+// sit in the same registers as mma.sync's (wgmma.cuh), so the reduction is shared.
 //
 // Staged activations, per token, per k tile: 256 bytes (f16/bf16) or 128 (i8). The
 // 8 bytes lane (g, q) needs for slot pair s (f16: columns 32q + 4s..4s+3, the B
@@ -106,6 +104,9 @@ __device__ __forceinline__ u32 cluster_ctas() {
 }
 __device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory"); }
 __device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); }
+__device__ __forceinline__ void cluster_arrive_relaxed() {
+    asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
+}
 // The shared-memory address `addr` (this CTA's address space) in cluster CTA `rank`.
 __device__ __forceinline__ u32 map_rank(u32 addr, u32 rank) {
     u32 remote;
@@ -477,46 +478,34 @@ __device__ __forceinline__ void gemm_split(const GemmParams& p) {
         cluster_arrive();
         cluster_wait();
 
-        // ---- this rank's share of the values: sum over the slices (all loads first, so
-        // that the arrive releases only them, not the output stores), then scale, bias,
-        // store. Warp w takes groups phase, phase + S, ...: at most RW * NT of them. ----
+        // ---- this rank's share of the values: sum over the slices, scale, bias, store ----
         const u32 unit = (cluster + i * clusters) * UPC + (WG ? sender / 4 : sender);
         const u32x4* const sums = (const u32x4*)(smem + Smem::RING) + owned * 32 * (VALUES / 4) + lane;
         const u32 block_stride = per_owner * 32 * (VALUES / 4);  // groups between source ranks
-        u32 total_sum[RW * NT][4];  // i32 bits, or f32
-#pragma unroll
-        for (int j = 0; j < RW * NT; j++) {
-            const u32 rt = phase + j * S;
-#pragma unroll
-            for (int e = 0; e < 4; e++) total_sum[j][e] = ACT == ACT_I8 ? 0u : __float_as_uint(0.f);
-            if (rt >= VALUES / 4) continue;
+        for (u32 rt = phase; rt < VALUES / 4; rt += S) {
+            const u32 r = rt / NT, t = rt % NT, tile = tile_of(unit, sender, r);
+            u32 isum[4] = {0, 0, 0, 0};
+            float fsum[4] = {0.f, 0.f, 0.f, 0.f};
             for (u32 k = 0; k < S; k++) {
                 const u32x4 v = sums[k * block_stride + rt * 32];
                 const u32 w[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
-                for (int e = 0; e < 4; e++)
-                    total_sum[j][e] = ACT == ACT_I8 ? total_sum[j][e] + w[e]
-                                                    : __float_as_uint(__uint_as_float(total_sum[j][e]) + __uint_as_float(w[e]));
+                for (int e = 0; e < 4; e++) {
+                    isum[e] += w[e];
+                    fsum[e] += __uint_as_float(w[e]);
+                }
             }
-        }
-        // The next round's stores into this rank wait for this arrive.
-        cluster_arrive();
-#pragma unroll
-        for (int j = 0; j < RW * NT; j++) {
-            const u32 rt = phase + j * S;
-            if (rt >= VALUES / 4) continue;
-            const u32 r = rt / NT, t = rt % NT, tile = tile_of(unit, sender, r);
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 const u32 row = 16 * tile + g + 8 * (e / 2), b = b_base + 8 * t + 2 * q + (e % 2);
                 if (row >= p.rows || b >= p.batch) continue;  // also the tiles past the last
-                float y = __uint_as_float(total_sum[j][e]);
+                float y = fsum[e];
                 if (ACT == ACT_I8) {
                     if (OUT == OUT_I32) {
-                        ((int*)p.y)[(u64)b * p.ldy + row] = (int)total_sum[j][e];
+                        ((int*)p.y)[(u64)b * p.ldy + row] = (int)isum[e];
                         continue;
                     }
-                    y = (float)(int)total_sum[j][e] * (INT2 ? 0.5f : 1.f) * p.x_scale[b];
+                    y = (float)(int)isum[e] * (INT2 ? 0.5f : 1.f) * p.x_scale[b];
                 }
                 if (p.w_scale != nullptr) y *= p.w_scale[p.scale_per_row ? row : 0];
                 y += load_bias<OUT>(p.bias, row);
@@ -524,6 +513,11 @@ __device__ __forceinline__ void gemm_split(const GemmParams& p) {
                 *out = OUT == OUT_BF16 ? f32_to_bf16(y) : f32_to_f16(y);
             }
         }
+        // The next round's stores into this rank wait for this arrive. Relaxed: the loads it
+        // must follow have completed, since every value they returned fed a store issued
+        // before it (and the asm's memory clobber keeps the compiler from moving them); a
+        // release would also wait for those output stores to complete.
+        cluster_arrive_relaxed();
     }
     if (rounds > 0) cluster_wait();  // pairs the last arrive: every CTA leaves with the barrier complete
     cp_async_wait<0>();
