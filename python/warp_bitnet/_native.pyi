@@ -11,6 +11,7 @@ __all__ = [
     "quantize_i8",
     "quantize_to_t2",
     "t2_words",
+    "takes_split_kernels",
     "w2a8_epilogue",
 ]
 
