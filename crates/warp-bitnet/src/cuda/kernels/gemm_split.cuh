@@ -46,12 +46,14 @@
 // (~65 of them decode, 16 HMMA; bench/results/2026-11-26-h100-4f6c4ff-split/development/
 // sass-s16-loop.txt) and issues in 47% of cycles. Then (v27) a 32-way bank conflict in
 // the reduction's reads (now fixed: lanes read consecutive 16 bytes) turned out to take
-// half of the 64-token kernel's time. With wgmma (bench/results/2026-11-26-h100-*-wgmma/)
-// 28672 x 8192 takes 44 / 61 / 97 µs f16 and 32 / 40 / 60 µs i8 at 16 / 32 / 64 tokens
-// (3.8 / 2.7 / 1.8x and 5.1 / 4.2 / 2.9x cuBLAS); the 64-token f16 kernel keeps the
-// tensor pipe 31% busy at 2 warps per scheduler. Shapes with few row pairs lose to the
-// token-group kernels; the planner's rule is in launch.rs (SPLIT_MIN_UTILIZATION) and
-// the history in docs/NOTES.md (v25-v27).
+// half of the 64-token kernel's time. With wgmma (d386fe9,
+// bench/results/2026-11-26-h100-d386fe9-wgmma/bench.json) 28672 x 8192 takes 43.5 / 57.3
+// / 87.4 µs f16 and 31.6 / 35.8 / 53.1 µs i8 at 16 / 32 / 64 tokens (3.8 / 2.9 / 2.0x and
+// 5.2 / 4.6 / 3.3x cuBLAS); the 64-token f16 kernel keeps the tensor pipe 42% busy and
+// its warps spend 28% of their cycles at the round's cluster barriers (development/run6/
+// stalls.txt there). Shapes with few row tiles lose to the token-group kernels; the
+// planner's rule is in launch.rs (SPLIT_MIN_UTILIZATION) and the history in
+// docs/NOTES.md (v25-v27).
 #pragma once
 #include "gemm.cuh"
 #include "wgmma.cuh"

@@ -1,7 +1,7 @@
 // Warpgroup MMAs (wgmma, sm_90a) with A in registers and B in shared memory, for the
 // split kernels' `_w` variant (gemm_split.cuh). Inline PTX like common.cuh.
 //
-// B layout (K-major, no swizzle): 8 x 16-byte core matrices, each 8 tokens x 16 bytes
+// B layout (K-major, no swizzle): core matrices of 8 rows x 16 bytes, each 8 tokens x 16 bytes
 // of K (8 f16/bf16 or 16 int8 values) stored as 128 contiguous bytes. One MMA k step
 // (k16 f16/bf16, k32 int8) of T tokens is T/8 groups of 2 core matrices:
 // [token group][K half][token % 8][16 bytes], so the descriptor's leading (K) byte
