@@ -1171,31 +1171,23 @@ mod tests {
             self.wgmma
         }
     }
+    /// A GPU with thread-block clusters.
+    const fn sm90(split: SplitKernels, wgmma: bool) -> FakeGpu {
+        FakeGpu {
+            clusters: true,
+            split,
+            wgmma,
+        }
+    }
     const GPU: &FakeGpu = &FakeGpu {
         clusters: false,
         split: SplitKernels::Auto,
         wgmma: false,
     };
-    const SM90: &FakeGpu = &FakeGpu {
-        clusters: true,
-        split: SplitKernels::Always,
-        wgmma: false,
-    };
-    const SM90A: &FakeGpu = &FakeGpu {
-        clusters: true,
-        split: SplitKernels::Always,
-        wgmma: true,
-    };
-    const SM90A_AUTO: &FakeGpu = &FakeGpu {
-        clusters: true,
-        split: SplitKernels::Auto,
-        wgmma: true,
-    };
-    const SM90_AUTO: &FakeGpu = &FakeGpu {
-        clusters: true,
-        split: SplitKernels::Auto,
-        wgmma: false,
-    };
+    const SM90: &FakeGpu = &sm90(SplitKernels::Always, false);
+    const SM90_AUTO: &FakeGpu = &sm90(SplitKernels::Auto, false);
+    const SM90A: &FakeGpu = &sm90(SplitKernels::Always, true);
+    const SM90A_AUTO: &FakeGpu = &sm90(SplitKernels::Auto, true);
 
     fn args(x_dtype: DType, y_dtype: DType, batch: usize) -> GemmArgs {
         GemmArgs {

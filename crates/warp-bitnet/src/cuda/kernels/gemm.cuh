@@ -129,6 +129,25 @@ __device__ __forceinline__ u32 decode_pair(u32 word) {
     return hfma2_bf16(and_or<PAIR_MASK[J]>(src, 0x43004300u), BF16_SCALE[J], INT2 ? BF16_OFFSET_INT2[J] : BF16_OFFSET[J]);
 }
 
+// A lane's words 0..3 of a T2 tile as the A fragment of one MMA k step, in fragment
+// order: row g (word 0), row g+8 (word 2), then the odd words.
+// Slot pair S, f16/bf16, m16n8k16: c - 1 (ternary) or c - 1.5 (INT2).
+template <int ACT, bool INT2, int S>
+__device__ __forceinline__ void pair_fragment(u32 w0, u32 w1, u32 w2, u32 w3, u32 (&a)[4]) {
+    a[0] = decode_pair<ACT, INT2, S>(w0);
+    a[1] = decode_pair<ACT, INT2, S>(w2);
+    a[2] = decode_pair<ACT, INT2, S>(w1);
+    a[3] = decode_pair<ACT, INT2, S>(w3);
+}
+// Quad j, int8 m16n8k32: the codes c as bytes (columns 4j, 4j+16, 4j+1, 4j+17 of the
+// lane's 32, +2 for the odd words).
+__device__ __forceinline__ void quad_fragment(u32 w0, u32 w1, u32 w2, u32 w3, int j, u32 (&a)[4]) {
+    a[0] = (w0 >> (2 * j)) & 0x03030303u;
+    a[1] = (w2 >> (2 * j)) & 0x03030303u;
+    a[2] = (w1 >> (2 * j)) & 0x03030303u;
+    a[3] = (w3 >> (2 * j)) & 0x03030303u;
+}
+
 __device__ __forceinline__ void mma_f16(float c[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
     asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
         "{%0,%1,%2,%3};"
@@ -228,13 +247,16 @@ struct Acc {
 template <int ACT, bool INT2, int NT, bool ONE, int S>
 __device__ __forceinline__ void pair_mma(const u32 (&w)[4], const XTile<ACT> (&x)[NT], Acc<ACT, NT, ONE>& acc) {
     u32 a[4];
+    if (SUBNORMAL<ACT, ONE>) {
 #pragma unroll
-    for (int k = 0; k < 4; k++) {
-        // Fragment order: row g (word 0), row g+8 (word 2), then the odd words.
-        const u32 word = w[(k & 1) * 2 + (k >> 1)];
-        // The subnormal decode needs no offset: it keeps the ternary slot positions.
-        if (SUBNORMAL<ACT, ONE>) a[k] = (word >> pair_shift<ACT_F16, false>(S)) & PAIR_MASK[pair_pos<ACT_F16, false>(S)];
-        else a[k] = decode_pair<ACT, INT2, S>(word);
+        for (int k = 0; k < 4; k++) {
+            // Fragment order as pair_fragment's. The subnormal decode needs no offset: it
+            // keeps the ternary slot positions.
+            const u32 word = w[(k & 1) * 2 + (k >> 1)];
+            a[k] = (word >> pair_shift<ACT_F16, false>(S)) & PAIR_MASK[pair_pos<ACT_F16, false>(S)];
+        }
+    } else {
+        pair_fragment<ACT, INT2, S>(w[0], w[1], w[2], w[3], a);
     }
 #pragma unroll
     for (int j = 0; j < NT; j++) {
@@ -248,13 +270,13 @@ __device__ __forceinline__ void pair_mma(const u32 (&w)[4], const XTile<ACT> (&x
 template <int NT, bool ONE, int J>
 __device__ __forceinline__ void quad_mma_i8(const u32 (&w)[4], const XTile<ACT_I8> (&x)[NT], Acc<ACT_I8, NT, ONE>& acc,
                                             bool count_x) {
-    const u32 a0 = (w[0] >> (2 * J)) & 0x03030303u, a1 = (w[2] >> (2 * J)) & 0x03030303u;
-    const u32 a2 = (w[1] >> (2 * J)) & 0x03030303u, a3 = (w[3] >> (2 * J)) & 0x03030303u;
+    u32 a[4];
+    quad_fragment(w[0], w[1], w[2], w[3], J, a);
 #pragma unroll
     for (int j = 0; j < NT; j++) {
         // A bytes are columns (4J, 4J+16, 4J+1, 4J+17) (+2 for a2, a3): gather B to match.
         const u32 lo = x[j].r[J], hi = x[j].r[J + 4];
-        mma_i8(acc.i[j], a0, a1, a2, a3, prmt(lo, hi, 0x5140), prmt(lo, hi, 0x7362));
+        mma_i8(acc.i[j], a[0], a[1], a[2], a[3], prmt(lo, hi, 0x5140), prmt(lo, hi, 0x7362));
         if (count_x) acc.xsum[j] = dp4a(hi, 0x01010101u, dp4a(lo, 0x01010101u, acc.xsum[j]));
     }
 }

@@ -195,10 +195,7 @@ struct SplitAcc {
 template <int ACT, bool INT2, int RW, int S = 0>
 __device__ __forceinline__ void decode_steps(const u32x4& w, u32 (&a)[8][RW][4], int r) {
     if constexpr (S < 8) {
-        a[S][r][0] = decode_pair<ACT, INT2, S>(w.x);
-        a[S][r][1] = decode_pair<ACT, INT2, S>(w.z);
-        a[S][r][2] = decode_pair<ACT, INT2, S>(w.y);
-        a[S][r][3] = decode_pair<ACT, INT2, S>(w.w);
+        pair_fragment<ACT, INT2, S>(w.x, w.y, w.z, w.w, a[S][r]);
         decode_steps<ACT, INT2, RW, S + 1>(w, a, r);
     }
 }
@@ -208,13 +205,7 @@ template <int ACT, bool INT2, int NT, int S>
 __device__ __forceinline__ void split_pair(const u32x4 (&wv)[2], const uint2* xk, u32 rs8, SplitAcc<ACT, NT, 2>& acc) {
     u32 a[2][4];
 #pragma unroll
-    for (int r = 0; r < 2; r++) {
-        // Fragment order: row g (word 0), row g+8 (word 2), then the odd words.
-        a[r][0] = decode_pair<ACT, INT2, S>(wv[r].x);
-        a[r][1] = decode_pair<ACT, INT2, S>(wv[r].z);
-        a[r][2] = decode_pair<ACT, INT2, S>(wv[r].y);
-        a[r][3] = decode_pair<ACT, INT2, S>(wv[r].w);
-    }
+    for (int r = 0; r < 2; r++) pair_fragment<ACT, INT2, S>(wv[r].x, wv[r].y, wv[r].z, wv[r].w, a[r]);
 #pragma unroll
     for (int t = 0; t < NT; t++) {
         const uint2 b = xk[t * rs8 + 4 * S];
@@ -236,12 +227,7 @@ __device__ __forceinline__ void split_tile(const u32x4 (&wv)[2], const uint2* xk
         for (int j = 0; j < 4; j++) {
             u32 a[2][4];
 #pragma unroll
-            for (int r = 0; r < 2; r++) {
-                a[r][0] = (wv[r].x >> (2 * j)) & 0x03030303u;
-                a[r][1] = (wv[r].z >> (2 * j)) & 0x03030303u;
-                a[r][2] = (wv[r].y >> (2 * j)) & 0x03030303u;
-                a[r][3] = (wv[r].w >> (2 * j)) & 0x03030303u;
-            }
+            for (int r = 0; r < 2; r++) quad_fragment(wv[r].x, wv[r].y, wv[r].z, wv[r].w, j, a[r]);
 #pragma unroll
             for (int t = 0; t < NT; t++) {
                 const uint2 b = xk[t * rs8 + 4 * j];
@@ -289,12 +275,7 @@ __device__ __forceinline__ void wg_decode(const u32x4 (&wv)[RW], WgA<ACT, RW>& a
     for (int r = 0; r < RW; r++) {
         if constexpr (ACT == ACT_I8) {
 #pragma unroll
-            for (int j = 0; j < SplitX<ACT>::STEPS; j++) {
-                a[j][r][0] = (wv[r].x >> (2 * j)) & 0x03030303u;
-                a[j][r][1] = (wv[r].z >> (2 * j)) & 0x03030303u;
-                a[j][r][2] = (wv[r].y >> (2 * j)) & 0x03030303u;
-                a[j][r][3] = (wv[r].w >> (2 * j)) & 0x03030303u;
-            }
+            for (int j = 0; j < SplitX<ACT>::STEPS; j++) quad_fragment(wv[r].x, wv[r].y, wv[r].z, wv[r].w, j, a[j][r]);
         } else {
             decode_steps<ACT, INT2, RW>(wv[r], a, r);
         }
