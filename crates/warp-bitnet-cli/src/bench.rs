@@ -44,6 +44,10 @@ pub struct Args {
     /// Split kernels with mma.sync where the GPU has wgmma (sm_90a), for A/B runs.
     #[arg(long)]
     no_wgmma: bool,
+    /// Batches beyond 64 tokens without the prefill kernel (sm_90a): the split or
+    /// token-group kernels, for A/B runs.
+    #[arg(long)]
+    no_prefill: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -185,8 +189,12 @@ fn run_cuda(a: &Args, shapes: &[Shape], rng: &mut StdRng) -> Result<()> {
         Split::Auto => SplitKernels::Auto,
         Split::Always => SplitKernels::Always,
     };
-    let bench =
-        warp_bitnet::bench::cuda::CudaBench::new(a.iters.unwrap_or(200), split, !a.no_wgmma)?;
+    let bench = warp_bitnet::bench::cuda::CudaBench::new(
+        a.iters.unwrap_or(200),
+        split,
+        !a.no_wgmma,
+        !a.no_prefill,
+    )?;
     let i = &bench.info;
     println!(
         "CUDA: {} (sm {}, {} SMs, {} MiB L2, driver {}), copy bandwidth {:.0} GB/s; L2-cold, median of {}",

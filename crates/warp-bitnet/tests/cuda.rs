@@ -29,7 +29,7 @@ fn batches(rows: usize, cols: usize) -> &'static [usize] {
     if rows * cols > 10_000_000 {
         &[1, 9]
     } else {
-        &[1, 3, 8, 17, 33]
+        &[1, 3, 8, 17, 33, 130]
     }
 }
 
@@ -371,8 +371,9 @@ fn strided_and_misaligned_activations_take_the_scalar_path_correctly() {
     let (rows, cols, ldx) = (300, 1000, 1003);
     let w = random_matrix(&mut rng, rows, cols);
     let d = gpu.upload(&w, &s).unwrap();
-    // 1 token: the single-token kernel; 5: the token-group kernel; 12: the split kernel (sm_90).
-    for batch in [1, 5, 12] {
+    // 1 token: the single-token kernel; 5: the token-group kernel; 12: the split kernel (sm_90);
+    // 70: the prefill kernel's pre-pass, element by element (sm_90a).
+    for batch in [1, 5, 12, 70] {
         // One extra element in front makes the base 2 bytes past 16-byte alignment.
         let buf: Vec<f16> = (0..1 + batch * ldx)
             .map(|_| f16::from_f32(rng.random_range(-1.0..1.0)))
@@ -412,8 +413,9 @@ fn strided_and_misaligned_activations_take_the_scalar_path_correctly() {
 
 /// Every kernel (single token, 8, 16 and, for int8, 32 tokens per CTA, each row-tile count,
 /// several token groups; on sm_90 the split-K cluster kernels for 16, 32 and 64 tokens, with
-/// one and with several K slices, and the token-group kernels they replace) on odd shapes:
-/// cheap enough for compute-sanitizer (scripts/gpu-check.sh).
+/// one and with several K slices, and the token-group kernels they replace; on sm_90a the
+/// prefill kernel from 65 tokens, with one and with several blocks of 128 tokens) on odd
+/// shapes: cheap enough for compute-sanitizer (scripts/gpu-check.sh).
 /// The one exception, the bf16 single-token kernel for large matrices, needs more weights
 /// than is cheap here: `single_token_bf16_keeps_the_bf16_range` covers it.
 #[test]
@@ -429,7 +431,8 @@ fn every_kernel<W: RandomWeights>() {
     // tiles per CTA (on GPUs of up to ~150 SMs); the small shapes take the others. The
     // split kernels take 2 K slices for 300 columns (2 and 1 k tiles), 8 slices of 1 for
     // 1000, 4 for 600 (2, 2, 1 and an empty one), a single slice for 3000 x 100. On
-    // sm_90a the split kernels run with wgmma and with mma.sync.
+    // sm_90a the split kernels run with wgmma and with mma.sync, and the wgmma runs take
+    // the prefill kernel for 100 and 257 tokens.
     for (i, (rows, cols), (split, wgmma), batches) in [
         (37, 300),
         (129, 1000),
@@ -442,7 +445,12 @@ fn every_kernel<W: RandomWeights>() {
     .flat_map(|(i, shape)| {
         let all = &[1, 5, 9, 17, 40, 100][..];
         [
-            (i, shape, (SplitKernels::Always, true), all),
+            (
+                i,
+                shape,
+                (SplitKernels::Always, true),
+                &[1, 5, 9, 17, 40, 100, 257][..],
+            ),
             (i, shape, (SplitKernels::Always, false), all),
             (i, shape, (SplitKernels::Never, true), &[9, 17, 40][..]),
         ]
@@ -458,6 +466,7 @@ fn every_kernel<W: RandomWeights>() {
     })) {
         gpu.set_split_kernels(split);
         gpu.set_wgmma(wgmma);
+        gpu.set_prefill(wgmma && split == SplitKernels::Always);
         let w = W::random(&mut rng, rows, cols, i + 1);
         let d = gpu.upload(&w, &s).unwrap();
         for &batch in batches {
@@ -516,7 +525,7 @@ fn misaligned_int8_activations_are_exact() {
     let (rows, cols, ldx) = (200, 1000, 1001);
     let w = random_matrix(&mut rng, rows, cols);
     let d = gpu.upload(&w, &s).unwrap();
-    for batch in [1, 3, 12] {
+    for batch in [1, 3, 12, 70] {
         // One byte in front: the base is 1 byte past alignment.
         let buf: Vec<i8> = (0..1 + batch * ldx).map(|_| rng.random()).collect();
         let scales: Vec<f32> = vec![1.0; batch];

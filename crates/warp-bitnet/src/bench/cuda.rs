@@ -10,7 +10,8 @@
 //! events, the median per call. The device-to-device
 //! copy bandwidth is measured in the same run and each row reports its effective
 //! bandwidth as a percentage of it. Every kernel's output is checked against a
-//! float64 reference on the same random data before it is timed.
+//! float64 reference on the same random data before it is timed (beyond 64 tokens, on 64
+//! tokens spread over the batch: `CHECKED_TOKENS`).
 
 use std::ffi::c_void;
 use std::sync::Arc;
@@ -56,6 +57,8 @@ pub struct RunInfo {
     pub split_kernels: String,
     /// Whether the split kernels used wgmma (sm_90a) rather than mma.sync.
     pub wgmma: bool,
+    /// Whether batches beyond 64 tokens took the prefill kernel (sm_90a).
+    pub prefill: bool,
 }
 
 /// Holds the stream for `ns` nanoseconds of GPU time.
@@ -82,12 +85,13 @@ pub struct CudaBench {
 }
 
 impl CudaBench {
-    /// Opens device 0, measures the copy bandwidth. `split` and `wgmma`: see
-    /// [`Gpu::set_split_kernels`] and [`Gpu::set_wgmma`].
-    pub fn new(iters: usize, split: SplitKernels, wgmma: bool) -> Result<Self> {
+    /// Opens device 0, measures the copy bandwidth. `split`, `wgmma` and `prefill`: see
+    /// [`Gpu::set_split_kernels`], [`Gpu::set_wgmma`] and [`Gpu::set_prefill`].
+    pub fn new(iters: usize, split: SplitKernels, wgmma: bool, prefill: bool) -> Result<Self> {
         let mut gpu = Gpu::new(0)?;
         gpu.set_split_kernels(split);
         gpu.set_wgmma(wgmma);
+        gpu.set_prefill(prefill);
         let stream = gpu.context().new_stream()?;
         let blas = CudaBlas::new(stream.clone())?;
         let i = gpu.info().clone();
@@ -109,6 +113,7 @@ impl CudaBench {
             iters,
             split_kernels: format!("{split:?}").to_lowercase(),
             wgmma: gpu.wgmma(),
+            prefill: gpu.prefill(),
         };
         let mut bench = Self {
             gpu,
@@ -360,25 +365,25 @@ impl CudaBench {
             max_rel_err: err,
             kernel,
         };
+        // Float64 references on the rounded activations, for the checked tokens.
+        let checked = checked_tokens(batch);
         let to_f64 = |v: &[f16]| v.iter().map(|v| f64::from(v.to_f32())).collect::<Vec<_>>();
-
-        // Float64 references on the rounded activations.
-        let want16 = reference_f64(w, &to_f64(&acts.x16), batch, None);
-        let wantb16 = reference_f64(
-            w,
+        let reference =
+            |x: &[f64]| reference_f64(w, &tokens_of(x, &checked, cols), checked.len(), None);
+        let got = |y: &[f16]| tokens_of(&to_f64(y), &checked, rows).into_iter();
+        let want16 = reference(&to_f64(&acts.x16));
+        let wantb16 = reference(
             &acts
                 .xb16
                 .iter()
                 .map(|v| f64::from(v.to_f32()))
                 .collect::<Vec<_>>(),
-            batch,
-            None,
         );
 
         // ---- W2A16 ----
         poison(s, &mut y_h)?;
         self.gpu.gemm(&ws[0], x_h, batch, None, &mut y_h, s)?;
-        let err = max_rel_err(to_f64(&s.clone_dtoh(&y_h)?).into_iter(), &want16);
+        let err = max_rel_err(got(&s.clone_dtoh(&y_h)?), &want16);
         let t = self.time(ours_copies, &mut |i| {
             self.gpu.gemm(&ws[i], x_h, batch, None, &mut y_h, s)
         })?;
@@ -394,10 +399,12 @@ impl CudaBench {
 
         poison(s, &mut y_b)?;
         self.gpu.gemm(&ws[0], x_b, batch, None, &mut y_b, s)?;
-        let err = max_rel_err(
-            s.clone_dtoh(&y_b)?.iter().map(|v| f64::from(v.to_f32())),
-            &wantb16,
-        );
+        let yb: Vec<f64> = s
+            .clone_dtoh(&y_b)?
+            .iter()
+            .map(|v| f64::from(v.to_f32()))
+            .collect();
+        let err = max_rel_err(tokens_of(&yb, &checked, rows).into_iter(), &wantb16);
         let t = self.time(ours_copies, &mut |i| {
             self.gpu.gemm(&ws[i], x_b, batch, None, &mut y_b, s)
         })?;
@@ -419,11 +426,11 @@ impl CudaBench {
             .enumerate()
             .map(|(i, &v)| f64::from(v) * f64::from(qsh[i / cols]))
             .collect();
-        let want8 = reference_f64(w, &deq, batch, None);
+        let want8 = reference(&deq);
         poison(s, &mut y_h)?;
         self.gpu
             .gemm_w2a8(&ws[0], &q, &qs, batch, None, &mut y_h, s)?;
-        let err = max_rel_err(to_f64(&s.clone_dtoh(&y_h)?).into_iter(), &want8);
+        let err = max_rel_err(got(&s.clone_dtoh(&y_h)?), &want8);
         let t = self.time(ours_copies, &mut |i| {
             self.gpu
                 .gemm_w2a8(&ws[i], &q, &qs, batch, None, &mut y_h, s)
@@ -442,7 +449,7 @@ impl CudaBench {
         self.gpu.quantize_i8(x_h, batch, cols, &mut q, &mut qs, s)?;
         self.gpu
             .gemm_w2a8(&ws[0], &q, &qs, batch, None, &mut y_h, s)?;
-        let err = max_rel_err(to_f64(&s.clone_dtoh(&y_h)?).into_iter(), &want8);
+        let err = max_rel_err(got(&s.clone_dtoh(&y_h)?), &want8);
         let t = self.time(ours_copies, &mut |i| {
             self.gpu.quantize_i8(x_h, batch, cols, &mut q, &mut qs, s)?;
             self.gpu
@@ -461,7 +468,7 @@ impl CudaBench {
         if batch == 1 {
             poison(s, &mut y_h)?;
             self.gpu.gemv_quantized(&ws[0], x_h, None, &mut y_h, s)?;
-            let err = max_rel_err(to_f64(&s.clone_dtoh(&y_h)?).into_iter(), &want8);
+            let err = max_rel_err(got(&s.clone_dtoh(&y_h)?), &want8);
             let t = self.time(ours_copies, &mut |i| {
                 self.gpu.gemv_quantized(&ws[i], x_h, None, &mut y_h, s)
             })?;
@@ -543,6 +550,29 @@ impl CudaBench {
         }?;
         Ok(())
     }
+}
+
+/// Tokens whose outputs are checked against float64 references: every one up to
+/// `CHECKED_TOKENS`, else that many spread evenly from the first to the last (every token
+/// of a 2048-token batch would take the CPU minutes per shape).
+const CHECKED_TOKENS: usize = 64;
+
+fn checked_tokens(batch: usize) -> Vec<usize> {
+    if batch <= CHECKED_TOKENS {
+        return (0..batch).collect();
+    }
+    (0..CHECKED_TOKENS)
+        .map(|i| i * (batch - 1) / (CHECKED_TOKENS - 1))
+        .collect()
+}
+
+/// Rows `tokens` of the row-major `[_, width]` matrix `v`.
+fn tokens_of(v: &[f64], tokens: &[usize], width: usize) -> Vec<f64> {
+    tokens
+        .iter()
+        .flat_map(|&t| &v[t * width..(t + 1) * width])
+        .copied()
+        .collect()
 }
 
 /// One shape's activations, on the host (for the references) and on the device.

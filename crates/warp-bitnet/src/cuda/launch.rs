@@ -191,6 +191,9 @@ pub enum Cta {
         /// wgmma instead of mma.sync.
         wgmma: bool,
     },
+    /// 256 rows x 128 tokens over the whole K, activations streamed through shared memory
+    /// from a pre-pass's workspace (`_p128`, sm_90a: gemm_prefill.cuh).
+    Prefill,
 }
 
 /// The kernel symbol for weight levels, activation and its staging, output and CTA shape.
@@ -208,6 +211,7 @@ pub fn gemm_symbol(levels: Levels, x: DType, staging: Staging, y: DType, cta: Ct
         Cta::Single => "n1".to_string(),
         Cta::Groups { tokens, row_tiles } => format!("n{tokens}_r{row_tiles}"),
         Cta::Split { tokens, wgmma } => format!("{}{tokens}", if wgmma { "w" } else { "s" }),
+        Cta::Prefill => "p128".to_string(),
     };
     format!("gemm_{family}_{}{q}_{}_{shape}", x.name(), y.name())
 }
@@ -239,6 +243,19 @@ pub(crate) struct GemmPlan {
     pub cluster: u32,
     /// Threads per CTA.
     pub threads: u32,
+    /// A kernel that first rewrites the activations into a workspace the GEMM reads
+    /// instead of `x` (the prefill kernel's).
+    pub prepass: Option<Prepass>,
+}
+
+/// The prefill kernel's activation pre-pass (`prefill_x_*` in quant.cu): one CTA of
+/// [`PREPASS_THREADS`] per token, writing `bytes` of workspace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Prepass {
+    pub symbol: &'static str,
+    pub bytes: usize,
+    /// 1 when x allows 4-byte loads (aligned base and row stride, whole words per row).
+    pub vec: u32,
 }
 
 /// What the planner needs to know about the loaded kernels (a `Gpu`, or a fake in tests).
@@ -256,6 +273,8 @@ pub(crate) trait Occupancy {
     fn split_kernels(&self) -> SplitKernels;
     /// Whether the split kernels use wgmma (sm_90a).
     fn wgmma(&self) -> bool;
+    /// Whether large batches take the prefill kernel (sm_90a).
+    fn prefill(&self) -> bool;
 }
 
 impl Occupancy for Gpu {
@@ -276,6 +295,9 @@ impl Occupancy for Gpu {
     }
     fn wgmma(&self) -> bool {
         self.wgmma
+    }
+    fn prefill(&self) -> bool {
+        self.prefill
     }
 }
 
@@ -427,6 +449,11 @@ pub(crate) fn plan_gemm(
         scale_per_row: per_row as u32,
         x_vec: x_vec as u32,
     };
+    if a.batch >= PREFILL_MIN_BATCH && gpu.prefill() {
+        if let Some(plan) = plan_prefill(levels, a, row_tiles, k_tiles, params, gpu)? {
+            return Ok(plan);
+        }
+    }
     if a.batch >= SPLIT_MIN_BATCH && gpu.split_kernels() != SplitKernels::Never {
         if let Some(plan) = plan_split(levels, a, row_tiles, k_tiles, params, gpu)? {
             return Ok(plan);
@@ -464,7 +491,82 @@ pub(crate) fn plan_gemm(
         smem: smem as u32,
         cluster: 0,
         threads: GEMM_THREADS,
+        prepass: None,
     })
+}
+
+/// Batches from which the prefill kernel takes over where the GPU has it: beyond the
+/// split kernels' 64 tokens per CTA, which would read and decode the weights once per
+/// 64 tokens.
+const PREFILL_MIN_BATCH: usize = 65;
+/// Tokens and rows per CTA of the prefill kernel (`PF_TOKENS`, 16 `PF_ROW_TILES` in
+/// gemm_prefill.cuh), and its threads.
+const PREFILL_TOKENS: usize = 128;
+const PREFILL_ROWS: usize = 256;
+const PREFILL_THREADS: u32 = 256;
+/// Threads per CTA of the pre-pass (`prefill_x_*` in quant.cu), and its kernels for
+/// 16-bit and int8 activations.
+pub(crate) const PREPASS_THREADS: u32 = 256;
+pub(crate) const PREPASS_16: &str = "prefill_x_16";
+pub(crate) const PREPASS_I8: &str = "prefill_x_i8";
+
+/// Dynamic shared memory of the prefill kernel: its pipeline stages of one k tile of
+/// activations (128 tokens) and weights (16 row tiles); mirrors `PrefillX::SMEM`.
+fn prefill_smem(x: DType) -> usize {
+    let stages = if x == DType::I8 { 6 } else { 4 };
+    stages * (PREFILL_TOKENS * 128 * x.size() + 16 * 512)
+}
+
+/// The prefill kernel for `a.batch` tokens, if its stages fit shared memory: a CTA per
+/// 256 rows x 128 tokens, token blocks fastest, after the pre-pass that lays the
+/// activations out for it (and, for int8, sums each token).
+fn plan_prefill(
+    levels: Levels,
+    a: &GemmArgs,
+    row_tiles: usize,
+    k_tiles: usize,
+    mut params: GemmParams,
+    gpu: &impl Occupancy,
+) -> Result<Option<GemmPlan>> {
+    let symbol = gemm_symbol(levels, a.x_dtype, Staging::AsIs, a.y_dtype, Cta::Prefill);
+    let smem = prefill_smem(a.x_dtype);
+    if smem > gpu.max_dynamic(&symbol)? {
+        return Ok(None);
+    }
+    let ctas = (row_tiles * 16).div_ceil(PREFILL_ROWS) * a.batch.div_ceil(PREFILL_TOKENS);
+    if ctas > i32::MAX as usize {
+        return Err(Error::TooLarge {
+            arg: "batch",
+            value: a.batch as u64,
+            limit: (i32::MAX as usize / (row_tiles * 16).div_ceil(PREFILL_ROWS) * PREFILL_TOKENS)
+                as u64,
+        });
+    }
+    let xsz = a.x_dtype.size();
+    let row_bytes = elems("x", k_tiles * 128 * xsz, a.batch)?;
+    let (symbol_x, sums, word) = if a.x_dtype == DType::I8 {
+        (PREPASS_I8, a.batch * 4, 4)
+    } else {
+        (PREPASS_16, 0, 2)
+    };
+    let vec = a.x % 4 == 0 && a.ldx % word == 0 && params.cols as usize % word == 0;
+    // The kernel reads the workspace, not x; the launch fills in its address.
+    params.x = 0;
+    params.ldx = (k_tiles * 128) as u32;
+    params.x_vec = 1;
+    Ok(Some(GemmPlan {
+        symbol,
+        params,
+        grid: (ctas as u32, 1, 1),
+        smem: smem as u32,
+        cluster: 0,
+        threads: PREFILL_THREADS,
+        prepass: Some(Prepass {
+            symbol: symbol_x,
+            bytes: row_bytes + sums,
+            vec: vec as u32,
+        }),
+    }))
 }
 
 /// Batches from which the split-K cluster kernels take over (sm_90+): up to 8 tokens
@@ -609,6 +711,7 @@ fn plan_split(
             smem: smem as u32,
             cluster: size as u32,
             threads: (warps * 32) as u32,
+            prepass: None,
         }));
     }
     Ok(None)
@@ -823,6 +926,54 @@ impl Gpu {
         let plan = plan_gemm(rows, cols, levels, tiles, scale, args, self)?;
         let f = self.function(&plan.symbol)?;
         let mut params = plan.params;
+        let Some(pre) = &plan.prepass else {
+            // SAFETY: forwarded from the caller.
+            return unsafe { self.launch_plan(f, &plan, params, stream) };
+        };
+        // The workspace is allocated and freed in the stream's order (the driver's pool),
+        // so it lives exactly as long as the two launches that use it.
+        // SAFETY: `stream` belongs to this GPU's context (the caller's guarantee).
+        let work = unsafe { cudarc::driver::result::malloc_async(stream, pre.bytes) }?;
+        let (mut x, mut ldx, mut n, mut k_tiles, mut vec, mut out) = (
+            args.x,
+            args.ldx as u32,
+            cols as u32,
+            params.k_tiles,
+            pre.vec,
+            work,
+        );
+        let mut kp = kernel_params!(x, ldx, n, k_tiles, vec, out);
+        params.x = work;
+        // SAFETY: the pre-pass reads `batch` rows of x (the caller's guarantee) and writes
+        // `pre.bytes` of the workspace; the GEMM reads the workspace in place of x.
+        let launched = unsafe {
+            launch(
+                self.function(pre.symbol)?,
+                (args.batch as u32, 1, 1),
+                PREPASS_THREADS,
+                0,
+                stream,
+                &mut kp,
+            )
+            .and_then(|()| self.launch_plan(f, &plan, params, stream))
+        };
+        // SAFETY: `work` came from malloc_async on this stream and is freed once.
+        let freed = unsafe { cudarc::driver::result::free_async(work, stream) };
+        launched?;
+        Ok(freed?)
+    }
+
+    /// Launches a planned GEMM kernel `f` with `params`.
+    ///
+    /// # Safety
+    /// As [`Gpu::gemm_raw`], for the buffers `params` points to.
+    unsafe fn launch_plan(
+        &self,
+        f: &CudaFunction,
+        plan: &GemmPlan,
+        mut params: GemmParams,
+        stream: CUstream,
+    ) -> Result<()> {
         let mut kp = [&mut params as *mut GemmParams as *mut c_void];
         // SAFETY: the kernel takes one GemmParams by value; the caller guarantees the buffers.
         unsafe {
@@ -1150,6 +1301,7 @@ mod tests {
         clusters: bool,
         split: SplitKernels,
         wgmma: bool,
+        prefill: bool,
     }
     impl Occupancy for FakeGpu {
         fn resident(&self, _: &str, _: usize) -> Result<usize> {
@@ -1170,6 +1322,9 @@ mod tests {
         fn wgmma(&self) -> bool {
             self.wgmma
         }
+        fn prefill(&self) -> bool {
+            self.prefill
+        }
     }
     /// A GPU with thread-block clusters.
     const fn sm90(split: SplitKernels, wgmma: bool) -> FakeGpu {
@@ -1177,17 +1332,23 @@ mod tests {
             clusters: true,
             split,
             wgmma,
+            prefill: false,
         }
     }
     const GPU: &FakeGpu = &FakeGpu {
         clusters: false,
         split: SplitKernels::Auto,
         wgmma: false,
+        prefill: false,
     };
     const SM90: &FakeGpu = &sm90(SplitKernels::Always, false);
     const SM90_AUTO: &FakeGpu = &sm90(SplitKernels::Auto, false);
     const SM90A: &FakeGpu = &sm90(SplitKernels::Always, true);
     const SM90A_AUTO: &FakeGpu = &sm90(SplitKernels::Auto, true);
+    const SM90A_PREFILL: &FakeGpu = &FakeGpu {
+        prefill: true,
+        ..sm90(SplitKernels::Auto, true)
+    };
 
     fn args(x_dtype: DType, y_dtype: DType, batch: usize) -> GemmArgs {
         GemmArgs {
@@ -1410,6 +1571,49 @@ mod tests {
                 plan_gemm(100, 300, Levels::Int2, 0x10, None, &bad, GPU),
                 Err(Error::Unsupported { .. })
             ));
+        }
+    }
+
+    #[test]
+    fn prefill_kernel_from_65_tokens() {
+        // 100 x 300: one 256-row block, 3 k tiles; 200 tokens are two token blocks.
+        for (x, y, pre, bytes) in [
+            (DType::F16, DType::F16, "prefill_x_16", 200 * 3 * 256),
+            (
+                DType::I8,
+                DType::BF16,
+                "prefill_x_i8",
+                200 * 3 * 128 + 200 * 4,
+            ),
+        ] {
+            let a = GemmArgs {
+                x_scale: (x == DType::I8).then_some(0x3000),
+                ..args(x, y, 200)
+            };
+            let p = plan_gemm(100, 300, Levels::Int2, 0x10, None, &a, SM90A_PREFILL).unwrap();
+            assert_eq!(
+                p.symbol,
+                format!("gemm_int2_{}_{}_p128", x.name(), y.name())
+            );
+            assert_eq!((p.grid, p.threads, p.cluster), ((2, 1, 1), 256, 0));
+            assert_eq!(p.smem as usize, prefill_smem(x));
+            assert_eq!(p.params.ldx, 384);
+            let prepass = p.prepass.unwrap();
+            assert_eq!((prepass.symbol, prepass.bytes), (pre, bytes));
+            // ldx 300 is a multiple of 4 and 2; so is cols.
+            assert_eq!(prepass.vec, 1);
+        }
+        let odd = GemmArgs {
+            x: 0x1002,
+            ..args(DType::F16, DType::F16, 200)
+        };
+        let p = plan_gemm(100, 300, Levels::Ternary, 0x10, None, &odd, SM90A_PREFILL).unwrap();
+        assert_eq!(p.prepass.unwrap().vec, 0);
+        // 64 tokens stay with the split kernels; so does everything without the prefill kernel.
+        for (batch, gpu) in [(64, SM90A_PREFILL), (200, SM90A_AUTO)] {
+            let a = args(DType::F16, DType::F16, batch);
+            let p = plan_gemm(100, 300, Levels::Ternary, 0x10, None, &a, gpu).unwrap();
+            assert!(p.prepass.is_none());
         }
     }
 

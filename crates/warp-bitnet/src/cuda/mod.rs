@@ -74,6 +74,8 @@ pub struct Gpu {
     split_kernels: SplitKernels,
     /// Whether the split kernels use wgmma (sm_90a only).
     wgmma: bool,
+    /// Whether batches beyond 64 tokens take the prefill kernel (sm_90a only).
+    prefill: bool,
 }
 
 /// A loaded kernel: the most threads its CTA may have (for the GEMM kernels, the
@@ -148,6 +150,7 @@ impl Gpu {
         Ok(Self {
             ctx,
             wgmma: info.arch == compile::WGMMA_ARCH,
+            prefill: info.arch == compile::WGMMA_ARCH,
             info,
             functions,
             split_kernels: SplitKernels::Auto,
@@ -181,6 +184,18 @@ impl Gpu {
     /// Whether the split kernels use wgmma.
     pub fn wgmma(&self) -> bool {
         self.wgmma
+    }
+
+    /// Whether batches of more than 64 tokens take the prefill kernel where the GPU has
+    /// it (sm_90a; the default there), or the split / token-group kernels: for tests and
+    /// A/B benchmarks.
+    pub fn set_prefill(&mut self, on: bool) {
+        self.prefill = on && self.info.arch == compile::WGMMA_ARCH;
+    }
+
+    /// Whether batches of more than 64 tokens take the prefill kernel.
+    pub fn prefill(&self) -> bool {
+        self.prefill
     }
 
     /// CTAs of kernel `name` with `dynamic` bytes of dynamic shared memory that fit the
@@ -326,6 +341,7 @@ fn kernel_names(text: &str) -> Vec<String> {
             .strip_prefix("GEMM_KERNEL(")
             .or_else(|| line.strip_prefix("GEMM_KERNEL_QX("))
             .or_else(|| line.strip_prefix("GEMM_SPLIT_KERNEL("))
+            .or_else(|| line.strip_prefix("GEMM_PREFILL_KERNEL("))
         {
             if let Some(name) = args.trim_end_matches(')').rsplit(',').next() {
                 names.push(name.trim().to_string());
@@ -378,6 +394,7 @@ mod tests {
                         planned.push(gemm_symbol(levels, x, Staging::AsIs, y, cta));
                     }
                 }
+                planned.push(gemm_symbol(levels, x, Staging::AsIs, y, Cta::Prefill));
             }
             planned.sort();
             let mut found = names.clone();
@@ -390,7 +407,13 @@ mod tests {
         );
         assert_eq!(
             kernel_names(compile::QUANT.text),
-            ["quantize_i8_f16", "quantize_i8_bf16", "w2a8_epilogue"]
+            [
+                "quantize_i8_f16",
+                "quantize_i8_bf16",
+                "w2a8_epilogue",
+                launch::PREPASS_16,
+                launch::PREPASS_I8
+            ]
         );
     }
 

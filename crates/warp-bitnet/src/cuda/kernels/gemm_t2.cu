@@ -1,6 +1,7 @@
 // Ternary GEMM/GEMV on T2 weights: Y[B, M] = (X[B, N] . Wtᵀ) * scale + bias, Wt = c - 1
 // in {-1, 0, +1}. Layout, thread mapping, decode and byte/instruction budget: gemm.cuh
 // (single-token and token-group kernels) and gemm_split.cuh (split-K cluster kernels, `_s`).
+#include "gemm_prefill.cuh"
 #include "gemm_split.cuh"
 
 GEMM_KERNEL(ACT_F16, OUT_F16, 1, 1, true, false, 4, gemm_t2_f16_f16_n1)
@@ -58,3 +59,8 @@ GEMM_SPLIT_KERNEL(ACT_BF16, OUT_BF16, 8, false, true, gemm_t2_bf16_bf16_w64)
 GEMM_SPLIT_KERNEL(ACT_I8, OUT_F16, 8, false, true, gemm_t2_i8_f16_w64)
 GEMM_SPLIT_KERNEL(ACT_I8, OUT_BF16, 8, false, true, gemm_t2_i8_bf16_w64)
 GEMM_SPLIT_KERNEL(ACT_I8, OUT_I32, 8, false, true, gemm_t2_i8_i32_w64)
+GEMM_PREFILL_KERNEL(ACT_F16, OUT_F16, false, gemm_t2_f16_f16_p128)
+GEMM_PREFILL_KERNEL(ACT_BF16, OUT_BF16, false, gemm_t2_bf16_bf16_p128)
+GEMM_PREFILL_KERNEL(ACT_I8, OUT_F16, false, gemm_t2_i8_f16_p128)
+GEMM_PREFILL_KERNEL(ACT_I8, OUT_BF16, false, gemm_t2_i8_bf16_p128)
+GEMM_PREFILL_KERNEL(ACT_I8, OUT_I32, false, gemm_t2_i8_i32_p128)

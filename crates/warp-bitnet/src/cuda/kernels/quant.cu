@@ -1,5 +1,6 @@
-// Per-token absmax int8 quantization of f16/bf16 activations (the W2A8 front end), and
-// the W2A8 epilogue of the dense large-batch path (its back end; at the end of the file).
+// Per-token absmax int8 quantization of f16/bf16 activations (the W2A8 front end), the
+// W2A8 epilogue of the dense large-batch path (its back end), and the prefill kernel's
+// activation pre-pass (at the end of the file).
 //
 // One CTA of 1024 threads per token. Pass 1 finds max|x| (warp shuffles, then
 // shared memory); pass 2 writes q. When the row allows 16-byte accesses (`vec`:
@@ -80,4 +81,68 @@ extern "C" __global__ void w2a8_epilogue(const int* acc, const float* x_scale, c
     if (w_scale != nullptr) v = __fmul_rn(v, w_scale[per_row ? r : 0]);
     if (bias != nullptr) v = __fadd_rn(v, out == 2 ? bf16_to_f32(bias[r]) : f16_to_f32(bias[r]));
     y[i] = out == 2 ? f32_to_bf16(v) : f32_to_f16(v);
+}
+
+// The prefill kernel's activations (gemm_prefill.cuh): X [batch, ldx] rewritten as
+// [batch][k tile][16-byte chunk c = 2j + h] where chunk (j, h) holds the k values 8h ..
+// 8h + 7 of MMA k step j in the order of the T2 A fragments (gemm.cuh), zeros past
+// `cols`. f16/bf16: word q of a chunk is columns 32q + 4j + 2h, + 1 of the k tile. i8:
+// bytes 4q .. 4q + 3 are columns 32q + 4j + 2h + {0, 16, 1, 17} (gemm.cuh's quad j);
+// then each token's sum(x) as int32 after the last token. One CTA per token; 16-byte
+// stores; 4-byte loads where `vec` (base and row stride 4-byte aligned, cols a multiple
+// of 4 i8 / 2 f16), else one element at a time.
+template <int XB>
+__device__ __forceinline__ void prefill_row(const unsigned char* x, u32 ldx, u32 cols, u32 k_tiles, u32 vec,
+                                            u32x4* out) {
+    constexpr u32 CHUNKS = XB == 1 ? 8 : 16;
+    const unsigned char* row = x + (u64)blockIdx.x * ldx * XB;
+    u32x4* dst = out + (u64)blockIdx.x * k_tiles * CHUNKS;
+    // Element `col` (< cols) as the low bits of a word; a word of 4 / XB elements from `col`.
+    const auto one = [&](u32 col) -> u32 {
+        if (col >= cols) return 0;
+        return XB == 1 ? (u32)row[col] : (u32)((const u16*)row)[col];
+    };
+    const auto word = [&](u32 col) -> u32 {
+        if (vec) return col < cols ? *(const u32*)(row + col * XB) : 0;
+        return XB == 1 ? one(col) | one(col + 1) << 8 | one(col + 2) << 16 | one(col + 3) << 24
+                       : one(col) | one(col + 1) << 16;
+    };
+    int sum = 0;
+    for (u32 c = threadIdx.x; c < k_tiles * CHUNKS; c += blockDim.x) {
+        const u32 kt = c / CHUNKS, j = c % CHUNKS / 2, h = c % 2;
+        u32 v[4];
+#pragma unroll
+        for (u32 q = 0; q < 4; q++) {
+            const u32 col = 128 * kt + 32 * q + 4 * j;
+            if (XB == 1) {
+                const u32 lo = word(col), hi = word(col + 16);
+                v[q] = prmt(lo, hi, h ? 0x7362 : 0x5140);
+                sum = dp4a(v[q], 0x01010101u, sum);
+            } else {
+                v[q] = word(col + 2 * h);
+            }
+        }
+        dst[c] = {v[0], v[1], v[2], v[3]};
+    }
+    if (XB == 1) {
+        __shared__ int warp_sum[32];
+        for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+        if (threadIdx.x % 32 == 0) warp_sum[threadIdx.x / 32] = sum;
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            int total = 0;
+            for (u32 w = 0; w < blockDim.x / 32; w++) total += warp_sum[w];
+            ((int*)(out + (u64)gridDim.x * k_tiles * CHUNKS))[blockIdx.x] = total;
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) prefill_x_16(const unsigned char* x, u32 ldx, u32 cols, u32 k_tiles,
+                                                               u32 vec, u32x4* out) {
+    prefill_row<2>(x, ldx, cols, k_tiles, vec, out);
+}
+
+extern "C" __global__ void __launch_bounds__(256) prefill_x_i8(const unsigned char* x, u32 ldx, u32 cols, u32 k_tiles,
+                                                               u32 vec, u32x4* out) {
+    prefill_row<1>(x, ldx, cols, k_tiles, vec, out);
 }
