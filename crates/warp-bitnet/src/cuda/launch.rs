@@ -511,10 +511,11 @@ pub(crate) const PREPASS_16: &str = "prefill_x_16";
 pub(crate) const PREPASS_I8: &str = "prefill_x_i8";
 
 /// Dynamic shared memory of the prefill kernel: its pipeline stages of one k tile of
-/// activations (128 tokens) and weights (16 row tiles); mirrors `PrefillX::SMEM`.
+/// activations (128 tokens) and weights (16 row tiles), and 1 KB to align them; mirrors
+/// `PrefillX::SMEM`.
 fn prefill_smem(x: DType) -> usize {
     let stages = if x == DType::I8 { 6 } else { 4 };
-    stages * (PREFILL_TOKENS * 128 * x.size() + 16 * 512)
+    stages * (PREFILL_TOKENS * 128 * x.size() + 16 * 512) + 1024
 }
 
 /// The prefill kernel for `a.batch` tokens, if its stages fit shared memory: a CTA per

@@ -21,12 +21,13 @@
 // on an H100, against a GEMM of ~1.4 ms.
 //
 // Pipeline: STAGES shared-memory stages of one k tile each (activations: 128 tokens x
-// 128 columns in wgmma.cuh's B layout; weights: the CTA's 16 row tiles, 8 KB), filled
+// 128 columns, 128-byte swizzle, see pf_chunk; weights: the CTA's 16 row tiles, 8 KB), filled
 // by every thread with cp.async, PREFETCH = STAGES - 2 tiles ahead. Each k tile is two
 // commit groups per warpgroup (k steps 0..3 and 4..7, int8 0..1 and 2..3) with their
-// own A registers; a warpgroup decodes one half while the other's wgmmas run, and waits
-// for the older group only before it overwrites its registers. A stage is refilled two
-// tiles after it was read, when both of its groups are known to be complete.
+// own A registers; a warpgroup decodes one half while its other groups run, and waits for
+// the group that last read a register set only before it overwrites it, so two groups
+// stay in flight across the CTA barrier. A stage is refilled two tiles after it was
+// read, when both of its groups are known to be complete.
 //
 // Budget per k tile per CTA (f16): 2 x 16 m64n128k16 wgmma = 8.4 MFLOP, 2048 cycles at
 // the H100's dense rate; per warp 2 x 8 x 4 decode_pair (~150 instructions), 8 + 2
@@ -48,8 +49,24 @@ struct PrefillX {
     static constexpr u32 X_STAGE = PF_TOKENS * 128 * XB;
     static constexpr u32 W_STAGE = PF_ROW_TILES * 512;
     static constexpr u32 STAGES = ACT == ACT_I8 ? 6 : 4;
-    static constexpr u32 SMEM = STAGES * (X_STAGE + W_STAGE);  // mirrored by `prefill_smem` in launch.rs
+    // Mirrored by `prefill_smem` in launch.rs; 1 KB to align the stages for the swizzle.
+    static constexpr u32 SMEM = STAGES * (X_STAGE + W_STAGE) + 1024;
 };
+
+// Staged activations, 128-byte swizzle (K-major): per stage, atoms of 4 MMA k steps (64
+// f16 or 128 int8 k values) x 128 tokens, 16 KB each; in an atom, token t's 128-byte row
+// at (t / 8) * 1024 + (t % 8) * 128 holds its 8 chunks c = 2 (j % 4) + h at 16-byte slot
+// c ^ (t % 8). The tensor cores read a k step's 8 rows of one token group without bank
+// conflicts; the layout without swizzle (wgmma.cuh) measured 2.5x slower here (run1).
+__device__ __forceinline__ u32 pf_chunk(u32 tg, u32 t8, u32 c) {
+    return (c / 8) * 16384 + tg * 1024 + t8 * 128 + ((c % 8) ^ t8) * 16;
+}
+// Descriptor of k step j of the stage at `xs` (1 KB aligned): the atom's rows advance by
+// 1 KB per 8 tokens (stride byte offset); within an atom, step j % 4 starts 32 bytes on.
+__device__ __forceinline__ u64 pf_desc(u32 xs, u32 j) {
+    const u32 addr = xs + (j / 4) * 16384 + (j % 4) * 32;
+    return (u64)((addr & 0x3FFFF) >> 4) | ((u64)1 << 16) | ((u64)(1024 >> 4) << 32) | ((u64)1 << 62);
+}
 
 __device__ __forceinline__ void cp_async_16_zfill(u32 dst, const void* src, u32 bytes) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(bytes));
@@ -106,7 +123,7 @@ __device__ __forceinline__ void pf_issue(PfA<ACT>& a, u32 xs, PfAcc<ACT>& acc) {
     for (int j = 0; j < HALF; j++)
 #pragma unroll
         for (int b = 0; b < 2; b++) {
-            const u64 desc = wgmma_desc(xs + (H * HALF + j) * PF_TOKENS * 32);
+            const u64 desc = pf_desc(xs, H * HALF + j);
             if constexpr (ACT == ACT_I8) wgmma(acc.i[b], a[j][b][0], a[j][b][1], a[j][b][2], a[j][b][3], desc);
             else wgmma(acc.f[b], a[j][b][0], a[j][b][1], a[j][b][2], a[j][b][3], desc, Act<ACT>{});
         }
@@ -126,7 +143,7 @@ __device__ __forceinline__ void gemm_prefill(const GemmParams& p) {
     const u32 b_base = blockIdx.x % token_blocks * PF_TOKENS;
     const u32 rt_base = blockIdx.x / token_blocks * PF_ROW_TILES;
     const u32 row_tiles = (p.rows + 15) / 16;
-    const u32 base = pinned(smem_addr(smem));
+    const u32 base = pinned((smem_addr(smem) + 1023) & ~1023u);
     const u32 w_base = base + STAGES * X::X_STAGE;
     // The pre-pass's layout: token b's k tile kt at x + (b * k_tiles + kt) * 128 * XB;
     // i8: each token's sum(x) after the last token.
@@ -136,26 +153,34 @@ __device__ __forceinline__ void gemm_prefill(const GemmParams& p) {
     // Stage kt into slot kt % STAGES. Activations: chunk n = (token group, chunk c, token
     // % 8), so 8 consecutive threads fill one 128-byte core matrix and a warp reads 64
     // contiguous bytes of each of 8 tokens. Tokens past the batch are zero-filled.
+    // A thread's chunk c and token t8 (mod 8) are the same in every copy it makes: copy i
+    // is token group tg0 + i * TG_STEP. Its sources are computed once, here.
+    constexpr u32 X_COPIES = PF_TOKENS * X::CHUNKS / PF_THREADS, TG_STEP = PF_THREADS / (8 * X::CHUNKS);
+    constexpr u32 W_COPIES = PF_ROW_TILES * 32 / PF_THREADS;
+    const u32 t8 = threadIdx.x % 8, c = threadIdx.x / 8 % X::CHUNKS, tg0 = threadIdx.x / (8 * X::CHUNKS);
+    const u32 b0 = b_base + 8 * tg0 + t8;
+    const unsigned char* const x_src = x + (u64)min(b0, p.batch - 1) * row_bytes + c * 16;
+    const u64 x_step = (u64)8 * TG_STEP * row_bytes;
+    // Weights: copy i is 16 bytes of row tile 8i + threadIdx.x / 32; tiles past the last
+    // reload it (the epilogue drops their rows).
+    const u32x4* w_src[W_COPIES];
+#pragma unroll
+    for (u32 i = 0; i < W_COPIES; i++)
+        w_src[i] = p.w + (u64)min(rt_base + i * (PF_THREADS / 32) + threadIdx.x / 32, row_tiles - 1) * p.k_tiles * 32 +
+                   threadIdx.x % 32;
     const auto load_stage = [&](u32 kt) {
         const u32 slot = kt % STAGES;
-        const u32 xs = base + slot * X::X_STAGE;
+        const u32 xs = base + slot * X::X_STAGE + pf_chunk(tg0, t8, c);
 #pragma unroll
-        for (u32 i = 0; i < PF_TOKENS * X::CHUNKS / PF_THREADS; i++) {
-            const u32 n = i * PF_THREADS + threadIdx.x;
-            const u32 t8 = n % 8, c = n / 8 % X::CHUNKS, tg = n / (8 * X::CHUNKS);
-            const u32 b = b_base + 8 * tg + t8;
-            const u32 dst = xs + (c / 2) * PF_TOKENS * 32 + tg * 256 + (c % 2) * 128 + t8 * 16;
-            const unsigned char* src = x + (u64)min(b, p.batch - 1) * row_bytes + kt * 128 * X::XB + c * 16;
-            cp_async_16_zfill(dst, src, b < p.batch ? 16 : 0);
+        for (u32 i = 0; i < X_COPIES; i++) {
+            // Tokens past the batch are zero-filled (from a valid address).
+            const bool live = b0 + 8 * TG_STEP * i < p.batch;
+            const unsigned char* src = live ? x_src + i * x_step + kt * 128 * X::XB : x;
+            cp_async_16_zfill(xs + i * TG_STEP * 1024, src, live ? 16 : 0);
         }
-        const u32 ws = w_base + slot * X::W_STAGE;
+        const u32 ws = w_base + slot * X::W_STAGE + threadIdx.x * 16;
 #pragma unroll
-        for (u32 i = 0; i < PF_ROW_TILES * 32 / PF_THREADS; i++) {
-            const u32 n = i * PF_THREADS + threadIdx.x, tile = n / 32;
-            // Tiles past the last reload it; the epilogue drops their rows.
-            const u32 rt = min(rt_base + tile, row_tiles - 1);
-            cp_async_16_zfill(ws + n * 16, p.w + ((u64)rt * p.k_tiles + kt) * 32 + n % 32, 16);
-        }
+        for (u32 i = 0; i < W_COPIES; i++) cp_async_16_zfill(ws + i * PF_THREADS * 16, w_src[i] + kt * 32, 16);
     };
 
     PfAcc<ACT> acc;
@@ -174,11 +199,24 @@ __device__ __forceinline__ void gemm_prefill(const GemmParams& p) {
         cp_async_commit();
     }
     const u32 h = warp / 4, my_tiles = 8 * h + warp % 4;  // and my_tiles + 4
-    PfA<ACT> a0, a1 = {};
+    PfA<ACT> a0 = {}, a1 = {};
+    // Both halves of a tile stay in flight across the next tile's barrier: a warpgroup
+    // waits for the previous tile's first half only before it decodes into a0 again, and
+    // for its second half before a1.
+    const auto keep = [](PfA<ACT>& a) {
+#pragma unroll
+        for (int j = 0; j < X::STEPS / 2; j++)
+#pragma unroll
+            for (int b = 0; b < 2; b++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) fence_operand(a[j][b][e]);
+    };
     for (u32 kt = 0; kt < p.k_tiles; kt++) {
         cp_async_wait<PREFETCH - 1>();  // stage kt has landed (this thread's copies)
         fence_proxy_async();
-        __syncthreads();  // ... everyone's; and stage kt - 2 is no longer read
+        // ... everyone's; and every warp has waited for the wgmmas of tile kt - 2, whose
+        // stage the next load refills.
+        __syncthreads();
         if (kt + PREFETCH < p.k_tiles) load_stage(kt + PREFETCH);
         cp_async_commit();
         const u32 slot = kt % STAGES;
@@ -186,24 +224,14 @@ __device__ __forceinline__ void gemm_prefill(const GemmParams& p) {
         u32x4 w[2];
 #pragma unroll
         for (int b = 0; b < 2; b++) w[b] = lds128(w_base + slot * X::W_STAGE + (my_tiles + 4 * b) * 512 + lane * 16);
+        wgmma_wait<1>();  // tile kt - 1's first half is done: a0 is free
+        keep(a0);
         pf_decode<ACT, INT2, 0>(w, a0);
         pf_issue<ACT, 0>(a0, xs, acc);
-        wgmma_wait<1>();  // the previous tile's second half is done: a1 is free
-#pragma unroll
-        for (int j = 0; j < X::STEPS / 2; j++)
-#pragma unroll
-            for (int b = 0; b < 2; b++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) fence_operand(a1[j][b][e]);
+        wgmma_wait<1>();  // tile kt - 1's second half is done: a1 is free
+        keep(a1);
         pf_decode<ACT, INT2, 1>(w, a1);
         pf_issue<ACT, 1>(a1, xs, acc);
-        wgmma_wait<1>();  // this tile's first half is done: a0 is free
-#pragma unroll
-        for (int j = 0; j < X::STEPS / 2; j++)
-#pragma unroll
-            for (int b = 0; b < 2; b++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) fence_operand(a0[j][b][e]);
     }
     wgmma_wait<0>();
     pf_fence(acc);
