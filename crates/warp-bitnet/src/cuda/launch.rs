@@ -5,7 +5,7 @@
 use std::ffi::c_void;
 use std::sync::Arc;
 
-use cudarc::driver::sys::{CUdeviceptr, CUstream};
+use cudarc::driver::sys::{CUdeviceptr, CUstream, CUtensorMap};
 use cudarc::driver::{CudaFunction, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr};
 use half::{bf16, f16};
 
@@ -510,11 +510,58 @@ pub(crate) const PREPASS_THREADS: u32 = 256;
 pub(crate) const PREPASS_16: &str = "prefill_x_16";
 pub(crate) const PREPASS_I8: &str = "prefill_x_i8";
 
+type TmaType = cudarc::driver::sys::CUtensorMapDataType;
+
+/// A 2-D TMA descriptor of `base` (16-byte aligned): `dims` (inner, outer) elements, rows
+/// `row_bytes` apart, copied in boxes of `boxes` elements, with the 128-byte swizzle (else
+/// none); reads past the end fill zeros.
+fn tensor_map(
+    base: CUdeviceptr,
+    dtype: TmaType,
+    dims: [usize; 2],
+    row_bytes: usize,
+    boxes: [usize; 2],
+    swizzle: bool,
+) -> Result<CUtensorMap> {
+    use cudarc::driver::sys::{
+        CUtensorMapFloatOOBfill as Fill, CUtensorMapInterleave as Interleave,
+        CUtensorMapL2promotion as L2, CUtensorMapSwizzle as Swizzle,
+    };
+    let dims = dims.map(|d| d as u64);
+    let strides = [row_bytes as u64];
+    let boxes = boxes.map(|b| b as u32);
+    let unit = [1u32, 1];
+    let mut map = std::mem::MaybeUninit::<CUtensorMap>::uninit();
+    // SAFETY: every array holds the rank's entries; the driver writes `map`.
+    unsafe {
+        cudarc::driver::sys::cuTensorMapEncodeTiled(
+            map.as_mut_ptr(),
+            dtype,
+            2,
+            base as *mut c_void,
+            dims.as_ptr(),
+            strides.as_ptr(),
+            boxes.as_ptr(),
+            unit.as_ptr(),
+            Interleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+            if swizzle {
+                Swizzle::CU_TENSOR_MAP_SWIZZLE_128B
+            } else {
+                Swizzle::CU_TENSOR_MAP_SWIZZLE_NONE
+            },
+            L2::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+            Fill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+        )
+        .result()?;
+        Ok(map.assume_init())
+    }
+}
+
 /// Dynamic shared memory of the prefill kernel: its pipeline stages of one k tile of
 /// activations (128 tokens) and weights (16 row tiles), and 1 KB to align them; mirrors
 /// `PrefillX::SMEM`.
 fn prefill_smem(x: DType) -> usize {
-    let stages = if x == DType::I8 { 6 } else { 4 };
+    let stages = if x == DType::I8 { 8 } else { 5 };
     stages * (PREFILL_TOKENS * 128 * x.size() + 16 * 512) + 1024
 }
 
@@ -945,8 +992,10 @@ impl Gpu {
         );
         let mut kp = kernel_params!(x, ldx, n, k_tiles, vec, out);
         params.x = work;
+        let (xsz, kt) = (args.x_dtype.size(), k_tiles as usize);
         // SAFETY: the pre-pass reads `batch` rows of x (the caller's guarantee) and writes
-        // `pre.bytes` of the workspace; the GEMM reads the workspace in place of x.
+        // `pre.bytes` of the workspace; the GEMM reads the workspace through `x_map` and
+        // the weights through `w_map`, both within the buffers they describe.
         let launched = unsafe {
             launch(
                 self.function(pre.symbol)?,
@@ -956,7 +1005,37 @@ impl Gpu {
                 stream,
                 &mut kp,
             )
-            .and_then(|()| self.launch_plan(f, &plan, params, stream))
+            .and_then(|()| {
+                // The workspace: [batch][k_tiles * 128] activations, boxes of 128 bytes x 128
+                // tokens, 128-byte swizzle. The weights: row tiles of k_tiles * 512 bytes,
+                // boxes of one k tile (512 bytes) x 16 row tiles.
+                let mut x_map = tensor_map(
+                    work,
+                    if xsz == 1 {
+                        TmaType::CU_TENSOR_MAP_DATA_TYPE_UINT8
+                    } else {
+                        TmaType::CU_TENSOR_MAP_DATA_TYPE_UINT16
+                    },
+                    [kt * 128, args.batch],
+                    kt * 128 * xsz,
+                    [128 / xsz, PREFILL_TOKENS],
+                    true,
+                )?;
+                let mut w_map = tensor_map(
+                    plan.params.w,
+                    TmaType::CU_TENSOR_MAP_DATA_TYPE_UINT32,
+                    [kt * 128, rows.div_ceil(16)],
+                    kt * 512,
+                    [128, PREFILL_ROWS / 16],
+                    false,
+                )?;
+                let mut kp = [
+                    &mut params as *mut GemmParams as *mut c_void,
+                    &mut x_map as *mut CUtensorMap as *mut c_void,
+                    &mut w_map as *mut CUtensorMap as *mut c_void,
+                ];
+                launch(f, plan.grid, plan.threads, plan.smem, stream, &mut kp)
+            })
         };
         // SAFETY: `work` came from malloc_async on this stream and is freed once.
         let freed = unsafe { cudarc::driver::result::free_async(work, stream) };
@@ -964,7 +1043,7 @@ impl Gpu {
         Ok(freed?)
     }
 
-    /// Launches a planned GEMM kernel `f` with `params`.
+    /// Launches a planned GEMM kernel `f` with `params` (every kernel but the prefill one).
     ///
     /// # Safety
     /// As [`Gpu::gemm_raw`], for the buffers `params` points to.
@@ -1295,7 +1374,8 @@ fn check_buf(arg: &'static str, len: usize, need: usize, dims: &[usize]) -> Resu
 mod tests {
     use super::*;
 
-    /// 132 SMs with two resident CTAs each, 200 KB of dynamic shared memory per CTA;
+    /// 132 SMs with two resident CTAs each, 200 KB of dynamic shared memory per CTA (unless
+    /// `max_dynamic` says otherwise);
     /// with `clusters`, an sm_90 that fits one cluster CTA per SM (16 clusters of 8),
     /// taking the split kernels as `split` says.
     struct FakeGpu {
@@ -1303,13 +1383,14 @@ mod tests {
         split: SplitKernels,
         wgmma: bool,
         prefill: bool,
+        max_dynamic: usize,
     }
     impl Occupancy for FakeGpu {
         fn resident(&self, _: &str, _: usize) -> Result<usize> {
             Ok(264)
         }
         fn max_dynamic(&self, _: &str) -> Result<usize> {
-            Ok(200 << 10)
+            Ok(self.max_dynamic)
         }
         fn sm_count(&self) -> usize {
             132
@@ -1334,6 +1415,7 @@ mod tests {
             split,
             wgmma,
             prefill: false,
+            max_dynamic: 200 << 10,
         }
     }
     const GPU: &FakeGpu = &FakeGpu {
@@ -1341,13 +1423,16 @@ mod tests {
         split: SplitKernels::Auto,
         wgmma: false,
         prefill: false,
+        max_dynamic: 200 << 10,
     };
     const SM90: &FakeGpu = &sm90(SplitKernels::Always, false);
     const SM90_AUTO: &FakeGpu = &sm90(SplitKernels::Auto, false);
     const SM90A: &FakeGpu = &sm90(SplitKernels::Always, true);
     const SM90A_AUTO: &FakeGpu = &sm90(SplitKernels::Auto, true);
+    /// An H100's shared memory, which the prefill kernel needs.
     const SM90A_PREFILL: &FakeGpu = &FakeGpu {
         prefill: true,
+        max_dynamic: 227 << 10,
         ..sm90(SplitKernels::Auto, true)
     };
 

@@ -48,7 +48,7 @@ struct PrefillX {
     static constexpr u32 CHUNKS = 2 * STEPS;  // 16-byte chunks per token per k tile
     static constexpr u32 X_STAGE = PF_TOKENS * 128 * XB;
     static constexpr u32 W_STAGE = PF_ROW_TILES * 512;
-    static constexpr u32 STAGES = ACT == ACT_I8 ? 6 : 4;
+    static constexpr u32 STAGES = ACT == ACT_I8 ? 8 : 5;
     // Mirrored by `prefill_smem` in launch.rs; 1 KB to align the stages for the swizzle.
     static constexpr u32 SMEM = STAGES * (X_STAGE + W_STAGE) + 1024;
 };
@@ -66,10 +66,6 @@ __device__ __forceinline__ u32 pf_chunk(u32 tg, u32 t8, u32 c) {
 __device__ __forceinline__ u64 pf_desc(u32 xs, u32 j) {
     const u32 addr = xs + (j / 4) * 16384 + (j % 4) * 32;
     return (u64)((addr & 0x3FFFF) >> 4) | ((u64)1 << 16) | ((u64)(1024 >> 4) << 32) | ((u64)1 << 62);
-}
-
-__device__ __forceinline__ void cp_async_16_zfill(u32 dst, const void* src, u32 bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(bytes));
 }
 
 template <int ACT>
@@ -130,59 +126,79 @@ __device__ __forceinline__ void pf_issue(PfA<ACT>& a, u32 xs, PfAcc<ACT>& acc) {
     wgmma_commit();
 }
 
+// An opaque CUtensorMap (cuTensorMapEncodeTiled), passed as a __grid_constant__ kernel
+// parameter: the TMA unit reads it through its generic address.
+struct __align__(64) TmaMap {
+    u64 opaque[16];
+};
+
+__device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_expect_tx(u32 bar, u32 bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(u32 bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
+}
+// Waits until the phase of `bar` with this parity has completed.
+__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
+    u32 done;
+    do {
+        asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+                     : "=r"(done)
+                     : "r"(bar), "r"(parity)
+                     : "memory");
+    } while (!done);
+}
+// The box of `map` at (c0, c1) into shared memory at `dst`; completes on `bar` as bytes.
+__device__ __forceinline__ void tma_load(u32 dst, const TmaMap& map, u32 c0, u32 c1, u32 bar) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];" ::"r"(dst),
+        "l"((u64)&map), "r"(c0), "r"(c1), "r"(bar)
+        : "memory");
+}
+
 template <int ACT, int OUT, bool INT2>
-__device__ __forceinline__ void gemm_prefill(const GemmParams& p) {
+__device__ __forceinline__ void gemm_prefill(const GemmParams& p, const TmaMap& x_map, const TmaMap& w_map) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     typedef PrefillX<ACT> X;
     constexpr u32 STAGES = X::STAGES, PREFETCH = STAGES - 2;
     extern __shared__ __align__(128) unsigned char smem[];
+    // Per stage: `full` completes when its TMA bytes have landed, `empty` when every warp
+    // has finished the wgmmas that read it.
+    __shared__ __align__(8) u64 bars[2 * STAGES];
     // A launch with less shared memory than the stages need is a host bug.
     if (dynamic_smem_size() < X::SMEM) __trap();
     const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
     const u32 token_blocks = (p.batch + PF_TOKENS - 1) / PF_TOKENS;
     const u32 b_base = blockIdx.x % token_blocks * PF_TOKENS;
     const u32 rt_base = blockIdx.x / token_blocks * PF_ROW_TILES;
-    const u32 row_tiles = (p.rows + 15) / 16;
     const u32 base = pinned((smem_addr(smem) + 1023) & ~1023u);
     const u32 w_base = base + STAGES * X::X_STAGE;
-    // The pre-pass's layout: token b's k tile kt at x + (b * k_tiles + kt) * 128 * XB;
-    // i8: each token's sum(x) after the last token.
-    const unsigned char* const x = (const unsigned char*)p.x;
-    const u32 row_bytes = p.k_tiles * 128 * X::XB;
-
-    // Stage kt into slot kt % STAGES. Activations: chunk n = (token group, chunk c, token
-    // % 8), so 8 consecutive threads fill one 128-byte core matrix and a warp reads 64
-    // contiguous bytes of each of 8 tokens. Tokens past the batch are zero-filled.
-    // A thread's chunk c and token t8 (mod 8) are the same in every copy it makes: copy i
-    // is token group tg0 + i * TG_STEP. Its sources are computed once, here.
-    constexpr u32 X_COPIES = PF_TOKENS * X::CHUNKS / PF_THREADS, TG_STEP = PF_THREADS / (8 * X::CHUNKS);
-    constexpr u32 W_COPIES = PF_ROW_TILES * 32 / PF_THREADS;
-    const u32 t8 = threadIdx.x % 8, c = threadIdx.x / 8 % X::CHUNKS, tg0 = threadIdx.x / (8 * X::CHUNKS);
-    const u32 b0 = b_base + 8 * tg0 + t8;
-    const unsigned char* const x_src = x + (u64)min(b0, p.batch - 1) * row_bytes + c * 16;
-    const u64 x_step = (u64)8 * TG_STEP * row_bytes;
-    // Weights: copy i is 16 bytes of row tile 8i + threadIdx.x / 32; tiles past the last
-    // reload it (the epilogue drops their rows).
-    const u32x4* w_src[W_COPIES];
-#pragma unroll
-    for (u32 i = 0; i < W_COPIES; i++)
-        w_src[i] = p.w + (u64)min(rt_base + i * (PF_THREADS / 32) + threadIdx.x / 32, row_tiles - 1) * p.k_tiles * 32 +
-                   threadIdx.x % 32;
-    const auto load_stage = [&](u32 kt) {
-        const u32 slot = kt % STAGES;
-        const u32 xs = base + slot * X::X_STAGE + pf_chunk(tg0, t8, c);
-#pragma unroll
-        for (u32 i = 0; i < X_COPIES; i++) {
-            // Tokens past the batch are zero-filled (from a valid address).
-            const bool live = b0 + 8 * TG_STEP * i < p.batch;
-            const unsigned char* src = live ? x_src + i * x_step + kt * 128 * X::XB : x;
-            cp_async_16_zfill(xs + i * TG_STEP * 1024, src, live ? 16 : 0);
+    const u32 full = smem_addr(bars), empty = full + 8 * STAGES;
+    if (threadIdx.x == 0) {
+        for (u32 s = 0; s < STAGES; s++) {
+            mbar_init(full + 8 * s, 1);
+            mbar_init(empty + 8 * s, PF_THREADS / 32);
         }
-        const u32 ws = w_base + slot * X::W_STAGE + threadIdx.x * 16;
-#pragma unroll
-        for (u32 i = 0; i < W_COPIES; i++) cp_async_16_zfill(ws + i * PF_THREADS * 16, w_src[i] + kt * 32, 16);
-    };
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
 
+    // Thread 0 loads stage s into slot s % STAGES: the activations of the CTA's 128 tokens
+    // (the pre-pass's layout; TMA swizzles them as pf_chunk says and zero-fills tokens past
+    // the batch) and its 16 row tiles' weights (zeros past the last: the epilogue drops
+    // those rows). The slot's previous stage, s - STAGES, must have been read by every warp.
+    const auto produce = [&](u32 s) {
+        const u32 slot = s % STAGES;
+        if (s >= STAGES) mbar_wait(empty + 8 * slot, (s / STAGES - 1) & 1);
+        mbar_expect_tx(full + 8 * slot, X::X_STAGE + X::W_STAGE);
+#pragma unroll
+        for (u32 a = 0; a < X::X_STAGE / 16384; a++)
+            tma_load(base + slot * X::X_STAGE + a * 16384, x_map, s * 128 + a * (128 / X::XB), b_base, full + 8 * slot);
+        tma_load(w_base + slot * X::W_STAGE, w_map, s * 128, rt_base, full + 8 * slot);
+    };
     PfAcc<ACT> acc;
 #pragma unroll
     for (int b = 0; b < 2; b++)
@@ -193,16 +209,13 @@ __device__ __forceinline__ void gemm_prefill(const GemmParams& p) {
         }
     pf_fence(acc);
 
-#pragma unroll
-    for (u32 s = 0; s < PREFETCH; s++) {
-        if (s < p.k_tiles) load_stage(s);
-        cp_async_commit();
-    }
+    if (threadIdx.x == 0)
+        for (u32 s = 0; s < min(PREFETCH, p.k_tiles); s++) produce(s);
     const u32 h = warp / 4, my_tiles = 8 * h + warp % 4;  // and my_tiles + 4
     PfA<ACT> a0 = {}, a1 = {};
-    // Both halves of a tile stay in flight across the next tile's barrier: a warpgroup
+    // Both halves of a tile stay in flight while the next one is decoded: a warpgroup
     // waits for the previous tile's first half only before it decodes into a0 again, and
-    // for its second half before a1.
+    // for its second half before a1 (then that tile's stage is free: `empty`).
     const auto keep = [](PfA<ACT>& a) {
 #pragma unroll
         for (int j = 0; j < X::STEPS / 2; j++)
@@ -212,14 +225,11 @@ __device__ __forceinline__ void gemm_prefill(const GemmParams& p) {
                 for (int e = 0; e < 4; e++) fence_operand(a[j][b][e]);
     };
     for (u32 kt = 0; kt < p.k_tiles; kt++) {
-        cp_async_wait<PREFETCH - 1>();  // stage kt has landed (this thread's copies)
-        fence_proxy_async();
-        // ... everyone's; and every warp has waited for the wgmmas of tile kt - 2, whose
-        // stage the next load refills.
-        __syncthreads();
-        if (kt + PREFETCH < p.k_tiles) load_stage(kt + PREFETCH);
-        cp_async_commit();
+        // Stage kt + PREFETCH reuses the slot of kt - 2, which every warp has released
+        // by its previous tile: the wait rarely blocks.
+        if (threadIdx.x == 0 && kt + PREFETCH < p.k_tiles) produce(kt + PREFETCH);
         const u32 slot = kt % STAGES;
+        mbar_wait(full + 8 * slot, (kt / STAGES) & 1);
         const u32 xs = base + slot * X::X_STAGE;
         u32x4 w[2];
 #pragma unroll
@@ -228,18 +238,18 @@ __device__ __forceinline__ void gemm_prefill(const GemmParams& p) {
         keep(a0);
         pf_decode<ACT, INT2, 0>(w, a0);
         pf_issue<ACT, 0>(a0, xs, acc);
-        wgmma_wait<1>();  // tile kt - 1's second half is done: a1 is free
+        wgmma_wait<1>();  // tile kt - 1's second half is done: a1 and its stage are free
         keep(a1);
+        if (kt > 0 && lane == 0) mbar_arrive(empty + 8 * ((kt - 1) % STAGES));
         pf_decode<ACT, INT2, 1>(w, a1);
         pf_issue<ACT, 1>(a1, xs, acc);
     }
     wgmma_wait<0>();
     pf_fence(acc);
-    cp_async_wait<0>();
 
     // ---- epilogue: value v of block b is row 16 tile + g + 8 (e / 2), token 8 t + 2q + e % 2
     // (t = v / 4, e = v % 4) ----
-    const int* const xsum = (const int*)(x + (u64)p.batch * row_bytes);
+    const int* const xsum = (const int*)((const unsigned char*)p.x + (u64)p.batch * p.k_tiles * 128 * X::XB);
 #pragma unroll
     for (int b = 0; b < 2; b++)
 #pragma unroll
@@ -272,7 +282,8 @@ __device__ __forceinline__ void gemm_prefill(const GemmParams& p) {
 }
 
 // Symbols: gemm_{t2|int2}_{activation}_{output}_p128; built by `gemm_symbol`.
-#define GEMM_PREFILL_KERNEL(ACT, OUT, INT2, NAME)                                                \
-    extern "C" __global__ void __launch_bounds__(PF_THREADS, 1) NAME(const GemmParams p) {      \
-        gemm_prefill<ACT, OUT, INT2>(p);                                                        \
+#define GEMM_PREFILL_KERNEL(ACT, OUT, INT2, NAME)                                                          \
+    extern "C" __global__ void __launch_bounds__(PF_THREADS, 1)                                            \
+        NAME(const GemmParams p, const __grid_constant__ TmaMap x_map, const __grid_constant__ TmaMap w_map) { \
+        gemm_prefill<ACT, OUT, INT2>(p, x_map, w_map);                                                    \
     }
