@@ -68,27 +68,37 @@ __device__ __forceinline__ u64 pf_desc(u32 xs, u32 j) {
     return (u64)((addr & 0x3FFFF) >> 4) | ((u64)1 << 16) | ((u64)(1024 >> 4) << 32) | ((u64)1 << 62);
 }
 
+// A k tile's MMAs go out in PF_PARTS commit groups of PF_SPP<ACT> k steps, each with its
+// own A registers.
+constexpr int PF_PARTS = 4;
 template <int ACT>
-using PfA = u32[PrefillX<ACT>::STEPS / 2][2][4];  // [k step of the half][m64 block][4]
+constexpr int PF_SPP = PrefillX<ACT>::STEPS / PF_PARTS;
+template <int ACT>
+using PfA = u32[PF_SPP<ACT>][2][4];  // [k step of the part][m64 block][4]
 
-// Half H of one k tile of the warp's two row tiles as A registers.
-template <int ACT, bool INT2, int H, int J = 0>
+template <int ACT>
+__device__ __forceinline__ void pf_keep(PfA<ACT>& a) {
+#pragma unroll
+    for (int j = 0; j < PF_SPP<ACT>; j++)
+#pragma unroll
+        for (int b = 0; b < 2; b++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) fence_operand(a[j][b][e]);
+}
+
+// Part P of one k tile of the warp's two row tiles as A registers.
+template <int ACT, bool INT2, int P, int J = 0>
 __device__ __forceinline__ void pf_decode(const u32x4 (&w)[2], PfA<ACT>& a) {
-    constexpr int HALF = PrefillX<ACT>::STEPS / 2;
-    if constexpr (J < HALF) {
+    if constexpr (J < PF_SPP<ACT>) {
+        constexpr int STEP = P * PF_SPP<ACT> + J;
 #pragma unroll
         for (int b = 0; b < 2; b++) {
-            if constexpr (ACT == ACT_I8) quad_fragment(w[b].x, w[b].y, w[b].z, w[b].w, H * HALF + J, a[J][b]);
-            else pair_fragment<ACT, INT2, H * HALF + J>(w[b].x, w[b].y, w[b].z, w[b].w, a[J][b]);
+            if constexpr (ACT == ACT_I8) quad_fragment(w[b].x, w[b].y, w[b].z, w[b].w, STEP, a[J][b]);
+            else pair_fragment<ACT, INT2, STEP>(w[b].x, w[b].y, w[b].z, w[b].w, a[J][b]);
         }
-        pf_decode<ACT, INT2, H, J + 1>(w, a);
+        pf_decode<ACT, INT2, P, J + 1>(w, a);
     } else {
-#pragma unroll
-        for (int j = 0; j < HALF; j++)
-#pragma unroll
-            for (int b = 0; b < 2; b++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) fence_operand(a[j][b][e]);
+        pf_keep<ACT>(a);
     }
 }
 
@@ -109,17 +119,16 @@ __device__ __forceinline__ void pf_fence(PfAcc<ACT>& acc) {
         }
 }
 
-// The wgmmas of half H of a k tile whose activations sit at shared address `xs`, one
+// The wgmmas of part P of a k tile whose activations sit at shared address `xs`, one
 // commit group.
-template <int ACT, int H>
+template <int ACT, int P>
 __device__ __forceinline__ void pf_issue(PfA<ACT>& a, u32 xs, PfAcc<ACT>& acc) {
-    constexpr int HALF = PrefillX<ACT>::STEPS / 2;
     wgmma_fence();
 #pragma unroll
-    for (int j = 0; j < HALF; j++)
+    for (int j = 0; j < PF_SPP<ACT>; j++)
 #pragma unroll
         for (int b = 0; b < 2; b++) {
-            const u64 desc = pf_desc(xs, H * HALF + j);
+            const u64 desc = pf_desc(xs, P * PF_SPP<ACT> + j);
             if constexpr (ACT == ACT_I8) wgmma(acc.i[b], a[j][b][0], a[j][b][1], a[j][b][2], a[j][b][3], desc);
             else wgmma(acc.f[b], a[j][b][0], a[j][b][1], a[j][b][2], a[j][b][3], desc, Act<ACT>{});
         }
@@ -157,6 +166,22 @@ __device__ __forceinline__ void tma_load(u32 dst, const TmaMap& map, u32 c0, u32
         "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];" ::"r"(dst),
         "l"((u64)&map), "r"(c0), "r"(c1), "r"(bar)
         : "memory");
+}
+
+// Parts P .. PF_PARTS - 1 of k tile kt. Part P first waits for part P of tile kt - 1
+// (the older groups: PF_PARTS - 1 stay in flight), which last read a[P]; after the last
+// part of tile kt - 1, lane 0 (`empty` nonzero) releases that tile's stage.
+template <int ACT, bool INT2, u32 STAGES, int P = 0>
+__device__ __forceinline__ void pf_parts(PfA<ACT> (&a)[PF_PARTS], const u32x4 (&w)[2], u32 xs, PfAcc<ACT>& acc, u32 kt,
+                                         u32 empty) {
+    if constexpr (P < PF_PARTS) {
+        wgmma_wait<PF_PARTS - 1>();
+        pf_keep<ACT>(a[P]);
+        if (P == PF_PARTS - 1 && kt > 0 && empty != 0) mbar_arrive(empty + 8 * ((kt - 1) % STAGES));
+        pf_decode<ACT, INT2, P>(w, a[P]);
+        pf_issue<ACT, P>(a[P], xs, acc);
+        pf_parts<ACT, INT2, STAGES, P + 1>(a, w, xs, acc, kt, empty);
+    }
 }
 
 template <int ACT, int OUT, bool INT2>
@@ -212,18 +237,11 @@ __device__ __forceinline__ void gemm_prefill(const GemmParams& p, const TmaMap& 
     if (threadIdx.x == 0)
         for (u32 s = 0; s < min(PREFETCH, p.k_tiles); s++) produce(s);
     const u32 h = warp / 4, my_tiles = 8 * h + warp % 4;  // and my_tiles + 4
-    PfA<ACT> a0 = {}, a1 = {};
-    // Both halves of a tile stay in flight while the next one is decoded: a warpgroup
-    // waits for the previous tile's first half only before it decodes into a0 again, and
-    // for its second half before a1 (then that tile's stage is free: `empty`).
-    const auto keep = [](PfA<ACT>& a) {
-#pragma unroll
-        for (int j = 0; j < X::STEPS / 2; j++)
-#pragma unroll
-            for (int b = 0; b < 2; b++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) fence_operand(a[j][b][e]);
-    };
+    PfA<ACT> a[PF_PARTS] = {};
+    // PF_PARTS - 1 groups stay in flight while the next part is decoded: before it decodes
+    // part P of a tile into a[P], a warpgroup waits only for part P of the previous tile
+    // (after the last part, that tile's stage is free: `empty`).
+    const u32 released = lane == 0 ? empty : 0;  // lane 0 releases its warp's stages
     for (u32 kt = 0; kt < p.k_tiles; kt++) {
         // Stage kt + PREFETCH reuses the slot of kt - 2, which every warp has released
         // by its previous tile: the wait rarely blocks.
@@ -234,15 +252,7 @@ __device__ __forceinline__ void gemm_prefill(const GemmParams& p, const TmaMap& 
         u32x4 w[2];
 #pragma unroll
         for (int b = 0; b < 2; b++) w[b] = lds128(w_base + slot * X::W_STAGE + (my_tiles + 4 * b) * 512 + lane * 16);
-        wgmma_wait<1>();  // tile kt - 1's first half is done: a0 is free
-        keep(a0);
-        pf_decode<ACT, INT2, 0>(w, a0);
-        pf_issue<ACT, 0>(a0, xs, acc);
-        wgmma_wait<1>();  // tile kt - 1's second half is done: a1 and its stage are free
-        keep(a1);
-        if (kt > 0 && lane == 0) mbar_arrive(empty + 8 * ((kt - 1) % STAGES));
-        pf_decode<ACT, INT2, 1>(w, a1);
-        pf_issue<ACT, 1>(a1, xs, acc);
+        pf_parts<ACT, INT2, STAGES>(a, w, xs, acc, kt, released);
     }
     wgmma_wait<0>();
     pf_fence(acc);
