@@ -303,11 +303,17 @@ __device__ __forceinline__ void tile_mma(const u32x4& wv, const XTile<ACT> (&x)[
     }
 }
 
+// The end of every epilogue: y * w_scale + bias for row r, each step rounded as written.
+// Left to itself the compiler contracts some kernels' multiply and add into one FMA and not
+// others', and the one-launch W2A8 GEMV then differed from quantize + GEMM in the last bit
+// where the bias cancels the product; quant.cu's w2a8_epilogue (the dense path) rounds
+// the same way.
 template <int OUT>
-__device__ __forceinline__ float load_bias(const void* bias, u32 r) {
-    if (bias == nullptr) return 0.f;
-    const u16 h = ((const u16*)bias)[r];
-    return OUT == OUT_BF16 ? bf16_to_f32(h) : f16_to_f32(h);
+__device__ __forceinline__ float scale_bias(const GemmParams& p, float y, u32 r) {
+    if (p.w_scale != nullptr) y = __fmul_rn(y, p.w_scale[p.scale_per_row ? r : 0]);
+    if (p.bias == nullptr) return y;
+    const u16 h = ((const u16*)p.bias)[r];
+    return __fadd_rn(y, OUT == OUT_BF16 ? bf16_to_f32(h) : f16_to_f32(h));
 }
 
 // The single-token kernels keep the whole activation row in (dynamic) shared
@@ -737,8 +743,7 @@ __device__ __forceinline__ void gemm_tiles(const GemmParams& p) {
                 if (SUBNORMAL<ACT, ONE>) v -= (INT2 ? 1.5f : 1.f) * x_total;  // sum (c - off) x
                 if (QX != QX_NONE) v *= x_dequant;
             }
-            if (p.w_scale != nullptr) v *= p.w_scale[p.scale_per_row ? r : 0];
-            v += load_bias<OUT>(p.bias, r);
+            v = scale_bias<OUT>(p, v, r);
             u16* y = (u16*)p.y + (u64)b * p.ldy + r;
             *y = OUT == OUT_BF16 ? f32_to_bf16(v) : f32_to_f16(v);
         }

@@ -1,6 +1,6 @@
-// Prefill kernel "_p128" (sm_90a): a streaming warpgroup-MMA GEMM for batches of
-// hundreds to thousands of tokens, where the split kernels' K slice of the activations
-// no longer fits shared memory. Same T2 tiles and register decode as gemm.cuh.
+// Prefill kernel "_p128" (sm_90a): a streaming warpgroup-MMA GEMM for batches beyond 64
+// tokens, where the split kernels' K slice of the activations no longer fits shared
+// memory. Same T2 tiles and register decode as gemm.cuh.
 //
 // Tile: a CTA of 2 warpgroups (8 warps) computes 256 rows (16 row tiles) x 128 tokens
 // over the whole K. Warpgroup h takes row tiles 8h .. 8h + 7 as two m64 blocks; warp i
@@ -9,30 +9,35 @@
 // staged activations through a shared-memory descriptor (m64n128k16 f16/bf16,
 // m64n128k32 int8). The accumulators (2 x 64 per thread) stay in registers for the
 // whole K. CTAs take token blocks fastest (blockIdx.x = row block * token blocks +
-// token block), so the CTAs resident at once share their row blocks' weights in L2 and
-// all of the activations (32 MB for 2048 tokens x 8192 f16) stay there too.
+// token block), so the CTAs resident at once share their row blocks' weights in L2, and
+// the activations (32 MB for 2048 tokens x 8192 f16) stay there too.
 //
 // Activations: wgmma wants each core-matrix row (8 k values of one token, 16 bytes)
 // contiguous, but a T2 fragment's k values are 4 columns apart (gemm.cuh: lane q's
 // slot pair s holds columns 32q + 4s .. 4s+3). So a pre-pass (`prefill_x_*`, quant.cu)
-// writes X in that order into a workspace (`PrefillX` below: per token, per k tile,
-// k step j, half h, 16 contiguous bytes), and the kernel copies it with 16-byte
-// cp.async. It costs one extra read and write of X: 64 MB for 2048 x 8192 f16, ~25 µs
-// on an H100, against a GEMM of ~1.4 ms.
+// writes X in that order into a workspace: per token, per k tile, 16-byte chunks c =
+// 2j + h (k step j, half h); for int8 it also sums each token. It costs one extra read
+// and write of X: 64 MB for 2048 x 8192 f16, ~25 µs on an H100, against ~1.4 ms.
 //
-// Pipeline: STAGES shared-memory stages of one k tile each (activations: 128 tokens x
-// 128 columns, 128-byte swizzle, see pf_chunk; weights: the CTA's 16 row tiles, 8 KB), filled
-// by every thread with cp.async, PREFETCH = STAGES - 2 tiles ahead. Each k tile is two
-// commit groups per warpgroup (k steps 0..3 and 4..7, int8 0..1 and 2..3) with their
-// own A registers; a warpgroup decodes one half while its other groups run, and waits for
-// the group that last read a register set only before it overwrites it, so two groups
-// stay in flight across the CTA barrier. A stage is refilled two tiles after it was
-// read, when both of its groups are known to be complete.
+// Pipeline: STAGES shared-memory stages of one k tile each: the activations of the
+// CTA's 128 tokens (TMA, 128-byte swizzle: pf_chunk) and its 16 row tiles' weights (TMA,
+// 8 KB), PREFETCH = STAGES - 2 tiles ahead. Thread 0 issues the copies; `full` mbarriers
+// (TMA byte counts) tell the warps a stage has landed and `empty` ones (one arrival per
+// warp) tell thread 0 every warp's wgmmas are done with it, so no CTA barrier sits in
+// the loop and warpgroups drift by up to a tile. Each k tile goes out in PF_PARTS commit
+// groups with their own A registers: a warpgroup decodes one part while up to three of
+// its groups run, and waits for the group that last read a register set only before
+// it overwrites it.
 //
 // Budget per k tile per CTA (f16): 2 x 16 m64n128k16 wgmma = 8.4 MFLOP, 2048 cycles at
-// the H100's dense rate; per warp 2 x 8 x 4 decode_pair (~150 instructions), 8 + 2
-// cp.async per thread; shared memory read by the tensor cores 64 KB (half its
-// bandwidth). Registers: 128 accumulators + 2 x 32 A.
+// the H100's dense rate; per warp 2 x 8 x 4 decode_pair (~150 instructions); shared
+// memory read by the tensor cores 64 KB (half its bandwidth); 40 KB loaded by TMA.
+// Registers: 128 accumulators + 4 x 16 A (~235 of 255 in all).
+// Measured (H100, 24e17e7, bench/results/2026-11-26-h100-prefill): 28672 x 8192 at 2048
+// tokens 1.38-1.41 ms f16 (0.93-0.95x cuBLAS f16), 0.75-0.76 ms int8 (1.72-1.75x); the
+// tensor pipe is busy 83% of the time. The unswizzled layout ran 2.5x slower, cp.async
+// with a CTA barrier per tile 1.2x, two parts instead of four 1.02x; persistent CTAs
+// were no faster (docs/NOTES.md, v28).
 #pragma once
 #include "gemm.cuh"
 #include "wgmma.cuh"
@@ -281,8 +286,7 @@ __device__ __forceinline__ void gemm_prefill(const GemmParams& p, const TmaMap& 
             } else {
                 y = acc.f[b][v];
             }
-            if (p.w_scale != nullptr) y *= p.w_scale[p.scale_per_row ? row : 0];
-            y += load_bias<OUT>(p.bias, row);
+            y = scale_bias<OUT>(p, y, row);
             u16* out = (u16*)p.y + (u64)tok * p.ldy + row;
             *out = OUT == OUT_BF16 ? f32_to_bf16(y) : f32_to_f16(y);
         }

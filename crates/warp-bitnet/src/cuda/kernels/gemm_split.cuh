@@ -490,8 +490,7 @@ __device__ __forceinline__ void gemm_split(const GemmParams& p) {
                     }
                     y = (float)(int)isum[e] * (INT2 ? 0.5f : 1.f) * p.x_scale[b];
                 }
-                if (p.w_scale != nullptr) y *= p.w_scale[p.scale_per_row ? row : 0];
-                y += load_bias<OUT>(p.bias, row);
+                y = scale_bias<OUT>(p, y, row);
                 u16* out = (u16*)p.y + (u64)b * p.ldy + row;
                 *out = OUT == OUT_BF16 ? f32_to_bf16(y) : f32_to_f16(y);
             }
