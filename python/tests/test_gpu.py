@@ -257,7 +257,7 @@ def test_bitlinear_train_step_under_torch_compile():
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("levels", ["ternary", "int2"])
-@pytest.mark.parametrize("m,n", [(256, 512), (300, 1000)])  # int8 on cuBLAS; kernels (300 % 8 != 0)
+@pytest.mark.parametrize("m,n", [(256, 512), (300, 1000)])  # int8 on cuBLAS; no dense path (300 % 8 != 0)
 def test_large_batch_w2a8_equals_the_kernels(dtype, levels, m, n):
     g = torch.Generator().manual_seed(31)
     if levels == "ternary":
@@ -268,23 +268,31 @@ def test_large_batch_w2a8_equals_the_kernels(dtype, levels, m, n):
     t2 = wb.ops.to_t2(packed, n, levels)
     x = torch.randn(100, n, generator=g).to(dtype).cuda()
     bias = torch.randn(m, generator=g).to(dtype).cuda()
-    # This small matrix keeps the token-group kernels, so 100 tokens take the dense path.
-    assert wb.functional.dense_path(100, x.device, m, n, levels, True)
-    assert not wb.functional.dense_path(64, x.device, m, n, levels, True)
-    big = wb.functional._linear_t2(x, t2, m, s, bias, True, levels, i2=packed)  # the dense path
-    small = wb.functional._linear_t2(x[:64], t2, m, s, bias, True, levels, i2=packed)  # the kernels
-    assert torch.equal(big[:64], small)
+    # The dense path (int8 products exact, the same epilogue; None where m or n is not a
+    # multiple of 8) and linear's choice between it and the kernels equal the kernels.
+    kernels = wb.functional._linear_t2(x, t2, m, s, bias, True, levels)
+    dense = wb.functional._linear_dense(x, packed, m, s, bias, True, levels, False)
+    assert (dense is None) == bool(m % 8 or n % 8)
+    for y in (dense, wb.functional._linear_t2(x, t2, m, s, bias, True, levels, i2=packed)):
+        assert y is None or torch.equal(y, kernels)
 
 
-def test_dense_path_follows_the_split_kernels():
-    # 28672 x 8192 takes the split kernels at 96-512 tokens on sm_90a (then the kernels beat the
-    # dense path), 8192 x 28672 never (a K slice of its rows does not fit shared memory).
+def test_dense_path_follows_the_planner():
+    # On compute capability 9.0 the GEMM takes the prefill kernel from 65 tokens where its tiles
+    # fill the GPU (28672 x 8192), or from 129 (8192 x 28672: 32 row blocks), and it beats the
+    # dense path at every batch; elsewhere the token-group kernels lose to it from 65 int8 tokens.
     cuda = torch.device("cuda")
-    split = torch.cuda.get_device_capability() == (9, 0)
-    assert wb.functional.dense_path(128, cuda, 28672, 8192, "ternary", True) != split
-    assert wb.functional.dense_path(128, cuda, 8192, 28672, "ternary", True)
-    assert wb.functional.dense_path(513, cuda, 28672, 8192, "ternary", True)
-    assert not wb.functional.dense_path(128, cuda, 28672, 8192, "ternary", False)
+    hopper = torch.cuda.get_device_capability() == (9, 0)
+
+    def dense(tokens, rows, cols):
+        return wb.functional.dense_path(tokens, cuda, rows, cols, "ternary", True)
+
+    for tokens in (100, 513, 2048):
+        assert dense(tokens, 28672, 8192) != hopper
+    for tokens in (129, 513, 2048):
+        assert dense(tokens, 8192, 28672) != hopper
+    assert dense(100, 8192, 28672)
+    assert not dense(64, 28672, 8192)
 
 
 def test_cuda_linear_with_a_gradient_wanted_refuses_backward():

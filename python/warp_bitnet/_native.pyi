@@ -8,10 +8,10 @@ __all__ = [
     "gemm",
     "i2_to_dense",
     "i2_to_t2",
+    "kernel_family",
     "quantize_i8",
     "quantize_to_t2",
     "t2_words",
-    "takes_split_kernels",
     "w2a8_epilogue",
 ]
 
@@ -20,9 +20,9 @@ __version__: str
 def cuda_available() -> bool:
     """Whether a CUDA driver and device are present."""
 
-def takes_split_kernels(device: int, rows: int, cols: int, levels: str, x_dtype: str, batch: int) -> bool:
-    """Whether the GEMM on `device` takes the split-K kernels for `batch` tokens of `x_dtype`
-    ("float16", "bfloat16" or "int8") on a rows x cols matrix of `levels`."""
+def kernel_family(device: int, rows: int, cols: int, levels: str, x_dtype: str, batch: int) -> str:
+    """The kernel family ("groups", "split" or "prefill") the GEMM on `device` takes for `batch`
+    tokens of `x_dtype` ("float16", "bfloat16" or "int8") on a rows x cols matrix of `levels`."""
 
 def t2_words(rows: int, cols: int) -> int:
     """Number of int32 words of the GPU (T2) layout of a rows x cols matrix."""

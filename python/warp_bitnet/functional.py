@@ -346,6 +346,10 @@ DENSE_MIN_TOKENS_W2A16 = 129
 # matrix, which the split kernels do not cover, and loses to the dense path from 96 tokens.
 SPLIT_DENSE_MIN_TOKENS = 513
 SPLIT_DENSE_MIN_TOKENS_W2A16 = 257
+# Where the GEMM takes the prefill kernel (compute capability 9.0, from 65 tokens), which runs
+# the decode fused into a streaming wgmma GEMM at 0.9-1.0x cuBLAS f16 with f16/bf16 and
+# 1.4-1.8x with int8 activations, it beats the dense path (decode, then cuBLAS) at every batch
+# (docs/NOTES.md, v28).
 
 
 def dense_path(
@@ -355,12 +359,15 @@ def dense_path(
     ``device`` on cuBLAS over the decoded weights rather than on the ternary kernels."""
     if tokens < (DENSE_MIN_TOKENS if quantize_activations else DENSE_MIN_TOKENS_W2A16):
         return False
-    if tokens >= (SPLIT_DENSE_MIN_TOKENS if quantize_activations else SPLIT_DENSE_MIN_TOKENS_W2A16):
-        return True
     index = device.index if device.index is not None else torch.cuda.current_device()
     # The planner's answer depends on the shape and the batch, not the dtype's width alone.
     x_dtype = "int8" if quantize_activations else "float16"
-    return not _native.takes_split_kernels(index, rows, cols, levels, x_dtype, tokens)
+    family = _native.kernel_family(index, rows, cols, levels, x_dtype, tokens)
+    if family == "prefill":
+        return False
+    if tokens >= (SPLIT_DENSE_MIN_TOKENS if quantize_activations else SPLIT_DENSE_MIN_TOKENS_W2A16):
+        return True
+    return family != "split"
 
 
 def _linear_t2(

@@ -76,21 +76,23 @@ fn cuda_available() -> bool {
     warp_bitnet::cuda::is_available()
 }
 
-/// Whether the GEMM on device `device` takes the split-K kernels for `batch` tokens of
-/// `x_dtype` ("float16", "bfloat16" or "int8") on a rows x cols matrix of `levels`.
+/// The kernel family ("groups", "split" or "prefill") the GEMM on device `device` takes
+/// for `batch` tokens of `x_dtype` ("float16", "bfloat16" or "int8") on a rows x cols
+/// matrix of `levels`.
 #[pyfunction]
-fn takes_split_kernels(
+fn kernel_family(
     device: usize,
     rows: usize,
     cols: usize,
     levels: &str,
     x_dtype: &str,
     batch: usize,
-) -> PyResult<bool> {
+) -> PyResult<&'static str> {
     let levels = parse_levels(levels)?;
     let x = dtype(x_dtype)?;
     gpu(device)?
-        .takes_split_kernels(rows, cols, levels, x, batch)
+        .kernel_family(rows, cols, levels, x, batch)
+        .map(|f| f.name())
         .map_err(to_py)
 }
 
@@ -331,7 +333,7 @@ fn convert_checkpoint(
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cuda_available, m)?)?;
     m.add_function(wrap_pyfunction!(t2_words, m)?)?;
-    m.add_function(wrap_pyfunction!(takes_split_kernels, m)?)?;
+    m.add_function(wrap_pyfunction!(kernel_family, m)?)?;
     m.add_function(wrap_pyfunction!(i2_to_t2, m)?)?;
     m.add_function(wrap_pyfunction!(gemm, m)?)?;
     m.add_function(wrap_pyfunction!(quantize_to_t2, m)?)?;

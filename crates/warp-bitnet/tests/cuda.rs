@@ -368,18 +368,20 @@ fn strided_and_misaligned_activations_take_the_scalar_path_correctly() {
     let (mut gpu, s, mut rng) = setup();
     // Batch 12 takes the split kernel on sm_90 even for this small matrix.
     gpu.set_split_kernels(SplitKernels::Always);
-    let (rows, cols, ldx) = (300, 1000, 1003);
-    let w = random_matrix(&mut rng, rows, cols);
-    let d = gpu.upload(&w, &s).unwrap();
+    let (cols, ldx) = (1000, 1003);
     // 1 token: the single-token kernel; 5: the token-group kernel; 12: the split kernel (sm_90);
-    // 70: the prefill kernel's pre-pass, element by element (sm_90a).
-    for batch in [1, 5, 12, 70] {
+    // 70 tokens on 20000 rows (enough tiles to fill an H100): the prefill kernel's pre-pass,
+    // element by element (sm_90a).
+    for (rows, batch) in [(300usize, 1), (300, 5), (300, 12), (20_000, 70)] {
+        let ldy = rows.next_multiple_of(512);
+        let w = random_matrix(&mut rng, rows, cols);
+        let d = gpu.upload(&w, &s).unwrap();
         // One extra element in front makes the base 2 bytes past 16-byte alignment.
         let buf: Vec<f16> = (0..1 + batch * ldx)
             .map(|_| f16::from_f32(rng.random_range(-1.0..1.0)))
             .collect();
         let xd = s.clone_htod(&buf).unwrap();
-        let mut yd = s.alloc_zeros::<f16>(batch * 512).unwrap();
+        let mut yd = s.alloc_zeros::<f16>(batch * ldy).unwrap();
         poison(&s, &mut yd);
         let (xp, _g) = xd.device_ptr(&s);
         let (yp, _g2) = yd.device_ptr_mut(&s);
@@ -389,7 +391,7 @@ fn strided_and_misaligned_activations_take_the_scalar_path_correctly() {
             ldx,
             y: yp,
             y_dtype: DType::F16,
-            ldy: 512,
+            ldy,
             batch,
             bias: None,
             x_scale: None,
@@ -403,7 +405,7 @@ fn strided_and_misaligned_activations_take_the_scalar_path_correctly() {
             .collect();
         let want = reference_f64(&w, &xf, batch, None);
         let got: Vec<f64> = (0..batch * rows)
-            .map(|i| f64::from(y[(i / rows) * 512 + i % rows].to_f32()))
+            .map(|i| f64::from(y[(i / rows) * ldy + i % rows].to_f32()))
             .collect();
         assert!(rel_err(&got, &want) <= 1e-3, "batch {batch}");
         // Columns past `rows` in each output row are left alone (still poisoned).
@@ -470,6 +472,11 @@ fn every_kernel<W: RandomWeights>() {
         let w = W::random(&mut rng, rows, cols, i + 1);
         let d = gpu.upload(&w, &s).unwrap();
         for &batch in batches {
+            // 20000 rows fill the GPU with prefill tiles from 100 tokens.
+            if gpu.prefill() && rows == 20_000 && batch >= 100 {
+                let k = gpu.gemm_kernel(&d, DType::F16, DType::F16, batch).unwrap();
+                assert!(k.contains("_p128"), "{k}");
+            }
             let xf: Vec<f32> = (0..batch * cols)
                 .map(|_| rng.random_range(-1.0..1.0))
                 .collect();
@@ -522,10 +529,11 @@ fn misaligned_int8_activations_are_exact() {
     let (mut gpu, s, mut rng) = setup();
     // Batch 12 takes the split kernel on sm_90 even for this small matrix.
     gpu.set_split_kernels(SplitKernels::Always);
-    let (rows, cols, ldx) = (200, 1000, 1001);
-    let w = random_matrix(&mut rng, rows, cols);
-    let d = gpu.upload(&w, &s).unwrap();
-    for batch in [1, 3, 12, 70] {
+    let (cols, ldx) = (1000, 1001);
+    // 70 tokens on 20000 rows: the prefill kernel (sm_90a).
+    for (rows, batch) in [(200, 1), (200, 3), (200, 12), (20_000, 70)] {
+        let w = random_matrix(&mut rng, rows, cols);
+        let d = gpu.upload(&w, &s).unwrap();
         // One byte in front: the base is 1 byte past alignment.
         let buf: Vec<i8> = (0..1 + batch * ldx).map(|_| rng.random()).collect();
         let scales: Vec<f32> = vec![1.0; batch];

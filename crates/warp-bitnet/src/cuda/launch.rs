@@ -216,6 +216,30 @@ pub fn gemm_symbol(levels: Levels, x: DType, staging: Staging, y: DType, cta: Ct
     format!("gemm_{family}_{}{q}_{}_{shape}", x.name(), y.name())
 }
 
+/// The kernel families of the planner ([`Gpu::kernel_family`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelFamily {
+    /// The single-token and token-group kernels ([`Cta::Single`], [`Cta::Groups`]): each
+    /// weight decoded once per 8-32 tokens.
+    Groups,
+    /// The split-K cluster kernels ([`Cta::Split`]): once per 16-64 tokens.
+    Split,
+    /// The prefill kernel ([`Cta::Prefill`]): once per 128 tokens, on the tensor cores'
+    /// full rate.
+    Prefill,
+}
+
+impl KernelFamily {
+    /// "groups", "split" or "prefill".
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Groups => "groups",
+            Self::Split => "split",
+            Self::Prefill => "prefill",
+        }
+    }
+}
+
 /// When the planner takes the split-K cluster kernels (`Cta::Split`, sm_90+) for 9 or
 /// more tokens.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -499,6 +523,14 @@ pub(crate) fn plan_gemm(
 /// split kernels' 64 tokens per CTA, which would read and decode the weights once per
 /// 64 tokens.
 const PREFILL_MIN_BATCH: usize = 65;
+/// The share of the GPU's resident CTAs the prefill kernel's tiles must fill for one
+/// block of 128 tokens, else the split / token-group kernels run (or, in Python, the dense
+/// path). On the H100 (132 SMs, one prefill CTA each; docs/NOTES.md, v28) at 128 tokens:
+/// 112 tiles (28672 x 8192) ran in 0.63 (f16) / 0.67 (int8) of the time of the kernels
+/// without it, 56 tiles (14336 x 4096) in 1.12 / 1.22, 32 tiles (8192 x 28672) in 1.20 /
+/// 0.76. At 256 tokens, where those kernels decode the weights four times, 64 tiles
+/// (8192 x 28672) ran in 0.63 / 0.39 and 112 (14336 x 4096) in 0.65 / 0.75.
+const PREFILL_MIN_FILL: f64 = 0.5;
 /// Tokens and rows per CTA of the prefill kernel (`PF_TOKENS`, 16 `PF_ROW_TILES` in
 /// gemm_prefill.cuh), and its threads.
 const PREFILL_TOKENS: usize = 128;
@@ -582,6 +614,13 @@ fn plan_prefill(
         return Ok(None);
     }
     let ctas = (row_tiles * 16).div_ceil(PREFILL_ROWS) * a.batch.div_ceil(PREFILL_TOKENS);
+    // One token block in too few tiles to fill the GPU: each CTA streams its whole K alone,
+    // and the other kernels, which split K, decode every weight at most twice.
+    if a.batch <= PREFILL_TOKENS
+        && (ctas as f64) < PREFILL_MIN_FILL * gpu.resident(&symbol, smem)? as f64
+    {
+        return Ok(None);
+    }
     if ctas > i32::MAX as usize {
         return Err(Error::TooLarge {
             arg: "batch",
@@ -1084,20 +1123,26 @@ impl Gpu {
         ))
     }
 
-    /// Whether the planner takes the split-K cluster kernels (`Cta::Split`) for `batch`
-    /// tokens of `x` type on a `rows` x `cols` matrix of `levels`: there they decode every
-    /// weight once per 64 tokens, so they stay ahead of a dense GEMM on decoded weights far
-    /// longer than the token-group kernels (the Python package's dense threshold).
-    pub fn takes_split_kernels(
+    /// The kernel family the planner takes for `batch` tokens of `x` type on a `rows` x
+    /// `cols` matrix of `levels`: how often it decodes each weight decides how long it stays
+    /// ahead of a dense GEMM on decoded weights (the Python package's dense threshold).
+    pub fn kernel_family(
         &self,
         rows: usize,
         cols: usize,
         levels: Levels,
         x: DType,
         batch: usize,
-    ) -> Result<bool> {
+    ) -> Result<KernelFamily> {
         let y = if x == DType::I8 { DType::F16 } else { x };
-        Ok(self.plan_for(rows, cols, levels, x, y, batch)?.cluster > 0)
+        let plan = self.plan_for(rows, cols, levels, x, y, batch)?;
+        Ok(if plan.prepass.is_some() {
+            KernelFamily::Prefill
+        } else if plan.cluster > 0 {
+            KernelFamily::Split
+        } else {
+            KernelFamily::Groups
+        })
     }
 
     /// The plan for dense, aligned activations.
@@ -1662,7 +1707,14 @@ mod tests {
 
     #[test]
     fn prefill_kernel_from_65_tokens() {
-        // 100 x 300: one 256-row block, 3 k tiles; 200 tokens are two token blocks.
+        // 17000 x 300: 67 blocks of 256 rows, 3 k tiles; 200 tokens are two token blocks,
+        // so 134 tiles, half the fake GPU's 264 resident CTAs.
+        const ROWS: usize = 17_000;
+        let args = |x: DType, y: DType, batch: usize| GemmArgs {
+            ldy: ROWS,
+            x_scale: (x == DType::I8).then_some(0x3000),
+            ..args(x, y, batch)
+        };
         for (x, y, pre, bytes) in [
             (DType::F16, DType::F16, "prefill_x_16", 200 * 3 * 256),
             (
@@ -1672,16 +1724,13 @@ mod tests {
                 200 * 3 * 128 + 200 * 4,
             ),
         ] {
-            let a = GemmArgs {
-                x_scale: (x == DType::I8).then_some(0x3000),
-                ..args(x, y, 200)
-            };
-            let p = plan_gemm(100, 300, Levels::Int2, 0x10, None, &a, SM90A_PREFILL).unwrap();
+            let a = args(x, y, 200);
+            let p = plan_gemm(ROWS, 300, Levels::Int2, 0x10, None, &a, SM90A_PREFILL).unwrap();
             assert_eq!(
                 p.symbol,
                 format!("gemm_int2_{}_{}_p128", x.name(), y.name())
             );
-            assert_eq!((p.grid, p.threads, p.cluster), ((2, 1, 1), 256, 0));
+            assert_eq!((p.grid, p.threads, p.cluster), ((134, 1, 1), 256, 0));
             assert_eq!(p.smem as usize, prefill_smem(x));
             assert_eq!(p.params.ldx, 384);
             let prepass = p.prepass.unwrap();
@@ -1693,13 +1742,28 @@ mod tests {
             x: 0x1002,
             ..args(DType::F16, DType::F16, 200)
         };
-        let p = plan_gemm(100, 300, Levels::Ternary, 0x10, None, &odd, SM90A_PREFILL).unwrap();
+        let p = plan_gemm(ROWS, 300, Levels::Ternary, 0x10, None, &odd, SM90A_PREFILL).unwrap();
         assert_eq!(p.prepass.unwrap().vec, 0);
-        // 64 tokens stay with the split kernels; so does everything without the prefill kernel.
-        for (batch, gpu) in [(64, SM90A_PREFILL), (200, SM90A_AUTO)] {
+        // 64 tokens stay with the split kernels; so does one token block in tiles that fill
+        // less than half the GPU (two take the prefill kernel), and everything without it.
+        let p = plan_gemm(
+            16_000,
+            300,
+            Levels::Ternary,
+            0x10,
+            None,
+            &args(DType::F16, DType::F16, 200),
+            SM90A_PREFILL,
+        );
+        assert!(p.unwrap().prepass.is_some());
+        for (rows, batch, gpu) in [
+            (ROWS, 64, SM90A_PREFILL),
+            (16_000, 128, SM90A_PREFILL),
+            (ROWS, 200, SM90A_AUTO),
+        ] {
             let a = args(DType::F16, DType::F16, batch);
-            let p = plan_gemm(100, 300, Levels::Ternary, 0x10, None, &a, gpu).unwrap();
-            assert!(p.prepass.is_none());
+            let p = plan_gemm(rows, 300, Levels::Ternary, 0x10, None, &a, gpu).unwrap();
+            assert!(p.prepass.is_none(), "{rows} {batch}");
         }
     }
 

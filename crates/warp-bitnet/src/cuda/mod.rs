@@ -27,8 +27,8 @@ use cudarc::driver::sys::CUdevice_attribute as Attr;
 use cudarc::driver::{CudaContext, CudaFunction};
 
 pub use launch::{
-    gemm_symbol, tokens_per_cta_options, Cta, GemmArgs, GemmParams, GpuFloat, GpuOut, SplitKernels,
-    Staging,
+    gemm_symbol, tokens_per_cta_options, Cta, GemmArgs, GemmParams, GpuFloat, GpuOut, KernelFamily,
+    SplitKernels, Staging,
 };
 pub use weights::GpuMatrix;
 
@@ -132,6 +132,7 @@ impl Gpu {
                 functions.insert(name, Kernel::new(function, smem_optin)?);
             }
         }
+        keep_pool_memory(&ctx)?;
         let mut driver = 0;
         // SAFETY: the driver is loaded; `driver` is valid for writes.
         unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut driver) }.result()?;
@@ -303,6 +304,27 @@ impl Kernel {
             clusters: Mutex::default(),
         })
     }
+}
+
+/// The prefill kernel's workspace comes from the device's default memory pool (stream
+/// ordered). By default the pool hands freed memory back to the driver at every
+/// synchronization and the next call maps it anew, which cost a synchronizing caller
+/// (e.g. a PyTorch loop) 50-120 µs per call on the H100 (docs/NOTES.md, v28): keep it.
+fn keep_pool_memory(ctx: &CudaContext) -> Result<()> {
+    use cudarc::driver::sys;
+    let mut pool = std::ptr::null_mut();
+    let mut threshold = u64::MAX;
+    // SAFETY: the context's device is valid; `pool` and `threshold` are valid for the calls.
+    unsafe {
+        sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()).result()?;
+        sys::cuMemPoolSetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut threshold as *mut u64).cast(),
+        )
+        .result()?;
+    }
+    Ok(())
 }
 
 /// The launch attribute for clusters of `size` CTAs along x.
