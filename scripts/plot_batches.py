@@ -1,5 +1,5 @@
 """Speedup over cuBLAS f16 against batch size, one line per shape, from recorded results:
-``warp-bitnet bench --batch ... --json`` rows (the GEMV kernels, L2-cold, the batches recorded) and
+``warp-bitnet bench --batch ... --json`` rows (the ternary kernels, L2-cold, the batches recorded) and
 ``examples/bench_prefill.py --json`` rows (what ``warp_bitnet.linear`` runs, 32-2048 tokens).
 
     python scripts/plot_batches.py OUT.png PREFILL.json BENCH.json [BENCH.json ...]   (needs matplotlib)
@@ -33,7 +33,7 @@ def main(out: str, prefill_path: str, *bench_paths: str) -> None:
         for shape, pts in sorted(lines.items()):
             pts.sort()
             axes[0].plot([b for b, _ in pts], [s for _, s in pts], style, marker="o", ms=3, label=f"{shape} {act}")
-    axes[0].set_title(f"GEMV kernels vs cuBLAS f16 (L2-cold), {gpus.pop()}")
+    axes[0].set_title(f"ternary kernels vs cuBLAS f16 (L2-cold), {gpus.pop()}")
     for key, style in (("speedup_f16", "-"), ("speedup_w2a8", "--")):
         lines = defaultdict(list)
         for r in prefill["rows"]:
