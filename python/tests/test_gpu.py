@@ -42,6 +42,23 @@ def test_linear_matches_float64(dtype, tol, m, n, batch):
     assert rel(y.cpu(), want) <= tol
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 1e-3), (torch.bfloat16, 1e-2)])
+def test_every_batch_of_the_issue_matches_float64(dtype, tol):
+    # Odd M and N (N odd: the prefill pre-pass reads x element by element), every kernel family
+    # (on sm_90a the prefill kernel from 257 tokens), and dX: the packed transposed matrix.
+    g = torch.Generator().manual_seed(11)
+    m, n = 999, 1003
+    W = torch.randint(-1, 2, (m, n), generator=g).float()
+    packed, packed_t = wb.pack_ternary(W).cuda(), wb.pack_ternary(W.T.contiguous()).cuda()
+    for batch in (1, 2, 3, 7, 16, 33, 64, 257, 2048):
+        x = torch.randn(batch, n, generator=g).to(dtype)
+        y = wb.linear(x.cuda(), packed)
+        assert rel(y.cpu(), ref(W, x)) <= tol, batch
+        dy = torch.randn(batch, m, generator=g).to(dtype)
+        dx = wb.linear(dy.cuda(), packed_t)
+        assert rel(dx.cpu(), dy.double() @ W.double()) <= tol, batch
+
+
 def test_old_usage_example():
     """The old project's README example, unchanged, through the compatibility module."""
     import warp_bitnet_cuda
