@@ -33,14 +33,13 @@
 // the H100's dense rate; per warp 2 x 8 x 4 decode_pair (~150 instructions); shared
 // memory read by the tensor cores 64 KB (half its bandwidth); 40 KB loaded by TMA.
 // Registers: 128 accumulators + 4 x 16 A (~235 of 255 in all).
-// Measured (H100, 24e17e7, bench/results/2026-11-26-h100-prefill): 28672 x 8192 at 2048
-// tokens 1.38-1.41 ms f16 (0.93-0.95x cuBLAS f16), 0.75-0.76 ms int8 (1.72-1.75x); the
-// tensor pipe is busy 83% of the time. The unswizzled layout ran 2.5x slower, cp.async
-// with a CTA barrier per tile 1.2x, two parts instead of four 1.02x; persistent CTAs
-// were no faster (docs/NOTES.md, v28).
+// Measured (H100, bench/results/2026-11-26-h100-prefill, development runs 5 and 8): 28672
+// x 8192 at 2048 tokens 1.37-1.41 ms f16 (0.93-0.95x cuBLAS f16), 0.75-0.76 ms int8
+// (1.71-1.75x); the tensor pipe is busy 83% of the time. The unswizzled layout ran 2.5x
+// slower, cp.async with a CTA barrier per tile 1.1-1.2x, two parts instead of four
+// 1.02-1.05x; persistent CTAs were no faster (docs/NOTES.md, v28).
 #pragma once
-#include "gemm.cuh"
-#include "wgmma.cuh"
+#include "gemm_split.cuh"
 
 constexpr u32 PF_TOKENS = 128;   // tokens per CTA
 constexpr u32 PF_ROW_TILES = 16;  // row tiles per CTA
@@ -50,7 +49,6 @@ template <int ACT>
 struct PrefillX {
     static constexpr u32 XB = ACT == ACT_I8 ? 1 : 2;  // bytes per activation
     static constexpr u32 STEPS = ACT == ACT_I8 ? 4 : 8;  // MMA k steps per k tile
-    static constexpr u32 CHUNKS = 2 * STEPS;  // 16-byte chunks per token per k tile
     static constexpr u32 X_STAGE = PF_TOKENS * 128 * XB;
     static constexpr u32 W_STAGE = PF_ROW_TILES * 512;
     static constexpr u32 STAGES = ACT == ACT_I8 ? 8 : 5;
@@ -107,22 +105,9 @@ __device__ __forceinline__ void pf_decode(const u32x4 (&w)[2], PfA<ACT>& a) {
     }
 }
 
+// The accumulators: the split kernels' (gemm_split.cuh), two m64 blocks of 16 token groups.
 template <int ACT>
-struct PfAcc {
-    float f[2][64];
-    int i[2][64];
-};
-
-template <int ACT>
-__device__ __forceinline__ void pf_fence(PfAcc<ACT>& acc) {
-#pragma unroll
-    for (int b = 0; b < 2; b++)
-#pragma unroll
-        for (int v = 0; v < 64; v++) {
-            if constexpr (ACT == ACT_I8) fence_operand(acc.i[b][v]);
-            else fence_operand(acc.f[b][v]);
-        }
-}
+using PfAcc = SplitAcc<ACT, PF_TOKENS / 8, 2>;
 
 // The wgmmas of part P of a k tile whose activations sit at shared address `xs`, one
 // commit group.
@@ -134,8 +119,11 @@ __device__ __forceinline__ void pf_issue(PfA<ACT>& a, u32 xs, PfAcc<ACT>& acc) {
 #pragma unroll
         for (int b = 0; b < 2; b++) {
             const u64 desc = pf_desc(xs, P * PF_SPP<ACT> + j);
-            if constexpr (ACT == ACT_I8) wgmma(acc.i[b], a[j][b][0], a[j][b][1], a[j][b][2], a[j][b][3], desc);
-            else wgmma(acc.f[b], a[j][b][0], a[j][b][1], a[j][b][2], a[j][b][3], desc, Act<ACT>{});
+            if constexpr (ACT == ACT_I8)
+                wgmma(reinterpret_cast<int(&)[PF_TOKENS / 2]>(acc.i[b]), a[j][b][0], a[j][b][1], a[j][b][2], a[j][b][3], desc);
+            else
+                wgmma(reinterpret_cast<float(&)[PF_TOKENS / 2]>(acc.f[b]), a[j][b][0], a[j][b][1], a[j][b][2], a[j][b][3],
+                      desc, Act<ACT>{});
         }
     wgmma_commit();
 }
@@ -229,15 +217,8 @@ __device__ __forceinline__ void gemm_prefill(const GemmParams& p, const TmaMap& 
             tma_load(base + slot * X::X_STAGE + a * 16384, x_map, s * 128 + a * (128 / X::XB), b_base, full + 8 * slot);
         tma_load(w_base + slot * X::W_STAGE, w_map, s * 128, rt_base, full + 8 * slot);
     };
-    PfAcc<ACT> acc;
-#pragma unroll
-    for (int b = 0; b < 2; b++)
-#pragma unroll
-        for (int v = 0; v < 64; v++) {
-            acc.f[b][v] = 0.f;
-            acc.i[b][v] = 0;
-        }
-    pf_fence(acc);
+    PfAcc<ACT> acc = {};
+    fence_accumulators(acc);
 
     if (threadIdx.x == 0)
         for (u32 s = 0; s < min(PREFETCH, p.k_tiles); s++) produce(s);
@@ -260,15 +241,14 @@ __device__ __forceinline__ void gemm_prefill(const GemmParams& p, const TmaMap& 
         pf_parts<ACT, INT2, STAGES>(a, w, xs, acc, kt, released);
     }
     wgmma_wait<0>();
-    pf_fence(acc);
+    fence_accumulators(acc);
 
-    // ---- epilogue: value v of block b is row 16 tile + g + 8 (e / 2), token 8 t + 2q + e % 2
-    // (t = v / 4, e = v % 4) ----
+    // ---- epilogue: value (b, t, e) is row 16 tile + g + 8 (e / 2), token 8 t + 2q + e % 2 ----
     const int* const xsum = (const int*)((const unsigned char*)p.x + (u64)p.batch * p.k_tiles * 128 * X::XB);
 #pragma unroll
     for (int b = 0; b < 2; b++)
 #pragma unroll
-        for (int v = 0; v < 64; v++) {
+        for (int v = 0; v < PF_TOKENS / 2; v++) {
             const u32 t = v / 4, e = v % 4;
             const u32 row = 16 * (rt_base + my_tiles + 4 * b) + g + 8 * (e / 2);
             const u32 tok = b_base + 8 * t + 2 * q + e % 2;
@@ -276,7 +256,7 @@ __device__ __forceinline__ void gemm_prefill(const GemmParams& p, const TmaMap& 
             float y;
             if constexpr (ACT == ACT_I8) {
                 // Ternary: sum (c - 1) x. INT2: sum (2c - 3) x. (Unsigned: see MAX_W2A8_COLS.)
-                const u32 s = (u32)acc.i[b][v], sx = (u32)xsum[tok];
+                const u32 s = (u32)acc.i[b][t][e], sx = (u32)xsum[tok];
                 const int sum = (int)(INT2 ? 2u * s - 3u * sx : s - sx);
                 if (OUT == OUT_I32) {
                     ((int*)p.y)[(u64)tok * p.ldy + row] = sum;
@@ -284,7 +264,7 @@ __device__ __forceinline__ void gemm_prefill(const GemmParams& p, const TmaMap& 
                 }
                 y = (float)sum * (INT2 ? 0.5f : 1.f) * p.x_scale[tok];
             } else {
-                y = acc.f[b][v];
+                y = acc.f[b][t][e];
             }
             y = scale_bias<OUT>(p, y, row);
             u16* out = (u16*)p.y + (u64)tok * p.ldy + row;

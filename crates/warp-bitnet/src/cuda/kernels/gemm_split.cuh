@@ -406,16 +406,7 @@ __device__ __forceinline__ void gemm_split(const GemmParams& p) {
 
     u32 f = 0;
     for (u32 i = 0; i < rounds; i++) {
-        SplitAcc<ACT, NT, RW> acc;
-#pragma unroll
-        for (int r = 0; r < RW; r++)
-#pragma unroll
-            for (int t = 0; t < NT; t++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    acc.f[r][t][e] = 0.f;
-                    acc.i[r][t][e] = 0;
-                }
+        SplitAcc<ACT, NT, RW> acc = {};
         if (i < mine) {
             for (u32 kt = 0; kt < kts; kt++) {
                 produce();
