@@ -367,18 +367,12 @@ impl CudaBench {
         };
         // Float64 references on the rounded activations, for the checked tokens.
         let checked = checked_tokens(batch);
-        let to_f64 = |v: &[f16]| v.iter().map(|v| f64::from(v.to_f32())).collect::<Vec<_>>();
-        let reference =
-            |x: &[f64]| reference_f64(w, &tokens_of(x, &checked, cols), checked.len(), None);
-        let got = |y: &[f16]| tokens_of(&to_f64(y), &checked, rows).into_iter();
-        let want16 = reference(&to_f64(&acts.x16));
-        let wantb16 = reference(
-            &acts
-                .xb16
-                .iter()
-                .map(|v| f64::from(v.to_f32()))
-                .collect::<Vec<_>>(),
-        );
+        let half = |v: f16| f64::from(v.to_f32());
+        let brain = |v: bf16| f64::from(v.to_f32());
+        let reference = |x: Vec<f64>| reference_f64(w, &x, checked.len(), None);
+        let got = |y: &[f16]| tokens_of(y, &checked, rows, half).into_iter();
+        let want16 = reference(tokens_of(&acts.x16, &checked, cols, half));
+        let wantb16 = reference(tokens_of(&acts.xb16, &checked, cols, brain));
 
         // ---- W2A16 ----
         poison(s, &mut y_h)?;
@@ -399,12 +393,8 @@ impl CudaBench {
 
         poison(s, &mut y_b)?;
         self.gpu.gemm(&ws[0], x_b, batch, None, &mut y_b, s)?;
-        let yb: Vec<f64> = s
-            .clone_dtoh(&y_b)?
-            .iter()
-            .map(|v| f64::from(v.to_f32()))
-            .collect();
-        let err = max_rel_err(tokens_of(&yb, &checked, rows).into_iter(), &wantb16);
+        let yb = tokens_of(&s.clone_dtoh(&y_b)?, &checked, rows, brain);
+        let err = max_rel_err(yb.into_iter(), &wantb16);
         let t = self.time(ours_copies, &mut |i| {
             self.gpu.gemm(&ws[i], x_b, batch, None, &mut y_b, s)
         })?;
@@ -421,12 +411,16 @@ impl CudaBench {
         // ---- W2A8: quantize on the device, then the int8 GEMM ----
         self.gpu.quantize_i8(x_h, batch, cols, &mut q, &mut qs, s)?;
         let (qh, qsh) = (s.clone_dtoh(&q)?, s.clone_dtoh(&qs)?);
-        let deq: Vec<f64> = qh
+        let deq = checked
             .iter()
-            .enumerate()
-            .map(|(i, &v)| f64::from(v) * f64::from(qsh[i / cols]))
+            .flat_map(|&t| {
+                let scale = f64::from(qsh[t]);
+                qh[t * cols..(t + 1) * cols]
+                    .iter()
+                    .map(move |&v| f64::from(v) * scale)
+            })
             .collect();
-        let want8 = reference(&deq);
+        let want8 = reference(deq);
         poison(s, &mut y_h)?;
         self.gpu
             .gemm_w2a8(&ws[0], &q, &qs, batch, None, &mut y_h, s)?;
@@ -566,12 +560,17 @@ fn checked_tokens(batch: usize) -> Vec<usize> {
         .collect()
 }
 
-/// Rows `tokens` of the row-major `[_, width]` matrix `v`.
-fn tokens_of(v: &[f64], tokens: &[usize], width: usize) -> Vec<f64> {
+/// Rows `tokens` of the row-major `[_, width]` matrix `v`, as f64.
+fn tokens_of<T: Copy>(
+    v: &[T],
+    tokens: &[usize],
+    width: usize,
+    f64_of: impl Fn(T) -> f64,
+) -> Vec<f64> {
     tokens
         .iter()
         .flat_map(|&t| &v[t * width..(t + 1) * width])
-        .copied()
+        .map(|&x| f64_of(x))
         .collect()
 }
 

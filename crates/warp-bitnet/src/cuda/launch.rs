@@ -637,10 +637,9 @@ fn plan_prefill(
         (PREPASS_16, 0, 2)
     };
     let vec = a.x % 4 == 0 && a.ldx % word == 0 && params.cols as usize % word == 0;
-    // The kernel reads the workspace, not x; the launch fills in its address.
+    // The kernel reads the workspace (through a TMA descriptor, and its int8 sums through
+    // `x`), not x: the launch fills in its address.
     params.x = 0;
-    params.ldx = (k_tiles * 128) as u32;
-    params.x_vec = 1;
     Ok(Some(GemmPlan {
         symbol,
         params,
@@ -1731,8 +1730,7 @@ mod tests {
                 format!("gemm_int2_{}_{}_p128", x.name(), y.name())
             );
             assert_eq!((p.grid, p.threads, p.cluster), ((134, 1, 1), 256, 0));
-            assert_eq!(p.smem as usize, prefill_smem(x));
-            assert_eq!(p.params.ldx, 384);
+            assert_eq!((p.smem as usize, p.params.x), (prefill_smem(x), 0));
             let prepass = p.prepass.unwrap();
             assert_eq!((prepass.symbol, prepass.bytes), (pre, bytes));
             // ldx 300 is a multiple of 4 and 2; so is cols.
