@@ -297,7 +297,8 @@ def test_large_batch_w2a8_equals_the_kernels(dtype, levels, m, n):
 def test_dense_path_follows_the_planner():
     # On compute capability 9.0 the GEMM takes the prefill kernel from 65 tokens where its tiles
     # fill the GPU (28672 x 8192), or from 129 (8192 x 28672: 32 row blocks), and it beats the
-    # dense path at every batch; elsewhere the token-group kernels lose to it from 65 int8 tokens.
+    # dense path at every batch; elsewhere the mma.sync prefill and token-group kernels lose to it
+    # from 65 int8 tokens.
     cuda = torch.device("cuda")
     hopper = torch.cuda.get_device_capability() == (9, 0)
 

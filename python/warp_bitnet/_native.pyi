@@ -21,7 +21,7 @@ def cuda_available() -> bool:
     """Whether a CUDA driver and device are present."""
 
 def kernel_family(device: int, rows: int, cols: int, levels: str, x_dtype: str, batch: int) -> str:
-    """The kernel family ("groups", "split" or "prefill") the GEMM on `device` takes for `batch`
+    """The kernel family ("groups", "split", "prefill" or "prefill_mma") the GEMM on `device` takes for `batch`
     tokens of `x_dtype` ("float16", "bfloat16" or "int8") on a rows x cols matrix of `levels`."""
 
 def t2_words(rows: int, cols: int) -> int:

@@ -346,12 +346,15 @@ DENSE_MIN_TOKENS_W2A16 = 129
 # matrix, which the split kernels do not cover, and loses to the dense path from 96 tokens.
 SPLIT_DENSE_MIN_TOKENS = 513
 SPLIT_DENSE_MIN_TOKENS_W2A16 = 257
-# Where the GEMM takes the prefill kernel (compute capability 9.0, from 65 tokens), which runs
-# the decode fused into a streaming wgmma GEMM at 0.87-0.95x cuBLAS f16 with f16/bf16 and
+# Where the GEMM takes the wgmma prefill kernel (compute capability 9.0, from 65 tokens), which
+# runs the decode fused into a streaming wgmma GEMM at 0.87-0.95x cuBLAS f16 with f16/bf16 and
 # 1.3-2.0x with int8 activations at 2048 tokens, the kernels stay: on the H100 they were faster
 # than the dense path (decode, then cuBLAS) or level with it at every batch measured (70B layer
 # at 2048 tokens 1.37 / 0.90 ms against the dense path's 1.55 / 1.49; at 256 tokens 0.58-0.98x of
-# torch's f16 F.linear against its 0.44-0.65x; docs/NOTES.md, v27 and v28).
+# torch's f16 F.linear against its 0.44-0.65x; docs/NOTES.md, v27 and v28). The mma.sync prefill
+# kernel ("prefill_mma", the other GPUs) keeps the thresholds above: on the H100 (wgmma turned off)
+# it ran that 70B layer at 2048 tokens in 2.60 / 1.59 ms (docs/NOTES.md, v29), slower than the
+# dense path's 1.55 / 1.49; on an A100, where mma.sync is the full tensor rate, it is not measured.
 
 
 def dense_path(

@@ -41,11 +41,12 @@ pub struct Args {
     /// token-group kernels that sm_80 GPUs run, `always` the split kernels wherever they fit.
     #[arg(long, value_enum, default_value = "auto")]
     split_kernels: Split,
-    /// Split kernels with mma.sync where the GPU has wgmma (sm_90a), for A/B runs.
+    /// Split and prefill kernels with mma.sync where the GPU has wgmma (sm_90a), for A/B
+    /// runs.
     #[arg(long)]
     no_wgmma: bool,
-    /// Batches beyond 64 tokens without the prefill kernel (sm_90a): the split or
-    /// token-group kernels, for A/B runs.
+    /// Batches beyond 64 tokens without the prefill kernels: the split or token-group
+    /// kernels, for A/B runs.
     #[arg(long)]
     no_prefill: bool,
 }

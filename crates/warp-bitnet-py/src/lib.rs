@@ -76,7 +76,7 @@ fn cuda_available() -> bool {
     warp_bitnet::cuda::is_available()
 }
 
-/// The kernel family ("groups", "split" or "prefill") the GEMM on device `device` takes
+/// The kernel family ("groups", "split", "prefill" or "prefill_mma") the GEMM on device `device` takes
 /// for `batch` tokens of `x_dtype` ("float16", "bfloat16" or "int8") on a rows x cols
 /// matrix of `levels`.
 #[pyfunction]

@@ -415,8 +415,9 @@ fn strided_and_misaligned_activations_take_the_scalar_path_correctly() {
 
 /// Every kernel (single token, 8, 16 and, for int8, 32 tokens per CTA, each row-tile count,
 /// several token groups; on sm_90 the split-K cluster kernels for 16, 32 and 64 tokens, with
-/// one and with several K slices, and the token-group kernels they replace; on sm_90a the
-/// prefill kernel from 65 tokens, with one and with several blocks of 128 tokens) on odd
+/// one and with several K slices, and the token-group kernels they replace; the prefill
+/// kernels (mma.sync, and on sm_90a wgmma) from 65 tokens, with one and with several blocks
+/// of 128 tokens) on odd
 /// shapes: cheap enough for compute-sanitizer (scripts/gpu-check.sh).
 /// The one exception, the bf16 single-token kernel for large matrices, needs more weights
 /// than is cheap here: `single_token_bf16_keeps_the_bf16_range` covers it.
@@ -433,8 +434,8 @@ fn every_kernel<W: RandomWeights>() {
     // tiles per CTA (on GPUs of up to ~150 SMs); the small shapes take the others. The
     // split kernels take 2 K slices for 300 columns (2 and 1 k tiles), 8 slices of 1 for
     // 1000, 4 for 600 (2, 2, 1 and an empty one), a single slice for 3000 x 100. On
-    // sm_90a the split kernels run with wgmma and with mma.sync, and the wgmma runs take
-    // the prefill kernel for 100 and 257 tokens.
+    // sm_90a the split and prefill kernels run with wgmma and with mma.sync; the runs with
+    // split kernels take a prefill kernel for 100 and 257 tokens.
     for (i, (rows, cols), (split, wgmma), batches) in [
         (37, 300),
         (129, 1000),
@@ -445,14 +446,9 @@ fn every_kernel<W: RandomWeights>() {
     .into_iter()
     .enumerate()
     .flat_map(|(i, shape)| {
-        let all = &[1, 5, 9, 17, 40, 100][..];
+        let all = &[1, 5, 9, 17, 40, 100, 257][..];
         [
-            (
-                i,
-                shape,
-                (SplitKernels::Always, true),
-                &[1, 5, 9, 17, 40, 100, 257][..],
-            ),
+            (i, shape, (SplitKernels::Always, true), all),
             (i, shape, (SplitKernels::Always, false), all),
             (i, shape, (SplitKernels::Never, true), &[9, 17, 40][..]),
         ]
@@ -468,14 +464,15 @@ fn every_kernel<W: RandomWeights>() {
     })) {
         gpu.set_split_kernels(split);
         gpu.set_wgmma(wgmma);
-        gpu.set_prefill(wgmma && split == SplitKernels::Always);
+        gpu.set_prefill(split == SplitKernels::Always);
         let w = W::random(&mut rng, rows, cols, i + 1);
         let d = gpu.upload(&w, &s).unwrap();
         for &batch in batches {
             // 20000 rows fill the GPU with prefill tiles from 100 tokens.
             if gpu.prefill() && rows == 20_000 && batch >= 100 {
                 let k = gpu.gemm_kernel(&d, DType::F16, DType::F16, batch).unwrap();
-                assert!(k.contains("_p128"), "{k}");
+                let want = if gpu.wgmma() { "_p128" } else { "_m128" };
+                assert!(k.contains(want), "{k}");
             }
             let xf: Vec<f32> = (0..batch * cols)
                 .map(|_| rng.random_range(-1.0..1.0))

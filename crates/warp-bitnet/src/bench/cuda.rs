@@ -55,9 +55,9 @@ pub struct RunInfo {
     pub iters: usize,
     /// When the split-K cluster kernels were taken (sm_90+, 9+ tokens): never, auto, always.
     pub split_kernels: String,
-    /// Whether the split kernels used wgmma (sm_90a) rather than mma.sync.
+    /// Whether the split and prefill kernels used wgmma (sm_90a) rather than mma.sync.
     pub wgmma: bool,
-    /// Whether batches beyond 64 tokens took the prefill kernel (sm_90a).
+    /// Whether batches beyond 64 tokens took the prefill kernels.
     pub prefill: bool,
 }
 

@@ -192,8 +192,13 @@ pub enum Cta {
         wgmma: bool,
     },
     /// 256 rows x 128 tokens over the whole K, activations streamed through shared memory
-    /// from a pre-pass's workspace (`_p128`, sm_90a: gemm_prefill.cuh).
-    Prefill,
+    /// from a pre-pass's workspace: warpgroup MMAs fed by TMA (`_p128`, sm_90a:
+    /// gemm_prefill.cuh) or mma.sync fed by cp.async (`_m128`, sm_80+:
+    /// gemm_prefill_mma.cuh).
+    Prefill {
+        /// wgmma instead of mma.sync.
+        wgmma: bool,
+    },
 }
 
 /// The kernel symbol for weight levels, activation and its staging, output and CTA shape.
@@ -211,7 +216,7 @@ pub fn gemm_symbol(levels: Levels, x: DType, staging: Staging, y: DType, cta: Ct
         Cta::Single => "n1".to_string(),
         Cta::Groups { tokens, row_tiles } => format!("n{tokens}_r{row_tiles}"),
         Cta::Split { tokens, wgmma } => format!("{}{tokens}", if wgmma { "w" } else { "s" }),
-        Cta::Prefill => "p128".to_string(),
+        Cta::Prefill { wgmma } => format!("{}128", if wgmma { "p" } else { "m" }),
     };
     format!("gemm_{family}_{}{q}_{}_{shape}", x.name(), y.name())
 }
@@ -224,18 +229,21 @@ pub enum KernelFamily {
     Groups,
     /// The split-K cluster kernels ([`Cta::Split`]): once per 16-64 tokens.
     Split,
-    /// The prefill kernel ([`Cta::Prefill`]): once per 128 tokens, on the tensor cores'
-    /// full rate.
+    /// The wgmma prefill kernel ([`Cta::Prefill`], sm_90a): once per 128 tokens, tiled
+    /// like a dense GEMM.
     Prefill,
+    /// The mma.sync prefill kernel ([`Cta::Prefill`]): the same tiles at mma.sync's rate.
+    PrefillMma,
 }
 
 impl KernelFamily {
-    /// "groups", "split" or "prefill".
+    /// "groups", "split", "prefill" or "prefill_mma".
     pub fn name(self) -> &'static str {
         match self {
             Self::Groups => "groups",
             Self::Split => "split",
             Self::Prefill => "prefill",
+            Self::PrefillMma => "prefill_mma",
         }
     }
 }
@@ -280,6 +288,9 @@ pub(crate) struct Prepass {
     pub bytes: usize,
     /// 1 when x allows 4-byte loads (aligned base and row stride, whole words per row).
     pub vec: u32,
+    /// The GEMM reads the workspace and the weights through TMA descriptors (`_p128`),
+    /// else through `x` (`_m128`).
+    pub tensor_maps: bool,
 }
 
 /// What the planner needs to know about the loaded kernels (a `Gpu`, or a fake in tests).
@@ -295,9 +306,9 @@ pub(crate) trait Occupancy {
     fn clusters(&self, symbol: &str, dynamic: usize, size: usize) -> Result<usize>;
     /// When to take the split kernels.
     fn split_kernels(&self) -> SplitKernels;
-    /// Whether the split kernels use wgmma (sm_90a).
+    /// Whether the split and prefill kernels use wgmma (sm_90a).
     fn wgmma(&self) -> bool;
-    /// Whether large batches take the prefill kernel (sm_90a).
+    /// Whether large batches take the prefill kernels.
     fn prefill(&self) -> bool;
 }
 
@@ -531,8 +542,8 @@ const PREFILL_MIN_BATCH: usize = 65;
 /// 0.76. At 256 tokens, where those kernels decode the weights four times, 64 tiles
 /// (8192 x 28672) ran in 0.63 / 0.39 and 112 (14336 x 4096) in 0.65 / 0.75.
 const PREFILL_MIN_FILL: f64 = 0.5;
-/// Tokens and rows per CTA of the prefill kernel (`PF_TOKENS`, 16 `PF_ROW_TILES` in
-/// gemm_prefill.cuh), and its threads.
+/// Tokens and rows per CTA of the prefill kernels (`PF_TOKENS`, 16 `PF_ROW_TILES` in
+/// gemm_prefill.cuh), and their threads.
 const PREFILL_TOKENS: usize = 128;
 const PREFILL_ROWS: usize = 256;
 const PREFILL_THREADS: u32 = 256;
@@ -589,17 +600,32 @@ fn tensor_map(
     }
 }
 
-/// Dynamic shared memory of the prefill kernel: its pipeline stages of one k tile of
-/// activations (128 tokens) and weights (16 row tiles), and 1 KB to align them; mirrors
-/// `PrefillX::SMEM`.
-fn prefill_smem(x: DType) -> usize {
-    let stages = if x == DType::I8 { 8 } else { 5 };
-    stages * (PREFILL_TOKENS * 128 * x.size() + 16 * 512) + 1024
+/// Bytes of one pipeline stage of the prefill kernels: one k tile of activations (128
+/// tokens) and weights (16 row tiles).
+fn prefill_stage(x: DType) -> usize {
+    PREFILL_TOKENS * 128 * x.size() + 16 * 512
 }
 
-/// The prefill kernel for `a.batch` tokens, if its stages fit shared memory: a CTA per
+/// Dynamic shared memory of the wgmma prefill kernel: its stages, and 1 KB to align
+/// them; mirrors `PrefillX::SMEM`.
+fn prefill_smem(x: DType) -> usize {
+    let stages = if x == DType::I8 { 8 } else { 5 };
+    stages * prefill_stage(x) + 1024
+}
+
+/// Stages of the mma.sync prefill kernel where `max_dynamic` bytes allow at least two
+/// (it takes as many as its dynamic shared memory holds): 4 for 16-bit activations, 6
+/// for int8 (the A100's 163 KB holds both), fewer on GPUs of 100 KB.
+fn prefill_mma_stages(x: DType, max_dynamic: usize) -> Option<usize> {
+    let most = if x == DType::I8 { 6 } else { 4 };
+    let stages = (max_dynamic / prefill_stage(x)).min(most);
+    (stages >= 2).then_some(stages)
+}
+
+/// A prefill kernel for `a.batch` tokens, if its stages fit shared memory: a CTA per
 /// 256 rows x 128 tokens, token blocks fastest, after the pre-pass that lays the
-/// activations out for it (and, for int8, sums each token).
+/// activations out for it (and, for int8, sums each token). wgmma where the GPU has it
+/// (and `gpu.wgmma()`), else mma.sync.
 fn plan_prefill(
     levels: Levels,
     a: &GemmArgs,
@@ -608,9 +634,24 @@ fn plan_prefill(
     mut params: GemmParams,
     gpu: &impl Occupancy,
 ) -> Result<Option<GemmPlan>> {
-    let symbol = gemm_symbol(levels, a.x_dtype, Staging::AsIs, a.y_dtype, Cta::Prefill);
-    let smem = prefill_smem(a.x_dtype);
-    if smem > gpu.max_dynamic(&symbol)? {
+    let wgmma = gpu.wgmma();
+    let symbol = gemm_symbol(
+        levels,
+        a.x_dtype,
+        Staging::AsIs,
+        a.y_dtype,
+        Cta::Prefill { wgmma },
+    );
+    let max_dynamic = gpu.max_dynamic(&symbol)?;
+    let smem = if wgmma {
+        prefill_smem(a.x_dtype)
+    } else {
+        match prefill_mma_stages(a.x_dtype, max_dynamic) {
+            Some(stages) => stages * prefill_stage(a.x_dtype),
+            None => return Ok(None),
+        }
+    };
+    if smem > max_dynamic {
         return Ok(None);
     }
     let ctas = (row_tiles * 16).div_ceil(PREFILL_ROWS) * a.batch.div_ceil(PREFILL_TOKENS);
@@ -637,8 +678,8 @@ fn plan_prefill(
         (PREPASS_16, 0, 2)
     };
     let vec = a.x % 4 == 0 && a.ldx % word == 0 && params.cols as usize % word == 0;
-    // The kernel reads the workspace (through a TMA descriptor, and its int8 sums through
-    // `x`), not x: the launch fills in its address.
+    // The kernel reads the workspace (wgmma: through a TMA descriptor, and its int8 sums
+    // through `x`), not x: the launch fills in its address.
     params.x = 0;
     Ok(Some(GemmPlan {
         symbol,
@@ -651,6 +692,7 @@ fn plan_prefill(
             symbol: symbol_x,
             bytes: row_bytes + sums,
             vec: vec as u32,
+            tensor_maps: wgmma,
         }),
     }))
 }
@@ -1032,8 +1074,9 @@ impl Gpu {
         params.x = work;
         let (xsz, kt) = (args.x_dtype.size(), k_tiles as usize);
         // SAFETY: the pre-pass reads `batch` rows of x (the caller's guarantee) and writes
-        // `pre.bytes` of the workspace; the GEMM reads the workspace through `x_map` and
-        // the weights through `w_map`, both within the buffers they describe.
+        // `pre.bytes` of the workspace; the GEMM reads the workspace through `params.x` or
+        // `x_map` and the weights through `params.w` or `w_map`, all within the buffers
+        // they describe.
         let launched = unsafe {
             launch(
                 self.function(pre.symbol)?,
@@ -1044,6 +1087,9 @@ impl Gpu {
                 &mut kp,
             )
             .and_then(|()| {
+                if !pre.tensor_maps {
+                    return self.launch_plan(f, &plan, params, stream);
+                }
                 // The workspace: [batch][k_tiles * 128] activations, boxes of 128 bytes x 128
                 // tokens, 128-byte swizzle. The weights: row tiles of k_tiles * 512 bytes,
                 // boxes of one k tile (512 bytes) x 16 row tiles.
@@ -1081,7 +1127,8 @@ impl Gpu {
         Ok(freed?)
     }
 
-    /// Launches a planned GEMM kernel `f` with `params` (every kernel but the prefill one).
+    /// Launches a planned GEMM kernel `f` with `params` (every kernel but the wgmma
+    /// prefill one).
     ///
     /// # Safety
     /// As [`Gpu::gemm_raw`], for the buffers `params` points to.
@@ -1135,8 +1182,12 @@ impl Gpu {
     ) -> Result<KernelFamily> {
         let y = if x == DType::I8 { DType::F16 } else { x };
         let plan = self.plan_for(rows, cols, levels, x, y, batch)?;
-        Ok(if plan.prepass.is_some() {
-            KernelFamily::Prefill
+        Ok(if let Some(pre) = plan.prepass {
+            if pre.tensor_maps {
+                KernelFamily::Prefill
+            } else {
+                KernelFamily::PrefillMma
+            }
         } else if plan.cluster > 0 {
             KernelFamily::Split
         } else {
@@ -1733,6 +1784,7 @@ mod tests {
             assert_eq!((p.smem as usize, p.params.x), (prefill_smem(x), 0));
             let prepass = p.prepass.unwrap();
             assert_eq!((prepass.symbol, prepass.bytes), (pre, bytes));
+            assert!(prepass.tensor_maps);
             // ldx 300 is a multiple of 4 and 2; so is cols.
             assert_eq!(prepass.vec, 1);
         }
@@ -1762,6 +1814,46 @@ mod tests {
             let a = args(DType::F16, DType::F16, batch);
             let p = plan_gemm(rows, 300, Levels::Ternary, 0x10, None, &a, gpu).unwrap();
             assert!(p.prepass.is_none(), "{rows} {batch}");
+        }
+    }
+
+    #[test]
+    fn mma_prefill_kernel_without_wgmma() {
+        // 17000 x 300 at 200 tokens, as above, on GPUs without wgmma: the `_m128` kernel,
+        // read through `x`, with as many stages as fit (none below two).
+        let gpu = |max_dynamic: usize| FakeGpu {
+            prefill: true,
+            max_dynamic,
+            ..*GPU
+        };
+        for (x, y, max_dynamic, stages) in [
+            (DType::F16, DType::F16, 163 << 10, Some(4)),
+            (DType::I8, DType::I32, 163 << 10, Some(6)),
+            (DType::BF16, DType::BF16, 99 << 10, Some(2)),
+            (DType::I8, DType::F16, 99 << 10, Some(4)),
+            (DType::F16, DType::F16, 60 << 10, None),
+            (DType::I8, DType::F16, 60 << 10, Some(2)),
+        ] {
+            let a = GemmArgs {
+                ldy: 17_000,
+                x_scale: (x == DType::I8).then_some(0x3000),
+                ..args(x, y, 200)
+            };
+            let p = plan_gemm(17_000, 300, Levels::Ternary, 0x10, None, &a, &gpu(max_dynamic));
+            let p = p.unwrap();
+            match stages {
+                Some(stages) => {
+                    assert_eq!(
+                        p.symbol,
+                        format!("gemm_t2_{}_{}_m128", x.name(), y.name())
+                    );
+                    assert_eq!((p.grid, p.threads, p.cluster), ((134, 1, 1), 256, 0));
+                    let stage = 128 * 128 * x.size() + 16 * 512;
+                    assert_eq!(p.smem as usize, stages * stage);
+                    assert!(!p.prepass.unwrap().tensor_maps);
+                }
+                None => assert!(p.prepass.is_none()),
+            }
         }
     }
 

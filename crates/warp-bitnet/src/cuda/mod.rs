@@ -72,9 +72,9 @@ pub struct Gpu {
     functions: HashMap<String, Kernel>,
     /// When the planner takes the split-K cluster kernels (sm_90+).
     split_kernels: SplitKernels,
-    /// Whether the split kernels use wgmma (sm_90a only).
+    /// Whether the split and prefill kernels use wgmma (sm_90a only).
     wgmma: bool,
-    /// Whether batches beyond 64 tokens take the prefill kernel (sm_90a only).
+    /// Whether batches beyond 64 tokens take the prefill kernels.
     prefill: bool,
 }
 
@@ -151,7 +151,7 @@ impl Gpu {
         Ok(Self {
             ctx,
             wgmma: info.arch == compile::WGMMA_ARCH,
-            prefill: info.arch == compile::WGMMA_ARCH,
+            prefill: true,
             info,
             functions,
             split_kernels: SplitKernels::Auto,
@@ -175,26 +175,25 @@ impl Gpu {
         self.split_kernels = mode;
     }
 
-    /// Whether the split kernels use warpgroup MMAs (`wgmma`) where the GPU has them
-    /// (sm_90a; the default there) or `mma.sync`: for tests and A/B benchmarks. Elsewhere
-    /// they always use `mma.sync`.
+    /// Whether the split and prefill kernels use warpgroup MMAs (`wgmma`) where the GPU
+    /// has them (sm_90a; the default there) or `mma.sync`: for tests and A/B benchmarks.
+    /// Elsewhere they always use `mma.sync`.
     pub fn set_wgmma(&mut self, on: bool) {
         self.wgmma = on && self.info.arch == compile::WGMMA_ARCH;
     }
 
-    /// Whether the split kernels use wgmma.
+    /// Whether the split and prefill kernels use wgmma.
     pub fn wgmma(&self) -> bool {
         self.wgmma
     }
 
-    /// Whether batches of more than 64 tokens take the prefill kernel where the GPU has
-    /// it (sm_90a; the default there), or the split / token-group kernels: for tests and
-    /// A/B benchmarks.
+    /// Whether batches of more than 64 tokens take the prefill kernels (the default), or
+    /// the split / token-group kernels: for tests and A/B benchmarks.
     pub fn set_prefill(&mut self, on: bool) {
-        self.prefill = on && self.info.arch == compile::WGMMA_ARCH;
+        self.prefill = on;
     }
 
-    /// Whether batches of more than 64 tokens take the prefill kernel.
+    /// Whether batches of more than 64 tokens take the prefill kernels.
     pub fn prefill(&self) -> bool {
         self.prefill
     }
@@ -364,6 +363,7 @@ fn kernel_names(text: &str) -> Vec<String> {
             .or_else(|| line.strip_prefix("GEMM_KERNEL_QX("))
             .or_else(|| line.strip_prefix("GEMM_SPLIT_KERNEL("))
             .or_else(|| line.strip_prefix("GEMM_PREFILL_KERNEL("))
+            .or_else(|| line.strip_prefix("GEMM_PREFILL_MMA_KERNEL("))
         {
             if let Some(name) = args.trim_end_matches(')').rsplit(',').next() {
                 names.push(name.trim().to_string());
@@ -416,7 +416,10 @@ mod tests {
                         planned.push(gemm_symbol(levels, x, Staging::AsIs, y, cta));
                     }
                 }
-                planned.push(gemm_symbol(levels, x, Staging::AsIs, y, Cta::Prefill));
+                for wgmma in [false, true] {
+                    let cta = Cta::Prefill { wgmma };
+                    planned.push(gemm_symbol(levels, x, Staging::AsIs, y, cta));
+                }
             }
             planned.sort();
             let mut found = names.clone();

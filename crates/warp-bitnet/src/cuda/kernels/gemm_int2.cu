@@ -1,8 +1,9 @@
 // INT2 GEMM/GEMV: Y[B, M] = (X[B, N] . Lᵀ) * scale + bias with the four levels
 // L = c - 1.5 in {-1.5, -0.5, +0.5, +1.5}, codes c kept as they are in the T2 tile
-// layout (docs/FORMATS.md, "INT2"). Same kernels as gemm_t2.cu (gemm.cuh, gemm_split.cuh) but for the
+// layout (docs/FORMATS.md, "INT2"). Same kernels as gemm_t2.cu (gemm.cuh, gemm_split.cuh,
+// gemm_prefill.cuh, gemm_prefill_mma.cuh) but for the
 // offset: i8 with i32 output gives sum (2c - 3) x, twice the level sum.
-#include "gemm_prefill.cuh"
+#include "gemm_prefill_mma.cuh"
 #include "gemm_split.cuh"
 
 GEMM_KERNEL(ACT_F16, OUT_F16, 1, 1, true, true, 4, gemm_int2_f16_f16_n1)
@@ -65,3 +66,8 @@ GEMM_PREFILL_KERNEL(ACT_BF16, OUT_BF16, true, gemm_int2_bf16_bf16_p128)
 GEMM_PREFILL_KERNEL(ACT_I8, OUT_F16, true, gemm_int2_i8_f16_p128)
 GEMM_PREFILL_KERNEL(ACT_I8, OUT_BF16, true, gemm_int2_i8_bf16_p128)
 GEMM_PREFILL_KERNEL(ACT_I8, OUT_I32, true, gemm_int2_i8_i32_p128)
+GEMM_PREFILL_MMA_KERNEL(ACT_F16, OUT_F16, true, gemm_int2_f16_f16_m128)
+GEMM_PREFILL_MMA_KERNEL(ACT_BF16, OUT_BF16, true, gemm_int2_bf16_bf16_m128)
+GEMM_PREFILL_MMA_KERNEL(ACT_I8, OUT_F16, true, gemm_int2_i8_f16_m128)
+GEMM_PREFILL_MMA_KERNEL(ACT_I8, OUT_BF16, true, gemm_int2_i8_bf16_m128)
+GEMM_PREFILL_MMA_KERNEL(ACT_I8, OUT_I32, true, gemm_int2_i8_i32_m128)

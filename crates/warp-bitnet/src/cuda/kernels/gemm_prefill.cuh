@@ -56,6 +56,36 @@ struct PrefillX {
     static constexpr u32 SMEM = STAGES * (X_STAGE + W_STAGE) + 1024;
 };
 
+// The int8 pre-pass's per-token sums, after the rewritten activations (quant.cu).
+template <int ACT>
+__device__ __forceinline__ const int* prefill_xsum(const GemmParams& p) {
+    return (const int*)((const unsigned char*)p.x + (u64)p.batch * p.k_tiles * 128 * PrefillX<ACT>::XB);
+}
+
+// Output (row, tok) of both prefill kernels from its accumulator: `f` (f16/bf16), or
+// `i` (int8: the sum of c x over the codes, less the offset's share of xsum). Outside
+// the matrix or the batch: nothing.
+template <int ACT, int OUT, bool INT2>
+__device__ __forceinline__ void prefill_store(const GemmParams& p, const int* xsum, u32 row, u32 tok, float f, int i) {
+    if (row >= p.rows || tok >= p.batch) return;
+    float y;
+    if constexpr (ACT == ACT_I8) {
+        // Ternary: sum (c - 1) x. INT2: sum (2c - 3) x. (Unsigned: see MAX_W2A8_COLS.)
+        const u32 s = (u32)i, sx = (u32)xsum[tok];
+        const int sum = (int)(INT2 ? 2u * s - 3u * sx : s - sx);
+        if (OUT == OUT_I32) {
+            ((int*)p.y)[(u64)tok * p.ldy + row] = sum;
+            return;
+        }
+        y = (float)sum * (INT2 ? 0.5f : 1.f) * p.x_scale[tok];
+    } else {
+        y = f;
+    }
+    y = scale_bias<OUT>(p, y, row);
+    u16* out = (u16*)p.y + (u64)tok * p.ldy + row;
+    *out = OUT == OUT_BF16 ? f32_to_bf16(y) : f32_to_f16(y);
+}
+
 // Staged activations, 128-byte swizzle (K-major): per stage, atoms of 4 MMA k steps (64
 // f16 or 128 int8 k values) x 128 tokens, 16 KB each; in an atom, token t's 128-byte row
 // at (t / 8) * 1024 + (t % 8) * 128 holds its 8 chunks c = 2 (j % 4) + h at 16-byte slot
@@ -244,7 +274,7 @@ __device__ __forceinline__ void gemm_prefill(const GemmParams& p, const TmaMap& 
     fence_accumulators(acc);
 
     // ---- epilogue: value (b, t, e) is row 16 tile + g + 8 (e / 2), token 8 t + 2q + e % 2 ----
-    const int* const xsum = (const int*)((const unsigned char*)p.x + (u64)p.batch * p.k_tiles * 128 * X::XB);
+    const int* const xsum = prefill_xsum<ACT>(p);
 #pragma unroll
     for (int b = 0; b < 2; b++)
 #pragma unroll
@@ -252,23 +282,7 @@ __device__ __forceinline__ void gemm_prefill(const GemmParams& p, const TmaMap& 
             const u32 t = v / 4, e = v % 4;
             const u32 row = 16 * (rt_base + my_tiles + 4 * b) + g + 8 * (e / 2);
             const u32 tok = b_base + 8 * t + 2 * q + e % 2;
-            if (row >= p.rows || tok >= p.batch) continue;
-            float y;
-            if constexpr (ACT == ACT_I8) {
-                // Ternary: sum (c - 1) x. INT2: sum (2c - 3) x. (Unsigned: see MAX_W2A8_COLS.)
-                const u32 s = (u32)acc.i[b][t][e], sx = (u32)xsum[tok];
-                const int sum = (int)(INT2 ? 2u * s - 3u * sx : s - sx);
-                if (OUT == OUT_I32) {
-                    ((int*)p.y)[(u64)tok * p.ldy + row] = sum;
-                    continue;
-                }
-                y = (float)sum * (INT2 ? 0.5f : 1.f) * p.x_scale[tok];
-            } else {
-                y = acc.f[b][t][e];
-            }
-            y = scale_bias<OUT>(p, y, row);
-            u16* out = (u16*)p.y + (u64)tok * p.ldy + row;
-            *out = OUT == OUT_BF16 ? f32_to_bf16(y) : f32_to_f16(y);
+            prefill_store<ACT, OUT, INT2>(p, xsum, row, tok, acc.f[b][t][e], acc.i[b][t][e]);
         }
 #else
     __trap();  // the planner takes the prefill kernel only on sm_90a

@@ -1,7 +1,8 @@
 // Ternary GEMM/GEMV on T2 weights: Y[B, M] = (X[B, N] . Wtᵀ) * scale + bias, Wt = c - 1
 // in {-1, 0, +1}. Layout, thread mapping, decode and byte/instruction budget: gemm.cuh
-// (single-token and token-group kernels) and gemm_split.cuh (split-K cluster kernels, `_s`).
-#include "gemm_prefill.cuh"
+// (single-token and token-group kernels), gemm_split.cuh (split-K cluster kernels, `_s`, `_w`),
+// gemm_prefill.cuh and gemm_prefill_mma.cuh (prefill kernels, `_p128`, `_m128`).
+#include "gemm_prefill_mma.cuh"
 #include "gemm_split.cuh"
 
 GEMM_KERNEL(ACT_F16, OUT_F16, 1, 1, true, false, 4, gemm_t2_f16_f16_n1)
@@ -64,3 +65,8 @@ GEMM_PREFILL_KERNEL(ACT_BF16, OUT_BF16, false, gemm_t2_bf16_bf16_p128)
 GEMM_PREFILL_KERNEL(ACT_I8, OUT_F16, false, gemm_t2_i8_f16_p128)
 GEMM_PREFILL_KERNEL(ACT_I8, OUT_BF16, false, gemm_t2_i8_bf16_p128)
 GEMM_PREFILL_KERNEL(ACT_I8, OUT_I32, false, gemm_t2_i8_i32_p128)
+GEMM_PREFILL_MMA_KERNEL(ACT_F16, OUT_F16, false, gemm_t2_f16_f16_m128)
+GEMM_PREFILL_MMA_KERNEL(ACT_BF16, OUT_BF16, false, gemm_t2_bf16_bf16_m128)
+GEMM_PREFILL_MMA_KERNEL(ACT_I8, OUT_F16, false, gemm_t2_i8_f16_m128)
+GEMM_PREFILL_MMA_KERNEL(ACT_I8, OUT_BF16, false, gemm_t2_i8_bf16_m128)
+GEMM_PREFILL_MMA_KERNEL(ACT_I8, OUT_I32, false, gemm_t2_i8_i32_m128)
