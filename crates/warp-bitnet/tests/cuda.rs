@@ -435,13 +435,15 @@ fn every_kernel<W: RandomWeights>() {
     // split kernels take 2 K slices for 300 columns (2 and 1 k tiles), 8 slices of 1 for
     // 1000, 4 for 600 (2, 2, 1 and an empty one), a single slice for 3000 x 100. On
     // sm_90a the split and prefill kernels run with wgmma and with mma.sync; the runs with
-    // split kernels take a prefill kernel for 100 and 257 tokens.
+    // split kernels take a prefill kernel for 100 and 257 tokens (2000 x 1100: on 24 tiles
+    // at 257).
     for (i, (rows, cols), (split, wgmma), batches) in [
         (37, 300),
         (129, 1000),
         (129, 600),
         (20_000, 300),
         (3000, 100),
+        (2000, 1100),
     ]
     .into_iter()
     .enumerate()
@@ -456,7 +458,7 @@ fn every_kernel<W: RandomWeights>() {
     // Enough row tiles that 16- and 32-token CTAs in clusters of 2 take several rounds.
     .chain([true, false].map(|wgmma| {
         (
-            5,
+            6,
             (70_000, 300),
             (SplitKernels::Always, wgmma),
             &[17, 33][..],

@@ -958,6 +958,27 @@ pub(crate) unsafe fn launch(
     Ok(())
 }
 
+/// Launches a planned GEMM kernel `f`, in clusters where the plan says so.
+///
+/// # Safety
+/// As [`launch`].
+unsafe fn launch_plan(
+    f: &CudaFunction,
+    plan: &GemmPlan,
+    stream: CUstream,
+    params: &mut [*mut c_void],
+) -> Result<()> {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        if plan.cluster > 0 {
+            let (grid, cluster, threads, smem) = (plan.grid, plan.cluster, plan.threads, plan.smem);
+            launch_clusters(f, grid, cluster, threads, smem, stream, params)
+        } else {
+            launch(f, plan.grid, plan.threads, plan.smem, stream, params)
+        }
+    }
+}
+
 /// Launches `f` in clusters of `cluster` CTAs along x (`grid.0` a multiple).
 ///
 /// # Safety
@@ -1056,7 +1077,8 @@ impl Gpu {
         let mut params = plan.params;
         let Some(pre) = &plan.prepass else {
             // SAFETY: forwarded from the caller.
-            return unsafe { self.launch_plan(f, &plan, params, stream) };
+            let mut kp = [&mut params as *mut GemmParams as *mut c_void];
+            return unsafe { launch_plan(f, &plan, stream, &mut kp) };
         };
         // The workspace is allocated and freed in the stream's order (the driver's pool),
         // so it lives exactly as long as the two launches that use it.
@@ -1088,7 +1110,8 @@ impl Gpu {
             )
             .and_then(|()| {
                 if !pre.tensor_maps {
-                    return self.launch_plan(f, &plan, params, stream);
+                    let mut kp = [&mut params as *mut GemmParams as *mut c_void];
+                    return launch_plan(f, &plan, stream, &mut kp);
                 }
                 // The workspace: [batch][k_tiles * 128] activations, boxes of 128 bytes x 128
                 // tokens, 128-byte swizzle. The weights: row tiles of k_tiles * 512 bytes,
@@ -1118,44 +1141,13 @@ impl Gpu {
                     &mut x_map as *mut CUtensorMap as *mut c_void,
                     &mut w_map as *mut CUtensorMap as *mut c_void,
                 ];
-                launch(f, plan.grid, plan.threads, plan.smem, stream, &mut kp)
+                launch_plan(f, &plan, stream, &mut kp)
             })
         };
         // SAFETY: `work` came from malloc_async on this stream and is freed once.
         let freed = unsafe { cudarc::driver::result::free_async(work, stream) };
         launched?;
         Ok(freed?)
-    }
-
-    /// Launches a planned GEMM kernel `f` with `params` (every kernel but the wgmma
-    /// prefill one).
-    ///
-    /// # Safety
-    /// As [`Gpu::gemm_raw`], for the buffers `params` points to.
-    unsafe fn launch_plan(
-        &self,
-        f: &CudaFunction,
-        plan: &GemmPlan,
-        mut params: GemmParams,
-        stream: CUstream,
-    ) -> Result<()> {
-        let mut kp = [&mut params as *mut GemmParams as *mut c_void];
-        // SAFETY: the kernel takes one GemmParams by value; the caller guarantees the buffers.
-        unsafe {
-            if plan.cluster > 0 {
-                launch_clusters(
-                    f,
-                    plan.grid,
-                    plan.cluster,
-                    plan.threads,
-                    plan.smem,
-                    stream,
-                    &mut kp,
-                )
-            } else {
-                launch(f, plan.grid, plan.threads, plan.smem, stream, &mut kp)
-            }
-        }
     }
 
     /// The kernel and launch shape the planner picks for `batch` tokens of `x` type into

@@ -48,6 +48,15 @@ __device__ __forceinline__ u32x4 load_v4(const void* p) {
     return v;
 }
 
+// Stores to global memory that the compiler may move loads across (no memory clobber):
+// for outputs that never overlap what the kernel reads.
+__device__ __forceinline__ void st_global_u16(void* p, u16 v) {
+    asm volatile("st.global.u16 [%0], %1;" ::"l"(p), "h"(v));
+}
+__device__ __forceinline__ void st_global_u32(void* p, u32 v) {
+    asm volatile("st.global.u32 [%0], %1;" ::"l"(p), "r"(v));
+}
+
 // ---- conversions -----------------------------------------------------------
 
 __device__ __forceinline__ float f16_to_f32(u16 h) {

@@ -307,13 +307,28 @@ __device__ __forceinline__ void tile_mma(const u32x4& wv, const XTile<ACT> (&x)[
 // Left to itself the compiler contracts some kernels' multiply and add into one FMA and not
 // others', and the one-launch W2A8 GEMV then differed from quantize + GEMM in the last bit
 // where the bias cancels the product; quant.cu's w2a8_epilogue (the dense path) rounds
-// the same way.
+// the same way. `row_factors` loads row r's (an epilogue that stores many values per row
+// loads them once, before its stores), `apply_row` applies them.
+struct RowFactors {
+    float scale, bias;
+};
+template <int OUT>
+__device__ __forceinline__ RowFactors row_factors(const GemmParams& p, u32 r) {
+    RowFactors f = {1.f, 0.f};
+    if (p.w_scale != nullptr) f.scale = p.w_scale[p.scale_per_row ? r : 0];
+    if (p.bias != nullptr) {
+        const u16 h = ((const u16*)p.bias)[r];
+        f.bias = OUT == OUT_BF16 ? bf16_to_f32(h) : f16_to_f32(h);
+    }
+    return f;
+}
+__device__ __forceinline__ float apply_row(const GemmParams& p, float y, RowFactors f) {
+    if (p.w_scale != nullptr) y = __fmul_rn(y, f.scale);
+    return p.bias == nullptr ? y : __fadd_rn(y, f.bias);
+}
 template <int OUT>
 __device__ __forceinline__ float scale_bias(const GemmParams& p, float y, u32 r) {
-    if (p.w_scale != nullptr) y = __fmul_rn(y, p.w_scale[p.scale_per_row ? r : 0]);
-    if (p.bias == nullptr) return y;
-    const u16 h = ((const u16*)p.bias)[r];
-    return __fadd_rn(y, OUT == OUT_BF16 ? bf16_to_f32(h) : f16_to_f32(h));
+    return apply_row(p, y, row_factors<OUT>(p, r));
 }
 
 // The single-token kernels keep the whole activation row in (dynamic) shared

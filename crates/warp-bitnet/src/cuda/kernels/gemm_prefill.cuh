@@ -56,34 +56,64 @@ struct PrefillX {
     static constexpr u32 SMEM = STAGES * (X_STAGE + W_STAGE) + 1024;
 };
 
-// The int8 pre-pass's per-token sums, after the rewritten activations (quant.cu).
-template <int ACT>
-__device__ __forceinline__ const int* prefill_xsum(const GemmParams& p) {
-    return (const int*)((const unsigned char*)p.x + (u64)p.batch * p.k_tiles * 128 * PrefillX<ACT>::XB);
+// Int8 activations: the CTA's 128 tokens' x_scale and sum(x) (the pre-pass's, after the
+// rewritten activations: quant.cu), staged in shared memory before the main loop by
+// threads 0 .. 127, so that the epilogue reads them at shared-memory latency.
+struct TokenFactors {
+    float scale[PF_TOKENS];
+    u32 sum[PF_TOKENS];
+};
+template <int ACT, int OUT>
+__device__ __forceinline__ void load_token_factors(const GemmParams& p, u32 b_base, TokenFactors& tf) {
+    if (ACT != ACT_I8 || threadIdx.x >= PF_TOKENS) return;
+    const int* const xsum = (const int*)((const unsigned char*)p.x + (u64)p.batch * p.k_tiles * 128);
+    const u32 tok = b_base + threadIdx.x;
+    const bool live = tok < p.batch;
+    tf.scale[threadIdx.x] = live && OUT != OUT_I32 ? p.x_scale[tok] : 0.f;
+    tf.sum[threadIdx.x] = live ? (u32)xsum[tok] : 0;
 }
 
-// Output (row, tok) of both prefill kernels from its accumulator: `f` (f16/bf16), or
-// `i` (int8: the sum of c x over the codes, less the offset's share of xsum). Outside
-// the matrix or the batch: nothing.
-template <int ACT, int OUT, bool INT2>
-__device__ __forceinline__ void prefill_store(const GemmParams& p, const int* xsum, u32 row, u32 tok, float f, int i) {
-    if (row >= p.rows || tok >= p.batch) return;
-    float y;
-    if constexpr (ACT == ACT_I8) {
-        // Ternary: sum (c - 1) x. INT2: sum (2c - 3) x. (Unsigned: see MAX_W2A8_COLS.)
-        const u32 s = (u32)i, sx = (u32)xsum[tok];
-        const int sum = (int)(INT2 ? 2u * s - 3u * sx : s - sx);
-        if (OUT == OUT_I32) {
-            ((int*)p.y)[(u64)tok * p.ldy + row] = sum;
-            return;
+// The epilogue of both prefill kernels: a thread's accumulators of R row tiles x T token
+// groups (value (r, t, e): row row0[r] + g + 8 (e / 2), token tok0 + 8 t + 2 q + e % 2 of
+// the CTA's block from b_base) scaled into y. Nothing in it waits for global memory: the
+// 2 R rows' w_scale and bias are loaded first, the tokens' factors come from shared memory,
+// and y is stored through asm the compiler may move loads across (y never overlaps the
+// inputs). Before, each value loaded its factors from global memory after the previous
+// value's store, which it had to wait for: the kernel ran 4-10% slower (docs/NOTES.md, v29).
+template <int ACT, int OUT, bool INT2, int R, int T>
+__device__ __forceinline__ void prefill_epilogue(const GemmParams& p, const SplitAcc<ACT, T, R>& acc,
+                                                 const u32 (&row0)[R], u32 b_base, u32 tok0, const TokenFactors& tf) {
+    const u32 lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
+    RowFactors rf[R][2];
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const u32 row = row0[r] + g + 8 * h;
+            rf[r][h] = row < p.rows ? row_factors<OUT>(p, row) : RowFactors{1.f, 0.f};
         }
-        y = (float)sum * (INT2 ? 0.5f : 1.f) * p.x_scale[tok];
-    } else {
-        y = f;
-    }
-    y = scale_bias<OUT>(p, y, row);
-    u16* out = (u16*)p.y + (u64)tok * p.ldy + row;
-    *out = OUT == OUT_BF16 ? f32_to_bf16(y) : f32_to_f16(y);
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int t = 0; t < T; t++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const u32 row = row0[r] + g + 8 * (e / 2), tok = tok0 + 8 * t + 2 * q + e % 2;
+                if (row >= p.rows || tok >= p.batch) continue;
+                float y = acc.f[r][t][e];
+                if constexpr (ACT == ACT_I8) {
+                    // Ternary: sum (c - 1) x. INT2: sum (2c - 3) x. (Unsigned: see MAX_W2A8_COLS.)
+                    const u32 s = (u32)acc.i[r][t][e], sx = tf.sum[tok - b_base];
+                    const int sum = (int)(INT2 ? 2u * s - 3u * sx : s - sx);
+                    if (OUT == OUT_I32) {
+                        st_global_u32((int*)p.y + (u64)tok * p.ldy + row, (u32)sum);
+                        continue;
+                    }
+                    y = (float)sum * (INT2 ? 0.5f : 1.f) * tf.scale[tok - b_base];
+                }
+                y = apply_row(p, y, rf[r][e / 2]);
+                st_global_u16((u16*)p.y + (u64)tok * p.ldy + row, OUT == OUT_BF16 ? f32_to_bf16(y) : f32_to_f16(y));
+            }
 }
 
 // Staged activations, 128-byte swizzle (K-major): per stage, atoms of 4 MMA k steps (64
@@ -216,9 +246,10 @@ __device__ __forceinline__ void gemm_prefill(const GemmParams& p, const TmaMap& 
     // Per stage: `full` completes when its TMA bytes have landed, `empty` when every warp
     // has finished the wgmmas that read it.
     __shared__ __align__(8) u64 bars[2 * STAGES];
+    __shared__ TokenFactors tf;
     // A launch with less shared memory than the stages need is a host bug.
     if (dynamic_smem_size() < X::SMEM) __trap();
-    const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
+    const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const u32 token_blocks = (p.batch + PF_TOKENS - 1) / PF_TOKENS;
     const u32 b_base = blockIdx.x % token_blocks * PF_TOKENS;
     const u32 rt_base = blockIdx.x / token_blocks * PF_ROW_TILES;
@@ -232,6 +263,7 @@ __device__ __forceinline__ void gemm_prefill(const GemmParams& p, const TmaMap& 
         }
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
+    load_token_factors<ACT, OUT>(p, b_base, tf);
     __syncthreads();
 
     // Thread 0 loads stage s into slot s % STAGES: the activations of the CTA's 128 tokens
@@ -273,17 +305,8 @@ __device__ __forceinline__ void gemm_prefill(const GemmParams& p, const TmaMap& 
     wgmma_wait<0>();
     fence_accumulators(acc);
 
-    // ---- epilogue: value (b, t, e) is row 16 tile + g + 8 (e / 2), token 8 t + 2q + e % 2 ----
-    const int* const xsum = prefill_xsum<ACT>(p);
-#pragma unroll
-    for (int b = 0; b < 2; b++)
-#pragma unroll
-        for (int v = 0; v < PF_TOKENS / 2; v++) {
-            const u32 t = v / 4, e = v % 4;
-            const u32 row = 16 * (rt_base + my_tiles + 4 * b) + g + 8 * (e / 2);
-            const u32 tok = b_base + 8 * t + 2 * q + e % 2;
-            prefill_store<ACT, OUT, INT2>(p, xsum, row, tok, acc.f[b][t][e], acc.i[b][t][e]);
-        }
+    const u32 row0[2] = {16 * (rt_base + my_tiles), 16 * (rt_base + my_tiles + 4)};
+    prefill_epilogue<ACT, OUT, INT2>(p, acc, row0, b_base, b_base, tf);
 #else
     __trap();  // the planner takes the prefill kernel only on sm_90a
 #endif

@@ -100,10 +100,11 @@ __device__ __forceinline__ void gemm_prefill_mma(const GemmParams& p) {
 #if __CUDA_ARCH__ >= 800
     typedef PrefillMma<ACT> X;
     extern __shared__ __align__(128) unsigned char smem[];
+    __shared__ TokenFactors tf;
     const u32 stages = min(dynamic_smem_size() / X::STAGE, X::MAX_STAGES);
     // A launch with less shared memory than two stages is a host bug.
     if (stages < 2) __trap();
-    const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
+    const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const u32 token_blocks = (p.batch + PF_TOKENS - 1) / PF_TOKENS;
     const u32 b_base = blockIdx.x % token_blocks * PF_TOKENS;
     const u32 rt_base = blockIdx.x / token_blocks * PF_ROW_TILES;
@@ -134,6 +135,7 @@ __device__ __forceinline__ void gemm_prefill_mma(const GemmParams& p) {
         cp_async_commit();
     };
     for (u32 s = 0; s + 1 < stages; s++) produce(s);
+    load_token_factors<ACT, OUT>(p, b_base, tf);  // read after the main loop's first barrier
 
     SplitAcc<ACT, 8, 4> acc = {};
     const u32 wm = warp % 4, wn = warp / 4;
@@ -156,18 +158,10 @@ __device__ __forceinline__ void gemm_prefill_mma(const GemmParams& p) {
     }
     cp_async_wait<0>();
 
-    // ---- epilogue: value (r, t, e) is row 16 (4 wm + r) + g + 8 (e / 2), token 64 wn + 8 t + 2q + e % 2 ----
-    const int* const xsum = prefill_xsum<ACT>(p);
-#pragma unroll
-    for (int r = 0; r < 4; r++)
-#pragma unroll
-        for (int t = 0; t < 8; t++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const u32 row = 16 * (rt_base + 4 * wm + r) + g + 8 * (e / 2);
-                const u32 b = b_base + 64 * wn + 8 * t + 2 * q + e % 2;
-                prefill_store<ACT, OUT, INT2>(p, xsum, row, b, acc.f[r][t][e], acc.i[r][t][e]);
-            }
+    // ---- epilogue ----
+    const u32 row0[4] = {16 * (rt_base + 4 * wm), 16 * (rt_base + 4 * wm + 1), 16 * (rt_base + 4 * wm + 2),
+                         16 * (rt_base + 4 * wm + 3)};
+    prefill_epilogue<ACT, OUT, INT2>(p, acc, row0, b_base, b_base + 64 * wn, tf);
 #else
     __trap();  // the planner takes mma.sync kernels on sm_80 and newer only
 #endif
