@@ -37,7 +37,10 @@
 // x 8192 at 2048 tokens 1.37-1.41 ms f16 (0.93-0.95x cuBLAS f16), 0.75-0.76 ms int8
 // (1.71-1.75x); the tensor pipe is busy 83% of the time. The unswizzled layout ran 2.5x
 // slower, cp.async with a CTA barrier per tile 1.1-1.2x, two parts instead of four
-// 1.02-1.05x; persistent CTAs were no faster (docs/NOTES.md, v28).
+// 1.02-1.05x; persistent CTAs were no faster (docs/NOTES.md, v28). With the epilogue of
+// v29 (bench/results/2026-11-26-h100-prefill-mma, final-1db0370): 1.37 ms f16 (0.98x),
+// 0.71 ms int8 (1.89x). Split K over clusters was tried and left out: a kernel holding the
+// cluster exchange ran 40% slower even where the exchange never ran (v29).
 #pragma once
 #include "gemm_split.cuh"
 

@@ -24,6 +24,13 @@
 // Budget per k tile per warp (f16): 256 HMMA (an A100 SM retires one every 2 cycles:
 // 4096 cycles a tile per CTA of 8 warps), 32 ldmatrix, 32 decode_pair (~80 instructions),
 // 10 cp.async: issue-light, so the tensor pipe bounds it where the copies keep up.
+// Registers: 128 accumulators + 16 weight words + 16 B + 4 A; ptxas takes all 255 (f16/bf16
+// spill 8-20 bytes), 238-247 for int8.
+// Measured only on an H100 with wgmma turned off (bench/results/2026-11-26-h100-prefill-mma,
+// final-1db0370): 28672 x 8192 at 2048 tokens 2.52 ms f16 / 1.47 ms int8, 0.53x / 0.91x cuBLAS
+// f16 (the wgmma kernel: 1.37 / 0.71 ms), where the split kernels it replaces took 4.48 / 2.94
+// (run1). An H100 runs mma.sync at about half its wgmma rate; an A100, whose full rate it is,
+// was not available.
 #pragma once
 #include "gemm_prefill.cuh"
 
