@@ -28,7 +28,10 @@ const HEADERS: &[(&str, &str)] = &[
     ("common.cuh", include_str!("kernels/common.cuh")),
     ("gemm.cuh", include_str!("kernels/gemm.cuh")),
     ("gemm_prefill.cuh", include_str!("kernels/gemm_prefill.cuh")),
-    ("gemm_prefill_mma.cuh", include_str!("kernels/gemm_prefill_mma.cuh")),
+    (
+        "gemm_prefill_mma.cuh",
+        include_str!("kernels/gemm_prefill_mma.cuh"),
+    ),
     ("gemm_split.cuh", include_str!("kernels/gemm_split.cuh")),
     ("quant.cuh", include_str!("kernels/quant.cuh")),
     ("wgmma.cuh", include_str!("kernels/wgmma.cuh")),

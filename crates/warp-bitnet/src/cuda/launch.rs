@@ -1831,14 +1831,19 @@ mod tests {
                 x_scale: (x == DType::I8).then_some(0x3000),
                 ..args(x, y, 200)
             };
-            let p = plan_gemm(17_000, 300, Levels::Ternary, 0x10, None, &a, &gpu(max_dynamic));
+            let p = plan_gemm(
+                17_000,
+                300,
+                Levels::Ternary,
+                0x10,
+                None,
+                &a,
+                &gpu(max_dynamic),
+            );
             let p = p.unwrap();
             match stages {
                 Some(stages) => {
-                    assert_eq!(
-                        p.symbol,
-                        format!("gemm_t2_{}_{}_m128", x.name(), y.name())
-                    );
+                    assert_eq!(p.symbol, format!("gemm_t2_{}_{}_m128", x.name(), y.name()));
                     assert_eq!((p.grid, p.threads, p.cluster), ((134, 1, 1), 256, 0));
                     let stage = 128 * 128 * x.size() + 16 * 512;
                     assert_eq!(p.smem as usize, stages * stage);
