@@ -435,15 +435,16 @@ fn every_kernel<W: RandomWeights>() {
     // split kernels take 2 K slices for 300 columns (2 and 1 k tiles), 8 slices of 1 for
     // 1000, 4 for 600 (2, 2, 1 and an empty one), a single slice for 3000 x 100. On
     // sm_90a the split and prefill kernels run with wgmma and with mma.sync; the runs with
-    // split kernels take a prefill kernel for 100 and 257 tokens (2000 x 1100: on 24 tiles
-    // at 257).
+    // split kernels take a prefill kernel for 100 and 257 tokens. 700 x 2900 at 257 tokens
+    // (9 tiles of 23 k tiles) splits K over 8 CTAs per tile on an H100: slices of 3, the
+    // last of 2.
     for (i, (rows, cols), (split, wgmma), batches) in [
         (37, 300),
         (129, 1000),
         (129, 600),
         (20_000, 300),
         (3000, 100),
-        (2000, 1100),
+        (700, 2900),
     ]
     .into_iter()
     .enumerate()
@@ -475,6 +476,10 @@ fn every_kernel<W: RandomWeights>() {
                 let k = gpu.gemm_kernel(&d, DType::F16, DType::F16, batch).unwrap();
                 let want = if gpu.wgmma() { "_p128" } else { "_m128" };
                 assert!(k.contains(want), "{k}");
+            }
+            if gpu.prefill() && gpu.wgmma() && rows == 700 && batch == 257 {
+                let k = gpu.gemm_kernel(&d, DType::F16, DType::F16, batch).unwrap();
+                assert!(k.contains("_p128k"), "{k}");
             }
             let xf: Vec<f32> = (0..batch * cols)
                 .map(|_| rng.random_range(-1.0..1.0))

@@ -193,11 +193,13 @@ pub enum Cta {
     },
     /// 256 rows x 128 tokens over the whole K, activations streamed through shared memory
     /// from a pre-pass's workspace: warpgroup MMAs fed by TMA (`_p128`, sm_90a:
-    /// gemm_prefill.cuh) or mma.sync fed by cp.async (`_m128`, sm_80+:
-    /// gemm_prefill_mma.cuh).
+    /// gemm_prefill.cuh; with K split over several CTAs per tile `_p128k`) or mma.sync fed
+    /// by cp.async (`_m128`, sm_80+: gemm_prefill_mma.cuh).
     Prefill {
         /// wgmma instead of mma.sync.
         wgmma: bool,
+        /// Several CTAs per tile, one K slice each (wgmma only).
+        split_k: bool,
     },
 }
 
@@ -216,7 +218,11 @@ pub fn gemm_symbol(levels: Levels, x: DType, staging: Staging, y: DType, cta: Ct
         Cta::Single => "n1".to_string(),
         Cta::Groups { tokens, row_tiles } => format!("n{tokens}_r{row_tiles}"),
         Cta::Split { tokens, wgmma } => format!("{}{tokens}", if wgmma { "w" } else { "s" }),
-        Cta::Prefill { wgmma } => format!("{}128", if wgmma { "p" } else { "m" }),
+        Cta::Prefill {
+            wgmma: true,
+            split_k,
+        } => format!("p128{}", if split_k { "k" } else { "" }),
+        Cta::Prefill { wgmma: false, .. } => "m128".to_string(),
     };
     format!("gemm_{family}_{}{q}_{}_{shape}", x.name(), y.name())
 }
@@ -291,6 +297,27 @@ pub(crate) struct Prepass {
     /// The GEMM reads the workspace and the weights through TMA descriptors (`_p128`),
     /// else through `x` (`_m128`).
     pub tensor_maps: bool,
+    /// Split K (`_p128k`): the GEMM's tiles, each taking `grid / tiles` CTAs, whose partial
+    /// sums ([`PREFILL_PARTIAL`] bytes per CTA) and per-tile counters (u32, zeroed before
+    /// the launch) follow the activations in the workspace.
+    pub split_tiles: Option<usize>,
+}
+
+/// Bytes of partial sums a split-K prefill CTA stores: 256 rows x 128 tokens of f32 or i32.
+pub(crate) const PREFILL_PARTIAL: usize = 256 * 128 * 4;
+
+impl Prepass {
+    /// Offsets of the partial sums and the counters in the workspace, and its size, for a
+    /// launch of `ctas` CTAs: the activations (and int8 sums) first, each part 256-byte
+    /// aligned.
+    pub(crate) fn layout(&self, ctas: usize) -> (usize, usize, usize) {
+        let partial = self.bytes.next_multiple_of(256);
+        let Some(tiles) = self.split_tiles else {
+            return (partial, partial, self.bytes);
+        };
+        let counters = partial + ctas * PREFILL_PARTIAL;
+        (partial, counters, counters + tiles * 4)
+    }
 }
 
 /// What the planner needs to know about the loaded kernels (a `Gpu`, or a fake in tests).
@@ -484,15 +511,21 @@ pub(crate) fn plan_gemm(
         scale_per_row: per_row as u32,
         x_vec: x_vec as u32,
     };
+    let mut fallback = None;
     if a.batch >= PREFILL_MIN_BATCH && gpu.prefill() {
-        if let Some(plan) = plan_prefill(levels, a, row_tiles, k_tiles, params, gpu)? {
-            return Ok(plan);
+        match plan_prefill(levels, a, row_tiles, k_tiles, params, gpu)? {
+            Some(Prefill::First(plan)) => return Ok(plan),
+            Some(Prefill::AfterSplit(plan)) => fallback = Some(plan),
+            None => {}
         }
     }
     if a.batch >= SPLIT_MIN_BATCH && gpu.split_kernels() != SplitKernels::Never {
         if let Some(plan) = plan_split(levels, a, row_tiles, k_tiles, params, gpu)? {
             return Ok(plan);
         }
+    }
+    if let Some(plan) = fallback {
+        return Ok(plan);
     }
     // The most row tiles per CTA whose blocks (times the token groups) fill every
     // resident CTA slot, else the fewest. Token groups share the GPU: each gets its
@@ -536,7 +569,8 @@ pub(crate) fn plan_gemm(
 const PREFILL_MIN_BATCH: usize = 65;
 /// The share of the GPU's resident CTAs the prefill kernel's tiles must fill for one
 /// block of 128 tokens, else the split / token-group kernels run (or, in Python, the dense
-/// path). On the H100 (132 SMs, one prefill CTA each; docs/NOTES.md, v28) at 128 tokens:
+/// path), or, where its split K fills that share and the split kernels do not take the
+/// batch, the split prefill kernel. On the H100 (132 SMs, one prefill CTA each; docs/NOTES.md, v28) at 128 tokens:
 /// 112 tiles (28672 x 8192) ran in 0.63 (f16) / 0.67 (int8) of the time of the kernels
 /// without it, 56 tiles (14336 x 4096) in 1.12 / 1.22, 32 tiles (8192 x 28672) in 1.20 /
 /// 0.76. At 256 tokens, where those kernels decode the weights four times, 64 tiles
@@ -622,8 +656,39 @@ fn prefill_mma_stages(x: DType, max_dynamic: usize) -> Option<usize> {
     (stages >= 2).then_some(stages)
 }
 
-/// A prefill kernel for `a.batch` tokens, if its stages fit shared memory: a CTA per
-/// 256 rows x 128 tokens, token blocks fastest, after the pre-pass that lays the
+/// CTAs per tile on offer to the wgmma prefill kernel's split K, and what a split costs a
+/// CTA beyond its k tiles (storing and summing the partial sums, the pipeline's fill), in
+/// k tiles: the planner's cost model.
+const PREFILL_SPLITS: [usize; 4] = [1, 2, 4, 8];
+const PREFILL_SPLIT_STEPS: usize = 6;
+
+/// The CTAs per tile that split K for `tiles` tiles of `k_tiles`: the fewest k-tile steps
+/// over the waves of CTAs that fit the GPU at once. It splits where the tiles leave SMs
+/// idle (few row blocks, one or two token blocks) and keeps whole K where they fill the GPU.
+fn prefill_split(
+    symbol: &str,
+    smem: usize,
+    tiles: usize,
+    k_tiles: usize,
+    gpu: &impl Occupancy,
+) -> Result<usize> {
+    let slots = gpu.resident(symbol, smem)?.max(1);
+    let steps = |split: usize| {
+        let extra = if split > 1 { PREFILL_SPLIT_STEPS } else { 0 };
+        tiles
+            .saturating_mul(split)
+            .div_ceil(slots)
+            .saturating_mul(k_tiles.div_ceil(split) + extra)
+    };
+    Ok(PREFILL_SPLITS
+        .into_iter()
+        .filter(|&s| s <= k_tiles)
+        .min_by_key(|&s| steps(s))
+        .unwrap_or(1))
+}
+
+/// A prefill kernel for `a.batch` tokens, if its stages fit shared memory: a CTA (with
+/// split K, several) per 256 rows x 128 tokens, token blocks fastest, after the pre-pass that lays the
 /// activations out for it (and, for int8, sums each token). wgmma where the GPU has it
 /// (and `gpu.wgmma()`), else mma.sync.
 fn plan_prefill(
@@ -633,15 +698,18 @@ fn plan_prefill(
     k_tiles: usize,
     mut params: GemmParams,
     gpu: &impl Occupancy,
-) -> Result<Option<GemmPlan>> {
+) -> Result<Option<Prefill>> {
     let wgmma = gpu.wgmma();
-    let symbol = gemm_symbol(
-        levels,
-        a.x_dtype,
-        Staging::AsIs,
-        a.y_dtype,
-        Cta::Prefill { wgmma },
-    );
+    let symbol_for = |split_k| {
+        gemm_symbol(
+            levels,
+            a.x_dtype,
+            Staging::AsIs,
+            a.y_dtype,
+            Cta::Prefill { wgmma, split_k },
+        )
+    };
+    let mut symbol = symbol_for(false);
     let max_dynamic = gpu.max_dynamic(&symbol)?;
     let smem = if wgmma {
         prefill_smem(a.x_dtype)
@@ -654,20 +722,31 @@ fn plan_prefill(
     if smem > max_dynamic {
         return Ok(None);
     }
-    let ctas = (row_tiles * 16).div_ceil(PREFILL_ROWS) * a.batch.div_ceil(PREFILL_TOKENS);
-    // One token block in too few tiles to fill the GPU: each CTA streams its whole K alone,
-    // and the other kernels, which split K, decode every weight at most twice.
-    if a.batch <= PREFILL_TOKENS
-        && (ctas as f64) < PREFILL_MIN_FILL * gpu.resident(&symbol, smem)? as f64
-    {
+    let tiles = (row_tiles * 16).div_ceil(PREFILL_ROWS) * a.batch.div_ceil(PREFILL_TOKENS);
+    let split = if wgmma {
+        prefill_split(&symbol, smem, tiles, k_tiles, gpu)?
+    } else {
+        1
+    };
+    if split > 1 {
+        symbol = symbol_for(true);
+    }
+    let ctas = tiles.saturating_mul(split);
+    // One token block in too few tiles to fill the GPU: the split kernels (K slices in
+    // clusters, every weight decoded once for up to 64 tokens) were as fast or faster at 128
+    // tokens wherever they fit, the token-group kernels slower than split K (docs/NOTES.md,
+    // v29); with too few CTAs even split, the other kernels.
+    let least = PREFILL_MIN_FILL * gpu.resident(&symbol, smem)? as f64;
+    let first = a.batch > PREFILL_TOKENS || tiles as f64 >= least;
+    if !first && (ctas as f64) < least {
         return Ok(None);
     }
     if ctas > i32::MAX as usize {
         return Err(Error::TooLarge {
             arg: "batch",
             value: a.batch as u64,
-            limit: (i32::MAX as usize / (row_tiles * 16).div_ceil(PREFILL_ROWS) * PREFILL_TOKENS)
-                as u64,
+            limit: (i32::MAX as usize / split / (row_tiles * 16).div_ceil(PREFILL_ROWS)
+                * PREFILL_TOKENS) as u64,
         });
     }
     let xsz = a.x_dtype.size();
@@ -681,7 +760,7 @@ fn plan_prefill(
     // The kernel reads the workspace (wgmma: through a TMA descriptor, and its int8 sums
     // through `x`), not x: the launch fills in its address.
     params.x = 0;
-    Ok(Some(GemmPlan {
+    let plan = GemmPlan {
         symbol,
         params,
         grid: (ctas as u32, 1, 1),
@@ -693,8 +772,21 @@ fn plan_prefill(
             bytes: row_bytes + sums,
             vec: vec as u32,
             tensor_maps: wgmma,
+            split_tiles: (split > 1).then_some(tiles),
         }),
+    };
+    Ok(Some(if first {
+        Prefill::First(plan)
+    } else {
+        Prefill::AfterSplit(plan)
     }))
+}
+
+/// A prefill plan, and whether it goes before the split kernels' or only where they do not
+/// take the batch.
+enum Prefill {
+    First(GemmPlan),
+    AfterSplit(GemmPlan),
 }
 
 /// Batches from which the split-K cluster kernels take over (sm_90+): up to 8 tokens
@@ -1081,9 +1173,14 @@ impl Gpu {
             return unsafe { launch_plan(f, &plan, stream, &mut kp) };
         };
         // The workspace is allocated and freed in the stream's order (the driver's pool),
-        // so it lives exactly as long as the two launches that use it.
+        // so it lives exactly as long as the launches that use it.
+        let (partial, counters, bytes) = pre.layout(plan.grid.0 as usize);
         // SAFETY: `stream` belongs to this GPU's context (the caller's guarantee).
-        let work = unsafe { cudarc::driver::result::malloc_async(stream, pre.bytes) }?;
+        let work = unsafe { cudarc::driver::result::malloc_async(stream, bytes) }?;
+        let (mut partial, mut counters) = match pre.split_tiles {
+            Some(_) => (work + partial as u64, work + counters as u64),
+            None => (0, 0),
+        };
         let (mut x, mut ldx, mut n, mut k_tiles, mut vec, mut out) = (
             args.x,
             args.ldx as u32,
@@ -1098,7 +1195,7 @@ impl Gpu {
         // SAFETY: the pre-pass reads `batch` rows of x (the caller's guarantee) and writes
         // `pre.bytes` of the workspace; the GEMM reads the workspace through `params.x` or
         // `x_map` and the weights through `params.w` or `w_map`, all within the buffers
-        // they describe.
+        // they describe, and a split one its partial sums and counters in the workspace.
         let launched = unsafe {
             launch(
                 self.function(pre.symbol)?,
@@ -1109,6 +1206,9 @@ impl Gpu {
                 &mut kp,
             )
             .and_then(|()| {
+                if let Some(tiles) = pre.split_tiles {
+                    cudarc::driver::result::memset_d8_async(counters, 0, tiles * 4, stream)?;
+                }
                 if !pre.tensor_maps {
                     let mut kp = [&mut params as *mut GemmParams as *mut c_void];
                     return launch_plan(f, &plan, stream, &mut kp);
@@ -1140,6 +1240,8 @@ impl Gpu {
                     &mut params as *mut GemmParams as *mut c_void,
                     &mut x_map as *mut CUtensorMap as *mut c_void,
                     &mut w_map as *mut CUtensorMap as *mut c_void,
+                    &mut partial as *mut CUdeviceptr as *mut c_void,
+                    &mut counters as *mut CUdeviceptr as *mut c_void,
                 ];
                 launch_plan(f, &plan, stream, &mut kp)
             })
@@ -1777,6 +1879,7 @@ mod tests {
             let prepass = p.prepass.unwrap();
             assert_eq!((prepass.symbol, prepass.bytes), (pre, bytes));
             assert!(prepass.tensor_maps);
+            assert_eq!(prepass.split_tiles, None);
             // ldx 300 is a multiple of 4 and 2; so is cols.
             assert_eq!(prepass.vec, 1);
         }
@@ -1807,6 +1910,73 @@ mod tests {
             let p = plan_gemm(rows, 300, Levels::Ternary, 0x10, None, &a, gpu).unwrap();
             assert!(p.prepass.is_none(), "{rows} {batch}");
         }
+    }
+
+    #[test]
+    fn prefill_splits_k_where_its_tiles_leave_the_gpu_idle() {
+        // 8192 x 28672 (32 row blocks, 224 k tiles) on the fake's 264 resident CTAs: 256
+        // tokens are 64 tiles, split over 4 CTAs each (one wave of 56 + 6 steps; 2 take 112 +
+        // 6, 8 two waves of 28 + 6); 2048 tokens (512 tiles) keep whole K.
+        for (batch, grid, split) in [(256, 256, true), (2048, 512, false)] {
+            let a = GemmArgs {
+                ldx: 28672,
+                ldy: 8192,
+                ..args(DType::F16, DType::F16, batch)
+            };
+            let p = plan_gemm(8192, 28672, Levels::Ternary, 0x10, None, &a, SM90A_PREFILL);
+            let p = p.unwrap();
+            let suffix = if split { "k" } else { "" };
+            assert_eq!(p.symbol, format!("gemm_t2_f16_f16_p128{suffix}"));
+            assert_eq!((p.grid.0, p.cluster), (grid, 0), "{batch}");
+            let pre = p.prepass.unwrap();
+            let tiles = split.then_some(64);
+            assert_eq!(pre.split_tiles, tiles);
+            // The workspace: activations, then 128 KB of partial sums per CTA and a counter
+            // per tile, each 256-byte aligned.
+            let x = batch * 224 * 128 * 2;
+            let (partial, counters, bytes) = pre.layout(grid as usize);
+            assert_eq!(partial, x);
+            if split {
+                assert_eq!(
+                    (counters, bytes),
+                    (
+                        x + 256 * PREFILL_PARTIAL,
+                        x + 256 * PREFILL_PARTIAL + 64 * 4
+                    )
+                );
+            } else {
+                assert_eq!(bytes, x);
+            }
+        }
+    }
+
+    #[test]
+    fn one_token_block_splits_k_only_where_the_split_kernels_do_not_run() {
+        // 128 tokens on 8192 x 8192: 32 tiles, an eighth of the fake's CTAs. Split over 8
+        // CTAs each (8 k tiles + 6 steps) they fill it; the prefill kernel then runs where the
+        // split kernels do not take the batch (here: without clusters), else they do.
+        let a = GemmArgs {
+            ldx: 8192,
+            ldy: 8192,
+            ..args(DType::F16, DType::F16, 128)
+        };
+        let plan = |gpu: &FakeGpu| {
+            let p = plan_gemm(8192, 8192, Levels::Ternary, 0x10, None, &a, gpu).unwrap();
+            (p.symbol, p.grid.0)
+        };
+        let no_clusters = FakeGpu {
+            clusters: false,
+            ..*SM90A_PREFILL
+        };
+        assert_eq!(
+            plan(&no_clusters),
+            ("gemm_t2_f16_f16_p128k".to_string(), 256)
+        );
+        let (symbol, _) = plan(&FakeGpu {
+            split: SplitKernels::Always,
+            ..*SM90A_PREFILL
+        });
+        assert_eq!(symbol, "gemm_t2_f16_f16_w64");
     }
 
     #[test]

@@ -416,8 +416,8 @@ mod tests {
                         planned.push(gemm_symbol(levels, x, Staging::AsIs, y, cta));
                     }
                 }
-                for wgmma in [false, true] {
-                    let cta = Cta::Prefill { wgmma };
+                for (wgmma, split_k) in [(false, false), (true, false), (true, true)] {
+                    let cta = Cta::Prefill { wgmma, split_k };
                     planned.push(gemm_symbol(levels, x, Staging::AsIs, y, cta));
                 }
             }

@@ -57,6 +57,13 @@ __device__ __forceinline__ void st_global_u32(void* p, u32 v) {
     asm volatile("st.global.u32 [%0], %1;" ::"l"(p), "r"(v));
 }
 
+// A load that skips L1 (the data was written by another CTA of this launch).
+__device__ __forceinline__ u32x4 load_cg_v4(const void* p) {
+    u32x4 v;
+    asm volatile("ld.global.cg.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    return v;
+}
+
 // ---- conversions -----------------------------------------------------------
 
 __device__ __forceinline__ float f16_to_f32(u16 h) {

@@ -83,9 +83,12 @@ __device__ __forceinline__ void load_token_factors(const GemmParams& p, u32 b_ba
 // and y is stored through asm the compiler may move loads across (y never overlaps the
 // inputs). Before, each value loaded its factors from global memory after the previous
 // value's store, which it had to wait for: the kernel ran 4-10% slower (docs/NOTES.md, v29).
-template <int ACT, int OUT, bool INT2, int R, int T>
+// `others(r, t, f, i)` adds the other K slices' sums of group (r, t) to f (f16/bf16) or i
+// (int8), with split K. (Adding them into `acc` instead made ptxas serialize the wgmmas.)
+template <int ACT, int OUT, bool INT2, int R, int T, class Others>
 __device__ __forceinline__ void prefill_epilogue(const GemmParams& p, const SplitAcc<ACT, T, R>& acc,
-                                                 const u32 (&row0)[R], u32 b_base, u32 tok0, const TokenFactors& tf) {
+                                                 const u32 (&row0)[R], u32 b_base, u32 tok0, const TokenFactors& tf,
+                                                 Others others) {
     const u32 lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
     RowFactors rf[R][2];
 #pragma unroll
@@ -98,15 +101,23 @@ __device__ __forceinline__ void prefill_epilogue(const GemmParams& p, const Spli
 #pragma unroll
     for (int r = 0; r < R; r++)
 #pragma unroll
-        for (int t = 0; t < T; t++)
+        for (int t = 0; t < T; t++) {
+            float f[4];
+            u32 i[4];
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                f[e] = acc.f[r][t][e];
+                i[e] = (u32)acc.i[r][t][e];
+            }
+            others(r, t, f, i);
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 const u32 row = row0[r] + g + 8 * (e / 2), tok = tok0 + 8 * t + 2 * q + e % 2;
                 if (row >= p.rows || tok >= p.batch) continue;
-                float y = acc.f[r][t][e];
+                float y = f[e];
                 if constexpr (ACT == ACT_I8) {
                     // Ternary: sum (c - 1) x. INT2: sum (2c - 3) x. (Unsigned: see MAX_W2A8_COLS.)
-                    const u32 s = (u32)acc.i[r][t][e], sx = tf.sum[tok - b_base];
+                    const u32 s = i[e], sx = tf.sum[tok - b_base];
                     const int sum = (int)(INT2 ? 2u * s - 3u * sx : s - sx);
                     if (OUT == OUT_I32) {
                         st_global_u32((int*)p.y + (u64)tok * p.ldy + row, (u32)sum);
@@ -117,6 +128,7 @@ __device__ __forceinline__ void prefill_epilogue(const GemmParams& p, const Spli
                 y = apply_row(p, y, rf[r][e / 2]);
                 st_global_u16((u16*)p.y + (u64)tok * p.ldy + row, OUT == OUT_BF16 ? f32_to_bf16(y) : f32_to_f16(y));
             }
+        }
 }
 
 // Staged activations, 128-byte swizzle (K-major): per stage, atoms of 4 MMA k steps (64
@@ -240,8 +252,19 @@ __device__ __forceinline__ void pf_parts(PfA<ACT> (&a)[PF_PARTS], const u32x4 (&
     }
 }
 
-template <int ACT, int OUT, bool INT2>
-__device__ __forceinline__ void gemm_prefill(const GemmParams& p, const TmaMap& x_map, const TmaMap& w_map) {
+// Split K ("_p128k"): the S = gridDim.x / tiles consecutive CTAs of a tile take one K slice
+// each (rank r: k tiles r * per .. (r + 1) * per - 1, per = ceil(k_tiles / S); a slice may be
+// empty). Each stores its accumulators as PF_QUADS quads of 4 values per thread (quad c =
+// group (c / 16, c % 16) of PfAcc) into `partial` ([CTA][quad][thread], 16 bytes each: the
+// threads of a quad consecutive, 128 KB per CTA), then counts itself in `counters[tile]`
+// (zeroed by the host before the launch); the CTA that counts last adds the other slices'
+// quads (from L2) in its epilogue. No cluster instructions: a kernel that only held a
+// cluster exchange ran 10-40% slower (docs/NOTES.md, v29).
+constexpr u32 PF_QUADS = 2 * PF_TOKENS / 8;
+
+template <int ACT, int OUT, bool INT2, bool SPLIT>
+__device__ __forceinline__ void gemm_prefill(const GemmParams& p, const TmaMap& x_map, const TmaMap& w_map,
+                                             u32x4* partial, u32* counters) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     typedef PrefillX<ACT> X;
     constexpr u32 STAGES = X::STAGES, PREFETCH = STAGES - 2;
@@ -254,8 +277,11 @@ __device__ __forceinline__ void gemm_prefill(const GemmParams& p, const TmaMap& 
     if (dynamic_smem_size() < X::SMEM) __trap();
     const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const u32 token_blocks = (p.batch + PF_TOKENS - 1) / PF_TOKENS;
-    const u32 b_base = blockIdx.x % token_blocks * PF_TOKENS;
-    const u32 rt_base = blockIdx.x / token_blocks * PF_ROW_TILES;
+    const u32 tiles = token_blocks * ((p.rows + 16 * PF_ROW_TILES - 1) / (16 * PF_ROW_TILES));
+    const u32 S = SPLIT ? gridDim.x / tiles : 1, tile = blockIdx.x / S, rank = blockIdx.x % S;
+    const u32 per = (p.k_tiles + S - 1) / S, kt0 = min(rank * per, p.k_tiles), kts = min(per, p.k_tiles - kt0);
+    const u32 b_base = tile % token_blocks * PF_TOKENS;
+    const u32 rt_base = tile / token_blocks * PF_ROW_TILES;
     const u32 base = pinned((smem_addr(smem) + 1023) & ~1023u);
     const u32 w_base = base + STAGES * X::X_STAGE;
     const u32 full = smem_addr(bars), empty = full + 8 * STAGES;
@@ -269,7 +295,7 @@ __device__ __forceinline__ void gemm_prefill(const GemmParams& p, const TmaMap& 
     load_token_factors<ACT, OUT>(p, b_base, tf);
     __syncthreads();
 
-    // Thread 0 loads stage s into slot s % STAGES: the activations of the CTA's 128 tokens
+    // Thread 0 loads stage s (k tile kt0 + s) into slot s % STAGES: the activations of the CTA's 128 tokens
     // (the pre-pass's layout; TMA swizzles them as pf_chunk says and zero-fills tokens past
     // the batch) and its 16 row tiles' weights (zeros past the last: the epilogue drops
     // those rows). The slot's previous stage, s - STAGES, must have been read by every warp.
@@ -279,24 +305,25 @@ __device__ __forceinline__ void gemm_prefill(const GemmParams& p, const TmaMap& 
         mbar_expect_tx(full + 8 * slot, X::X_STAGE + X::W_STAGE);
 #pragma unroll
         for (u32 a = 0; a < X::X_STAGE / 16384; a++)
-            tma_load(base + slot * X::X_STAGE + a * 16384, x_map, s * 128 + a * (128 / X::XB), b_base, full + 8 * slot);
-        tma_load(w_base + slot * X::W_STAGE, w_map, s * 128, rt_base, full + 8 * slot);
+            tma_load(base + slot * X::X_STAGE + a * 16384, x_map, (kt0 + s) * 128 + a * (128 / X::XB), b_base,
+                     full + 8 * slot);
+        tma_load(w_base + slot * X::W_STAGE, w_map, (kt0 + s) * 128, rt_base, full + 8 * slot);
     };
     PfAcc<ACT> acc = {};
     fence_accumulators(acc);
 
     if (threadIdx.x == 0)
-        for (u32 s = 0; s < min(PREFETCH, p.k_tiles); s++) produce(s);
+        for (u32 s = 0; s < min(PREFETCH, kts); s++) produce(s);
     const u32 h = warp / 4, my_tiles = 8 * h + warp % 4;  // and my_tiles + 4
     PfA<ACT> a[PF_PARTS] = {};
     // PF_PARTS - 1 groups stay in flight while the next part is decoded: before it decodes
     // part P of a tile into a[P], a warpgroup waits only for part P of the previous tile
     // (after the last part, that tile's stage is free: `empty`).
     const u32 released = lane == 0 ? empty : 0;  // lane 0 releases its warp's stages
-    for (u32 kt = 0; kt < p.k_tiles; kt++) {
+    for (u32 kt = 0; kt < kts; kt++) {
         // Stage kt + PREFETCH reuses the slot of kt - 2, which every warp has released
         // by its previous tile: the wait rarely blocks.
-        if (threadIdx.x == 0 && kt + PREFETCH < p.k_tiles) produce(kt + PREFETCH);
+        if (threadIdx.x == 0 && kt + PREFETCH < kts) produce(kt + PREFETCH);
         const u32 slot = kt % STAGES;
         mbar_wait(full + 8 * slot, (kt / STAGES) & 1);
         const u32 xs = base + slot * X::X_STAGE;
@@ -308,16 +335,51 @@ __device__ __forceinline__ void gemm_prefill(const GemmParams& p, const TmaMap& 
     wgmma_wait<0>();
     fence_accumulators(acc);
 
+    // Quad c of CTA `cta` of this thread.
+    const auto quad = [&](u32 cta, u32 c) { return partial + ((u64)cta * PF_QUADS + c) * PF_THREADS + threadIdx.x; };
+    if constexpr (SPLIT) {
+        __shared__ u32 last;
+#pragma unroll
+        for (u32 c = 0; c < PF_QUADS; c++) {
+            const u32 b = c / (PF_TOKENS / 8), t = c % (PF_TOKENS / 8);
+            if constexpr (ACT == ACT_I8)
+                *quad(blockIdx.x, c) = {(u32)acc.i[b][t][0], (u32)acc.i[b][t][1], (u32)acc.i[b][t][2], (u32)acc.i[b][t][3]};
+            else
+                *quad(blockIdx.x, c) = {__float_as_uint(acc.f[b][t][0]), __float_as_uint(acc.f[b][t][1]),
+                                        __float_as_uint(acc.f[b][t][2]), __float_as_uint(acc.f[b][t][3])};
+        }
+        __threadfence();  // the quads are visible before the count that announces them
+        __syncthreads();
+        if (threadIdx.x == 0) last = atomicAdd(&counters[tile], 1) == S - 1;
+        __syncthreads();
+        if (!last) return;
+        __threadfence();  // and read after it
+    }
     const u32 row0[2] = {16 * (rt_base + my_tiles), 16 * (rt_base + my_tiles + 4)};
-    prefill_epilogue<ACT, OUT, INT2>(p, acc, row0, b_base, b_base, tf);
+    prefill_epilogue<ACT, OUT, INT2>(p, acc, row0, b_base, b_base, tf, [&](int b, int t, float (&f)[4], u32 (&i)[4]) {
+        if constexpr (SPLIT) {
+            for (u32 src = tile * S; src < tile * S + S; src++) {
+                if (src == blockIdx.x) continue;
+                const u32x4 v = load_cg_v4(quad(src, b * (PF_TOKENS / 8) + t));
+                const u32 w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    f[e] += __uint_as_float(w[e]);
+                    i[e] += w[e];
+                }
+            }
+        }
+    });
 #else
     __trap();  // the planner takes the prefill kernel only on sm_90a
 #endif
 }
 
-// Symbols: gemm_{t2|int2}_{activation}_{output}_p128; built by `gemm_symbol`.
-#define GEMM_PREFILL_KERNEL(ACT, OUT, INT2, NAME)                                                          \
+// Symbols: gemm_{t2|int2}_{activation}_{output}_p128 (whole K) and _p128k (split K); built
+// by `gemm_symbol`. `partial` and `counters` are read by the split kernels only.
+#define GEMM_PREFILL_KERNEL(ACT, OUT, INT2, SPLIT, NAME)                                                   \
     extern "C" __global__ void __launch_bounds__(PF_THREADS, 1)                                            \
-        NAME(const GemmParams p, const __grid_constant__ TmaMap x_map, const __grid_constant__ TmaMap w_map) { \
-        gemm_prefill<ACT, OUT, INT2>(p, x_map, w_map);                                                    \
+        NAME(const GemmParams p, const __grid_constant__ TmaMap x_map, const __grid_constant__ TmaMap w_map, \
+             u32x4* partial, u32* counters) {                                                               \
+        gemm_prefill<ACT, OUT, INT2, SPLIT>(p, x_map, w_map, partial, counters);                           \
     }

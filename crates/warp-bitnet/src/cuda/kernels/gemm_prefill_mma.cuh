@@ -168,7 +168,8 @@ __device__ __forceinline__ void gemm_prefill_mma(const GemmParams& p) {
     // ---- epilogue ----
     const u32 row0[4] = {16 * (rt_base + 4 * wm), 16 * (rt_base + 4 * wm + 1), 16 * (rt_base + 4 * wm + 2),
                          16 * (rt_base + 4 * wm + 3)};
-    prefill_epilogue<ACT, OUT, INT2>(p, acc, row0, b_base, b_base + 64 * wn, tf);
+    prefill_epilogue<ACT, OUT, INT2>(p, acc, row0, b_base, b_base + 64 * wn, tf,
+                                     [](int, int, float (&)[4], u32 (&)[4]) {});
 #else
     __trap();  // the planner takes mma.sync kernels on sm_80 and newer only
 #endif
