@@ -39,8 +39,10 @@
 // slower, cp.async with a CTA barrier per tile 1.1-1.2x, two parts instead of four
 // 1.02-1.05x; persistent CTAs were no faster (docs/NOTES.md, v28). With the epilogue of
 // v29 (bench/results/2026-11-26-h100-prefill-mma, final-1db0370): 1.37 ms f16 (0.98x),
-// 0.71 ms int8 (1.89x). Split K over clusters was tried and left out: a kernel holding the
-// cluster exchange ran 40% slower even where the exchange never ran (v29).
+// 0.71 ms int8 (1.89x). Split K (`_p128k`, below gemm_prefill's arguments) for grids that
+// leave SMs idle: 8192 x 28672 at 128 tokens 115 vs 241 µs, at 256 186 vs 290 (final-2396a18,
+// development run 5); a first version over clusters ran 40% slower even where its exchange
+// never ran (v29), this one uses global memory (v30).
 #pragma once
 #include "gemm_split.cuh"
 
