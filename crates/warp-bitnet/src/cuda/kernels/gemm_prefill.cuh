@@ -1,15 +1,16 @@
 // Prefill kernel "_p128" (sm_90a): a streaming warpgroup-MMA GEMM for batches beyond 64
 // tokens, where the split kernels' K slice of the activations no longer fits shared
-// memory. Same T2 tiles and register decode as gemm.cuh.
+// memory. Same T2 tiles and register decode as gemm.cuh. "_p128k": the same with K split
+// over 2-8 CTAs per tile, for grids that would leave SMs idle (see gemm_prefill).
 //
 // Tile: a CTA of 2 warpgroups (8 warps) computes 256 rows (16 row tiles) x 128 tokens
-// over the whole K. Warpgroup h takes row tiles 8h .. 8h + 7 as two m64 blocks; warp i
+// over the whole K (its slice of K). Warpgroup h takes row tiles 8h .. 8h + 7 as two m64 blocks; warp i
 // of it takes tiles 8h + i and 8h + 4 + i, decodes its T2 words into wgmma register-A
 // fragments (gemm.cuh: pair_fragment, quad_fragment) and multiplies them with the
 // staged activations through a shared-memory descriptor (m64n128k16 f16/bf16,
 // m64n128k32 int8). The accumulators (2 x 64 per thread) stay in registers for the
-// whole K. CTAs take token blocks fastest (blockIdx.x = row block * token blocks +
-// token block), so the CTAs resident at once share their row blocks' weights in L2, and
+// whole K. Tiles take token blocks fastest (tile = row block * token blocks + token
+// block; blockIdx.x = tile, or tile * S + slice), so the CTAs resident at once share their row blocks' weights in L2, and
 // the activations (32 MB for 2048 tokens x 8192 f16) stay there too.
 //
 // Activations: wgmma wants each core-matrix row (8 k values of one token, 16 bytes)
