@@ -735,7 +735,7 @@ fn plan_prefill(
     // One token block in too few tiles to fill the GPU: the split kernels (K slices in
     // clusters, every weight decoded once for up to 64 tokens) were as fast or faster at 128
     // tokens wherever they fit, the token-group kernels slower than split K (docs/NOTES.md,
-    // v29); with too few CTAs even split, the other kernels.
+    // v30); with too few CTAs even split, the other kernels.
     let least = PREFILL_MIN_FILL * gpu.resident(&symbol, smem)? as f64;
     let first = a.batch > PREFILL_TOKENS || tiles as f64 >= least;
     if !first && (ctas as f64) < least {
