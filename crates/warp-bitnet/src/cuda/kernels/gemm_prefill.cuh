@@ -41,8 +41,8 @@
 // 1.02-1.05x; persistent CTAs were no faster (docs/NOTES.md, v28). With the epilogue of
 // v29 (bench/results/2026-11-26-h100-prefill-mma, final-1db0370): 1.37 ms f16 (0.98x),
 // 0.71 ms int8 (1.89x). Split K (`_p128k`, below gemm_prefill's arguments) for grids that
-// leave SMs idle: 8192 x 28672 at 128 tokens 115 vs 241 µs, at 256 186 vs 290 (final-2396a18,
-// development run 5); a first version over clusters ran 40% slower even where its exchange
+// leave SMs idle: 8192 x 28672 at 128 tokens 114 vs 241 µs (development run 5, one call),
+// at 256 186 (final-2396a18) vs 290 (final-1db0370); a first version over clusters ran 40% slower even where its exchange
 // never ran (v29), this one uses global memory (v30).
 #pragma once
 #include "gemm_split.cuh"
@@ -260,8 +260,9 @@ __device__ __forceinline__ void pf_parts(PfA<ACT> (&a)[PF_PARTS], const u32x4 (&
 // empty). Each stores its accumulators as PF_QUADS quads of 4 values per thread (quad c =
 // group (c / 16, c % 16) of PfAcc) into `partial` ([CTA][quad][thread], 16 bytes each: the
 // threads of a quad consecutive, 128 KB per CTA), then counts itself in `counters[tile]`
-// (zeroed by the host before the launch); the CTA that counts last adds the other slices'
-// quads (from L2) in its epilogue. No cluster instructions: a kernel that only held a
+// (zeroed by the host before the launch); the CTA that counts last sums every slice's quads
+// (the others' from L2) in slice order, whichever CTA it is, so that a launch's output does
+// not depend on which finished last. No cluster instructions: a kernel that only held a
 // cluster exchange ran 10-40% slower (docs/NOTES.md, v29).
 constexpr u32 PF_QUADS = 2 * PF_TOKENS / 8;
 
@@ -361,14 +362,21 @@ __device__ __forceinline__ void gemm_prefill(const GemmParams& p, const TmaMap& 
     const u32 row0[2] = {16 * (rt_base + my_tiles), 16 * (rt_base + my_tiles + 4)};
     prefill_epilogue<ACT, OUT, INT2>(p, acc, row0, b_base, b_base, tf, [&](int b, int t, float (&f)[4], u32 (&i)[4]) {
         if constexpr (SPLIT) {
+            const float mine_f[4] = {f[0], f[1], f[2], f[3]};
+            const u32 mine_i[4] = {i[0], i[1], i[2], i[3]};
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                f[e] = 0.f;
+                i[e] = 0;
+            }
             for (u32 src = tile * S; src < tile * S + S; src++) {
-                if (src == blockIdx.x) continue;
-                const u32x4 v = load_cg_v4(quad(src, b * (PF_TOKENS / 8) + t));
+                const bool mine = src == blockIdx.x;
+                const u32x4 v = mine ? u32x4{} : load_cg_v4(quad(src, b * (PF_TOKENS / 8) + t));
                 const u32 w[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
-                    f[e] += __uint_as_float(w[e]);
-                    i[e] += w[e];
+                    f[e] += mine ? mine_f[e] : __uint_as_float(w[e]);
+                    i[e] += mine ? mine_i[e] : w[e];
                 }
             }
         }
