@@ -635,7 +635,7 @@ fn tensor_map(
 }
 
 /// Bytes of one pipeline stage of the prefill kernels: one k tile of activations (128
-/// tokens) and weights (16 row tiles).
+/// tokens) and weights (16 row tiles); mirrors `PrefillMma::STAGE` (gemm_prefill_mma.cuh).
 fn prefill_stage(x: DType) -> usize {
     PREFILL_TOKENS * 128 * x.size() + 16 * 512
 }
