@@ -111,7 +111,7 @@ impl PackedFile {
                 let (rows, cols, words, scale) = read_packed(&st, &meta, base, &view)?;
                 match meta.get(&format!("{base}.levels")).map(String::as_str) {
                     None => {
-                        let m = TernaryMatrix::from_i2(rows, cols, words, scale)?;
+                        let m = TernaryMatrix::from_words(rows, cols, words, scale)?;
                         file.matrices.insert(base.to_string(), m);
                     }
                     Some(INT2_LEVELS) if int2_allowed => {

@@ -42,4 +42,4 @@ pub mod quant;
 
 pub use dtype::{Activation, DType};
 pub use error::{Error, Result};
-pub use format::{Int2Matrix, Levels, PackedWeights, Scale, TernaryMatrix};
+pub use format::{Int2Matrix, Levels, PackedMatrix, PackedWeights, Scale, TernaryMatrix};

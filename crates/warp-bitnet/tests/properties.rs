@@ -8,7 +8,7 @@ use warp_bitnet::cpu::reference;
 use warp_bitnet::format::{i2, tiled};
 use warp_bitnet::format::{Int2Matrix, PackedWeights};
 use warp_bitnet::quant::{quantize_activations_i8, quantize_ternary, WeightQuant};
-use warp_bitnet::{Activation, Error, Scale, TernaryMatrix};
+use warp_bitnet::{Activation, Error, Levels, Scale, TernaryMatrix};
 
 fn shape() -> impl Strategy<Value = (usize, usize)> {
     (1usize..=17, 1usize..=70)
@@ -199,10 +199,10 @@ fn bad_shapes_are_errors() {
         Err(Error::ShapeMismatch { arg: "x", .. })
     ));
     // W2A8 accumulates in i32: rows longer than MAX_W2A8_COLS are refused.
-    let wide = TernaryMatrix::from_i2(
+    let wide = TernaryMatrix::from_words(
         1,
-        reference::MAX_W2A8_COLS + 1,
-        vec![0; (reference::MAX_W2A8_COLS + 16) / 16],
+        Levels::Ternary.max_w2a8_cols() + 1,
+        vec![0; (Levels::Ternary.max_w2a8_cols() + 16) / 16],
         Scale::None,
     )
     .unwrap();
@@ -212,7 +212,7 @@ fn bad_shapes_are_errors() {
     ));
     // INT2 products reach 3 * 128 per column: a lower limit.
     let int2_limit = <Int2Matrix as PackedWeights>::MAX_W2A8_COLS;
-    assert!(int2_limit < reference::MAX_W2A8_COLS);
+    assert!(int2_limit < Levels::Ternary.max_w2a8_cols());
     let wide = Int2Matrix::from_words(
         1,
         int2_limit + 1,
@@ -252,7 +252,7 @@ fn bad_shapes_are_errors() {
         Err(Error::ShapeMismatch { .. })
     ));
     assert!(matches!(
-        TernaryMatrix::from_i2(1, usize::MAX / 2, vec![], Scale::None),
+        TernaryMatrix::from_words(1, usize::MAX / 2, vec![], Scale::None),
         Err(Error::TooLarge { arg: "cols", .. })
     ));
 }

@@ -114,7 +114,7 @@ pub fn random_matrix(rng: &mut impl rand::Rng, rows: usize, cols: usize) -> crat
         }
     });
     let scale = (0..rows).map(|_| rng.random_range(0.5..1.5)).collect();
-    crate::TernaryMatrix::from_i2(rows, cols, words, crate::Scale::PerRow(scale))
+    crate::TernaryMatrix::from_words(rows, cols, words, crate::Scale::PerRow(scale))
         .expect("valid by construction")
 }
 

@@ -43,7 +43,7 @@ pub fn gemm<T: Activation>(
 /// Exact `acc[b, r] = sum_k q[b, k] * w[r, k]` for int8 activations `q` (`[batch, cols]`),
 /// `w` the decoded integers (for INT2, twice the levels).
 pub fn gemm_i8_accumulate<W: PackedWeights>(w: &W, q: &[i8], batch: usize) -> Result<Vec<i32>> {
-    check_w2a8_cols::<W>(w.cols())?;
+    W::LEVELS.check_w2a8_cols(w.cols())?;
     let y_len = batch.saturating_mul(w.rows());
     check_io(w, q.len(), batch, None, y_len)?;
     let out = per_row(w, batch, |_, wrow, acc: &mut [i32]| {
@@ -80,22 +80,6 @@ pub fn gemm_w2a8<T: Activation>(
             let bv = bias.map_or(0.0, |bv| bv[r].to_f32());
             *o = T::from_f32((a as f32 * unit * x_scale[b]) * w.scale().of_row(r) + bv);
         }
-    }
-    Ok(())
-}
-
-/// Largest `cols` of a W2A8 product: the GPU kernel accumulates `sum c * q` with
-/// codes `c <= 2` and `|q| <= 128` in i32, so `256 * cols` must fit in an i32.
-pub const MAX_W2A8_COLS: usize = i32::MAX as usize / 256;
-
-/// `cols` within the exact-i32 limit of `W`'s W2A8 products ([`PackedWeights::MAX_W2A8_COLS`]).
-pub(crate) fn check_w2a8_cols<W: PackedWeights>(cols: usize) -> Result<()> {
-    if cols > W::MAX_W2A8_COLS {
-        return Err(Error::TooLarge {
-            arg: "cols",
-            value: cols as u64,
-            limit: W::MAX_W2A8_COLS as u64,
-        });
     }
     Ok(())
 }

@@ -130,7 +130,7 @@ const _: () = assert!(std::mem::size_of::<GemmParams>() == 80);
 /// (i8, bf16), and (i8, i32) for the raw integer accumulators (neither the weight
 /// scale nor `x_scale` is applied, and `bias` must be `None`; `x_scale` is still
 /// required for i8 activations). i8 activations allow at most
-/// [`MAX_W2A8_COLS`](crate::cpu::reference::MAX_W2A8_COLS) columns. With
+/// [`Levels::max_w2a8_cols`] columns. With
 /// `quantize_x`, a single f16 (bf16) token is quantized per token to int8 inside the
 /// kernel (the arithmetic of [`quantize_i8`](Gpu::quantize_i8)) and multiplied as
 /// W2A8 into f16 (bf16): one launch instead of two.
@@ -448,11 +448,7 @@ pub(crate) fn plan_gemm(
         }
     }
     if a.x_dtype == I8 || a.quantize_x {
-        use crate::cpu::reference::check_w2a8_cols;
-        match levels {
-            Levels::Ternary => check_w2a8_cols::<crate::TernaryMatrix>(cols)?,
-            Levels::Int2 => check_w2a8_cols::<crate::Int2Matrix>(cols)?,
-        }
+        levels.check_w2a8_cols(cols)?;
     }
     match (a.x_dtype, a.x_scale) {
         (I8, None) => return Err(missing("x_scale", "i8 activations need per-token scales")),

@@ -7,11 +7,9 @@
 //! kernel stops at the logical column count. This is the old project's `gemv_int2` format.
 //!
 //! Rows decode to `2c - 3` in {-3, -1, +1, +3}, twice the level, so products stay exact small
-//! integers; [`PackedWeights::UNIT`] (0.5) turns them back into levels.
+//! integers; [`LevelCodec::UNIT`](super::LevelCodec::UNIT) (0.5) turns them back into levels.
 
 use super::i2::{words_per_row, WEIGHTS_PER_WORD};
-use super::matrix::{check_dims, check_scale};
-use super::{Levels, PackedWeights, Scale};
 use crate::error::{check_len, checked_elems, Error, Result};
 
 /// Packs `rows * cols` codes (row-major, each 0..=3) into INT2 words.
@@ -61,115 +59,19 @@ pub fn validate(words: &[u32], rows: usize, cols: usize) -> Result<()> {
     Ok(())
 }
 
-/// A packed INT2 matrix: words, logical shape and weight scale
-/// (`W[r, k] = (code - 1.5) * scale[r]`).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Int2Matrix {
-    rows: usize,
-    cols: usize,
-    words: Vec<u32>,
-    scale: Scale,
-}
-
-impl Int2Matrix {
-    /// Wraps INT2 words after validating length, padding and scale.
-    pub fn from_words(rows: usize, cols: usize, words: Vec<u32>, scale: Scale) -> Result<Self> {
-        check_dims(rows, cols)?;
-        validate(&words, rows, cols)?;
-        check_scale(&scale, rows)?;
-        Ok(Self {
-            rows,
-            cols,
-            words,
-            scale,
-        })
-    }
-
-    /// Packs row-major codes in 0..=3 (level `code - 1.5`).
-    pub fn from_codes(rows: usize, cols: usize, codes: &[u8], scale: Scale) -> Result<Self> {
-        check_dims(rows, cols)?;
-        check_scale(&scale, rows)?;
-        let words = pack(codes, rows, cols)?;
-        Ok(Self {
-            rows,
-            cols,
-            words,
-            scale,
-        })
-    }
-
-    /// Output features (M).
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
-    /// Input features (N), the logical column count.
-    pub fn cols(&self) -> usize {
-        self.cols
-    }
-
-    /// The per-row (or per-tensor) scale.
-    pub fn scale(&self) -> &Scale {
-        &self.scale
-    }
-
-    /// The packed words, row-major, `words_per_row(cols)` per row.
-    pub fn words(&self) -> &[u32] {
-        &self.words
-    }
-
-    /// All codes, row-major.
-    pub fn to_codes(&self) -> Vec<u8> {
-        let mut row = vec![0i8; self.cols];
-        let mut codes = Vec::with_capacity(self.rows * self.cols);
-        for r in 0..self.rows {
-            PackedWeights::unpack_row_into(self, r, &mut row);
-            codes.extend(row.iter().map(|&v| ((v + 3) / 2) as u8)); // 2c - 3 -> c
-        }
-        codes
-    }
-}
-
-impl PackedWeights for Int2Matrix {
-    const LEVELS: Levels = Levels::Int2;
-    const UNIT: f32 = 0.5;
-    // |q * (2c - 3)| <= 128 * 3 per column.
-    const MAX_W2A8_COLS: usize = i32::MAX as usize / 384;
-
-    fn rows(&self) -> usize {
-        self.rows()
-    }
-
-    fn cols(&self) -> usize {
-        self.cols()
-    }
-
-    fn scale(&self) -> &Scale {
-        self.scale()
-    }
-
-    fn words(&self) -> &[u32] {
-        self.words()
-    }
-
-    fn unpack_row_into(&self, r: usize, out: &mut [i8]) {
-        assert_eq!(
-            out.len(),
-            self.cols,
-            "unpack_row_into: `out` must hold one row"
-        );
-        let wpr = words_per_row(self.cols);
-        let row = &self.words[r * wpr..(r + 1) * wpr];
-        for (c, o) in out.iter_mut().enumerate() {
-            let code = (row[c / WEIGHTS_PER_WORD] >> (2 * (c % WEIGHTS_PER_WORD))) & 3;
-            *o = 2 * code as i8 - 3;
-        }
+/// Decodes one row of INT2 words into `out` (`out.len()` = the logical columns): code `c`
+/// becomes `2c - 3`, twice its level.
+pub(crate) fn unpack_row(row_words: &[u32], out: &mut [i8]) {
+    for (c, o) in out.iter_mut().enumerate() {
+        let code = (row_words[c / WEIGHTS_PER_WORD] >> (2 * (c % WEIGHTS_PER_WORD))) & 3;
+        *o = 2 * code as i8 - 3;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::{Int2Matrix, Scale};
     use proptest::prelude::*;
 
     proptest! {

@@ -1,4 +1,7 @@
-use super::i2;
+use std::marker::PhantomData;
+
+use super::levels::{Int2, LevelCodec, Levels, Ternary};
+use super::{i2, int2};
 use crate::error::{shape, Error, Result};
 
 /// Largest row or column count: kernels index rows and columns with 32-bit integers.
@@ -30,39 +33,40 @@ impl Scale {
     }
 }
 
-/// A packed ternary matrix: I2 words, logical shape and weight scale.
+/// A packed 2-bit weight matrix: words in the I2 word layout, logical shape and weight
+/// scale. `L` says what the codes stand for ([`Ternary`] or [`Int2`]); the CPU and GPU
+/// kernels take every codec through [`PackedWeights`].
 #[derive(Clone, Debug, PartialEq)]
-pub struct TernaryMatrix {
+pub struct PackedMatrix<L: LevelCodec> {
     rows: usize,
     cols: usize,
     words: Vec<u32>,
     scale: Scale,
+    levels: PhantomData<L>,
 }
 
-impl TernaryMatrix {
-    /// Wraps I2 words (see [`i2`]) after validating length, codes, padding and scale.
-    pub fn from_i2(rows: usize, cols: usize, words: Vec<u32>, scale: Scale) -> Result<Self> {
+/// Ternary weights {-1, 0, +1} (I2 codes).
+pub type TernaryMatrix = PackedMatrix<Ternary>;
+/// INT2 weights {-1.5, -0.5, +0.5, +1.5} (`W[r, k] = (code - 1.5) * scale[r]`).
+pub type Int2Matrix = PackedMatrix<Int2>;
+
+impl<L: LevelCodec> PackedMatrix<L> {
+    /// Wraps packed words (`rows * ceil(cols / 16)`) after validating length, codes,
+    /// padding and scale.
+    pub fn from_words(rows: usize, cols: usize, words: Vec<u32>, scale: Scale) -> Result<Self> {
         check_dims(rows, cols)?;
-        i2::validate(&words, rows, cols)?;
-        check_scale(&scale, rows)?;
-        Ok(Self {
-            rows,
-            cols,
-            words,
-            scale,
-        })
+        L::validate(&words, rows, cols)?;
+        Self::checked(rows, cols, words, scale)
     }
 
-    /// Packs row-major weights in {-1, 0, +1}.
-    pub fn from_ternary(rows: usize, cols: usize, weights: &[i8], scale: Scale) -> Result<Self> {
-        check_dims(rows, cols)?;
+    fn checked(rows: usize, cols: usize, words: Vec<u32>, scale: Scale) -> Result<Self> {
         check_scale(&scale, rows)?;
-        let words = i2::pack(weights, rows, cols)?;
         Ok(Self {
             rows,
             cols,
             words,
             scale,
+            levels: PhantomData,
         })
     }
 
@@ -76,7 +80,7 @@ impl TernaryMatrix {
         self.cols
     }
 
-    /// The I2 words, `rows * ceil(cols / 16)`.
+    /// The packed words, row-major, `ceil(cols / 16)` per row.
     pub fn words(&self) -> &[u32] {
         &self.words
     }
@@ -93,7 +97,7 @@ impl TernaryMatrix {
         Ok(self)
     }
 
-    /// The I2 words of row `r`.
+    /// The packed words of row `r`.
     ///
     /// # Panics
     /// If `r >= rows()`, like slice indexing.
@@ -102,7 +106,7 @@ impl TernaryMatrix {
         &self.words[r * wpr..(r + 1) * wpr]
     }
 
-    /// The weights of row `r` into `out`.
+    /// The decoded integers of row `r` into `out` (ternary weights; twice the INT2 levels).
     ///
     /// # Panics
     /// If `r >= rows()` or `out.len() != cols()`.
@@ -112,16 +116,14 @@ impl TernaryMatrix {
             self.cols,
             "unpack_row_into: `out` must hold one row"
         );
-        i2::unpack_row(self.row_words(r), out);
+        L::decode_row(self.row_words(r), out);
     }
 
-    /// All weights, row-major.
-    pub fn to_ternary(&self) -> Vec<i8> {
+    /// All decoded integers, row-major.
+    fn decoded(&self) -> Vec<i8> {
         let mut out = vec![0i8; self.rows * self.cols];
-        if self.cols > 0 {
-            for (r, row) in out.chunks_mut(self.cols).enumerate() {
-                self.unpack_row_into(r, row);
-            }
+        for (r, row) in out.chunks_mut(self.cols).enumerate() {
+            self.unpack_row_into(r, row);
         }
         out
     }
@@ -129,6 +131,86 @@ impl TernaryMatrix {
     /// Bytes of packed weights (what a GEMV must read).
     pub fn packed_bytes(&self) -> usize {
         self.words.len() * 4
+    }
+}
+
+impl PackedMatrix<Ternary> {
+    /// Packs row-major weights in {-1, 0, +1}.
+    pub fn from_ternary(rows: usize, cols: usize, weights: &[i8], scale: Scale) -> Result<Self> {
+        check_dims(rows, cols)?;
+        check_scale(&scale, rows)?;
+        Self::checked(rows, cols, i2::pack(weights, rows, cols)?, scale)
+    }
+
+    /// All weights, row-major.
+    pub fn to_ternary(&self) -> Vec<i8> {
+        self.decoded()
+    }
+}
+
+impl PackedMatrix<Int2> {
+    /// Packs row-major codes in 0..=3 (level `code - 1.5`).
+    pub fn from_codes(rows: usize, cols: usize, codes: &[u8], scale: Scale) -> Result<Self> {
+        check_dims(rows, cols)?;
+        check_scale(&scale, rows)?;
+        Self::checked(rows, cols, int2::pack(codes, rows, cols)?, scale)
+    }
+
+    /// All codes, row-major.
+    pub fn to_codes(&self) -> Vec<u8> {
+        // Rows decode to 2c - 3.
+        self.decoded()
+            .iter()
+            .map(|&v| ((v + 3) / 2) as u8)
+            .collect()
+    }
+}
+
+/// A packed 2-bit weight matrix whose rows decode to small integers, as the CPU and GPU
+/// kernels take it; implemented by [`PackedMatrix`] for every codec.
+pub trait PackedWeights: Sync {
+    /// What the codes stand for.
+    const LEVELS: Levels;
+    /// The weight that a decoded 1 stands for ([`LevelCodec::UNIT`]).
+    const UNIT: f32;
+    /// Largest column count whose int8-activation products accumulate exactly in an `i32`.
+    const MAX_W2A8_COLS: usize;
+
+    /// Output features (M).
+    fn rows(&self) -> usize;
+    /// Input features (N), the logical column count.
+    fn cols(&self) -> usize;
+    /// The weight scale.
+    fn scale(&self) -> &Scale;
+    /// The packed words, row-major, `i2::words_per_row(cols)` per row.
+    fn words(&self) -> &[u32];
+    /// The decoded integers of row `r` into `out` (`out.len() == cols()`).
+    fn unpack_row_into(&self, r: usize, out: &mut [i8]);
+}
+
+impl<L: LevelCodec> PackedWeights for PackedMatrix<L> {
+    const LEVELS: Levels = L::LEVELS;
+    const UNIT: f32 = L::UNIT;
+    const MAX_W2A8_COLS: usize = L::MAX_W2A8_COLS;
+
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn cols(&self) -> usize {
+        self.cols
+    }
+
+    fn scale(&self) -> &Scale {
+        &self.scale
+    }
+
+    fn words(&self) -> &[u32] {
+        &self.words
+    }
+
+    fn unpack_row_into(&self, r: usize, out: &mut [i8]) {
+        PackedMatrix::unpack_row_into(self, r, out)
     }
 }
 
