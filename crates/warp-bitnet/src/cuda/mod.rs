@@ -17,7 +17,10 @@
 //! ```
 
 pub mod compile;
+mod gemm;
 mod launch;
+mod plan;
+mod quant;
 mod weights;
 
 use std::collections::HashMap;
@@ -26,9 +29,10 @@ use std::sync::{Arc, Mutex};
 use cudarc::driver::sys::CUdevice_attribute as Attr;
 use cudarc::driver::{CudaContext, CudaFunction};
 
-pub use launch::{
-    gemm_symbol, tokens_per_cta_options, Cta, GemmArgs, GemmParams, GpuFloat, GpuOut, KernelFamily,
-    SplitKernels, Staging,
+pub use gemm::{GpuFloat, GpuOut};
+pub use plan::{
+    gemm_symbol, tokens_per_cta_options, Cta, GemmArgs, GemmParams, KernelFamily, SplitKernels,
+    Staging,
 };
 pub use weights::GpuMatrix;
 
@@ -404,13 +408,13 @@ mod tests {
                     planned.push(gemm_symbol(levels, x, Staging::AsF16, y, Cta::Single));
                 }
                 planned.push(gemm_symbol(levels, x, Staging::AsIs, y, Cta::Single));
-                for &tokens in launch::tokens_per_cta_options(x) {
-                    for &row_tiles in launch::row_tile_options(x, tokens) {
+                for &tokens in plan::tokens_per_cta_options(x) {
+                    for &row_tiles in plan::row_tile_options(x, tokens) {
                         let cta = Cta::Groups { tokens, row_tiles };
                         planned.push(gemm_symbol(levels, x, Staging::AsIs, y, cta));
                     }
                 }
-                for tokens in launch::SPLIT_TOKENS {
+                for tokens in plan::SPLIT_TOKENS {
                     for wgmma in [false, true] {
                         let cta = Cta::Split { tokens, wgmma };
                         planned.push(gemm_symbol(levels, x, Staging::AsIs, y, cta));
@@ -436,8 +440,8 @@ mod tests {
                 "quantize_i8_f16",
                 "quantize_i8_bf16",
                 "w2a8_epilogue",
-                launch::PREPASS_16,
-                launch::PREPASS_I8
+                plan::PREPASS_16,
+                plan::PREPASS_I8
             ]
         );
     }
