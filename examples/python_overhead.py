@@ -1,23 +1,29 @@
-"""Per-call overhead of the Python path against a bare launch (run on a CUDA host).
+"""Per-call cost of the eager Python API against a bare launch and torch (run on a CUDA host).
 
-    python examples/python_overhead.py [--rows 4096 --cols 4096]
+    python examples/python_overhead.py [--json out.json]
 
-Times, per call (host wall clock over many back-to-back calls, then one synchronize;
-best of 5 such runs):
-the native launch alone (`_native.gemm` with prepared pointers and a preallocated
-output), the custom op through torch's dispatcher (`torch.ops.warp_bitnet.gemm`, what
-torch.compile records), the op's implementation called directly (what eager code calls),
-`warp_bitnet.linear` (validation + cached T2 lookup + op), `BitLinear.forward`, and a
-dense f16 `F.linear` of the same shape for reference; and the GPU time of one GEMM from
-a captured CUDA graph replayed many times.
+For each shape (4096 x 4096, the bitnet-b1.58-2B-4T layers, the Llama-3-8B MLP) it times, per
+call, host wall clock over many back-to-back calls then one synchronize (best of 5 runs):
+the old API's ``gemv(W_packed, X, Y)``, ``warp_bitnet.linear``, ``BitLinear.forward`` and a
+dense f16 ``F.linear`` of the same shape, each cycling over enough weight copies that the
+weights come from DRAM (L2-cold), as a decode loop reads them; and the GPU time of one
+BitLinear GEMM from a captured CUDA graph. A loop runs at the slower of the host and the GPU:
+where a call costs more than its GPU time, the host is the bottleneck.
+
+The host overhead of each path is timed on a 256 x 256 layer, whose GEMM takes ~2 us of GPU
+time, so the loop runs at the host's pace: the native launch alone (prepared pointers and
+output), the op through torch's dispatcher, and the three public calls.
 """
 
 import argparse
+import json
 import time
 
 import torch
 import warp_bitnet as wb
 from warp_bitnet import _native
+
+SHAPES = [(4096, 4096), (2560, 2560), (640, 2560), (6912, 2560), (2560, 6912), (14336, 4096), (4096, 14336)]
 
 
 def per_call_us(fn, n=2000, repeats=5):
@@ -36,21 +42,69 @@ def per_call_us(fn, n=2000, repeats=5):
     return best
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--rows", type=int, default=4096)
-    ap.add_argument("--cols", type=int, default=4096)
-    a = ap.parse_args()
-    m, n = a.rows, a.cols
-    W = torch.randint(-1, 2, (m, n), device="cuda", dtype=torch.float32)
-    packed = wb.pack_ternary(W)
-    layer = wb.BitLinear(n, m, bias=False).cuda()
-    layer.weight_packed.copy_(packed)
-    x = torch.randn(1, n, device="cuda", dtype=torch.float16)
+def cycle(items):
+    """A function returning the next of ``items`` on each call."""
+    state = {"i": 0}
+
+    def nxt():
+        state["i"] = (state["i"] + 1) % len(items)
+        return items[state["i"]]
+
+    return nxt
+
+
+def copies_for(nbytes: int) -> int:
+    """Copies of a tensor of ``nbytes`` that together exceed 4x the L2 cache."""
+    l2 = torch.cuda.get_device_properties(0).L2_cache_size
+    return max(2, -(-4 * l2 // nbytes))
+
+
+def layers(m: int, n: int, copies: int):
+    """``copies`` BitLinear layers with random ternary weights, and their packed words."""
+    out = []
+    for _ in range(copies):
+        layer = wb.BitLinear(n, m, bias=False).cuda()
+        layer.weight_packed.copy_(wb.pack_ternary(torch.randint(-1, 2, (m, n), device="cuda").float()))
+        out.append(layer)
+    return out
+
+
+def shape_rows(m: int, n: int) -> dict:
+    x = torch.randn(n, device="cuda", dtype=torch.float16)
+    y = torch.empty(m, device="cuda", dtype=torch.float16)
+    x2 = x.unsqueeze(0)
+    packed_layers = layers(m, n, copies_for(m * n // 4))
+    dense = [torch.randn(m, n, device="cuda", dtype=torch.float16) for _ in range(copies_for(m * n * 2))]
+    nl, nd = cycle(packed_layers), cycle(dense)
+    rows = {
+        "gemv (old API)": per_call_us(lambda: wb.gemv(nl().weight_packed, x, y)),
+        "linear": per_call_us(lambda: wb.linear(x2, nl().weight_packed)),
+        "BitLinear.forward": per_call_us(lambda: nl()(x2)),
+        "F.linear f16 dense": per_call_us(lambda: torch.nn.functional.linear(x2, nd())),
+    }
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for layer in packed_layers:
+            layer(x2)
+    rows["GPU time per GEMM (graph replay)"] = per_call_us(graph.replay, n=20) / len(packed_layers)
+    dense_graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(dense_graph):
+        for d in dense:
+            torch.nn.functional.linear(x2, d)
+    rows["GPU time per F.linear (graph replay)"] = per_call_us(dense_graph.replay, n=20) / len(dense)
+    return rows
+
+
+def host_rows() -> dict:
+    m = n = 256
+    layer = layers(m, n, 1)[0]
+    packed = layer.weight_packed
+    x = torch.randn(n, device="cuda", dtype=torch.float16)
+    x2 = x.unsqueeze(0)
     y = torch.empty(1, m, device="cuda", dtype=torch.float16)
     t2 = torch.ops.warp_bitnet.to_t2(packed, n)
     stream = torch.cuda.current_stream().cuda_stream
-    dense = W.half()
+    dense = torch.randn(m, n, device="cuda", dtype=torch.float16)
 
     def bare():
         _native.gemm(
@@ -58,24 +112,38 @@ def main():
             y.data_ptr(), "float16", m, 1, 0, 0, False, stream,
         )  # fmt: skip
 
-    rows = {
+    return {
         "native launch": per_call_us(bare),
-        "torch.ops.warp_bitnet.gemm": per_call_us(lambda: torch.ops.warp_bitnet.gemm(t2, m, n, None, x, None)),
-        "ops.eager(ops.gemm) (what linear calls)": per_call_us(
-            lambda: wb.ops.eager(wb.ops.gemm)(t2, m, n, None, x, None)
-        ),
-        "warp_bitnet.linear": per_call_us(lambda: wb.linear(x, packed)),
-        "BitLinear.forward": per_call_us(lambda: layer(x)),
-        "torch F.linear, f16 dense (reference)": per_call_us(lambda: torch.nn.functional.linear(x, dense)),
+        "torch.ops.warp_bitnet.gemm": per_call_us(lambda: torch.ops.warp_bitnet.gemm(t2, m, n, None, x2, None)),
+        "gemv (old API)": per_call_us(lambda: wb.gemv(packed, x, y[0])),
+        "linear": per_call_us(lambda: wb.linear(x2, packed)),
+        "BitLinear.forward": per_call_us(lambda: layer(x2)),
+        "F.linear f16 dense": per_call_us(lambda: torch.nn.functional.linear(x2, dense)),
     }
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(100):
-            layer(x)
-    rows["GPU time per GEMM (graph replay)"] = per_call_us(graph.replay, n=50) / 100
-    print(f"{torch.cuda.get_device_name()}, {m}x{n}, batch 1, f16")
-    for name, us in rows.items():
-        print(f"{name:36s} {us:8.2f} us")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--json", help="write the table as JSON here")
+    a = ap.parse_args()
+    name = torch.cuda.get_device_name()
+    host = host_rows()
+    print(f"{name}, warp_bitnet from {wb.__file__}")
+    print("Host cost per call, 256 x 256, batch 1, f16 (the loop runs at the host's pace):")
+    for k, us in host.items():
+        print(f"  {k:32s} {us:8.2f} us")
+    shapes = {}
+    for m, n in SHAPES:
+        rows = shape_rows(m, n)
+        shapes[f"{m}x{n}"] = rows
+        print(f"{m}x{n}, batch 1, f16, L2-cold (weights cycled over > 4x L2):")
+        for k, us in rows.items():
+            print(f"  {k:36s} {us:8.2f} us")
+        ratio = rows["F.linear f16 dense"] / rows["gemv (old API)"]
+        print(f"  gemv loop vs F.linear loop: {ratio:.2f}x")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"device": name, "host_256x256": host, "shapes": shapes}, f, indent=1)
 
 
 if __name__ == "__main__":

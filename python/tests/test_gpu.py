@@ -294,6 +294,22 @@ def test_large_batch_w2a8_equals_the_kernels(dtype, levels, m, n):
         assert y is None or torch.equal(y, kernels)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gemv_writes_y_in_place(dtype):
+    # The eager fast path launches one kernel into Y: every element written (Y poisoned
+    # with NaN first), the same values as linear, for ternary and INT2 weights.
+    g = torch.Generator().manual_seed(7)
+    m, n = 300, 1000
+    packed = wb.pack_ternary(torch.randint(-1, 2, (m, n), generator=g).float()).cuda()
+    levels = torch.randint(0, 4, (m, n), generator=g).float() - 1.5
+    packed2 = wb.pack_int2(levels).cuda()
+    x = torch.randn(n, generator=g).to("cuda", dtype)
+    for gemv, lin, w in ((wb.gemv, wb.linear, packed), (wb.functional.gemv_int2, wb.linear_int2, packed2)):
+        y = torch.full((m,), float("nan"), device="cuda", dtype=dtype)
+        gemv(w, x, y)
+        assert torch.equal(y, lin(x.unsqueeze(0), w).squeeze(0))
+
+
 def test_dense_path_follows_the_planner():
     # On compute capability 9.0 the GEMM takes the prefill kernel from 65 tokens: with whole K
     # where its tiles fill the GPU (28672 x 8192), with K split over several CTAs per tile where

@@ -8,9 +8,9 @@ __all__ = [
     "gemm",
     "i2_to_dense",
     "i2_to_t2",
-    "kernel_family",
     "quantize_i8",
     "quantize_to_t2",
+    "route",
     "t2_words",
     "w2a8_epilogue",
 ]
@@ -20,9 +20,10 @@ __version__: str
 def cuda_available() -> bool:
     """Whether a CUDA driver and device are present."""
 
-def kernel_family(device: int, rows: int, cols: int, levels: str, x_dtype: str, batch: int) -> str:
-    """The kernel family ("groups", "split", "prefill" or "prefill_mma") the GEMM on `device` takes for `batch`
-    tokens of `x_dtype` ("float16", "bfloat16" or "int8") on a rows x cols matrix of `levels`."""
+def route(device: int, rows: int, cols: int, levels: str, x_dtype: str, batch: int) -> str:
+    """The route ("groups", "split", "prefill", "prefill_mma" or "dense") a GEMM on `device` takes
+    for `batch` tokens of `x_dtype` ("float16", "bfloat16" or "int8") on a rows x cols matrix of
+    `levels`: the Rust planner's decision."""
 
 def t2_words(rows: int, cols: int) -> int:
     """Number of int32 words of the GPU (T2) layout of a rows x cols matrix."""

@@ -8,6 +8,7 @@ round-half-to-even (``torch.round``) everywhere, as in the Rust crate.
 
 from __future__ import annotations
 
+import functools
 import weakref
 
 import torch
@@ -332,47 +333,20 @@ def linear(
 # rows take the quantize kernel and the int8 GEMM.
 ONE_LAUNCH_MAX_COLS = 32768
 
-# From this many tokens on, a dense tensor-core GEMM on the decoded weights (cuBLAS) beats the
-# GEMV kernels, which re-decode the weights for every group of 16 (f16/bf16) or 32 (int8) tokens.
-# H100 crossovers on the 2B, 8B and 70B gate/up shapes (docs/NOTES.md, v18): int8 activations
-# between 64 and 128 tokens (BitLinearTrain uses this one too: its input gradient), f16/bf16
-# between 128 and 192.
-DENSE_MIN_TOKENS = 65
-DENSE_MIN_TOKENS_W2A16 = 129
-# Where the GEMM takes the split-K kernels (sm_90 clusters; wgmma on compute capability 9.0),
-# which decode every weight once per 64 tokens, they beat the dense path much longer: measured
-# on the H100 (docs/NOTES.md, v27) up to 512 int8 tokens (the largest measured) and 256 f16 ones
-# (512 lose). BitLinearTrain keeps DENSE_MIN_TOKENS: its input gradient runs on the transposed
-# matrix, which the split kernels do not cover, and loses to the dense path from 96 tokens.
-SPLIT_DENSE_MIN_TOKENS = 513
-SPLIT_DENSE_MIN_TOKENS_W2A16 = 257
-# Where the GEMM takes the wgmma prefill kernel (compute capability 9.0, from 65 tokens), which
-# runs the decode fused into a streaming wgmma GEMM at 0.87-0.95x cuBLAS f16 with f16/bf16 and
-# 1.3-2.0x with int8 activations at 2048 tokens, the kernels stay: on the H100 they were faster
-# than the dense path (decode, then cuBLAS) or level with it at every batch measured (70B layer
-# at 2048 tokens 1.37 / 0.90 ms against the dense path's 1.55 / 1.49; at 256 tokens 0.58-0.98x of
-# torch's f16 F.linear against its 0.44-0.65x; docs/NOTES.md, v27 and v28). The mma.sync prefill
-# kernel ("prefill_mma", the other GPUs) keeps the thresholds above: on the H100 (wgmma turned off)
-# it ran that 70B layer at 2048 tokens in 2.60 / 1.59 ms (docs/NOTES.md, v29), slower than the
-# dense path's 1.55 / 1.49; on an A100, where mma.sync is the full tensor rate, it is not measured.
-
 
 def dense_path(
     tokens: int, device: torch.device, rows: int, cols: int, levels: str, quantize_activations: bool
 ) -> bool:
     """Whether ``linear`` multiplies ``tokens`` tokens by a ``rows`` x ``cols`` matrix on CUDA
-    ``device`` on cuBLAS over the decoded weights rather than on the ternary kernels."""
-    if tokens < (DENSE_MIN_TOKENS if quantize_activations else DENSE_MIN_TOKENS_W2A16):
-        return False
+    ``device`` on cuBLAS over the decoded weights rather than on the ternary kernels: the
+    route the Rust planner gives (``warp_bitnet::cuda::Gpu::route``), asked once per shape."""
     index = device.index if device.index is not None else torch.cuda.current_device()
-    # The planner's answer depends on the shape and the batch, not the dtype's width alone.
-    x_dtype = "int8" if quantize_activations else "float16"
-    family = _native.kernel_family(index, rows, cols, levels, x_dtype, tokens)
-    if family == "prefill":
-        return False
-    if tokens >= (SPLIT_DENSE_MIN_TOKENS if quantize_activations else SPLIT_DENSE_MIN_TOKENS_W2A16):
-        return True
-    return family != "split"
+    return _route(index, rows, cols, levels, "int8" if quantize_activations else "float16", tokens) == "dense"
+
+
+@functools.lru_cache(maxsize=4096)
+def _route(index: int, rows: int, cols: int, levels: str, x_dtype: str, tokens: int) -> str:
+    return _native.route(index, rows, cols, levels, x_dtype, tokens)
 
 
 def _linear_t2(
@@ -460,7 +434,32 @@ def gemv(W_packed: torch.Tensor, X: torch.Tensor, Y: torch.Tensor) -> None:
         Y: ``[M]`` output, same dtype and device as ``X``.
     """
     _check_gemv_args(W_packed, X, Y)
-    Y.copy_(linear(X.unsqueeze(0), W_packed, in_features=X.shape[0]).squeeze(0))
+    if not _gemv_in_place(W_packed, X, Y):
+        Y.copy_(linear(X.unsqueeze(0), W_packed, in_features=X.shape[0]).squeeze(0))
+
+
+def _gemv_in_place(W_packed: torch.Tensor, X: torch.Tensor, Y: torch.Tensor, levels: str = "ternary") -> bool:
+    """The eager CUDA fast path of ``gemv``: one kernel writing straight into ``Y`` (no
+    output tensor, no copy). False where it does not apply (CPU, other dtypes, strided
+    tensors, a gradient wanted, torch.compile); then ``linear`` runs."""
+    if not (
+        X.is_cuda
+        and X.dtype in (torch.float16, torch.bfloat16)
+        and X.is_contiguous()
+        and Y.is_contiguous()
+        and W_packed.device == X.device
+        and not (X.requires_grad and torch.is_grad_enabled())
+        and not torch.compiler.is_compiling()
+    ):
+        return False
+    n, m = X.shape[0], W_packed.shape[0]
+    t2 = _t2_of(W_packed, n, levels)
+    dt = ops._dtype_name(X.dtype)
+    _native.gemm(
+        X.device.index, t2.data_ptr(), levels, m, n, 0, False, X.data_ptr(), dt, n,
+        Y.data_ptr(), dt, m, 1, 0, 0, False, ops._stream(X),
+    )  # fmt: skip
+    return True
 
 
 # INT2: four levels {-1.5, -0.5, +0.5, +1.5}, code c -> c - 1.5, in the I2 word layout
@@ -574,7 +573,8 @@ def _check_gemv_args(W_packed: torch.Tensor, X: torch.Tensor, Y: torch.Tensor) -
 def gemv_int2(W_packed: torch.Tensor, X: torch.Tensor, Y: torch.Tensor) -> None:
     """The old project's ``gemv_int2(W_packed, X, Y)``: ``Y = L X`` for INT2 levels ``L``, in place."""
     _check_gemv_args(W_packed, X, Y)
-    Y.copy_(linear_int2(X.unsqueeze(0), W_packed, in_features=X.shape[0]).squeeze(0))
+    if not _gemv_in_place(W_packed, X, Y, "int2"):
+        Y.copy_(linear_int2(X.unsqueeze(0), W_packed, in_features=X.shape[0]).squeeze(0))
 
 
 def gemv_int2_scaled(W_packed: torch.Tensor, X: torch.Tensor, scales: torch.Tensor, Y: torch.Tensor) -> None:

@@ -11,6 +11,13 @@ from . import ops
 
 WEIGHT_METHODS = ("absmean", "absmean_row", "absmax")
 
+# The most tokens a BitLinearTrain step runs on the kernels. A training step is not the
+# planner's GEMM: it quantizes and packs the weights every step and computes the input
+# gradient on the transposed matrix, and on the H100 its kernel step lost to the dense
+# PyTorch path from 65 tokens on (96 tokens for the input gradient alone; at 256 and 2048
+# its float32 weight gradient dominates: bench/results/2026-11-26-h100-prefill run13).
+TRAIN_KERNEL_MAX_TOKENS = 64
+
 
 class BitLinear(nn.Module):
     """Inference layer on packed ternary weights: ``y = (x . Wtᵀ) * scale + bias``.
@@ -261,8 +268,8 @@ class BitLinearTrain(nn.Linear):
     behaviour) and, by default, per-token int8 activations; the backward pass is the
     straight-through estimator: the master weights receive the gradient of the
     quantized product unchanged, and the input gradient uses the quantized weights.
-    On CUDA (float16/bfloat16 inputs, or float32 with quantized activations) and fewer
-    than ``functional.DENSE_MIN_TOKENS`` tokens, both products run on the ternary kernels,
+    On CUDA (float16/bfloat16 inputs, or float32 with quantized activations) and at most
+    ``TRAIN_KERNEL_MAX_TOKENS`` tokens, both products run on the ternary kernels,
     the weights quantized and packed on the device each step; larger batches and other
     devices take the PyTorch path (dense quantized weights, cuBLAS on CUDA). ``.quantize()`` freezes the layer to
     a fast ``BitLinear``.
@@ -285,12 +292,12 @@ class BitLinearTrain(nn.Linear):
         self.quantize_activations = quantize_activations
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # CUDA kernels take f16/bf16 activations, or float32 ones quantized to int8; from
-        # DENSE_MIN_TOKENS tokens on, cuBLAS on the dense quantized weights (below) is faster.
+        # CUDA kernels take f16/bf16 activations, or float32 ones quantized to int8; beyond
+        # TRAIN_KERNEL_MAX_TOKENS tokens, cuBLAS on the dense quantized weights (below) is faster.
         tokens = x.numel() // max(x.shape[-1], 1)
         kernels = x.dtype in (torch.float16, torch.bfloat16) or (x.dtype == torch.float32 and self.quantize_activations)
         kernels = kernels and self.weight.dtype in (torch.float32, torch.float16, torch.bfloat16)
-        if x.is_cuda and kernels and tokens < F.DENSE_MIN_TOKENS:
+        if x.is_cuda and kernels and tokens <= TRAIN_KERNEL_MAX_TOKENS:
             return _TernaryLinearCuda.apply(x, self.weight, self.bias, self.weight_method, self.quantize_activations)
         w = _TernarySTE.apply(self.weight, _quantize_weight(self.weight, self.weight_method))
         if self.quantize_activations:

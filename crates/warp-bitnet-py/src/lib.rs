@@ -76,11 +76,11 @@ fn cuda_available() -> bool {
     warp_bitnet::cuda::is_available()
 }
 
-/// The kernel family ("groups", "split", "prefill" or "prefill_mma") the GEMM on device `device` takes
-/// for `batch` tokens of `x_dtype` ("float16", "bfloat16" or "int8") on a rows x cols
-/// matrix of `levels`.
+/// The route ("groups", "split", "prefill", "prefill_mma" or "dense") a GEMM on device
+/// `device` takes for `batch` tokens of `x_dtype` ("float16", "bfloat16" or "int8") on a
+/// rows x cols matrix of `levels`: the Rust planner's decision (`Gpu::route`).
 #[pyfunction]
-fn kernel_family(
+fn route(
     device: usize,
     rows: usize,
     cols: usize,
@@ -91,8 +91,8 @@ fn kernel_family(
     let levels = parse_levels(levels)?;
     let x = dtype(x_dtype)?;
     gpu(device)?
-        .kernel_family(rows, cols, levels, x, batch)
-        .map(|f| f.name())
+        .route(rows, cols, levels, x, batch)
+        .map(|r| r.name())
         .map_err(to_py)
 }
 
@@ -333,7 +333,7 @@ fn convert_checkpoint(
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cuda_available, m)?)?;
     m.add_function(wrap_pyfunction!(t2_words, m)?)?;
-    m.add_function(wrap_pyfunction!(kernel_family, m)?)?;
+    m.add_function(wrap_pyfunction!(route, m)?)?;
     m.add_function(wrap_pyfunction!(i2_to_t2, m)?)?;
     m.add_function(wrap_pyfunction!(gemm, m)?)?;
     m.add_function(wrap_pyfunction!(quantize_to_t2, m)?)?;

@@ -12,7 +12,7 @@ use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr}
 use half::{bf16, f16};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use warp_bitnet::bench::{random_int2_matrix, random_matrix, reference_f64};
-use warp_bitnet::cuda::{GemmArgs, Gpu, SplitKernels};
+use warp_bitnet::cuda::{GemmArgs, Gpu, Route, SplitKernels};
 use warp_bitnet::format::tiled;
 use warp_bitnet::{cpu, quant, Activation, DType, Int2Matrix, PackedWeights, Scale, TernaryMatrix};
 
@@ -468,6 +468,8 @@ fn every_kernel<W: RandomWeights>() {
         gpu.set_split_kernels(split);
         gpu.set_wgmma(wgmma);
         gpu.set_prefill(split == SplitKernels::Always);
+        // The kernels themselves, at every batch.
+        gpu.set_dense(false);
         let w = W::random(&mut rng, rows, cols, i + 1);
         let d = gpu.upload(&w, &s).unwrap();
         for &batch in batches {
@@ -759,6 +761,81 @@ fn quantize_to_t2_matches_the_cpu_quantizer() {
                 s.clone_dtoh(&out).unwrap(),
                 tiled::from_i2(m16.words(), rows, cols).unwrap(),
                 "f16 {rows}x{cols}"
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gemm_takes_the_dense_route_at_large_batches() {
+    dense_route::<TernaryMatrix>();
+    dense_route::<Int2Matrix>();
+}
+
+/// `Gpu::gemm` and `gemm_w2a8` at batches the planner routes to cuBLAS over decoded weights
+/// (checked through `Gpu::route`), against the float64 reference and the exact int32 sums,
+/// with and without bias and for every scale kind; twice, so the second call reads the
+/// cached dense weights.
+fn dense_route<W: RandomWeights>() {
+    let (mut gpu, s, mut rng) = setup();
+    // Without the prefill kernel (which keeps every batch on sm_90a), these batches are
+    // past the thresholds on every GPU.
+    gpu.set_prefill(false);
+    for (i, (rows, cols, batch)) in [(512, 1024, 1024), (136, 264, 600), (1000, 2056, 1100)]
+        .into_iter()
+        .enumerate()
+    {
+        let w = W::random(&mut rng, rows, cols, i);
+        let d = gpu.upload(&w, &s).unwrap();
+        for x in [DType::F16, DType::BF16, DType::I8] {
+            let r = gpu.route(rows, cols, W::LEVELS, x, batch).unwrap();
+            assert_eq!(r, Route::Dense, "{rows}x{cols} batch {batch} {x:?}");
+        }
+        for round in 0..2 {
+            let xf: Vec<f32> = (0..batch * cols)
+                .map(|_| rng.random_range(-1.0..1.0))
+                .collect();
+            let bias: Vec<f32> = (0..rows).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let with_bias = round == 1;
+            let bias64: Vec<f64> = bias.iter().map(|&b| f64::from(f16::from_f32(b))).collect();
+            let want = |x: Vec<f64>| reference_f64(&w, &x, batch, with_bias.then_some(&bias64[..]));
+            let x16: Vec<f16> = xf.iter().map(|&v| f16::from_f32(v)).collect();
+            let b16: Vec<f16> = bias.iter().map(|&v| f16::from_f32(v)).collect();
+            let (xd, bd) = (s.clone_htod(&x16).unwrap(), s.clone_htod(&b16).unwrap());
+            let mut y = s.alloc_zeros::<f16>(batch * rows).unwrap();
+            poison(&s, &mut y);
+            let b = with_bias.then_some(&bd as &dyn DevicePtr<f16>);
+            gpu.gemm(&d, &xd, batch, b, &mut y, &s).unwrap();
+            let e = rel_err(&device_f64(&s, &y), &want(host_f64(&x16)));
+            assert!(
+                e <= 1e-3,
+                "dense f16 {rows}x{cols} batch {batch} bias {with_bias}: {e:.2e}"
+            );
+            let q: Vec<i8> = (0..batch * cols).map(|_| rng.random()).collect();
+            let xs: Vec<f32> = (0..batch).map(|_| rng.random_range(0.001..0.02)).collect();
+            let (qd, xsd) = (s.clone_htod(&q).unwrap(), s.clone_htod(&xs).unwrap());
+            let mut acc = s.alloc_zeros::<i32>(batch * rows).unwrap();
+            poison(&s, &mut acc);
+            gpu.gemm_w2a8::<i32>(&d, &qd, &xsd, batch, None, &mut acc, &s)
+                .unwrap();
+            let exact = cpu::reference::gemm_i8_accumulate(&w, &q, batch).unwrap();
+            assert_eq!(
+                s.clone_dtoh(&acc).unwrap(),
+                exact,
+                "dense i8 {rows}x{cols} batch {batch}"
+            );
+            // The W2A8 epilogue over those sums: the CPU reference's bytes.
+            let mut y8 = s.alloc_zeros::<f16>(batch * rows).unwrap();
+            poison(&s, &mut y8);
+            gpu.gemm_w2a8(&d, &qd, &xsd, batch, b, &mut y8, &s).unwrap();
+            let mut cpu_y = vec![f16::ZERO; batch * rows];
+            let cpu_bias = with_bias.then_some(&b16[..]);
+            cpu::reference::gemm_w2a8(&w, &q, &xs, batch, cpu_bias, &mut cpu_y).unwrap();
+            assert_eq!(
+                s.clone_dtoh(&y8).unwrap(),
+                cpu_y,
+                "dense w2a8 epilogue {rows}x{cols}"
             );
         }
     }

@@ -92,16 +92,18 @@ impl CudaBench {
         gpu.set_split_kernels(split);
         gpu.set_wgmma(wgmma);
         gpu.set_prefill(prefill);
+        // The bench times the ternary kernels against cuBLAS: no dense route for them.
+        gpu.set_dense(false);
         let stream = gpu.context().new_stream()?;
         let blas = CudaBlas::new(stream.clone())?;
         let i = gpu.info().clone();
         let hold_src = compile::Source {
             name: "hold.cu",
-            text: HOLD_SRC,
+            text: std::borrow::Cow::Borrowed(HOLD_SRC),
         };
         let module = gpu
             .context()
-            .load_module(Ptx::from_binary(compile::compile(hold_src, &i.arch)?))?;
+            .load_module(Ptx::from_binary(compile::compile(&hold_src, &i.arch)?))?;
         let hold = module.load_function("hold")?;
         let info = RunInfo {
             gpu: i.name,

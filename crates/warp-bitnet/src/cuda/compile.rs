@@ -6,6 +6,7 @@
 //! `$WARP_BITNET_CACHE_DIR`, else `$XDG_CACHE_HOME/warp-bitnet`, else
 //! `~/.cache/warp-bitnet`; when it cannot be written, compilation still works.
 
+use std::borrow::Cow;
 use std::ffi::{c_char, CStr, CString};
 use std::path::PathBuf;
 
@@ -13,14 +14,15 @@ use cudarc::nvrtc::sys;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+use crate::format::Levels;
 
-/// A kernel source file embedded in the crate.
-#[derive(Clone, Copy, Debug)]
+/// A kernel source: a file embedded in the crate, or assembled from one (the GEMM families).
+#[derive(Clone, Debug)]
 pub struct Source {
     /// File name, e.g. `gemm_t2.cu`.
     pub name: &'static str,
     /// Its text.
-    pub text: &'static str,
+    pub text: Cow<'static, str>,
 }
 
 /// Headers every source may include, by name.
@@ -37,28 +39,38 @@ const HEADERS: &[(&str, &str)] = &[
     ("wgmma.cuh", include_str!("kernels/wgmma.cuh")),
 ];
 
-/// The ternary GEMM family.
-pub const GEMM_T2: Source = Source {
-    name: "gemm_t2.cu",
-    text: include_str!("kernels/gemm_t2.cu"),
-};
-/// The INT2 GEMM family (same template as the ternary one).
-pub const GEMM_INT2: Source = Source {
-    name: "gemm_int2.cu",
-    text: include_str!("kernels/gemm_int2.cu"),
-};
-/// I2 <-> T2 layout conversion.
+/// The GEMM template: every GEMM family is it plus its kernels' instantiation lines.
+const GEMM_TEMPLATE: &str = include_str!("kernels/gemm.cu");
+
+/// The GEMM family of `levels` (`gemm_t2.cu`, `gemm_int2.cu`): the template and a line per
+/// kernel the planner can pick.
+pub fn gemm(levels: Levels) -> Source {
+    let name = match levels {
+        Levels::Ternary => "gemm_t2.cu",
+        Levels::Int2 => "gemm_int2.cu",
+    };
+    let text = format!("{GEMM_TEMPLATE}{}", super::plan::gemm_instances(levels));
+    Source {
+        name,
+        text: Cow::Owned(text),
+    }
+}
+
+/// I2 <-> T2 layout conversion, and the dense path's decode.
 pub const LAYOUT: Source = Source {
     name: "layout.cu",
-    text: include_str!("kernels/layout.cu"),
+    text: Cow::Borrowed(include_str!("kernels/layout.cu")),
 };
 /// Per-token int8 activation quantization and the dense path's W2A8 epilogue.
 pub const QUANT: Source = Source {
     name: "quant.cu",
-    text: include_str!("kernels/quant.cu"),
+    text: Cow::Borrowed(include_str!("kernels/quant.cu")),
 };
+
 /// Every kernel source (CI compiles each for several architectures).
-pub const SOURCES: &[Source] = &[GEMM_T2, GEMM_INT2, LAYOUT, QUANT];
+pub fn sources() -> Vec<Source> {
+    vec![gemm(Levels::Ternary), gemm(Levels::Int2), LAYOUT, QUANT]
+}
 
 const OPTIONS: &[&str] = &["-std=c++17", "-lineinfo"];
 
@@ -92,11 +104,11 @@ pub fn arch_for(major: i32, minor: i32) -> String {
 }
 
 /// CUBIN of `src` for `arch`, from the cache when possible.
-pub fn cubin_cached(src: Source, arch: &str) -> Result<Vec<u8>> {
+pub fn cubin_cached(src: &Source, arch: &str) -> Result<Vec<u8>> {
     let version = nvrtc_version()?;
     let mut h = Sha256::new();
     h.update(format!("{version:?}|{arch}|{OPTIONS:?}|{}", src.name));
-    h.update(src.text);
+    h.update(src.text.as_bytes());
     for (name, text) in HEADERS {
         h.update(name);
         h.update(text);
@@ -127,10 +139,10 @@ pub fn cubin_cached(src: Source, arch: &str) -> Result<Vec<u8>> {
 }
 
 /// Compiles `src` for `arch` (e.g. `sm_90a`) and returns the CUBIN.
-pub fn compile(src: Source, arch: &str) -> Result<Vec<u8>> {
+pub fn compile(src: &Source, arch: &str) -> Result<Vec<u8>> {
     ensure_nvrtc(src.name, arch)?;
     let cstr = |s: &str| CString::new(s).expect("embedded sources hold no NUL");
-    let text = cstr(src.text);
+    let text = cstr(&src.text);
     let name = cstr(src.name);
     let header_texts: Vec<CString> = HEADERS.iter().map(|(_, t)| cstr(t)).collect();
     let header_names: Vec<CString> = HEADERS.iter().map(|(n, _)| cstr(n)).collect();
@@ -269,8 +281,8 @@ mod tests {
             "libnvrtc not found: run through .ci/run or set WARP_BITNET_SKIP_NVRTC=1"
         );
         for arch in ["sm_80", "sm_89", "sm_90a"] {
-            for src in SOURCES {
-                match compile(*src, arch) {
+            for src in &sources() {
+                match compile(src, arch) {
                     Ok(cubin) => assert!(
                         cubin.starts_with(b"\x7fELF"),
                         "{} {arch}: not a CUBIN",

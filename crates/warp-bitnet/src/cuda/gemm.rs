@@ -8,6 +8,7 @@ use cudarc::driver::sys::{CUdeviceptr, CUstream, CUtensorMap};
 use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, DeviceRepr};
 use half::{bf16, f16};
 
+use super::dense::{takes_dense, DenseCall};
 use super::launch::{check_buf, check_ptr, elems, kernel_params, launch, launch_plan};
 use super::plan::{
     plan_gemm, GemmArgs, GemmParams, GemmPlan, KernelFamily, PREFILL_ROWS, PREFILL_TOKENS,
@@ -391,9 +392,23 @@ impl Gpu {
         if let Some(b) = bias {
             check_buf("bias", b.len(), w.rows(), &[w.rows()])?;
         }
-        let weights = w.device_ptrs(stream);
         let bias_ptr = bias.map(|b| b.device_ptr(stream));
         let (yp, _gy) = y.device_ptr_mut(stream);
+        if !quantize_x && takes_dense(self, w, x_dtype, batch)? {
+            let call = DenseCall {
+                x: xp,
+                x_dtype,
+                x_scale,
+                batch,
+                bias: bias_ptr.as_ref().map(|(p, _)| *p),
+                y: yp,
+                y_dtype: O::DTYPE,
+            };
+            // SAFETY: lengths and context checked above; every buffer is used in `stream`'s
+            // order and its guard outlives the work.
+            return unsafe { self.gemm_dense(w, &call, stream) };
+        }
+        let weights = w.device_ptrs(stream);
         let args = GemmArgs {
             x: xp,
             x_dtype,

@@ -17,6 +17,7 @@
 //! ```
 
 pub mod compile;
+mod dense;
 mod gemm;
 mod launch;
 mod plan;
@@ -31,8 +32,8 @@ use cudarc::driver::{CudaContext, CudaFunction};
 
 pub use gemm::{GpuFloat, GpuOut};
 pub use plan::{
-    gemm_symbol, tokens_per_cta_options, Cta, GemmArgs, GemmParams, KernelFamily, SplitKernels,
-    Staging,
+    gemm_symbol, tokens_per_cta_options, Cta, GemmArgs, GemmParams, KernelFamily, Route,
+    SplitKernels, Staging,
 };
 pub use weights::GpuMatrix;
 
@@ -80,6 +81,10 @@ pub struct Gpu {
     wgmma: bool,
     /// Whether batches beyond 64 tokens take the prefill kernels.
     prefill: bool,
+    /// Whether large batches may take the dense route (cuBLAS over decoded weights).
+    dense: bool,
+    /// cuBLAS, for the dense route; created on its first use.
+    blas: Mutex<Option<cudarc::cublas::CudaBlas>>,
 }
 
 /// A loaded kernel: the most threads its CTA may have (for the GEMM kernels, the
@@ -118,20 +123,21 @@ impl Gpu {
         let smem_optin =
             ctx.attribute(Attr::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)? as usize;
         // The two GEMM families take seconds each to compile on first use: in parallel.
+        let sources = compile::sources();
         let cubins: Vec<Result<Vec<u8>>> = std::thread::scope(|scope| {
-            let jobs: Vec<_> = compile::SOURCES
+            let jobs: Vec<_> = sources
                 .iter()
-                .map(|src| scope.spawn(|| compile::cubin_cached(*src, &arch)))
+                .map(|src| scope.spawn(|| compile::cubin_cached(src, &arch)))
                 .collect();
             jobs.into_iter()
                 .map(|j| j.join().expect("NVRTC compile thread panicked"))
                 .collect()
         });
         let mut functions = HashMap::new();
-        for (src, cubin) in compile::SOURCES.iter().zip(cubins) {
+        for (src, cubin) in sources.iter().zip(cubins) {
             let cubin = cubin?;
             let module = ctx.load_module(cudarc::nvrtc::Ptx::from_binary(cubin))?;
-            for name in kernel_names(src.text) {
+            for name in kernel_names(&src.text) {
                 let function = module.load_function(&name)?;
                 functions.insert(name, Kernel::new(function, smem_optin)?);
             }
@@ -159,6 +165,8 @@ impl Gpu {
             info,
             functions,
             split_kernels: SplitKernels::Auto,
+            dense: true,
+            blas: Mutex::default(),
         })
     }
 
@@ -200,6 +208,17 @@ impl Gpu {
     /// Whether batches of more than 64 tokens take the prefill kernels.
     pub fn prefill(&self) -> bool {
         self.prefill
+    }
+
+    /// Whether [`Gpu::route`] may send large batches to the dense path (the default), or
+    /// always to the kernels: for tests and benchmarks of the kernels themselves.
+    pub fn set_dense(&mut self, on: bool) {
+        self.dense = on;
+    }
+
+    /// Whether large batches may take the dense route.
+    pub fn dense(&self) -> bool {
+        self.dense
     }
 
     /// CTAs of kernel `name` with `dynamic` bytes of dynamic shared memory that fit the
@@ -385,10 +404,10 @@ mod tests {
     fn finds_every_kernel_and_the_symbol_builder_agrees() {
         use crate::{DType, Levels};
         for (src, levels, prefix) in [
-            (compile::GEMM_T2, Levels::Ternary, "gemm_t2_"),
-            (compile::GEMM_INT2, Levels::Int2, "gemm_int2_"),
+            (compile::gemm(Levels::Ternary), Levels::Ternary, "gemm_t2_"),
+            (compile::gemm(Levels::Int2), Levels::Int2, "gemm_int2_"),
         ] {
-            let names = kernel_names(src.text);
+            let names = kernel_names(&src.text);
             for n in &names {
                 assert!(n.starts_with(prefix), "{n}");
             }
@@ -431,15 +450,16 @@ mod tests {
             assert_eq!(found, planned);
         }
         assert_eq!(
-            kernel_names(compile::LAYOUT.text),
+            kernel_names(&compile::LAYOUT.text),
             ["i2_to_t2", "t2_to_i2", "quantize_to_t2", "i2_to_dense"]
         );
         assert_eq!(
-            kernel_names(compile::QUANT.text),
+            kernel_names(&compile::QUANT.text),
             [
                 "quantize_i8_f16",
                 "quantize_i8_bf16",
                 "w2a8_epilogue",
+                "bias_rows",
                 plan::PREPASS_16,
                 plan::PREPASS_I8
             ]

@@ -1,10 +1,11 @@
 //! Device-resident 2-bit weights (ternary or INT2) in the T2 tile layout.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, SyncOnDrop};
 
+use super::dense::DenseWeights;
 use super::launch::{blocks_of_256, check_ptr, kernel_dtype, kernel_params, launch};
 use super::Gpu;
 use crate::error::{Error, Result};
@@ -18,6 +19,8 @@ pub struct GpuMatrix {
     levels: Levels,
     tiles: CudaSlice<u32>,
     scale: Option<(CudaSlice<f32>, bool)>,
+    /// The dense route's decoded weights, once a large batch has needed them.
+    pub(crate) dense: Mutex<Option<DenseWeights>>,
 }
 
 impl GpuMatrix {
@@ -53,6 +56,7 @@ impl GpuMatrix {
             levels: self.levels,
             tiles: self.tiles.try_clone()?,
             scale,
+            dense: Mutex::default(),
         })
     }
 
@@ -126,6 +130,7 @@ impl Gpu {
             levels: W::LEVELS,
             tiles,
             scale,
+            dense: Mutex::default(),
         })
     }
 

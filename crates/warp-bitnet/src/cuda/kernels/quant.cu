@@ -1,6 +1,6 @@
 // Per-token absmax int8 quantization of f16/bf16 activations (the W2A8 front end), the
-// W2A8 epilogue of the dense large-batch path (its back end), and the prefill kernel's
-// activation pre-pass (at the end of the file).
+// W2A8 epilogue of the dense large-batch path (its back end), the dense path's bias rows, and
+// the prefill kernel's activation pre-pass (at the end of the file).
 //
 // One CTA of 1024 threads per token. Pass 1 finds max|x| (warp shuffles, then
 // shared memory); pass 2 writes q. When the row allows 16-byte accesses (`vec`:
@@ -81,6 +81,14 @@ extern "C" __global__ void w2a8_epilogue(const int* acc, const float* x_scale, c
     if (w_scale != nullptr) v = __fmul_rn(v, w_scale[per_row ? r : 0]);
     if (bias != nullptr) v = __fadd_rn(v, out == 2 ? bf16_to_f32(bias[r]) : f16_to_f32(bias[r]));
     y[i] = out == 2 ? f32_to_bf16(v) : f32_to_f16(v);
+}
+
+// The dense path's f16/bf16 bias (cuda/dense.rs): y[b, r] = bias[r] for every token, so that
+// cuBLAS adds it to the f32 products with beta = 1 and rounds the sum once. One thread per
+// output.
+extern "C" __global__ void bias_rows(const u16* bias, u16* y, u32 rows, u32 batch) {
+    const u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < (u64)rows * batch) y[i] = bias[i % rows];
 }
 
 // The prefill kernel's activations (gemm_prefill.cuh): X [batch, ldx] rewritten as

@@ -3,7 +3,9 @@
 //! It needs no GPU: [`Occupancy`] is all it asks of one, so the tests run on fakes
 //! (`tests.rs`). The rules and the measurements behind them: docs/NOTES.md, "Current rules".
 
+mod instances;
 mod prefill;
+mod route;
 mod split;
 #[cfg(test)]
 mod tests;
@@ -16,11 +18,13 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::format::{tiled, Levels};
 
+pub(crate) use instances::gemm_instances;
 use prefill::{plan_prefill, Prefill, PREFILL_MIN_BATCH};
 pub(crate) use prefill::{Prepass, PREFILL_ROWS, PREFILL_TOKENS, PREPASS_THREADS};
 #[cfg(test)]
 pub(crate) use prefill::{PREPASS_16, PREPASS_I8};
-#[cfg(test)]
+pub(crate) use route::route;
+pub use route::Route;
 pub(crate) use split::SPLIT_TOKENS;
 use split::{plan_split, SPLIT_MIN_BATCH};
 
