@@ -11,11 +11,11 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu 
 G=.gpu
 $G/warp-bitnet info 2>&1 | tee "$OUT/info.txt"
 echo "== GPU tests"
-$G/cuda-tests --include-ignored --test-threads=1 2>&1 | tee "$OUT/tests.txt"
+[ -z "${SKIP_TESTS:-}" ] && $G/cuda-tests --include-ignored --test-threads=1 2>&1 | tee "$OUT/tests.txt"
 # Every kernel family (token groups, split K, both prefill kernels and their split K, the
 # dense route, layout and quantize kernels) under each sanitizer tool; each tool gets a time
 # limit so that one slow tool cannot eat the whole lease (the log says if it ran out).
-for tool in memcheck racecheck synccheck; do
+for tool in ${SANITIZER_TOOLS:-memcheck racecheck synccheck}; do
   echo "== compute-sanitizer $tool"
   timeout "${SANITIZER_TIMEOUT:-200}" compute-sanitizer --tool $tool --error-exitcode 9 $G/cuda-tests \
     --include-ignored --test-threads=1 layout strided misaligned every_kernel dense_route cpu_and_gpu \
