@@ -310,6 +310,24 @@ def test_gemv_writes_y_in_place(dtype):
         assert torch.equal(y, lin(x.unsqueeze(0), w).squeeze(0))
 
 
+def test_prepared_launches_follow_the_buffers():
+    # The eager fast path plans each GEMM once per shape and buffer addresses: fresh inputs,
+    # an in-place weight update (a new GPU layout, maybe at the old address) and a new bias
+    # tensor must all show in the next call's result.
+    g = torch.Generator().manual_seed(11)
+    m, n = 200, 300
+    layer = wb.BitLinear(n, m, bias=True).cuda().half()
+    for step in range(3):
+        w = torch.randint(-1, 2, (m, n), generator=g).float()
+        layer.weight_packed.copy_(wb.pack_ternary(w).cuda())
+        layer.bias = torch.randn(m, generator=g).half().cuda()
+        for _ in range(2):
+            x = torch.randn(1, n, generator=g).half().cuda()
+            want = (x.double().cpu() @ w.double().T) * layer.weight_scale.double().cpu() + layer.bias.double().cpu()
+            got = layer(x).double().cpu()
+            assert (got - want).norm() / want.norm() < 1e-3, step
+
+
 def test_dense_path_follows_the_planner():
     # On compute capability 9.0 the GEMM takes the prefill kernel from 65 tokens: with whole K
     # where its tiles fill the GPU (28672 x 8192), with K split over several CTAs per tile where

@@ -2,12 +2,14 @@
 device addresses (``tensor.data_ptr()``), streams ``cudaStream_t`` values as ints."""
 
 __all__ = [
+    "PreparedGemm",
     "__version__",
     "convert_checkpoint",
     "cuda_available",
     "gemm",
     "i2_to_dense",
     "i2_to_t2",
+    "prepare_gemm",
     "quantize_i8",
     "quantize_to_t2",
     "route",
@@ -24,6 +26,36 @@ def route(device: int, rows: int, cols: int, levels: str, x_dtype: str, batch: i
     """The route ("groups", "split", "prefill", "prefill_mma" or "dense") a GEMM on `device` takes
     for `batch` tokens of `x_dtype` ("float16", "bfloat16" or "int8") on a rows x cols matrix of
     `levels`: the Rust planner's decision."""
+
+class PreparedGemm:
+    """A GEMM planned once (``prepare_gemm``): each launch takes the activations and the output."""
+
+    @property
+    def symbol(self) -> str:
+        """The planned kernel."""
+
+    def launch(self, x: int, y: int, stream: int) -> None:
+        """Launches on ``x`` and ``y`` (device pointers of the planned shapes) in ``stream``."""
+
+def prepare_gemm(
+    device: int,
+    tiles: int,
+    levels: str,
+    rows: int,
+    cols: int,
+    scale: int,
+    scale_per_row: bool,
+    x_dtype: str,
+    ldx: int,
+    y_dtype: str,
+    ldy: int,
+    batch: int,
+    bias: int,
+    x_scale: int,
+    quantize_x: bool,
+) -> PreparedGemm | None:
+    """Plans ``gemm`` once for fixed weights, shapes, types, bias and scales; None where the GEMM
+    needs per-call work (large batches)."""
 
 def t2_words(rows: int, cols: int) -> int:
     """Number of int32 words of the GPU (T2) layout of a rows x cols matrix."""

@@ -394,7 +394,12 @@ def _linear_t2(
     if x.dtype not in (torch.float16, torch.bfloat16):
         raise TypeError(f"CUDA `x` must be float16, bfloat16 or float32, got {x.dtype}")
     b = None if bias is None else bias.to(x.dtype).contiguous()
-    if quantize_activations and x2.shape[0] == 1 and n <= ONE_LAUNCH_MAX_COLS:  # the kernel quantizes x
+    one_launch = quantize_activations and x2.shape[0] == 1 and n <= ONE_LAUNCH_MAX_COLS  # the kernel quantizes x
+    if not grad and (one_launch or not quantize_activations) and not torch.compiler.is_compiling():
+        y = _gemm_prepared(t2, m, n, s, x2, b, bias, levels, one_launch)
+        if y is not None:
+            return y if x.dim() == 2 else y.reshape(*lead, m)
+    if one_launch:
         y = ops.eager(ops.gemm, grad)(t2, m, n, s, x2, b, levels, True)
     elif quantize_activations:
         q, qs = ops.eager(ops.quantize_i8, grad)(x2)
@@ -402,6 +407,43 @@ def _linear_t2(
     else:
         y = ops.eager(ops.gemm, grad)(t2, m, n, s, x2, b, levels)
     return y if x.dim() == 2 else y.reshape(*lead, m)
+
+
+# (device, T2 words, scale, bias addresses; shapes, types, batch) -> the native plan of that
+# GEMM, or None where it needs per-call work. A plan holds addresses, not values: an entry
+# stays right for whatever tensors later live at those addresses with those shapes.
+_PREPARED: dict[tuple, object] = {}
+_PREPARED_MAX = 4096
+
+
+def _gemm_prepared(t2, m, n, s, x2, b, bias, levels, quantize_x) -> torch.Tensor | None:
+    """The eager fast path of a CUDA GEMM: the kernel planned once per shape, batch and buffers
+    (``_native.prepare_gemm``, checks included), then one native launch per call that passes
+    only ``x`` and ``y``. None where it does not apply: a bias converted for this call (its
+    address would change every call), or a GEMM the planner gives per-call work."""
+    if bias is not None and b is not bias:
+        return None
+    batch = x2.shape[0]
+    key = (x2.device.index, t2.data_ptr(), m, n, levels, ops._ptr(s), ops._ptr(b), x2.dtype, batch, quantize_x)
+    plan = _PREPARED.get(key, _PREPARED)
+    if plan is _PREPARED:
+        # The checks of ops.gemm, once per key.
+        ops._cuda_contiguous("t2", t2, x2.device)
+        per_row = ops._check_scale(s, m, x2.device)
+        ops._check_bias(b, x2.dtype, m, x2.device)
+        if len(_PREPARED) >= _PREPARED_MAX:
+            _PREPARED.clear()
+        dt = ops._dtype_name(x2.dtype)
+        plan = _native.prepare_gemm(
+            x2.device.index, t2.data_ptr(), levels, m, n, ops._ptr(s), per_row, dt, n, dt, m, batch,
+            ops._ptr(b), 0, quantize_x,
+        )  # fmt: skip
+        _PREPARED[key] = plan
+    if plan is None:
+        return None
+    y = torch.empty(batch, m, dtype=x2.dtype, device=x2.device)
+    plan.launch(x2.data_ptr(), y.data_ptr(), ops._stream(x2))
+    return y
 
 
 def _linear_dense(x2, i2, m, s, bias, quantize_activations, levels, grad) -> torch.Tensor | None:

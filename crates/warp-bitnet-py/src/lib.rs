@@ -286,6 +286,77 @@ fn gemm(
         .map_err(to_py)
 }
 
+/// A GEMM planned once (`prepare_gemm`): each `launch` takes only the activation and output
+/// pointers and the stream. Holds its GPU, whose kernels it launches.
+#[pyclass(frozen)]
+struct PreparedGemm {
+    _gpu: Arc<Gpu>,
+    prepared: warp_bitnet::cuda::PreparedGemm,
+}
+
+#[pymethods]
+impl PreparedGemm {
+    /// Launches on `x` and `y` (device pointers of the planned shapes and types) in `stream`.
+    fn launch(&self, py: Python<'_>, x: u64, y: u64, stream: u64) -> PyResult<()> {
+        // SAFETY: the Python caller (functional.py) passes live CUDA tensors of the shapes
+        // and types it prepared with, and keeps the weights, scale and bias it prepared with
+        // alive and unchanged (it prepares again when their version changes).
+        py.detach(|| unsafe { self.prepared.launch(x, y, stream as _) })
+            .map_err(to_py)
+    }
+
+    /// The planned kernel.
+    #[getter]
+    fn symbol(&self) -> &str {
+        self.prepared.symbol()
+    }
+}
+
+/// Plans `gemm` once for fixed weights, shapes, types, bias and scales; `None` where the
+/// GEMM needs per-call work (large batches): call `gemm` there.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (device, tiles, levels, rows, cols, scale, scale_per_row, x_dtype, ldx, y_dtype, ldy, batch, bias, x_scale, quantize_x))]
+fn prepare_gemm(
+    device: usize,
+    tiles: u64,
+    levels: &str,
+    rows: usize,
+    cols: usize,
+    scale: u64,
+    scale_per_row: bool,
+    x_dtype: &str,
+    ldx: usize,
+    y_dtype: &str,
+    ldy: usize,
+    batch: usize,
+    bias: u64,
+    x_scale: u64,
+    quantize_x: bool,
+) -> PyResult<Option<PreparedGemm>> {
+    let levels = parse_levels(levels)?;
+    let g = gpu(device)?;
+    // Placeholder activation and output addresses: each launch passes its own.
+    let args = GemmArgs {
+        x: 256,
+        x_dtype: dtype(x_dtype)?,
+        ldx,
+        y: 256,
+        y_dtype: dtype(y_dtype)?,
+        ldy,
+        batch,
+        bias: present(bias),
+        x_scale: present(x_scale),
+        quantize_x,
+    };
+    let scale = present(scale).map(|p| (p, scale_per_row));
+    // SAFETY: the caller passes live CUDA tensors for the weights, scale and bias and keeps
+    // them alive while the plan launches (see PreparedGemm::launch).
+    let prepared =
+        unsafe { g.prepare_gemm_raw(rows, cols, levels, tiles, scale, &args) }.map_err(to_py)?;
+    Ok(prepared.map(|prepared| PreparedGemm { _gpu: g, prepared }))
+}
+
 /// Per-token int8 quantization: `x` `[batch, ldx]` f16/bf16 -> `q` `[batch, n]`, `scale` `[batch]`.
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
@@ -334,6 +405,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cuda_available, m)?)?;
     m.add_function(wrap_pyfunction!(t2_words, m)?)?;
     m.add_function(wrap_pyfunction!(route, m)?)?;
+    m.add_function(wrap_pyfunction!(prepare_gemm, m)?)?;
+    m.add_class::<PreparedGemm>()?;
     m.add_function(wrap_pyfunction!(i2_to_t2, m)?)?;
     m.add_function(wrap_pyfunction!(gemm, m)?)?;
     m.add_function(wrap_pyfunction!(quantize_to_t2, m)?)?;

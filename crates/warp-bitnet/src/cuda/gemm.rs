@@ -5,7 +5,7 @@ use std::ffi::c_void;
 use std::sync::Arc;
 
 use cudarc::driver::sys::{CUdeviceptr, CUstream, CUtensorMap};
-use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, DeviceRepr};
+use cudarc::driver::{CudaFunction, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr};
 use half::{bf16, f16};
 
 use super::dense::{takes_dense, DenseCall};
@@ -235,6 +235,51 @@ impl Gpu {
         Ok(freed?)
     }
 
+    /// Plans the GEMM of [`Gpu::gemm_tiles_raw`] once, for launches that change only the
+    /// activation and output pointers (an eager decode loop: `BitLinear.forward` at batch 1).
+    /// `None` where the plan needs work per call (the prefill kernels' pre-pass and
+    /// workspace) or the route is the dense path: there, call [`Gpu::gemm_tiles_raw`].
+    ///
+    /// # Safety
+    /// `tiles` and `scale` (and `args.bias`, `args.x_scale`) as [`Gpu::gemm_tiles_raw`]
+    /// requires, for as long as the returned value launches; `args.x` and `args.y` are
+    /// only checked here (each launch passes its own).
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn prepare_gemm_raw(
+        &self,
+        rows: usize,
+        cols: usize,
+        levels: Levels,
+        tiles: CUdeviceptr,
+        scale: Option<(CUdeviceptr, bool)>,
+        args: &GemmArgs,
+    ) -> Result<Option<PreparedGemm>> {
+        check_dims(rows, cols)?;
+        check_ptr("tiles", tiles, 16)?;
+        if let Some((s, _)) = scale {
+            check_ptr("scale", s, 4)?;
+        }
+        let x = if args.quantize_x {
+            DType::I8
+        } else {
+            args.x_dtype
+        };
+        if self.route(rows, cols, levels, x, args.batch)? == super::Route::Dense {
+            return Ok(None);
+        }
+        let plan = plan_gemm(rows, cols, levels, tiles, scale, args, self)?;
+        if plan.prepass.is_some() {
+            return Ok(None);
+        }
+        Ok(Some(PreparedGemm {
+            function: self.function(&plan.symbol)?.clone(),
+            x_size: args.x_dtype.size(),
+            y_size: args.y_dtype.size(),
+            ldx_bytes: args.ldx * args.x_dtype.size(),
+            plan,
+        }))
+    }
+
     /// The kernel and launch shape the planner picks for `batch` tokens of `x` type into
     /// `y` type on `w` (dense, aligned activations), e.g. `gemm_t2_f16_f16_s16 grid
     /// 132x1 cluster 2 threads 512 smem 229952`: what a benchmark row ran.
@@ -424,5 +469,43 @@ impl Gpu {
         // SAFETY: lengths and context checked above; every buffer is read or written in
         // `stream`'s order and its guard outlives the launch.
         unsafe { self.launch_gemm(w, weights.tiles, weights.scale, &args, stream.cu_stream()) }
+    }
+}
+
+/// A GEMM planned once ([`Gpu::prepare_gemm_raw`]): weights, shapes, types, bias and
+/// scales fixed; each launch takes the activations and the output.
+pub struct PreparedGemm {
+    function: CudaFunction,
+    plan: GemmPlan,
+    x_size: usize,
+    y_size: usize,
+    ldx_bytes: usize,
+}
+
+impl PreparedGemm {
+    /// The planned kernel, e.g. `gemm_t2_f16_f16_n1`.
+    pub fn symbol(&self) -> &str {
+        &self.plan.symbol
+    }
+
+    /// Launches the planned kernel on `x` and `y` in `stream`'s order.
+    ///
+    /// # Safety
+    /// `x` and `y` must hold what the [`GemmArgs`] given to [`Gpu::prepare_gemm_raw`]
+    /// describe (batch, row strides, types), on that GPU, alive until the launch completes,
+    /// with `y` not overlapping the inputs; everything else that call was given must still
+    /// be alive; `stream` must belong to that GPU's context.
+    pub unsafe fn launch(&self, x: CUdeviceptr, y: CUdeviceptr, stream: CUstream) -> Result<()> {
+        check_ptr("x", x, self.x_size)?;
+        check_ptr("y", y, self.y_size)?;
+        let mut params = self.plan.params;
+        params.x = x;
+        params.y = y;
+        // The kernels load activations 16 bytes at a time where x allows it.
+        params.x_vec = u32::from(x % 16 == 0 && self.ldx_bytes % 16 == 0);
+        let mut kp = [&mut params as *mut GemmParams as *mut c_void];
+        // SAFETY: the plan was checked by `prepare_gemm_raw`; the caller guarantees the
+        // buffers.
+        unsafe { launch_plan(&self.function, &self.plan, stream, &mut kp) }
     }
 }

@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use cudarc::driver::sys::CUdevice_attribute as Attr;
 use cudarc::driver::{CudaContext, CudaFunction};
 
-pub use gemm::{GpuFloat, GpuOut};
+pub use gemm::{GpuFloat, GpuOut, PreparedGemm};
 pub use plan::{
     gemm_symbol, tokens_per_cta_options, Cta, GemmArgs, GemmParams, KernelFamily, Route,
     SplitKernels, Staging,
