@@ -255,6 +255,7 @@ fn cache_dir() -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     /// CI installs NVRTC from PyPI (scripts/test.sh) so a kernel that does not compile cannot
     /// land. A plain `cargo test` without NVRTC skips, saying so, unless CI (`CI=true`) or
@@ -270,7 +271,9 @@ mod tests {
                 "libnvrtc not found, and CI=true or WARP_BITNET_REQUIRE_NVRTC requires it: \
                  run through scripts/test.sh, which installs NVRTC from PyPI"
             );
-            eprintln!(
+            // Straight to stderr: libtest captures `eprintln!` of a passing test.
+            let _ = writeln!(
+                std::io::stderr(),
                 "SKIPPED every_kernel_compiles_for_every_target: libnvrtc not found \
                  (scripts/test.sh installs it from PyPI and runs this test)"
             );
