@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args as ClapArgs, ValueEnum};
 use rand::{rngs::StdRng, SeedableRng};
 use serde::Serialize;
@@ -249,7 +249,8 @@ fn run_cuda(a: &Args, shapes: &[Shape], rng: &mut StdRng) -> Result<()> {
         split,
         !a.no_wgmma,
         !a.no_prefill,
-    )?;
+    )
+    .context("cannot start the CUDA bench (--device cpu runs the CPU one)")?;
     let i = &bench.info;
     println!(
         "CUDA: {} (sm {}, {} SMs, {} MiB L2, driver {}), copy bandwidth {:.0} GB/s; L2-cold, median of {}",
@@ -274,7 +275,7 @@ fn run_cuda(a: &Args, shapes: &[Shape], rng: &mut StdRng) -> Result<()> {
 
 #[cfg(not(feature = "cuda"))]
 fn run_cuda(_: &Args, _: &[Shape], _: &mut StdRng) -> Result<()> {
-    bail!("this build has no CUDA support (feature `cuda`)")
+    bail!("--device cuda: this build has no CUDA support (feature `cuda`)")
 }
 
 /// Today's UTC date as YYYY-MM-DD (days-from-civil inverse, H. Hinnant).

@@ -306,3 +306,29 @@ fn convert_with_nothing_to_convert_fails_unless_allowed() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("0 tensor(s) converted, 1 kept as is"));
 }
+
+#[test]
+fn cuda_bench_without_a_gpu_says_what_to_do() {
+    let dir = Scratch::new("nocuda");
+    let info = text(&run(&["info"], &dir.0).stdout);
+    if !info.contains("cuda: no driver or no device") && !info.contains("cuda: not compiled in") {
+        eprintln!("skipped: this machine has a CUDA device");
+        return;
+    }
+    let err = failed(&run(
+        &[
+            "bench",
+            "--device",
+            "cuda",
+            "--only",
+            "bitnet-2b k/v",
+            "--iters",
+            "1",
+        ],
+        &dir.0,
+    ));
+    assert!(
+        err.contains("CUDA") && err.contains("--device cpu"),
+        "{err}"
+    );
+}
