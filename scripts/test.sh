@@ -14,6 +14,8 @@ if [ ! -f "$nvrtc_dir/nvidia/cu13/lib/libnvrtc.so.13" ]; then
   python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$nvrtc_dir" 'nvidia-cuda-nvrtc==13.0.*'
 fi
 export LD_LIBRARY_PATH="$PWD/$nvrtc_dir/nvidia/cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# With NVRTC installed above, the kernel compile test must run, never skip.
+export WARP_BITNET_REQUIRE_NVRTC=1
 
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets --quiet -- -D warnings

@@ -232,8 +232,10 @@ def test_int2_linear_and_old_gemv_match_float64(n):
 def test_int2_bad_inputs():
     with pytest.raises(ValueError, match="-1.5"):
         wb.pack_int2(torch.tensor([[0.0, 0.5]]))
-    with pytest.raises(TypeError, match="float"):
-        wb.pack_int2(torch.ones(2, 2, dtype=torch.int32))
+    with pytest.raises(ValueError, match="integer.*codes 0, 1, 2 and 3"):
+        wb.pack_int2(torch.tensor([[0, 4]], dtype=torch.int32))
+    with pytest.raises(TypeError, match="float levels or integer codes"):
+        wb.pack_int2(torch.ones(2, 2, dtype=torch.bool))
     with pytest.raises(ValueError, match="padding at row 0, column 3"):
         wb.unpack_int2(torch.tensor([[1 << 6]], dtype=torch.int32), 3)
     with pytest.raises(ValueError, match="method"):
@@ -245,5 +247,5 @@ def test_int2_bad_inputs():
         wb.gemv_int2_scaled(p, torch.ones(16), torch.ones(3), torch.empty(4))
     with pytest.raises(ValueError, match="`Y` has 3 elements"):
         wb.gemv_int2(p, torch.ones(16), torch.empty(3))
-    with pytest.raises(ValueError, match="cannot hold N = 40"):
+    with pytest.raises(ValueError, match="`x` has 40 features, `packed_weight` has 16 columns"):
         wb.linear_int2(torch.ones(1, 40), p)

@@ -105,7 +105,7 @@ def test_errors_name_the_argument():
     layer = wb.BitLinear(32, 8)
     with pytest.raises(ValueError, match="`weight_packed` is on cpu, `x` on cuda"):
         layer(torch.zeros(2, 32, device="cuda").half())
-    with pytest.raises(ValueError, match="`x` has 31 features, the weight expects 32"):
+    with pytest.raises(ValueError, match="`x` has 31 features, `weight_packed` has 32 columns"):
         layer.cuda()(torch.zeros(2, 31, device="cuda").half())
 
 

@@ -20,13 +20,38 @@ ACT_EPS = 1e-5
 _SHIFTS = torch.arange(0, 32, 2, dtype=torch.int64)
 
 
-def _check_tensor(name: str, t, dims: int | None = None) -> None:
+def _check_tensor(name: str, t, dims: int | None = None, empty_ok: bool = False) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"`{name}` must be a torch.Tensor, got {type(t).__name__}")
     if dims is not None and t.dim() != dims:
         raise ValueError(f"`{name}` must be {dims}-D, got shape {tuple(t.shape)}")
-    if t.numel() == 0:
+    if t.numel() == 0 and not empty_ok:
         raise ValueError(f"`{name}` is empty (shape {tuple(t.shape)})")
+
+
+class _PaddingError(ValueError):
+    """Non-zero weights past the column count a caller gave (``row``, ``col``)."""
+
+    def __init__(self, message: str, row: int, col: int):
+        super().__init__(message)
+        self.row, self.col = row, col
+
+
+# id(words) -> (weak reference to the words, N): the column count of the words made by the
+# packers here, so that `linear` without `in_features` can tell a wrong feature count of `x`
+# (I2 words hold up to 15 columns of padding, so their shape cannot).
+_COLUMNS: dict[int, tuple] = {}
+
+
+def _record_columns(words: torch.Tensor, n: int) -> torch.Tensor:
+    key = id(words)
+    _COLUMNS[key] = (weakref.ref(words, lambda _, key=key: _COLUMNS.pop(key, None)), n)
+    return words
+
+
+def _recorded_columns(words: torch.Tensor) -> int | None:
+    hit = _COLUMNS.get(id(words))
+    return hit[1] if hit is not None and hit[0]() is words else None
 
 
 def pack_ternary(W: torch.Tensor) -> torch.Tensor:
@@ -55,7 +80,7 @@ def _words_of_codes(codes: torch.Tensor) -> torch.Tensor:
     padded[:, :n] = codes
     packed = (padded.view(m, words, 16) << _SHIFTS.to(codes.device)).sum(-1)
     # Reinterpret the u32 words as int32 (two's complement), like the old packer.
-    return torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
+    return _record_columns(torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32), n)
 
 
 def _codes(packed: torch.Tensor) -> torch.Tensor:
@@ -78,7 +103,7 @@ def _check_padding(codes: torch.Tensor, n: int, zero: str) -> None:
     pad = (codes[:, n:] != 0).nonzero()
     if len(pad):
         r, c = pad[0].tolist()
-        raise ValueError(f"padding at row {r}, column {n + c} is not {zero}")
+        raise _PaddingError(f"padding at row {r}, column {n + c} is not {zero}", r, n + c)
 
 
 def validate_packed(packed: torch.Tensor, n: int) -> None:
@@ -253,23 +278,47 @@ def _t2_of(packed: torch.Tensor, n: int, levels: str = "ternary") -> torch.Tenso
 
 
 def _check_x(x, n: int, weight: torch.Tensor, weight_name: str) -> None:
-    """Checks the input of a linear layer with ``n`` input features and weights ``weight``."""
-    _check_tensor("x", x)
+    """Checks the input of a linear layer with ``n`` input features and weights ``weight``.
+    An empty batch (``x`` of shape ``[..., 0, n]``) is valid, as for ``F.linear``."""
+    _check_tensor("x", x, empty_ok=True)
+    if x.dim() == 0:
+        raise ValueError("`x` must have at least one dimension (its features), got a 0-D tensor")
     if not x.is_floating_point():
         raise TypeError(f"`x` must be a float tensor, got {x.dtype}")
     if x.shape[-1] != n:
-        raise ValueError(f"`x` has {x.shape[-1]} features, the weight expects {n}")
+        raise ValueError(f"`x` has {x.shape[-1]} features, `{weight_name}` has {n} columns (in_features)")
     if x.device != weight.device:
         raise ValueError(f"`{weight_name}` is on {weight.device}, `x` on {x.device}")
 
 
-def _check_linear_args(x, packed_weight, scale, bias, in_features) -> tuple[int, int]:
-    """Checks the arguments of ``linear`` / ``linear_int2``; returns ``(N, M)``."""
-    _check_tensor("x", x)
+def _feature_error(e: _PaddingError, n: int, in_features: int | None) -> ValueError:
+    """The error of a padding check of words whose column count came from ``x``: a feature
+    count that is too small, not a broken weight."""
+    if in_features is not None:
+        return e
+    return ValueError(
+        f"`x` has {n} features, but `packed_weight` holds weights in column {e.col} (row {e.row}): "
+        f"the weight has more columns than `x` has features (pass in_features to name them)"
+    )
+
+
+def _check_linear_args(x, packed_weight, scale, bias, in_features) -> tuple[int, int, torch.Tensor | None]:
+    """Checks the arguments of ``linear`` / ``linear_int2``; returns ``(N, M, scale)``, a
+    Python number ``scale`` as a float32 tensor."""
+    _check_tensor("x", x, empty_ok=True)
     _check_tensor("packed_weight", packed_weight, 2)
-    n = x.shape[-1] if in_features is None else in_features
+    if in_features is None and x.dim() > 0 and not torch.compiler.is_compiling():
+        in_features = _recorded_columns(packed_weight)
+    n = in_features if in_features is not None else (x.shape[-1] if x.dim() else 0)
     _check_x(x, n, packed_weight, "packed_weight")
-    m = packed_weight.shape[0]
+    m, words = packed_weight.shape
+    if not (words - 1) * 16 < n <= words * 16:
+        raise ValueError(
+            f"`x` has {n} features, `packed_weight` has {words} words per row, "
+            f"which hold {(words - 1) * 16 + 1} to {words * 16} columns"
+        )
+    if isinstance(scale, (int, float)) and not isinstance(scale, bool):
+        scale = torch.tensor(float(scale), dtype=torch.float32, device=x.device)
     for name, t, sizes, shapes in (
         ("scale", scale, (1, m), f"[] or [1] or [{m}]"),
         ("bias", bias, (m,), f"[{m}]"),
@@ -280,7 +329,28 @@ def _check_linear_args(x, packed_weight, scale, bias, in_features) -> tuple[int,
                 raise ValueError(f"`{name}` is on {t.device}, `x` on {x.device}")
             if t.numel() not in sizes or t.dim() > 1:
                 raise ValueError(f"`{name}` must have shape {shapes}, got {tuple(t.shape)}")
-    return n, m
+    return n, m, scale
+
+
+def _validated_t2(packed: torch.Tensor, n: int, in_features: int | None, levels: str = "ternary") -> torch.Tensor:
+    """``_t2_of``, with padding past the columns of ``x`` reported as a feature-count mismatch."""
+    if torch.compiler.is_compiling():  # no validation in a graph: nothing to translate
+        return _t2_of(packed, n, levels)
+    try:
+        return _t2_of(packed, n, levels)
+    except _PaddingError as e:
+        raise _feature_error(e, n, in_features) from None
+
+
+def _validated_levels(packed: torch.Tensor, n: int, in_features: int | None, levels: str) -> torch.Tensor:
+    """The float32 levels ``[M, n]`` of validated words (CPU paths), padding past the columns
+    of ``x`` reported as a feature-count mismatch."""
+    try:
+        if levels == "int2":
+            return unpack_int2(packed, n)
+        return unpack_ternary(packed, n).to(torch.float32)
+    except _PaddingError as e:
+        raise _feature_error(e, n, in_features) from None
 
 
 def linear(
@@ -298,23 +368,25 @@ def linear(
             with ``quantize_activations`` (exact int8 products, float32 epilogue), or any
             float on CPU.
         packed_weight: int32 I2 words ``[M, ceil(N / 16)]`` on ``x``'s device.
-        scale: optional float32 weight scale, ``[]`` / ``[1]`` or ``[M]``.
+        scale: optional float32 weight scale, ``[]`` / ``[1]`` or ``[M]``, or a Python number.
         bias: optional ``[M]`` bias (cast to ``x``'s dtype).
-        in_features: ``N`` (default: ``x.shape[-1]``).
+        in_features: ``N``. Default: the column count of words made by ``pack_ternary`` /
+            ``quantize_ternary`` in this process, else ``x.shape[-1]``; an ``x`` with another
+            number of features is refused.
         quantize_activations: quantize ``x`` per token to int8 first (W2A8).
 
     Returns:
-        ``[..., M]`` tensor in ``x``'s dtype.
+        ``[..., M]`` tensor in ``x``'s dtype; empty if the batch is (as ``F.linear``).
     """
-    n, m = _check_linear_args(x, packed_weight, scale, bias, in_features)
+    n, m, scale = _check_linear_args(x, packed_weight, scale, bias, in_features)
+    if x.numel() == 0:
+        return x.new_zeros((*x.shape[:-1], m))
     if x.is_cuda:
-        return _linear_t2(
-            x, _t2_of(packed_weight, n), m, scale, bias, quantize_activations, i2=packed_weight.contiguous()
-        )
+        t2 = _validated_t2(packed_weight, n, in_features)
+        return _linear_t2(x, t2, m, scale, bias, quantize_activations, i2=packed_weight.contiguous())
     lead = x.shape[:-1]
     x2 = x.reshape(-1, n)
-    validate_packed(packed_weight, n)
-    w = unpack_ternary(packed_weight, n).to(torch.float32)
+    w = _validated_levels(packed_weight, n, in_features, "ternary")
     xf = x2.to(torch.float32)
     if quantize_activations:
         q, qs = quantize_activations_int8(xf)
@@ -512,14 +584,25 @@ _INT2_MAX_ROUNDS = 100
 
 
 def pack_int2(W: torch.Tensor) -> torch.Tensor:
-    """Packs a ``[M, N]`` tensor of levels -1.5, -0.5, +0.5, +1.5 into INT2 words
-    (int32 ``[M, ceil(N / 16)]``; padding holds code 0)."""
+    """Packs a ``[M, N]`` tensor of INT2 weights into words (int32 ``[M, ceil(N / 16)]``;
+    padding holds code 0).
+
+    Args:
+        W: float levels -1.5, -0.5, +0.5, +1.5, or integer codes 0, 1, 2, 3 (code ``c`` is
+            level ``c - 1.5``; integer tensors cannot hold the half levels, so they are read
+            as codes, which is what ``unpack_int2(...) + 1.5`` gives back).
+    """
     _check_tensor("W", W, 2)
-    if not W.is_floating_point():
-        raise TypeError(f"`W` must be a float tensor of levels, got {W.dtype}")
-    codes = W.to(torch.float32) + 1.5
+    if W.dtype == torch.bool or W.is_complex():
+        raise TypeError(f"`W` must be float levels or integer codes 0-3, got {W.dtype}")
+    if W.is_floating_point():
+        codes = W.to(torch.float32) + 1.5
+        what = "`W` (float) must hold only the levels -1.5, -0.5, +0.5 and +1.5 (quantize it with quantize_int2)"
+    else:
+        codes = W.to(torch.int64)
+        what = "`W` (integer) must hold only the codes 0, 1, 2 and 3 (or pass float levels -1.5 to +1.5)"
     if not ((codes == 0) | (codes == 1) | (codes == 2) | (codes == 3)).all():
-        raise ValueError("`W` must hold only -1.5, -0.5, +0.5 and +1.5 (quantize it with quantize_int2)")
+        raise ValueError(what)
     return _words_of_codes(codes.to(torch.int64))
 
 
@@ -584,14 +667,17 @@ def linear_int2(
 ) -> torch.Tensor:
     """``y = (x . Lᵀ) * scale + bias`` for INT2 weights ``L`` (levels), float32 accumulation.
 
-    ``scale`` is ``[]``, ``[1]`` or ``[M]``; ``x`` is ``[..., N]``: float16 / bfloat16 on
-    CUDA run the INT2 kernels; other floats (and CPU tensors) run PyTorch ops.
+    ``scale`` is ``[]``, ``[1]`` or ``[M]`` (or a Python number); ``x`` is ``[..., N]``:
+    float16 / bfloat16 on CUDA run the INT2 kernels; other floats (and CPU tensors) run
+    PyTorch ops. ``in_features`` as in ``linear``; an empty batch gives an empty output.
     """
-    n, m = _check_linear_args(x, packed_weight, scale, bias, in_features)
+    n, m, scale = _check_linear_args(x, packed_weight, scale, bias, in_features)
+    if x.numel() == 0:
+        return x.new_zeros((*x.shape[:-1], m))
     if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16):
-        t2 = _t2_of(packed_weight, n, "int2")
+        t2 = _validated_t2(packed_weight, n, in_features, "int2")
         return _linear_t2(x, t2, m, scale, bias, False, "int2", i2=packed_weight.contiguous())
-    levels = unpack_int2(packed_weight, n)
+    levels = _validated_levels(packed_weight, n, in_features, "int2")
     y = x.reshape(-1, n).to(torch.float32) @ levels.T
     if scale is not None:
         y = y * scale.to(torch.float32).reshape(1, -1)

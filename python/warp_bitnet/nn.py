@@ -3,6 +3,8 @@ straight-through estimator) and ``convert_to_bitlinear``."""
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -169,6 +171,8 @@ class BitLinear(nn.Module):
             )
         # Only x: the layer's own buffers are checked where they are made and by the ops.
         F._check_x(x, self.in_features, self.weight_packed, "weight_packed")
+        if x.numel() == 0:  # an empty batch, as nn.Linear takes it
+            return x.new_zeros((*x.shape[:-1], self.out_features))
         return F._linear_t2(
             x,
             self._gpu_weights(),
@@ -315,6 +319,15 @@ class BitLinearTrain(nn.Linear):
         )
 
 
+def _check_model(model, fn: str) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{fn}: `model` must be a torch.nn.Module, got {type(model).__name__}")
+
+
+def _warn_unchanged(fn: str, why: str) -> None:
+    warnings.warn(f"{fn} changed nothing: {why}", UserWarning, stacklevel=3)
+
+
 def _children(module: nn.Module, prefix: str = ""):
     for name, child in module.named_children():
         yield module, name, f"{prefix}{name}", child
@@ -327,14 +340,20 @@ def convert_to_bitlinear(
     """Replaces every ``nn.Linear`` (not already converted, and whose qualified name
     contains none of ``skip``) with a ``BitLinearTrain`` holding the same weights.
 
-    ``kwargs`` go to ``BitLinearTrain`` (``weight_method``, ``quantize_activations``).
+    ``kwargs`` go to ``BitLinearTrain`` (``weight_method``, ``quantize_activations``). Warns
+    (UserWarning) when there is nothing to convert.
     """
     import copy
 
+    _check_model(model, "convert_to_bitlinear")
+    if isinstance(skip, str):
+        raise TypeError(f"convert_to_bitlinear: `skip` must be a tuple of names, got the string {skip!r}")
     if not inplace:
         model = copy.deepcopy(model)
+    converted = 0
     for parent, name, qual, child in list(_children(model)):
         if type(child) is nn.Linear and not any(s in qual for s in skip):
+            converted += 1
             new = BitLinearTrain(
                 child.in_features, child.out_features, bias=child.bias is not None,
                 device=child.weight.device, dtype=child.weight.dtype, **kwargs,
@@ -344,14 +363,22 @@ def convert_to_bitlinear(
                 if child.bias is not None:
                     new.bias.copy_(child.bias)
             setattr(parent, name, new)
+    if not converted:
+        _warn_unchanged("convert_to_bitlinear", f"`model` has no nn.Linear submodule outside skip={skip!r}")
     return model
 
 
 def quantize(model: nn.Module) -> nn.Module:
-    """Freezes every ``BitLinearTrain`` in ``model`` (in place) to a ``BitLinear``."""
+    """Freezes every ``BitLinearTrain`` in ``model`` (in place) to a ``BitLinear``; warns
+    if there is none (convert_to_bitlinear makes them)."""
+    _check_model(model, "quantize")
+    frozen = 0
     for parent, name, _, child in list(_children(model)):
         if isinstance(child, BitLinearTrain):
             setattr(parent, name, child.quantize())
+            frozen += 1
+    if not frozen:
+        _warn_unchanged("quantize", "`model` has no BitLinearTrain submodule (convert_to_bitlinear makes them)")
     return model
 
 
@@ -372,6 +399,7 @@ def _master_weights(layer: BitLinear) -> torch.Tensor:
 def unquantize(model: nn.Module) -> nn.Module:
     """Turns every ``BitLinear`` back into a trainable ``BitLinearTrain`` (in place) whose
     master weights quantize to the same ternary weights and scale."""
+    _check_model(model, "unquantize")
     for parent, name, _, child in list(_children(model)):
         if isinstance(child, BitLinear):
             w = _master_weights(child)

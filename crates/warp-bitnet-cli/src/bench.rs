@@ -3,11 +3,13 @@
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args as ClapArgs, ValueEnum};
 use rand::{rngs::StdRng, SeedableRng};
 use serde::Serialize;
 use warp_bitnet::bench::{cpu, BenchRow, Shape, SHAPES};
+
+use crate::paths;
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Device {
@@ -23,13 +25,13 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "auto")]
     device: Device,
     /// Batch sizes (tokens per call), comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1")]
+    #[arg(long, value_delimiter = ',', default_value = "1", value_parser = at_least_one)]
     batch: Vec<usize>,
     /// Only shapes whose name contains this text.
     #[arg(long)]
     only: Option<String>,
     /// Timed iterations per measurement (default: 200 on CUDA, 5 on CPU).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     iters: Option<usize>,
     /// Also write the rows, with GPU, driver, date and commit, to this JSON file.
     #[arg(long)]
@@ -66,6 +68,15 @@ struct Report<'a, R: Serialize> {
     rows: &'a [BenchRow],
 }
 
+/// Parses a count that must be at least 1 (`--iters`, `--batch`), at parse time.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("`{s}` is not a whole number: {e}")),
+    }
+}
+
 pub fn run(a: Args) -> Result<()> {
     let shapes: Vec<Shape> = SHAPES
         .iter()
@@ -73,10 +84,15 @@ pub fn run(a: Args) -> Result<()> {
         .filter(|s| a.only.as_deref().is_none_or(|o| s.name.contains(o)))
         .collect();
     if shapes.is_empty() {
-        bail!("no benchmark shape matches {:?}", a.only);
+        let names: Vec<&str> = SHAPES.iter().map(|s| s.name).collect();
+        bail!(
+            "--only {}: no benchmark shape name contains it; the shapes are: {}",
+            a.only.as_deref().unwrap_or_default(),
+            names.join(", ")
+        );
     }
-    if a.batch.contains(&0) {
-        bail!("batch sizes must be at least 1");
+    if let Some(path) = &a.json {
+        paths::check_output(path, "--json")?;
     }
     let mut rng = StdRng::seed_from_u64(a.seed);
     let cuda = match a.device {
@@ -88,41 +104,58 @@ pub fn run(a: Args) -> Result<()> {
         return run_cuda(&a, &shapes, &mut rng);
     }
     if a.batch != [1] {
-        bail!("the CPU bench runs batch 1 only");
+        bail!("--batch: the CPU bench runs batch 1 only");
     }
     let iters = a.iters.unwrap_or(5);
     println!(
-        "CPU: reference kernel (ternary i2, int2) vs dense f32 GEMV, batch 1, median of {iters}"
+        "CPU bench: ours (the kernel in the last column) on packed ternary i2 / int2 weights \
+         against a dense f32 GEMV of the same weights (the baseline), batch 1, median of {iters} \
+         calls; speedup = baseline time / our time. cpu::reference is the correctness oracle, \
+         not a fast kernel; the CUDA bench is the performance one."
     );
-    header(false);
+    let cols = Columns::CPU;
+    header(cols);
     let mut rows = Vec::new();
     for s in &shapes {
         for r in cpu::run_shape(*s, iters, &mut rng)? {
-            print_row(&r, false);
+            print_row(&r, cols);
             rows.push(r);
         }
     }
+    legend(cols);
     let run = serde_json::json!({ "backend": "cpu", "threads": rayon::current_num_threads(), "iters": iters });
     write_json(&a, run, &rows, true)
 }
 
-/// The table's columns; `b2b`: also the back-to-back timing (CUDA).
-fn header(b2b: bool) {
+/// Which of the optional columns a run measured.
+#[derive(Clone, Copy)]
+struct Columns {
+    /// `%copy`: the run measured the copy bandwidth (CUDA).
+    copy: bool,
+    /// Back-to-back timings (CUDA).
+    b2b: bool,
+}
+
+impl Columns {
+    const CPU: Self = Self {
+        copy: false,
+        b2b: false,
+    };
+    const CUDA: Self = Self {
+        copy: true,
+        b2b: true,
+    };
+}
+
+fn header(c: Columns) {
     print!(
-        "{:<22} {:>12} {:>5} {:>5} {:>7} {:>10} {:>12} {:>10} {:>8} {:>8} {:>7}",
-        "shape",
-        "MxN",
-        "batch",
-        "fmt",
-        "act",
-        "ours us",
-        "baseline",
-        "base us",
-        "speedup",
-        "GB/s",
-        "%copy"
+        "{:<22} {:>12} {:>5} {:>5} {:>7} {:>10} {:>12} {:>10} {:>8} {:>8}",
+        "shape", "MxN", "batch", "fmt", "act", "ours us", "baseline", "base us", "speedup", "GB/s",
     );
-    if b2b {
+    if c.copy {
+        print!(" {:>7}", "%copy");
+    }
+    if c.b2b {
         print!(
             " {:>8} {:>8} {:>8} {:>7}",
             "b2b us", "b2b base", "b2b x", "%copy"
@@ -131,9 +164,9 @@ fn header(b2b: bool) {
     println!(" {:>9}  kernel", "max err");
 }
 
-fn print_row(r: &BenchRow, b2b: bool) {
+fn print_row(r: &BenchRow, c: Columns) {
     print!(
-        "{:<22} {:>12} {:>5} {:>5} {:>7} {:>10.2} {:>12} {:>10.2} {:>7.2}x {:>8.1} {:>7.1}",
+        "{:<22} {:>12} {:>5} {:>5} {:>7} {:>10.2} {:>12} {:>10.2} {:>7.2}x {:>8.1}",
         r.shape,
         format!("{}x{}", r.rows, r.cols),
         r.batch,
@@ -144,15 +177,35 @@ fn print_row(r: &BenchRow, b2b: bool) {
         r.baseline_us,
         r.speedup,
         r.gbps,
-        r.pct_copy_bw,
     );
-    if b2b {
+    if c.copy {
+        print!(" {:>7.1}", r.pct_copy_bw);
+    }
+    if c.b2b {
         print!(
             " {:>8.2} {:>8.2} {:>7.2}x {:>7.1}",
             r.stream_us, r.baseline_stream_us, r.stream_speedup, r.stream_pct_copy_bw
         );
     }
     println!(" {:>9.2e}  {}", r.max_rel_err, r.kernel);
+}
+
+/// What the columns mean, printed under the table.
+fn legend(c: Columns) {
+    println!(
+        "max err: largest |ours - float64 reference| over the outputs, divided by the largest \
+         |reference|. GB/s: the bytes our kernel must move (weights, activations, outputs) over \
+         its time."
+    );
+    if c.copy {
+        println!("%copy: GB/s as a percentage of the copy bandwidth measured in the same run.");
+    }
+    if c.b2b {
+        println!(
+            "b2b: per call when 20 calls run back to back (as a decode loop or a CUDA graph \
+             runs them)."
+        );
+    }
 }
 
 /// Writes the rows so far to `--json`, if given; `last` says so on the console.
@@ -164,7 +217,8 @@ fn write_json(a: &Args, run: impl Serialize, rows: &[BenchRow], last: bool) -> R
             run,
             rows,
         };
-        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")?;
+        let text = serde_json::to_string_pretty(&report)? + "\n";
+        paths::write_output(path, "--json", text.as_bytes())?;
         if last {
             println!("wrote {}", path.display());
         }
@@ -195,30 +249,33 @@ fn run_cuda(a: &Args, shapes: &[Shape], rng: &mut StdRng) -> Result<()> {
         split,
         !a.no_wgmma,
         !a.no_prefill,
-    )?;
+    )
+    .context("cannot start the CUDA bench (--device cpu runs the CPU one)")?;
     let i = &bench.info;
     println!(
         "CUDA: {} (sm {}, {} SMs, {} MiB L2, driver {}), copy bandwidth {:.0} GB/s; L2-cold, median of {}",
         i.gpu, i.compute_capability, i.sm_count, i.l2_bytes >> 20, i.driver, i.copy_gbps, i.iters
     );
-    header(true);
+    let cols = Columns::CUDA;
+    header(cols);
     let mut rows = Vec::new();
     for &batch in &a.batch {
         for s in shapes {
             for r in bench.run_shape(*s, batch, rng)? {
-                print_row(&r, true);
+                print_row(&r, cols);
                 rows.push(r);
             }
             // After every shape: a long run cut short keeps what it measured.
             write_json(a, &bench.info, &rows, false)?;
         }
     }
+    legend(cols);
     write_json(a, &bench.info, &rows, true)
 }
 
 #[cfg(not(feature = "cuda"))]
 fn run_cuda(_: &Args, _: &[Shape], _: &mut StdRng) -> Result<()> {
-    bail!("this build has no CUDA support (feature `cuda`)")
+    bail!("--device cuda: this build has no CUDA support (feature `cuda`)")
 }
 
 /// Today's UTC date as YYYY-MM-DD (days-from-civil inverse, H. Hinnant).

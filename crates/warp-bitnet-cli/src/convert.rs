@@ -4,10 +4,13 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Result};
 use clap::{Args, ValueEnum};
 use indicatif::ProgressBar;
 use warp_bitnet::import::{checkpoint_file, ScaleConvention};
+
+use crate::pack::report;
+use crate::paths;
 
 #[derive(Clone, Copy, ValueEnum)]
 enum LinearClass {
@@ -28,6 +31,9 @@ pub struct ConvertArgs {
     /// `quantization_config.linear_class` of the `config.json` beside the input.
     #[arg(long, value_enum)]
     linear_class: Option<LinearClass>,
+    /// Write the output even when no tensor was converted (otherwise an error).
+    #[arg(long)]
+    allow_empty: bool,
 }
 
 pub fn convert(a: ConvertArgs) -> Result<()> {
@@ -35,17 +41,36 @@ pub fn convert(a: ConvertArgs) -> Result<()> {
         LinearClass::Autobitlinear => ScaleConvention::Multiply,
         LinearClass::Bitlinear => ScaleConvention::Divide,
     });
+    paths::check_output(&a.output, "output")?;
+    if a.input.is_dir() || !a.input.exists() {
+        // The same words as every command, not the library's bare I/O error.
+        paths::read_input(&a.input, "input")?;
+    }
     let bar = ProgressBar::new_spinner().with_message("converting");
-    let out = checkpoint_file(&a.input, convention, |_| bar.inc(1))
-        .with_context(|| format!("converting {}", a.input.display()))?;
-    bar.finish_with_message("converted");
-    std::fs::write(&a.output, out.to_bytes()?)?;
-    println!(
-        "{} matrices converted, {} tensors kept -> {}",
+    let out = checkpoint_file(&a.input, convention, |_| bar.inc(1)).map_err(|e| {
+        // Name the input once: some of the library's errors name it already.
+        let shown = a.input.display().to_string();
+        if e.to_string().contains(&shown) {
+            anyhow!(e).context("cannot convert input")
+        } else {
+            anyhow!(e).context(format!("cannot convert input {shown}"))
+        }
+    })?;
+    bar.finish_and_clear();
+    let kept: Vec<(String, String)> = out
+        .other
+        .keys()
+        .map(|n| (n.clone(), "not a packed ternary weight".to_string()))
+        .collect();
+    report(
+        "converted",
         out.matrices.len(),
-        out.other.len(),
-        a.output.display()
-    );
+        &kept,
+        &a.input,
+        a.allow_empty,
+    )?;
+    paths::write_output(&a.output, "output", &out.to_bytes()?)?;
+    println!("wrote {}", a.output.display());
     Ok(())
 }
 
@@ -97,6 +122,7 @@ mod tests {
             input: input.clone(),
             output: output.clone(),
             linear_class: class,
+            allow_empty: false,
         };
         convert(args(None)).unwrap();
         let file = PackedFile::from_bytes(&std::fs::read(&output).unwrap()).unwrap();

@@ -3,6 +3,9 @@
 mod bench;
 mod convert;
 mod pack;
+mod paths;
+
+use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -33,13 +36,21 @@ enum Command {
     Convert(convert::ConvertArgs),
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().command {
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
         Command::Info => info(),
         Command::Bench(a) => bench::run(a),
         Command::Pack(a) => pack::pack(a),
         Command::Unpack(a) => pack::unpack(a),
         Command::Convert(a) => convert::convert(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, the causes joined by ": " (anyhow's `{:#}`), not the Debug report.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

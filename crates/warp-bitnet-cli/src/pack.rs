@@ -2,15 +2,17 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use half::{bf16, f16};
 use indicatif::{ProgressBar, ProgressStyle};
-use safetensors::tensor::Dtype;
+use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 use warp_bitnet::io::{dense_f32, PackedFile, RawTensor};
 use warp_bitnet::quant::{quantize_int2, quantize_ternary, Int2Quant, WeightQuant};
 use warp_bitnet::PackedWeights;
+
+use crate::paths;
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Method {
@@ -56,6 +58,9 @@ pub struct PackArgs {
     /// Keep tensors whose name contains any of these dense (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "embed,lm_head")]
     skip: Vec<String>,
+    /// Write the output even when no tensor was packed (otherwise an error).
+    #[arg(long)]
+    allow_empty: bool,
 }
 
 #[derive(Args)]
@@ -86,11 +91,53 @@ fn progress(len: usize, what: &str) -> ProgressBar {
     bar
 }
 
+/// Why `pack` keeps a tensor dense, or None if it packs it.
+fn kept_because(view: &TensorView, name: &str, skip: &[String]) -> Option<String> {
+    if let Some(s) = skip
+        .iter()
+        .find(|s| !s.is_empty() && name.contains(s.as_str()))
+    {
+        return Some(format!("name contains `{s}` (--skip)"));
+    }
+    if !matches!(view.dtype(), Dtype::F32 | Dtype::F16 | Dtype::BF16) {
+        return Some(format!(
+            "dtype {:?} (pack quantizes F32, F16 and BF16)",
+            view.dtype()
+        ));
+    }
+    match view.shape().len() {
+        2 => None,
+        d => Some(format!("{d}-D (pack quantizes 2-D matrices)")),
+    }
+}
+
+/// Prints what a command converted and what it kept and why; fails when nothing was
+/// converted, unless `allow_empty`.
+pub(crate) fn report(
+    verb: &str,
+    converted: usize,
+    kept: &[(String, String)],
+    input: &std::path::Path,
+    allow_empty: bool,
+) -> Result<()> {
+    for (name, why) in kept {
+        println!("kept `{name}` as is: {why}");
+    }
+    println!("{converted} tensor(s) {verb}, {} kept as is", kept.len());
+    if converted == 0 && !allow_empty {
+        bail!(
+            "nothing to convert in {}: no tensor was {verb} (pass --allow-empty to write the file anyway)",
+            input.display()
+        );
+    }
+    Ok(())
+}
+
 pub fn pack(a: PackArgs) -> Result<()> {
-    let bytes =
-        std::fs::read(&a.input).with_context(|| format!("reading {}", a.input.display()))?;
+    paths::check_output(&a.output, "output")?;
+    let bytes = paths::read_input(&a.input, "input")?;
     let st = SafeTensors::deserialize(&bytes)
-        .with_context(|| format!("parsing {}", a.input.display()))?;
+        .with_context(|| format!("input {} is not a safetensors file", a.input.display()))?;
     let method = match a.method {
         Method::Absmean => WeightQuant::AbsMean,
         Method::AbsmeanRow => WeightQuant::AbsMeanRow,
@@ -104,16 +151,11 @@ pub fn pack(a: PackArgs) -> Result<()> {
     let mut names: Vec<&str> = st.names();
     names.sort();
     let bar = progress(names.len(), "packing");
+    let mut kept = Vec::new();
     for name in names {
         let view = st.tensor(name)?;
-        let float = matches!(view.dtype(), Dtype::F32 | Dtype::F16 | Dtype::BF16);
-        if float
-            && view.shape().len() == 2
-            && !a
-                .skip
-                .iter()
-                .any(|s| !s.is_empty() && name.contains(s.as_str()))
-        {
+        let why = kept_because(&view, name, &a.skip);
+        if why.is_none() {
             let (rows, cols, w) = dense_f32(&view)?;
             let ctx = || format!("tensor `{name}`");
             match a.format {
@@ -133,26 +175,29 @@ pub fn pack(a: PackArgs) -> Result<()> {
                 data: view.data().to_vec(),
             };
             out.other.insert(name.to_string(), raw);
+            kept.extend(why.map(|w| (name.to_string(), w)));
         }
         bar.inc(1);
     }
-    bar.finish_with_message("packed");
-    std::fs::write(&a.output, out.to_bytes()?)?;
+    bar.finish_and_clear();
+    let packed = out.matrices.len() + out.int2.len();
+    report("packed", packed, &kept, &a.input, a.allow_empty)?;
+    let data = out.to_bytes()?;
+    paths::write_output(&a.output, "output", &data)?;
     println!(
-        "{} matrices packed, {} tensors kept: {} -> {} bytes",
-        out.matrices.len() + out.int2.len(),
-        out.other.len(),
+        "wrote {}: {} -> {} bytes",
+        a.output.display(),
         bytes.len(),
-        std::fs::metadata(&a.output)?.len()
+        data.len()
     );
     Ok(())
 }
 
 pub fn unpack(a: UnpackArgs) -> Result<()> {
-    let bytes =
-        std::fs::read(&a.input).with_context(|| format!("reading {}", a.input.display()))?;
-    let file =
-        PackedFile::from_bytes(&bytes).with_context(|| format!("loading {}", a.input.display()))?;
+    paths::check_output(&a.output, "output")?;
+    let bytes = paths::read_input(&a.input, "input")?;
+    let file = PackedFile::from_bytes(&bytes)
+        .with_context(|| format!("input {} is not a packed file", a.input.display()))?;
     let mut out = PackedFile {
         other: file.other,
         ..Default::default()
@@ -172,7 +217,7 @@ pub fn unpack(a: UnpackArgs) -> Result<()> {
         out.other.insert(name, dense(&m, &levels, a.dtype));
         bar.inc(1);
     }
-    bar.finish_with_message("unpacked");
+    bar.finish_and_clear();
     let views = out
         .other
         .iter()
@@ -183,7 +228,8 @@ pub fn unpack(a: UnpackArgs) -> Result<()> {
             ))
         })
         .collect::<Result<Vec<_>>>()?;
-    safetensors::serialize_to_file(views, None, &a.output)?;
+    let data = safetensors::serialize(views, None)?;
+    paths::write_output(&a.output, "output", &data)?;
     println!("wrote {}", a.output.display());
     Ok(())
 }
@@ -215,7 +261,6 @@ fn dense(m: &impl PackedWeights, levels: &[f32], dtype: OutType) -> RawTensor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use safetensors::tensor::TensorView;
 
     fn write_dense(path: &std::path::Path) -> Vec<f32> {
         let w: Vec<f32> = (0..5 * 20)
@@ -261,6 +306,7 @@ mod tests {
             method: Method::Absmean,
             int2_method: Int2Method::Mse,
             skip: vec!["embed".into()],
+            allow_empty: false,
         };
         pack(args).unwrap();
         let file = PackedFile::from_bytes(&std::fs::read(&packed).unwrap()).unwrap();
@@ -307,6 +353,7 @@ mod tests {
             method: Method::Absmean,
             int2_method: Int2Method::Absmax,
             skip: vec!["embed".into()],
+            allow_empty: false,
         })
         .unwrap();
         let file = PackedFile::from_bytes(&std::fs::read(&packed).unwrap()).unwrap();
@@ -345,7 +392,8 @@ mod tests {
             format: Format::Ternary,
             method: Method::Absmean,
             int2_method: Int2Method::Mse,
-            skip: vec![]
+            skip: vec![],
+            allow_empty: false,
         })
         .is_err());
         assert!(unpack(UnpackArgs {

@@ -64,12 +64,13 @@ pub fn checkpoint_file(
         }
         return gguf_file(&bytes, progress);
     }
+    // The file first: a corrupt one is reported as such, not as a missing config.json.
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::BadFile(format!("{}: {e}", path.display())))?;
     let convention = match convention {
         Some(c) => c,
         None => convention_of_config(&path.parent().unwrap_or(Path::new(".")).join("config.json"))?,
     };
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| Error::BadFile(format!("{}: {e}", path.display())))?;
     hf_checkpoint(&st, convention, progress)
 }
 

@@ -43,3 +43,8 @@ pub mod quant;
 pub use dtype::{Activation, DType};
 pub use error::{Error, Result};
 pub use format::{Int2Matrix, Levels, PackedMatrix, PackedWeights, Scale, TernaryMatrix};
+
+/// The README's Rust examples, run as doctests so that they cannot go stale.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

@@ -267,19 +267,30 @@ fn cache_dir() -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
-    /// CI installs NVRTC from PyPI (.ci/run) so a kernel that does not compile cannot land.
-    /// Elsewhere, set WARP_BITNET_SKIP_NVRTC=1 to skip.
+    /// CI installs NVRTC from PyPI (scripts/test.sh) so a kernel that does not compile cannot
+    /// land. A plain `cargo test` without NVRTC skips, saying so, unless CI (`CI=true`) or
+    /// scripts/test.sh (`WARP_BITNET_REQUIRE_NVRTC=1`) requires it.
     #[test]
     fn every_kernel_compiles_for_every_target() {
-        if std::env::var_os("WARP_BITNET_SKIP_NVRTC").is_some() {
-            eprintln!("skipped: WARP_BITNET_SKIP_NVRTC is set");
+        if !is_available() {
+            assert!(
+                !nvrtc_required(
+                    std::env::var("CI").ok().as_deref(),
+                    std::env::var_os("WARP_BITNET_REQUIRE_NVRTC").is_some()
+                ),
+                "libnvrtc not found, and CI=true or WARP_BITNET_REQUIRE_NVRTC requires it: \
+                 run through scripts/test.sh, which installs NVRTC from PyPI"
+            );
+            // Straight to stderr: libtest captures `eprintln!` of a passing test.
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED every_kernel_compiles_for_every_target: libnvrtc not found \
+                 (scripts/test.sh installs it from PyPI and runs this test)"
+            );
             return;
         }
-        assert!(
-            is_available(),
-            "libnvrtc not found: run through .ci/run or set WARP_BITNET_SKIP_NVRTC=1"
-        );
         for arch in ["sm_80", "sm_89", "sm_90a"] {
             for src in &sources() {
                 match compile(src, arch) {
@@ -292,6 +303,20 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Whether a missing NVRTC fails the compile test: under CI (`CI=true`, as GitHub Actions
+    /// and most CI systems set it) or when scripts/test.sh requires it.
+    fn nvrtc_required(ci: Option<&str>, require_flag: bool) -> bool {
+        ci == Some("true") || require_flag
+    }
+
+    #[test]
+    fn missing_nvrtc_skips_only_outside_ci() {
+        assert!(!nvrtc_required(None, false));
+        assert!(!nvrtc_required(Some("false"), false));
+        assert!(nvrtc_required(Some("true"), false));
+        assert!(nvrtc_required(None, true));
     }
 
     #[test]
