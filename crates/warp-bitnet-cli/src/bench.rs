@@ -28,7 +28,11 @@ pub struct Args {
     /// Only shapes whose name contains this text.
     #[arg(long)]
     only: Option<String>,
-    /// Timed iterations per measurement (default: 200 on CUDA, 5 on CPU).
+    /// CPU threads per call, comma-separated (each count is a separate pass; default:
+    /// `WARP_BITNET_THREADS`, else every CPU).
+    #[arg(long, value_delimiter = ',')]
+    threads: Vec<usize>,
+    /// Timed iterations per measurement (default: 200 on CUDA, 20 on CPU).
     #[arg(long)]
     iters: Option<usize>,
     /// Also write the rows, with GPU, driver, date and commit, to this JSON file.
@@ -87,23 +91,39 @@ pub fn run(a: Args) -> Result<()> {
     if cuda {
         return run_cuda(&a, &shapes, &mut rng);
     }
-    if a.batch != [1] {
-        bail!("the CPU bench runs batch 1 only");
-    }
-    let iters = a.iters.unwrap_or(5);
-    println!(
-        "CPU: reference kernel (ternary i2, int2) vs dense f32 GEMV, batch 1, median of {iters}"
-    );
-    header(false);
+    run_cpu(&a, &shapes, &mut rng)
+}
+
+fn run_cpu(a: &Args, shapes: &[Shape], rng: &mut StdRng) -> Result<()> {
+    let threads = if a.threads.is_empty() {
+        vec![0]
+    } else {
+        a.threads.clone()
+    };
     let mut rows = Vec::new();
-    for s in &shapes {
-        for r in cpu::run_shape(*s, iters, &mut rng)? {
-            print_row(&r, false);
-            rows.push(r);
+    let mut infos = Vec::new();
+    for &t in &threads {
+        let bench = cpu::CpuBench::new(t, a.iters.unwrap_or(20))?;
+        let i = &bench.info;
+        println!(
+            "CPU: {} [{}], {} threads, kernels {}, copy bandwidth {:.1} GB/s, pool overhead {:.1} us, \
+             load average {:.1}; weights from DRAM, median of {}",
+            i.cpu, i.flags.join(" "), i.threads, i.isa, i.copy_gbps, i.pool_overhead_us,
+            i.load_average, i.iters
+        );
+        header(false);
+        for &batch in &a.batch {
+            for s in shapes {
+                for r in bench.run_shape(*s, batch, rng)? {
+                    print_row(&r, false);
+                    rows.push(r);
+                }
+                write_json(a, &infos, &rows, false)?;
+            }
         }
+        infos.push(bench.info);
     }
-    let run = serde_json::json!({ "backend": "cpu", "threads": rayon::current_num_threads(), "iters": iters });
-    write_json(&a, run, &rows, true)
+    write_json(a, &infos, &rows, true)
 }
 
 /// The table's columns; `b2b`: also the back-to-back timing (CUDA).

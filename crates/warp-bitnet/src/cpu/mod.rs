@@ -18,7 +18,7 @@
 pub mod arch;
 mod gemm;
 mod layout;
-mod pool;
+pub(crate) mod pool;
 pub mod reference;
 
 pub use arch::Isa;

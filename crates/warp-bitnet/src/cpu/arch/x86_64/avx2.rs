@@ -9,8 +9,9 @@
 //! one `vpmaddwd` by ones to widen to i32. The decode (3 shifts, 4 ands) is shared by the
 //! tile's tokens. Budget: ~21 vector ops per 32 bytes of weights at batch 1.
 //!
-//! Float path: codes widen to i32 (`vpmovzxbd`), convert, `a * u + b` by one FMA, then one
-//! FMA per token; several accumulators per token hide the FMA latency.
+//! Float path: codes widen to i32 (`vpmovzxbd`), a `vpermps` table lookup turns each into
+//! its weight `a * u + b`, then one FMA per token; several accumulators per token hide the
+//! FMA latency.
 
 use std::arch::x86_64::*;
 
@@ -34,6 +35,10 @@ pub unsafe fn row_i8(row: &[u8], x: &[i8], stride: usize, acc: &mut [i32]) {
     }
 }
 
+/// Blocks whose i16 sums may add up before widening: 3072 per block per lane, and
+/// 10 * 3072 < 32767.
+const I16_BLOCKS: usize = 8;
+
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 unsafe fn row_i8_tile<const T: usize>(row: &[u8], x: &[i8], stride: usize, acc: &mut [i32]) {
@@ -42,26 +47,35 @@ unsafe fn row_i8_tile<const T: usize>(row: &[u8], x: &[i8], stride: usize, acc: 
     let ones = _mm256_set1_epi16(1);
     let mut sums = [_mm256_setzero_si256(); T];
     let (wp, xp) = (row.as_ptr(), x.as_ptr());
-    for blk in 0..row.len() / BLOCK_BYTES {
-        // SAFETY: block `blk` is inside `row`, and token `t`'s 128 activations of this
-        // block end at `t * stride + 128 * (blk + 1) <= x.len()` (caller's contract).
-        unsafe {
-            // Phase 1, decode: the four code planes of 32 columns each.
-            let v = _mm256_loadu_si256(wp.add(BLOCK_BYTES * blk).cast());
-            let p0 = _mm256_and_si256(v, mask);
-            let p1 = _mm256_and_si256(_mm256_srli_epi16::<2>(v), mask);
-            let p2 = _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask);
-            let p3 = _mm256_and_si256(_mm256_srli_epi16::<6>(v), mask);
-            // Phase 2, multiply-accumulate every token of the tile.
-            for (t, s) in sums.iter_mut().enumerate() {
-                let xb = xp.add(t * stride + BLOCK * blk);
-                let d0 = _mm256_maddubs_epi16(p0, _mm256_loadu_si256(xb.cast()));
-                let d1 = _mm256_maddubs_epi16(p1, _mm256_loadu_si256(xb.add(32).cast()));
-                let d2 = _mm256_maddubs_epi16(p2, _mm256_loadu_si256(xb.add(64).cast()));
-                let d3 = _mm256_maddubs_epi16(p3, _mm256_loadu_si256(xb.add(96).cast()));
-                let d = _mm256_add_epi16(_mm256_add_epi16(d0, d1), _mm256_add_epi16(d2, d3));
-                *s = _mm256_add_epi32(*s, _mm256_madd_epi16(d, ones));
+    let blocks = row.len() / BLOCK_BYTES;
+    for b0 in (0..blocks).step_by(I16_BLOCKS) {
+        // i16 partial sums over up to I16_BLOCKS blocks, widened once: saves a vpmaddwd and
+        // a vpaddd per block.
+        let mut part = [_mm256_setzero_si256(); T];
+        for blk in b0..(b0 + I16_BLOCKS).min(blocks) {
+            // SAFETY: block `blk` is inside `row`, and token `t`'s 128 activations of this
+            // block end at `t * stride + 128 * (blk + 1) <= x.len()` (caller's contract).
+            unsafe {
+                // Phase 1, decode: the four code planes of 32 columns each.
+                let v = _mm256_loadu_si256(wp.add(BLOCK_BYTES * blk).cast());
+                let p0 = _mm256_and_si256(v, mask);
+                let p1 = _mm256_and_si256(_mm256_srli_epi16::<2>(v), mask);
+                let p2 = _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask);
+                let p3 = _mm256_and_si256(_mm256_srli_epi16::<6>(v), mask);
+                // Phase 2, multiply-accumulate every token of the tile.
+                for (t, s) in part.iter_mut().enumerate() {
+                    let xb = xp.add(t * stride + BLOCK * blk);
+                    let d0 = _mm256_maddubs_epi16(p0, _mm256_loadu_si256(xb.cast()));
+                    let d1 = _mm256_maddubs_epi16(p1, _mm256_loadu_si256(xb.add(32).cast()));
+                    let d2 = _mm256_maddubs_epi16(p2, _mm256_loadu_si256(xb.add(64).cast()));
+                    let d3 = _mm256_maddubs_epi16(p3, _mm256_loadu_si256(xb.add(96).cast()));
+                    let d = _mm256_add_epi16(_mm256_add_epi16(d0, d1), _mm256_add_epi16(d2, d3));
+                    *s = _mm256_add_epi16(*s, d);
+                }
             }
+        }
+        for (s, p) in sums.iter_mut().zip(part) {
+            *s = _mm256_add_epi32(*s, _mm256_madd_epi16(p, ones));
         }
     }
     // Phase 3, reduce each token's eight lanes.
@@ -79,7 +93,7 @@ pub unsafe fn row_f32(row: &[u8], x: &[f32], stride: usize, ab: (f32, f32), acc:
     // SAFETY: the caller's contract is each tile's contract.
     unsafe {
         match acc.len() {
-            1 => row_f32_tile::<1, 4>(row, x, stride, ab, acc),
+            1 => row_f32_tile::<1, 8>(row, x, stride, ab, acc),
             2 => row_f32_tile::<2, 4>(row, x, stride, ab, acc),
             3 => row_f32_tile::<3, 2>(row, x, stride, ab, acc),
             _ => row_f32_tile::<4, 2>(row, x, stride, ab, acc),
@@ -98,8 +112,19 @@ unsafe fn row_f32_tile<const T: usize, const C: usize>(
     acc: &mut [f32],
 ) {
     debug_assert!(acc.len() == T && x.len() >= stride * (T - 1) + row.len() * 4);
-    let mask = _mm256_set1_epi32(3);
-    let (va, vb) = (_mm256_set1_ps(a), _mm256_set1_ps(b));
+    // Code -> weight by a register lookup: `vpermps` reads the low three bits of each lane,
+    // i.e. this code and one bit of the next, so the table repeats and no mask is needed.
+    let w_of = |u: f32| a * u + b;
+    let table = _mm256_setr_ps(
+        w_of(0.0),
+        w_of(1.0),
+        w_of(2.0),
+        w_of(3.0),
+        w_of(0.0),
+        w_of(1.0),
+        w_of(2.0),
+        w_of(3.0),
+    );
     let mut sums = [[_mm256_setzero_ps(); C]; T];
     let (wp, xp) = (row.as_ptr(), x.as_ptr());
     for blk in 0..row.len() / BLOCK_BYTES {
@@ -110,13 +135,18 @@ unsafe fn row_f32_tile<const T: usize, const C: usize>(
                 // Decode 8 bytes -> 8 lanes holding four codes each (columns 8g + lane + 32p).
                 let e =
                     _mm256_cvtepu8_epi32(_mm_loadl_epi64(wp.add(BLOCK_BYTES * blk + 8 * g).cast()));
-                for p in 0..4 {
-                    let u = _mm256_and_si256(_mm256_srlv_epi32(e, _mm256_set1_epi32(2 * p)), mask);
-                    let w = _mm256_fmadd_ps(_mm256_cvtepi32_ps(u), va, vb);
-                    let col = BLOCK * blk + 32 * p as usize + 8 * g;
+                let planes = [
+                    e,
+                    _mm256_srli_epi32::<2>(e),
+                    _mm256_srli_epi32::<4>(e),
+                    _mm256_srli_epi32::<6>(e),
+                ];
+                for (p, codes) in planes.into_iter().enumerate() {
+                    let w = _mm256_permutevar8x32_ps(table, codes);
+                    let col = BLOCK * blk + 32 * p + 8 * g;
                     for (t, s) in sums.iter_mut().enumerate() {
                         let xv = _mm256_loadu_ps(xp.add(t * stride + col));
-                        let c = (4 * g + p as usize) % C;
+                        let c = (4 * g + p) % C;
                         s[c] = _mm256_fmadd_ps(w, xv, s[c]);
                     }
                 }
