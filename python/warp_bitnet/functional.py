@@ -12,7 +12,7 @@ import weakref
 
 import torch
 
-from . import _native, ops
+from . import _cpu, _native, ops
 
 WEIGHT_EPS = 1e-5
 ACT_EPS = 1e-5
@@ -310,6 +310,8 @@ def linear(
         return _linear_t2(
             x, _t2_of(packed_weight, n), m, scale, bias, quantize_activations, i2=packed_weight.contiguous()
         )
+    if _cpu.applies(x, scale, bias):
+        return _cpu.linear(x, packed_weight, scale, bias, n, "ternary", quantize_activations)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, n)
     validate_packed(packed_weight, n)
@@ -550,6 +552,8 @@ def linear_int2(
     if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16):
         t2 = _t2_of(packed_weight, n, "int2")
         return _linear_t2(x, t2, m, scale, bias, False, "int2", i2=packed_weight.contiguous())
+    if _cpu.applies(x, scale, bias):
+        return _cpu.linear(x, packed_weight, scale, bias, n, "int2")
     levels = unpack_int2(packed_weight, n)
     y = x.reshape(-1, n).to(torch.float32) @ levels.T
     if scale is not None:
