@@ -6,6 +6,7 @@
 
 use std::time::Instant;
 
+use warp_bitnet::bench::cpu::dense_gemm;
 use warp_bitnet::bench::{median, random_matrix};
 use warp_bitnet::cpu::{CpuMatrix, Isa, Kernels};
 use warp_bitnet::quant::quantize_activations_i8;
@@ -22,7 +23,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         arg(5, 2000)?,
     );
     let mut rng = rand::rng();
-    let w = CpuMatrix::from(&random_matrix(&mut rng, rows, cols));
+    let tm = random_matrix(&mut rng, rows, cols);
+    let w = CpuMatrix::from(&tm);
     let x: Vec<f32> = (0..batch * cols)
         .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
         .collect();
@@ -58,5 +60,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         })?;
         run("f32", &mut || k.gemm(&w, &x, batch, None, &mut y, threads))?;
     }
+    // The bench's dense f32 baseline on the same weights, hot as well.
+    let mut dense = vec![0f32; rows * cols];
+    let mut wrow = vec![0i8; cols];
+    for (r, row) in dense.chunks_mut(cols).enumerate() {
+        tm.unpack_row_into(r, &mut wrow);
+        for (o, &v) in row.iter_mut().zip(&wrow) {
+            *o = f32::from(v);
+        }
+    }
+    let mut t = Vec::new();
+    for _ in 0..iters / 10 + 1 {
+        let s = Instant::now();
+        dense_gemm(&dense, &x, batch, &mut y, threads)?;
+        t.push(s.elapsed().as_secs_f64() * 1e6);
+    }
+    let min = t.iter().copied().fold(f64::MAX, f64::min);
+    println!(
+        "dense-f32 {rows}x{cols} b{batch} t{threads}: min {min:8.1} us ({:5.1} GB/s), median {:8.1} us",
+        (rows * cols * 4) as f64 / min / 1e3,
+        median(&mut t)
+    );
     Ok(())
 }

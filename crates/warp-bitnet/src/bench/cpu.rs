@@ -6,8 +6,8 @@
 //! (C2 and dense alike) to exceed [`ROTATE_BYTES`], more than twice a 32 MiB L3.
 //!
 //! The dense baselines are ours, not a BLAS: `dense-f32` is a row-parallel GEMV whose dot
-//! product keeps 16 independent f32 lanes (auto-vectorized for the build target, SSE2 on
-//! plain x86-64), and `dense-f16w` converts f16 weight rows to f32 in 256-element pieces
+//! product runs four 8-lane FMA chains (AVX2, detected at run time; 16 auto-vectorized lanes
+//! elsewhere: `cpu::arch::dot_f32`), and `dense-f16w` converts f16 weight rows to f32 in 256-element pieces
 //! (F16C, detected at run time by the `half` crate) before the same dot. At batch 1 on
 //! these shapes both are bound by DRAM, as a BLAS sgemv would be. Batches above 1 run the
 //! dense dot per (row, token) with the row cached, which a BLAS sgemm would beat.
@@ -266,22 +266,8 @@ impl DenseElem for f16 {
     }
 }
 
-/// 16 independent lanes, so the compiler vectorizes it without reassociating.
 fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..16 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
+    crate::cpu::arch::dot_f32(a, b)
 }
 
 /// Dense `y[b, r] = sum_k w[r, k] x[b, k]`, rows split over `threads` like the fast kernels.

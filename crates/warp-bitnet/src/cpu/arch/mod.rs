@@ -173,6 +173,20 @@ impl Micro {
     }
 }
 
+/// `sum_k a[k] * b[k]` in f32 over `min(a.len(), b.len())` elements, with the best
+/// instruction set of this CPU: the dense baselines' dot product (`bench::cpu`), so that they
+/// are vectorized as well as a BLAS sgemv would be.
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    #[cfg(target_arch = "x86_64")]
+    if Isa::Avx2.is_available() {
+        // SAFETY: AVX2 and FMA detected; both slices hold `n` elements.
+        return unsafe { x86_64::avx2::dot_f32(a, b) };
+    }
+    portable::dot_f32(a, b)
+}
+
 /// The bounds every micro-kernel relies on: whole blocks, a tile of 1..=MAX_TILE tokens,
 /// and `x` holding `stride * (tile - 1) + padded columns` elements.
 fn check_tile(row_bytes: usize, x_len: usize, stride: usize, tile: usize) {

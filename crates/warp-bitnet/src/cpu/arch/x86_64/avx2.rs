@@ -162,6 +162,30 @@ unsafe fn row_f32_tile<const T: usize, const C: usize>(
     }
 }
 
+/// `sum_k a[k] * b[k]`, four 8-lane FMA chains.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `a.len() == b.len()`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let whole = a.len() / 32 * 32;
+    for k in (0..whole).step_by(32) {
+        for (j, s) in acc.iter_mut().enumerate() {
+            // SAFETY: `k + 8j + 8 <= whole <= a.len() == b.len()`.
+            unsafe {
+                let x = _mm256_loadu_ps(a.as_ptr().add(k + 8 * j));
+                let y = _mm256_loadu_ps(b.as_ptr().add(k + 8 * j));
+                *s = _mm256_fmadd_ps(x, y, *s);
+            }
+        }
+    }
+    let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    let tail: f32 = a[whole..].iter().zip(&b[whole..]).map(|(x, y)| x * y).sum();
+    hsum_f32(v) + tail
+}
+
 #[target_feature(enable = "avx2")]
 #[inline]
 fn hsum_i32(v: __m256i) -> i32 {
