@@ -263,3 +263,33 @@ fn check_io(
         _ => Ok(()),
     }
 }
+
+/// The detected kernels ([`Kernels::detect`]) as methods of the matrix: what an engine calls.
+impl CpuMatrix {
+    /// [`Kernels::gemm`] with the detected kernels.
+    pub fn gemm<T: Activation>(
+        &self,
+        x: &[T],
+        batch: usize,
+        bias: Option<&[T]>,
+        y: &mut [T],
+        threads: usize,
+    ) -> Result<()> {
+        Kernels::detect()?.gemm(self, x, batch, bias, y, threads)
+    }
+
+    /// [`Kernels::gemm_w2a8`] with the detected kernels (`q`, `x_scale` from
+    /// [`crate::quant::quantize_activations_i8`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_w2a8<T: Activation>(
+        &self,
+        q: &[i8],
+        x_scale: &[f32],
+        batch: usize,
+        bias: Option<&[T]>,
+        y: &mut [T],
+        threads: usize,
+    ) -> Result<()> {
+        Kernels::detect()?.gemm_w2a8(self, q, x_scale, batch, bias, y, threads)
+    }
+}

@@ -12,6 +12,10 @@
 //! let mut y = [0f32; 2];
 //! Kernels::detect()?.gemm(&c, &[1.0f32, 2.0, 3.0], 1, None, &mut y, 1)?;
 //! assert_eq!(y, [-0.5, 2.5]);
+//! // W2A8 through the matrix's own method (the detected kernels, default thread count).
+//! let a = warp_bitnet::quant::quantize_activations_i8(&[1.0f32, 2.0, 3.0], 1, 3)?;
+//! c.gemm_w2a8(&a.q, &a.scale, 1, None, &mut y, 0)?;
+//! assert!((y[1] - 2.5).abs() < 0.02);
 //! # Ok::<(), warp_bitnet::Error>(())
 //! ```
 
