@@ -1,10 +1,15 @@
 """Type stubs of the private native module (crates/warp-bitnet-py). Pointers are
 device addresses (``tensor.data_ptr()``), streams ``cudaStream_t`` values as ints."""
 
+from typing import Self, final
+
 __all__ = [
+    "CpuWeight",
     "PreparedGemm",
     "__version__",
     "convert_checkpoint",
+    "cpu_isa",
+    "cpu_threads",
     "cuda_available",
     "gemm",
     "i2_to_dense",
@@ -145,3 +150,34 @@ def convert_checkpoint(input: str, output: str, linear_class: str | None = None)
     """A Hugging Face BitNet checkpoint or a bitnet.cpp GGUF file -> our packed safetensors file;
     (matrices, tensors kept). ``linear_class`` None reads it from the ``config.json`` beside a
     safetensors ``input``."""
+
+def cpu_isa() -> str:
+    """The instruction set the CPU kernels run (``WARP_BITNET_CPU_ISA`` forces one)."""
+
+def cpu_threads() -> int:
+    """The thread count a call with ``threads=0`` uses (``WARP_BITNET_THREADS``, else every CPU)."""
+
+@final
+class CpuWeight:
+    """Packed I2 or INT2 words converted once to the CPU layout, without a scale."""
+
+    def __new__(cls, words: int, rows: int, cols: int, levels: str) -> Self:
+        """Validates and converts the int32 words at host address ``words``."""
+    @property
+    def rows(self) -> int:
+        """Output features."""
+    @property
+    def cols(self) -> int:
+        """Input features."""
+    def gemm(
+        self,
+        x: int,
+        batch: int,
+        scale: int,
+        scale_len: int,
+        bias: int,
+        y: int,
+        quantize: bool,
+        threads: int,
+    ) -> None:
+        """``y = (x . Wᵀ) * scale + bias`` on contiguous float32 CPU tensors by address."""

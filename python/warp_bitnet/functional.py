@@ -13,7 +13,7 @@ import weakref
 
 import torch
 
-from . import _native, ops
+from . import _cpu, _native, ops
 
 WEIGHT_EPS = 1e-5
 ACT_EPS = 1e-5
@@ -384,6 +384,8 @@ def linear(
     if x.is_cuda:
         t2 = _validated_t2(packed_weight, n, in_features)
         return _linear_t2(x, t2, m, scale, bias, quantize_activations, i2=packed_weight.contiguous())
+    if _cpu.applies(x, scale, bias):
+        return _cpu.linear(x, packed_weight, scale, bias, n, "ternary", quantize_activations)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, n)
     w = _validated_levels(packed_weight, n, in_features, "ternary")
@@ -677,6 +679,8 @@ def linear_int2(
     if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16):
         t2 = _validated_t2(packed_weight, n, in_features, "int2")
         return _linear_t2(x, t2, m, scale, bias, False, "int2", i2=packed_weight.contiguous())
+    if _cpu.applies(x, scale, bias):
+        return _cpu.linear(x, packed_weight, scale, bias, n, "int2")
     levels = _validated_levels(packed_weight, n, in_features, "int2")
     y = x.reshape(-1, n).to(torch.float32) @ levels.T
     if scale is not None:

@@ -1,0 +1,3 @@
+//! x86-64 instantiations of the micro-kernels.
+
+pub mod avx2;

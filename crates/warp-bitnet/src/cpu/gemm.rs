@@ -1,0 +1,295 @@
+//! The fast CPU kernels' algorithm, shared by every instruction set: rows split across
+//! threads, each thread walking its rows in chunks and the tokens in tiles of up to
+//! [`MAX_TILE`], one micro-kernel call per (row, tile), then the epilogue.
+//!
+//! At batch 1 this is a GEMV streaming each C2 row once. For prefill batches the row chunk
+//! ([`ROW_CHUNK`] rows, ~20 KB of C2 weights at 2560 columns) stays in L1/L2 while every
+//! token tile passes over it, and each tile's activations (4 x 2560 bytes for int8) stay in
+//! L1 across the chunk's rows: a blocked GEMM whose decode is shared by the tile's tokens.
+
+use super::arch::{Isa, Micro, MAX_TILE};
+use super::layout::CpuMatrix;
+use super::pool::{resolve_threads, run_parts};
+use crate::dtype::Activation;
+use crate::error::{check_len, shape, Error, Result};
+use crate::format::Levels;
+
+/// Rows per chunk of the blocked loop (a multiple of 16, so threads' output slices start on
+/// 64-byte boundaries of an f32 output).
+pub const ROW_CHUNK: usize = 32;
+
+/// The fast CPU kernels of one instruction set.
+#[derive(Clone, Copy, Debug)]
+pub struct Kernels {
+    micro: Micro,
+}
+
+impl Kernels {
+    /// The best instruction set of this CPU, or the one `WARP_BITNET_CPU_ISA` names.
+    pub fn detect() -> Result<Kernels> {
+        Kernels::new(Isa::detect()?)
+    }
+
+    /// The kernels of `isa`; an error if this CPU cannot run it.
+    pub fn new(isa: Isa) -> Result<Kernels> {
+        let micro = Micro::new(isa.require()?).expect("required above");
+        Ok(Kernels { micro })
+    }
+
+    /// The instruction set these kernels run.
+    pub fn isa(&self) -> Isa {
+        self.micro.isa()
+    }
+
+    /// Float activations: `y[b, r] = T(sum_k x[b, k] * w[r, k] * scale[r] + bias[r])`, `x`
+    /// `[batch, cols]`, `y` `[batch, rows]` row-major, like [`crate::cpu::reference::gemm`].
+    ///
+    /// Accumulates in `f32` in a different order than the reference: each output is within
+    /// `2 * cols * 2^-24 * sum_k |x[b, k] * w[r, k] * scale[r]|` of it before the final
+    /// rounding to `T`. `threads == 0` takes [`crate::cpu::default_threads`].
+    pub fn gemm<T: Activation>(
+        &self,
+        w: &CpuMatrix,
+        x: &[T],
+        batch: usize,
+        bias: Option<&[T]>,
+        y: &mut [T],
+        threads: usize,
+    ) -> Result<()> {
+        check_io(w, x.len(), batch, bias.map(<[T]>::len), y.len())?;
+        let kp = w.padded_cols();
+        let mut xf = vec![0f32; batch * kp];
+        for (dst, src) in xf.chunks_mut(kp).zip(x.chunks(w.cols())) {
+            for (d, s) in dst.iter_mut().zip(src) {
+                *d = s.to_f32();
+            }
+        }
+        let (a, b) = w.decode();
+        let ab = (a as f32, b as f32);
+        let (unit, scale) = (w.unit(), w.row_scales());
+        let micro = self.micro;
+        run(
+            w,
+            batch,
+            threads,
+            y,
+            |row, t0, acc: &mut [f32]| micro.row_f32(row, &xf[t0 * kp..], kp, ab, acc),
+            |r, _, acc| T::from_f32(acc * unit * scale[r] + bias.map_or(0.0, |bv| bv[r].to_f32())),
+        )
+    }
+
+    /// Exact `acc[b, r] = sum_k q[b, k] * w[r, k]` (`w` the decoded integers, for INT2
+    /// twice the levels), like [`crate::cpu::reference::gemm_i8_accumulate`].
+    pub fn accumulate_i8(
+        &self,
+        w: &CpuMatrix,
+        q: &[i8],
+        batch: usize,
+        acc: &mut [i32],
+        threads: usize,
+    ) -> Result<()> {
+        check_io(w, q.len(), batch, None, acc.len())?;
+        check_w2a8_cols(w)?;
+        let (xq, sums) = pad_i8(w, q, batch);
+        let micro = self.micro;
+        let kp = w.padded_cols();
+        let (a, b) = w.decode();
+        run(
+            w,
+            batch,
+            threads,
+            acc,
+            |row, t0, acc: &mut [i32]| {
+                micro.row_i8(row, &xq[t0 * kp..], kp, acc);
+                for (i, v) in acc.iter_mut().enumerate() {
+                    *v = correct(*v, (a, b), sums[t0 + i]);
+                }
+            },
+            |_, _, v| v,
+        )
+    }
+
+    /// W2A8: `y[b, r] = T(acc[b, r] * x_scale[b] * scale[r] + bias[r])` with `acc` as in
+    /// [`Kernels::accumulate_i8`]: bit for bit [`crate::cpu::reference::gemm_w2a8`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_w2a8<T: Activation>(
+        &self,
+        w: &CpuMatrix,
+        q: &[i8],
+        x_scale: &[f32],
+        batch: usize,
+        bias: Option<&[T]>,
+        y: &mut [T],
+        threads: usize,
+    ) -> Result<()> {
+        check_io(w, q.len(), batch, bias.map(<[T]>::len), y.len())?;
+        check_len("x_scale", batch, x_scale.len())?;
+        check_w2a8_cols(w)?;
+        let (xq, sums) = pad_i8(w, q, batch);
+        let micro = self.micro;
+        let kp = w.padded_cols();
+        let ab = w.decode();
+        let (unit, scale) = (w.unit(), w.row_scales());
+        run(
+            w,
+            batch,
+            threads,
+            y,
+            |row, t0, acc: &mut [i32]| {
+                micro.row_i8(row, &xq[t0 * kp..], kp, acc);
+                for (i, v) in acc.iter_mut().enumerate() {
+                    *v = correct(*v, ab, sums[t0 + i]);
+                }
+            },
+            // The reference's operation order, so the result is the same bits.
+            |r, b, acc| {
+                let bv = bias.map_or(0.0, |bv| bv[r].to_f32());
+                T::from_f32((acc as f32 * unit * x_scale[b]) * scale[r] + bv)
+            },
+        )
+    }
+}
+
+/// `sum_k (a * u_k + b) * q_k` from `sum_k u_k * q_k` and `sum_k q_k`. Wrapping is exact:
+/// the true value fits an i32 (`check_w2a8_cols`), and arithmetic mod 2^32 lands on it.
+#[inline]
+fn correct(sum_uq: i32, (a, b): (i32, i32), sum_q: i32) -> i32 {
+    a.wrapping_mul(sum_uq).wrapping_add(b.wrapping_mul(sum_q))
+}
+
+/// The activations padded to whole blocks with zeros, and each token's sum.
+fn pad_i8(w: &CpuMatrix, q: &[i8], batch: usize) -> (Vec<i8>, Vec<i32>) {
+    let kp = w.padded_cols();
+    let mut xq = vec![0i8; batch * kp];
+    let mut sums = Vec::with_capacity(batch);
+    for (dst, src) in xq.chunks_mut(kp).zip(q.chunks(w.cols())) {
+        dst[..src.len()].copy_from_slice(src);
+        sums.push(src.iter().map(|&v| i32::from(v)).sum());
+    }
+    (xq, sums)
+}
+
+/// The generic algorithm: `tile(row bytes, first token, acc[tile])` per (row, token tile),
+/// then `y[b, r] = epi(r, b, acc)`, rows split across `threads`.
+fn run<A, Y>(
+    w: &CpuMatrix,
+    batch: usize,
+    threads: usize,
+    y: &mut [Y],
+    tile: impl Fn(&[u8], usize, &mut [A]) + Sync,
+    epi: impl Fn(usize, usize, A) -> Y + Sync,
+) -> Result<()>
+where
+    A: Copy + Default,
+    Y: Send,
+{
+    let rows = w.rows();
+    let threads = resolve_threads(threads)?;
+    let per = rows.div_ceil(threads).div_ceil(16) * 16;
+    let ranges: Vec<_> = (0..rows)
+        .step_by(per)
+        .map(|r0| r0..(r0 + per).min(rows))
+        .collect();
+    // Each part gets its rows' slice of every token's output row.
+    let mut parts: Vec<_> = ranges
+        .iter()
+        .map(|r| (r.clone(), Vec::with_capacity(batch)))
+        .collect();
+    for yrow in y.chunks_mut(rows) {
+        let mut rest = yrow;
+        for (range, outs) in &mut parts {
+            let (mine, tail) = rest.split_at_mut(range.len());
+            outs.push(mine);
+            rest = tail;
+        }
+    }
+    let rb = w.padded_cols() / 4;
+    run_parts(parts, |(range, mut outs)| {
+        let mut acc = [A::default(); MAX_TILE];
+        for c0 in range.clone().step_by(ROW_CHUNK) {
+            let chunk = c0..(c0 + ROW_CHUNK).min(range.end);
+            let bytes = w.rows_bytes(chunk.clone());
+            for t0 in (0..batch).step_by(MAX_TILE) {
+                let acc = &mut acc[..MAX_TILE.min(batch - t0)];
+                for (i, r) in chunk.clone().enumerate() {
+                    tile(&bytes[i * rb..(i + 1) * rb], t0, acc);
+                    for (j, &a) in acc.iter().enumerate() {
+                        outs[t0 + j][r - range.start] = epi(r, t0 + j, a);
+                    }
+                }
+            }
+        }
+    })
+}
+
+fn check_w2a8_cols(w: &CpuMatrix) -> Result<()> {
+    let limit = match w.levels() {
+        Levels::Ternary => <crate::TernaryMatrix as crate::PackedWeights>::MAX_W2A8_COLS,
+        Levels::Int2 => <crate::Int2Matrix as crate::PackedWeights>::MAX_W2A8_COLS,
+    };
+    if w.cols() > limit {
+        return Err(Error::TooLarge {
+            arg: "cols",
+            value: w.cols() as u64,
+            limit: limit as u64,
+        });
+    }
+    Ok(())
+}
+
+fn check_io(
+    w: &CpuMatrix,
+    x_len: usize,
+    batch: usize,
+    bias_len: Option<usize>,
+    y_len: usize,
+) -> Result<()> {
+    if batch == 0 {
+        return Err(Error::Empty { arg: "x" });
+    }
+    let mismatch = |arg, expected: &[usize], got| Error::ShapeMismatch {
+        arg,
+        expected: shape(expected),
+        got: format!("{got} elements"),
+    };
+    if Some(x_len) != batch.checked_mul(w.cols()) {
+        return Err(mismatch("x", &[batch, w.cols()], x_len));
+    }
+    if Some(y_len) != batch.checked_mul(w.rows()) {
+        return Err(mismatch("y", &[batch, w.rows()], y_len));
+    }
+    match bias_len {
+        Some(n) if n != w.rows() => Err(mismatch("bias", &[w.rows()], n)),
+        _ => Ok(()),
+    }
+}
+
+/// The detected kernels ([`Kernels::detect`]) as methods of the matrix: what an engine calls.
+impl CpuMatrix {
+    /// [`Kernels::gemm`] with the detected kernels.
+    pub fn gemm<T: Activation>(
+        &self,
+        x: &[T],
+        batch: usize,
+        bias: Option<&[T]>,
+        y: &mut [T],
+        threads: usize,
+    ) -> Result<()> {
+        Kernels::detect()?.gemm(self, x, batch, bias, y, threads)
+    }
+
+    /// [`Kernels::gemm_w2a8`] with the detected kernels (`q`, `x_scale` from
+    /// [`crate::quant::quantize_activations_i8`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_w2a8<T: Activation>(
+        &self,
+        q: &[i8],
+        x_scale: &[f32],
+        batch: usize,
+        bias: Option<&[T]>,
+        y: &mut [T],
+        threads: usize,
+    ) -> Result<()> {
+        Kernels::detect()?.gemm_w2a8(self, q, x_scale, batch, bias, y, threads)
+    }
+}
