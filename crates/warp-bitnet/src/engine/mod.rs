@@ -37,6 +37,7 @@ use std::path::Path;
 
 pub use config::{BitLinearConfig, HiddenAct, ModelConfig};
 pub use generate::{generate, GenerateStats, StopReason};
+pub use load::model_config;
 pub use sampler::{Sampler, SamplingParams};
 pub use tokenizer::Tokenizer;
 
