@@ -53,6 +53,35 @@ impl Weights {
         self.lm_head.as_deref().unwrap_or(&self.embed)
     }
 
+    /// Bytes of weights one decode step reads (f32 norms, biases and lm_head; one embedding row).
+    pub fn decode_bytes(&self, c: &ModelConfig) -> u64 {
+        let linear = |l: &Linear| {
+            let scale = match l.w.scale() {
+                Scale::PerRow(v) => v.len(),
+                _ => 1,
+            };
+            4 * (l.w.words().len()
+                + scale
+                + l.bias.as_ref().map_or(0, Vec::len)
+                + l.norm.as_ref().map_or(0, Vec::len))
+        };
+        let norm = |n: &Option<Vec<f32>>| 4 * n.as_ref().map_or(0, Vec::len);
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]
+                    .into_iter()
+                    .map(linear)
+                    .sum::<usize>()
+                    + 4 * (l.attn_norm.len() + l.ffn_norm.len())
+                    + norm(&l.attn_sub_norm)
+                    + norm(&l.ffn_sub_norm)
+            })
+            .sum();
+        (layers + 4 * (self.final_norm.len() + self.lm_head().len() + c.hidden_size)) as u64
+    }
+
     /// Reads every weight the config calls for from `store`, checking shapes.
     pub fn from_store(c: &ModelConfig, store: &Store) -> Result<Self> {
         let r = Reader { c, store };
