@@ -29,9 +29,9 @@ pub struct Args {
     /// Wrap the prompt as one user message in the model's chat template.
     #[arg(long)]
     chat: bool,
-    /// Most tokens to generate.
-    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
-    max_tokens: u32,
+    /// Most tokens to generate (default: 128, or what the context has room for if less).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    max_tokens: Option<u32>,
     /// Sampling temperature; 0 is greedy.
     #[arg(long, default_value_t = 0.0)]
     temperature: f32,
@@ -134,6 +134,8 @@ pub fn run(a: Args) -> Result<()> {
     if prompt.is_empty() {
         bail!("the prompt is empty (no tokens)");
     }
+    let room = (e.max_context() + 1).saturating_sub(prompt.len()).max(1);
+    let max_tokens = a.max_tokens.map_or(room.min(128), |n| n as usize);
     let mut out = Vec::new();
     let mut printed = String::new();
     let stdout = std::io::stdout();
@@ -142,7 +144,7 @@ pub fn run(a: Args) -> Result<()> {
     let stats = engine::generate(
         &mut e,
         &prompt,
-        a.max_tokens as usize,
+        max_tokens,
         &mut sampler,
         !a.ignore_eos,
         |t| {
