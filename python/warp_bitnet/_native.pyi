@@ -119,7 +119,7 @@ class Engine:
 
     @staticmethod
     def load(path: str, device: str = "cpu", max_context: int | None = None, threads: int | None = None) -> Engine:
-        """Loads a Hugging Face folder, one of our packed files or a GGUF file."""
+        """Loads a Hugging Face folder or one of our packed files."""
 
     @staticmethod
     def random(

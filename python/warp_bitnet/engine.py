@@ -45,8 +45,8 @@ class Engine:
         """Loads a model.
 
         Args:
-            path: a Hugging Face folder (``config.json`` + ``*.safetensors``), one of our packed
-                safetensors files (``config.json`` beside it) or a GGUF file.
+            path: a Hugging Face folder (``config.json`` + ``*.safetensors``) or one of our packed
+                safetensors files (``config.json`` beside it); GGUF model files are refused for now.
             device: ``"cpu"`` (``"cuda"`` is not supported yet) or ``"auto"``.
             max_context: tokens the KV cache holds; default the model's limit, at most 4096.
             threads: CPU threads; default all cores.

@@ -51,7 +51,7 @@ fn options(
 
 #[pymethods]
 impl PyEngine {
-    /// Loads a Hugging Face folder, one of our packed files or a GGUF file.
+    /// Loads a Hugging Face folder or one of our packed files.
     #[staticmethod]
     #[pyo3(signature = (path, device="cpu", max_context=None, threads=None))]
     fn load(

@@ -110,8 +110,10 @@ pub struct Engine {
 
 impl Engine {
     /// Loads a Hugging Face folder (`config.json` + `*.safetensors` [+ `tokenizer.json`,
-    /// `tokenizer_config.json`]), one of our packed safetensors files (`config.json` beside it),
-    /// or a GGUF file.
+    /// `tokenizer_config.json`]) or one of our packed safetensors files (`config.json` beside it).
+    /// A GGUF file is [`Error::Unsupported`] for now (its tensors convert with
+    /// [`import::gguf_file`](crate::import::gguf_file); the model's config and tokenizer from its
+    /// metadata are not read yet).
     pub fn load(path: &Path, opts: &EngineOptions) -> Result<Self> {
         check_device(opts)?;
         let l = load::load(path)?;
