@@ -11,6 +11,7 @@ reference path on the CPU.
 
 from . import hf, nn, ops
 from ._native import __version__, cuda_available
+from .engine import Engine
 from .functional import (
     gemv,
     gemv_int2,
@@ -32,6 +33,7 @@ from .nn import BitLinear, BitLinearTrain, convert_to_bitlinear, quantize, unqua
 __all__ = [
     "BitLinear",
     "BitLinearTrain",
+    "Engine",
     "__version__",
     "convert_to_bitlinear",
     "cuda_available",

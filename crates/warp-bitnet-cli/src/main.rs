@@ -1,9 +1,11 @@
 //! `warp-bitnet`: benchmark, pack, convert and inspect ternary weights.
 
 mod bench;
+mod bench_model;
 mod convert;
 mod pack;
 mod paths;
+mod run;
 
 use std::process::ExitCode;
 
@@ -34,6 +36,8 @@ enum Command {
     /// Convert a Hugging Face BitNet checkpoint (pre-packed U8 weights) or a bitnet.cpp GGUF file
     /// (I2_S tensors) to a packed file.
     Convert(convert::ConvertArgs),
+    /// Generate text or token ids from a BitNet model (the native engine; CPU for now).
+    Run(run::Args),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +47,7 @@ fn main() -> ExitCode {
         Command::Pack(a) => pack::pack(a),
         Command::Unpack(a) => pack::unpack(a),
         Command::Convert(a) => convert::convert(a),
+        Command::Run(a) => run::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,6 +5,7 @@
 //! no synchronization happen here, so CUDA-graph capture works.
 
 mod cpu;
+mod engine;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -18,7 +19,7 @@ use warp_bitnet::{DType, Error, Levels};
 
 /// The one place core errors become Python exceptions: bad arguments and files ->
 /// ValueError, file system errors -> OSError subclasses, the driver -> RuntimeError.
-fn to_py(e: Error) -> PyErr {
+pub(crate) fn to_py(e: Error) -> PyErr {
     match e {
         Error::ShapeMismatch { .. }
         | Error::InvalidCode { .. }
@@ -417,6 +418,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(quantize_i8, m)?)?;
     m.add_function(wrap_pyfunction!(convert_checkpoint, m)?)?;
     cpu::register(m)?;
+    m.add_class::<engine::PyEngine>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

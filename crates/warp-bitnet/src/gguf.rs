@@ -13,6 +13,9 @@ pub(crate) const GGML_F16: u32 = 1;
 pub(crate) const GGML_BF16: u32 = 30;
 /// bitnet.cpp's ternary type (its ggml fork).
 pub(crate) const GGML_I2_S: u32 = 36;
+/// llama.cpp's ternary types: 5 trits per byte, and 2 bits per weight; 256-weight blocks.
+pub(crate) const GGML_TQ1_0: u32 = 34;
+pub(crate) const GGML_TQ2_0: u32 = 35;
 
 /// Largest number of dimensions of a GGML tensor.
 const MAX_DIMS: usize = 4;
@@ -107,11 +110,14 @@ fn tensor_bytes(ggml_type: u32, n: usize, name: &str) -> Result<usize> {
         GGML_F32 => n.checked_mul(4),
         GGML_F16 | GGML_BF16 => n.checked_mul(2),
         GGML_I2_S => Some(n / 4 + 32),
+        // Whole blocks only; a partial block is refused when the tensor is decoded.
+        GGML_TQ1_0 => (n / 256).checked_mul(54),
+        GGML_TQ2_0 => (n / 256).checked_mul(66),
         other => {
             return Err(Error::Unsupported {
                 what: "GGML tensor type",
                 detail: format!(
-                    "{other} (tensor `{name}`); readable: F32, F16, BF16 and bitnet.cpp I2_S"
+                    "{other} (tensor `{name}`); readable: F32, F16, BF16, bitnet.cpp I2_S, llama.cpp TQ1_0 and TQ2_0"
                 ),
             })
         }

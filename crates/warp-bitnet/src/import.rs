@@ -11,6 +11,8 @@
 //!   of 128, 32 bytes each, `byte[32 b + p] = c[128 b + p] << 6 | c[128 b + 32 + p] << 4 |
 //!   c[128 b + 64 + p] << 2 | c[128 b + 96 + p]`, followed by a 32-byte tail whose first 4
 //!   bytes are the f32 per-tensor scale; [`gguf_file`] reads a whole bitnet.cpp model file.
+//! - llama.cpp GGUF `TQ2_0` / `TQ1_0` tensors: 256-weight blocks with an f16 scale
+//!   ([`gguf_tq2_0`], [`gguf_tq1_0`]; docs/FORMATS.md gives the bytes).
 
 use std::path::Path;
 
@@ -100,7 +102,7 @@ fn weight_of_code(code: u8, row: usize, col: usize) -> Result<i8> {
     }
 }
 
-fn scale_value(scale: f32, convention: ScaleConvention) -> Result<f32> {
+pub(crate) fn scale_value(scale: f32, convention: ScaleConvention) -> Result<f32> {
     let (arg, s) = match convention {
         ScaleConvention::Multiply => ("weight_scale", scale),
         ScaleConvention::Divide => ("1 / weight_scale", 1.0 / scale),
@@ -219,14 +221,19 @@ pub fn gguf_file(bytes: &[u8], mut progress: impl FnMut(&str)) -> Result<PackedF
     for t in crate::gguf::tensors(bytes)? {
         let shape: Vec<usize> = t.dims.iter().rev().copied().collect();
         let dtype = match t.ggml_type {
-            crate::gguf::GGML_I2_S => {
+            crate::gguf::GGML_I2_S | crate::gguf::GGML_TQ1_0 | crate::gguf::GGML_TQ2_0 => {
                 let &[cols, rows] = t.dims.as_slice() else {
                     return Err(Error::BadFile(format!(
-                        "I2_S tensor `{}` has dims {:?}, need 2",
+                        "ternary tensor `{}` has dims {:?}, need 2",
                         t.name, t.dims
                     )));
                 };
-                let m = gguf_i2s(t.data, rows, cols)
+                let decode = match t.ggml_type {
+                    crate::gguf::GGML_I2_S => gguf_i2s,
+                    crate::gguf::GGML_TQ1_0 => gguf_tq1_0,
+                    _ => gguf_tq2_0,
+                };
+                let m = decode(t.data, rows, cols)
                     .map_err(|e| Error::BadFile(format!("tensor `{}`: {e}", t.name)))?;
                 out.matrices.insert(t.name.clone(), m);
                 progress(&t.name);
@@ -289,6 +296,122 @@ pub fn gguf_i2s(data: &[u8], rows: usize, cols: usize) -> Result<TernaryMatrix> 
     )
 }
 
+/// Weights per llama.cpp `TQ1_0` / `TQ2_0` block (`QK_K`).
+pub const TQ_BLOCK: usize = 256;
+/// Bytes of a `TQ2_0` block: 64 bytes of 2-bit codes, then the f16 scale.
+pub const TQ2_0_BLOCK_BYTES: usize = 66;
+/// Bytes of a `TQ1_0` block: 48 bytes of 5 trits each, 4 bytes of 4 trits each, the f16 scale.
+pub const TQ1_0_BLOCK_BYTES: usize = 54;
+
+/// The trit `n` (0 = most significant) of a base-3 byte `q` as llama.cpp reads it:
+/// `((q * 3^n mod 256) * 3) >> 8`.
+fn trit(q: u8, n: u32) -> u8 {
+    ((u16::from(q.wrapping_mul(3u8.pow(n))) * 3) >> 8) as u8
+}
+
+/// The 256 codes (`weight + 1`) of one `TQ1_0` block's 52 code bytes, in weight order.
+fn tq1_0_codes(qs: &[u8], qh: &[u8], out: &mut [u8]) {
+    let mut k = 0;
+    // 32 bytes of 5 trits: weight 32 n + m is trit n of byte m; then 16 bytes the same way.
+    for (start, width) in [(0, 32), (32, 16)] {
+        for n in 0..5 {
+            for m in 0..width {
+                out[k] = trit(qs[start + m], n);
+                k += 1;
+            }
+        }
+    }
+    // 4 bytes of 4 trits: weight 240 + 4 n + j is trit n of byte j.
+    for n in 0..4 {
+        for &q in qh {
+            out[k] = trit(q, n);
+            k += 1;
+        }
+    }
+}
+
+/// The 256 codes of one `TQ2_0` block's 64 code bytes: weight `128 h + 32 l + m` is bits `2l` of
+/// byte `32 h + m`.
+fn tq2_0_codes(qs: &[u8], out: &mut [u8]) -> Result<()> {
+    for h in 0..2 {
+        for l in 0..4 {
+            for m in 0..32 {
+                out[128 * h + 32 * l + m] = (qs[32 * h + m] >> (2 * l)) & 3;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A llama.cpp ternary tensor of `rows x cols` weights (`cols` a multiple of 256), block by
+/// block; the scales must agree within each row (else no `TernaryMatrix` holds it losslessly):
+/// one per tensor if all agree, else one per row.
+fn gguf_tq(
+    data: &[u8],
+    rows: usize,
+    cols: usize,
+    block_bytes: usize,
+    codes: impl Fn(&[u8], &mut [u8]) -> Result<()>,
+) -> Result<TernaryMatrix> {
+    if cols % TQ_BLOCK != 0 {
+        return Err(Error::ShapeMismatch {
+            arg: "cols",
+            expected: "a multiple of 256 (TQ blocks)".into(),
+            got: cols.to_string(),
+        });
+    }
+    let blocks = checked_elems("blocks", rows, cols / TQ_BLOCK)?;
+    crate::error::check_len(
+        "TQ data",
+        checked_elems("TQ data", blocks, block_bytes)?,
+        data.len(),
+    )?;
+    let mut w = vec![0i8; checked_elems("weights", rows, cols)?];
+    let mut scales = vec![0f32; rows];
+    let mut c = [0u8; TQ_BLOCK];
+    for (b, block) in data.chunks_exact(block_bytes).enumerate() {
+        let (row, col0) = (b / (cols / TQ_BLOCK), (b % (cols / TQ_BLOCK)) * TQ_BLOCK);
+        let d = half::f16::from_le_bytes([block[block_bytes - 2], block[block_bytes - 1]]).to_f32();
+        if col0 == 0 {
+            scales[row] = d;
+        } else if d.to_bits() != scales[row].to_bits() {
+            return Err(Error::Unsupported {
+                what: "TQ block scales",
+                detail: format!(
+                    "row {row} has blocks with scales {} and {d}; only one scale per row converts losslessly",
+                    scales[row]
+                ),
+            });
+        }
+        codes(&block[..block_bytes - 2], &mut c)?;
+        for (i, &code) in c.iter().enumerate() {
+            w[row * cols + col0 + i] = weight_of_code(code, row, col0 + i)?;
+        }
+    }
+    let scale = if scales.iter().all(|s| s.to_bits() == scales[0].to_bits()) {
+        Scale::PerTensor(scale_value(scales[0], ScaleConvention::Multiply)?)
+    } else {
+        for s in &scales {
+            scale_value(*s, ScaleConvention::Multiply)?;
+        }
+        Scale::PerRow(scales)
+    };
+    TernaryMatrix::from_ternary(rows, cols, &w, scale)
+}
+
+/// A llama.cpp GGUF `TQ2_0` tensor (GGML type 35) of `rows x cols` weights (docs/FORMATS.md).
+pub fn gguf_tq2_0(data: &[u8], rows: usize, cols: usize) -> Result<TernaryMatrix> {
+    gguf_tq(data, rows, cols, TQ2_0_BLOCK_BYTES, tq2_0_codes)
+}
+
+/// A llama.cpp GGUF `TQ1_0` tensor (GGML type 34) of `rows x cols` weights (docs/FORMATS.md).
+pub fn gguf_tq1_0(data: &[u8], rows: usize, cols: usize) -> Result<TernaryMatrix> {
+    gguf_tq(data, rows, cols, TQ1_0_BLOCK_BYTES, |b, out| {
+        tq1_0_codes(&b[..48], &b[48..52], out);
+        Ok(())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,6 +441,123 @@ mod tests {
         out
     }
 
+    /// llama.cpp's TQ2_0 quantizer, written from docs/FORMATS.md: per block, weight
+    /// `128 h + 32 l + m` in bits `2l` of byte `32 h + m`, then the f16 scale.
+    fn tq2_0_pack(w: &[i8], cols: usize, d: &[f32]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (b, block) in w.chunks(256).enumerate() {
+            let mut qs = [0u8; 64];
+            for (i, &v) in block.iter().enumerate() {
+                let (h, l, m) = (i / 128, (i % 128) / 32, i % 32);
+                qs[32 * h + m] |= ((v + 1) as u8) << (2 * l);
+            }
+            out.extend(qs);
+            out.extend(half::f16::from_f32(d[b * 256 / cols]).to_le_bytes());
+        }
+        out
+    }
+
+    /// `ceil(q * 256 / 243)`: a base-3 number of 5 trits scaled to a byte.
+    fn tq1_byte(trits: &[u8]) -> u8 {
+        let q = trits.iter().fold(0u16, |q, &t| q * 3 + u16::from(t));
+        ((q * 256).div_ceil(243)) as u8
+    }
+
+    /// llama.cpp's TQ1_0 quantizer, written from docs/FORMATS.md.
+    fn tq1_0_pack(w: &[i8], cols: usize, d: &[f32]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (b, block) in w.chunks(256).enumerate() {
+            let c: Vec<u8> = block.iter().map(|&v| (v + 1) as u8).collect();
+            for m in 0..32 {
+                out.push(tq1_byte(&[
+                    c[m],
+                    c[m + 32],
+                    c[m + 64],
+                    c[m + 96],
+                    c[m + 128],
+                ]));
+            }
+            for m in 0..16 {
+                let base = 160 + m;
+                out.push(tq1_byte(&[
+                    c[base],
+                    c[base + 16],
+                    c[base + 32],
+                    c[base + 48],
+                    c[base + 64],
+                ]));
+            }
+            for j in 0..4 {
+                // Four trits, then a zero trit as the least significant.
+                out.push(tq1_byte(&[
+                    c[240 + j],
+                    c[244 + j],
+                    c[248 + j],
+                    c[252 + j],
+                    0,
+                ]));
+            }
+            out.extend(half::f16::from_f32(d[b * 256 / cols]).to_le_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn tq_known_bytes() {
+        // All-zero weights: TQ2_0 codes 01 everywhere; TQ1_0 121 = 11111 in base 3 -> 128.
+        let zeros = vec![0i8; 256];
+        let t2 = tq2_0_pack(&zeros, 256, &[0.5]);
+        assert_eq!(
+            (t2.len(), t2[0], &t2[64..]),
+            (
+                66,
+                0b01_01_01_01,
+                &half::f16::from_f32(0.5).to_le_bytes()[..]
+            )
+        );
+        let t1 = tq1_0_pack(&zeros, 256, &[0.5]);
+        assert_eq!(
+            (t1.len(), t1[0], t1[48]),
+            (54, 128, tq1_byte(&[1, 1, 1, 1, 0]))
+        );
+        // Weight 32 (second trit of byte 0) = +1: q = 1*81 + 2*27 + 1*9 + 1*3 + 1 = 148 -> 156.
+        let mut w = zeros.clone();
+        w[32] = 1;
+        assert_eq!(tq1_0_pack(&w, 256, &[1.0])[0], 156);
+        assert_eq!(
+            gguf_tq1_0(&tq1_0_pack(&w, 256, &[1.0]), 1, 256)
+                .unwrap()
+                .to_ternary(),
+            w
+        );
+        // TQ2_0: weight 32 is bits 2-3 of byte 0.
+        assert_eq!(tq2_0_pack(&w, 256, &[1.0])[0], 0b01_01_10_01);
+    }
+
+    #[test]
+    fn tq_bad_input() {
+        let w = vec![1i8; 512];
+        // Two blocks of one row with different scales: not one TernaryMatrix.
+        let mut two = tq2_0_pack(&w, 512, &[1.0]);
+        two[130..132].copy_from_slice(&half::f16::from_f32(2.0).to_le_bytes());
+        let err = gguf_tq2_0(&two, 1, 512).unwrap_err();
+        assert!(err.to_string().contains("row 0"), "{err}");
+        assert!(matches!(
+            gguf_tq2_0(&[0; 66], 1, 100),
+            Err(Error::ShapeMismatch { .. })
+        ));
+        assert!(matches!(
+            gguf_tq1_0(&[0; 53], 1, 256),
+            Err(Error::ShapeMismatch { .. })
+        ));
+        let mut evil = tq2_0_pack(&w[..256], 256, &[1.0]);
+        evil[5] = 0xFF;
+        assert!(matches!(
+            gguf_tq2_0(&evil, 1, 256),
+            Err(Error::InvalidCode { code: 3, .. })
+        ));
+    }
+
     proptest! {
         #[test]
         fn hf_layout_round_trips(quarter in 1usize..6, cols in 1usize..40, seed in any::<u64>()) {
@@ -328,6 +568,18 @@ mod tests {
             prop_assert_eq!(m.scale(), &Scale::PerTensor(0.5));
             let m = hf_bitnet(&hf_pack(&w, rows, cols), rows, cols, 4.0, ScaleConvention::Divide).unwrap();
             prop_assert_eq!(m.scale(), &Scale::PerTensor(0.25));
+        }
+
+        #[test]
+        fn tq_layouts_round_trip(rows in 1usize..5, blocks in 1usize..3, per_row in any::<bool>(), seed in any::<u64>()) {
+            let cols = 256 * blocks;
+            let w: Vec<i8> = (0..rows * cols).map(|i| ((seed >> (i % 57)) % 3) as i8 - 1).collect();
+            let d: Vec<f32> = (0..rows).map(|r| if per_row { 0.25 + r as f32 } else { 0.75 }).collect();
+            for m in [gguf_tq2_0(&tq2_0_pack(&w, cols, &d), rows, cols).unwrap(), gguf_tq1_0(&tq1_0_pack(&w, cols, &d), rows, cols).unwrap()] {
+                prop_assert_eq!(m.to_ternary(), w.clone());
+                let want = if per_row && rows > 1 { Scale::PerRow(d.clone()) } else { Scale::PerTensor(d[0]) };
+                prop_assert_eq!(m.scale(), &want);
+            }
         }
 
         #[test]
