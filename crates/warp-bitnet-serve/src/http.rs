@@ -16,6 +16,7 @@ use axum::{Json, Router};
 use futures_util::stream;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
 use crate::error::ApiError;
@@ -23,7 +24,8 @@ use crate::metrics::Metrics;
 use crate::model::Codec;
 use crate::openai::{
     ChatChoice, ChatChunk, ChatChunkChoice, ChatDelta, ChatMessageOut, ChatRequest, ChatResponse,
-    CompletionChoice, CompletionRequest, CompletionResponse, Header, ModelCard, ModelList, Usage,
+    CompletionChoice, CompletionRequest, CompletionResponse, GenerationFields, Header, ModelCard,
+    ModelList, Usage,
 };
 use crate::scheduler::{Event, Job, Phase};
 use crate::validate::{self, Params};
@@ -104,8 +106,8 @@ async fn completion(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let arrived = Instant::now();
-    let req: CompletionRequest = parse_body(body)?;
-    let checked = validate::check_fields(&req.fields, &st.0.config.model_name)?;
+    let (req, fields): (CompletionRequest, _) = parse_body(body)?;
+    let checked = validate::check_fields(&fields, &st.0.config.model_name)?;
     let (codec, vocab) = (st.0.codec.clone(), st.0.vocab);
     // Tokenizing a long prompt takes milliseconds: off the async threads.
     let prompt =
@@ -143,8 +145,8 @@ async fn chat_completion(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let arrived = Instant::now();
-    let req: ChatRequest = parse_body(body)?;
-    let checked = validate::check_fields(&req.fields, &st.0.config.model_name)?;
+    let (req, fields): (ChatRequest, _) = parse_body(body)?;
+    let checked = validate::check_fields(&fields, &st.0.config.model_name)?;
     let codec = st.0.codec.clone();
     let prompt = tokio::task::spawn_blocking(move || validate::chat_prompt(&req, &*codec))
         .await
@@ -208,8 +210,11 @@ impl AppState {
     }
 }
 
-/// Parses a JSON body; errors name the field at fault (through `serde_path_to_error`).
-fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+/// Parses a JSON body into the endpoint's fields and the generation settings; errors name
+/// the field at fault (through `serde_path_to_error`).
+fn parse_body<T: DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(T, GenerationFields), ApiError> {
     let bytes = body.map_err(|r| match r.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::body(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -220,20 +225,21 @@ fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Resul
             format!("could not read the request body: {}", r.body_text()),
         ),
     })?;
-    let mut de = serde_json::Deserializer::from_slice(&bytes);
-    let parsed: T = serde_path_to_error::deserialize(&mut de).map_err(json_error)?;
-    de.end()
+    let json: Value = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::invalid("body", format!("the body is not valid JSON: {e}")))?;
-    Ok(parsed)
+    if !json.is_object() {
+        return Err(ApiError::invalid("body", "the body must be a JSON object"));
+    }
+    let own = serde_path_to_error::deserialize(&json).map_err(field_error)?;
+    let fields = serde_path_to_error::deserialize(&json).map_err(field_error)?;
+    Ok((own, fields))
 }
 
-fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+fn field_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
     let path = e.path().to_string();
     let inner = e.into_inner();
-    if inner.is_syntax() || inner.is_eof() {
-        return ApiError::invalid("body", format!("the body is not valid JSON: {inner}"));
-    }
     if path == "." {
+        // A missing required field.
         return ApiError::invalid("body", format!("the body: {inner}"));
     }
     ApiError::invalid(path.clone(), format!("`{path}`: {inner}"))

@@ -1,7 +1,9 @@
 //! OpenAI's request and response bodies for `/v1/completions`, `/v1/chat/completions` and
 //! `/v1/models`, as the official clients send and read them.
 //!
-//! Fields whose JSON type varies (`prompt`, `stop`, message `content`) stay
+//! A request body is read as the endpoint's own fields plus [`GenerationFields`], each
+//! from the same JSON object (not through `#[serde(flatten)]`, which would lose the name
+//! of a field with a wrong type). Fields whose JSON type varies (`prompt`, `stop`, message `content`) stay
 //! [`serde_json::Value`] here and are checked in [`crate::validate`] with errors that name
 //! them. Unknown fields are ignored, as OpenAI's clients add new ones over time; known
 //! fields this server does not implement are refused there, not ignored.
@@ -58,14 +60,11 @@ pub struct StreamOptions {
     pub include_usage: bool,
 }
 
-/// `POST /v1/completions`.
+/// `POST /v1/completions`: the fields beside [`GenerationFields`].
 #[derive(Debug, Deserialize)]
 pub struct CompletionRequest {
     /// A string, an array of one string, or an array of token ids.
     pub prompt: Value,
-    /// Settings shared with chat.
-    #[serde(flatten)]
-    pub fields: GenerationFields,
     /// Not supported (refused unless false).
     pub echo: Option<bool>,
     /// Not supported (refused unless 1).
@@ -74,14 +73,11 @@ pub struct CompletionRequest {
     pub suffix: Option<String>,
 }
 
-/// `POST /v1/chat/completions`.
+/// `POST /v1/chat/completions`: the fields beside [`GenerationFields`].
 #[derive(Debug, Deserialize)]
 pub struct ChatRequest {
     /// The conversation so far.
     pub messages: Vec<ChatMessageIn>,
-    /// Settings shared with completions.
-    #[serde(flatten)]
-    pub fields: GenerationFields,
     /// Not supported (refused unless empty).
     pub tools: Option<Value>,
     /// Only `{"type": "text"}` is supported.

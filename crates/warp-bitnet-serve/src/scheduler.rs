@@ -314,12 +314,13 @@ impl<M: Model> Scheduler<M> {
                 Outcome::Failed(e) => (Event::Error(e), "error"),
                 Outcome::Cancelled(e) => (Event::Error(e), "cancelled"),
             };
-            let _ = s.events.send(event);
-            self.metrics.finish(reason);
+            // The slot is free and counted so before the client hears of the end.
             self.model.reset_slot(s.slot);
             self.free.push(s.slot);
+            self.metrics.finish(reason);
+            self.metrics.slots_in_use.set(self.running.len() as i64);
+            let _ = s.events.send(event);
         }
-        self.metrics.slots_in_use.set(self.running.len() as i64);
     }
 }
 
