@@ -22,6 +22,35 @@ pub const FORMAT_TAG: &str = "warp-bitnet/i2";
 /// knows only ternary refuses it instead of misreading INT2 words as ternary codes.
 pub const FORMAT_TAG_INT2: &str = "warp-bitnet/i2+int2";
 
+/// A file mapped read-only into memory: checkpoints are read in place, not copied.
+pub struct Mapped {
+    map: Option<memmap2::Mmap>,
+}
+
+impl Mapped {
+    /// Maps `path`; an empty file maps to no bytes.
+    pub fn open(path: &std::path::Path) -> Result<Self> {
+        let file = std::fs::File::open(path)
+            .map_err(|e| Error::BadFile(format!("{}: cannot open: {e}", path.display())))?;
+        let len = file.metadata()?.len();
+        if len == 0 {
+            return Ok(Self { map: None });
+        }
+        // SAFETY: the map is read-only and private to this process; the one hazard is another
+        // process truncating or rewriting the file while it is mapped, which (as for every
+        // mmap-based model loader) the user must not do. Every read is bounds-checked against
+        // the length the map had when it was made.
+        let map = unsafe { memmap2::Mmap::map(&file) }
+            .map_err(|e| Error::BadFile(format!("{}: cannot map: {e}", path.display())))?;
+        Ok(Self { map: Some(map) })
+    }
+
+    /// The file's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        self.map.as_deref().unwrap_or(&[])
+    }
+}
+
 /// A tensor stored as it came: dtype, shape and raw little-endian bytes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RawTensor {

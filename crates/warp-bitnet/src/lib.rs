@@ -23,7 +23,7 @@
 //! # Ok::<(), warp_bitnet::Error>(())
 //! ```
 //!
-//! Modules: [`format`] (packed layouts), [`import`] (other projects' layouts), [`quant`] (quantizers), [`cpu`] (reference
+//! Modules: [`engine`] (whole-model inference), [`format`] (packed layouts), [`import`] (other projects' layouts), [`quant`] (quantizers), [`cpu`] (reference
 //! kernels), `cuda` (GPU kernels, feature `cuda`), [`bench`] (benchmark harness).
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -33,6 +33,7 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod dtype;
+pub mod engine;
 mod error;
 pub mod format;
 mod gguf;

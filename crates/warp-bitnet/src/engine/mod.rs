@@ -1,0 +1,284 @@
+//! A native inference engine for BitNet b1.58 models (transformers `BitNetForCausalLM`, and
+//! `LlamaForCausalLM` with ternary linear layers): load a checkpoint, run it over a KV cache of
+//! independent slots, sample, generate.
+//!
+//! ```
+//! use warp_bitnet::engine::{generate, Engine, EngineOptions, ModelConfig, Sampler, SamplingParams};
+//!
+//! // A tiny BitNet architecture with random weights.
+//! let mut config = ModelConfig::bitnet_b158_2b4t();
+//! (config.vocab_size, config.hidden_size, config.intermediate_size) = (64, 32, 48);
+//! (config.num_layers, config.num_heads, config.num_kv_heads, config.head_dim) = (2, 4, 2, 8);
+//! (config.bos_token_id, config.eos_token_ids) = (None, vec![]);
+//! let opts = EngineOptions { max_context: 32, ..Default::default() };
+//! let mut engine = Engine::random(config, 7, &opts)?;
+//!
+//! let mut sampler = Sampler::new(&SamplingParams::default())?; // greedy
+//! let mut out = Vec::new();
+//! generate(&mut engine, &[1, 2, 3], 5, &mut sampler, true, |t| { out.push(t); true })?;
+//! assert_eq!(out.len(), 5);
+//! assert_eq!(engine.slot_len(0), 3 + 4); // the last token is sampled, not yet run
+//! # Ok::<(), warp_bitnet::Error>(())
+//! ```
+//!
+//! The CPU path runs every ternary layer through the W2A8 reference kernel; the GPU path is
+//! not built yet ([`Device::Cuda`] is [`Error::Unsupported`](crate::Error::Unsupported)).
+
+mod config;
+mod forward;
+mod generate;
+mod load;
+mod sampler;
+mod store;
+mod tokenizer;
+mod weights;
+
+use std::path::Path;
+
+pub use config::{BitLinearConfig, HiddenAct, ModelConfig};
+pub use generate::{generate, GenerateStats, StopReason};
+pub use sampler::{Sampler, SamplingParams};
+pub use tokenizer::Tokenizer;
+
+use crate::error::{Error, Result};
+use forward::{KvCache, Plan, RunState, TokenPos};
+use weights::Weights;
+
+/// Where the engine runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    /// The CPU (rayon threads).
+    Cpu,
+    /// A CUDA GPU by ordinal (not supported yet).
+    Cuda(usize),
+}
+
+impl Device {
+    /// `"cpu"`, `"cuda"`, `"cuda:N"` or `"auto"` (the CPU until the GPU path exists).
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "cpu" | "auto" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| Error::Unsupported {
+                    what: "device",
+                    detail: format!("{s:?}; expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\""),
+                }),
+        }
+    }
+}
+
+/// How to set an engine up.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EngineOptions {
+    /// Where to run.
+    pub device: Device,
+    /// Tokens each slot's KV cache holds (at most the model's `max_position_embeddings`).
+    pub max_context: usize,
+    /// Independent sequences (KV-cache slots).
+    pub slots: usize,
+    /// CPU threads; `None` uses rayon's global pool (all cores).
+    pub threads: Option<usize>,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            device: Device::Cpu,
+            max_context: 2048,
+            slots: 1,
+            threads: None,
+        }
+    }
+}
+
+/// A loaded model with its KV cache and activation buffers.
+pub struct Engine {
+    config: ModelConfig,
+    weights: Weights,
+    tokenizer: Option<Tokenizer>,
+    cache: KvCache,
+    state: RunState,
+    pool: Option<rayon::ThreadPool>,
+    max_context: usize,
+}
+
+impl Engine {
+    /// Loads a Hugging Face folder (`config.json` + `*.safetensors` [+ `tokenizer.json`,
+    /// `tokenizer_config.json`]), one of our packed safetensors files (`config.json` beside it),
+    /// or a GGUF file.
+    pub fn load(path: &Path, opts: &EngineOptions) -> Result<Self> {
+        check_device(opts)?;
+        let l = load::load(path)?;
+        Self::build(l.config, l.weights, l.tokenizer, opts)
+    }
+
+    /// The architecture `config` with random weights from `seed` (benchmarks, tests).
+    pub fn random(config: ModelConfig, seed: u64, opts: &EngineOptions) -> Result<Self> {
+        check_device(opts)?;
+        config.validate("config")?;
+        let weights = Weights::random(&config, seed)?;
+        Self::build(config, weights, None, opts)
+    }
+
+    fn build(
+        config: ModelConfig,
+        weights: Weights,
+        tokenizer: Option<Tokenizer>,
+        opts: &EngineOptions,
+    ) -> Result<Self> {
+        if opts.max_context == 0 || opts.max_context > config.max_position_embeddings {
+            return Err(Error::Unsupported {
+                what: "max_context",
+                detail: format!(
+                    "{}; must be between 1 and the model's max_position_embeddings ({})",
+                    opts.max_context, config.max_position_embeddings
+                ),
+            });
+        }
+        if opts.slots == 0 {
+            return Err(Error::Empty { arg: "slots" });
+        }
+        let pool = match opts.threads {
+            Some(0) => return Err(Error::Empty { arg: "threads" }),
+            Some(n) => Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .build()
+                    .map_err(|e| Error::Unsupported {
+                        what: "threads",
+                        detail: e.to_string(),
+                    })?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            cache: KvCache::new(&config, opts.slots, opts.max_context)?,
+            config,
+            weights,
+            tokenizer,
+            state: RunState::default(),
+            pool,
+            max_context: opts.max_context,
+        })
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The tokenizer, if the model came with one.
+    pub fn tokenizer(&self) -> Option<&Tokenizer> {
+        self.tokenizer.as_ref()
+    }
+
+    /// KV-cache slots (independent sequences).
+    pub fn slots(&self) -> usize {
+        self.cache.lens.len()
+    }
+
+    /// Tokens each slot can hold.
+    pub fn max_context(&self) -> usize {
+        self.max_context
+    }
+
+    /// Tokens already in `slot`'s cache (0 for a slot that does not exist).
+    pub fn slot_len(&self, slot: usize) -> usize {
+        self.cache.lens.get(slot).copied().unwrap_or(0)
+    }
+
+    /// Empties `slot` (no-op for a slot that does not exist).
+    pub fn reset_slot(&mut self, slot: usize) {
+        if let Some(l) = self.cache.lens.get_mut(slot) {
+            *l = 0;
+        }
+    }
+
+    /// Appends each entry's tokens to its slot (a prompt chunk = prefill, or one token = decode),
+    /// runs the model, and writes each entry's last-position logits into
+    /// `logits[i * vocab .. (i + 1) * vocab]`. Errors (context overflow, bad slot, a slot twice,
+    /// no tokens, token id >= vocab) leave every slot unchanged.
+    pub fn forward(&mut self, batch: &[(usize, &[u32])], logits: &mut [f32]) -> Result<()> {
+        let plan = self.plan(batch, logits.len())?;
+        let (c, w, cache, state) = (
+            &self.config,
+            &self.weights,
+            &mut self.cache,
+            &mut self.state,
+        );
+        let mut run = || forward::forward(c, w, cache, state, &plan, logits);
+        match &self.pool {
+            Some(pool) => pool.install(run)?,
+            None => run()?,
+        }
+        for &(slot, ids) in batch {
+            self.cache.lens[slot] += ids.len();
+        }
+        Ok(())
+    }
+
+    /// Validates a batch and lays its tokens out: ids, (slot, position) of each, and the index
+    /// of each entry's last token.
+    fn plan(&self, batch: &[(usize, &[u32])], logits_len: usize) -> Result<Plan> {
+        if batch.is_empty() {
+            return Err(Error::Empty { arg: "batch" });
+        }
+        let vocab = self.config.vocab_size;
+        crate::error::check_len("logits", batch.len() * vocab, logits_len)?;
+        let (mut tokens, mut at, mut last) = (Vec::new(), Vec::new(), Vec::new());
+        let mut seen = vec![false; self.slots()];
+        for &(slot, ids) in batch {
+            let used = seen.get_mut(slot).ok_or_else(|| Error::Unsupported {
+                what: "slot",
+                detail: format!("{slot}; the engine has {} slots", self.slots()),
+            })?;
+            if std::mem::replace(used, true) {
+                return Err(Error::Unsupported {
+                    what: "slot",
+                    detail: format!("{slot} appears twice in one batch"),
+                });
+            }
+            if ids.is_empty() {
+                return Err(Error::Empty { arg: "tokens" });
+            }
+            if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
+                return Err(Error::Unsupported {
+                    what: "token id",
+                    detail: format!("{id} is out of range for a vocabulary of {vocab}"),
+                });
+            }
+            let start = self.cache.lens[slot];
+            if start + ids.len() > self.max_context {
+                return Err(Error::TooLarge {
+                    arg: "context (tokens in the slot + new tokens)",
+                    value: (start + ids.len()) as u64,
+                    limit: self.max_context as u64,
+                });
+            }
+            tokens.extend_from_slice(ids);
+            at.extend((0..ids.len()).map(|i| TokenPos {
+                slot,
+                pos: start + i,
+            }));
+            last.push(tokens.len() - 1);
+        }
+        Ok(Plan { tokens, at, last })
+    }
+}
+
+fn check_device(opts: &EngineOptions) -> Result<()> {
+    match opts.device {
+        Device::Cpu => Ok(()),
+        Device::Cuda(_) => Err(Error::Unsupported {
+            what: "device",
+            detail: "the engine's CUDA path is not built yet; use the CPU (device \"cpu\")".into(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests;

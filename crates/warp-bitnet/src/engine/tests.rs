@@ -1,0 +1,190 @@
+//! Whole-engine properties on tiny random models: batching, prefill vs decode, errors.
+
+use super::*;
+
+fn tiny(act: HiddenAct, sub_norms: bool, act_norm: bool) -> ModelConfig {
+    let mut c = ModelConfig::bitnet_b158_2b4t();
+    (c.vocab_size, c.hidden_size, c.intermediate_size) = (61, 40, 72);
+    (c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim) = (2, 4, 2, 10);
+    (c.hidden_act, c.sub_norms, c.bitlinear.act_norm) = (act, sub_norms, act_norm);
+    (c.bos_token_id, c.eos_token_ids, c.max_position_embeddings) = (None, vec![], 64);
+    c.attention_bias = act_norm;
+    c
+}
+
+fn engine(c: ModelConfig, slots: usize) -> Engine {
+    let opts = EngineOptions {
+        max_context: 24,
+        slots,
+        ..Default::default()
+    };
+    Engine::random(c, 11, &opts).unwrap()
+}
+
+fn close(a: &[f32], b: &[f32]) -> bool {
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+    a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-5 * scale)
+}
+
+#[test]
+fn prefill_equals_token_by_token_decode() {
+    for (act, sub, norm) in [
+        (HiddenAct::Relu2, true, false),
+        (HiddenAct::Silu, false, true),
+    ] {
+        let mut e = engine(tiny(act, sub, norm), 1);
+        let v = e.config().vocab_size;
+        let prompt = [3u32, 17, 59, 0, 8, 8, 41];
+        let mut all = vec![0f32; v];
+        e.forward(&[(0, &prompt)], &mut all).unwrap();
+        assert!(all.iter().all(|x| x.is_finite()) && all.iter().any(|&x| x != 0.0));
+        e.reset_slot(0);
+        let mut step = vec![0f32; v];
+        for t in prompt {
+            e.forward(&[(0, &[t])], &mut step).unwrap();
+        }
+        assert_eq!(e.slot_len(0), prompt.len());
+        // Same math per token; the per-token quantization makes it exact but for summation order.
+        assert!(close(&step, &all), "{act:?}");
+    }
+}
+
+#[test]
+fn a_batch_of_slots_equals_each_slot_alone() {
+    let mut e = engine(tiny(HiddenAct::Relu2, true, false), 3);
+    let v = e.config().vocab_size;
+    let (a, b) = ([5u32, 9, 1], [44u32, 2]);
+    let mut both = vec![f32::NAN; 2 * v];
+    e.forward(&[(2, &a), (0, &b)], &mut both).unwrap();
+    assert_eq!((e.slot_len(0), e.slot_len(1), e.slot_len(2)), (2, 0, 3));
+    let mut alone = vec![0f32; v];
+    e.reset_slot(2);
+    e.forward(&[(2, &a)], &mut alone).unwrap();
+    assert!(close(&both[..v], &alone));
+    e.reset_slot(0);
+    e.forward(&[(0, &b)], &mut alone).unwrap();
+    assert!(close(&both[v..], &alone));
+}
+
+#[test]
+fn errors_leave_the_slots_unchanged() {
+    let mut e = engine(tiny(HiddenAct::Relu2, true, false), 2);
+    let v = e.config().vocab_size;
+    let mut logits = vec![0f32; v];
+    e.forward(&[(0, &[1, 2, 3])], &mut logits).unwrap();
+    let long = vec![1u32; 22];
+    type Case<'a> = (&'a [(usize, &'a [u32])], usize, &'a str);
+    let bad: [Case; 6] = [
+        (&[(0, &long)], 1, "context"),
+        (&[(2, &[1])], 1, "slot"),
+        (&[(1, &[61])], 1, "61"),
+        (&[(1, &[])], 1, "tokens"),
+        (&[(1, &[1]), (1, &[2])], 2, "twice"),
+        (&[(1, &[1])], 2, "logits"),
+    ];
+    for (batch, rows, needle) in bad {
+        let mut out = vec![0f32; rows * v];
+        let err = e.forward(batch, &mut out).unwrap_err().to_string();
+        assert!(err.contains(needle), "{needle}: {err}");
+        assert_eq!((e.slot_len(0), e.slot_len(1)), (3, 0));
+    }
+}
+
+#[test]
+fn generate_is_deterministic_and_checks_its_input() {
+    let mut e = engine(tiny(HiddenAct::Silu, false, false), 1);
+    let mut run = |params: &SamplingParams, n| {
+        let mut s = Sampler::new(params).unwrap();
+        let mut out = Vec::new();
+        let stats = generate(&mut e, &[4, 5, 6], n, &mut s, false, |t| {
+            out.push(t);
+            true
+        })
+        .unwrap();
+        assert_eq!(
+            (stats.generated_tokens, stats.stop),
+            (n, StopReason::Length)
+        );
+        out
+    };
+    let greedy = SamplingParams::default();
+    assert_eq!(run(&greedy, 8), run(&greedy, 8));
+    let sampled = SamplingParams {
+        temperature: 0.8,
+        top_p: 0.9,
+        seed: Some(5),
+        ..Default::default()
+    };
+    assert_eq!(run(&sampled, 8), run(&sampled, 8));
+    let mut s = Sampler::new(&greedy).unwrap();
+    for (prompt, n, needle) in [
+        (&[][..], 4, "prompt"),
+        (&[1][..], 0, "max_new_tokens"),
+        (&[1; 20][..], 6, "context"),
+    ] {
+        let err = generate(&mut e, prompt, n, &mut s, true, |_| true)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(needle), "{err}");
+    }
+    // The callback stops it.
+    let stats = generate(&mut e, &[1], 10, &mut s, true, |_| false).unwrap();
+    assert_eq!(
+        (stats.generated_tokens, stats.stop),
+        (1, StopReason::Callback)
+    );
+}
+
+#[test]
+fn bad_options_are_errors() {
+    let c = tiny(HiddenAct::Relu2, true, false);
+    let cases = [
+        (
+            EngineOptions {
+                max_context: 0,
+                ..Default::default()
+            },
+            "max_context",
+        ),
+        (
+            EngineOptions {
+                max_context: 65,
+                ..Default::default()
+            },
+            "max_context",
+        ),
+        (
+            EngineOptions {
+                max_context: 8,
+                slots: 0,
+                ..Default::default()
+            },
+            "slots",
+        ),
+        (
+            EngineOptions {
+                max_context: 8,
+                threads: Some(0),
+                ..Default::default()
+            },
+            "threads",
+        ),
+        (
+            EngineOptions {
+                max_context: 8,
+                device: Device::Cuda(0),
+                ..Default::default()
+            },
+            "CUDA",
+        ),
+    ];
+    for (opts, needle) in cases {
+        let err = Engine::random(c.clone(), 1, &opts)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains(needle), "{err}");
+    }
+    assert_eq!(Device::parse("cuda:1").unwrap(), Device::Cuda(1));
+    assert!(Device::parse("tpu").is_err());
+}

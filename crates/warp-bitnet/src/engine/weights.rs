@@ -1,0 +1,332 @@
+//! A model's weights as a plain struct (llama2.c's `TransformerWeights`): ternary linear layers,
+//! float norms and embeddings. Built from a [`Store`] by transformers names, checking every
+//! shape against the config, or at random for benchmarks.
+
+use rand::{Rng, SeedableRng};
+use safetensors::tensor::Dtype;
+
+use super::config::ModelConfig;
+use super::store::{to_f32, Entry, Store};
+use crate::error::{Error, Result};
+use crate::format::{i2, Scale, TernaryMatrix};
+use crate::import::hf_bitnet;
+use crate::quant::WEIGHT_EPS;
+
+/// One ternary linear layer: `y = W (act_norm(x) quantized) * scale + bias`.
+pub(crate) struct Linear {
+    pub w: TernaryMatrix,
+    pub bias: Option<Vec<f32>>,
+    /// The `use_rms_norm` activation norm's weights, if the model has them.
+    pub norm: Option<Vec<f32>>,
+}
+
+/// One decoder layer.
+pub(crate) struct Layer {
+    pub attn_norm: Vec<f32>,
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+    /// BitNet's norm of the attention output (before `o_proj`).
+    pub attn_sub_norm: Option<Vec<f32>>,
+    pub ffn_norm: Vec<f32>,
+    pub gate: Linear,
+    pub up: Linear,
+    pub down: Linear,
+    /// BitNet's norm of the MLP's hidden activations (before `down_proj`).
+    pub ffn_sub_norm: Option<Vec<f32>>,
+}
+
+/// Every weight of a model.
+pub(crate) struct Weights {
+    /// `[vocab, hidden]`.
+    pub embed: Vec<f32>,
+    pub layers: Vec<Layer>,
+    pub final_norm: Vec<f32>,
+    /// `[vocab, hidden]`, or `None` when tied to `embed`.
+    pub lm_head: Option<Vec<f32>>,
+}
+
+impl Weights {
+    /// The lm_head matrix (`[vocab, hidden]`).
+    pub fn lm_head(&self) -> &[f32] {
+        self.lm_head.as_deref().unwrap_or(&self.embed)
+    }
+
+    /// Reads every weight the config calls for from `store`, checking shapes.
+    pub fn from_store(c: &ModelConfig, store: &Store) -> Result<Self> {
+        let r = Reader { c, store };
+        let (h, v) = (c.hidden_size, c.vocab_size);
+        let embed = r.floats("model.embed_tokens.weight", &[v, h])?;
+        let lm_head = if c.tie_word_embeddings {
+            None
+        } else {
+            Some(r.floats("lm_head.weight", &[v, h])?)
+        };
+        let layers = (0..c.num_layers)
+            .map(|i| r.layer(i))
+            .collect::<Result<_>>()?;
+        check_no_extra_layers(c, store)?;
+        Ok(Self {
+            embed,
+            layers,
+            final_norm: r.floats("model.norm.weight", &[h])?,
+            lm_head,
+        })
+    }
+
+    /// Random weights of the config's shapes, reproducible from `seed`: ternary codes with
+    /// scales `1 / sqrt(cols)`-ish and norms near 1, so activations stay O(1) through the layers.
+    pub fn random(c: &ModelConfig, seed: u64) -> Result<Self> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let (h, v) = (c.hidden_size, c.vocab_size);
+        let mut normal = |n: usize, std: f32| -> Vec<f32> {
+            // Sum of 4 uniforms: close enough to a normal for benchmarks and tests, and fast.
+            (0..n)
+                .map(|_| (0..4).map(|_| rng.random::<f32>() - 0.5).sum::<f32>() * std * 1.732)
+                .collect()
+        };
+        let embed = normal(v * h, 1.0);
+        let lm_head = (!c.tie_word_embeddings).then(|| normal(v * h, 1.0 / (h as f32).sqrt()));
+        let final_norm = normal(h, 0.1).iter().map(|x| 1.0 + x).collect();
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for _ in 0..c.num_layers {
+            layers.push(random_layer(c, &mut rng)?);
+        }
+        Ok(Self {
+            embed,
+            layers,
+            final_norm,
+            lm_head,
+        })
+    }
+}
+
+fn random_layer(c: &ModelConfig, rng: &mut rand::rngs::StdRng) -> Result<Layer> {
+    let (h, i) = (c.hidden_size, c.intermediate_size);
+    let mut norm =
+        |n: usize| -> Vec<f32> { (0..n).map(|_| 0.9 + 0.2 * rng.random::<f32>()).collect() };
+    let (attn_norm, ffn_norm) = (norm(h), norm(h));
+    let attn_sub_norm = c.sub_norms.then(|| norm(h));
+    let ffn_sub_norm = c.sub_norms.then(|| norm(i));
+    let mut linear = |rows: usize, cols: usize| -> Result<Linear> {
+        Ok(Linear {
+            w: random_ternary(rows, cols, rng)?,
+            bias: c.attention_bias.then(|| vec![0.01; rows]),
+            norm: c.bitlinear.act_norm.then(|| vec![1.0; cols]),
+        })
+    };
+    let mut layer = Layer {
+        attn_norm,
+        q: linear(c.q_dim(), h)?,
+        k: linear(c.kv_dim(), h)?,
+        v: linear(c.kv_dim(), h)?,
+        o: linear(h, c.q_dim())?,
+        attn_sub_norm,
+        ffn_norm,
+        gate: linear(i, h)?,
+        up: linear(i, h)?,
+        down: linear(h, i)?,
+        ffn_sub_norm,
+    };
+    // Only q/k/v/o have biases in transformers' Llama and BitNet (`mlp_bias` is not read).
+    for l in [&mut layer.gate, &mut layer.up, &mut layer.down] {
+        l.bias = None;
+    }
+    Ok(layer)
+}
+
+/// Random I2 words: each code's two random bits, with the invalid `11` cleared to `00` (so weights
+/// are 0 with probability 1/2, +-1 with 1/4 each) and the row padding zero.
+fn random_ternary(rows: usize, cols: usize, rng: &mut rand::rngs::StdRng) -> Result<TernaryMatrix> {
+    let wpr = i2::words_per_row(cols);
+    let tail = cols % i2::WEIGHTS_PER_WORD;
+    let tail_mask = if tail == 0 {
+        u32::MAX
+    } else {
+        (1u32 << (2 * tail)) - 1
+    };
+    let mut words: Vec<u32> = (0..rows * wpr).map(|_| rng.random()).collect();
+    for (j, w) in words.iter_mut().enumerate() {
+        let both = (*w >> 1) & *w & 0x5555_5555;
+        *w &= !(both | both << 1);
+        if j % wpr == wpr - 1 {
+            *w &= tail_mask;
+        }
+    }
+    // About half the weights are non-zero: y ~ sqrt(cols / 2) |x|; this brings it back to |x|.
+    let scale = (2.0 / cols as f32).sqrt();
+    TernaryMatrix::from_i2(rows, cols, words, Scale::PerTensor(scale))
+}
+
+/// A checkpoint with more layers than its config is a mismatch, not a model to truncate silently.
+fn check_no_extra_layers(c: &ModelConfig, store: &Store) -> Result<()> {
+    for name in store.names() {
+        let layer = name
+            .strip_prefix("model.layers.")
+            .and_then(|r| r.split('.').next()?.parse::<usize>().ok());
+        if let Some(i) = layer.filter(|&i| i >= c.num_layers) {
+            return Err(Error::ShapeMismatch {
+                arg: "num_hidden_layers",
+                expected: format!("{} layers (from the config)", c.num_layers),
+                got: format!("tensor `{name}` of layer {i}"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Looks tensors up by name, checking dtype and shape, and naming the file at fault.
+struct Reader<'a> {
+    c: &'a ModelConfig,
+    store: &'a Store,
+}
+
+impl Reader<'_> {
+    fn missing(&self, name: &str) -> Error {
+        Error::BadFile(format!("tensor `{name}` is missing from the checkpoint"))
+    }
+
+    fn floats(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let (entry, path) = self.store.get(name).ok_or_else(|| self.missing(name))?;
+        let Entry::Raw {
+            dtype,
+            shape: got,
+            bytes,
+        } = entry
+        else {
+            return Err(Error::BadFile(format!(
+                "{}: tensor `{name}` is a packed ternary matrix; expected a float tensor",
+                path.display()
+            )));
+        };
+        if got.as_slice() != shape {
+            return Err(Error::ShapeMismatch {
+                arg: "tensor shape",
+                expected: format!("{shape:?} for `{name}` (from the config)"),
+                got: format!("{got:?} in {}", path.display()),
+            });
+        }
+        let values = to_f32(*dtype, self.store.bytes(bytes)).ok_or_else(|| {
+            Error::BadFile(format!(
+                "{}: tensor `{name}` has dtype {dtype:?}; expected F32, F16 or BF16",
+                path.display()
+            ))
+        })?;
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(Error::BadFile(format!(
+                "{}: tensor `{name}` holds a non-finite value at index {i}",
+                path.display()
+            )));
+        }
+        Ok(values)
+    }
+
+    fn opt_floats(&self, name: &str, shape: &[usize]) -> Result<Option<Vec<f32>>> {
+        match self.store.get(name) {
+            None => Ok(None),
+            Some(_) => self.floats(name, shape).map(Some),
+        }
+    }
+
+    /// A ternary weight: packed (ours or GGUF), Hugging Face U8 with `weight_scale`, or dense
+    /// floats quantized as transformers' online `AutoBitLinear` does.
+    fn ternary(&self, name: &str, rows: usize, cols: usize) -> Result<TernaryMatrix> {
+        let (entry, path) = self.store.get(name).ok_or_else(|| self.missing(name))?;
+        let in_file =
+            |e: Error| Error::BadFile(format!("{}: tensor `{name}`: {e}", path.display()));
+        let shape_err = |got: String| Error::ShapeMismatch {
+            arg: "tensor shape",
+            expected: format!("[{rows}, {cols}] for `{name}` (from the config)"),
+            got: format!("{got} in {}", path.display()),
+        };
+        match entry {
+            Entry::Ternary(m) if (m.rows(), m.cols()) == (rows, cols) => Ok(m.clone()),
+            Entry::Ternary(m) => Err(shape_err(format!("[{}, {}]", m.rows(), m.cols()))),
+            Entry::Raw {
+                dtype: Dtype::U8,
+                shape,
+                bytes,
+            } => {
+                if shape.as_slice() != [rows / 4, cols] || rows % 4 != 0 {
+                    return Err(shape_err(format!("U8 {shape:?} (4 rows per byte)")));
+                }
+                let scale_name = format!("{name}_scale");
+                let &[s] = self
+                    .floats(&scale_name, &[1])
+                    .or_else(|_| self.floats(&scale_name, &[]))?
+                    .as_slice()
+                else {
+                    return Err(in_file(Error::Empty {
+                        arg: "weight_scale",
+                    }));
+                };
+                let convention = self.c.bitlinear.convention;
+                hf_bitnet(self.store.bytes(bytes), rows, cols, s, convention).map_err(in_file)
+            }
+            Entry::Raw { shape, .. } => {
+                if shape.as_slice() != [rows, cols] {
+                    return Err(shape_err(format!("{shape:?}")));
+                }
+                quantize_absmean(&self.floats(name, &[rows, cols])?, rows, cols).map_err(in_file)
+            }
+        }
+    }
+
+    fn linear(&self, prefix: &str, rows: usize, cols: usize, bias: bool) -> Result<Linear> {
+        let norm = if self.c.bitlinear.act_norm {
+            Some(self.floats(&format!("{prefix}.rms_norm.weight"), &[cols])?)
+        } else {
+            None
+        };
+        let bias = if bias {
+            Some(self.floats(&format!("{prefix}.bias"), &[rows])?)
+        } else {
+            self.opt_floats(&format!("{prefix}.bias"), &[rows])?
+        };
+        Ok(Linear {
+            w: self.ternary(&format!("{prefix}.weight"), rows, cols)?,
+            bias,
+            norm,
+        })
+    }
+
+    fn layer(&self, i: usize) -> Result<Layer> {
+        let c = self.c;
+        let (h, m, b) = (c.hidden_size, c.intermediate_size, c.attention_bias);
+        let p = format!("model.layers.{i}");
+        let sub = |name: &str, n: usize| -> Result<Option<Vec<f32>>> {
+            if c.sub_norms {
+                self.floats(&format!("{p}.{name}.weight"), &[n]).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        Ok(Layer {
+            attn_norm: self.floats(&format!("{p}.input_layernorm.weight"), &[h])?,
+            q: self.linear(&format!("{p}.self_attn.q_proj"), c.q_dim(), h, b)?,
+            k: self.linear(&format!("{p}.self_attn.k_proj"), c.kv_dim(), h, b)?,
+            v: self.linear(&format!("{p}.self_attn.v_proj"), c.kv_dim(), h, b)?,
+            o: self.linear(&format!("{p}.self_attn.o_proj"), h, c.q_dim(), b)?,
+            attn_sub_norm: sub("self_attn.attn_sub_norm", h)?,
+            ffn_norm: self.floats(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+            gate: self.linear(&format!("{p}.mlp.gate_proj"), m, h, false)?,
+            up: self.linear(&format!("{p}.mlp.up_proj"), m, h, false)?,
+            down: self.linear(&format!("{p}.mlp.down_proj"), h, m, false)?,
+            ffn_sub_norm: sub("mlp.ffn_sub_norm", m)?,
+        })
+    }
+}
+
+/// transformers' online `WeightQuant`: `s = 1 / max(mean|W|, 1e-5)`, `Wt = clamp(round(W s), -1, 1)`,
+/// dequantized as `Wt / s`. The mean is summed in f64 (torch sums f32 pairwise; both round to
+/// the same or an adjacent f32).
+pub(crate) fn quantize_absmean(w: &[f32], rows: usize, cols: usize) -> Result<TernaryMatrix> {
+    let mean = (w.iter().map(|v| f64::from(v.abs())).sum::<f64>() / w.len().max(1) as f64) as f32;
+    let s = 1.0 / mean.max(WEIGHT_EPS);
+    let t: Vec<i8> = w
+        .iter()
+        .map(|v| (v * s).round_ties_even().clamp(-1.0, 1.0) as i8)
+        .collect();
+    TernaryMatrix::from_ternary(rows, cols, &t, Scale::PerTensor(1.0 / s))
+}
