@@ -77,6 +77,14 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
         eos_token_id=1,
     )
     transformers.BitNetForCausalLM(config).save_pretrained(d)
+    # Dense float weights, which the engine quantizes as transformers' online AutoBitLinear.
+    saved = json.loads((d / "config.json").read_text())
+    saved["quantization_config"] = {
+        "quant_method": "bitnet",
+        "linear_class": "autobitlinear",
+        "quantization_mode": "online",
+    }
+    (d / "config.json").write_text(json.dumps(saved))
     return d
 
 
@@ -89,7 +97,9 @@ class Server:
         assert self.proc.stderr is not None
         line = self.proc.stderr.readline()
         match = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)
-        assert match, f"server did not start: {line}{self.proc.stderr.read() if self.proc.poll() is not None else ''}"
+        if not match:
+            self.proc.wait(timeout=30)
+            raise AssertionError(f"the server did not start: {line}{self.proc.stderr.read()}")
         self.url = match.group(1)
         self.client = openai.OpenAI(base_url=self.url + "/v1", api_key="none", max_retries=0, timeout=60)
 

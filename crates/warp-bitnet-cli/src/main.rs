@@ -3,6 +3,7 @@
 mod bench;
 mod convert;
 mod pack;
+mod serve;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -31,6 +32,8 @@ enum Command {
     /// Convert a Hugging Face BitNet checkpoint (pre-packed U8 weights) or a bitnet.cpp GGUF file
     /// (I2_S tensors) to a packed file.
     Convert(convert::ConvertArgs),
+    /// Serve a model over an OpenAI-compatible HTTP API with continuous batching.
+    Serve(serve::Args),
 }
 
 fn main() -> Result<()> {
@@ -40,6 +43,7 @@ fn main() -> Result<()> {
         Command::Pack(a) => pack::pack(a),
         Command::Unpack(a) => pack::unpack(a),
         Command::Convert(a) => convert::convert(a),
+        Command::Serve(a) => serve::run(a),
     }
 }
 

@@ -41,7 +41,7 @@
 #![deny(missing_docs)]
 
 pub mod config;
-
+pub mod engine;
 pub mod error;
 pub mod http;
 pub mod metrics;
