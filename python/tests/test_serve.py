@@ -1,13 +1,14 @@
 """`warp-bitnet serve` through the official `openai` client, on 127.0.0.1 only.
 
 The server runs a tiny random BitNet model saved by transformers (`save_pretrained` of a tiny
-BitNetConfig) with a byte-level BPE tokenizer trained here, and is started by these tests
+BitNetConfig) with a byte-level BPE tokenizer trained for it (examples/tiny_model.py), started by these tests
 from the release binary (built with `cargo build --release -p warp-bitnet-cli` if missing).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import importlib.util
 import json
 import os
 import pathlib
@@ -42,50 +43,11 @@ def binary() -> pathlib.Path:
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    import torch
-    import transformers
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-
-    d = tmp_path_factory.mktemp("tiny-bitnet")
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    corpus = ["the quick brown fox jumps over the lazy dog", "hello world", "héllo wörld ✓ naïve café"] * 10
-    trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator(corpus, trainer)
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
-    tok.save(str(d / "tokenizer.json"))
-    template = (
-        "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
-        "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-    )
-    (d / "tokenizer_config.json").write_text(
-        json.dumps({"bos_token": "<s>", "eos_token": "</s>", "chat_template": template})
-    )
-    torch.manual_seed(0)
-    config = transformers.BitNetConfig(
-        vocab_size=tok.get_vocab_size(),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=0,
-        eos_token_id=1,
-    )
-    transformers.BitNetForCausalLM(config).save_pretrained(d)
-    # Dense float weights, which the engine quantizes as transformers' online AutoBitLinear.
-    saved = json.loads((d / "config.json").read_text())
-    saved["quantization_config"] = {
-        "quant_method": "bitnet",
-        "linear_class": "autobitlinear",
-        "quantization_mode": "online",
-    }
-    (d / "config.json").write_text(json.dumps(saved))
-    return d
+    spec = importlib.util.spec_from_file_location("tiny_model", ROOT / "examples" / "tiny_model.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.write_model(tmp_path_factory.mktemp("tiny-bitnet"))
 
 
 class Server:
