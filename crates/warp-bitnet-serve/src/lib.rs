@@ -56,6 +56,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use axum::serve::ListenerExt;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -162,6 +163,11 @@ impl Server {
             }
         };
         let mut watch_phase = phase.subscribe();
+        // Each token is a small write: without TCP_NODELAY, Nagle's algorithm holds it back
+        // until the previous one is acknowledged.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let server = axum::serve(listener, router).with_graceful_shutdown(draining);
         let deadline = async move {
             // Runs until the grace period after the shutdown signal is over.
