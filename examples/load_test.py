@@ -13,7 +13,10 @@ character). Prompts are token ids, so models without a tokenizer (``--random``) 
         --concurrency 1 16 64 128 --prompt-tokens 128 --max-tokens 256 --out results.json
 
 The client is one Python process; check that its CPU use (printed) stays below one core,
-or the numbers measure the client.
+or the numbers measure the client. The server's own view comes with each row too: p50/p99 of
+its time-to-first-token and inter-token histograms (/metrics, the level's increase; each value
+is the upper bound of its bucket), which a slow or starved client cannot distort (on a
+loaded machine the client reads several tokens at once and its gaps become bursts).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import random
 import resource
 import statistics
 import time
+import urllib.request
 from dataclasses import dataclass, field
 
 import openai
@@ -70,6 +74,30 @@ async def one_request(client: openai.AsyncOpenAI, args: argparse.Namespace, rng:
     return sample
 
 
+def histograms(url: str) -> dict[str, list[tuple[float, float]]]:
+    """The server's TTFT and inter-token histograms: (upper bound, cumulative count) pairs."""
+    with urllib.request.urlopen(url + "/metrics", timeout=30) as r:
+        text = r.read().decode()
+    out: dict[str, list[tuple[float, float]]] = {"ttft": [], "itl": []}
+    names = {"time_to_first_token": "ttft", "inter_token_latency": "itl"}
+    for line in text.splitlines():
+        for metric, key in names.items():
+            prefix = f'warp_bitnet_{metric}_seconds_bucket{{le="'
+            if line.startswith(prefix):
+                le, count = line[len(prefix) :].split('"} ')
+                out[key].append((float(le), float(count)))
+    return out
+
+
+def histogram_quantile(before: list[tuple[float, float]], after: list[tuple[float, float]], q: float) -> float | None:
+    """The upper bound of the bucket holding quantile `q` of what was added between two scrapes."""
+    added = [(le, a - b) for (le, a), (_, b) in zip(after, before, strict=True)]
+    if not added or added[-1][1] == 0:
+        return None
+    target = q * added[-1][1]
+    return next(le for le, count in added if count >= target)
+
+
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -87,12 +115,14 @@ async def run_level(args: argparse.Namespace, concurrency: int) -> dict:
         for _ in range(args.requests_per_stream):
             samples.append(await one_request(client, args, rng))
 
+    server0 = histograms(args.url)
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     await asyncio.gather(*(stream_worker(w) for w in range(concurrency)))
     wall = time.perf_counter() - start
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     await client.close()
+    server1 = histograms(args.url)
     ok = [s for s in samples if s.error is None]
     ttfts = [s.ttft for s in ok if s.ttft is not None]
     gaps = [g for s in ok for g in s.gaps]
@@ -115,6 +145,10 @@ async def run_level(args: argparse.Namespace, concurrency: int) -> dict:
         "ttft_p99_ms": ms(percentile(ttfts, 99)),
         "itl_p50_ms": ms(percentile(gaps, 50)),
         "itl_p99_ms": ms(percentile(gaps, 99)),
+        "server_ttft_p50_ms": ms(histogram_quantile(server0["ttft"], server1["ttft"], 0.5)),
+        "server_ttft_p99_ms": ms(histogram_quantile(server0["ttft"], server1["ttft"], 0.99)),
+        "server_itl_p50_ms": ms(histogram_quantile(server0["itl"], server1["itl"], 0.5)),
+        "server_itl_p99_ms": ms(histogram_quantile(server0["itl"], server1["itl"], 0.99)),
         "client_cpu_fraction": round((cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime) / wall, 3),
     }
 

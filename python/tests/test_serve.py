@@ -312,6 +312,7 @@ def test_small_load_test(server: Server, tmp_path: pathlib.Path) -> None:
     for r in rows:
         assert r["errors"] == 0 and r["completion_tokens"] == r["requests"] * 24
         assert r["tokens_per_s"] > 0 and r["ttft_p50_ms"] > 0 and r["itl_p99_ms"] >= r["itl_p50_ms"]
+        assert 0 < r["server_itl_p50_ms"] <= r["server_itl_p99_ms"] and r["server_ttft_p50_ms"] > 0
 
 
 def test_sigterm_with_a_stream_in_flight_exits_0(binary: pathlib.Path, tiny_model: pathlib.Path) -> None:
