@@ -7,9 +7,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 
-/// A model's tokenizer and chat template. Cloned by the server, whose HTTP handlers tokenize
-/// while the scheduler thread owns the engine.
-#[derive(Clone)]
+/// A model's tokenizer and chat template.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     chat_template: Option<String>,
