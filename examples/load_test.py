@@ -6,9 +6,9 @@ official ``openai`` client, streaming. For every concurrency level it reports ag
 generated tokens/s (completion tokens from the usage chunk over the level's wall time),
 p50/p99 time to first token, and p50/p99 inter-token latency (gaps between streamed chunks;
 one chunk per token, except where the server holds text back for a stop string or a split
-character). Prompts are token ids, so models without a tokenizer (``--random``) work too.
+character). Prompts are token ids, so models without a tokenizer (``random:PRESET``) work too.
 
-    warp-bitnet serve --random bitnet-2b4t --device cuda --max-batch 128 --port 8000 &
+    warp-bitnet serve random:bitnet-2b4t --device cuda --max-batch 128 --port 8000 &
     python examples/load_test.py --url http://127.0.0.1:8000 --model bitnet-2b4t \\
         --concurrency 1 16 64 128 --prompt-tokens 128 --max-tokens 256 --out results.json
 

@@ -11,6 +11,7 @@ reference path on the CPU.
 
 from . import hf, nn, ops
 from ._native import __version__, cuda_available
+from .engine import Engine
 from .functional import (
     gemv,
     gemv_int2,
@@ -31,6 +32,7 @@ from .nn import BitLinear, BitLinearTrain, convert_to_bitlinear, quantize, unqua
 
 __all__ = [
     "BitLinear",
+    "Engine",
     "BitLinearTrain",
     "__version__",
     "convert_to_bitlinear",

@@ -2,6 +2,7 @@
 device addresses (``tensor.data_ptr()``), streams ``cudaStream_t`` values as ints."""
 
 __all__ = [
+    "Engine",
     "__version__",
     "convert_checkpoint",
     "cuda_available",
@@ -112,3 +113,46 @@ def convert_checkpoint(input: str, output: str, linear_class: str | None = None)
     """A Hugging Face BitNet checkpoint or a bitnet.cpp GGUF file -> our packed safetensors file;
     (matrices, tensors kept). ``linear_class`` None reads it from the ``config.json`` beside a
     safetensors ``input``."""
+
+class Engine:
+    """The inference engine (crates/warp-bitnet-py/src/engine.rs); use warp_bitnet.Engine."""
+
+    @staticmethod
+    def load(path: str, device: str = "cpu", max_context: int | None = None, threads: int | None = None) -> Engine:
+        """Loads a Hugging Face folder, one of our packed files or a GGUF file."""
+
+    @staticmethod
+    def random(
+        preset: str, seed: int = 0, device: str = "cpu", max_context: int | None = None, threads: int | None = None
+    ) -> Engine:
+        """A preset architecture with random weights."""
+
+    @property
+    def vocab_size(self) -> int:
+        """Tokens in the vocabulary."""
+
+    @property
+    def max_context(self) -> int:
+        """Tokens the context holds."""
+
+    def logits(self, ids: list[int]) -> list[float]:
+        """Last-position logits of `ids` run from an empty context."""
+
+    def generate(
+        self,
+        ids: list[int],
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        repetition_penalty: float = 1.0,
+        seed: int | None = None,
+        stop_on_eos: bool = True,
+    ) -> list[int]:
+        """Generated token ids after `ids`."""
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of `text`."""
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        """Text of `ids`."""

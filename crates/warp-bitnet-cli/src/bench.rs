@@ -49,6 +49,9 @@ pub struct Args {
     /// kernels, for A/B runs.
     #[arg(long)]
     no_prefill: bool,
+    /// Whole-model benchmark (`--model NAME`; crates/warp-bitnet-cli/src/bench_model.rs).
+    #[command(flatten)]
+    model: crate::bench_model::ModelArgs,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -67,6 +70,9 @@ struct Report<'a, R: Serialize> {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    if let Some(name) = &a.model.model {
+        return crate::bench_model::run(&a.model, name, a.json.as_deref(), a.seed);
+    }
     let shapes: Vec<Shape> = SHAPES
         .iter()
         .copied()
@@ -222,7 +228,7 @@ fn run_cuda(_: &Args, _: &[Shape], _: &mut StdRng) -> Result<()> {
 }
 
 /// Today's UTC date as YYYY-MM-DD (days-from-civil inverse, H. Hinnant).
-fn today_utc() -> String {
+pub(crate) fn today_utc() -> String {
     let days = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() / 86_400)

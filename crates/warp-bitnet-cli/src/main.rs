@@ -1,8 +1,10 @@
 //! `warp-bitnet`: benchmark, pack, convert and inspect ternary weights.
 
 mod bench;
+mod bench_model;
 mod convert;
 mod pack;
+mod run;
 mod serve;
 
 use anyhow::Result;
@@ -32,6 +34,8 @@ enum Command {
     /// Convert a Hugging Face BitNet checkpoint (pre-packed U8 weights) or a bitnet.cpp GGUF file
     /// (I2_S tensors) to a packed file.
     Convert(convert::ConvertArgs),
+    /// Generate text or token ids from a BitNet model (the native engine; CPU for now).
+    Run(run::Args),
     /// Serve a model over an OpenAI-compatible HTTP API with continuous batching.
     Serve(serve::Args),
 }
@@ -43,6 +47,7 @@ fn main() -> Result<()> {
         Command::Pack(a) => pack::pack(a),
         Command::Unpack(a) => pack::unpack(a),
         Command::Convert(a) => convert::convert(a),
+        Command::Run(a) => run::run(a),
         Command::Serve(a) => serve::run(a),
     }
 }

@@ -5,19 +5,16 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
-use warp_bitnet::engine::{Device, Engine, EngineOptions, ModelConfig};
+use warp_bitnet::engine::{self, Device, Engine, EngineOptions};
 use warp_bitnet_serve::{engine::codec, shutdown_signal, Server, ServerConfig};
 
 #[derive(ClapArgs)]
 pub struct Args {
-    /// A Hugging Face folder (config.json, *.safetensors, tokenizer.json), our packed
-    /// safetensors file, or a GGUF file.
-    #[arg(required_unless_present = "random")]
-    model: Option<PathBuf>,
-    /// Serve random weights of a named architecture instead (`bitnet-2b4t`,
-    /// `llama3-8b-ternary`), for benchmarks: no tokenizer, so prompts are token ids.
-    #[arg(long, conflicts_with = "model")]
-    random: Option<String>,
+    /// A Hugging Face folder (config.json, *.safetensors, tokenizer.json), one of our packed
+    /// safetensors files (config.json beside it), a GGUF file, or `random:PRESET`
+    /// (`random:bitnet-2b4t`, `random:llama3-8b-ternary`: random weights for benchmarks; no
+    /// tokenizer, so prompts must be token ids).
+    model: String,
     /// Address to listen on (keep 127.0.0.1 unless the server should be reachable from
     /// other machines).
     #[arg(long, default_value = "127.0.0.1")]
@@ -99,42 +96,26 @@ fn load(a: &Args) -> Result<(Engine, String)> {
     if a.max_batch == 0 {
         bail!("--max-batch must be at least 1");
     }
-    let mut opts = EngineOptions {
+    let opts = |model_limit: usize| EngineOptions {
         device,
-        max_context: 0,
+        max_context: a
+            .max_context
+            .unwrap_or(model_limit.min(DEFAULT_CONTEXT_CAP)),
         slots: a.max_batch,
         threads: a.threads,
     };
-    if let Some(preset) = &a.random {
-        let config = ModelConfig::preset(preset).context("--random")?;
-        opts.max_context = context(a, config.max_position_embeddings);
+    if let Some(preset) = a.model.strip_prefix("random:") {
+        let config = engine::ModelConfig::preset(preset)?;
+        let opts = opts(config.max_position_embeddings);
         let engine = Engine::random(config, 0, &opts).context("building the random model")?;
-        return Ok((engine, preset.clone()));
+        return Ok((engine, preset.to_owned()));
     }
-    let Some(path) = &a.model else {
-        bail!("give a MODEL path or --random PRESET");
-    };
-    let config_path = if path.is_dir() {
-        path.join("config.json")
-    } else {
-        path.with_file_name("config.json")
-    };
-    // The context default needs the model's limit before the engine is built.
-    let limit = match ModelConfig::from_hf_file(&config_path) {
-        Ok(c) => c.max_position_embeddings,
-        Err(_) => DEFAULT_CONTEXT_CAP,
-    };
-    opts.max_context = context(a, limit);
+    let path = PathBuf::from(&a.model);
+    let limit = engine::model_config(&path)?.max_position_embeddings;
     let engine =
-        Engine::load(path, &opts).with_context(|| format!("loading {}", path.display()))?;
-    let name = path.file_name().map_or_else(
-        || path.display().to_string(),
-        |n| n.to_string_lossy().into_owned(),
-    );
+        Engine::load(&path, &opts(limit)).with_context(|| format!("loading {}", path.display()))?;
+    let name = path
+        .file_name()
+        .map_or_else(|| a.model.clone(), |n| n.to_string_lossy().into_owned());
     Ok((engine, name))
-}
-
-fn context(a: &Args, model_limit: usize) -> usize {
-    a.max_context
-        .unwrap_or(model_limit.min(DEFAULT_CONTEXT_CAP))
 }

@@ -4,6 +4,8 @@
 //! shapes and alignment again (in the core crate) and launches. No allocation and
 //! no synchronization happen here, so CUDA-graph capture works.
 
+mod engine;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -16,7 +18,7 @@ use warp_bitnet::{DType, Error, Levels};
 
 /// The one place core errors become Python exceptions: bad arguments and files ->
 /// ValueError, file system errors -> OSError subclasses, the driver -> RuntimeError.
-fn to_py(e: Error) -> PyErr {
+pub(crate) fn to_py(e: Error) -> PyErr {
     match e {
         Error::ShapeMismatch { .. }
         | Error::InvalidCode { .. }
@@ -341,6 +343,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(w2a8_epilogue, m)?)?;
     m.add_function(wrap_pyfunction!(quantize_i8, m)?)?;
     m.add_function(wrap_pyfunction!(convert_checkpoint, m)?)?;
+    m.add_class::<engine::PyEngine>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

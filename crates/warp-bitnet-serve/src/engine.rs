@@ -44,8 +44,9 @@ impl Model for Engine {
     }
 }
 
-/// The engine's tokenizer as a [`Codec`].
-struct TokenizerCodec(Tokenizer);
+/// The engine's tokenizer as a [`Codec`] (shared: handlers tokenize while the scheduler
+/// thread owns the engine).
+struct TokenizerCodec(Arc<Tokenizer>);
 
 impl Codec for TokenizerCodec {
     fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, BoxError> {
@@ -67,8 +68,8 @@ impl Codec for TokenizerCodec {
 
 /// The codec of `engine`: its tokenizer, or token ids where it has none (random weights).
 pub fn codec(engine: &Engine) -> Arc<dyn Codec> {
-    match engine.tokenizer() {
-        Some(t) => Arc::new(TokenizerCodec(t.clone())),
+    match engine.shared_tokenizer() {
+        Some(t) => Arc::new(TokenizerCodec(t)),
         None => Arc::new(TokenIdCodec::new(engine.config().eos_token_ids.clone())),
     }
 }

@@ -99,7 +99,7 @@ fn weight_of_code(code: u8, row: usize, col: usize) -> Result<i8> {
     }
 }
 
-fn scale_value(scale: f32, convention: ScaleConvention) -> Result<f32> {
+pub(crate) fn scale_value(scale: f32, convention: ScaleConvention) -> Result<f32> {
     let (arg, s) = match convention {
         ScaleConvention::Multiply => ("weight_scale", scale),
         ScaleConvention::Divide => ("1 / weight_scale", 1.0 / scale),

@@ -59,6 +59,25 @@ pub(crate) fn load(path: &Path) -> Result<Loaded> {
     })
 }
 
+/// The configuration of the model at `path` (as [`load`] would read it), without its weights.
+pub fn model_config(path: &Path) -> Result<ModelConfig> {
+    if !path.exists() {
+        return Err(Error::BadFile(format!(
+            "{}: no such file or folder",
+            path.display()
+        )));
+    }
+    let dir = if path.is_dir() {
+        path
+    } else {
+        path.parent().unwrap_or(Path::new("."))
+    };
+    if path.is_file() && is_gguf(path)? {
+        return load(path).map(|l| l.config);
+    }
+    ModelConfig::from_hf_file(&dir.join("config.json"))
+}
+
 fn is_gguf(path: &Path) -> Result<bool> {
     use std::io::Read;
     let mut magic = [0u8; 4];

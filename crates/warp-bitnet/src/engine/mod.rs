@@ -34,9 +34,11 @@ mod tokenizer;
 mod weights;
 
 use std::path::Path;
+use std::sync::Arc;
 
 pub use config::{BitLinearConfig, HiddenAct, ModelConfig};
 pub use generate::{generate, GenerateStats, StopReason};
+pub use load::model_config;
 pub use sampler::{Sampler, SamplingParams};
 pub use tokenizer::Tokenizer;
 
@@ -99,7 +101,7 @@ impl Default for EngineOptions {
 pub struct Engine {
     config: ModelConfig,
     weights: Weights,
-    tokenizer: Option<Tokenizer>,
+    tokenizer: Option<Arc<Tokenizer>>,
     cache: KvCache,
     state: RunState,
     pool: Option<rayon::ThreadPool>,
@@ -159,7 +161,7 @@ impl Engine {
             cache: KvCache::new(&config, opts.slots, opts.max_context)?,
             config,
             weights,
-            tokenizer,
+            tokenizer: tokenizer.map(Arc::new),
             state: RunState::default(),
             pool,
             max_context: opts.max_context,
@@ -173,7 +175,12 @@ impl Engine {
 
     /// The tokenizer, if the model came with one.
     pub fn tokenizer(&self) -> Option<&Tokenizer> {
-        self.tokenizer.as_ref()
+        self.tokenizer.as_deref()
+    }
+
+    /// The tokenizer as a shared handle, to detokenize while the engine is busy (streaming).
+    pub fn shared_tokenizer(&self) -> Option<Arc<Tokenizer>> {
+        self.tokenizer.clone()
     }
 
     /// KV-cache slots (independent sequences).
@@ -196,6 +203,14 @@ impl Engine {
         if let Some(l) = self.cache.lens.get_mut(slot) {
             *l = 0;
         }
+    }
+
+    /// Bytes one decode step of one sequence reads with `context` tokens cached: every weight
+    /// (ternary words and scales, norms, the f32 lm_head), one embedding row, and the KV cache.
+    pub fn bytes_per_decode_step(&self, context: usize) -> u64 {
+        let c = &self.config;
+        let kv = (c.num_layers * context * c.kv_dim() * 2 * 4) as u64;
+        self.weights.decode_bytes(c) + kv
     }
 
     /// Appends each entry's tokens to its slot (a prompt chunk = prefill, or one token = decode),

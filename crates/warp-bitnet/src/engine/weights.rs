@@ -53,6 +53,35 @@ impl Weights {
         self.lm_head.as_deref().unwrap_or(&self.embed)
     }
 
+    /// Bytes of weights one decode step reads (f32 norms, biases and lm_head; one embedding row).
+    pub fn decode_bytes(&self, c: &ModelConfig) -> u64 {
+        let linear = |l: &Linear| {
+            let scale = match l.w.scale() {
+                Scale::PerRow(v) => v.len(),
+                _ => 1,
+            };
+            4 * (l.w.words().len()
+                + scale
+                + l.bias.as_ref().map_or(0, Vec::len)
+                + l.norm.as_ref().map_or(0, Vec::len))
+        };
+        let norm = |n: &Option<Vec<f32>>| 4 * n.as_ref().map_or(0, Vec::len);
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]
+                    .into_iter()
+                    .map(linear)
+                    .sum::<usize>()
+                    + 4 * (l.attn_norm.len() + l.ffn_norm.len())
+                    + norm(&l.attn_sub_norm)
+                    + norm(&l.ffn_sub_norm)
+            })
+            .sum();
+        (layers + 4 * (self.final_norm.len() + self.lm_head().len() + c.hidden_size)) as u64
+    }
+
     /// Reads every weight the config calls for from `store`, checking shapes.
     pub fn from_store(c: &ModelConfig, store: &Store) -> Result<Self> {
         let r = Reader { c, store };
@@ -252,15 +281,7 @@ impl Reader<'_> {
                     return Err(shape_err(format!("U8 {shape:?} (4 rows per byte)")));
                 }
                 let scale_name = format!("{name}_scale");
-                let &[s] = self
-                    .floats(&scale_name, &[1])
-                    .or_else(|_| self.floats(&scale_name, &[]))?
-                    .as_slice()
-                else {
-                    return Err(in_file(Error::Empty {
-                        arg: "weight_scale",
-                    }));
-                };
+                let s = self.scalar(&scale_name)?;
                 let convention = self.c.bitlinear.convention;
                 hf_bitnet(self.store.bytes(bytes), rows, cols, s, convention).map_err(in_file)
             }
@@ -268,8 +289,50 @@ impl Reader<'_> {
                 if shape.as_slice() != [rows, cols] {
                     return Err(shape_err(format!("{shape:?}")));
                 }
-                quantize_absmean(&self.floats(name, &[rows, cols])?, rows, cols).map_err(in_file)
+                let dense = self.floats(name, &[rows, cols])?;
+                let scale_name = format!("{name}_scale");
+                if self.store.get(&scale_name).is_none() {
+                    // Master weights: quantized on load as the online AutoBitLinear does.
+                    return quantize_absmean(&dense, rows, cols).map_err(in_file);
+                }
+                // transformers' offline AutoBitLinear keeps ternary values in a float tensor.
+                let s = self.scalar(&scale_name)?;
+                let scale =
+                    crate::import::scale_value(s, self.c.bitlinear.convention).map_err(in_file)?;
+                let t = dense
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| match v {
+                        -1.0 => Ok(-1),
+                        0.0 => Ok(0),
+                        1.0 => Ok(1),
+                        value => Err(Error::NotTernary {
+                            row: i / cols,
+                            col: i % cols,
+                            value,
+                        }),
+                    })
+                    .collect::<Result<Vec<i8>>>()
+                    .map_err(in_file)?;
+                TernaryMatrix::from_ternary(rows, cols, &t, Scale::PerTensor(scale))
+                    .map_err(in_file)
             }
+        }
+    }
+
+    /// A one-value tensor (`[]` or `[1]`).
+    fn scalar(&self, name: &str) -> Result<f32> {
+        let shape = match self.store.get(name) {
+            Some((Entry::Raw { shape, .. }, _)) => shape.clone(),
+            _ => vec![1],
+        };
+        match self.floats(name, &shape)?.as_slice() {
+            &[s] => Ok(s),
+            _ => Err(Error::ShapeMismatch {
+                arg: "weight_scale",
+                expected: format!("one value for `{name}`"),
+                got: format!("shape {shape:?}"),
+            }),
         }
     }
 
