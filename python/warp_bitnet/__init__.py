@@ -32,8 +32,8 @@ from .nn import BitLinear, BitLinearTrain, convert_to_bitlinear, quantize, unqua
 
 __all__ = [
     "BitLinear",
-    "Engine",
     "BitLinearTrain",
+    "Engine",
     "__version__",
     "convert_to_bitlinear",
     "cuda_available",
