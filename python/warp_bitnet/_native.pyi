@@ -1,6 +1,8 @@
 """Type stubs of the private native module (crates/warp-bitnet-py). Pointers are
 device addresses (``tensor.data_ptr()``), streams ``cudaStream_t`` values as ints."""
 
+from typing import final
+
 __all__ = [
     "Engine",
     "__version__",
@@ -114,6 +116,7 @@ def convert_checkpoint(input: str, output: str, linear_class: str | None = None)
     (matrices, tensors kept). ``linear_class`` None reads it from the ``config.json`` beside a
     safetensors ``input``."""
 
+@final
 class Engine:
     """The inference engine (crates/warp-bitnet-py/src/engine.rs); use warp_bitnet.Engine."""
 
