@@ -6,6 +6,7 @@ mod convert;
 mod pack;
 mod paths;
 mod run;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -38,6 +39,8 @@ enum Command {
     Convert(convert::ConvertArgs),
     /// Generate text or token ids from a BitNet model (the native engine; CPU for now).
     Run(run::Args),
+    /// Serve a model over an OpenAI-compatible HTTP API with continuous batching.
+    Serve(serve::Args),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
         Command::Unpack(a) => pack::unpack(a),
         Command::Convert(a) => convert::convert(a),
         Command::Run(a) => run::run(a),
+        Command::Serve(a) => serve::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
