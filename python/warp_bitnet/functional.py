@@ -414,6 +414,11 @@ def dense_path(
     """Whether ``linear`` multiplies ``tokens`` tokens by a ``rows`` x ``cols`` matrix on CUDA
     ``device`` on cuBLAS over the decoded weights rather than on the ternary kernels: the
     route the Rust planner gives (``warp_bitnet::cuda::Gpu::route``), asked once per shape."""
+    if torch.compiler.is_compiling():
+        # Dynamo cannot trace into the native module, and with dynamic shapes the batch has no
+        # value to ask about while tracing: compiled graphs run the kernels, right at any batch
+        # (on sm_90a the route keeps them at every batch anyway).
+        return False
     index = device.index if device.index is not None else torch.cuda.current_device()
     return _route(index, rows, cols, levels, "int8" if quantize_activations else "float16", tokens) == "dense"
 

@@ -3,7 +3,7 @@
 //!
 //! The pool is rayon's (`in_place_scope`, so the caller works instead of waiting); its
 //! per-call overhead is measured by `bench::cpu::pool_overhead` and recorded in
-//! docs/NOTES.md ("CPU kernels: thread pool").
+//! docs/NOTES.md ("CPU kernels").
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};

@@ -10,7 +10,6 @@ use rayon::prelude::*;
 use super::config::ModelConfig;
 use super::weights::{Layer, Linear, Weights};
 use crate::error::Result;
-use crate::format::TernaryMatrix;
 use crate::quant::quantize_activations_i8;
 
 /// The KV cache: `slots` independent sequences of up to `max_context` tokens, f32.
@@ -316,7 +315,7 @@ fn linear(
         None => x,
     };
     let a = quantize_activations_i8(input, n, cols)?;
-    w2a8(&l.w, &a.q, &a.scale, n, out)?;
+    w2a8(l, &a.q, &a.scale, n, out)?;
     if let Some(bias) = &l.bias {
         for row in out.chunks_exact_mut(l.w.rows()) {
             add(row, bias);
@@ -326,9 +325,10 @@ fn linear(
 }
 
 /// THE ternary matrix product of the engine: `out[b, r] = (q[b] . W[r]) * x_scale[b] * scale`.
-/// Every linear layer goes through here, so switching kernels is one line.
-fn w2a8(w: &TernaryMatrix, q: &[i8], x_scale: &[f32], n: usize, out: &mut [f32]) -> Result<()> {
-    crate::cpu::reference::gemm_w2a8::<f32>(w, q, x_scale, n, None, out)
+/// Every linear layer goes through here: the fast CPU kernels (bit-exact with
+/// `cpu::reference::gemm_w2a8`), on the engine's threads.
+fn w2a8(l: &Linear, q: &[i8], x_scale: &[f32], n: usize, out: &mut [f32]) -> Result<()> {
+    l.c2.gemm_w2a8::<f32>(q, x_scale, n, None, out, rayon::current_num_threads())
 }
 
 /// `out = W x` for a dense row-major `[rows, x.len()]` matrix (the lm_head), rows in parallel.

@@ -7,6 +7,7 @@ use safetensors::tensor::Dtype;
 
 use super::config::ModelConfig;
 use super::store::{to_f32, Entry, Store};
+use crate::cpu::CpuMatrix;
 use crate::error::{Error, Result};
 use crate::format::{i2, Scale, TernaryMatrix};
 use crate::import::hf_bitnet;
@@ -15,6 +16,8 @@ use crate::quant::WEIGHT_EPS;
 /// One ternary linear layer: `y = W (act_norm(x) quantized) * scale + bias`.
 pub(crate) struct Linear {
     pub w: TernaryMatrix,
+    /// `w` in the CPU kernels' layout (C2), converted once at load.
+    pub c2: CpuMatrix,
     pub bias: Option<Vec<f32>>,
     /// The `use_rms_norm` activation norm's weights, if the model has them.
     pub norm: Option<Vec<f32>>,
@@ -139,8 +142,10 @@ fn random_layer(c: &ModelConfig, rng: &mut rand::rngs::StdRng) -> Result<Layer> 
     let attn_sub_norm = c.sub_norms.then(|| norm(h));
     let ffn_sub_norm = c.sub_norms.then(|| norm(i));
     let mut linear = |rows: usize, cols: usize| -> Result<Linear> {
+        let w = random_ternary(rows, cols, rng)?;
         Ok(Linear {
-            w: random_ternary(rows, cols, rng)?,
+            c2: CpuMatrix::from(&w),
+            w,
             bias: c.attention_bias.then(|| vec![0.01; rows]),
             norm: c.bitlinear.act_norm.then(|| vec![1.0; cols]),
         })
@@ -347,8 +352,10 @@ impl Reader<'_> {
         } else {
             self.opt_floats(&format!("{prefix}.bias"), &[rows])?
         };
+        let w = self.ternary(&format!("{prefix}.weight"), rows, cols)?;
         Ok(Linear {
-            w: self.ternary(&format!("{prefix}.weight"), rows, cols)?,
+            c2: CpuMatrix::from(&w),
+            w,
             bias,
             norm,
         })

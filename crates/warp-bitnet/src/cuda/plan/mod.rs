@@ -1,7 +1,7 @@
 //! The planner: for a GEMM's shape, batch, types and GPU it picks the kernel, its CTA
 //! shape and grid, and (for large batches) the pre-pass, and checks every argument first.
 //! It needs no GPU: [`Occupancy`] is all it asks of one, so the tests run on fakes
-//! (`tests.rs`). The rules and the measurements behind them: docs/NOTES.md, "Current rules".
+//! (`tests.rs`). The rules and the measurements behind them: docs/NOTES.md, "The current rules".
 
 mod instances;
 mod prefill;

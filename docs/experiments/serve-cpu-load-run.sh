@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CPU load test of `warp-bitnet serve` at small scale, from the repository root:
-#   bash bench/results/2026-12-07-cpu-epyc-2t-3758d79-serve/run.sh OUT_DIR
+#   bash docs/experiments/serve-cpu-load-run.sh OUT_DIR
 set -euo pipefail
 D=$1
 mkdir -p "$D"
