@@ -11,7 +11,7 @@ use super::arch::{Isa, Micro, MAX_TILE};
 use super::layout::CpuMatrix;
 use super::pool::{resolve_threads, run_parts};
 use crate::dtype::Activation;
-use crate::error::{check_len, shape, Error, Result};
+use crate::error::{check_len, Error, Result};
 use crate::format::Levels;
 
 /// Rows per chunk of the blocked loop (a multiple of 16, so threads' output slices start on
@@ -56,7 +56,13 @@ impl Kernels {
         y: &mut [T],
         threads: usize,
     ) -> Result<()> {
-        check_io(w, x.len(), batch, bias.map(<[T]>::len), y.len())?;
+        super::check_io(
+            (w.rows(), w.cols()),
+            x.len(),
+            batch,
+            bias.map(<[T]>::len),
+            y.len(),
+        )?;
         let kp = w.padded_cols();
         let mut xf = vec![0f32; batch * kp];
         for (dst, src) in xf.chunks_mut(kp).zip(x.chunks(w.cols())) {
@@ -88,7 +94,7 @@ impl Kernels {
         acc: &mut [i32],
         threads: usize,
     ) -> Result<()> {
-        check_io(w, q.len(), batch, None, acc.len())?;
+        super::check_io((w.rows(), w.cols()), q.len(), batch, None, acc.len())?;
         check_w2a8_cols(w)?;
         let (xq, sums) = pad_i8(w, q, batch);
         let micro = self.micro;
@@ -122,7 +128,13 @@ impl Kernels {
         y: &mut [T],
         threads: usize,
     ) -> Result<()> {
-        check_io(w, q.len(), batch, bias.map(<[T]>::len), y.len())?;
+        super::check_io(
+            (w.rows(), w.cols()),
+            q.len(),
+            batch,
+            bias.map(<[T]>::len),
+            y.len(),
+        )?;
         check_len("x_scale", batch, x_scale.len())?;
         check_w2a8_cols(w)?;
         let (xq, sums) = pad_i8(w, q, batch);
@@ -235,33 +247,6 @@ fn check_w2a8_cols(w: &CpuMatrix) -> Result<()> {
         });
     }
     Ok(())
-}
-
-fn check_io(
-    w: &CpuMatrix,
-    x_len: usize,
-    batch: usize,
-    bias_len: Option<usize>,
-    y_len: usize,
-) -> Result<()> {
-    if batch == 0 {
-        return Err(Error::Empty { arg: "x" });
-    }
-    let mismatch = |arg, expected: &[usize], got| Error::ShapeMismatch {
-        arg,
-        expected: shape(expected),
-        got: format!("{got} elements"),
-    };
-    if Some(x_len) != batch.checked_mul(w.cols()) {
-        return Err(mismatch("x", &[batch, w.cols()], x_len));
-    }
-    if Some(y_len) != batch.checked_mul(w.rows()) {
-        return Err(mismatch("y", &[batch, w.rows()], y_len));
-    }
-    match bias_len {
-        Some(n) if n != w.rows() => Err(mismatch("bias", &[w.rows()], n)),
-        _ => Ok(()),
-    }
 }
 
 /// The detected kernels ([`Kernels::detect`]) as methods of the matrix: what an engine calls.

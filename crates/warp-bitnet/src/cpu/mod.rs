@@ -29,3 +29,33 @@ pub use arch::Isa;
 pub use gemm::{Kernels, ROW_CHUNK};
 pub use layout::CpuMatrix;
 pub use pool::{default_threads, resolve_threads, MAX_THREADS};
+
+/// The shapes of a GEMM's operands on a `rows` x `cols` matrix: `x` `[batch, cols]`, `y`
+/// `[batch, rows]`, `bias` `[rows]`; one check for the reference and the fast kernels.
+pub(crate) fn check_io(
+    (rows, cols): (usize, usize),
+    x_len: usize,
+    batch: usize,
+    bias_len: Option<usize>,
+    y_len: usize,
+) -> crate::Result<()> {
+    use crate::error::{shape, Error};
+    if batch == 0 {
+        return Err(Error::Empty { arg: "x" });
+    }
+    let mismatch = |arg, expected: &[usize], got| Error::ShapeMismatch {
+        arg,
+        expected: shape(expected),
+        got: format!("{got} elements"),
+    };
+    if Some(x_len) != batch.checked_mul(cols) {
+        return Err(mismatch("x", &[batch, cols], x_len));
+    }
+    if Some(y_len) != batch.checked_mul(rows) {
+        return Err(mismatch("y", &[batch, rows], y_len));
+    }
+    match bias_len {
+        Some(n) if n != rows => Err(mismatch("bias", &[rows], n)),
+        _ => Ok(()),
+    }
+}

@@ -8,7 +8,7 @@
 use rayon::prelude::*;
 
 use crate::dtype::Activation;
-use crate::error::{check_len, shape, Error, Result};
+use crate::error::{check_len, Result};
 use crate::format::PackedWeights;
 
 /// `y[b, r] = T(sum_k x[b, k] * w[r, k] * scale[r] + bias[r])` for `b < batch`.
@@ -21,7 +21,13 @@ pub fn gemm<T: Activation>(
     bias: Option<&[T]>,
     y: &mut [T],
 ) -> Result<()> {
-    check_io(w, x.len(), batch, bias.map(<[T]>::len), y.len())?;
+    super::check_io(
+        (w.rows(), w.cols()),
+        x.len(),
+        batch,
+        bias.map(<[T]>::len),
+        y.len(),
+    )?;
     let xf: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
     let unit = unit_of(w);
     let out = per_row(w, batch, |r, wrow, acc: &mut [f32]| {
@@ -45,7 +51,7 @@ pub fn gemm<T: Activation>(
 pub fn gemm_i8_accumulate<W: PackedWeights>(w: &W, q: &[i8], batch: usize) -> Result<Vec<i32>> {
     W::LEVELS.check_w2a8_cols(w.cols())?;
     let y_len = batch.saturating_mul(w.rows());
-    check_io(w, q.len(), batch, None, y_len)?;
+    super::check_io((w.rows(), w.cols()), q.len(), batch, None, y_len)?;
     let out = per_row(w, batch, |_, wrow, acc: &mut [i32]| {
         for (b, a) in acc.iter_mut().enumerate() {
             let qrow = &q[b * w.cols()..(b + 1) * w.cols()];
@@ -71,7 +77,13 @@ pub fn gemm_w2a8<T: Activation>(
     bias: Option<&[T]>,
     y: &mut [T],
 ) -> Result<()> {
-    check_io(w, q.len(), batch, bias.map(<[T]>::len), y.len())?;
+    super::check_io(
+        (w.rows(), w.cols()),
+        q.len(),
+        batch,
+        bias.map(<[T]>::len),
+        y.len(),
+    )?;
     check_len("x_scale", batch, x_scale.len())?;
     let acc = gemm_i8_accumulate(w, q, batch)?;
     let unit = unit_of(w);
@@ -86,33 +98,6 @@ pub fn gemm_w2a8<T: Activation>(
 
 fn unit_of<W: PackedWeights>(_: &W) -> f32 {
     W::UNIT
-}
-
-fn check_io(
-    w: &impl PackedWeights,
-    x_len: usize,
-    batch: usize,
-    bias_len: Option<usize>,
-    y_len: usize,
-) -> Result<()> {
-    if batch == 0 {
-        return Err(Error::Empty { arg: "x" });
-    }
-    let mismatch = |arg, expected: &[usize], got| Error::ShapeMismatch {
-        arg,
-        expected: shape(expected),
-        got: format!("{got} elements"),
-    };
-    if Some(x_len) != batch.checked_mul(w.cols()) {
-        return Err(mismatch("x", &[batch, w.cols()], x_len));
-    }
-    if Some(y_len) != batch.checked_mul(w.rows()) {
-        return Err(mismatch("y", &[batch, w.rows()], y_len));
-    }
-    match bias_len {
-        Some(n) if n != w.rows() => Err(mismatch("bias", &[w.rows()], n)),
-        _ => Ok(()),
-    }
 }
 
 /// Runs `f(row, weights of row, out[batch])` over rows in parallel; returns `[rows, batch]`.
