@@ -33,6 +33,7 @@ def route(device: int, rows: int, cols: int, levels: str, x_dtype: str, batch: i
     for `batch` tokens of `x_dtype` ("float16", "bfloat16" or "int8") on a rows x cols matrix of
     `levels`: the Rust planner's decision."""
 
+@final
 class PreparedGemm:
     """A GEMM planned once (``prepare_gemm``): each launch takes the activations and the output."""
 
