@@ -353,6 +353,20 @@ def _validated_levels(packed: torch.Tensor, n: int, in_features: int | None, lev
         raise _feature_error(e, n, in_features) from None
 
 
+def _cpu_linear(x, packed_weight, scale, bias, n: int, levels: str, quantize: bool) -> torch.Tensor | None:
+    """The fast CPU kernels where they apply, else None. Words whose padding is not zero go to
+    the PyTorch path instead, whose check names the feature count (the native conversion can only
+    name the padding)."""
+    if not _cpu.applies(x, scale, bias):
+        return None
+    try:
+        return _cpu.linear(x, packed_weight, scale, bias, n, levels, quantize)
+    except ValueError as e:
+        if "padding" not in str(e):
+            raise
+        return None
+
+
 def linear(
     x: torch.Tensor,
     packed_weight: torch.Tensor,
@@ -384,8 +398,9 @@ def linear(
     if x.is_cuda:
         t2 = _validated_t2(packed_weight, n, in_features)
         return _linear_t2(x, t2, m, scale, bias, quantize_activations, i2=packed_weight.contiguous())
-    if _cpu.applies(x, scale, bias):
-        return _cpu.linear(x, packed_weight, scale, bias, n, "ternary", quantize_activations)
+    y = _cpu_linear(x, packed_weight, scale, bias, n, "ternary", quantize_activations)
+    if y is not None:
+        return y
     lead = x.shape[:-1]
     x2 = x.reshape(-1, n)
     w = _validated_levels(packed_weight, n, in_features, "ternary")
@@ -684,8 +699,9 @@ def linear_int2(
     if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16):
         t2 = _validated_t2(packed_weight, n, in_features, "int2")
         return _linear_t2(x, t2, m, scale, bias, False, "int2", i2=packed_weight.contiguous())
-    if _cpu.applies(x, scale, bias):
-        return _cpu.linear(x, packed_weight, scale, bias, n, "int2")
+    y = _cpu_linear(x, packed_weight, scale, bias, n, "int2", False)
+    if y is not None:
+        return y
     levels = _validated_levels(packed_weight, n, in_features, "int2")
     y = x.reshape(-1, n).to(torch.float32) @ levels.T
     if scale is not None:
