@@ -14,7 +14,7 @@ use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 
 use super::launch::{blocks_of_256, elems, kernel_params, launch};
-use super::plan::{route, Route};
+use super::plan::{may_be_dense, route, Route};
 use super::{Gpu, GpuMatrix};
 use crate::dtype::DType;
 use crate::error::Result;
@@ -149,7 +149,8 @@ impl Gpu {
             gemm(i8t, i32t, compute, ptr(&alpha), ptr(&beta), call.y)?;
             return Ok(());
         }
-        let mut acc = stream.alloc_zeros::<i32>(elems("y", rows, batch)?)?;
+        // SAFETY: cuBLAS writes every sum (beta = 0) before the epilogue reads it.
+        let mut acc = unsafe { stream.alloc::<i32>(elems("y", rows, batch)?) }?;
         let (accp, _ga) = acc.device_ptr_mut(stream);
         gemm(i8t, i32t, compute, ptr(&alpha), ptr(&beta), accp)?;
         let ptrs = w.device_ptrs(stream);
@@ -275,6 +276,10 @@ fn blas_type(dtype: DType) -> blas_sys::cudaDataType {
 }
 
 /// Whether a checked call takes the dense route.
+/// Small batches (every decode step) skip the planner here: it plans the launch anyway.
 pub(crate) fn takes_dense(gpu: &Gpu, w: &GpuMatrix, x: DType, batch: usize) -> Result<bool> {
+    if !gpu.dense() || !may_be_dense(x, batch) {
+        return Ok(false);
+    }
     Ok(gpu.route(w.rows(), w.cols(), w.levels(), x, batch)? == Route::Dense)
 }

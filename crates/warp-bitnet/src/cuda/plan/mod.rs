@@ -23,8 +23,8 @@ use prefill::{plan_prefill, Prefill, PREFILL_MIN_BATCH};
 pub(crate) use prefill::{Prepass, PREFILL_ROWS, PREFILL_TOKENS, PREPASS_THREADS};
 #[cfg(test)]
 pub(crate) use prefill::{PREPASS_16, PREPASS_I8};
-pub(crate) use route::route;
 pub use route::Route;
+pub(crate) use route::{may_be_dense, route};
 pub(crate) use split::SPLIT_TOKENS;
 use split::{plan_split, SPLIT_MIN_BATCH};
 

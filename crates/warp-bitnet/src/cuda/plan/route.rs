@@ -46,6 +46,17 @@ const SPLIT_DENSE_MIN_BATCH_16: usize = 257;
 /// turned off the H100 ran that layer in 2.60 / 1.59 ms (v29); on an A100 it is not
 /// measured. cuBLAS's int8 GEMM needs both dimensions a multiple of 8 here; other shapes
 /// keep the kernels.
+/// Whether `batch` tokens of `x` are enough for the dense route to be possible at all: the
+/// cheap test that lets a decode step skip asking the planner for the family.
+pub(crate) fn may_be_dense(x: DType, batch: usize) -> bool {
+    batch
+        >= if x == DType::I8 {
+            DENSE_MIN_BATCH_I8
+        } else {
+            DENSE_MIN_BATCH_16
+        }
+}
+
 pub(crate) fn route(
     family: KernelFamily,
     x: DType,
@@ -54,12 +65,12 @@ pub(crate) fn route(
     cols: usize,
 ) -> Route {
     let int8 = x == DType::I8;
-    let (min, split_min) = if int8 {
-        (DENSE_MIN_BATCH_I8, SPLIT_DENSE_MIN_BATCH_I8)
+    let split_min = if int8 {
+        SPLIT_DENSE_MIN_BATCH_I8
     } else {
-        (DENSE_MIN_BATCH_16, SPLIT_DENSE_MIN_BATCH_16)
+        SPLIT_DENSE_MIN_BATCH_16
     };
-    let dense = batch >= min
+    let dense = may_be_dense(x, batch)
         && family != KernelFamily::Prefill
         && !(int8 && (rows % 8 != 0 || cols % 8 != 0))
         && (batch >= split_min || family != KernelFamily::Split);
