@@ -152,7 +152,17 @@ fn check_float<W: PackedWeights, T: Activation>(
             .unwrap();
         for (i, (a, b)) in y.iter().zip(&want).enumerate() {
             let (a, b) = (f64::from(a.to_f32()), f64::from(b.to_f32()));
-            let tol = 2.0 * c.cols as f64 * 2f64.powi(-24) * abs_sum[i] + ulp * b.abs() + 1e-30;
+            // Accumulation: cols roundings on each side; the epilogue: `* scale` and `+ bias`
+            // round once each on each side, at most |products| + |bias| in size (the bound
+            // missed these, and a proptest case with bias found it: 1 f32 ulp at 2.9).
+            let u = 2f64.powi(-24);
+            let bias_abs = bias
+                .as_ref()
+                .map_or(0.0, |v| f64::from(v[i % c.rows].to_f32()).abs());
+            let tol = 2.0 * c.cols as f64 * u * abs_sum[i]
+                + 4.0 * u * (abs_sum[i] + bias_abs)
+                + ulp * b.abs()
+                + 1e-30;
             prop_assert!(
                 (a - b).abs() <= tol,
                 "{:?} output {}: {} vs {} (tolerance {})",
