@@ -66,10 +66,22 @@ pub const QUANT: Source = Source {
     name: "quant.cu",
     text: Cow::Borrowed(include_str!("kernels/quant.cu")),
 };
+/// The inference engine's row kernels: norms + quantization, RoPE + KV append, attention,
+/// embedding gather, argmax.
+pub const ENGINE: Source = Source {
+    name: "engine.cu",
+    text: Cow::Borrowed(include_str!("kernels/engine.cu")),
+};
 
 /// Every kernel source (CI compiles each for several architectures).
 pub fn sources() -> Vec<Source> {
-    vec![gemm(Levels::Ternary), gemm(Levels::Int2), LAYOUT, QUANT]
+    vec![
+        gemm(Levels::Ternary),
+        gemm(Levels::Int2),
+        LAYOUT,
+        QUANT,
+        ENGINE,
+    ]
 }
 
 const OPTIONS: &[&str] = &["-std=c++17", "-lineinfo"];

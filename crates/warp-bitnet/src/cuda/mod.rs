@@ -18,6 +18,7 @@
 
 pub mod compile;
 mod dense;
+mod engine_ops;
 mod gemm;
 mod launch;
 mod plan;
@@ -30,6 +31,7 @@ use std::sync::{Arc, Mutex};
 use cudarc::driver::sys::CUdevice_attribute as Attr;
 use cudarc::driver::{CudaContext, CudaFunction};
 
+pub(crate) use engine_ops::{AttnParams, Deq, RopeParams, RowInput, RowOp, RowOutput};
 pub use gemm::{GpuFloat, GpuOut, PreparedGemm};
 pub use plan::{
     gemm_symbol, tokens_per_cta_options, Cta, GemmArgs, GemmParams, KernelFamily, Route,
@@ -462,6 +464,16 @@ mod tests {
                 "bias_rows",
                 plan::PREPASS_16,
                 plan::PREPASS_I8
+            ]
+        );
+        assert_eq!(
+            kernel_names(&compile::ENGINE.text),
+            [
+                "embed_gather",
+                "row_norm_quant",
+                "rope_kv_append",
+                "attention_decode",
+                "argmax_f32"
             ]
         );
     }

@@ -375,7 +375,7 @@ fn rmsnorm_rows_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
 
 /// Rotary embedding of every head in `x` at position `pos`, transformers' "rotate half" pairing
 /// (element `i` with `i + head_dim / 2`), `inv_freq[i] = theta^(-2i / head_dim)` in f32.
-fn rope(x: &mut [f32], head_dim: usize, pos: usize, theta: f32) {
+pub(crate) fn rope(x: &mut [f32], head_dim: usize, pos: usize, theta: f32) {
     let half = head_dim / 2;
     for head in x.chunks_exact_mut(head_dim) {
         for i in 0..half {

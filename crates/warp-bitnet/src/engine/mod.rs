@@ -21,12 +21,19 @@
 //! # Ok::<(), warp_bitnet::Error>(())
 //! ```
 //!
-//! The CPU path runs every ternary layer through the W2A8 reference kernel; the GPU path is
-//! not built yet ([`Device::Cuda`] is [`Error::Unsupported`](crate::Error::Unsupported)).
+//! The CPU path runs every ternary layer through the fast W2A8 CPU kernels; [`Device::Cuda`]
+//! runs the same numerics on a GPU (weights and an f16 KV cache on the device, the decode step
+//! replayed from a CUDA graph; `engine/gpu/`), or fails with
+//! [`Error::NoCudaDriver`](crate::Error::NoCudaDriver) where there is none.
 
 mod config;
 mod forward;
 mod generate;
+#[cfg(feature = "cuda")]
+mod gpu;
+#[cfg(not(feature = "cuda"))]
+#[path = "gpu_stub.rs"]
+mod gpu;
 mod load;
 mod sampler;
 mod store;
@@ -51,14 +58,16 @@ use weights::Weights;
 pub enum Device {
     /// The CPU (rayon threads).
     Cpu,
-    /// A CUDA GPU by ordinal (not supported yet).
+    /// A CUDA GPU by ordinal.
     Cuda(usize),
 }
 
 impl Device {
-    /// `"cpu"`, `"cuda"`, `"cuda:N"` or `"auto"` (the CPU until the GPU path exists).
+    /// `"cpu"`, `"cuda"`, `"cuda:N"` or `"auto"` (GPU 0 where a CUDA driver and device are
+    /// present, else the CPU).
     pub fn parse(s: &str) -> Result<Self> {
         match s {
+            "auto" if gpu::check_available().is_ok() => Ok(Device::Cuda(0)),
             "cpu" | "auto" => Ok(Device::Cpu),
             "cuda" => Ok(Device::Cuda(0)),
             _ => s
@@ -106,6 +115,8 @@ pub struct Engine {
     state: RunState,
     pool: Option<rayon::ThreadPool>,
     max_context: usize,
+    /// The device side where the engine runs on a GPU (the CPU cache then holds no rows).
+    gpu: Option<gpu::GpuEngine>,
 }
 
 impl Engine {
@@ -159,14 +170,26 @@ impl Engine {
             ),
             None => None,
         };
+        let gpu = match opts.device {
+            Device::Cpu => None,
+            Device::Cuda(n) => Some(gpu::GpuEngine::new(
+                n,
+                &config,
+                &weights,
+                opts.slots,
+                opts.max_context,
+            )?),
+        };
+        let cpu_context = if gpu.is_some() { 0 } else { opts.max_context };
         Ok(Self {
-            cache: KvCache::new(&config, opts.slots, opts.max_context)?,
+            cache: KvCache::new(&config, opts.slots, cpu_context)?,
             config,
             weights,
             tokenizer: tokenizer.map(Arc::new),
             state: RunState::default(),
             pool,
             max_context: opts.max_context,
+            gpu,
         })
     }
 
@@ -210,6 +233,9 @@ impl Engine {
     /// Bytes one decode step of one sequence reads with `context` tokens cached: every weight
     /// (ternary words and scales, norms, the f32 lm_head), one embedding row, and the KV cache.
     pub fn bytes_per_decode_step(&self, context: usize) -> u64 {
+        if let Some(g) = &self.gpu {
+            return g.bytes_per_decode_step(context);
+        }
         let c = &self.config;
         let kv = (c.num_layers * context * c.kv_dim() * 2 * 4) as u64;
         self.weights.decode_bytes(c) + kv
@@ -221,6 +247,13 @@ impl Engine {
     /// no tokens, token id >= vocab) leave every slot unchanged.
     pub fn forward(&mut self, batch: &[(usize, &[u32])], logits: &mut [f32]) -> Result<()> {
         let plan = self.plan(batch, logits.len())?;
+        if let Some(g) = &mut self.gpu {
+            g.forward(&plan, logits)?;
+            for &(slot, ids) in batch {
+                self.cache.lens[slot] += ids.len();
+            }
+            return Ok(());
+        }
         let (c, w, cache, state) = (
             &self.config,
             &self.weights,
@@ -236,6 +269,40 @@ impl Engine {
             self.cache.lens[slot] += ids.len();
         }
         Ok(())
+    }
+
+    /// As [`Engine::forward`], but writes each entry's most likely next token (the greedy
+    /// sampler's pick: the first index of the largest logit) to `tokens[i]`; on a GPU the pick
+    /// is made on the device and the logits never leave it.
+    pub fn greedy(&mut self, batch: &[(usize, &[u32])], tokens: &mut [u32]) -> Result<()> {
+        crate::error::check_len("tokens", batch.len(), tokens.len())?;
+        let vocab = self.config.vocab_size;
+        let plan = self.plan(batch, batch.len() * vocab)?;
+        match &mut self.gpu {
+            Some(g) => {
+                g.greedy(&plan, tokens)?;
+                for &(slot, ids) in batch {
+                    self.cache.lens[slot] += ids.len();
+                }
+            }
+            None => {
+                let mut logits = vec![0f32; batch.len() * vocab];
+                self.forward(batch, &mut logits)?;
+                for (t, row) in tokens.iter_mut().zip(logits.chunks_exact(vocab)) {
+                    *t = sampler::argmax(row);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the GPU path replays captured CUDA graphs for decode steps of 1, 2, 4, 8 or 16
+    /// sequences (the default) or launches every kernel eagerly: both compute the same bits;
+    /// the switch is for tests and timings. The CPU path has no graphs and ignores it.
+    pub fn set_cuda_graphs(&mut self, on: bool) {
+        if let Some(g) = &mut self.gpu {
+            g.set_graphs(on);
+        }
     }
 
     /// Validates a batch and lays its tokens out: ids, (slot, position) of each, and the index
@@ -287,13 +354,11 @@ impl Engine {
     }
 }
 
+/// A GPU engine needs a CUDA driver and device: checked before the model is read.
 fn check_device(opts: &EngineOptions) -> Result<()> {
     match opts.device {
         Device::Cpu => Ok(()),
-        Device::Cuda(_) => Err(Error::Unsupported {
-            what: "device",
-            detail: "the engine's CUDA path is not built yet; use the CPU (device \"cpu\")".into(),
-        }),
+        Device::Cuda(_) => gpu::check_available(),
     }
 }
 
