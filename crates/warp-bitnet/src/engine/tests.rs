@@ -169,14 +169,6 @@ fn bad_options_are_errors() {
             },
             "threads",
         ),
-        (
-            EngineOptions {
-                max_context: 8,
-                device: Device::Cuda(0),
-                ..Default::default()
-            },
-            "CUDA",
-        ),
     ];
     for (opts, needle) in cases {
         let err = Engine::random(c.clone(), 1, &opts)
