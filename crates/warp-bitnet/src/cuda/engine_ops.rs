@@ -355,6 +355,24 @@ impl Gpu {
         Ok(self.kernel(name)?.max_dynamic_smem)
     }
 
+    /// Checks once, when an engine is built, that every launch its shapes need fits this GPU:
+    /// rows of each `widths` in shared memory, and the attention's scores for `max_context`
+    /// positions.
+    pub(crate) fn check_engine_shapes(
+        &self,
+        widths: &[usize],
+        heads: usize,
+        head_dim: usize,
+        max_context: usize,
+    ) -> Result<()> {
+        let row = self.max_smem("row_norm_quant")?;
+        for &n in widths {
+            row_norm_shape(1, n, row)?;
+        }
+        let att = self.max_smem("attention_decode")?;
+        attention_shape(heads, 1, head_dim, max_context, att).map(|_| ())
+    }
+
     /// `x[t, :] = table[tok[t], :]` as f32 for `tokens` tokens (`table`: f32, f16 or bf16
     /// `[vocab, hidden]`).
     ///

@@ -612,7 +612,7 @@ mod gpu {
     fn argmax_picks_the_first_largest_non_nan() {
         let mut b = setup();
         let n = 128_256;
-        let mut rows = vec![
+        let mut rows = [
             b.floats(n, 10.0),
             b.floats(n, 10.0),
             vec![f32::NEG_INFINITY; n],
