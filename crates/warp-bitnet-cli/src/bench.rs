@@ -86,7 +86,11 @@ fn at_least_one(s: &str) -> Result<usize, String> {
 
 pub fn run(a: Args) -> Result<()> {
     if let Some(name) = &a.model.model {
-        return crate::bench_model::run(&a.model, name, a.json.as_deref(), a.seed);
+        let json = a.json.as_deref();
+        if a.device == Device::Cuda || (a.device == Device::Auto && cuda_present()) {
+            return crate::bench_model::run_cuda(&a.model, name, json, a.seed, &a.batch);
+        }
+        return crate::bench_model::run(&a.model, name, json, a.seed);
     }
     let shapes: Vec<Shape> = SHAPES
         .iter()

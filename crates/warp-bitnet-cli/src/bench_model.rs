@@ -9,6 +9,9 @@ use clap::Args as ClapArgs;
 use serde::Serialize;
 use warp_bitnet::engine::{Engine, EngineOptions, ModelConfig};
 
+mod gpu;
+pub use gpu::run_cuda;
+
 #[derive(ClapArgs)]
 pub struct ModelArgs {
     /// Time a whole model with random weights instead of single layers: `bitnet-2b4t` or

@@ -37,7 +37,7 @@ enum Command {
     /// Convert a Hugging Face BitNet checkpoint (pre-packed U8 weights) or a bitnet.cpp GGUF file
     /// (I2_S tensors) to a packed file.
     Convert(convert::ConvertArgs),
-    /// Generate text or token ids from a BitNet model (the native engine; CPU for now).
+    /// Generate text or token ids from a BitNet model (the native engine, on the CPU or a GPU).
     Run(run::Args),
     /// Serve a model over an OpenAI-compatible HTTP API with continuous batching.
     Serve(serve::Args),

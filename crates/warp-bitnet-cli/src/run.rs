@@ -47,7 +47,7 @@ pub struct Args {
     /// Random seed of sampling (and of `random:` weights).
     #[arg(long)]
     seed: Option<u64>,
-    /// Where to run: auto, cpu or cuda (the CUDA path is not built yet).
+    /// Where to run: auto (CUDA where present), cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
     /// Tokens the KV cache holds (default: the model's limit, at most 4096).
@@ -184,7 +184,10 @@ pub fn run(a: Args) -> Result<()> {
     let decode_steps = stats.generated_tokens.saturating_sub(1) as f64;
     let report = Report {
         model: a.model.clone(),
-        device: "cpu".into(),
+        device: match Device::parse(&a.device)? {
+            Device::Cpu => "cpu".into(),
+            Device::Cuda(n) => format!("cuda:{n}"),
+        },
         threads: a.threads.unwrap_or_else(rayon::current_num_threads),
         prompt_ids: prompt,
         generated_ids: out,

@@ -616,6 +616,26 @@ impl Gpu {
     }
 }
 
+/// A captured CUDA graph (an engine's decode step) that moves between threads with the engine
+/// owning it (the server's scheduler thread, Python's released GIL).
+pub(crate) struct OwnedGraph(cudarc::driver::CudaGraph);
+
+// SAFETY: CUDA requires the calls on one graph to be serialized, not to come from the thread
+// that captured it (driver API, "Graph object thread safety"); `Send` without `Sync` lets one
+// thread at a time own it, and `CudaGraph::launch` binds the context to the calling thread.
+unsafe impl Send for OwnedGraph {}
+
+impl OwnedGraph {
+    pub fn new(graph: cudarc::driver::CudaGraph) -> Self {
+        Self(graph)
+    }
+
+    /// Replays the graph on the stream it was captured on.
+    pub fn launch(&self) -> Result<()> {
+        Ok(self.0.launch()?)
+    }
+}
+
 /// heads, kv_heads, head_dim positive, and kv_heads dividing heads (GQA).
 fn check_heads(heads: u32, kv_heads: u32, head_dim: u32) -> Result<()> {
     nonzero("heads", heads as usize)?;

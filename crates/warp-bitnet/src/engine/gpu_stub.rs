@@ -38,6 +38,14 @@ impl GpuEngine {
         match *self {}
     }
 
+    pub fn time_decode_graph(&mut self, _: usize, _: usize) -> Result<f64> {
+        match *self {}
+    }
+
+    pub fn copy_bandwidth(&self) -> Result<f64> {
+        match *self {}
+    }
+
     pub fn bytes_per_decode_step(&self, _: usize) -> u64 {
         match *self {}
     }

@@ -305,6 +305,19 @@ impl Engine {
         }
     }
 
+    /// GPU only (the whole-model bench): the median microseconds of one decode step of
+    /// `batch` sequences replayed from its captured graph (run one such step first, e.g. a
+    /// [`forward`](Engine::forward) of `batch` one-token entries), and the device's
+    /// copy bandwidth in bytes per second, measured in the same call.
+    pub fn cuda_decode_timing(&mut self, batch: usize, iters: usize) -> Result<(f64, f64)> {
+        let g = self.gpu.as_mut().ok_or_else(|| Error::Unsupported {
+            what: "device",
+            detail: "CUDA timings need an engine on a GPU (device \"cuda\")".into(),
+        })?;
+        let us = g.time_decode_graph(batch, iters)?;
+        Ok((us, g.copy_bandwidth()?))
+    }
+
     /// Validates a batch and lays its tokens out: ids, (slot, position) of each, and the index
     /// of each entry's last token.
     fn plan(&self, batch: &[(usize, &[u32])], logits_len: usize) -> Result<Plan> {

@@ -180,3 +180,19 @@ fn bad_options_are_errors() {
     assert_eq!(Device::parse("cuda:1").unwrap(), Device::Cuda(1));
     assert!(Device::parse("tpu").is_err());
 }
+
+#[test]
+fn the_cuda_device_without_a_gpu_is_a_clear_error() {
+    if gpu::check_available().is_ok() {
+        return; // tests/engine_gpu.rs runs the engine on this host's GPU
+    }
+    let opts = EngineOptions {
+        max_context: 8,
+        device: Device::Cuda(0),
+        ..Default::default()
+    };
+    let c = tiny(HiddenAct::Relu2, true, false);
+    let err = Engine::random(c, 1, &opts).err().unwrap().to_string();
+    assert!(err.to_lowercase().contains("cuda"), "{err}");
+    assert_eq!(Device::parse("auto").unwrap(), Device::Cpu);
+}

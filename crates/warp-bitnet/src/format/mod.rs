@@ -10,5 +10,6 @@ mod matrix;
 pub mod tiled;
 
 pub use levels::{Int2, LevelCodec, Levels, Ternary};
+#[cfg(feature = "cuda")]
 pub(crate) use matrix::{check_dims, check_max_dim};
 pub use matrix::{Int2Matrix, PackedMatrix, PackedWeights, Scale, TernaryMatrix, MAX_DIM};

@@ -25,18 +25,19 @@ mod schedule;
 mod sizes;
 mod step;
 mod tables;
+mod timing;
 mod weights;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
-use cudarc::driver::{CudaGraph, CudaStream};
+use cudarc::driver::CudaStream;
 
 use super::config::ModelConfig;
 use super::forward::Plan;
 use super::weights::Weights;
-use crate::cuda::Gpu;
+use crate::cuda::{Gpu, OwnedGraph};
 use crate::error::{Error, Result};
 use sizes::Sizes;
 use step::State;
@@ -70,7 +71,7 @@ pub(crate) struct GpuEngine {
     weights: GpuWeights,
     state: State,
     /// Captured decode steps by batch size.
-    graphs: HashMap<usize, CudaGraph>,
+    graphs: HashMap<usize, OwnedGraph>,
     /// Whether decode steps replay graphs (else every pass runs eagerly).
     use_graphs: bool,
 }
@@ -190,7 +191,7 @@ impl GpuEngine {
     /// launches are captured; the captured step is not run then (the eager one did the work).
     fn replay(&mut self, b: usize) -> Result<()> {
         if let Some(g) = self.graphs.get(&b) {
-            return Ok(g.launch()?);
+            return g.launch();
         }
         self.launch_pass(b, b)?;
         self.stream.synchronize()?;
@@ -201,7 +202,7 @@ impl GpuEngine {
         let graph = self.stream.end_capture(CUgraphInstantiate_flags(0));
         launched?;
         if let Some(g) = graph? {
-            self.graphs.insert(b, g);
+            self.graphs.insert(b, OwnedGraph::new(g));
         }
         Ok(())
     }
