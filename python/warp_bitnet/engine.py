@@ -1,4 +1,4 @@
-"""The native inference engine (CPU for now): load a BitNet checkpoint, get logits, generate.
+"""The native inference engine (CPU, or a CUDA GPU): load a BitNet checkpoint, get logits, generate.
 
 Example::
 
@@ -47,7 +47,7 @@ class Engine:
         Args:
             path: a Hugging Face folder (``config.json`` + ``*.safetensors``) or one of our packed
                 safetensors files (``config.json`` beside it); GGUF model files are refused for now.
-            device: ``"cpu"`` (``"cuda"`` is not supported yet) or ``"auto"``.
+            device: ``"cpu"``, ``"cuda"`` / ``"cuda:N"`` (a GPU) or ``"auto"`` (the GPU where present).
             max_context: tokens the KV cache holds; default the model's limit, at most 4096.
             threads: CPU threads; default all cores.
 

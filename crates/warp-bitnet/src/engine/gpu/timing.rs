@@ -2,7 +2,7 @@
 //! events (host launch time excluded), and the device's copy bandwidth in the same run.
 
 use cudarc::driver::sys::CUevent_flags;
-use cudarc::driver::{CudaEvent, DevicePtr, DevicePtrMut};
+use cudarc::driver::CudaEvent;
 
 use super::GpuEngine;
 use crate::error::{Error, Result};
@@ -44,19 +44,12 @@ impl GpuEngine {
         let src = self.stream.alloc_zeros::<u8>(n)?;
         let mut dst = self.stream.alloc_zeros::<u8>(n)?;
         let events = self.events(10)?;
-        {
-            let (s, _g1) = src.device_ptr(&self.stream);
-            let (d, _g2) = dst.device_ptr_mut(&self.stream);
-            for (start, end) in &events {
-                start.record(&self.stream)?;
-                // SAFETY: both buffers hold n bytes and outlive the synchronize below.
-                unsafe {
-                    cudarc::driver::result::memcpy_dtod_async(d, s, n, self.stream.cu_stream())
-                }?;
-                end.record(&self.stream)?;
-            }
-            self.stream.synchronize()?;
+        for (start, end) in &events {
+            start.record(&self.stream)?;
+            self.stream.memcpy_dtod(&src, &mut dst)?;
+            end.record(&self.stream)?;
         }
+        self.stream.synchronize()?;
         Ok(2.0 * n as f64 / (median_us(&events)? * 1e-6))
     }
 }
