@@ -222,7 +222,7 @@ impl CpuBench {
 }
 
 /// Copies of a `bytes`-sized matrix that together exceed [`ROTATE_BYTES`].
-fn rotation(bytes: usize) -> usize {
+pub fn rotation(bytes: usize) -> usize {
     ROTATE_BYTES.div_ceil(bytes.max(1)).clamp(1, 256)
 }
 
