@@ -15,6 +15,7 @@
 
 pub mod host;
 pub mod portable;
+pub(crate) mod spin_pool;
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
 
