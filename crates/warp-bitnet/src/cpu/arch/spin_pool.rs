@@ -14,8 +14,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-/// How long an idle worker spins before it sleeps.
-const SPIN: Duration = Duration::from_micros(200);
+/// How long an idle worker spins before it sleeps: longer than the gaps between a decode
+/// step's GEMVs (norms, quantization, attention at short contexts: a few to tens of µs), short
+/// enough not to hold a core that a caller's other threads (the engine's rayon pool) need.
+const SPIN: Duration = Duration::from_micros(50);
 
 /// The caller's closure with its lifetime erased; see [`Job::run_part`] for why calling it
 /// is sound.
