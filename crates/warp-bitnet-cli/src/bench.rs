@@ -135,10 +135,10 @@ fn run_cpu(a: &Args, shapes: &[Shape], rng: &mut StdRng) -> Result<()> {
         let bench = cpu::CpuBench::new(t, a.iters.unwrap_or(20))?;
         let i = &bench.info;
         println!(
-            "CPU: {} [{}], {} threads, kernels {}, copy bandwidth {:.1} GB/s, pool overhead {:.1} us, \
-             load average {:.1}; median of {}",
+            "CPU: {} [{}], {} threads, kernels {}, copy bandwidth {:.1} GB/s, pool overhead {:.1} us \
+             (min {:.1}), load average {:.1}; median of {}",
             i.cpu, i.flags.join(" "), i.threads, i.isa, i.copy_gbps, i.pool_overhead_us,
-            i.load_average, i.iters
+            i.pool_overhead_min_us, i.load_average, i.iters
         );
         header(cols);
         for &batch in &a.batch {
