@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 import warp_bitnet as wb
-from warp_bitnet import _cpu, _native
+from warp_bitnet import _cpu, _layouts, _native
 
 
 def rel(a, b):
@@ -96,7 +96,7 @@ def test_bitlinear_on_cpu_uses_the_kernels():
     x = torch.randn(4, 96)
     with torch.no_grad():
         y = bl(x)
-    assert id(bl.weight_packed) in _cpu._CACHE
+    assert _layouts.holds(bl.weight_packed, "cpu")
     w = wb.unpack_ternary(bl.weight_packed, 96).float()
     assert rel(y, reference(x, w, bl.weight_scale, bl.bias)) <= 1e-5
 
