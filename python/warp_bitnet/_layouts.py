@@ -45,6 +45,28 @@ def holds(t: torch.Tensor, kind: str) -> bool:
     return hit is not None and hit[0]() is t
 
 
+# Runners kept per tensor and kind: a few call signatures (batch shapes, scale values) of the
+# current version of the tensor.
+RUNNERS_MAX = 8
+
+
+def runner(t: torch.Tensor, kind: str, stamp: tuple):
+    """The runner kept for ``t`` under ``kind`` for a call signature ``stamp``, else None."""
+    table = get(t, kind, None)
+    return None if table is None else table.get(stamp)
+
+
+def keep_runner(t: torch.Tensor, kind: str, stamp: tuple, run) -> None:
+    """Keeps ``run`` for ``stamp``. Stamps open with the tensor's version and address: the
+    runners of other versions leave (they hold the old layouts alive)."""
+    table = get(t, kind, None)
+    if table is None or len(table) >= RUNNERS_MAX:
+        table = put(t, kind, None, {})
+    for old in [s for s in table if s[:2] != stamp[:2]]:
+        del table[old]
+    table[stamp] = run
+
+
 def record_columns(words: torch.Tensor, n: int) -> torch.Tensor:
     """Records that ``words`` (made by a packer here) hold ``n`` columns; returns them."""
     put(words, "columns", None, n)

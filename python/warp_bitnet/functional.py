@@ -1,7 +1,7 @@
 """Functional API on torch tensors: the ternary (and INT2) linear product, and the old
 project's ``gemv``.
 
-Packing lives in ``packing.py`` and the quantizers in ``quantize.py`` (both run the Rust
+Packing lives in ``packing.py`` and the quantizers in ``quantizers.py`` (both run the Rust
 crate's code through ``_native``); their public names are importable from here too. Eager
 calls take a fast path (``_FAST``): the first call with a given weight version, argument
 signature and shapes runs every check and plans the GEMM; the next ones check only that
@@ -26,7 +26,7 @@ from .packing import (
     unpack_ternary,
     validate_packed,
 )
-from .quantize import (
+from .quantizers import (
     ACT_EPS,
     INT2_METHODS,
     WEIGHT_EPS,
@@ -229,14 +229,14 @@ def _linear_fast(x, packed_weight, scale, bias, in_features, quantize_activation
     """``(y, stamp)``: ``y`` from the runner planned for this call's signature, or None (then
     ``stamp`` is what a runner made by the full path is to be kept under)."""
     stamp = _linear_stamp(x, packed_weight, scale, bias, in_features, quantize_activations)
-    run = None if stamp is None else _layouts.get(packed_weight, kind, stamp)
+    run = None if stamp is None else _layouts.runner(packed_weight, kind, stamp)
     return (None if run is None else run(x)), stamp
 
 
 def _keep(packed_weight, kind: str, stamp, sink) -> None:
     """Keeps the runner a full call left in ``sink`` for the next calls of ``stamp``."""
     if sink:
-        _layouts.put(packed_weight, kind, stamp, sink[0])
+        _layouts.keep_runner(packed_weight, kind, stamp, sink[0])
 
 
 def linear(
@@ -485,7 +485,7 @@ def _gemv(W_packed: torch.Tensor, X: torch.Tensor, Y: torch.Tensor, levels: str)
     ``linear`` and a copy."""
     kind = "gemv" if levels == "ternary" else "gemv_int2"
     stamp = _gemv_stamp(W_packed, X, Y)
-    run = None if stamp is None else _layouts.get(W_packed, kind, stamp)
+    run = None if stamp is None else _layouts.runner(W_packed, kind, stamp)
     if run is not None:
         run(X, Y)
         return
@@ -514,9 +514,20 @@ def _gemv_stamp(W_packed, X, Y) -> tuple | None:
 def _gemv_in_place(
     W_packed: torch.Tensor, X: torch.Tensor, Y: torch.Tensor, levels: str = "ternary", sink: list | None = None
 ) -> bool:
-    """The eager CUDA fast path of ``gemv``: one kernel writing straight into ``Y`` (no
-    output tensor, no copy), its runner to ``sink``. False where it does not apply (CPU, other
-    dtypes, strided tensors, a gradient wanted, torch.compile); then ``linear`` runs."""
+    """The eager fast path of ``gemv``: one kernel writing straight into ``Y`` (no output
+    tensor, no copy), its runner to ``sink``. False where it does not apply (other dtypes,
+    strided tensors, a gradient wanted, torch.compile); then ``linear`` runs."""
+    if _cpu.applies(X) and X.dtype == Y.dtype == torch.float32 and X.is_contiguous() and Y.is_contiguous():
+        try:
+            run = _cpu.runner(X, W_packed, None, None, X.shape[0], levels, into=True)
+        except ValueError as e:  # words with padding: linear's check names the feature count
+            if "padding" not in str(e):
+                raise
+            return False
+        if sink is not None:
+            sink.append(run)
+        run(X, Y)
+        return True
     if not (
         X.is_cuda
         and X.dtype in (torch.float16, torch.bfloat16)

@@ -10,7 +10,7 @@ from torch import nn
 
 from . import _layouts, ops
 from . import functional as F
-from .quantize import WEIGHT_METHODS, _quantize_rows, _ternary_weight, _weight_scale
+from .quantizers import WEIGHT_METHODS, _quantize_rows, _ternary_weight, _weight_scale
 
 # The most tokens a BitLinearTrain step runs on the kernels. A training step is not the
 # planner's GEMM: it quantizes and packs the weights every step and computes the input
@@ -166,9 +166,15 @@ class BitLinear(nn.Module):
         self.refresh()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        args = (x, self.weight_packed, self.weight_scale, self.bias, self.in_features, self.quantize_activations)
         if torch.compiler.is_compiling():
             return self._traced_forward(x)
+        # The buffers straight from their dict: nn.Module's attribute fallback costs about a
+        # microsecond per name, more than the rest of a decode call's checks.
+        bufs = self._buffers
+        bias = bufs.get("bias")
+        if bias is None:  # no bias, or one set as a plain attribute
+            bias = self.bias
+        args = (x, bufs["weight_packed"], bufs["weight_scale"], bias, self.in_features, self.quantize_activations)
         # Eager: the runner functional.linear planned for this signature (the buffers' versions
         # and addresses, x's shape and type), else every check once and a new runner.
         y, stamp = F._linear_fast(*args)

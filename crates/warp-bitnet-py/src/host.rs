@@ -142,7 +142,10 @@ fn unpack_words(
 /// the caller's.
 #[pyfunction]
 fn unpack_hf_bitnet(py: Python<'_>, src: u64, rows: usize, cols: usize, dst: u64) -> PyResult<()> {
-    let (n, total) = (elems("weight", rows / 4, cols)?, elems("weight", rows, cols)?);
+    let (n, total) = (
+        elems("weight", rows / 4, cols)?,
+        elems("weight", rows, cols)?,
+    );
     // SAFETY: the caller passes a live contiguous uint8 CPU tensor of `n` elements.
     let packed = unsafe { host_slice::<u8>("weight", src, n) }.map_err(to_py)?;
     let m = py
