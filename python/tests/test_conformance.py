@@ -70,7 +70,7 @@ def test_torch_w2a8_epilogue_is_the_cpu_kernels_one(levels):
     q, qs = wb.quantize_activations_int8(x)
     acc = (q.double() @ twice.double().T).to(torch.int32)  # exact integers
     want = functional._w2a8_epilogue(acc, qs, scale, bias, levels)
-    assert torch.equal(_cpu.linear(x, packed, scale, bias, n, levels, quantize_activations=True), want)
+    assert torch.equal(_cpu.runner(x, packed, scale, bias, n, levels, quantize_activations=True)(x), want)
 
 
 def test_int2_quantizer_matches_the_lloyd_formula():

@@ -74,18 +74,3 @@ def runner(
     chosen = run_into if into else run_plain if plain else run
     chosen.keep = (s, b)  # type: ignore[attr-defined]  # alive as long as the runner: it holds their addresses
     return chosen
-
-
-def linear(
-    x: torch.Tensor,
-    packed: torch.Tensor,
-    scale: torch.Tensor | None,
-    bias: torch.Tensor | None,
-    n: int,
-    levels: str = "ternary",
-    quantize_activations: bool = False,
-    threads: int = 0,
-) -> torch.Tensor:
-    """``y = (x . Wᵀ) * scale + bias`` on the CPU kernels; float32 arithmetic, output in
-    ``x``'s dtype (arguments checked by the caller)."""
-    return runner(x, packed, scale, bias, n, levels, quantize_activations, threads)(x)

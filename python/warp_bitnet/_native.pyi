@@ -159,8 +159,8 @@ def convert_checkpoint(input: str, output: str, linear_class: str | None = None)
     (matrices, tensors kept). ``linear_class`` None reads it from the ``config.json`` beside a
     safetensors ``input``."""
 
-def pack_words(src: int, rows: int, cols: int, levels: str, dst: int) -> None:
-    """Packs ``rows x cols`` host values at ``src`` (int8 -1, 0, +1 for ``"ternary"``, uint8 codes
+def pack_words(src: int, shape: tuple[int, int], levels: str, dst: int) -> None:
+    """Packs host values of ``shape`` (rows, cols) at ``src`` (int8 -1, 0, +1 for ``"ternary"``, uint8 codes
     0-3 for ``"int2"``) into int32 words at ``dst``."""
 
 def find_bad_code(src: int, rows: int, cols: int, levels: str) -> tuple[str, int, int] | None:

@@ -16,7 +16,9 @@ import torch
 
 from . import _cpu, _layouts, _native, ops
 from ._checks import PaddingError, check_tensor
-from .packing import (
+
+# The packers and quantizers moved out (F401: their public names stay importable from here).
+from .packing import (  # noqa: F401
     LINEAR_CLASSES,
     check_words,
     pack_int2,
@@ -26,7 +28,7 @@ from .packing import (
     unpack_ternary,
     validate_packed,
 )
-from .quantizers import (
+from .quantizers import (  # noqa: F401
     ACT_EPS,
     INT2_METHODS,
     WEIGHT_EPS,
@@ -35,29 +37,6 @@ from .quantizers import (
     quantize_int2,
     quantize_ternary,
 )
-
-__all__ = [
-    "ACT_EPS",
-    "INT2_METHODS",
-    "LINEAR_CLASSES",
-    "ONE_LAUNCH_MAX_COLS",
-    "WEIGHT_EPS",
-    "dense_path",
-    "gemv",
-    "gemv_int2",
-    "gemv_int2_scaled",
-    "linear",
-    "linear_int2",
-    "pack_int2",
-    "pack_ternary",
-    "quantize_activations_int8",
-    "quantize_int2",
-    "quantize_ternary",
-    "unpack_hf_bitnet",
-    "unpack_int2",
-    "unpack_ternary",
-    "validate_packed",
-]
 
 
 def _w2a8_epilogue(acc, qs, s, bias, levels) -> torch.Tensor:
@@ -165,20 +144,6 @@ def _validated_levels(packed: torch.Tensor, n: int, in_features: int | None, lev
         return unpack_ternary(packed, n).to(torch.float32)
     except PaddingError as e:
         raise _feature_error(e, n, in_features) from None
-
-
-def _cpu_linear(x, packed_weight, scale, bias, n: int, levels: str, quantize: bool) -> torch.Tensor | None:
-    """The fast CPU kernels where they apply, else None. Words whose padding is not zero go to
-    the PyTorch path instead, whose check names the feature count (the native conversion can only
-    name the padding)."""
-    if not _cpu.applies(x, scale, bias):
-        return None
-    try:
-        return _cpu.linear(x, packed_weight, scale, bias, n, levels, quantize)
-    except ValueError as e:
-        if "padding" not in str(e):
-            raise
-        return None
 
 
 def _cpu_linear(x, packed_weight, scale, bias, n: int, levels: str, quantize: bool, sink) -> torch.Tensor | None:

@@ -47,7 +47,7 @@ def _pack(values: torch.Tensor, levels: str, device: torch.device) -> torch.Tens
     """Host int8 weights (ternary) or uint8 codes (INT2) ``[M, N]`` -> words on ``device``."""
     m, n = values.shape
     words = _packed(m, n)
-    _native.pack_words(values.data_ptr(), m, n, levels, words.data_ptr())
+    _native.pack_words(values.data_ptr(), (m, n), levels, words.data_ptr())
     return _layouts.record_columns(words.to(device), n)
 
 

@@ -45,18 +45,18 @@ fn write_words(dst: u64, words: &[u32]) -> PyResult<()> {
     Ok(())
 }
 
-/// Packs `rows x cols` values at `src` into words at `dst` (`rows * ceil(cols / 16)` int32):
-/// for `levels="ternary"` int8 weights in {-1, 0, +1}, for `"int2"` uint8 codes 0..=3.
+/// Packs the values at `src` (`shape` = `(rows, cols)`) into words at `dst`
+/// (`rows * ceil(cols / 16)` int32): for `levels="ternary"` int8 weights in {-1, 0, +1}, for
+/// `"int2"` uint8 codes 0..=3.
 #[pyfunction]
 fn pack_words(
     py: Python<'_>,
     src: u64,
-    rows: usize,
-    cols: usize,
+    shape: (usize, usize),
     levels: &str,
     dst: u64,
 ) -> PyResult<()> {
-    let levels = parse_levels(levels)?;
+    let ((rows, cols), levels) = (shape, parse_levels(levels)?);
     let n = elems("W", rows, cols)?;
     let words = match levels {
         Levels::Ternary => {
