@@ -163,8 +163,8 @@ def _linear_stamp(x, packed_weight, scale, bias, in_features, quantize_activatio
         return None
     try:
         return (
-            packed_weight._version, packed_weight.data_ptr(), _x_stamp(x), _arg_stamp(scale), _arg_stamp(bias),
-            in_features, quantize_activations,
+            packed_weight._version, packed_weight.data_ptr(), packed_weight.shape, _x_stamp(x),
+            _arg_stamp(scale), _arg_stamp(bias), in_features, quantize_activations,
         )  # fmt: skip
     except AttributeError:
         return None
@@ -282,7 +282,7 @@ def _gemv_stamp(W_packed, X, Y) -> tuple | None:
         return None
     try:
         return (
-            W_packed._version, W_packed.data_ptr(), _x_stamp(X), Y.dtype, Y.shape, Y.get_device(),
+            W_packed._version, W_packed.data_ptr(), W_packed.shape, _x_stamp(X), Y.dtype, Y.shape, Y.get_device(),
             Y.is_contiguous(),
         )  # fmt: skip
     except AttributeError:
