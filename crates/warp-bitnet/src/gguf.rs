@@ -1,9 +1,10 @@
-//! Just enough of the GGUF container (versions 2 and 3) to find tensors: the header, the
-//! key-value section (skipped but for `general.alignment`), the tensor infos and the data
-//! offsets. Every count, length and offset is checked against the bytes, so a truncated
-//! or hostile file is [`Error::BadFile`], never a panic or a huge allocation.
+//! Just enough of the GGUF container (versions 2 and 3) to load a model: the header, the
+//! key-value section (walked and indexed; a value is decoded only when asked for, so a
+//! hostile array costs nothing until read), the tensor infos and the data offsets. Every count,
+//! length and offset is checked against the bytes, so a truncated or hostile file is
+//! [`Error::BadFile`], never a panic or a huge allocation.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use crate::error::{Error, Result};
 
@@ -127,6 +128,18 @@ fn tensor_bytes(ggml_type: u32, n: usize, name: &str) -> Result<usize> {
 
 /// The tensors of a GGUF file, in file order.
 pub(crate) fn tensors(bytes: &[u8]) -> Result<Vec<Tensor<'_>>> {
+    parse(bytes).map(|g| g.tensors)
+}
+
+/// A parsed GGUF file: its tensors, and its metadata by key (type and where the value starts).
+pub(crate) struct Gguf<'a> {
+    pub tensors: Vec<Tensor<'a>>,
+    meta: HashMap<String, (u32, usize)>,
+    bytes: &'a [u8],
+}
+
+/// Parses the header, indexes the metadata and locates every tensor.
+pub(crate) fn parse(bytes: &[u8]) -> Result<Gguf<'_>> {
     let mut c = Cursor { b: bytes, pos: 0 };
     if c.take(4)? != b"GGUF" {
         return Err(bad("no GGUF magic"));
@@ -139,11 +152,11 @@ pub(crate) fn tensors(bytes: &[u8]) -> Result<Vec<Tensor<'_>>> {
     let n_tensors = c.count(32, "tensor")?;
     let n_kv = c.count(13, "metadata")?;
     let mut alignment = 32u64;
-    let mut keys = HashSet::new();
+    let mut meta = HashMap::new();
     for _ in 0..n_kv {
         let key = c.string()?;
         let t = c.u32()?;
-        if !keys.insert(key.clone()) {
+        if meta.insert(key.clone(), (t, c.pos)).is_some() {
             return Err(bad(format!("metadata key `{key}` appears twice")));
         }
         if key == "general.alignment" {
@@ -179,7 +192,7 @@ pub(crate) fn tensors(bytes: &[u8]) -> Result<Vec<Tensor<'_>>> {
         infos.push((name, dims, ggml_type, offset));
     }
     let data_start = (c.pos as u64).next_multiple_of(alignment);
-    infos
+    let tensors = infos
         .into_iter()
         .map(|(name, dims, ggml_type, offset)| {
             let n = dims
@@ -203,5 +216,169 @@ pub(crate) fn tensors(bytes: &[u8]) -> Result<Vec<Tensor<'_>>> {
                 data,
             })
         })
-        .collect()
+        .collect::<Result<_>>()?;
+    Ok(Gguf {
+        tensors,
+        meta,
+        bytes,
+    })
+}
+
+/// One decoded metadata value (arrays are decoded by the typed accessors).
+enum Scalar {
+    Int(i128),
+    Float(f64),
+    Bool(bool),
+    Str(String),
+}
+
+fn meta_err(key: &str, why: impl std::fmt::Display) -> Error {
+    bad(format!("metadata `{key}`: {why}"))
+}
+
+impl Cursor<'_> {
+    /// A scalar value of type `t` (any type but an array).
+    fn scalar(&mut self, t: u32, key: &str) -> Result<Scalar> {
+        Ok(match t {
+            0 => Scalar::Int(self.take(1)?[0].into()),
+            1 => Scalar::Int((self.take(1)?[0] as i8).into()),
+            2 => Scalar::Int(u16::from_le_bytes(self.take(2)?.try_into().expect("2")).into()),
+            3 => Scalar::Int(i16::from_le_bytes(self.take(2)?.try_into().expect("2")).into()),
+            4 => Scalar::Int(self.u32()?.into()),
+            5 => Scalar::Int((self.u32()? as i32).into()),
+            10 => Scalar::Int(self.u64()?.into()),
+            11 => Scalar::Int((self.u64()? as i64).into()),
+            6 => Scalar::Float(f32::from_le_bytes(self.take(4)?.try_into().expect("4")).into()),
+            12 => Scalar::Float(f64::from_le_bytes(self.take(8)?.try_into().expect("8"))),
+            7 => Scalar::Bool(self.take(1)?[0] != 0),
+            8 => {
+                let n = self.count(1, "string length")?;
+                let s = self.take(n)?;
+                Scalar::Str(
+                    String::from_utf8(s.to_vec())
+                        .map_err(|_| meta_err(key, "a string is not UTF-8"))?,
+                )
+            }
+            other => {
+                return Err(meta_err(
+                    key,
+                    format!("value of type {other} where a scalar belongs"),
+                ))
+            }
+        })
+    }
+}
+
+impl Gguf<'_> {
+    fn scalar(&self, key: &str) -> Result<Option<Scalar>> {
+        let Some(&(t, pos)) = self.meta.get(key) else {
+            return Ok(None);
+        };
+        let mut c = Cursor { b: self.bytes, pos };
+        c.scalar(t, key).map(Some)
+    }
+
+    /// The elements of array `key` (`None` if absent; an error if not an array).
+    fn array(&self, key: &str) -> Result<Option<Vec<Scalar>>> {
+        let Some(&(t, pos)) = self.meta.get(key) else {
+            return Ok(None);
+        };
+        if t != 9 {
+            return Err(meta_err(key, "is not an array"));
+        }
+        let mut c = Cursor { b: self.bytes, pos };
+        let elem = c.u32()?;
+        let n = c.count(1, "array")?;
+        // Not reserved from the count: a hostile count fails on the bytes, not on allocation.
+        let mut out = Vec::new();
+        for _ in 0..n {
+            out.push(c.scalar(elem, key)?);
+        }
+        Ok(Some(out))
+    }
+
+    /// A non-negative integer value.
+    pub fn uint(&self, key: &str) -> Result<Option<u64>> {
+        match self.scalar(key)? {
+            None => Ok(None),
+            Some(Scalar::Int(v)) => u64::try_from(v)
+                .map(Some)
+                .map_err(|_| meta_err(key, format!("{v} is negative"))),
+            Some(_) => Err(meta_err(key, "is not an integer")),
+        }
+    }
+
+    /// A number (float or integer).
+    pub fn float(&self, key: &str) -> Result<Option<f64>> {
+        match self.scalar(key)? {
+            None => Ok(None),
+            Some(Scalar::Float(v)) => Ok(Some(v)),
+            Some(Scalar::Int(v)) => Ok(Some(v as f64)),
+            Some(_) => Err(meta_err(key, "is not a number")),
+        }
+    }
+
+    /// A boolean.
+    pub fn boolean(&self, key: &str) -> Result<Option<bool>> {
+        match self.scalar(key)? {
+            None => Ok(None),
+            Some(Scalar::Bool(v)) => Ok(Some(v)),
+            Some(_) => Err(meta_err(key, "is not a boolean")),
+        }
+    }
+
+    /// A string.
+    pub fn string(&self, key: &str) -> Result<Option<String>> {
+        match self.scalar(key)? {
+            None => Ok(None),
+            Some(Scalar::Str(v)) => Ok(Some(v)),
+            Some(_) => Err(meta_err(key, "is not a string")),
+        }
+    }
+
+    /// An array of strings.
+    pub fn strings(&self, key: &str) -> Result<Option<Vec<String>>> {
+        self.array(key)?
+            .map(|items| {
+                items
+                    .into_iter()
+                    .map(|v| match v {
+                        Scalar::Str(s) => Ok(s),
+                        _ => Err(meta_err(key, "is not an array of strings")),
+                    })
+                    .collect()
+            })
+            .transpose()
+    }
+
+    /// An array of integers.
+    pub fn ints(&self, key: &str) -> Result<Option<Vec<i128>>> {
+        self.array(key)?
+            .map(|items| {
+                items
+                    .into_iter()
+                    .map(|v| match v {
+                        Scalar::Int(i) => Ok(i),
+                        _ => Err(meta_err(key, "is not an array of integers")),
+                    })
+                    .collect()
+            })
+            .transpose()
+    }
+
+    /// An array of numbers.
+    pub fn floats(&self, key: &str) -> Result<Option<Vec<f64>>> {
+        self.array(key)?
+            .map(|items| {
+                items
+                    .into_iter()
+                    .map(|v| match v {
+                        Scalar::Float(f) => Ok(f),
+                        Scalar::Int(i) => Ok(i as f64),
+                        _ => Err(meta_err(key, "is not an array of numbers")),
+                    })
+                    .collect()
+            })
+            .transpose()
+    }
 }

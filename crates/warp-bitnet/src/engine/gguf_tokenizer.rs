@@ -1,0 +1,304 @@
+//! The tokenizer stored in a GGUF file's metadata (`tokenizer.ggml.*`, llama.cpp's
+//! `llama-vocab.cpp` conventions), rebuilt as the `tokenizer.json` transformers would hold for it
+//! and loaded by the `tokenizers` crate:
+//!
+//! - `tokenizer.ggml.model = "gpt2"`: byte-level BPE from `tokens` and `merges`; the split regex
+//!   by `tokenizer.ggml.pre`: GPT-2's (`default`, `gpt-2`, `gpt2`) or Llama 3's (`llama-bpe`,
+//!   `llama3`, `llama-v3`, which llama.cpp runs with `ignore_merges`, as transformers does).
+//!   Other `pre` values are refused by name rather than guessed.
+//! - `tokenizer.ggml.model = "llama"`: SentencePiece BPE with byte fallback (`<0xNN>` tokens),
+//!   merges derived from `scores` as transformers' `SentencePieceExtractor` does (every split of
+//!   a token into two tokens, in order of the merged token's score), `▁` for spaces and one
+//!   prepended (`tokenizer.ggml.add_space_prefix`, default true).
+//! - `no_vocab` / `none` / no key: no tokenizer (prompts as token ids).
+//!
+//! Token types (`token_type`): 3 (control) become special added tokens, 4 (user-defined) plain
+//! added tokens; BOS / EOS are added when `add_bos_token` / `add_eos_token` say so (default:
+//! BOS for `llama`, nothing for `gpt2`). The chat template is `tokenizer.chat_template`.
+
+use std::collections::HashMap;
+
+use serde_json::{json, Map, Value};
+
+use super::config::ModelConfig;
+use super::tokenizer::Tokenizer;
+use crate::error::{Error, Result};
+use crate::gguf::Gguf;
+
+const CONTROL: i128 = 3;
+const USER_DEFINED: i128 = 4;
+const UNKNOWN: i128 = 2;
+
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+fn bad(file: &str, key: &str, why: impl std::fmt::Display) -> Error {
+    Error::BadFile(format!("{file}: metadata `{key}`: {why}"))
+}
+
+/// The tokenizer of a GGUF model, or `None` if the file has none.
+pub(crate) fn from_gguf(g: &Gguf, c: &ModelConfig, file: &str) -> Result<Option<Tokenizer>> {
+    let in_file = |e: Error| match e {
+        Error::BadFile(m) => Error::BadFile(format!("{file}: {m}")),
+        other => other,
+    };
+    let model = g.string("tokenizer.ggml.model").map_err(in_file)?;
+    let model = match model.as_deref() {
+        None | Some("none") | Some("no_vocab") => return Ok(None),
+        Some(m @ ("gpt2" | "llama")) => m.to_string(),
+        Some(other) => {
+            return Err(Error::Unsupported {
+                what: "tokenizer",
+                detail: format!(
+                    "{other:?} (`tokenizer.ggml.model` in {file}); supported: \"gpt2\" (byte-level BPE), \"llama\" (SentencePiece BPE)"
+                ),
+            })
+        }
+    };
+    let key = "tokenizer.ggml.tokens";
+    let tokens = g
+        .strings(key)
+        .map_err(in_file)?
+        .ok_or_else(|| Error::BadFile(format!("{file}: metadata key `{key}` is missing")))?;
+    if tokens.is_empty() || tokens.len() > c.vocab_size {
+        return Err(bad(
+            file,
+            key,
+            format!(
+                "{} tokens for a model of vocab_size {}",
+                tokens.len(),
+                c.vocab_size
+            ),
+        ));
+    }
+    let n = tokens.len();
+    let types = match g.ints("tokenizer.ggml.token_type").map_err(in_file)? {
+        Some(t) if t.len() != n => {
+            return Err(bad(
+                file,
+                "tokenizer.ggml.token_type",
+                format!("{} entries for {n} tokens", t.len()),
+            ))
+        }
+        Some(t) => t,
+        None => vec![1; n],
+    };
+    let id = |k: &str| -> Result<Option<u32>> {
+        match g.uint(k).map_err(in_file)? {
+            Some(v) if (v as usize) < n => Ok(Some(v as u32)),
+            Some(v) => Err(bad(file, k, format!("{v} is not one of the {n} tokens"))),
+            None => Ok(None),
+        }
+    };
+    let bos = id("tokenizer.ggml.bos_token_id")?;
+    let eos = id("tokenizer.ggml.eos_token_id")?;
+    id("tokenizer.ggml.eot_token_id")?;
+    let flag = |k: &str, default: bool| -> Result<bool> {
+        Ok(g.boolean(k).map_err(in_file)?.unwrap_or(default))
+    };
+    let add_bos = flag("tokenizer.ggml.add_bos_token", model == "llama")?;
+    let add_eos = flag("tokenizer.ggml.add_eos_token", false)?;
+
+    let mut vocab = Map::new();
+    for (i, t) in tokens.iter().enumerate() {
+        // The first of duplicate spellings keeps the text (as llama.cpp's token_to_id does).
+        vocab.entry(t.clone()).or_insert(json!(i));
+    }
+    let added: Vec<Value> = tokens
+        .iter()
+        .zip(&types)
+        .enumerate()
+        .filter(|(_, (_, &ty))| {
+            ty == CONTROL || ty == USER_DEFINED || (model == "llama" && ty == UNKNOWN)
+        })
+        .map(|(i, (t, &ty))| {
+            json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false,
+                   "normalized": false, "special": ty != USER_DEFINED})
+        })
+        .collect();
+    let post = post_processor(
+        &tokens,
+        add_bos.then_some(bos).flatten(),
+        add_eos.then_some(eos).flatten(),
+    );
+    let json = if model == "gpt2" {
+        gpt2_json(g, file, vocab, added, post)?
+    } else {
+        llama_json(g, file, &tokens, &types, vocab, added, post)?
+    };
+    let inner: tokenizers::Tokenizer = serde_json::from_value(json)
+        .map_err(|e| Error::BadFile(format!("{file}: the GGUF tokenizer does not build: {e}")))?;
+    let template = g.string("tokenizer.chat_template").map_err(in_file)?;
+    let text = |id: Option<u32>| id.map(|i| tokens[i as usize].clone());
+    Tokenizer::new(inner, template, text(bos), text(eos), bos, &c.eos_token_ids).map(Some)
+}
+
+/// BOS / EOS around every sequence, as transformers' `TemplateProcessing` adds them.
+fn post_processor(tokens: &[String], bos: Option<u32>, eos: Option<u32>) -> Value {
+    if bos.is_none() && eos.is_none() {
+        return Value::Null;
+    }
+    let special = |id: u32| json!({"SpecialToken": {"id": tokens[id as usize], "type_id": 0}});
+    let seq = |s: &str| json!({"Sequence": {"id": s, "type_id": 0}});
+    let mut single = Vec::new();
+    let mut pair = Vec::new();
+    let mut specials = Map::new();
+    if let Some(b) = bos {
+        single.push(special(b));
+        pair.push(special(b));
+    }
+    single.push(seq("A"));
+    pair.push(seq("A"));
+    pair.push(seq("B"));
+    if let Some(e) = eos {
+        single.push(special(e));
+        pair.push(special(e));
+    }
+    for id in bos.into_iter().chain(eos) {
+        let t = &tokens[id as usize];
+        specials.insert(t.clone(), json!({"id": t, "ids": [id], "tokens": [t]}));
+    }
+    json!({"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": specials})
+}
+
+fn gpt2_json(
+    g: &Gguf,
+    file: &str,
+    vocab: Map<String, Value>,
+    added: Vec<Value>,
+    post: Value,
+) -> Result<Value> {
+    let in_file = |e: Error| match e {
+        Error::BadFile(m) => Error::BadFile(format!("{file}: {m}")),
+        other => other,
+    };
+    let key = "tokenizer.ggml.merges";
+    let merges: Vec<Value> = g
+        .strings(key)
+        .map_err(in_file)?
+        .ok_or_else(|| Error::BadFile(format!("{file}: metadata key `{key}` is missing")))?
+        .iter()
+        .map(|m| {
+            // llama.cpp splits at the first space after the first character.
+            m.char_indices()
+                .skip(1)
+                .find(|&(_, ch)| ch == ' ')
+                .map(|(i, _)| json!([&m[..i], &m[i + 1..]]))
+                .ok_or_else(|| bad(file, key, format!("{m:?} is not two tokens")))
+        })
+        .collect::<Result<_>>()?;
+    let pre = g.string("tokenizer.ggml.pre").map_err(in_file)?;
+    let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
+    let (pre_tokenizer, ignore_merges) = match pre.as_deref() {
+        // ByteLevel's own regex is GPT-2's.
+        None | Some("default" | "gpt-2" | "gpt2") => (byte_level(true), false),
+        Some("llama-bpe" | "llama3" | "llama-v3") => {
+            let split = json!({"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": false});
+            (json!({"type": "Sequence", "pretokenizers": [split, byte_level(false)]}), true)
+        }
+        Some(other) => {
+            return Err(Error::Unsupported {
+                what: "tokenizer pre-tokenizer",
+                detail: format!(
+                    "{other:?} (`tokenizer.ggml.pre` in {file}); supported: \"default\", \"gpt-2\", \"llama-bpe\""
+                ),
+            })
+        }
+    };
+    Ok(json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": null, "pre_tokenizer": pre_tokenizer, "post_processor": post,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+                  "ignore_merges": ignore_merges, "vocab": vocab, "merges": merges}
+    }))
+}
+
+fn llama_json(
+    g: &Gguf,
+    file: &str,
+    tokens: &[String],
+    types: &[i128],
+    vocab: Map<String, Value>,
+    added: Vec<Value>,
+    post: Value,
+) -> Result<Value> {
+    let in_file = |e: Error| match e {
+        Error::BadFile(m) => Error::BadFile(format!("{file}: {m}")),
+        other => other,
+    };
+    let key = "tokenizer.ggml.scores";
+    let scores = g
+        .floats(key)
+        .map_err(in_file)?
+        .ok_or_else(|| Error::BadFile(format!("{file}: metadata key `{key}` is missing")))?;
+    if scores.len() != tokens.len() {
+        return Err(bad(
+            file,
+            key,
+            format!("{} scores for {} tokens", scores.len(), tokens.len()),
+        ));
+    }
+    let unk = types
+        .iter()
+        .position(|&t| t == UNKNOWN)
+        .map(|i| tokens[i].clone());
+    let prefix = g
+        .boolean("tokenizer.ggml.add_space_prefix")
+        .map_err(in_file)?
+        .unwrap_or(true);
+    let replace = json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"});
+    let normalizer = if prefix {
+        json!({"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "\u{2581}"}, replace]})
+    } else {
+        replace
+    };
+    let mut decoders = vec![
+        json!({"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "}),
+        json!({"type": "ByteFallback"}),
+        json!({"type": "Fuse"}),
+    ];
+    if prefix {
+        decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+    }
+    Ok(json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": normalizer, "pre_tokenizer": null, "post_processor": post,
+        "decoder": {"type": "Sequence", "decoders": decoders},
+        "model": {"type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true,
+                  "ignore_merges": false, "vocab": vocab, "merges": sentencepiece_merges(tokens, &scores)}
+    }))
+}
+
+/// transformers' `SentencePieceExtractor`: every split of a token into two tokens is a merge,
+/// ordered by the merged token's score (highest first), then by its id, then by the two
+/// halves' ids. llama.cpp's tokenizer merges the best-scoring adjacent pair first: the same order.
+fn sentencepiece_merges(tokens: &[String], scores: &[f64]) -> Vec<Value> {
+    let ids: HashMap<&str, usize> = tokens
+        .iter()
+        .enumerate()
+        .rev()
+        .map(|(i, t)| (t.as_str(), i))
+        .collect();
+    let mut merges: Vec<(usize, usize, usize)> = Vec::new();
+    for (id, t) in tokens.iter().enumerate() {
+        if ids[t.as_str()] != id {
+            continue;
+        }
+        for (cut, _) in t.char_indices().skip(1) {
+            if let (Some(&l), Some(&r)) = (ids.get(&t[..cut]), ids.get(&t[cut..])) {
+                merges.push((id, l, r));
+            }
+        }
+    }
+    merges.sort_by(|a, b| {
+        scores[b.0]
+            .total_cmp(&scores[a.0])
+            .then((a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)))
+    });
+    merges
+        .into_iter()
+        .map(|(_, l, r)| json!([tokens[l], tokens[r]]))
+        .collect()
+}
