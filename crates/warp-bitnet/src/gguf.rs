@@ -382,3 +382,119 @@ impl Gguf<'_> {
             .transpose()
     }
 }
+
+/// A GGUF writer for tests (version 3, alignment 32).
+#[cfg(test)]
+pub(crate) mod testing {
+    /// A metadata value.
+    pub enum Meta {
+        U32(u32),
+        F32(f32),
+        Bool(bool),
+        Str(String),
+        Strs(Vec<String>),
+        I32s(Vec<i32>),
+        F32s(Vec<f32>),
+    }
+
+    fn string(out: &mut Vec<u8>, s: &str) {
+        out.extend((s.len() as u64).to_le_bytes());
+        out.extend(s.as_bytes());
+    }
+
+    /// The file of `meta` and `tensors` (name, GGML dims, type, data).
+    pub fn file(meta: &[(&str, Meta)], tensors: &[(&str, Vec<usize>, u32, Vec<u8>)]) -> Vec<u8> {
+        let mut out = b"GGUF".to_vec();
+        out.extend(3u32.to_le_bytes());
+        out.extend((tensors.len() as u64).to_le_bytes());
+        out.extend((meta.len() as u64).to_le_bytes());
+        for (key, v) in meta {
+            string(&mut out, key);
+            let array = |out: &mut Vec<u8>, t: u32, n: usize| {
+                out.extend(9u32.to_le_bytes());
+                out.extend(t.to_le_bytes());
+                out.extend((n as u64).to_le_bytes());
+            };
+            match v {
+                Meta::U32(x) => out.extend(4u32.to_le_bytes().into_iter().chain(x.to_le_bytes())),
+                Meta::F32(x) => out.extend(6u32.to_le_bytes().into_iter().chain(x.to_le_bytes())),
+                Meta::Bool(x) => out.extend(7u32.to_le_bytes().into_iter().chain([*x as u8])),
+                Meta::Str(s) => {
+                    out.extend(8u32.to_le_bytes());
+                    string(&mut out, s);
+                }
+                Meta::Strs(items) => {
+                    array(&mut out, 8, items.len());
+                    items.iter().for_each(|s| string(&mut out, s));
+                }
+                Meta::I32s(items) => {
+                    array(&mut out, 5, items.len());
+                    items.iter().for_each(|x| out.extend(x.to_le_bytes()));
+                }
+                Meta::F32s(items) => {
+                    array(&mut out, 6, items.len());
+                    items.iter().for_each(|x| out.extend(x.to_le_bytes()));
+                }
+            }
+        }
+        let mut offset = 0usize;
+        let mut offsets = Vec::new();
+        for (name, dims, t, data) in tensors {
+            string(&mut out, name);
+            out.extend((dims.len() as u32).to_le_bytes());
+            dims.iter().for_each(|&d| out.extend((d as u64).to_le_bytes()));
+            out.extend(t.to_le_bytes());
+            out.extend((offset as u64).to_le_bytes());
+            offsets.push(offset);
+            offset = (offset + data.len()).next_multiple_of(32);
+        }
+        let start = out.len().next_multiple_of(32);
+        for ((_, _, _, data), off) in tensors.iter().zip(offsets) {
+            out.resize(start + off, 0);
+            out.extend(data);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{file, Meta};
+    use super::*;
+
+    #[test]
+    fn metadata_reads_by_type_and_names_the_key() {
+        let bytes = file(
+            &[
+                ("a.count", Meta::U32(7)),
+                ("a.eps", Meta::F32(1e-5)),
+                ("a.flag", Meta::Bool(true)),
+                ("a.name", Meta::Str("x".into())),
+                ("a.list", Meta::Strs(vec!["p".into(), "q r".into()])),
+                ("a.ints", Meta::I32s(vec![-1, 3])),
+                ("a.floats", Meta::F32s(vec![0.5, -2.0])),
+            ],
+            &[],
+        );
+        let g = parse(&bytes).unwrap();
+        assert_eq!(g.uint("a.count").unwrap(), Some(7));
+        assert_eq!(g.float("a.eps").unwrap(), Some(1e-5f32 as f64));
+        assert_eq!(g.float("a.count").unwrap(), Some(7.0));
+        assert_eq!(g.boolean("a.flag").unwrap(), Some(true));
+        assert_eq!(g.string("a.name").unwrap().as_deref(), Some("x"));
+        assert_eq!(g.strings("a.list").unwrap().unwrap(), ["p", "q r"]);
+        assert_eq!(g.ints("a.ints").unwrap().unwrap(), [-1, 3]);
+        assert_eq!(g.floats("a.floats").unwrap().unwrap(), [0.5, -2.0]);
+        assert_eq!(g.uint("a.missing").unwrap(), None);
+        for err in [
+            g.uint("a.name").unwrap_err(),
+            g.string("a.count").unwrap_err(),
+            g.strings("a.ints").unwrap_err(),
+            g.ints("a.eps").unwrap_err(),
+        ] {
+            assert!(err.to_string().contains("metadata `a."), "{err}");
+        }
+        let neg = file(&[("n", Meta::I32s(vec![-1]))], &[]);
+        assert!(parse(&neg).unwrap().uint("n").is_err());
+    }
+}
