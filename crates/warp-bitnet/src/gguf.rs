@@ -442,7 +442,8 @@ pub(crate) mod testing {
         for (name, dims, t, data) in tensors {
             string(&mut out, name);
             out.extend((dims.len() as u32).to_le_bytes());
-            dims.iter().for_each(|&d| out.extend((d as u64).to_le_bytes()));
+            dims.iter()
+                .for_each(|&d| out.extend((d as u64).to_le_bytes()));
             out.extend(t.to_le_bytes());
             out.extend((offset as u64).to_le_bytes());
             offsets.push(offset);

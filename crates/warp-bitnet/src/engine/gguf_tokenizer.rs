@@ -302,3 +302,154 @@ fn sentencepiece_merges(tokens: &[String], scores: &[f64]) -> Vec<Value> {
         .map(|(_, l, r)| json!([tokens[l], tokens[r]]))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::testing::{file, Meta};
+
+    fn config(vocab: usize) -> ModelConfig {
+        let mut c = ModelConfig::bitnet_b158_2b4t();
+        c.vocab_size = vocab;
+        c.eos_token_ids = vec![2];
+        c
+    }
+
+    fn strs(v: &[&str]) -> Meta {
+        Meta::Strs(v.iter().map(|s| s.to_string()).collect())
+    }
+
+    /// A SentencePiece vocabulary whose merges are worked out by hand below.
+    fn spm_meta() -> Vec<(&'static str, Meta)> {
+        let tokens = [
+            "<unk>",
+            "<s>",
+            "</s>",
+            "<0x21>",
+            "\u{2581}",
+            "h",
+            "e",
+            "l",
+            "o",
+            "w",
+            "r",
+            "d",
+            "ll",
+            "\u{2581}h",
+            "\u{2581}he",
+            "llo",
+            "\u{2581}hello",
+            "or",
+            "\u{2581}w",
+        ];
+        let mut scores = vec![0.0f32, 0.0, 0.0, 0.0];
+        scores.extend([-100.0; 8]);
+        scores.extend([-1.0, -2.0, -3.0, -4.0, -5.0, -6.0, -7.0]);
+        let mut types = vec![2, 3, 3, 6];
+        types.extend([1; 15]);
+        vec![
+            ("tokenizer.ggml.model", Meta::Str("llama".into())),
+            ("tokenizer.ggml.tokens", strs(&tokens)),
+            ("tokenizer.ggml.scores", Meta::F32s(scores)),
+            ("tokenizer.ggml.token_type", Meta::I32s(types)),
+            ("tokenizer.ggml.bos_token_id", Meta::U32(1)),
+            ("tokenizer.ggml.eos_token_id", Meta::U32(2)),
+        ]
+    }
+
+    #[test]
+    fn sentencepiece_merges_by_score_with_byte_fallback() {
+        let bytes = file(&spm_meta(), &[]);
+        let g = crate::gguf::parse(&bytes).unwrap();
+        let t = from_gguf(&g, &config(19), "m.gguf").unwrap().unwrap();
+        // "▁hello▁world": ll, ▁h, ▁he, llo, ▁hello, or, ▁w in score order; l and d stay.
+        assert_eq!(
+            t.encode("hello world", true).unwrap(),
+            [1, 16, 18, 17, 7, 11]
+        );
+        // "!" is not a token: it falls back to its byte token.
+        assert_eq!(t.encode("h!", false).unwrap(), [13, 3]);
+        assert_eq!(t.decode(&[13, 3], false).unwrap(), "h!");
+        assert_eq!(
+            t.decode(&[16, 18, 17, 7, 11], false).unwrap(),
+            "hello world"
+        );
+        assert_eq!((t.bos_token_id(), t.eos_token_ids()), (Some(1), &[2][..]));
+    }
+
+    #[test]
+    fn byte_level_bpe_with_chat_template() {
+        // Byte-level tokens: "Ġ" is the space byte.
+        let tokens = ["<|s|>", "h", "i", "Ġ", "Ġh", "Ġhi", "!", "<|end|>"];
+        let bytes = file(
+            &[
+                ("tokenizer.ggml.model", Meta::Str("gpt2".into())),
+                ("tokenizer.ggml.pre", Meta::Str("llama-bpe".into())),
+                ("tokenizer.ggml.tokens", strs(&tokens)),
+                ("tokenizer.ggml.token_type", Meta::I32s(vec![3, 1, 1, 1, 1, 1, 1, 3])),
+                ("tokenizer.ggml.merges", strs(&["Ġ h", "Ġh i"])),
+                ("tokenizer.ggml.bos_token_id", Meta::U32(0)),
+                ("tokenizer.ggml.eos_token_id", Meta::U32(7)),
+                ("tokenizer.ggml.add_bos_token", Meta::Bool(true)),
+                (
+                    "tokenizer.chat_template",
+                    Meta::Str("{{ bos_token }}{% for m in messages %}{{ m.content }}{{ eos_token }}{% endfor %}".into()),
+                ),
+            ],
+            &[],
+        );
+        let g = crate::gguf::parse(&bytes).unwrap();
+        let t = from_gguf(&g, &config(8), "m.gguf").unwrap().unwrap();
+        assert_eq!(t.encode("hi hi!<|end|>", true).unwrap(), [0, 1, 2, 5, 6, 7]);
+        assert_eq!(t.decode(&[0, 1, 2, 5, 6, 7], true).unwrap(), "hi hi!");
+        let chat = t
+            .apply_chat_template(&[("user".into(), "hi".into())], true)
+            .unwrap();
+        assert_eq!(chat, "<|s|>hi<|end|>");
+        assert_eq!(t.eos_token_ids(), [2, 7]);
+    }
+
+    #[test]
+    fn bad_tokenizer_metadata_names_the_key() {
+        let cases: Vec<(Vec<(&'static str, Meta)>, &str)> = vec![
+            (
+                vec![("tokenizer.ggml.model", Meta::Str("bert".into()))],
+                "tokenizer.ggml.model",
+            ),
+            (
+                vec![("tokenizer.ggml.bos_token_id", Meta::U32(19))],
+                "bos_token_id",
+            ),
+            (
+                vec![("tokenizer.ggml.scores", Meta::F32s(vec![0.0]))],
+                "tokenizer.ggml.scores",
+            ),
+            (
+                vec![("tokenizer.ggml.token_type", Meta::I32s(vec![1]))],
+                "token_type",
+            ),
+            (
+                vec![("tokenizer.ggml.tokens", strs(&["a"; 30]))],
+                "tokenizer.ggml.tokens",
+            ),
+        ];
+        for (extra, needle) in cases {
+            let keys: Vec<&str> = extra.iter().map(|(k, _)| *k).collect();
+            let mut meta: Vec<(&str, Meta)> = spm_meta()
+                .into_iter()
+                .filter(|(k, _)| !keys.contains(k))
+                .collect();
+            meta.extend(extra);
+            let bytes = file(&meta, &[]);
+            let g = crate::gguf::parse(&bytes).unwrap();
+            let err = match from_gguf(&g, &config(19), "m.gguf") {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("{needle}: loaded"),
+            };
+            assert!(
+                err.contains(needle) && err.contains("m.gguf"),
+                "{needle}: {err}"
+            );
+        }
+    }
+}
