@@ -14,6 +14,7 @@
 //!   rotates halves as transformers does. The BitNet architectures are not permuted (llama.cpp
 //!   runs them with NeoX RoPE, which is rotate-half).
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use safetensors::tensor::Dtype;
@@ -354,52 +355,50 @@ fn qk_heads(name: &str, c: &ModelConfig) -> Option<usize> {
 /// Every tensor the config calls for, present with its shape (GGML dims are the row-major
 /// shape reversed), each error naming the GGUF tensor.
 fn check_tensors(g: &Gguf, c: &ModelConfig, file: &str) -> Result<()> {
+    let dims: HashMap<&str, &[usize]> = g
+        .tensors
+        .iter()
+        .map(|t| (t.name.as_str(), t.dims.as_slice()))
+        .collect();
+    // Checked one by one, stopping at the first missing tensor: a hostile block_count costs
+    // nothing beyond the tensors the file really has.
+    let check = |name: &str, want: &[usize]| match dims.get(name) {
+        None => Err(Error::BadFile(format!(
+            "{file}: tensor `{name}` is missing"
+        ))),
+        Some(got) if *got != want => Err(Error::ShapeMismatch {
+            arg: "tensor shape",
+            expected: format!("GGML dims {want:?} for `{name}` (from the metadata)"),
+            got: format!("{got:?} in {file}"),
+        }),
+        Some(_) => Ok(()),
+    };
     let (h, m, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
-    let mut want: Vec<(String, Vec<usize>)> = vec![
-        ("token_embd.weight".into(), vec![h, v]),
-        ("output_norm.weight".into(), vec![h]),
-    ];
+    check("token_embd.weight", &[h, v])?;
+    check("output_norm.weight", &[h])?;
     if !c.tie_word_embeddings {
-        want.push(("output.weight".into(), vec![h, v]));
+        check("output.weight", &[h, v])?;
     }
     for i in 0..c.num_layers {
-        let mut t = |n: &str, dims: Vec<usize>| want.push((format!("blk.{i}.{n}.weight"), dims));
-        t("attn_norm", vec![h]);
-        t("attn_q", vec![h, c.q_dim()]);
-        t("attn_k", vec![h, c.kv_dim()]);
-        t("attn_v", vec![h, c.kv_dim()]);
-        t("attn_output", vec![c.q_dim(), h]);
-        t("ffn_norm", vec![h]);
-        t("ffn_gate", vec![h, m]);
-        t("ffn_up", vec![h, m]);
-        t("ffn_down", vec![m, h]);
+        let t = |n: &str, want: &[usize]| check(&format!("blk.{i}.{n}"), want);
+        t("attn_norm.weight", &[h])?;
+        t("attn_q.weight", &[h, c.q_dim()])?;
+        t("attn_k.weight", &[h, c.kv_dim()])?;
+        t("attn_v.weight", &[h, c.kv_dim()])?;
+        t("attn_output.weight", &[c.q_dim(), h])?;
+        t("ffn_norm.weight", &[h])?;
+        t("ffn_gate.weight", &[h, m])?;
+        t("ffn_up.weight", &[h, m])?;
+        t("ffn_down.weight", &[m, h])?;
         if c.sub_norms {
-            t("attn_sub_norm", vec![h]);
-            t("ffn_sub_norm", vec![m]);
+            t("attn_sub_norm.weight", &[h])?;
+            t("ffn_sub_norm.weight", &[m])?;
         }
         if c.attention_bias {
-            for (n, rows) in [
-                ("attn_q", c.q_dim()),
-                ("attn_k", c.kv_dim()),
-                ("attn_v", c.kv_dim()),
-                ("attn_output", h),
-            ] {
-                want.push((format!("blk.{i}.{n}.bias"), vec![rows]));
-            }
-        }
-    }
-    for (name, dims) in &want {
-        let t = g
-            .tensors
-            .iter()
-            .find(|t| &t.name == name)
-            .ok_or_else(|| Error::BadFile(format!("{file}: tensor `{name}` is missing")))?;
-        if &t.dims != dims {
-            return Err(Error::ShapeMismatch {
-                arg: "tensor shape",
-                expected: format!("GGML dims {dims:?} for `{name}` (from the metadata)"),
-                got: format!("{:?} in {file}", t.dims),
-            });
+            t("attn_q.bias", &[c.q_dim()])?;
+            t("attn_k.bias", &[c.kv_dim()])?;
+            t("attn_v.bias", &[c.kv_dim()])?;
+            t("attn_output.bias", &[h])?;
         }
     }
     for t in &g.tensors {
