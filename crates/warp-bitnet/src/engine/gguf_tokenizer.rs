@@ -5,7 +5,9 @@
 //! - `tokenizer.ggml.model = "gpt2"`: byte-level BPE from `tokens` and `merges`; the split regex
 //!   by `tokenizer.ggml.pre`: GPT-2's (`default`, `gpt-2`, `gpt2`) or Llama 3's (`llama-bpe`,
 //!   `llama3`, `llama-v3`, which llama.cpp runs with `ignore_merges`, as transformers does).
-//!   Other `pre` values are refused by name rather than guessed.
+//!   Other `pre` values are refused by name rather than guessed. Without the key: Llama 3's for
+//!   a vocabulary with `<|begin_of_text|>` (bitnet.cpp writes none for
+//!   `microsoft/bitnet-b1.58-2B-4T`, whose tokenizer is Llama 3's), else GPT-2's.
 //! - `tokenizer.ggml.model = "llama"`: SentencePiece BPE with byte fallback (`<0xNN>` tokens),
 //!   merges derived from `scores` as transformers' `SentencePieceExtractor` does (every split of
 //!   a token into two tokens, in order of the merged token's score), `▁` for spaces and one
@@ -25,9 +27,9 @@ use super::tokenizer::Tokenizer;
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 
-const CONTROL: i128 = 3;
-const USER_DEFINED: i128 = 4;
-const UNKNOWN: i128 = 2;
+const CONTROL: i64 = 3;
+const USER_DEFINED: i64 = 4;
+const UNKNOWN: i64 = 2;
 
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
@@ -188,14 +190,18 @@ fn gpt2_json(
         .collect::<Result<_>>()?;
     let pre = g.string("tokenizer.ggml.pre").map_err(in_file)?;
     let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
-    let (pre_tokenizer, ignore_merges) = match pre.as_deref() {
+    // bitnet.cpp's converter for microsoft/bitnet-b1.58-2B-4T writes no `pre`; its vocabulary is
+    // Llama 3's, which transformers splits with Llama 3's regex.
+    let llama3_vocab = vocab.contains_key("<|begin_of_text|>");
+    let default = if llama3_vocab { "llama-bpe" } else { "default" };
+    let (pre_tokenizer, ignore_merges) = match pre.as_deref().unwrap_or(default) {
         // ByteLevel's own regex is GPT-2's.
-        None | Some("default" | "gpt-2" | "gpt2") => (byte_level(true), false),
-        Some("llama-bpe" | "llama3" | "llama-v3") => {
+        "default" | "gpt-2" | "gpt2" => (byte_level(true), false),
+        "llama-bpe" | "llama3" | "llama-v3" => {
             let split = json!({"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": false});
             (json!({"type": "Sequence", "pretokenizers": [split, byte_level(false)]}), true)
         }
-        Some(other) => {
+        other => {
             return Err(Error::Unsupported {
                 what: "tokenizer pre-tokenizer",
                 detail: format!(
@@ -218,7 +224,7 @@ fn llama_json(
     g: &Gguf,
     file: &str,
     tokens: &[String],
-    types: &[i128],
+    types: &[i64],
     vocab: Map<String, Value>,
     added: Vec<Value>,
     post: Value,
@@ -407,6 +413,34 @@ mod tests {
             .unwrap();
         assert_eq!(chat, "<|s|>hi<|end|>");
         assert_eq!(t.eos_token_ids(), [2, 7]);
+    }
+
+    #[test]
+    fn without_pre_a_llama3_vocabulary_splits_digits_by_three() {
+        let tokens = ["1", "2", "3", "4", "5", "12", "34", "<|begin_of_text|>"];
+        let meta = |pre: Option<&str>, bot: &str| {
+            let mut t: Vec<&str> = tokens.to_vec();
+            t[7] = bot;
+            let mut m = vec![
+                ("tokenizer.ggml.model", Meta::Str("gpt2".into())),
+                ("tokenizer.ggml.tokens", strs(&t)),
+                ("tokenizer.ggml.merges", strs(&["3 4", "1 2"])),
+            ];
+            if let Some(p) = pre {
+                m.push(("tokenizer.ggml.pre", Meta::Str(p.into())));
+            }
+            file(&m, &[])
+        };
+        let encode = |bytes: Vec<u8>| {
+            let g = crate::gguf::parse(&bytes).unwrap();
+            let t = from_gguf(&g, &config(8), "m.gguf").unwrap().unwrap();
+            t.encode("12345", false).unwrap()
+        };
+        // Llama 3 splits "123" | "45"; GPT-2 keeps "12345" whole, so "3 4" merges first.
+        assert_eq!(encode(meta(None, "<|begin_of_text|>")), [5, 2, 3, 4]);
+        assert_eq!(encode(meta(Some("llama-bpe"), "x")), [5, 2, 3, 4]);
+        assert_eq!(encode(meta(None, "x")), [5, 6, 4]);
+        assert_eq!(encode(meta(Some("gpt-2"), "<|begin_of_text|>")), [5, 6, 4]);
     }
 
     #[test]
