@@ -544,3 +544,30 @@ def test_bad_gguf_files_name_the_problem(tmp_path):
         (tmp_path / "cut.gguf").write_bytes(data[:cut])
         with pytest.raises(ValueError, match="cut.gguf"):
             wb.Engine.load(tmp_path / "cut.gguf", max_context=8)
+
+
+def test_float_linear_weights_must_be_ternary(tmp_path):
+    """bitnet.cpp's F32 files hold ternary values times the scale: they load as the I2_S file does;
+    float weights that are not ternary are refused (llama.cpp would run them as they are)."""
+    ref = reference_gguf(tmp_path)
+    meta, tensors = _parse(ref)
+    want = wb.Engine.load(ref, max_context=8).logits([5, 9, 33])
+
+    def as_f32(data, dims):
+        codes = np.frombuffer(data[: math.prod(dims) // 4], dtype=np.uint8).reshape(-1, 32)
+        scale = struct.unpack("<f", data[math.prod(dims) // 4 :][:4])[0]
+        c = np.stack([(codes >> s) & 3 for s in (6, 4, 2, 0)], axis=1).reshape(-1)
+        return ((c.astype(np.float32) - 1) * scale).astype("<f4")
+
+    dense = [(n, d, GGML_F32, as_f32(b, d).tobytes()) if ty == GGML_I2_S else (n, d, ty, b) for n, d, ty, b in tensors]
+    got = wb.Engine.load(write_gguf(tmp_path / "f32.gguf", meta, dense), max_context=8).logits([5, 9, 33])
+    assert torch.equal(got, want)
+
+    def off_grid(data):
+        values = np.frombuffer(data, "<f4").copy()
+        values[7] = 0.5 * np.abs(values).max()  # one value off the {-a, 0, +a} grid
+        return values.tobytes()
+
+    noisy = [(n, d, ty, off_grid(b) if n == "blk.1.ffn_up.weight" else b) for n, d, ty, b in dense]
+    with pytest.raises(ValueError, match=r"blk\.1\.ffn_up\.weight.*not a ternary model"):
+        wb.Engine.load(write_gguf(tmp_path / "noisy.gguf", meta, noisy), max_context=8)

@@ -116,14 +116,15 @@ pub(crate) fn load(path: &Path) -> Result<Loaded> {
             gguf::GGML_I2_S | gguf::GGML_TQ1_0 | gguf::GGML_TQ2_0 => {
                 let m = decode_ternary(t)
                     .map_err(|e| Error::BadFile(format!("{file}: tensor `{}`: {e}", t.name)))?;
-                let m = match heads {
-                    Some(h) => {
-                        check_heads(m.rows(), h, &t.name, &file)?;
-                        unpermute_matrix(&m, h)?
-                    }
-                    None => m,
-                };
-                ternary.push((name, m));
+                ternary.push((name, unpermuted(m, heads, &t.name, &file)?));
+            }
+            ty if is_linear(&t.name) => {
+                // Float linear weights must already be ternary (bitnet.cpp's F32 / F16 files):
+                // llama.cpp runs them as they are, so quantizing them again would change the model.
+                let dtype = float_dtype(ty, &t.name, &file)?;
+                let m = float_ternary(t, dtype)
+                    .map_err(|e| Error::BadFile(format!("{file}: tensor `{}`: {e}", t.name)))?;
+                ternary.push((name, unpermuted(m, heads, &t.name, &file)?));
             }
             ty => {
                 let dtype = float_dtype(ty, &t.name, &file)?;
@@ -432,6 +433,55 @@ fn decode_ternary(t: &Tensor) -> Result<TernaryMatrix> {
     }
 }
 
+/// `blk.N.{attn_q,attn_k,attn_v,attn_output,ffn_gate,ffn_up,ffn_down}.weight`.
+fn is_linear(name: &str) -> bool {
+    let Some((_, rest)) = name.strip_prefix("blk.").and_then(|r| r.split_once('.')) else {
+        return false;
+    };
+    matches!(
+        rest,
+        "attn_q.weight"
+            | "attn_k.weight"
+            | "attn_v.weight"
+            | "attn_output.weight"
+            | "ffn_gate.weight"
+            | "ffn_up.weight"
+            | "ffn_down.weight"
+    )
+}
+
+/// A float matrix whose values are `{-a, 0, +a}` for one `a`: the ternary matrix it is.
+fn float_ternary(t: &Tensor, dtype: Dtype) -> Result<TernaryMatrix> {
+    let &[cols, rows] = t.dims.as_slice() else {
+        return Err(Error::ShapeMismatch {
+            arg: "linear weight",
+            expected: "2 dimensions".into(),
+            got: format!("{:?}", t.dims),
+        });
+    };
+    let w = super::store::to_f32(dtype, t.data).unwrap_or_default();
+    let a = w.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let codes = w
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| match v {
+            _ if v == 0.0 => Ok(0),
+            _ if v == a => Ok(1),
+            _ if v == -a => Ok(-1),
+            value => Err(Error::Unsupported {
+                what: "float linear weights",
+                detail: format!(
+                    "value {value} at row {}, column {} is not 0 or +-{a}: not a ternary model (the engine runs ternary linear layers)",
+                    i / cols,
+                    i % cols
+                ),
+            }),
+        })
+        .collect::<Result<Vec<i8>>>()?;
+    let scale = if a > 0.0 { a } else { 1.0 };
+    TernaryMatrix::from_ternary(rows, cols, &codes, Scale::PerTensor(scale))
+}
+
 fn float_dtype(ty: u32, name: &str, file: &str) -> Result<Dtype> {
     match ty {
         gguf::GGML_F32 => Ok(Dtype::F32),
@@ -456,6 +506,22 @@ fn check_heads(rows: usize, heads: usize, name: &str, file: &str) -> Result<()> 
         });
     }
     Ok(())
+}
+
+/// `m` in transformers' row order (`heads`: the q/k heads of a permuted tensor, else `None`).
+fn unpermuted(
+    m: TernaryMatrix,
+    heads: Option<usize>,
+    name: &str,
+    file: &str,
+) -> Result<TernaryMatrix> {
+    match heads {
+        Some(h) => {
+            check_heads(m.rows(), h, name, file)?;
+            unpermute_matrix(&m, h)
+        }
+        None => Ok(m),
+    }
 }
 
 /// Where transformers' row `r` of a q/k matrix of `heads` heads is in llama.cpp's order.
