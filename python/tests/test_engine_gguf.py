@@ -3,9 +3,11 @@ BitNet layers are written as a Hugging Face folder and as GGUF files whose terna
 packed here, byte by byte from docs/FORMATS.md (bitnet.cpp ``I2_S``, llama.cpp ``TQ2_0`` and
 ``TQ1_0``), with llama.cpp's tensor names, metadata keys, tokenizer metadata and (for ``llama``)
 its q/k row permutation. The GGUF-loaded engine must give the same logits as the folder-loaded
-one (bit for bit; within 1e-6 where llama.cpp stores RoPE scaling as per-frequency divisors),
-transformers' float32 forward within 1e-4 of the largest logit, the same greedy 32 tokens, and
-the same token ids as the tokenizer it was made from."""
+one bit for bit and the same greedy 32 tokens, transformers' float32 forward within 1e-4 of the
+largest logit (on inputs without int8 rounding near-ties, see ``near_tie``), and the same token
+ids as the tokenizer it was made from. RoPE scaling (llama3, linear) is checked against
+transformers on a 64-wide Llama over 40 positions, from config.json and from llama.cpp's
+``rope_freqs.weight``."""
 
 import json
 import math
@@ -314,10 +316,8 @@ LLAMA3_ROPE = {
 VARIANTS = {
     # name: (kind, ternary type, tokenizer pre, rope)
     "bitnet-b1.58-i2s": ("bitnet-b1.58", "I2_S", "llama-bpe", None),
-    "bitnet-b1.58-tq2_0": ("bitnet-b1.58", "TQ2_0", "gpt-2", None),
     "bitnet-silu-tq1_0": ("bitnet", "TQ1_0", "gpt-2", None),
-    "llama-tq2_0-llama3-rope": ("llama", "TQ2_0", "llama-bpe", LLAMA3_ROPE),
-    "llama-i2s": ("llama", "I2_S", "gpt-2", None),
+    "llama-tq2_0": ("llama", "TQ2_0", "llama-bpe", None),
 }
 
 
@@ -367,11 +367,7 @@ def test_gguf_engine_matches_folder_and_transformers(variant, tmp_path):
     gen = torch.Generator().manual_seed(3)
     for length in (1, 9, 23, 40):
         ids = torch.randint(2, vocab, (length,), generator=gen).tolist()
-        got, same = from_gguf.logits(ids), from_folder.logits(ids)
-        if rope is None:
-            assert torch.equal(got, same), f"{variant}: GGUF and folder logits differ"
-        else:  # llama.cpp's per-frequency divisors vs transformers' formula: last-bit inv_freq differences
-            assert (got - same).abs().max().item() <= 1e-6 * same.abs().max().item()
+        assert torch.equal(from_gguf.logits(ids), from_folder.logits(ids)), f"{variant}: GGUF and folder differ"
     prompt = torch.randint(2, vocab, (4,), generator=gen).tolist()
     assert from_gguf.generate(prompt, 32, stop_on_eos=False) == from_folder.generate(prompt, 32, stop_on_eos=False)
 
@@ -379,7 +375,7 @@ def test_gguf_engine_matches_folder_and_transformers(variant, tmp_path):
     for _ in range(40):
         for length, done in list(compared.items()):
             ids = torch.randint(2, vocab, (length,), generator=gen).tolist()
-            if done == 3:
+            if done == 2:
                 continue
             tie, want = near_tie(model, ids)
             if tie:
@@ -389,7 +385,7 @@ def test_gguf_engine_matches_folder_and_transformers(variant, tmp_path):
             diff = (got - want).abs().max().item()
             assert diff <= 1e-4 * scale, f"{variant}, {ids}: max diff {diff:.3e}, scale {scale:.3e}"
             compared[length] += 1
-    assert min(compared.values()) == 3, compared
+    assert min(compared.values()) == 2, compared
 
     for text in [*TEXT[:4], "<|user|>hi<|assistant|>", "  two  spaces\n\n\nthree newlines 1234567", ""]:
         want_ids = tok.encode(text).ids
