@@ -13,7 +13,8 @@ use warp_bitnet::engine::{
 #[derive(ClapArgs)]
 pub struct Args {
     /// A Hugging Face folder (config.json + *.safetensors [+ tokenizer.json]), one of our packed
-    /// safetensors files (config.json beside it), or `random:PRESET`
+    /// safetensors files (config.json beside it), a GGUF file (I2_S / TQ1_0 / TQ2_0 tensors, config
+    /// and tokenizer from its metadata), or `random:PRESET`
     /// (`random:bitnet-2b4t`, `random:llama3-8b-ternary`: the architecture with random weights).
     model: String,
     /// The prompt text (needs the model's tokenizer).

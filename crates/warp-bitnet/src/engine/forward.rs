@@ -175,18 +175,19 @@ fn attention_block(
         &mut s.v[..n * kvd],
         &mut s.normed,
     )?;
+    let inv_freq = c.rope_scaling.inv_freq(c.head_dim, c.rope_theta);
     for (t, p) in at.iter().enumerate() {
         rope(
             &mut s.q[t * c.q_dim()..(t + 1) * c.q_dim()],
             c.head_dim,
             p.pos,
-            c.rope_theta,
+            &inv_freq,
         );
         rope(
             &mut s.k[t * kvd..(t + 1) * kvd],
             c.head_dim,
             p.pos,
-            c.rope_theta,
+            &inv_freq,
         );
         let o = cache.at(l, p.slot, p.pos);
         cache.k[o..o + kvd].copy_from_slice(&s.k[t * kvd..(t + 1) * kvd]);
@@ -374,13 +375,13 @@ fn rmsnorm_rows_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
 }
 
 /// Rotary embedding of every head in `x` at position `pos`, transformers' "rotate half" pairing
-/// (element `i` with `i + head_dim / 2`), `inv_freq[i] = theta^(-2i / head_dim)` in f32.
-fn rope(x: &mut [f32], head_dim: usize, pos: usize, theta: f32) {
+/// (element `i` with `i + head_dim / 2`) at angle `pos * inv_freq[i]` in f32 (`inv_freq` from
+/// [`RopeScaling::inv_freq`](super::rope::RopeScaling::inv_freq)).
+fn rope(x: &mut [f32], head_dim: usize, pos: usize, inv_freq: &[f32]) {
     let half = head_dim / 2;
     for head in x.chunks_exact_mut(head_dim) {
-        for i in 0..half {
-            let inv_freq = 1.0 / theta.powf((2 * i) as f32 / head_dim as f32);
-            let angle = pos as f32 * inv_freq;
+        for (i, &f) in inv_freq.iter().enumerate().take(half) {
+            let angle = pos as f32 * f;
             let (sin, cos) = angle.sin_cos();
             let (a, b) = (head[i], head[i + half]);
             head[i] = a * cos - b * sin;
@@ -407,10 +408,11 @@ mod tests {
     fn rope_at_zero_is_identity_and_rotates_pairs() {
         let mut x = [0.3f32, -1.2, 0.7, 2.0];
         let orig = x;
-        rope(&mut x, 4, 0, 10_000.0);
+        let inv_freq = super::super::rope::RopeScaling::None.inv_freq(4, 10_000.0);
+        rope(&mut x, 4, 0, &inv_freq);
         assert_eq!(x, orig);
         let mut y = [1.0f32, 0.0, 0.0, 0.0];
-        rope(&mut y, 4, 1, 10_000.0);
+        rope(&mut y, 4, 1, &inv_freq);
         // Pair (0, 2) at frequency 1: (cos 1, sin 1).
         assert!((y[0] - 1f32.cos()).abs() < 1e-7 && (y[2] - 1f32.sin()).abs() < 1e-7);
         assert_eq!((y[1], y[3]), (0.0, 0.0));

@@ -27,7 +27,10 @@
 mod config;
 mod forward;
 mod generate;
+mod gguf_model;
+mod gguf_tokenizer;
 mod load;
+mod rope;
 mod sampler;
 mod store;
 mod tokenizer;
@@ -39,6 +42,7 @@ use std::sync::Arc;
 pub use config::{BitLinearConfig, HiddenAct, ModelConfig};
 pub use generate::{generate, GenerateStats, StopReason};
 pub use load::model_config;
+pub use rope::RopeScaling;
 pub use sampler::{Sampler, SamplingParams};
 pub use tokenizer::Tokenizer;
 
@@ -110,10 +114,9 @@ pub struct Engine {
 
 impl Engine {
     /// Loads a Hugging Face folder (`config.json` + `*.safetensors` [+ `tokenizer.json`,
-    /// `tokenizer_config.json`]) or one of our packed safetensors files (`config.json` beside it).
-    /// A GGUF file is [`Error::Unsupported`] for now (its tensors convert with
-    /// [`import::gguf_file`](crate::import::gguf_file); the model's config and tokenizer from its
-    /// metadata are not read yet).
+    /// `tokenizer_config.json`]), one of our packed safetensors files (`config.json` beside it),
+    /// or a GGUF file (bitnet.cpp `I2_S` or llama.cpp `TQ1_0` / `TQ2_0` ternary tensors; config,
+    /// tokenizer and chat template from its metadata; docs/FORMATS.md, "GGUF models").
     pub fn load(path: &Path, opts: &EngineOptions) -> Result<Self> {
         check_device(opts)?;
         let l = load::load(path)?;
