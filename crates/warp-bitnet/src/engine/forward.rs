@@ -259,7 +259,7 @@ fn mlp_block(
 
 /// Multiply-adds of attention below which it runs on the calling thread: waking a worker
 /// costs ~5-20 µs, the time of ~50-200 K multiply-adds on one core.
-const ATTENTION_PARALLEL_MIN: usize = 1 << 18;
+pub(crate) const ATTENTION_PARALLEL_MIN: usize = 1 << 18;
 
 /// Softmax attention of every (token, query head) of the batch over its slot's cache, the
 /// pairs dealt round-robin to `threads` parts (prefill's later tokens attend to more

@@ -27,6 +27,30 @@ pub(crate) struct Linear {
     pub norm: Option<Vec<f32>>,
 }
 
+impl Linear {
+    /// The packed ternary matrix again (I2 words, per-row scales), rebuilt from C2 for
+    /// consumers of the interchange layout (the GPU engine's upload): the engine holds only C2,
+    /// and the conversion is lossless.
+    #[allow(dead_code)] // for the GPU engine (engine/gpu), merged separately
+    pub fn ternary(&self) -> Result<TernaryMatrix> {
+        use crate::cpu::arch::{BLOCK, BLOCK_BYTES};
+        let (rows, cols, m) = (self.c2.rows(), self.c2.cols(), &self.c2);
+        let rb = m.padded_cols() / BLOCK * BLOCK_BYTES;
+        let (a, b) = m.decode();
+        let mut t = Vec::with_capacity(rows * cols);
+        for r in 0..rows {
+            let row = &m.bytes()[r * rb..(r + 1) * rb];
+            t.extend((0..cols).map(|c| {
+                let (blk, within) = (c / BLOCK, c % BLOCK);
+                let u = (row[BLOCK_BYTES * blk + within % 32] >> (2 * (within / 32))) & 3;
+                (a * i32::from(u) + b) as i8
+            }));
+        }
+        let scale = Scale::PerRow(m.row_scales().to_vec());
+        TernaryMatrix::from_ternary(rows, cols, &t, scale)
+    }
+}
+
 /// One decoder layer.
 pub(crate) struct Layer {
     pub attn_norm: Vec<f32>,
