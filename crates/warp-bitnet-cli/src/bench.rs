@@ -86,7 +86,7 @@ fn at_least_one(s: &str) -> Result<usize, String> {
 
 pub fn run(a: Args) -> Result<()> {
     if let Some(name) = &a.model.model {
-        return crate::bench_model::run(&a.model, name, a.json.as_deref(), a.seed);
+        return crate::bench_model::run(&a.model, name, &a.threads, a.json.as_deref(), a.seed);
     }
     let shapes: Vec<Shape> = SHAPES
         .iter()

@@ -21,15 +21,19 @@
 //! # Ok::<(), warp_bitnet::Error>(())
 //! ```
 //!
-//! The CPU path runs every ternary layer through the W2A8 reference kernel; the GPU path is
+//! The CPU path runs every ternary layer through the fast W2A8 kernels ([`crate::cpu`]) and
+//! the lm_head through [`crate::cpu::dense`] (as stored, or int8 rows with
+//! [`LmHead::Int8`]); [`Engine::phase_times`] says where the time went. The GPU path is
 //! not built yet ([`Device::Cuda`] is [`Error::Unsupported`](crate::Error::Unsupported)).
 
+mod act_quant;
 mod config;
 mod forward;
 mod generate;
 mod gguf_model;
 mod gguf_tokenizer;
 mod load;
+mod profile;
 mod rope;
 mod sampler;
 mod store;
@@ -42,6 +46,7 @@ use std::sync::Arc;
 pub use config::{BitLinearConfig, HiddenAct, ModelConfig};
 pub use generate::{generate, GenerateStats, StopReason};
 pub use load::model_config;
+pub use profile::Phase;
 pub use rope::RopeScaling;
 pub use sampler::{Sampler, SamplingParams};
 pub use tokenizer::Tokenizer;
@@ -77,6 +82,41 @@ impl Device {
     }
 }
 
+/// How the lm_head's weights are held.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LmHead {
+    /// As the checkpoint stores them (f32, f16 or bf16), computed in f32: transformers'
+    /// float32 forward of the same checkpoint, up to summation order.
+    #[default]
+    AsStored,
+    /// Each row quantized to int8 by its absolute maximum at load (half of bf16's bytes per
+    /// decode step; each weight off by at most `max|row| / 254`). A tied embedding stays as
+    /// stored for the token lookups.
+    Int8,
+}
+
+impl LmHead {
+    /// `"as-stored"` or `"int8"`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "as-stored" | "bf16" | "f16" | "stored" => Ok(LmHead::AsStored),
+            "int8" | "i8" => Ok(LmHead::Int8),
+            _ => Err(Error::Unsupported {
+                what: "lm_head",
+                detail: format!("{s:?}; expected \"as-stored\" or \"int8\""),
+            }),
+        }
+    }
+
+    /// The name [`LmHead::parse`] reads.
+    pub fn name(self) -> &'static str {
+        match self {
+            LmHead::AsStored => "as-stored",
+            LmHead::Int8 => "int8",
+        }
+    }
+}
+
 /// How to set an engine up.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EngineOptions {
@@ -86,8 +126,11 @@ pub struct EngineOptions {
     pub max_context: usize,
     /// Independent sequences (KV-cache slots).
     pub slots: usize,
-    /// CPU threads; `None` uses rayon's global pool (all cores).
+    /// CPU threads; `None` takes [`crate::cpu::default_threads`] (`WARP_BITNET_THREADS`, else
+    /// every core this process may use).
     pub threads: Option<usize>,
+    /// How the lm_head's weights are held.
+    pub lm_head: LmHead,
 }
 
 impl Default for EngineOptions {
@@ -97,6 +140,7 @@ impl Default for EngineOptions {
             max_context: 2048,
             slots: 1,
             threads: None,
+            lm_head: LmHead::AsStored,
         }
     }
 }
@@ -108,7 +152,7 @@ pub struct Engine {
     tokenizer: Option<Arc<Tokenizer>>,
     cache: KvCache,
     state: RunState,
-    pool: Option<rayon::ThreadPool>,
+    threads: usize,
     max_context: usize,
 }
 
@@ -133,7 +177,7 @@ impl Engine {
 
     fn build(
         config: ModelConfig,
-        weights: Weights,
+        mut weights: Weights,
         tokenizer: Option<Tokenizer>,
         opts: &EngineOptions,
     ) -> Result<Self> {
@@ -149,26 +193,21 @@ impl Engine {
         if opts.slots == 0 {
             return Err(Error::Empty { arg: "slots" });
         }
-        let pool = match opts.threads {
+        let threads = match opts.threads {
             Some(0) => return Err(Error::Empty { arg: "threads" }),
-            Some(n) => Some(
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(n)
-                    .build()
-                    .map_err(|e| Error::Unsupported {
-                        what: "threads",
-                        detail: e.to_string(),
-                    })?,
-            ),
-            None => None,
+            Some(n) => crate::cpu::resolve_threads(n)?,
+            None => crate::cpu::default_threads()?,
         };
+        if opts.lm_head == LmHead::Int8 {
+            weights.quantize_lm_head();
+        }
         Ok(Self {
             cache: KvCache::new(&config, opts.slots, opts.max_context)?,
             config,
             weights,
             tokenizer: tokenizer.map(Arc::new),
             state: RunState::default(),
-            pool,
+            threads,
             max_context: opts.max_context,
         })
     }
@@ -193,6 +232,36 @@ impl Engine {
         self.cache.lens.len()
     }
 
+    /// CPU threads each forward pass runs on.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Changes the thread count (1 to [`crate::cpu::MAX_THREADS`]).
+    pub fn set_threads(&mut self, threads: usize) -> Result<()> {
+        if threads == 0 {
+            return Err(Error::Empty { arg: "threads" });
+        }
+        self.threads = crate::cpu::resolve_threads(threads)?;
+        Ok(())
+    }
+
+    /// The lm_head's element type as held: `"f32"`, `"f16"`, `"bf16"` or `"int8"`.
+    pub fn lm_head_dtype(&self) -> &'static str {
+        self.weights.lm_head().dtype_name()
+    }
+
+    /// Wall-clock time per phase of the forward passes since the last
+    /// [`Engine::reset_phase_times`] (or since the engine was built).
+    pub fn phase_times(&self) -> Vec<(Phase, std::time::Duration)> {
+        self.state.w.clock.totals()
+    }
+
+    /// Zeroes [`Engine::phase_times`].
+    pub fn reset_phase_times(&mut self) {
+        self.state.w.clock.reset();
+    }
+
     /// Tokens each slot can hold.
     pub fn max_context(&self) -> usize {
         self.max_context
@@ -211,7 +280,7 @@ impl Engine {
     }
 
     /// Bytes one decode step of one sequence reads with `context` tokens cached: every weight
-    /// (ternary words and scales, norms, the f32 lm_head), one embedding row, and the KV cache.
+    /// (C2 codes and row scales, norms, the lm_head as held), one embedding row, and the KV cache.
     pub fn bytes_per_decode_step(&self, context: usize) -> u64 {
         let c = &self.config;
         let kv = (c.num_layers * context * c.kv_dim() * 2 * 4) as u64;
@@ -230,11 +299,7 @@ impl Engine {
             &mut self.cache,
             &mut self.state,
         );
-        let mut run = || forward::forward(c, w, cache, state, &plan, logits);
-        match &self.pool {
-            Some(pool) => pool.install(run)?,
-            None => run()?,
-        }
+        forward::forward(c, w, cache, state, &plan, logits, self.threads)?;
         for &(slot, ids) in batch {
             self.cache.lens[slot] += ids.len();
         }

@@ -13,6 +13,7 @@
 //! Rust (and what non-x86 targets run); `x86_64::avx2` is the AVX2 instantiation. The
 //! instruction set is detected once ([`Isa::detect`]); `WARP_BITNET_CPU_ISA` forces one.
 
+pub mod dense;
 pub mod host;
 pub mod portable;
 pub(crate) mod spin_pool;
