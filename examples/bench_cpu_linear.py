@@ -42,7 +42,8 @@ def main() -> None:
     rows = []
     with torch.no_grad():
         for quantize in (False, True):
-            ours = timed(lambda q=quantize: _cpu.linear(x, packed, scale, None, n, "ternary", q, a.threads), a.iters)
+            run = _cpu.runner(x, packed, scale, None, n, "ternary", quantize, a.threads)
+            ours = timed(lambda run=run: run(x), a.iters)
             base = timed(lambda: torch.nn.functional.linear(x, dense), a.iters)
             y = wb.linear(x, packed, scale, quantize_activations=quantize).double()
             ref = x.double() @ dense.double().T

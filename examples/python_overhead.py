@@ -1,6 +1,11 @@
 """Per-call cost of the eager Python API against a bare launch and torch (run on a CUDA host).
 
     python examples/python_overhead.py [--json out.json]
+    python examples/python_overhead.py --cpu [--json out.json]   # any host: the CPU route
+
+With ``--cpu`` it times the same public calls on CPU tensors of a 16 x 16 layer, whose
+kernel takes well under a microsecond, against the bare native call (``CpuWeight.gemm``) and
+a dense ``F.linear``: the host cost of the Python layers on the CPU route, not GPU numbers.
 
 For each shape (4096 x 4096, the bitnet-b1.58-2B-4T layers, the Llama-3-8B MLP) it times, per
 call, host wall clock over many back-to-back calls then one synchronize (best of 5 runs):
@@ -29,15 +34,16 @@ SHAPES = [(4096, 4096), (2560, 2560), (640, 2560), (6912, 2560), (2560, 6912), (
 def per_call_us(fn, n=2000, repeats=5):
     """Best of ``repeats`` runs of ``n`` back-to-back calls (the least disturbed run, as
     timeit does)."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else lambda: None
     for _ in range(50):
         fn()
     best = float("inf")
     for _ in range(repeats):
-        torch.cuda.synchronize()
+        sync()
         start = time.perf_counter()
         for _ in range(n):
             fn()
-        torch.cuda.synchronize()
+        sync()
         best = min(best, (time.perf_counter() - start) / n * 1e6)
     return best
 
@@ -112,8 +118,11 @@ def host_rows() -> dict:
             y.data_ptr(), "float16", m, 1, 0, 0, False, stream,
         )  # fmt: skip
 
+    plan = _native.prepare_gemm(0, t2.data_ptr(), "ternary", m, n, 0, False, "float16", n, "float16", m, 1, 0, 0, False)
+
     return {
         "native launch": per_call_us(bare),
+        "native prepared launch": per_call_us(lambda: plan.launch(x.data_ptr(), y.data_ptr(), stream)),
         "torch.ops.warp_bitnet.gemm": per_call_us(lambda: torch.ops.warp_bitnet.gemm(t2, m, n, None, x2, None)),
         "gemv (old API)": per_call_us(lambda: wb.gemv(packed, x, y[0])),
         "linear": per_call_us(lambda: wb.linear(x2, packed)),
@@ -122,10 +131,43 @@ def host_rows() -> dict:
     }
 
 
+def cpu_rows() -> dict:
+    """Host cost per call on the CPU route (16 x 16, batch 1, float32, one thread)."""
+    m = n = 16
+    w = torch.randint(-1, 2, (m, n)).float()
+    packed = wb.pack_ternary(w)
+    layer = wb.BitLinear.from_packed(packed, torch.tensor(0.5), n)
+    x = torch.randn(n)
+    x2 = x.unsqueeze(0)
+    y = torch.empty(m)
+    cw = _native.CpuWeight(packed.data_ptr(), m, n, "ternary")
+    yb = torch.empty(1, m)
+    with torch.no_grad():
+        return {
+            "native CpuWeight.gemm": per_call_us(lambda: cw.gemm(x2.data_ptr(), 1, 0, 0, 0, yb.data_ptr(), False, 1)),
+            "gemv (old API)": per_call_us(lambda: wb.gemv(packed, x, y)),
+            "linear": per_call_us(lambda: wb.linear(x2, packed)),
+            "BitLinear.forward": per_call_us(lambda: layer(x2)),
+            "F.linear f32 dense": per_call_us(lambda: torch.nn.functional.linear(x2, w)),
+        }
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", help="write the table as JSON here")
+    ap.add_argument("--cpu", action="store_true", help="time the CPU route (no GPU needed)")
     a = ap.parse_args()
+    if a.cpu:
+        torch.set_num_threads(1)
+        rows = cpu_rows()
+        print(f"CPU route, warp_bitnet from {wb.__file__}")
+        print("Host cost per call, 16 x 16, batch 1, float32, no_grad:")
+        for k, us in rows.items():
+            print(f"  {k:32s} {us:8.2f} us")
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump({"device": "cpu", "host_16x16": rows}, f, indent=1)
+        return
     name = torch.cuda.get_device_name()
     host = host_rows()
     print(f"{name}, warp_bitnet from {wb.__file__}")

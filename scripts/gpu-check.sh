@@ -19,8 +19,13 @@ for tool in ${SANITIZER_TOOLS:-memcheck racecheck synccheck}; do
   echo "== compute-sanitizer $tool"
   timeout "${SANITIZER_TIMEOUT:-200}" compute-sanitizer --tool $tool --error-exitcode 9 $G/cuda-tests \
     --include-ignored --test-threads=1 layout strided misaligned every_kernel dense_route cpu_and_gpu \
-    quantizer wrong_lengths 2>&1 | tail -12 | tee "$OUT/$tool.txt"
-  echo "exit ${PIPESTATUS[0]}" | tee -a "$OUT/$tool.txt"
+    quantizer wrong_lengths > "/tmp/$tool.log" 2>&1
+  echo "exit $?" > "$OUT/$tool.txt"
+  # Which kernels each reported hazard names (the whole log can be megabytes), then its end.
+  grep -E "^========= +(Error|Race|Warning|Invalid|Barrier|.*in [A-Za-z_])" "/tmp/$tool.log" \
+    | sed -E 's/0x[0-9a-f]+/0x./g' | sort | uniq -c | sort -rn | head -60 >> "$OUT/$tool.txt"
+  tail -12 "/tmp/$tool.log" >> "$OUT/$tool.txt"
+  cat "$OUT/$tool.txt" | tail -20
 done
 [ -n "${SKIP_BENCH:-}" ] && exit 0
 echo "== bench"

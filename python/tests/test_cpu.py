@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 import warp_bitnet as wb
-from warp_bitnet import _cpu, _native
+from warp_bitnet import _cpu, _layouts, _native
 
 
 def rel(a, b):
@@ -96,7 +96,7 @@ def test_bitlinear_on_cpu_uses_the_kernels():
     x = torch.randn(4, 96)
     with torch.no_grad():
         y = bl(x)
-    assert id(bl.weight_packed) in _cpu._CACHE
+    assert _layouts.holds(bl.weight_packed, "cpu")
     w = wb.unpack_ternary(bl.weight_packed, 96).float()
     assert rel(y, reference(x, w, bl.weight_scale, bl.bias)) <= 1e-5
 
@@ -118,3 +118,47 @@ def test_each_isa_forced(isa):
         pytest.skip(f"this CPU has no {isa}")
     assert r.returncode == 0, r.stderr
     assert _native.cpu_threads() >= 1
+
+
+def test_eager_runners_follow_the_arguments(monkeypatch):
+    # The eager fast path keeps one runner per weight and call signature: the second call with
+    # the same signature skips the checks, and an in-place weight update, a new scale value, a
+    # new bias tensor or another batch shows in the next result.
+    from warp_bitnet import functional
+
+    g = torch.Generator().manual_seed(6)
+    m, n = 30, 70
+    layer = wb.BitLinear(n, m, bias=True)
+    for step in range(3):
+        w = torch.randint(-1, 2, (m, n), generator=g).float()
+        layer.weight_packed.copy_(wb.pack_ternary(w))
+        layer.bias = torch.randn(m, generator=g)
+        layer.weight_scale.fill_(0.5 + step)
+        for batch in (1, 1, 3):
+            x = torch.randn(batch, n, generator=g)
+            want = reference(x, w, layer.weight_scale, layer.bias)
+            with torch.no_grad():
+                assert rel(layer(x), want) <= 1e-5, (step, batch)
+            assert (
+                rel(wb.linear(x, layer.weight_packed, 2.0, None, in_features=n), reference(x, w, None, None) * 2)
+                <= 1e-5
+            )
+    calls = []
+    monkeypatch.setattr(functional, "_check_linear_args", lambda *a: calls.append(a) or 1 / 0)
+    x = torch.randn(3, n, generator=g)
+    assert rel(wb.linear(x, layer.weight_packed, 2.0, None, in_features=n), reference(x, w, None, None) * 2) <= 1e-5
+    with torch.no_grad():
+        layer(x)
+    assert not calls  # both served by their runners
+
+
+def test_old_gemv_loop_follows_the_weights():
+    g = torch.Generator().manual_seed(7)
+    packed = wb.pack_ternary(torch.zeros(9, 40))
+    for _ in range(2):
+        w = torch.randint(-1, 2, (9, 40), generator=g).float()
+        packed.copy_(wb.pack_ternary(w))
+        for _ in range(2):
+            x, y = torch.randn(40, generator=g), torch.full((9,), float("nan"))
+            wb.gemv(packed, x, y)
+            assert rel(y, reference(x[None], w, None, None)[0]) <= 1e-5

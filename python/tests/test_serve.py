@@ -28,6 +28,7 @@ openai = pytest.importorskip("openai")
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SLOTS = 4
+WIDE_SLOTS = 64
 CONTEXT = 128
 QUEUE = 8
 NAME = "tiny"
@@ -262,7 +263,21 @@ def _has_cancelled(server: Server) -> bool:
     return 'reason="cancelled"' in server.get("/metrics")[1]
 
 
-def test_200_concurrent_connections_on_a_small_server(server: Server) -> None:
+@pytest.fixture(scope="module")
+def wide_server(binary: pathlib.Path, tiny_model: pathlib.Path):
+    """The issue's storm setting: 64 slots and a queue of 64, so that 200 clients overflow both."""
+    s = Server(
+        binary,
+        tiny_model,
+        *("--max-batch", str(WIDE_SLOTS), "--max-context", str(CONTEXT), "--max-queue", str(WIDE_SLOTS)),
+    )
+    yield s
+    assert s.stop() == 0
+
+
+def test_200_concurrent_connections_on_a_64_slot_server(wide_server: Server) -> None:
+    server = wide_server
+    assert server.metric("warp_bitnet_slots") == WIDE_SLOTS
     rss_before = server.rss_kib()
 
     def one(i: int) -> tuple[int, dict]:
@@ -282,7 +297,7 @@ def test_200_concurrent_connections_on_a_small_server(server: Server) -> None:
     ok = [b for s, b in results if s == 200]
     refused = [check_error(s, b, 429) for s, b in results if s != 200]
     assert len(ok) + len(refused) == 200
-    assert len(ok) >= SLOTS and all(e["code"] == "queue_full" for e in refused)
+    assert len(ok) >= WIDE_SLOTS and all(e["code"] == "queue_full" for e in refused)
     for body in ok:
         if "sse" in body:
             assert body["sse"].rstrip().endswith("data: [DONE]")
@@ -299,7 +314,9 @@ def test_models_health_metrics(server: Server) -> None:
     assert [m.id for m in models.data] == [NAME]
     assert server.get("/health") == (200, '{"status":"ok"}')
     assert server.metric("warp_bitnet_slots") == SLOTS
-    assert server.metric("warp_bitnet_generation_tokens_total") > 0
+    before = server.metric("warp_bitnet_generation_tokens_total")
+    greedy(server, "count me", 3)
+    assert server.metric("warp_bitnet_generation_tokens_total") == before + 3
     assert server.metric("warp_bitnet_time_to_first_token_seconds_count") > 0
 
 

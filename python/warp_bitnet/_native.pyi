@@ -12,14 +12,20 @@ __all__ = [
     "cpu_isa",
     "cpu_threads",
     "cuda_available",
+    "find_bad_code",
     "gemm",
     "i2_to_dense",
     "i2_to_t2",
+    "pack_words",
     "prepare_gemm",
+    "quantize_activations",
     "quantize_i8",
     "quantize_to_t2",
+    "quantize_weights",
     "route",
     "t2_words",
+    "unpack_hf_bitnet",
+    "unpack_words",
     "w2a8_epilogue",
 ]
 
@@ -152,6 +158,29 @@ def convert_checkpoint(input: str, output: str, linear_class: str | None = None)
     """A Hugging Face BitNet checkpoint or a bitnet.cpp GGUF file -> our packed safetensors file;
     (matrices, tensors kept). ``linear_class`` None reads it from the ``config.json`` beside a
     safetensors ``input``."""
+
+def pack_words(src: int, shape: tuple[int, int], levels: str, dst: int) -> None:
+    """Packs host values of ``shape`` (rows, cols) at ``src`` (int8 -1, 0, +1 for ``"ternary"``, uint8 codes
+    0-3 for ``"int2"``) into int32 words at ``dst``."""
+
+def find_bad_code(src: int, rows: int, cols: int, levels: str) -> tuple[str, int, int] | None:
+    """The first fault of host words at ``src``: ``("code", row, col)`` (invalid code) or
+    ``("padding", row, col)``; None where they are valid."""
+
+def unpack_words(src: int, rows: int, cols: int, levels: str, dst: int) -> None:
+    """Validated host words at ``src`` -> ``rows x cols`` bytes at ``dst`` (int8 weights, or uint8
+    INT2 codes)."""
+
+def unpack_hf_bitnet(src: int, rows: int, cols: int, dst: int) -> None:
+    """A Hugging Face BitNet uint8 weight ``[rows / 4, cols]`` at ``src`` -> int8 ``[rows, cols]``
+    at ``dst``."""
+
+def quantize_weights(w: int, rows: int, cols: int, method: str, dst: int, scale: int) -> None:
+    """Float32 host weights quantized by the core quantizer ``method`` ("absmean", "absmean_row",
+    "absmax", "int2_mse", "int2_absmax") into words at ``dst`` and scales at ``scale``."""
+
+def quantize_activations(x: int, batch: int, n: int, q: int, scale: int) -> None:
+    """Per-token absmax int8 quantization of float32 host ``x`` into ``q`` and ``scale``."""
 
 def cpu_isa() -> str:
     """The instruction set the CPU kernels run (``WARP_BITNET_CPU_ISA`` forces one)."""

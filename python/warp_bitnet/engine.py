@@ -45,8 +45,9 @@ class Engine:
         """Loads a model.
 
         Args:
-            path: a Hugging Face folder (``config.json`` + ``*.safetensors``) or one of our packed
-                safetensors files (``config.json`` beside it); GGUF model files are refused for now.
+            path: a Hugging Face folder (``config.json`` + ``*.safetensors``), one of our packed
+                safetensors files (``config.json`` beside it), or a GGUF file (bitnet.cpp ``I2_S`` or
+                llama.cpp ``TQ1_0`` / ``TQ2_0`` ternary tensors; config and tokenizer from its metadata).
             device: ``"cpu"``, ``"cuda"`` / ``"cuda:N"`` (a GPU) or ``"auto"`` (the GPU where present).
             max_context: tokens the KV cache holds; default the model's limit, at most 4096.
             threads: CPU threads; default all cores.

@@ -8,10 +8,9 @@ import warnings
 import torch
 from torch import nn
 
+from . import _layouts, ops
 from . import functional as F
-from . import ops
-
-WEIGHT_METHODS = ("absmean", "absmean_row", "absmax")
+from .quantizers import WEIGHT_METHODS, _quantize_rows, _ternary_weight, _weight_scale
 
 # The most tokens a BitLinearTrain step runs on the kernels. A training step is not the
 # planner's GEMM: it quantizes and packs the weights every step and computes the input
@@ -65,13 +64,20 @@ class BitLinear(nn.Module):
         self.refresh()
 
     def refresh(self) -> None:
-        """Remakes ``weight_t2`` from ``weight_packed`` (validated) on CUDA; drops it elsewhere."""
+        """Remakes ``weight_t2`` from ``weight_packed`` (validated) on CUDA, and forgets what the
+        eager fast path planned on the old words; drops ``weight_t2`` elsewhere."""
+        _layouts.forget(self.weight_packed)
+        self._sync_t2(fresh=True)
+
+    def _sync_t2(self, fresh: bool = False) -> None:
+        """``weight_t2``: the GPU layout of ``weight_packed`` from the one layout cache (made
+        there once per version, or again with ``fresh``), kept on the module so that compiled
+        graphs and captured CUDA graphs read it."""
         w = self.weight_packed
         if not w.is_cuda:
             self.weight_t2, self._t2_source = None, None
             return
-        F.validate_packed(w, self.in_features)
-        self.weight_t2 = ops.eager(ops.to_t2)(w.contiguous(), self.in_features)
+        self.weight_t2 = F._t2_of(w, self.in_features, fresh=fresh)
         self._t2_source = (w.data_ptr(), w._version)
 
     def _gpu_weights(self) -> torch.Tensor:
@@ -80,7 +86,7 @@ class BitLinear(nn.Module):
                 return self.weight_t2
             return ops.to_t2(self.weight_packed.contiguous(), self.in_features)
         if self._t2_source != (self.weight_packed.data_ptr(), self.weight_packed._version):
-            self.refresh()
+            self._sync_t2()
         return self.weight_t2
 
     def _apply(self, fn, recurse=True):
@@ -160,6 +166,30 @@ class BitLinear(nn.Module):
         self.refresh()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            return self._traced_forward(x)
+        # The buffers straight from their dict: nn.Module's attribute fallback costs about a
+        # microsecond per name, more than the rest of a decode call's checks.
+        bufs = self._buffers
+        bias = bufs.get("bias")
+        if bias is None:  # no bias, or one set as a plain attribute
+            bias = self.bias
+        args = (x, bufs["weight_packed"], bufs["weight_scale"], bias, self.in_features, self.quantize_activations)
+        # Eager: the runner functional.linear planned for this signature (the buffers' versions
+        # and addresses, x's shape and type), else every check once and a new runner.
+        y, stamp = F._linear_fast(*args)
+        if y is not None:
+            return y
+        F._check_x(x, self.in_features, self.weight_packed, "weight_packed")
+        if x.is_cuda:
+            self._gpu_weights()  # weight_t2 follows the words, for compiled graphs
+        sink: list | None = None if stamp is None else []
+        y = F._linear(*args, sink=sink)
+        F._keep(self.weight_packed, "linear", stamp, sink)
+        return y
+
+    def _traced_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The forward torch.compile traces: the ops on ``weight_t2`` as it is."""
         if not x.is_cuda:
             return F.linear(
                 x,
@@ -169,7 +199,6 @@ class BitLinear(nn.Module):
                 in_features=self.in_features,
                 quantize_activations=self.quantize_activations,
             )
-        # Only x: the layer's own buffers are checked where they are made and by the ops.
         F._check_x(x, self.in_features, self.weight_packed, "weight_packed")
         if x.numel() == 0:  # an empty batch, as nn.Linear takes it
             return x.new_zeros((*x.shape[:-1], self.out_features))
@@ -202,14 +231,6 @@ class _TernarySTE(torch.autograd.Function):
         return grad, None
 
 
-def _ternary_weight(w: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(Wt, scale)`` of ``w`` (any float dtype) by the formulas of ``quantize_ternary``:
-    float32 -1, 0, +1 and the float32 scale, ``[]`` or ``[M, 1]``."""
-    wf = w.detach().to(torch.float32)
-    s = F._weight_scale(wf, method)
-    return (wf / s).round().clamp(-1, 1), s
-
-
 def _quantize_weight(w: torch.Tensor, method: str) -> torch.Tensor:
     """``Wt * scale`` in ``w``'s dtype, without packing."""
     q, s = _ternary_weight(w, method)
@@ -219,7 +240,7 @@ def _quantize_weight(w: torch.Tensor, method: str) -> torch.Tensor:
 def _quantize_act(x: torch.Tensor) -> torch.Tensor:
     """Per-token absmax int8 quantize-dequantize: ``q * scale`` of ``quantize_activations_int8``,
     the values the W2A8 products multiply."""
-    q, scale = F._quantize_rows(x.detach().to(torch.float32))
+    q, scale = _quantize_rows(x.detach().to(torch.float32))
     return (q.to(torch.float32) * scale[..., None]).to(x.dtype)
 
 
@@ -235,7 +256,7 @@ class _TernaryLinearCuda(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, method: str, quantize_activations: bool):
         w = weight.detach().contiguous()
-        scale = F._weight_scale(w.to(torch.float32), method).reshape(-1)
+        scale = _weight_scale(w.to(torch.float32), method).reshape(-1)
         pack = ops.eager(ops.quantize_to_t2)
         y = F._linear_t2(x, pack(w, scale, False), w.shape[0], scale, bias, quantize_activations)
         xq = _quantize_act(x) if quantize_activations else x

@@ -90,7 +90,7 @@ pub fn run(a: Args) -> Result<()> {
         if a.device == Device::Cuda || (a.device == Device::Auto && cuda_present()) {
             return crate::bench_model::run_cuda(&a.model, name, json, a.seed, &a.batch);
         }
-        return crate::bench_model::run(&a.model, name, json, a.seed);
+        return crate::bench_model::run(&a.model, name, &a.threads, json, a.seed);
     }
     let shapes: Vec<Shape> = SHAPES
         .iter()
@@ -139,10 +139,10 @@ fn run_cpu(a: &Args, shapes: &[Shape], rng: &mut StdRng) -> Result<()> {
         let bench = cpu::CpuBench::new(t, a.iters.unwrap_or(20))?;
         let i = &bench.info;
         println!(
-            "CPU: {} [{}], {} threads, kernels {}, copy bandwidth {:.1} GB/s, pool overhead {:.1} us, \
-             load average {:.1}; median of {}",
+            "CPU: {} [{}], {} threads, kernels {}, copy bandwidth {:.1} GB/s, pool overhead {:.1} us \
+             (min {:.1}), load average {:.1}; median of {}",
             i.cpu, i.flags.join(" "), i.threads, i.isa, i.copy_gbps, i.pool_overhead_us,
-            i.load_average, i.iters
+            i.pool_overhead_min_us, i.load_average, i.iters
         );
         header(cols);
         for &batch in &a.batch {

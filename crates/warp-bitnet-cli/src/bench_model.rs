@@ -1,5 +1,6 @@
 //! `warp-bitnet bench --model NAME`: a whole model's architecture with random weights, timed on
-//! the engine (CPU for now): one decode step at a given context, and prefills.
+//! the engine (CPU for now): prefill, one decode step at a given context (median), decode end to
+//! end through `generate` (sampling included), and where a decode step's time goes, per phase.
 
 use std::path::Path;
 use std::time::Instant;
@@ -7,7 +8,9 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use clap::Args as ClapArgs;
 use serde::Serialize;
-use warp_bitnet::engine::{Engine, EngineOptions, ModelConfig};
+use warp_bitnet::engine::{
+    generate, Engine, EngineOptions, LmHead, ModelConfig, Sampler, SamplingParams,
+};
 
 mod gpu;
 pub use gpu::run_cuda;
@@ -24,12 +27,13 @@ pub struct ModelArgs {
     /// Prompt lengths to time prefill at, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "128,512")]
     prefill: Vec<usize>,
-    /// CPU thread counts to time at, comma-separated (default: all cores).
-    #[arg(long, value_delimiter = ',')]
-    threads: Vec<usize>,
     /// Timed decode steps per thread count (the median is reported).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 16)]
     steps: usize,
+    /// lm_head weights to time, comma-separated: `as-stored` (bf16 for the presets) and/or
+    /// `int8` (per-row int8); each is a separate engine, its rows marked with `lm_head`.
+    #[arg(long, value_delimiter = ',', default_value = "as-stored")]
+    lm_head: Vec<String>,
 }
 
 /// One measurement, in the bench's JSON schema extended for whole models.
@@ -43,19 +47,34 @@ struct ModelRow {
     backend: &'static str,
     device: String,
     threads: usize,
-    /// Median time of one decode step, or of the whole prefill.
+    /// The lm_head's weights as held: "bf16", "f16", "f32" or "int8".
+    lm_head: &'static str,
+    /// Median time of one decode step, of one end-to-end decode step (`generate`, sampling
+    /// included), or of the whole prefill.
     time_us: f64,
     tokens_per_s: f64,
     /// No dense baseline on the CPU path yet.
     baseline: Option<String>,
     baseline_us: Option<f64>,
     speedup: Option<f64>,
-    /// Bytes a decode step reads (weights, one embedding row, KV cache); prefill rows: the same
-    /// for one pass over the weights.
+    /// Bytes a decode step reads (weights as held, one embedding row, KV cache); prefill rows:
+    /// the same for one pass over the weights.
     bytes: u64,
     /// `bytes` at this run's measured copy bandwidth (read + write bytes per second).
     limit_us: f64,
     pct_limit: f64,
+    /// Load average (1 minute) when the row was measured: the machine may be shared.
+    load_avg: f64,
+}
+
+/// Mean time per decode step of one phase of the forward pass.
+#[derive(Serialize)]
+struct PhaseRow {
+    threads: usize,
+    lm_head: &'static str,
+    phase: &'static str,
+    us_per_step: f64,
+    pct: f64,
 }
 
 #[derive(Serialize)]
@@ -64,8 +83,10 @@ struct Report<'a> {
     commit: &'static str,
     model: &'a str,
     cpu: String,
-    copy_gbps: f64,
+    /// Copy bandwidth per thread count, GB/s (read + write), measured in this run (thread count 0: the GPU).
+    copy_gbps: Vec<(usize, f64)>,
     rows: &'a [ModelRow],
+    decode_breakdown: &'a [PhaseRow],
 }
 
 fn cpu_name() -> String {
@@ -79,50 +100,89 @@ fn cpu_name() -> String {
         .unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }
 
-/// Copy bandwidth (read + write bytes per second) of a 128 MiB buffer, best of 5, on `pool`.
-fn copy_bandwidth(pool: &rayon::ThreadPool) -> f64 {
-    use rayon::prelude::*;
-    let n = 32 << 20;
-    let src = vec![1f32; n];
-    let mut dst = vec![0f32; n];
-    (0..5)
-        .map(|_| {
-            let t = Instant::now();
-            pool.install(|| {
-                dst.par_chunks_mut(1 << 16)
-                    .zip(src.par_chunks(1 << 16))
-                    .for_each(|(d, s)| d.copy_from_slice(s))
-            });
-            (8 * n) as f64 / t.elapsed().as_secs_f64()
-        })
-        .fold(0.0, f64::max)
+fn load_avg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
 }
 
-pub fn run(a: &ModelArgs, name: &str, json: Option<&Path>, seed: u64) -> Result<()> {
-    let config = ModelConfig::preset(name)?;
+/// What one run measures, shared by every engine it builds.
+struct Plan<'a> {
+    a: &'a ModelArgs,
+    name: &'a str,
+    threads: &'a [usize],
+    copy_gbps: &'a [(usize, f64)],
+    cpu: String,
+}
+
+pub fn run(
+    a: &ModelArgs,
+    name: &str,
+    threads: &[usize],
+    json: Option<&Path>,
+    seed: u64,
+) -> Result<()> {
     if a.steps == 0 || a.context == 0 || a.prefill.contains(&0) {
         bail!("--steps, --context and --prefill lengths must be at least 1");
     }
-    let longest = a
-        .prefill
+    let lm_heads = a
+        .lm_head
         .iter()
-        .copied()
-        .chain([a.context + a.steps])
-        .max()
-        .unwrap_or(1);
-    let opts = EngineOptions {
-        max_context: longest,
-        ..Default::default()
-    };
-    eprintln!("building {name} with random weights (seed {seed})...");
-    let mut engine = Engine::random(config, seed, &opts)?;
-    let threads = if a.threads.is_empty() {
-        vec![rayon::current_num_threads()]
+        .map(|s| LmHead::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let threads = if threads.is_empty() {
+        vec![warp_bitnet::cpu::default_threads()?]
     } else {
-        a.threads.clone()
+        threads.to_vec()
     };
-    let (cpu, label) = (cpu_name(), format!("{} ", name_of(name)));
-    let mut rows = Vec::new();
+    let copy_gbps = threads
+        .iter()
+        .map(|&t| Ok((t, warp_bitnet::bench::cpu::copy_bandwidth(t, 5)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let plan = Plan {
+        a,
+        name,
+        threads: &threads,
+        copy_gbps: &copy_gbps,
+        cpu: cpu_name(),
+    };
+    let (mut rows, mut phases) = (Vec::new(), Vec::new());
+    for &lm_head in &lm_heads {
+        eprintln!(
+            "building {name} with random weights (seed {seed}, lm_head {})...",
+            lm_head.name()
+        );
+        let config = ModelConfig::preset(name)?;
+        let opts = EngineOptions {
+            max_context: a
+                .prefill
+                .iter()
+                .copied()
+                .chain([a.context + a.steps + 1])
+                .max()
+                .unwrap_or(1),
+            lm_head,
+            ..Default::default()
+        };
+        let mut engine = Engine::random(config, seed, &opts)?;
+        time_engine(&plan, &mut engine, &mut rows, &mut phases)?;
+        write_json(json, plan.name, plan.copy_gbps.to_vec(), &rows, &phases)?;
+    }
+    if let Some(p) = json {
+        println!("wrote {}", p.display());
+    }
+    Ok(())
+}
+
+fn time_engine(
+    p: &Plan,
+    engine: &mut Engine,
+    rows: &mut Vec<ModelRow>,
+    phases: &mut Vec<PhaseRow>,
+) -> Result<()> {
+    let a = p.a;
+    let label = format!("{} ", name_of(p.name));
     let vocab = engine.config().vocab_size;
     let mut logits = vec![0f32; vocab];
     let prompt = |n: usize| {
@@ -130,18 +190,19 @@ pub fn run(a: &ModelArgs, name: &str, json: Option<&Path>, seed: u64) -> Result<
             .map(|i| (i * 7919 % vocab) as u32)
             .collect::<Vec<u32>>()
     };
-    for &t in &threads {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build()?;
-        let bw = copy_bandwidth(&pool);
+    let lm_head = engine.lm_head_dtype();
+    for (&t, &(_, gbps)) in p.threads.iter().zip(p.copy_gbps) {
+        engine.set_threads(t)?;
         let mut row = |phase: &str, context: usize, time_us: f64, tokens: usize, bytes: u64| {
-            let limit_us = bytes as f64 / bw * 1e6;
+            let limit_us = bytes as f64 / (gbps * 1e9) * 1e6;
             let r = ModelRow {
                 shape: format!("{label}{phase}"),
                 batch: 1,
                 context,
-                backend: "cpu-reference",
-                device: cpu.clone(),
+                backend: "cpu",
+                device: p.cpu.clone(),
                 threads: t,
+                lm_head,
                 time_us,
                 tokens_per_s: tokens as f64 / (time_us / 1e6),
                 baseline: None,
@@ -150,47 +211,70 @@ pub fn run(a: &ModelArgs, name: &str, json: Option<&Path>, seed: u64) -> Result<
                 bytes,
                 limit_us,
                 pct_limit: 100.0 * limit_us / time_us,
+                load_avg: load_avg(),
             };
             println!(
-                "{:<36} {:>2} threads  ctx {:>5}  {:>12.0} us  {:>9.2} tok/s  {:>5.1}% of copy bw",
-                r.shape, t, context, time_us, r.tokens_per_s, r.pct_limit
+                "{:<40} {:>2} thr  lm_head {:<5} ctx {:>4} {:>11.0} us {:>8.2} tok/s {:>5.1}% of copy bw  load {:.1}",
+                r.shape, t, lm_head, context, time_us, r.tokens_per_s, r.pct_limit, r.load_avg
             );
             rows.push(r);
         };
         // The prefill of `context` tokens (if asked for) last, so the decode steps follow it.
         let mut order = a.prefill.clone();
-        order.sort_by_key(|&p| p == a.context);
-        for &p in &order {
+        order.sort_by_key(|&n| n == a.context);
+        for &n in &order {
             engine.reset_slot(0);
             let start = Instant::now();
-            pool.install(|| engine.forward(&[(0, &prompt(p))], &mut logits))?;
+            engine.forward(&[(0, &prompt(n))], &mut logits)?;
             let us = start.elapsed().as_secs_f64() * 1e6;
-            row("prefill", p, us, p, engine.bytes_per_decode_step(0));
+            row("prefill", n, us, n, engine.bytes_per_decode_step(0));
         }
         // Decode from a cache of `context` tokens (the prefill just timed, if it had that length).
         if engine.slot_len(0) != a.context {
             engine.reset_slot(0);
-            pool.install(|| engine.forward(&[(0, &prompt(a.context))], &mut logits))?;
+            engine.forward(&[(0, &prompt(a.context))], &mut logits)?;
         }
+        engine.reset_phase_times();
         let mut times = Vec::with_capacity(a.steps);
         for i in 0..a.steps {
             let token = [(i * 31 % vocab) as u32];
             let start = Instant::now();
-            pool.install(|| engine.forward(&[(0, &token)], &mut logits))?;
+            engine.forward(&[(0, &token)], &mut logits)?;
             times.push(start.elapsed().as_secs_f64() * 1e6);
         }
+        let total: f64 = times.iter().sum();
         let us = warp_bitnet::bench::median(&mut times);
-        row(
-            "decode",
-            a.context,
-            us,
-            1,
-            engine.bytes_per_decode_step(a.context),
-        );
-        write_json(json, name, &cpu, bw / 1e9, &rows)?;
-    }
-    if let Some(p) = json {
-        println!("wrote {}", p.display());
+        let bytes = engine.bytes_per_decode_step(a.context);
+        row("decode", a.context, us, 1, bytes);
+        for (phase, d) in engine.phase_times() {
+            let step = d.as_secs_f64() * 1e6 / a.steps as f64;
+            println!(
+                "    {:<16} {:>9.0} us/step {:>5.1}%",
+                phase.name(),
+                step,
+                100.0 * step * a.steps as f64 / total
+            );
+            phases.push(PhaseRow {
+                threads: t,
+                lm_head,
+                phase: phase.name(),
+                us_per_step: step,
+                pct: 100.0 * step * a.steps as f64 / total,
+            });
+        }
+        // End to end through `generate` (greedy sampling over the logits included), from the
+        // same cache length: the prompt is `context` tokens.
+        let mut sampler = Sampler::new(&SamplingParams::default())?;
+        let stats = generate(
+            engine,
+            &prompt(a.context),
+            a.steps + 1,
+            &mut sampler,
+            false,
+            |_| true,
+        )?;
+        let step_us = stats.decode.as_secs_f64() * 1e6 / a.steps as f64;
+        row("decode end-to-end (generate)", a.context, step_us, 1, bytes);
     }
     Ok(())
 }
@@ -205,18 +289,19 @@ fn name_of(preset: &str) -> &str {
 fn write_json(
     path: Option<&Path>,
     model: &str,
-    cpu: &str,
-    copy_gbps: f64,
+    copy_gbps: Vec<(usize, f64)>,
     rows: &[ModelRow],
+    phases: &[PhaseRow],
 ) -> Result<()> {
     let Some(path) = path else { return Ok(()) };
     let report = Report {
         date: crate::bench::today_utc(),
         commit: env!("WARP_BITNET_COMMIT"),
         model,
-        cpu: cpu.to_string(),
+        cpu: cpu_name(),
         copy_gbps,
         rows,
+        decode_breakdown: phases,
     };
     std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")?;
     Ok(())

@@ -13,7 +13,8 @@ use warp_bitnet::engine::{
 #[derive(ClapArgs)]
 pub struct Args {
     /// A Hugging Face folder (config.json + *.safetensors [+ tokenizer.json]), one of our packed
-    /// safetensors files (config.json beside it), or `random:PRESET`
+    /// safetensors files (config.json beside it), a GGUF file (I2_S / TQ1_0 / TQ2_0 tensors, config
+    /// and tokenizer from its metadata), or `random:PRESET`
     /// (`random:bitnet-2b4t`, `random:llama3-8b-ternary`: the architecture with random weights).
     model: String,
     /// The prompt text (needs the model's tokenizer).
@@ -53,9 +54,13 @@ pub struct Args {
     /// Tokens the KV cache holds (default: the model's limit, at most 4096).
     #[arg(long)]
     max_context: Option<usize>,
-    /// CPU threads (default: all cores).
+    /// CPU threads (default: WARP_BITNET_THREADS, else all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// The lm_head's weights: `as-stored` (the checkpoint's f32/f16/bf16) or `int8` (per-row
+    /// int8, half of bf16's bytes per token, not bit-faithful to the checkpoint).
+    #[arg(long, default_value = "as-stored")]
+    lm_head: String,
     /// Keep generating after an end-of-sequence token.
     #[arg(long)]
     ignore_eos: bool,
@@ -83,11 +88,13 @@ struct Report {
 
 fn load(a: &Args) -> Result<Engine> {
     let device = Device::parse(&a.device)?;
+    let lm_head = engine::LmHead::parse(&a.lm_head).context("--lm-head")?;
     let opts = |model_max: usize| EngineOptions {
         device,
         max_context: a.max_context.unwrap_or(model_max.min(4096)),
         slots: 1,
         threads: a.threads,
+        lm_head,
     };
     if let Some(preset) = a.model.strip_prefix("random:") {
         let config = engine::ModelConfig::preset(preset)?;
@@ -188,7 +195,7 @@ pub fn run(a: Args) -> Result<()> {
             Device::Cpu => "cpu".into(),
             Device::Cuda(n) => format!("cuda:{n}"),
         },
-        threads: a.threads.unwrap_or_else(rayon::current_num_threads),
+        threads: e.threads(),
         prompt_ids: prompt,
         generated_ids: out,
         text,

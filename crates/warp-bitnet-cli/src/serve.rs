@@ -103,6 +103,7 @@ fn load(a: &Args) -> Result<(Engine, String)> {
             .unwrap_or(model_limit.min(DEFAULT_CONTEXT_CAP)),
         slots: a.max_batch,
         threads: a.threads,
+        ..Default::default()
     };
     if let Some(preset) = a.model.strip_prefix("random:") {
         let config = engine::ModelConfig::preset(preset)?;

@@ -46,6 +46,7 @@ fn options(
         max_context: max_context.unwrap_or(model_max.min(4096)),
         slots: 1,
         threads,
+        ..Default::default()
     })
 }
 

@@ -6,6 +6,7 @@
 
 mod cpu;
 mod engine;
+mod host;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -418,6 +419,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(quantize_i8, m)?)?;
     m.add_function(wrap_pyfunction!(convert_checkpoint, m)?)?;
     cpu::register(m)?;
+    host::register(m)?;
     m.add_class::<engine::PyEngine>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

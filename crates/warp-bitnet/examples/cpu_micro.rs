@@ -1,12 +1,15 @@
-//! Hot-cache timing of the fast CPU kernels on one shape, for kernel development on a
-//! shared machine: prints the minimum and the median of many calls (the minimum is the
-//! closest to an unshared core when other processes take time slices).
+//! Timing of the fast CPU kernels on one shape, for kernel development on a shared machine:
+//! prints the minimum and the median of many calls (the minimum is the closest to an
+//! unshared core when other processes take time slices).
 //!
-//! `cargo run --release -p warp-bitnet --example cpu_micro -- ROWS COLS BATCH THREADS [ITERS]`
+//! `cargo run --release -p warp-bitnet --example cpu_micro -- ROWS COLS BATCH THREADS [ITERS] [cold]`
+//!
+//! With `cold` every call reads a different copy of the weights, rotating through more than
+//! `bench::cpu::ROTATE_BYTES` (weights from DRAM); otherwise one copy stays hot in cache.
 
 use std::time::Instant;
 
-use warp_bitnet::bench::cpu::dense_gemm;
+use warp_bitnet::bench::cpu::{dense_gemm, rotation};
 use warp_bitnet::bench::{median, random_matrix};
 use warp_bitnet::cpu::{CpuMatrix, Isa, Kernels};
 use warp_bitnet::quant::quantize_activations_i8;
@@ -24,7 +27,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let mut rng = rand::rng();
     let tm = random_matrix(&mut rng, rows, cols);
-    let w = CpuMatrix::from(&tm);
+    let cold = std::env::args().nth(6).is_some_and(|s| s == "cold");
+    let first = CpuMatrix::from(&tm);
+    let copies = if cold {
+        rotation(first.packed_bytes())
+    } else {
+        1
+    };
+    let ws: Vec<CpuMatrix> = (0..copies).map(|_| first.clone()).collect();
+    let w = &first;
     let x: Vec<f32> = (0..batch * cols)
         .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
         .collect();
@@ -41,6 +52,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 iters
             };
             let mut t = Vec::with_capacity(n);
+            for _ in 0..copies {
+                f()?; // fault every copy in before timing
+            }
             for _ in 0..n {
                 let s = Instant::now();
                 f()?;
@@ -49,16 +63,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let min = t.iter().copied().fold(f64::MAX, f64::min);
             let gb = w.packed_bytes() as f64 / min / 1e3;
             println!(
-                "{:>8} {name:>5} {rows}x{cols} b{batch} t{threads}: min {min:8.1} us ({gb:5.1} GB/s of weights), median {:8.1} us",
+                "{:>8} {name:>5} {rows}x{cols} b{batch} t{threads}{}: min {min:8.1} us ({gb:5.1} GB/s of weights), median {:8.1} us",
                 isa.name(),
+                if cold { " cold" } else { "" },
                 median(&mut t)
             );
             Ok(())
         };
+        let mut i = 0;
         run("w2a8", &mut || {
-            k.gemm_w2a8(&w, &a.q, &a.scale, batch, None, &mut y, threads)
+            i += 1;
+            k.gemm_w2a8(
+                &ws[i % copies],
+                &a.q,
+                &a.scale,
+                batch,
+                None,
+                &mut y,
+                threads,
+            )
         })?;
-        run("f32", &mut || k.gemm(&w, &x, batch, None, &mut y, threads))?;
+        run("f32", &mut || {
+            i += 1;
+            k.gemm(&ws[i % copies], &x, batch, None, &mut y, threads)
+        })?;
     }
     // The bench's dense f32 baseline on the same weights, hot as well.
     let mut dense = vec![0f32; rows * cols];

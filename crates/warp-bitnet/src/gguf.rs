@@ -1,9 +1,10 @@
-//! Just enough of the GGUF container (versions 2 and 3) to find tensors: the header, the
-//! key-value section (skipped but for `general.alignment`), the tensor infos and the data
-//! offsets. Every count, length and offset is checked against the bytes, so a truncated
-//! or hostile file is [`Error::BadFile`], never a panic or a huge allocation.
+//! Just enough of the GGUF container (versions 2 and 3) to load a model: the header, the
+//! key-value section (walked and indexed; a value is decoded only when asked for, so a
+//! hostile array costs nothing until read), the tensor infos and the data offsets. Every count,
+//! length and offset is checked against the bytes, so a truncated or hostile file is
+//! [`Error::BadFile`], never a panic or a huge allocation.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use crate::error::{Error, Result};
 
@@ -127,6 +128,18 @@ fn tensor_bytes(ggml_type: u32, n: usize, name: &str) -> Result<usize> {
 
 /// The tensors of a GGUF file, in file order.
 pub(crate) fn tensors(bytes: &[u8]) -> Result<Vec<Tensor<'_>>> {
+    parse(bytes).map(|g| g.tensors)
+}
+
+/// A parsed GGUF file: its tensors, and its metadata by key (type and where the value starts).
+pub(crate) struct Gguf<'a> {
+    pub tensors: Vec<Tensor<'a>>,
+    meta: HashMap<String, (u32, usize)>,
+    bytes: &'a [u8],
+}
+
+/// Parses the header, indexes the metadata and locates every tensor.
+pub(crate) fn parse(bytes: &[u8]) -> Result<Gguf<'_>> {
     let mut c = Cursor { b: bytes, pos: 0 };
     if c.take(4)? != b"GGUF" {
         return Err(bad("no GGUF magic"));
@@ -139,11 +152,11 @@ pub(crate) fn tensors(bytes: &[u8]) -> Result<Vec<Tensor<'_>>> {
     let n_tensors = c.count(32, "tensor")?;
     let n_kv = c.count(13, "metadata")?;
     let mut alignment = 32u64;
-    let mut keys = HashSet::new();
+    let mut meta = HashMap::new();
     for _ in 0..n_kv {
         let key = c.string()?;
         let t = c.u32()?;
-        if !keys.insert(key.clone()) {
+        if meta.insert(key.clone(), (t, c.pos)).is_some() {
             return Err(bad(format!("metadata key `{key}` appears twice")));
         }
         if key == "general.alignment" {
@@ -179,7 +192,7 @@ pub(crate) fn tensors(bytes: &[u8]) -> Result<Vec<Tensor<'_>>> {
         infos.push((name, dims, ggml_type, offset));
     }
     let data_start = (c.pos as u64).next_multiple_of(alignment);
-    infos
+    let tensors = infos
         .into_iter()
         .map(|(name, dims, ggml_type, offset)| {
             let n = dims
@@ -203,5 +216,273 @@ pub(crate) fn tensors(bytes: &[u8]) -> Result<Vec<Tensor<'_>>> {
                 data,
             })
         })
-        .collect()
+        .collect::<Result<_>>()?;
+    Ok(Gguf {
+        tensors,
+        meta,
+        bytes,
+    })
+}
+
+/// One decoded metadata value (arrays are decoded by the typed accessors).
+enum Scalar {
+    Int(i128),
+    Float(f64),
+    Bool(bool),
+    Str(String),
+}
+
+fn meta_err(key: &str, why: impl std::fmt::Display) -> Error {
+    bad(format!("metadata `{key}`: {why}"))
+}
+
+impl Cursor<'_> {
+    /// A scalar value of type `t` (any type but an array).
+    fn scalar(&mut self, t: u32, key: &str) -> Result<Scalar> {
+        Ok(match t {
+            0 => Scalar::Int(self.take(1)?[0].into()),
+            1 => Scalar::Int((self.take(1)?[0] as i8).into()),
+            2 => Scalar::Int(u16::from_le_bytes(self.take(2)?.try_into().expect("2")).into()),
+            3 => Scalar::Int(i16::from_le_bytes(self.take(2)?.try_into().expect("2")).into()),
+            4 => Scalar::Int(self.u32()?.into()),
+            5 => Scalar::Int((self.u32()? as i32).into()),
+            10 => Scalar::Int(self.u64()?.into()),
+            11 => Scalar::Int((self.u64()? as i64).into()),
+            6 => Scalar::Float(f32::from_le_bytes(self.take(4)?.try_into().expect("4")).into()),
+            12 => Scalar::Float(f64::from_le_bytes(self.take(8)?.try_into().expect("8"))),
+            7 => Scalar::Bool(self.take(1)?[0] != 0),
+            8 => {
+                let n = self.count(1, "string length")?;
+                let s = self.take(n)?;
+                Scalar::Str(
+                    String::from_utf8(s.to_vec())
+                        .map_err(|_| meta_err(key, "a string is not UTF-8"))?,
+                )
+            }
+            other => {
+                return Err(meta_err(
+                    key,
+                    format!("value of type {other} where a scalar belongs"),
+                ))
+            }
+        })
+    }
+}
+
+impl Gguf<'_> {
+    fn scalar(&self, key: &str) -> Result<Option<Scalar>> {
+        let Some(&(t, pos)) = self.meta.get(key) else {
+            return Ok(None);
+        };
+        let mut c = Cursor { b: self.bytes, pos };
+        c.scalar(t, key).map(Some)
+    }
+
+    /// The elements of array `key` (`None` if absent; an error if not an array), each converted
+    /// by `pick` as it is read, so that what is allocated is at most 8 bytes per byte of file
+    /// (a `u8` array read as `i64`), whatever the array claims.
+    fn array<T>(
+        &self,
+        key: &str,
+        what: &str,
+        pick: impl Fn(Scalar) -> Option<T>,
+    ) -> Result<Option<Vec<T>>> {
+        let Some(&(t, pos)) = self.meta.get(key) else {
+            return Ok(None);
+        };
+        if t != 9 {
+            return Err(meta_err(key, format!("is not an array of {what}")));
+        }
+        let mut c = Cursor { b: self.bytes, pos };
+        let elem = c.u32()?;
+        let n = c.count(1, "array")?;
+        // Not reserved from the count: a hostile count fails on the bytes, not on allocation.
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let v = c.scalar(elem, key)?;
+            out.push(pick(v).ok_or_else(|| meta_err(key, format!("is not an array of {what}")))?);
+        }
+        Ok(Some(out))
+    }
+
+    /// A non-negative integer value.
+    pub fn uint(&self, key: &str) -> Result<Option<u64>> {
+        match self.scalar(key)? {
+            None => Ok(None),
+            Some(Scalar::Int(v)) => u64::try_from(v)
+                .map(Some)
+                .map_err(|_| meta_err(key, format!("{v} is negative"))),
+            Some(_) => Err(meta_err(key, "is not an integer")),
+        }
+    }
+
+    /// A number (float or integer).
+    pub fn float(&self, key: &str) -> Result<Option<f64>> {
+        match self.scalar(key)? {
+            None => Ok(None),
+            Some(Scalar::Float(v)) => Ok(Some(v)),
+            Some(Scalar::Int(v)) => Ok(Some(v as f64)),
+            Some(_) => Err(meta_err(key, "is not a number")),
+        }
+    }
+
+    /// A boolean.
+    pub fn boolean(&self, key: &str) -> Result<Option<bool>> {
+        match self.scalar(key)? {
+            None => Ok(None),
+            Some(Scalar::Bool(v)) => Ok(Some(v)),
+            Some(_) => Err(meta_err(key, "is not a boolean")),
+        }
+    }
+
+    /// A string.
+    pub fn string(&self, key: &str) -> Result<Option<String>> {
+        match self.scalar(key)? {
+            None => Ok(None),
+            Some(Scalar::Str(v)) => Ok(Some(v)),
+            Some(_) => Err(meta_err(key, "is not a string")),
+        }
+    }
+
+    /// An array of strings.
+    pub fn strings(&self, key: &str) -> Result<Option<Vec<String>>> {
+        self.array(key, "strings", |v| match v {
+            Scalar::Str(s) => Some(s),
+            _ => None,
+        })
+    }
+
+    /// An array of integers (each within i64).
+    pub fn ints(&self, key: &str) -> Result<Option<Vec<i64>>> {
+        self.array(key, "integers", |v| match v {
+            Scalar::Int(i) => i64::try_from(i).ok(),
+            _ => None,
+        })
+    }
+
+    /// An array of numbers.
+    pub fn floats(&self, key: &str) -> Result<Option<Vec<f64>>> {
+        self.array(key, "numbers", |v| match v {
+            Scalar::Float(f) => Some(f),
+            Scalar::Int(i) => Some(i as f64),
+            _ => None,
+        })
+    }
+}
+
+/// A GGUF writer for tests (version 3, alignment 32).
+#[cfg(test)]
+pub(crate) mod testing {
+    /// A metadata value.
+    pub enum Meta {
+        U32(u32),
+        F32(f32),
+        Bool(bool),
+        Str(String),
+        Strs(Vec<String>),
+        I32s(Vec<i32>),
+        F32s(Vec<f32>),
+    }
+
+    fn string(out: &mut Vec<u8>, s: &str) {
+        out.extend((s.len() as u64).to_le_bytes());
+        out.extend(s.as_bytes());
+    }
+
+    /// The file of `meta` and `tensors` (name, GGML dims, type, data).
+    pub fn file(meta: &[(&str, Meta)], tensors: &[(&str, Vec<usize>, u32, Vec<u8>)]) -> Vec<u8> {
+        let mut out = b"GGUF".to_vec();
+        out.extend(3u32.to_le_bytes());
+        out.extend((tensors.len() as u64).to_le_bytes());
+        out.extend((meta.len() as u64).to_le_bytes());
+        for (key, v) in meta {
+            string(&mut out, key);
+            let array = |out: &mut Vec<u8>, t: u32, n: usize| {
+                out.extend(9u32.to_le_bytes());
+                out.extend(t.to_le_bytes());
+                out.extend((n as u64).to_le_bytes());
+            };
+            match v {
+                Meta::U32(x) => out.extend(4u32.to_le_bytes().into_iter().chain(x.to_le_bytes())),
+                Meta::F32(x) => out.extend(6u32.to_le_bytes().into_iter().chain(x.to_le_bytes())),
+                Meta::Bool(x) => out.extend(7u32.to_le_bytes().into_iter().chain([*x as u8])),
+                Meta::Str(s) => {
+                    out.extend(8u32.to_le_bytes());
+                    string(&mut out, s);
+                }
+                Meta::Strs(items) => {
+                    array(&mut out, 8, items.len());
+                    items.iter().for_each(|s| string(&mut out, s));
+                }
+                Meta::I32s(items) => {
+                    array(&mut out, 5, items.len());
+                    items.iter().for_each(|x| out.extend(x.to_le_bytes()));
+                }
+                Meta::F32s(items) => {
+                    array(&mut out, 6, items.len());
+                    items.iter().for_each(|x| out.extend(x.to_le_bytes()));
+                }
+            }
+        }
+        let mut offset = 0usize;
+        let mut offsets = Vec::new();
+        for (name, dims, t, data) in tensors {
+            string(&mut out, name);
+            out.extend((dims.len() as u32).to_le_bytes());
+            dims.iter()
+                .for_each(|&d| out.extend((d as u64).to_le_bytes()));
+            out.extend(t.to_le_bytes());
+            out.extend((offset as u64).to_le_bytes());
+            offsets.push(offset);
+            offset = (offset + data.len()).next_multiple_of(32);
+        }
+        let start = out.len().next_multiple_of(32);
+        for ((_, _, _, data), off) in tensors.iter().zip(offsets) {
+            out.resize(start + off, 0);
+            out.extend(data);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{file, Meta};
+    use super::*;
+
+    #[test]
+    fn metadata_reads_by_type_and_names_the_key() {
+        let bytes = file(
+            &[
+                ("a.count", Meta::U32(7)),
+                ("a.eps", Meta::F32(1e-5)),
+                ("a.flag", Meta::Bool(true)),
+                ("a.name", Meta::Str("x".into())),
+                ("a.list", Meta::Strs(vec!["p".into(), "q r".into()])),
+                ("a.ints", Meta::I32s(vec![-1, 3])),
+                ("a.floats", Meta::F32s(vec![0.5, -2.0])),
+            ],
+            &[],
+        );
+        let g = parse(&bytes).unwrap();
+        assert_eq!(g.uint("a.count").unwrap(), Some(7));
+        assert_eq!(g.float("a.eps").unwrap(), Some(1e-5f32 as f64));
+        assert_eq!(g.float("a.count").unwrap(), Some(7.0));
+        assert_eq!(g.boolean("a.flag").unwrap(), Some(true));
+        assert_eq!(g.string("a.name").unwrap().as_deref(), Some("x"));
+        assert_eq!(g.strings("a.list").unwrap().unwrap(), ["p", "q r"]);
+        assert_eq!(g.ints("a.ints").unwrap().unwrap(), [-1, 3]);
+        assert_eq!(g.floats("a.floats").unwrap().unwrap(), [0.5, -2.0]);
+        assert_eq!(g.uint("a.missing").unwrap(), None);
+        for err in [
+            g.uint("a.name").unwrap_err(),
+            g.string("a.count").unwrap_err(),
+            g.strings("a.ints").unwrap_err(),
+            g.ints("a.eps").unwrap_err(),
+        ] {
+            assert!(err.to_string().contains("metadata `a."), "{err}");
+        }
+        let neg = file(&[("n", Meta::I32s(vec![-1]))], &[]);
+        assert!(parse(&neg).unwrap().uint("n").is_err());
+    }
 }

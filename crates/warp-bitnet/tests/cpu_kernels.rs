@@ -270,3 +270,37 @@ fn bad_input_is_rejected_by_name() {
         .unwrap_err())
     .contains("threads"));
 }
+
+/// The i16 partial sums at their bound: every weight at its largest code and every
+/// activation at -128 or 127 (the sums of `vpmaddubsw` that may saturate or overflow if a
+/// kernel widens too late), over more columns than the random sweep reaches (many blocks
+/// between widenings), with 1-5 tokens and row counts that leave partial tiles.
+#[test]
+fn extreme_codes_and_activations_accumulate_exactly() {
+    let (rows, cols) = (7, 3 * 1280 + 77);
+    let ternary = TernaryMatrix::from_ternary(rows, cols, &vec![1; rows * cols], Scale::None);
+    let int2 = Int2Matrix::from_codes(rows, cols, &vec![3; rows * cols], Scale::None);
+    let (ternary, int2) = (ternary.unwrap(), int2.unwrap());
+    for batch in 1..=5 {
+        for fill in [-128i8, 127] {
+            let q = vec![fill; batch * cols];
+            for isa in Isa::available() {
+                let k = Kernels::new(isa).unwrap();
+                for (cm, want) in [
+                    (
+                        CpuMatrix::from(&ternary),
+                        reference::gemm_i8_accumulate(&ternary, &q, batch).unwrap(),
+                    ),
+                    (
+                        CpuMatrix::from(&int2),
+                        reference::gemm_i8_accumulate(&int2, &q, batch).unwrap(),
+                    ),
+                ] {
+                    let mut acc = vec![i32::MIN; batch * rows];
+                    k.accumulate_i8(&cm, &q, batch, &mut acc, 1).unwrap();
+                    assert_eq!(acc, want, "{isa:?}, {batch} tokens of {fill}");
+                }
+            }
+        }
+    }
+}

@@ -121,6 +121,10 @@ fn mutated_checkpoints_are_errors_or_loads_never_panics() {
     };
     Engine::load(&dir, &opts).expect("the unmutated checkpoint loads");
     let gguf = common::small_gguf(9);
+    let gguf_model = common::gguf_model(2, 5);
+    let gguf_path = dir.join("model.gguf");
+    std::fs::write(&gguf_path, &gguf_model).unwrap();
+    Engine::load(&gguf_path, &opts).expect("the unmutated GGUF model loads");
     warp_bitnet::import::gguf_file(&gguf, |_| ()).expect("the unmutated GGUF file reads");
 
     let config = Config {
@@ -150,6 +154,16 @@ fn mutated_checkpoints_are_errors_or_loads_never_panics() {
                     prop_assert!(!err.to_string().is_empty());
                     errors.fetch_add(1, Ordering::Relaxed);
                 }
+            }
+            // A GGUF model, through the engine's loader (metadata, tokenizer, tensors).
+            let bytes = apply(&gguf_model, &mg);
+            std::fs::write(&gguf_path, &bytes).unwrap();
+            LARGEST.store(0, Ordering::Relaxed);
+            let loaded = Engine::load(&gguf_path, &opts);
+            bounded(bytes.len(), "GGUF model", &mg)?;
+            if let Ok(mut e) = loaded {
+                let mut logits = vec![0f32; common::VOCAB];
+                let _ = e.forward(&[(0, &[3, 4])], &mut logits);
             }
             // GGUF, through the file reader and our packed-file reader.
             let bytes = apply(&gguf, &mg);

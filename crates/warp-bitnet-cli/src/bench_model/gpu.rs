@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use warp_bitnet::engine::{generate, Device, Engine, EngineOptions, ModelConfig, Sampler};
 
-use super::{name_of, write_json, ModelArgs, ModelRow};
+use super::{load_avg, name_of, write_json, ModelArgs, ModelRow};
 
 /// Decode batch sizes with a captured graph (engine/gpu/schedule.rs `GRAPH_BATCHES`).
 const GRAPHED: [usize; 5] = [1, 2, 4, 8, 16];
@@ -57,6 +57,7 @@ pub fn run_cuda(
     let mut logits = vec![0f32; slots * vocab];
     let label = format!("{} ", name_of(name));
     let mut copy_gbps = 0.0;
+    let lm_head = engine.lm_head_dtype();
     let row = |phase: &str, batch, context, time_us: f64, tokens: usize, bytes: u64, bw: f64| {
         let limit_us = bytes as f64 / bw * 1e6;
         let r = ModelRow {
@@ -66,6 +67,7 @@ pub fn run_cuda(
             backend: "cuda-engine",
             device: "cuda:0".into(),
             threads: 0,
+            lm_head,
             time_us,
             tokens_per_s: tokens as f64 / (time_us / 1e6),
             baseline: None,
@@ -74,6 +76,7 @@ pub fn run_cuda(
             bytes,
             limit_us,
             pct_limit: 100.0 * limit_us / time_us,
+            load_avg: load_avg(),
         };
         println!(
             "{:<36} batch {:>2}  ctx {:>5}  {:>10.1} us  {:>9.1} tok/s  {:>5.1}% of copy bw",
@@ -133,7 +136,7 @@ pub fn run_cuda(
         engine.bytes_per_decode_step(64),
         bw,
     ));
-    write_json(json, name, "cuda:0", copy_gbps, &rows)?;
+    write_json(json, name, vec![(0, copy_gbps)], &rows, &[])?;
     if let Some(p) = json {
         println!("wrote {}", p.display());
     }

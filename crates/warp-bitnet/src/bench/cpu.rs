@@ -46,6 +46,8 @@ pub struct CpuInfo {
     pub copy_gbps: f64,
     /// Median per-call overhead of the thread pool with `threads` empty parts, µs.
     pub pool_overhead_us: f64,
+    /// The smallest per-call overhead seen, µs (a call no other process interrupted).
+    pub pool_overhead_min_us: f64,
     /// Timed iterations per measurement (median taken).
     pub iters: usize,
     /// The 1-minute load average when the run started (other processes share the CPU).
@@ -65,13 +67,15 @@ impl CpuBench {
         let kernels = Kernels::detect()?;
         let threads = crate::cpu::resolve_threads(threads)?;
         let (cpu, flags) = cpu_model_and_flags();
+        let (pool_min, pool_median) = pool_overhead_us(threads, 2000)?;
         let info = CpuInfo {
             cpu,
             flags,
             isa: kernels.isa().name().into(),
             threads,
             copy_gbps: copy_bandwidth(threads, 5)?,
-            pool_overhead_us: pool_overhead_us(threads, 2000)?,
+            pool_overhead_us: pool_median,
+            pool_overhead_min_us: pool_min,
             iters: iters.max(1),
             load_average: load_average(),
         };
@@ -222,7 +226,7 @@ impl CpuBench {
 }
 
 /// Copies of a `bytes`-sized matrix that together exceed [`ROTATE_BYTES`].
-fn rotation(bytes: usize) -> usize {
+pub fn rotation(bytes: usize) -> usize {
     ROTATE_BYTES.div_ceil(bytes.max(1)).clamp(1, 256)
 }
 
@@ -317,8 +321,8 @@ pub fn copy_bandwidth(threads: usize, iters: usize) -> Result<f64> {
     Ok(2.0 * (n * 8) as f64 / median(&mut t) / 1e9)
 }
 
-/// Median wall time of handing `threads` empty parts to the pool and waiting, µs.
-pub fn pool_overhead_us(threads: usize, iters: usize) -> Result<f64> {
+/// `(min, median)` wall time of handing `threads` empty parts to the pool and waiting, µs.
+pub fn pool_overhead_us(threads: usize, iters: usize) -> Result<(f64, f64)> {
     let mut t = Vec::with_capacity(iters);
     for _ in 0..iters {
         let start = Instant::now();
@@ -327,7 +331,8 @@ pub fn pool_overhead_us(threads: usize, iters: usize) -> Result<f64> {
         })?;
         t.push(start.elapsed().as_secs_f64() * 1e6);
     }
-    Ok(median(&mut t))
+    let min = t.iter().copied().fold(f64::MAX, f64::min);
+    Ok((min, median(&mut t)))
 }
 
 fn cpu_model_and_flags() -> (String, Vec<String>) {

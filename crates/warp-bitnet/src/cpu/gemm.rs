@@ -74,12 +74,18 @@ impl Kernels {
         let ab = (a as f32, b as f32);
         let (unit, scale) = (w.unit(), w.row_scales());
         let micro = self.micro;
+        let rb = kp / 4;
         run(
             w,
             batch,
             threads,
             y,
-            |row, t0, acc: &mut [f32]| micro.row_f32(row, &xf[t0 * kp..], kp, ab, acc),
+            |rows, t0, acc: &mut [f32]| {
+                let nt = acc.len() / (rows.len() / rb);
+                for (row, acc) in rows.chunks_exact(rb).zip(acc.chunks_mut(nt)) {
+                    micro.row_f32(row, &xf[t0 * kp..], kp, ab, acc);
+                }
+            },
             |r, _, acc| T::from_f32(acc * unit * scale[r] + bias.map_or(0.0, |bv| bv[r].to_f32())),
         )
     }
@@ -105,11 +111,9 @@ impl Kernels {
             batch,
             threads,
             acc,
-            |row, t0, acc: &mut [i32]| {
-                micro.row_i8(row, &xq[t0 * kp..], kp, acc);
-                for (i, v) in acc.iter_mut().enumerate() {
-                    *v = correct(*v, (a, b), sums[t0 + i]);
-                }
+            |rows, t0, acc: &mut [i32]| {
+                micro.tile_i8(rows, kp / 4, &xq[t0 * kp..], kp, acc);
+                correct_tile(acc, (a, b), &sums[t0..], rows.len() / (kp / 4));
             },
             |_, _, v| v,
         )
@@ -147,11 +151,9 @@ impl Kernels {
             batch,
             threads,
             y,
-            |row, t0, acc: &mut [i32]| {
-                micro.row_i8(row, &xq[t0 * kp..], kp, acc);
-                for (i, v) in acc.iter_mut().enumerate() {
-                    *v = correct(*v, ab, sums[t0 + i]);
-                }
+            |rows, t0, acc: &mut [i32]| {
+                micro.tile_i8(rows, kp / 4, &xq[t0 * kp..], kp, acc);
+                correct_tile(acc, ab, &sums[t0..], rows.len() / (kp / 4));
             },
             // The reference's operation order, so the result is the same bits.
             |r, b, acc| {
@@ -169,6 +171,16 @@ fn correct(sum_uq: i32, (a, b): (i32, i32), sum_q: i32) -> i32 {
     a.wrapping_mul(sum_uq).wrapping_add(b.wrapping_mul(sum_q))
 }
 
+/// [`correct`] on a tile `acc[r * ntok + t]` of `nrows` rows, token `t` with sum `sums[t]`.
+fn correct_tile(acc: &mut [i32], ab: (i32, i32), sums: &[i32], nrows: usize) {
+    let ntok = acc.len() / nrows;
+    for row in acc.chunks_mut(ntok) {
+        for (v, &s) in row.iter_mut().zip(sums) {
+            *v = correct(*v, ab, s);
+        }
+    }
+}
+
 /// The activations padded to whole blocks with zeros, and each token's sum.
 fn pad_i8(w: &CpuMatrix, q: &[i8], batch: usize) -> (Vec<i8>, Vec<i32>) {
     let kp = w.padded_cols();
@@ -181,8 +193,10 @@ fn pad_i8(w: &CpuMatrix, q: &[i8], batch: usize) -> (Vec<i8>, Vec<i32>) {
     (xq, sums)
 }
 
-/// The generic algorithm: `tile(row bytes, first token, acc[tile])` per (row, token tile),
-/// then `y[b, r] = epi(r, b, acc)`, rows split across `threads`.
+/// The generic algorithm: `tile(bytes of rows r0.., first token t0, acc)` per tile of
+/// `nr` rows x `nt` tokens (`acc[i * nt + j]` for row `r0 + i`, token `t0 + j`; `nr * nt <=
+/// MAX_TILE`: four rows at one token, one row at four), then `y[b, r] = epi(r, b, acc)`, rows
+/// split across `threads`.
 fn run<A, Y>(
     w: &CpuMatrix,
     batch: usize,
@@ -215,19 +229,23 @@ where
             rest = tail;
         }
     }
-    let rb = w.padded_cols() / 4;
     run_parts(parts, |(range, mut outs)| {
         let mut acc = [A::default(); MAX_TILE];
         for c0 in range.clone().step_by(ROW_CHUNK) {
-            let chunk = c0..(c0 + ROW_CHUNK).min(range.end);
-            let bytes = w.rows_bytes(chunk.clone());
+            let chunk_end = (c0 + ROW_CHUNK).min(range.end);
             for t0 in (0..batch).step_by(MAX_TILE) {
-                let acc = &mut acc[..MAX_TILE.min(batch - t0)];
-                for (i, r) in chunk.clone().enumerate() {
-                    tile(&bytes[i * rb..(i + 1) * rb], t0, acc);
-                    for (j, &a) in acc.iter().enumerate() {
-                        outs[t0 + j][r - range.start] = epi(r, t0 + j, a);
+                let nt = MAX_TILE.min(batch - t0);
+                let mut r0 = c0;
+                while r0 < chunk_end {
+                    let nr = (MAX_TILE / nt).min(chunk_end - r0);
+                    let acc = &mut acc[..nr * nt];
+                    tile(w.rows_bytes(r0..r0 + nr), t0, acc);
+                    for (i, accs) in acc.chunks(nt).enumerate() {
+                        for (j, &a) in accs.iter().enumerate() {
+                            outs[t0 + j][r0 + i - range.start] = epi(r0 + i, t0 + j, a);
+                        }
                     }
+                    r0 += nr;
                 }
             }
         }

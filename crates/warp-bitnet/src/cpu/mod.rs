@@ -20,6 +20,7 @@
 //! ```
 
 pub mod arch;
+pub mod dense;
 mod gemm;
 mod layout;
 pub(crate) mod pool;

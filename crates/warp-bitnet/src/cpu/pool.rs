@@ -1,13 +1,16 @@
-//! Threads for the fast kernels: rows are split into one contiguous part per thread, the
-//! calling thread runs the first part, and a cached pool of `threads - 1` workers the rest.
+//! Threads for the fast kernels: rows are split into one contiguous part per thread, and the
+//! calling thread with a cached pool of `threads - 1` workers runs them.
 //!
-//! The pool is rayon's (`in_place_scope`, so the caller works instead of waiting); its
-//! per-call overhead is measured by `bench::cpu::pool_overhead` and recorded in
+//! The pool is ours ([`super::arch::spin_pool`]): persistent workers that spin for a while
+//! after each call, so a decode step's back-to-back GEMVs do not wake sleeping threads
+//! (rayon's `in_place_scope`, used before, cost 11-23 µs per call at 2 threads here). Its
+//! per-call overhead is measured by `bench::cpu::pool_overhead_us` and recorded in
 //! docs/NOTES.md ("CPU kernels").
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use super::arch::spin_pool::SpinPool;
 use crate::error::{Error, Result};
 
 /// Most threads a call may ask for.
@@ -52,31 +55,27 @@ pub fn resolve_threads(threads: usize) -> Result<usize> {
     }
 }
 
-/// Runs `f` on every part, the first on the calling thread and the others on the cached
-/// pool of `parts.len() - 1` workers; returns when all are done.
+/// Runs `f` on every part, on the calling thread and the cached pool of `parts.len() - 1`
+/// workers; returns when all are done.
 pub(crate) fn run_parts<P: Send>(parts: Vec<P>, f: impl Fn(P) + Sync) -> Result<()> {
-    let mut it = parts.into_iter();
-    let Some(first) = it.next() else {
-        return Ok(());
-    };
-    if it.len() == 0 {
-        f(first);
+    if parts.len() <= 1 {
+        parts.into_iter().for_each(f);
         return Ok(());
     }
-    let pool = pool_of(it.len())?;
-    let f = &f;
-    pool.in_place_scope(|s| {
-        for p in it {
-            s.spawn(move |_| f(p));
+    let pool = pool_of(parts.len() - 1)?;
+    let slots: Vec<Mutex<Option<P>>> = parts.into_iter().map(|p| Mutex::new(Some(p))).collect();
+    pool.run(slots.len(), &|i| {
+        let part = slots[i].lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(p) = part {
+            f(p);
         }
-        f(first);
     });
     Ok(())
 }
 
 /// The cached pool of `workers` threads.
-fn pool_of(workers: usize) -> Result<Arc<rayon::ThreadPool>> {
-    static POOLS: OnceLock<Mutex<HashMap<usize, Arc<rayon::ThreadPool>>>> = OnceLock::new();
+fn pool_of(workers: usize) -> Result<Arc<SpinPool>> {
+    static POOLS: OnceLock<Mutex<HashMap<usize, Arc<SpinPool>>>> = OnceLock::new();
     let mut pools = POOLS
         .get_or_init(Default::default)
         .lock()
@@ -84,10 +83,7 @@ fn pool_of(workers: usize) -> Result<Arc<rayon::ThreadPool>> {
     if let Some(p) = pools.get(&workers) {
         return Ok(p.clone());
     }
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(workers)
-        .thread_name(|i| format!("warp-bitnet-cpu-{i}"))
-        .build()
+    let pool = SpinPool::new(workers)
         .map_err(|e| Error::Io(std::io::Error::other(format!("starting CPU threads: {e}"))))?;
     Ok(pools.entry(workers).or_insert(Arc::new(pool)).clone())
 }
@@ -107,6 +103,25 @@ mod tests {
             .unwrap();
             assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
         }
+    }
+
+    #[test]
+    fn a_panicking_part_is_raised_after_all_parts_ran() {
+        let hits = AtomicUsize::new(0);
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_parts((0..3).collect(), |i: usize| {
+                hits.fetch_add(1, Ordering::Relaxed);
+                assert!(i != 1, "part 1 fails");
+            })
+        }));
+        assert!(caught.is_err());
+        assert_eq!(hits.load(Ordering::Relaxed), 3);
+        // The pool still works afterwards.
+        run_parts((0..3).collect(), |_| {
+            hits.fetch_add(1, Ordering::Relaxed);
+        })
+        .unwrap();
+        assert_eq!(hits.load(Ordering::Relaxed), 6);
     }
 
     #[test]

@@ -39,17 +39,32 @@ const HEADERS: &[(&str, &str)] = &[
     ("wgmma.cuh", include_str!("kernels/wgmma.cuh")),
 ];
 
+/// Every header NVRTC is given: the embedded ones, and `constants.cuh`, generated from the
+/// planner's values (`plan/constants.rs`; common.cuh includes it).
+fn headers() -> Vec<(&'static str, Cow<'static, str>)> {
+    let mut all: Vec<_> = HEADERS
+        .iter()
+        .map(|&(name, text)| (name, Cow::Borrowed(text)))
+        .collect();
+    all.push(("constants.cuh", Cow::Owned(super::plan::constants_header())));
+    all
+}
+
 /// The GEMM template: every GEMM family is it plus its kernels' instantiation lines.
 const GEMM_TEMPLATE: &str = include_str!("kernels/gemm.cu");
 
-/// The GEMM family of `levels` (`gemm_t2.cu`, `gemm_int2.cu`): the template and a line per
-/// kernel the planner can pick.
+/// The GEMM family of `levels` (`gemm_t2.cu`, `gemm_int2.cu`): the template, a line per
+/// kernel the planner can pick, and the checks that its layouts are the planner's.
 pub fn gemm(levels: Levels) -> Source {
     let name = match levels {
         Levels::Ternary => "gemm_t2.cu",
         Levels::Int2 => "gemm_int2.cu",
     };
-    let text = format!("{GEMM_TEMPLATE}{}", super::plan::gemm_instances(levels));
+    let text = format!(
+        "{GEMM_TEMPLATE}{}{}",
+        super::plan::gemm_instances(levels),
+        super::plan::layout_checks()
+    );
     Source {
         name,
         text: Cow::Owned(text),
@@ -86,6 +101,17 @@ pub fn sources() -> Vec<Source> {
 
 const OPTIONS: &[&str] = &["-std=c++17", "-lineinfo"];
 
+/// The text of every embedded header and source (for tests that read the kernels).
+#[cfg(test)]
+pub(crate) fn embedded_texts() -> Vec<String> {
+    let sources = [gemm(Levels::Ternary), LAYOUT, QUANT];
+    HEADERS
+        .iter()
+        .map(|(_, t)| t.to_string())
+        .chain(sources.into_iter().map(|s| s.text.into_owned()))
+        .collect()
+}
+
 /// Whether the NVRTC library can be loaded.
 pub fn is_available() -> bool {
     // SAFETY: only tries to dlopen the library.
@@ -121,9 +147,9 @@ pub fn cubin_cached(src: &Source, arch: &str) -> Result<Vec<u8>> {
     let mut h = Sha256::new();
     h.update(format!("{version:?}|{arch}|{OPTIONS:?}|{}", src.name));
     h.update(src.text.as_bytes());
-    for (name, text) in HEADERS {
+    for (name, text) in headers() {
         h.update(name);
-        h.update(text);
+        h.update(text.as_bytes());
     }
     let key: String = h
         .finalize()
@@ -156,8 +182,9 @@ pub fn compile(src: &Source, arch: &str) -> Result<Vec<u8>> {
     let cstr = |s: &str| CString::new(s).expect("embedded sources hold no NUL");
     let text = cstr(&src.text);
     let name = cstr(src.name);
-    let header_texts: Vec<CString> = HEADERS.iter().map(|(_, t)| cstr(t)).collect();
-    let header_names: Vec<CString> = HEADERS.iter().map(|(n, _)| cstr(n)).collect();
+    let headers = headers();
+    let header_texts: Vec<CString> = headers.iter().map(|(_, t)| cstr(t)).collect();
+    let header_names: Vec<CString> = headers.iter().map(|(n, _)| cstr(n)).collect();
     let texts: Vec<*const c_char> = header_texts.iter().map(|c| c.as_ptr()).collect();
     let names: Vec<*const c_char> = header_names.iter().map(|c| c.as_ptr()).collect();
     let mut opts: Vec<CString> = OPTIONS.iter().map(|o| cstr(o)).collect();
@@ -166,13 +193,13 @@ pub fn compile(src: &Source, arch: &str) -> Result<Vec<u8>> {
 
     let mut prog: sys::nvrtcProgram = std::ptr::null_mut();
     // SAFETY: all strings are NUL-terminated and outlive the call; the header arrays
-    // have HEADERS.len() entries each.
+    // have headers.len() entries each.
     let rc = unsafe {
         sys::nvrtcCreateProgram(
             &mut prog,
             text.as_ptr(),
             name.as_ptr(),
-            HEADERS.len() as i32,
+            headers.len() as i32,
             texts.as_ptr(),
             names.as_ptr(),
         )

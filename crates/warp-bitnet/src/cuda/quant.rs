@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::format::{check_max_dim, Levels};
 
 /// Threads per quantization CTA (`THREADS` in quant.cu).
-const QUANT_THREADS: u32 = 1024;
+pub(crate) const QUANT_THREADS: u32 = 1024;
 
 impl Gpu {
     /// Per-token int8 quantization on the device (same bytes as

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use super::rope::RopeScaling;
 use crate::error::{Error, Result};
 
 /// The gated MLP's activation: `down(act(gate(x)) * up(x))`.
@@ -70,6 +71,8 @@ pub struct ModelConfig {
     pub rms_norm_eps: f32,
     /// RoPE base frequency.
     pub rope_theta: f32,
+    /// How RoPE's frequencies are scaled for long contexts (`rope_parameters.rope_type`).
+    pub rope_scaling: RopeScaling,
     /// Longest context the model was trained for (an upper bound on `max_context`).
     pub max_position_embeddings: usize,
     /// The lm_head is the embedding matrix.
@@ -105,6 +108,7 @@ impl ModelConfig {
             hidden_act: HiddenAct::Relu2,
             rms_norm_eps: 1e-5,
             rope_theta: 500_000.0,
+            rope_scaling: RopeScaling::None,
             max_position_embeddings: 4096,
             tie_word_embeddings: true,
             sub_norms: true,
@@ -133,6 +137,7 @@ impl ModelConfig {
             hidden_act: HiddenAct::Silu,
             rms_norm_eps: 1e-5,
             rope_theta: 500_000.0,
+            rope_scaling: RopeScaling::None,
             max_position_embeddings: 8192,
             tie_word_embeddings: false,
             sub_norms: false,
@@ -190,6 +195,8 @@ impl ModelConfig {
         let hidden_size = f.usize("hidden_size", None)?;
         let num_heads = f.usize("num_attention_heads", None)?;
         let head_dim_default = (num_heads > 0).then(|| hidden_size / num_heads);
+        let max_position_embeddings = f.usize("max_position_embeddings", Some(2048))?;
+        let (rope_theta, rope_scaling) = rope(&f, max_position_embeddings)?;
         let config = Self {
             architecture: arch.into(),
             vocab_size: f.usize("vocab_size", None)?,
@@ -211,8 +218,9 @@ impl ModelConfig {
                 }
             },
             rms_norm_eps: f.f32("rms_norm_eps", Some(1e-6))?,
-            rope_theta: rope_theta(&f)?,
-            max_position_embeddings: f.usize("max_position_embeddings", Some(2048))?,
+            rope_theta,
+            rope_scaling,
+            max_position_embeddings,
             tie_word_embeddings: json["tie_word_embeddings"].as_bool().unwrap_or(false),
             sub_norms,
             attention_bias: json["attention_bias"].as_bool().unwrap_or(false),
@@ -257,6 +265,21 @@ impl ModelConfig {
         }
         if self.head_dim % 2 != 0 {
             return Err(bad(file, "head_dim", "RoPE needs an even head_dim"));
+        }
+        self.rope_scaling.validate(file, "rope_scaling")?;
+        if let RopeScaling::Factors(f) = &self.rope_scaling {
+            if f.len() != self.head_dim / 2 {
+                return Err(bad(
+                    file,
+                    "rope_freqs",
+                    format!(
+                        "{} factors; head_dim {} needs {}",
+                        f.len(),
+                        self.head_dim,
+                        self.head_dim / 2
+                    ),
+                ));
+            }
         }
         if self.vocab_size > u32::MAX as usize {
             return Err(bad(file, "vocab_size", "exceeds u32 token ids"));
@@ -364,34 +387,27 @@ impl Fields<'_> {
     }
 }
 
-/// `rope_theta` (transformers 4) or `rope_parameters.rope_theta` (transformers 5); only the
-/// default RoPE (no scaling) is implemented.
-fn rope_theta(f: &Fields) -> Result<f32> {
+/// `rope_theta` and the scaling: transformers 5's `rope_parameters` (which holds both), or
+/// transformers 4's `rope_theta` and `rope_scaling`.
+fn rope(f: &Fields, max_pos: usize) -> Result<(f32, RopeScaling)> {
     let params = &f.json["rope_parameters"];
-    let scaling = if params.is_object() {
-        params
+    let (scaling, field) = if params.is_object() {
+        (params, "rope_parameters")
     } else {
-        &f.json["rope_scaling"]
+        (&f.json["rope_scaling"], "rope_scaling")
     };
-    if let Some(kind) = scaling["rope_type"].as_str().or(scaling["type"].as_str()) {
-        if kind != "default" {
-            return Err(bad(
-                f.file,
-                "rope_type",
-                format!("{kind:?} is not supported (default only)"),
-            ));
-        }
-    }
-    match &params["rope_theta"] {
-        Value::Null => f.f32("rope_theta", Some(10_000.0)),
+    let scaling = RopeScaling::from_json(scaling, field, max_pos, f.file)?;
+    let theta = match &params["rope_theta"] {
+        Value::Null => f.f32("rope_theta", Some(10_000.0))?,
         v => v.as_f64().map(|x| x as f32).ok_or_else(|| {
             bad(
                 f.file,
                 "rope_parameters.rope_theta",
                 format!("{v} is not a number"),
             )
-        }),
-    }
+        })?,
+    };
+    Ok((theta, scaling))
 }
 
 /// The ternary conventions from `quantization_config`, which must say `quant_method = "bitnet"`:
@@ -489,7 +505,7 @@ mod tests {
             ("vocab_size", json!(0), "vocab_size"),
             ("quantization_config", Value::Null, "quantization_config"),
             ("eos_token_id", json!(97), "eos_token_id"),
-            ("rope_parameters", json!({"rope_type": "yarn"}), "rope_type"),
+            ("rope_parameters", json!({"rope_type": "yarn"}), "yarn"),
         ];
         for (field, value, needle) in cases {
             let mut j = bitnet_json();

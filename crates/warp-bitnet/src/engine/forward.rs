@@ -3,14 +3,23 @@
 //!
 //! Numerics follow transformers' float32 forward with BitNet layers: RMSNorm in f32, every
 //! ternary linear layer quantizes its input per token to int8 (absmax) and multiplies through
-//! the exact W2A8 product ([`w2a8`]), attention and softmax in f32.
+//! the exact W2A8 product ([`w2a8`]), attention and softmax in f32, the lm_head in f32
+//! arithmetic over its stored f32/f16/bf16 weights (exact widening, so the same products as
+//! transformers' float32 forward of that checkpoint), or int8 rows if asked for.
+//!
+//! Threads: the caller's thread runs the layer loop; the ternary kernels, the lm_head and the
+//! attention split their work into `threads` parts on the CPU kernels' pool
+//! ([`crate::cpu::pool`]), the one pool of the process, so no second set of threads competes
+//! for the cores. Norms, quantization, RoPE and residuals are O(hidden) per token and run on
+//! the calling thread: waking a worker (~5-20 µs) costs more than they do.
 
-use rayon::prelude::*;
-
+use super::act_quant::QuantBuf;
 use super::config::ModelConfig;
+use super::profile::{Clock, Phase};
 use super::weights::{Layer, Linear, Weights};
+use crate::cpu::arch::dot_f32;
+use crate::cpu::pool::run_parts;
 use crate::error::Result;
-use crate::quant::quantize_activations_i8;
 
 /// The KV cache: `slots` independent sequences of up to `max_context` tokens, f32.
 pub(crate) struct KvCache {
@@ -80,7 +89,19 @@ pub(crate) struct RunState {
     att: Vec<f32>,
     hb: Vec<f32>,
     hb2: Vec<f32>,
+    /// Scratch of the linear layers and norms, and the clock.
+    pub w: Work,
+}
+
+/// What every phase uses besides its input and output.
+#[derive(Default)]
+pub(crate) struct Work {
+    /// A normed copy of an input (activation norms, in-place norms, the final norm).
     normed: Vec<f32>,
+    /// The int8 activations of the current linear layers' input.
+    quant: QuantBuf,
+    /// Time per phase, summed over calls ([`super::Engine::phase_times`]).
+    pub clock: Clock,
 }
 
 impl RunState {
@@ -95,16 +116,16 @@ impl RunState {
             (&mut self.att, c.q_dim()),
             (&mut self.hb, c.intermediate_size),
             (&mut self.hb2, c.intermediate_size),
-            (&mut self.normed, widest),
+            (&mut self.w.normed, widest),
         ] {
             buf.resize(n * width, 0.0);
         }
     }
 }
 
-/// Runs the planned tokens through the model, appending their keys and values to the cache, and
-/// writes the logits of each entry's last token to `logits` (`last.len() * vocab`). The caller
-/// updates the slot lengths.
+/// Runs the planned tokens through the model on `threads` threads, appending their keys and
+/// values to the cache, and writes the logits of each entry's last token to `logits`
+/// (`last.len() * vocab`). The caller updates the slot lengths.
 pub(crate) fn forward(
     c: &ModelConfig,
     w: &Weights,
@@ -112,26 +133,28 @@ pub(crate) fn forward(
     s: &mut RunState,
     plan: &Plan,
     logits: &mut [f32],
+    threads: usize,
 ) -> Result<()> {
     let Plan { tokens, at, last } = plan;
     let (n, h) = (tokens.len(), c.hidden_size);
     s.reserve(c, n);
+    s.w.clock.start();
     for (row, &t) in s.x.chunks_exact_mut(h).zip(tokens) {
-        row.copy_from_slice(&w.embed[t as usize * h..(t as usize + 1) * h]);
+        w.embed.row_into(t as usize, row)?;
     }
+    s.w.clock.lap(Phase::Embed);
     for (l, layer) in w.layers.iter().enumerate() {
-        attention_block(c, l, layer, cache, s, at)?;
-        mlp_block(c, layer, s, n)?;
+        attention_block(c, l, layer, cache, s, at, threads)?;
+        mlp_block(c, layer, s, n, threads)?;
     }
     // Only the positions whose logits are wanted go through the final norm and the lm_head.
     for (i, &t) in last.iter().enumerate() {
-        let out = &mut s.normed[..h];
+        let out = &mut s.w.normed[..h];
         rmsnorm(&s.x[t * h..(t + 1) * h], &w.final_norm, c.rms_norm_eps, out);
-        dense_matvec(
-            w.lm_head(),
-            out,
-            &mut logits[i * c.vocab_size..(i + 1) * c.vocab_size],
-        );
+        s.w.clock.lap(Phase::Norm);
+        let row = &mut logits[i * c.vocab_size..(i + 1) * c.vocab_size];
+        w.lm_head().gemv(out, row, threads)?;
+        s.w.clock.lap(Phase::LmHead);
     }
     Ok(())
 }
@@ -143,6 +166,7 @@ fn attention_block(
     cache: &mut KvCache,
     s: &mut RunState,
     at: &[TokenPos],
+    threads: usize,
 ) -> Result<()> {
     let (n, h, kvd) = (at.len(), c.hidden_size, c.kv_dim());
     rmsnorm_rows(
@@ -151,76 +175,61 @@ fn attention_block(
         c.rms_norm_eps,
         &mut s.xb[..n * h],
     );
-    linear(
-        c,
-        &layer.q,
-        &s.xb[..n * h],
-        n,
-        &mut s.q[..n * c.q_dim()],
-        &mut s.normed,
-    )?;
-    linear(
-        c,
-        &layer.k,
-        &s.xb[..n * h],
-        n,
-        &mut s.k[..n * kvd],
-        &mut s.normed,
-    )?;
-    linear(
-        c,
-        &layer.v,
-        &s.xb[..n * h],
-        n,
-        &mut s.v[..n * kvd],
-        &mut s.normed,
-    )?;
+    s.w.clock.lap(Phase::Norm);
+    let outs = [
+        (&layer.q, &mut s.q[..n * c.q_dim()]),
+        (&layer.k, &mut s.k[..n * kvd]),
+        (&layer.v, &mut s.v[..n * kvd]),
+    ];
+    linears(c, outs, &s.xb[..n * h], n, &mut s.w, Phase::Qkv, threads)?;
+    let inv_freq = c.rope_scaling.inv_freq(c.head_dim, c.rope_theta);
     for (t, p) in at.iter().enumerate() {
         rope(
             &mut s.q[t * c.q_dim()..(t + 1) * c.q_dim()],
             c.head_dim,
             p.pos,
-            c.rope_theta,
+            &inv_freq,
         );
         rope(
             &mut s.k[t * kvd..(t + 1) * kvd],
             c.head_dim,
             p.pos,
-            c.rope_theta,
+            &inv_freq,
         );
         let o = cache.at(l, p.slot, p.pos);
         cache.k[o..o + kvd].copy_from_slice(&s.k[t * kvd..(t + 1) * kvd]);
         cache.v[o..o + kvd].copy_from_slice(&s.v[t * kvd..(t + 1) * kvd]);
     }
+    s.w.clock.lap(Phase::Rope);
     let qd = c.q_dim();
-    let cache = &*cache;
-    s.att[..n * qd]
-        .par_chunks_mut(c.head_dim)
-        .enumerate()
-        .for_each_init(Vec::new, |scores, (i, out)| {
-            let (t, head) = (i / c.num_heads, i % c.num_heads);
-            let p = at[t];
-            let (k, v) = cache.rows(l, p.slot, p.pos + 1);
-            let q = &s.q[t * qd + head * c.head_dim..][..c.head_dim];
-            let kv_head = head / (c.num_heads / c.num_kv_heads);
-            attend(q, k, v, kv_head * c.head_dim, kvd, scores, out);
-        });
-    if let Some(norm) = &layer.attn_sub_norm {
-        rmsnorm_rows_in_place(&mut s.att[..n * qd], norm, c.rms_norm_eps);
-    }
-    linear(
+    attention(
         c,
-        &layer.o,
-        &s.att[..n * qd],
-        n,
-        &mut s.xb[..n * h],
-        &mut s.normed,
+        l,
+        cache,
+        &s.q[..n * qd],
+        at,
+        &mut s.att[..n * qd],
+        threads,
     )?;
+    s.w.clock.lap(Phase::Attention);
+    if let Some(norm) = &layer.attn_sub_norm {
+        rmsnorm_rows_in_place(&mut s.att[..n * qd], norm, c.rms_norm_eps, &mut s.w.normed);
+        s.w.clock.lap(Phase::Norm);
+    }
+    let outs = [(&layer.o, &mut s.xb[..n * h])];
+    linears(c, outs, &s.att[..n * qd], n, &mut s.w, Phase::O, threads)?;
     add(&mut s.x[..n * h], &s.xb[..n * h]);
+    s.w.clock.lap(Phase::Residual);
     Ok(())
 }
 
-fn mlp_block(c: &ModelConfig, layer: &Layer, s: &mut RunState, n: usize) -> Result<()> {
+fn mlp_block(
+    c: &ModelConfig,
+    layer: &Layer,
+    s: &mut RunState,
+    n: usize,
+    threads: usize,
+) -> Result<()> {
     let (h, m) = (c.hidden_size, c.intermediate_size);
     rmsnorm_rows(
         &s.x[..n * h],
@@ -228,38 +237,65 @@ fn mlp_block(c: &ModelConfig, layer: &Layer, s: &mut RunState, n: usize) -> Resu
         c.rms_norm_eps,
         &mut s.xb[..n * h],
     );
-    linear(
-        c,
-        &layer.gate,
-        &s.xb[..n * h],
-        n,
-        &mut s.hb[..n * m],
-        &mut s.normed,
-    )?;
-    linear(
-        c,
-        &layer.up,
-        &s.xb[..n * h],
-        n,
-        &mut s.hb2[..n * m],
-        &mut s.normed,
-    )?;
+    s.w.clock.lap(Phase::Norm);
+    let outs = [
+        (&layer.gate, &mut s.hb[..n * m]),
+        (&layer.up, &mut s.hb2[..n * m]),
+    ];
+    linears(c, outs, &s.xb[..n * h], n, &mut s.w, Phase::GateUp, threads)?;
     for (g, u) in s.hb[..n * m].iter_mut().zip(&s.hb2[..n * m]) {
         *g = c.hidden_act.apply(*g) * u;
     }
+    s.w.clock.lap(Phase::Act);
     if let Some(norm) = &layer.ffn_sub_norm {
-        rmsnorm_rows_in_place(&mut s.hb[..n * m], norm, c.rms_norm_eps);
+        rmsnorm_rows_in_place(&mut s.hb[..n * m], norm, c.rms_norm_eps, &mut s.w.normed);
+        s.w.clock.lap(Phase::Norm);
     }
-    linear(
-        c,
-        &layer.down,
-        &s.hb[..n * m],
-        n,
-        &mut s.xb[..n * h],
-        &mut s.normed,
-    )?;
+    let outs = [(&layer.down, &mut s.xb[..n * h])];
+    linears(c, outs, &s.hb[..n * m], n, &mut s.w, Phase::Down, threads)?;
     add(&mut s.x[..n * h], &s.xb[..n * h]);
+    s.w.clock.lap(Phase::Residual);
     Ok(())
+}
+
+/// Multiply-adds of attention below which it runs on the calling thread: waking a worker
+/// costs ~5-20 µs, the time of ~50-200 K multiply-adds on one core.
+pub(crate) const ATTENTION_PARALLEL_MIN: usize = 1 << 18;
+
+/// Softmax attention of every (token, query head) of the batch over its slot's cache, the
+/// pairs dealt round-robin to `threads` parts (prefill's later tokens attend to more
+/// positions, so contiguous parts would be unequal).
+fn attention(
+    c: &ModelConfig,
+    l: usize,
+    cache: &KvCache,
+    q: &[f32],
+    at: &[TokenPos],
+    att: &mut [f32],
+    threads: usize,
+) -> Result<()> {
+    let (qd, d, kvd) = (c.q_dim(), c.head_dim, c.kv_dim());
+    let work: usize = at.iter().map(|p| (p.pos + 1) * 2 * qd).sum();
+    let parts_n = if work < ATTENTION_PARALLEL_MIN {
+        1
+    } else {
+        threads
+    };
+    let mut parts: Vec<Vec<(usize, &mut [f32])>> = (0..parts_n).map(|_| Vec::new()).collect();
+    for (i, out) in att.chunks_exact_mut(d).enumerate() {
+        parts[i % parts_n].push((i, out));
+    }
+    let group = c.num_heads / c.num_kv_heads;
+    run_parts(parts, |part| {
+        let mut scores = Vec::new();
+        for (i, out) in part {
+            let (t, head) = (i / c.num_heads, i % c.num_heads);
+            let p = at[t];
+            let (k, v) = cache.rows(l, p.slot, p.pos + 1);
+            let q = &q[t * qd + head * d..][..d];
+            attend(q, k, v, head / group * d, kvd, &mut scores, out);
+        }
+    })
 }
 
 /// Softmax attention of one query head over `len` cached positions (`k`, `v`: `[len, kv_dim]`,
@@ -278,7 +314,7 @@ fn attend(
     scores.clear();
     scores.extend(
         k.chunks_exact(kv_dim)
-            .map(|row| dot(q, &row[col..col + d]) * scaling),
+            .map(|row| dot_f32(q, &row[col..col + d]) * scaling),
     );
     let max = scores.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
     let mut sum = 0.0f32;
@@ -295,30 +331,44 @@ fn attend(
     }
 }
 
-/// A ternary linear layer on `n` tokens: optional activation RMSNorm, per-token int8 quantization,
-/// the W2A8 product, bias.
-fn linear(
+/// Ternary linear layers reading the same input `x` of `n` tokens (q/k/v, gate/up, or one):
+/// optional activation RMSNorm, per-token int8 quantization, the W2A8 product (timed as
+/// `phase`), bias. Without activation norms the layers share one quantization of `x` (the
+/// same bytes each would compute). A prompt chunk goes through as one batch of `n` tokens:
+/// the kernels' blocked GEMM decodes each weight block once for a tile of tokens.
+fn linears<const L: usize>(
     c: &ModelConfig,
-    l: &Linear,
+    layers: [(&Linear, &mut [f32]); L],
     x: &[f32],
     n: usize,
-    out: &mut [f32],
-    scratch: &mut [f32],
+    w: &mut Work,
+    phase: Phase,
+    threads: usize,
 ) -> Result<()> {
-    let cols = l.w.cols();
-    let input = match &l.norm {
-        Some(norm) => {
-            let normed = &mut scratch[..n * cols];
-            rmsnorm_rows(x, norm, c.bitlinear.act_norm_eps, normed);
-            &*normed
+    let cols = x.len() / n;
+    let mut quantized = false;
+    for (l, out) in layers {
+        match &l.norm {
+            Some(norm) => {
+                let normed = &mut w.normed[..n * cols];
+                rmsnorm_rows(x, norm, c.bitlinear.act_norm_eps, normed);
+                w.quant.quantize(normed, n, cols)?;
+                quantized = false; // the buffer no longer holds `x`'s quantization
+            }
+            None if !quantized => {
+                w.quant.quantize(x, n, cols)?;
+                quantized = true;
+            }
+            None => {}
         }
-        None => x,
-    };
-    let a = quantize_activations_i8(input, n, cols)?;
-    w2a8(l, &a.q, &a.scale, n, out)?;
-    if let Some(bias) = &l.bias {
-        for row in out.chunks_exact_mut(l.w.rows()) {
-            add(row, bias);
+        w.clock.lap(Phase::Quantize);
+        w2a8(l, &w.quant.q, &w.quant.scale, n, out, threads)?;
+        w.clock.lap(phase);
+        if let Some(bias) = &l.bias {
+            for row in out.chunks_exact_mut(l.c2.rows()) {
+                add(row, bias);
+            }
+            w.clock.lap(Phase::Residual);
         }
     }
     Ok(())
@@ -326,20 +376,16 @@ fn linear(
 
 /// THE ternary matrix product of the engine: `out[b, r] = (q[b] . W[r]) * x_scale[b] * scale`.
 /// Every linear layer goes through here: the fast CPU kernels (bit-exact with
-/// `cpu::reference::gemm_w2a8`), on the engine's threads.
-fn w2a8(l: &Linear, q: &[i8], x_scale: &[f32], n: usize, out: &mut [f32]) -> Result<()> {
-    l.c2.gemm_w2a8::<f32>(q, x_scale, n, None, out, rayon::current_num_threads())
-}
-
-/// `out = W x` for a dense row-major `[rows, x.len()]` matrix (the lm_head), rows in parallel.
-fn dense_matvec(w: &[f32], x: &[f32], out: &mut [f32]) {
-    out.par_iter_mut()
-        .zip(w.par_chunks_exact(x.len()))
-        .for_each(|(o, row)| *o = dot(row, x));
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+/// `cpu::reference::gemm_w2a8`), on `threads` threads.
+fn w2a8(
+    l: &Linear,
+    q: &[i8],
+    x_scale: &[f32],
+    n: usize,
+    out: &mut [f32],
+    threads: usize,
+) -> Result<()> {
+    l.c2.gemm_w2a8::<f32>(q, x_scale, n, None, out, threads)
 }
 
 fn add(x: &mut [f32], y: &[f32]) {
@@ -365,22 +411,23 @@ fn rmsnorm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-fn rmsnorm_rows_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
-    let mut tmp = vec![0f32; weight.len()];
+/// As [`rmsnorm_rows`], through `tmp` (at least one row long).
+fn rmsnorm_rows_in_place(x: &mut [f32], weight: &[f32], eps: f32, tmp: &mut [f32]) {
+    let tmp = &mut tmp[..weight.len()];
     for row in x.chunks_exact_mut(weight.len()) {
-        rmsnorm(row, weight, eps, &mut tmp);
-        row.copy_from_slice(&tmp);
+        rmsnorm(row, weight, eps, tmp);
+        row.copy_from_slice(tmp);
     }
 }
 
 /// Rotary embedding of every head in `x` at position `pos`, transformers' "rotate half" pairing
-/// (element `i` with `i + head_dim / 2`), `inv_freq[i] = theta^(-2i / head_dim)` in f32.
-pub(crate) fn rope(x: &mut [f32], head_dim: usize, pos: usize, theta: f32) {
+/// (element `i` with `i + head_dim / 2`) at angle `pos * inv_freq[i]` in f32 (`inv_freq` from
+/// [`RopeScaling::inv_freq`](super::rope::RopeScaling::inv_freq)).
+pub(crate) fn rope(x: &mut [f32], head_dim: usize, pos: usize, inv_freq: &[f32]) {
     let half = head_dim / 2;
     for head in x.chunks_exact_mut(head_dim) {
-        for i in 0..half {
-            let inv_freq = 1.0 / theta.powf((2 * i) as f32 / head_dim as f32);
-            let angle = pos as f32 * inv_freq;
+        for (i, &f) in inv_freq.iter().enumerate().take(half) {
+            let angle = pos as f32 * f;
             let (sin, cos) = angle.sin_cos();
             let (a, b) = (head[i], head[i + half]);
             head[i] = a * cos - b * sin;
@@ -407,10 +454,11 @@ mod tests {
     fn rope_at_zero_is_identity_and_rotates_pairs() {
         let mut x = [0.3f32, -1.2, 0.7, 2.0];
         let orig = x;
-        rope(&mut x, 4, 0, 10_000.0);
+        let inv_freq = super::super::rope::RopeScaling::None.inv_freq(4, 10_000.0);
+        rope(&mut x, 4, 0, &inv_freq);
         assert_eq!(x, orig);
         let mut y = [1.0f32, 0.0, 0.0, 0.0];
-        rope(&mut y, 4, 1, 10_000.0);
+        rope(&mut y, 4, 1, &inv_freq);
         // Pair (0, 2) at frequency 1: (cos 1, sin 1).
         assert!((y[0] - 1f32.cos()).abs() < 1e-7 && (y[2] - 1f32.sin()).abs() < 1e-7);
         assert_eq!((y[1], y[3]), (0.0, 0.0));

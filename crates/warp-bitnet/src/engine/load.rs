@@ -1,5 +1,6 @@
 //! Finding a model's config, weights and tokenizer on disk: a Hugging Face folder (pre-packed U8
-//! or dense float weights, possibly sharded), our packed safetensors, or a GGUF file.
+//! or dense float weights, possibly sharded), our packed safetensors, or a GGUF file
+//! ([`gguf_model`](super::gguf_model)).
 
 use std::path::{Path, PathBuf};
 
@@ -29,13 +30,7 @@ pub(crate) fn load(path: &Path) -> Result<Loaded> {
         )));
     }
     if path.is_file() && is_gguf(path)? {
-        return Err(Error::Unsupported {
-            what: "model file",
-            detail: format!(
-                "{}: GGUF models are not loadable by the engine yet",
-                path.display()
-            ),
-        });
+        return super::gguf_model::load(path);
     }
     let (dir, files) = if path.is_dir() {
         (path.to_path_buf(), safetensors_in(path)?)
@@ -73,7 +68,7 @@ pub fn model_config(path: &Path) -> Result<ModelConfig> {
         path.parent().unwrap_or(Path::new("."))
     };
     if path.is_file() && is_gguf(path)? {
-        return load(path).map(|l| l.config);
+        return super::gguf_model::model_config(path);
     }
     ModelConfig::from_hf_file(&dir.join("config.json"))
 }

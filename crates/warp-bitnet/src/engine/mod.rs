@@ -21,20 +21,27 @@
 //! # Ok::<(), warp_bitnet::Error>(())
 //! ```
 //!
-//! The CPU path runs every ternary layer through the fast W2A8 CPU kernels; [`Device::Cuda`]
+//! The CPU path runs every ternary layer through the fast W2A8 kernels ([`crate::cpu`]) and
+//! the lm_head through [`crate::cpu::dense`] (as stored, or int8 rows with
+//! [`LmHead::Int8`]); [`Engine::phase_times`] says where the time went. [`Device::Cuda`]
 //! runs the same numerics on a GPU (weights and an f16 KV cache on the device, the decode step
 //! replayed from a CUDA graph; `engine/gpu/`), or fails with
 //! [`Error::NoCudaDriver`](crate::Error::NoCudaDriver) where there is none.
 
+mod act_quant;
 mod config;
 mod forward;
 mod generate;
+mod gguf_model;
+mod gguf_tokenizer;
 #[cfg(feature = "cuda")]
 mod gpu;
 #[cfg(not(feature = "cuda"))]
 #[path = "gpu_stub.rs"]
 mod gpu;
 mod load;
+mod profile;
+mod rope;
 mod sampler;
 mod store;
 mod tokenizer;
@@ -46,6 +53,8 @@ use std::sync::Arc;
 pub use config::{BitLinearConfig, HiddenAct, ModelConfig};
 pub use generate::{generate, GenerateStats, StopReason};
 pub use load::model_config;
+pub use profile::Phase;
+pub use rope::RopeScaling;
 pub use sampler::{Sampler, SamplingParams};
 pub use tokenizer::Tokenizer;
 
@@ -82,6 +91,41 @@ impl Device {
     }
 }
 
+/// How the lm_head's weights are held.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LmHead {
+    /// As the checkpoint stores them (f32, f16 or bf16), computed in f32: transformers'
+    /// float32 forward of the same checkpoint, up to summation order.
+    #[default]
+    AsStored,
+    /// Each row quantized to int8 by its absolute maximum at load (half of bf16's bytes per
+    /// decode step; each weight off by at most `max|row| / 254`). A tied embedding stays as
+    /// stored for the token lookups.
+    Int8,
+}
+
+impl LmHead {
+    /// `"as-stored"` or `"int8"`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "as-stored" | "bf16" | "f16" | "stored" => Ok(LmHead::AsStored),
+            "int8" | "i8" => Ok(LmHead::Int8),
+            _ => Err(Error::Unsupported {
+                what: "lm_head",
+                detail: format!("{s:?}; expected \"as-stored\" or \"int8\""),
+            }),
+        }
+    }
+
+    /// The name [`LmHead::parse`] reads.
+    pub fn name(self) -> &'static str {
+        match self {
+            LmHead::AsStored => "as-stored",
+            LmHead::Int8 => "int8",
+        }
+    }
+}
+
 /// How to set an engine up.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EngineOptions {
@@ -91,8 +135,11 @@ pub struct EngineOptions {
     pub max_context: usize,
     /// Independent sequences (KV-cache slots).
     pub slots: usize,
-    /// CPU threads; `None` uses rayon's global pool (all cores).
+    /// CPU threads; `None` takes [`crate::cpu::default_threads`] (`WARP_BITNET_THREADS`, else
+    /// every core this process may use).
     pub threads: Option<usize>,
+    /// How the lm_head's weights are held.
+    pub lm_head: LmHead,
 }
 
 impl Default for EngineOptions {
@@ -102,6 +149,7 @@ impl Default for EngineOptions {
             max_context: 2048,
             slots: 1,
             threads: None,
+            lm_head: LmHead::AsStored,
         }
     }
 }
@@ -113,7 +161,7 @@ pub struct Engine {
     tokenizer: Option<Arc<Tokenizer>>,
     cache: KvCache,
     state: RunState,
-    pool: Option<rayon::ThreadPool>,
+    threads: usize,
     max_context: usize,
     /// The device side where the engine runs on a GPU (the CPU cache then holds no rows).
     gpu: Option<gpu::GpuEngine>,
@@ -121,10 +169,9 @@ pub struct Engine {
 
 impl Engine {
     /// Loads a Hugging Face folder (`config.json` + `*.safetensors` [+ `tokenizer.json`,
-    /// `tokenizer_config.json`]) or one of our packed safetensors files (`config.json` beside it).
-    /// A GGUF file is [`Error::Unsupported`] for now (its tensors convert with
-    /// [`import::gguf_file`](crate::import::gguf_file); the model's config and tokenizer from its
-    /// metadata are not read yet).
+    /// `tokenizer_config.json`]), one of our packed safetensors files (`config.json` beside it),
+    /// or a GGUF file (bitnet.cpp `I2_S` or llama.cpp `TQ1_0` / `TQ2_0` ternary tensors; config,
+    /// tokenizer and chat template from its metadata; docs/FORMATS.md, "GGUF models").
     pub fn load(path: &Path, opts: &EngineOptions) -> Result<Self> {
         check_device(opts)?;
         let l = load::load(path)?;
@@ -141,7 +188,7 @@ impl Engine {
 
     fn build(
         config: ModelConfig,
-        weights: Weights,
+        mut weights: Weights,
         tokenizer: Option<Tokenizer>,
         opts: &EngineOptions,
     ) -> Result<Self> {
@@ -157,21 +204,20 @@ impl Engine {
         if opts.slots == 0 {
             return Err(Error::Empty { arg: "slots" });
         }
-        let pool = match opts.threads {
+        let threads = match opts.threads {
             Some(0) => return Err(Error::Empty { arg: "threads" }),
-            Some(n) => Some(
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(n)
-                    .build()
-                    .map_err(|e| Error::Unsupported {
-                        what: "threads",
-                        detail: e.to_string(),
-                    })?,
-            ),
-            None => None,
+            Some(n) => crate::cpu::resolve_threads(n)?,
+            None => crate::cpu::default_threads()?,
         };
         let gpu = match opts.device {
             Device::Cpu => None,
+            Device::Cuda(_) if opts.lm_head == LmHead::Int8 => {
+                return Err(Error::Unsupported {
+                    what: "lm_head",
+                    detail: "int8 runs on the CPU only for now; use the lm_head as stored on a GPU"
+                        .into(),
+                })
+            }
             Device::Cuda(n) => Some(gpu::GpuEngine::new(
                 n,
                 &config,
@@ -181,13 +227,16 @@ impl Engine {
             )?),
         };
         let cpu_context = if gpu.is_some() { 0 } else { opts.max_context };
+        if opts.lm_head == LmHead::Int8 {
+            weights.quantize_lm_head();
+        }
         Ok(Self {
             cache: KvCache::new(&config, opts.slots, cpu_context)?,
             config,
             weights,
             tokenizer: tokenizer.map(Arc::new),
             state: RunState::default(),
-            pool,
+            threads,
             max_context: opts.max_context,
             gpu,
         })
@@ -213,6 +262,36 @@ impl Engine {
         self.cache.lens.len()
     }
 
+    /// CPU threads each forward pass runs on.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Changes the thread count (1 to [`crate::cpu::MAX_THREADS`]).
+    pub fn set_threads(&mut self, threads: usize) -> Result<()> {
+        if threads == 0 {
+            return Err(Error::Empty { arg: "threads" });
+        }
+        self.threads = crate::cpu::resolve_threads(threads)?;
+        Ok(())
+    }
+
+    /// The lm_head's element type as held: `"f32"`, `"f16"`, `"bf16"` or `"int8"`.
+    pub fn lm_head_dtype(&self) -> &'static str {
+        self.weights.lm_head().dtype_name()
+    }
+
+    /// Wall-clock time per phase of the forward passes since the last
+    /// [`Engine::reset_phase_times`] (or since the engine was built).
+    pub fn phase_times(&self) -> Vec<(Phase, std::time::Duration)> {
+        self.state.w.clock.totals()
+    }
+
+    /// Zeroes [`Engine::phase_times`].
+    pub fn reset_phase_times(&mut self) {
+        self.state.w.clock.reset();
+    }
+
     /// Tokens each slot can hold.
     pub fn max_context(&self) -> usize {
         self.max_context
@@ -231,7 +310,7 @@ impl Engine {
     }
 
     /// Bytes one decode step of one sequence reads with `context` tokens cached: every weight
-    /// (ternary words and scales, norms, the f32 lm_head), one embedding row, and the KV cache.
+    /// (C2 codes and row scales, norms, the lm_head as held), one embedding row, and the KV cache.
     pub fn bytes_per_decode_step(&self, context: usize) -> u64 {
         if let Some(g) = &self.gpu {
             return g.bytes_per_decode_step(context);
@@ -260,11 +339,7 @@ impl Engine {
             &mut self.cache,
             &mut self.state,
         );
-        let mut run = || forward::forward(c, w, cache, state, &plan, logits);
-        match &self.pool {
-            Some(pool) => pool.install(run)?,
-            None => run()?,
-        }
+        forward::forward(c, w, cache, state, &plan, logits, self.threads)?;
         for &(slot, ids) in batch {
             self.cache.lens[slot] += ids.len();
         }

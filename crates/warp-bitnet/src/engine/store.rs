@@ -99,7 +99,15 @@ impl Store {
         Ok(())
     }
 
-    fn insert(&mut self, name: String, entry: Entry, path: &Path) -> Result<()> {
+    /// Keeps a mapped file for [`Bytes::Mapped`] entries that the caller indexes itself (GGUF);
+    /// returns its index.
+    pub fn add_map(&mut self, map: crate::io::Mapped) -> usize {
+        self.files.push(map);
+        self.files.len() - 1
+    }
+
+    /// Adds one tensor; a name already present is an error naming both files.
+    pub fn insert(&mut self, name: String, entry: Entry, path: &Path) -> Result<()> {
         if let Some((_, first)) = self.entries.get(&name) {
             return Err(Error::BadFile(format!(
                 "tensor `{name}` is in both {} and {}",

@@ -196,3 +196,86 @@ fn the_cuda_device_without_a_gpu_is_a_clear_error() {
     assert!(err.to_lowercase().contains("cuda"), "{err}");
     assert_eq!(Device::parse("auto").unwrap(), Device::Cpu);
 }
+
+/// The engine keeps only C2; the interchange matrix rebuilt from it converts back to the same C2.
+#[test]
+fn linear_ternary_round_trips_through_c2() {
+    let mut c = ModelConfig::bitnet_b158_2b4t();
+    (c.vocab_size, c.hidden_size, c.intermediate_size) = (50, 136, 200);
+    (c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim) = (1, 4, 2, 34);
+    let w = super::weights::Weights::random(&c, 3).unwrap();
+    for l in [&w.layers[0].q, &w.layers[0].down] {
+        let t = l.ternary().unwrap();
+        assert_eq!((t.rows(), t.cols()), (l.c2.rows(), l.c2.cols()));
+        assert_eq!(crate::cpu::CpuMatrix::from(&t), l.c2);
+    }
+}
+
+/// Threads split rows and (token, head) pairs, never a sum: any thread count gives the same
+/// bits, for a prefill long enough that attention runs in parallel too.
+#[test]
+fn thread_counts_give_identical_logits() {
+    let mut c = tiny(HiddenAct::Relu2, true, false);
+    c.max_position_embeddings = 128;
+    // 90 tokens: sum of (pos + 1) * 2 * q_dim = 327,600 multiply-adds, over the parallel
+    // threshold, so attention is split too.
+    let prompt: Vec<u32> = (0..90).map(|i| (i * 13 % 61) as u32).collect();
+    assert!(4095 * 2 * c.q_dim() > super::forward::ATTENTION_PARALLEL_MIN);
+    let mut want = Vec::new();
+    for threads in [1, 2, 3] {
+        let opts = EngineOptions {
+            max_context: 96,
+            threads: Some(threads),
+            ..Default::default()
+        };
+        let mut e = Engine::random(c.clone(), 11, &opts).unwrap();
+        assert_eq!(e.threads(), threads);
+        let mut logits = vec![f32::NAN; c.vocab_size];
+        e.forward(&[(0, &prompt)], &mut logits).unwrap();
+        e.forward(&[(0, &[5])], &mut logits).unwrap();
+        if threads == 1 {
+            want = logits;
+        } else {
+            assert_eq!(logits, want, "{threads} threads");
+        }
+    }
+}
+
+/// The int8 lm_head moves each logit by at most `sum_k |x_k| * max|row| / 254` (half an int8
+/// step per weight) from the bf16 lm_head's, on the same final hidden state.
+#[test]
+fn int8_lm_head_is_within_half_a_step_per_weight() {
+    let c = tiny(HiddenAct::Relu2, true, false);
+    let (h, v) = (c.hidden_size, c.vocab_size);
+    let stored = engine(c.clone(), 1);
+    let opts = EngineOptions {
+        max_context: 24,
+        lm_head: LmHead::Int8,
+        ..Default::default()
+    };
+    let mut int8 = Engine::random(c, 11, &opts).unwrap();
+    assert_eq!(
+        (stored.lm_head_dtype(), int8.lm_head_dtype()),
+        ("bf16", "int8")
+    );
+    // The final hidden state: the lm_head's input, from the engine's own pieces.
+    let x: Vec<f32> = (0..h).map(|i| ((i * 7 % 11) as f32 - 5.0) / 3.0).collect();
+    let head = stored.weights.lm_head();
+    let (mut a, mut b) = (vec![0f32; v], vec![0f32; v]);
+    head.gemv(&x, &mut a, 1).unwrap();
+    int8.weights.lm_head().gemv(&x, &mut b, 1).unwrap();
+    let l1: f32 = x.iter().map(|v| v.abs()).sum();
+    let mut row = vec![0f32; h];
+    for r in 0..v {
+        head.row_into(r, &mut row).unwrap();
+        let amax = row.iter().fold(0f32, |m, w| m.max(w.abs()));
+        assert!(
+            (a[r] - b[r]).abs() <= l1 * amax / 254.0 * 1.001 + 1e-5,
+            "row {r}"
+        );
+    }
+    // And the engine runs with it.
+    let mut logits = vec![f32::NAN; v];
+    int8.forward(&[(0, &[1, 2, 3])], &mut logits).unwrap();
+    assert!(logits.iter().all(|x| x.is_finite()));
+}

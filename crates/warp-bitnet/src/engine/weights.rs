@@ -1,12 +1,16 @@
-//! A model's weights as a plain struct (llama2.c's `TransformerWeights`): ternary linear layers,
-//! float norms and embeddings. Built from a [`Store`] by transformers names, checking every
+//! A model's weights as a plain struct (llama2.c's `TransformerWeights`): ternary linear layers
+//! (one copy, the CPU kernels' C2 layout), float norms, and the embedding and lm_head in the
+//! checkpoint's own float type. Built from a [`Store`] by transformers names, checking every
 //! shape against the config, or at random for benchmarks.
 
 use rand::{Rng, SeedableRng};
+use std::path::Path;
+
 use safetensors::tensor::Dtype;
 
 use super::config::ModelConfig;
 use super::store::{to_f32, Entry, Store};
+use crate::cpu::dense::{DenseData, DenseMatrix};
 use crate::cpu::CpuMatrix;
 use crate::error::{Error, Result};
 use crate::format::{i2, Scale, TernaryMatrix};
@@ -15,12 +19,36 @@ use crate::quant::WEIGHT_EPS;
 
 /// One ternary linear layer: `y = W (act_norm(x) quantized) * scale + bias`.
 pub(crate) struct Linear {
-    pub w: TernaryMatrix,
-    /// `w` in the CPU kernels' layout (C2), converted once at load.
+    /// The weights in the CPU kernels' layout (C2), converted once at load; the packed
+    /// matrix they came from is dropped, so the model is held once.
     pub c2: CpuMatrix,
     pub bias: Option<Vec<f32>>,
     /// The `use_rms_norm` activation norm's weights, if the model has them.
     pub norm: Option<Vec<f32>>,
+}
+
+impl Linear {
+    /// The packed ternary matrix again (I2 words, per-row scales), rebuilt from C2 for
+    /// consumers of the interchange layout (the GPU engine's upload): the engine holds only C2,
+    /// and the conversion is lossless.
+    #[allow(dead_code)] // for the GPU engine (engine/gpu), merged separately
+    pub fn ternary(&self) -> Result<TernaryMatrix> {
+        use crate::cpu::arch::{BLOCK, BLOCK_BYTES};
+        let (rows, cols, m) = (self.c2.rows(), self.c2.cols(), &self.c2);
+        let rb = m.padded_cols() / BLOCK * BLOCK_BYTES;
+        let (a, b) = m.decode();
+        let mut t = Vec::with_capacity(rows * cols);
+        for r in 0..rows {
+            let row = &m.bytes()[r * rb..(r + 1) * rb];
+            t.extend((0..cols).map(|c| {
+                let (blk, within) = (c / BLOCK, c % BLOCK);
+                let u = (row[BLOCK_BYTES * blk + within % 32] >> (2 * (within / 32))) & 3;
+                (a * i32::from(u) + b) as i8
+            }));
+        }
+        let scale = Scale::PerRow(m.row_scales().to_vec());
+        TernaryMatrix::from_ternary(rows, cols, &t, scale)
+    }
 }
 
 /// One decoder layer.
@@ -42,31 +70,34 @@ pub(crate) struct Layer {
 
 /// Every weight of a model.
 pub(crate) struct Weights {
-    /// `[vocab, hidden]`.
-    pub embed: Vec<f32>,
+    /// `[vocab, hidden]`, as stored in the checkpoint (f32, f16 or bf16).
+    pub embed: DenseMatrix,
     pub layers: Vec<Layer>,
     pub final_norm: Vec<f32>,
     /// `[vocab, hidden]`, or `None` when tied to `embed`.
-    pub lm_head: Option<Vec<f32>>,
+    pub lm_head: Option<DenseMatrix>,
 }
 
 impl Weights {
     /// The lm_head matrix (`[vocab, hidden]`).
-    pub fn lm_head(&self) -> &[f32] {
-        self.lm_head.as_deref().unwrap_or(&self.embed)
+    pub fn lm_head(&self) -> &DenseMatrix {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 
-    /// Bytes of weights one decode step reads (f32 norms, biases and lm_head; one embedding row).
+    /// Replaces the lm_head by its per-row int8 quantization ([`DenseMatrix::quantize_i8_rows`]);
+    /// a tied embedding stays as stored for the token lookups.
+    pub fn quantize_lm_head(&mut self) {
+        self.lm_head = Some(self.lm_head().quantize_i8_rows());
+    }
+
+    /// Bytes of weights one decode step reads (C2 codes and row scales, f32 norms and biases,
+    /// the lm_head as held, one embedding row).
     pub fn decode_bytes(&self, c: &ModelConfig) -> u64 {
         let linear = |l: &Linear| {
-            let scale = match l.w.scale() {
-                Scale::PerRow(v) => v.len(),
-                _ => 1,
-            };
-            4 * (l.w.words().len()
-                + scale
-                + l.bias.as_ref().map_or(0, Vec::len)
-                + l.norm.as_ref().map_or(0, Vec::len))
+            l.c2.packed_bytes()
+                + 4 * (l.c2.row_scales().len()
+                    + l.bias.as_ref().map_or(0, Vec::len)
+                    + l.norm.as_ref().map_or(0, Vec::len))
         };
         let norm = |n: &Option<Vec<f32>>| 4 * n.as_ref().map_or(0, Vec::len);
         let layers: usize = self
@@ -82,18 +113,19 @@ impl Weights {
                     + norm(&l.ffn_sub_norm)
             })
             .sum();
-        (layers + 4 * (self.final_norm.len() + self.lm_head().len() + c.hidden_size)) as u64
+        let embed_row = self.embed.bytes() / c.vocab_size;
+        (layers + 4 * self.final_norm.len() + self.lm_head().bytes() + embed_row) as u64
     }
 
     /// Reads every weight the config calls for from `store`, checking shapes.
     pub fn from_store(c: &ModelConfig, store: &Store) -> Result<Self> {
         let r = Reader { c, store };
         let (h, v) = (c.hidden_size, c.vocab_size);
-        let embed = r.floats("model.embed_tokens.weight", &[v, h])?;
+        let embed = r.dense("model.embed_tokens.weight", v, h)?;
         let lm_head = if c.tie_word_embeddings {
             None
         } else {
-            Some(r.floats("lm_head.weight", &[v, h])?)
+            Some(r.dense("lm_head.weight", v, h)?)
         };
         let layers = (0..c.num_layers)
             .map(|i| r.layer(i))
@@ -108,7 +140,8 @@ impl Weights {
     }
 
     /// Random weights of the config's shapes, reproducible from `seed`: ternary codes with
-    /// scales `1 / sqrt(cols)`-ish and norms near 1, so activations stay O(1) through the layers.
+    /// scales `1 / sqrt(cols)`-ish and norms near 1, so activations stay O(1) through the layers;
+    /// the embedding and lm_head in bf16, as bitnet-b1.58-2B-4T's checkpoint stores them.
     pub fn random(c: &ModelConfig, seed: u64) -> Result<Self> {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let (h, v) = (c.hidden_size, c.vocab_size);
@@ -118,8 +151,15 @@ impl Weights {
                 .map(|_| (0..4).map(|_| rng.random::<f32>() - 0.5).sum::<f32>() * std * 1.732)
                 .collect()
         };
-        let embed = normal(v * h, 1.0);
-        let lm_head = (!c.tie_word_embeddings).then(|| normal(v * h, 1.0 / (h as f32).sqrt()));
+        let embed = DenseMatrix::bf16_from_f32(v, h, &normal(v * h, 1.0))?;
+        let lm_head = match c.tie_word_embeddings {
+            true => None,
+            false => Some(DenseMatrix::bf16_from_f32(
+                v,
+                h,
+                &normal(v * h, 1.0 / (h as f32).sqrt()),
+            )?),
+        };
         let final_norm = normal(h, 0.1).iter().map(|x| 1.0 + x).collect();
         let mut layers = Vec::with_capacity(c.num_layers);
         for _ in 0..c.num_layers {
@@ -142,10 +182,8 @@ fn random_layer(c: &ModelConfig, rng: &mut rand::rngs::StdRng) -> Result<Layer> 
     let attn_sub_norm = c.sub_norms.then(|| norm(h));
     let ffn_sub_norm = c.sub_norms.then(|| norm(i));
     let mut linear = |rows: usize, cols: usize| -> Result<Linear> {
-        let w = random_ternary(rows, cols, rng)?;
         Ok(Linear {
-            c2: CpuMatrix::from(&w),
-            w,
+            c2: CpuMatrix::from(&random_ternary(rows, cols, rng)?),
             bias: c.attention_bias.then(|| vec![0.01; rows]),
             norm: c.bitlinear.act_norm.then(|| vec![1.0; cols]),
         })
@@ -221,7 +259,48 @@ impl Reader<'_> {
         Error::BadFile(format!("tensor `{name}` is missing from the checkpoint"))
     }
 
-    fn floats(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+    /// A float tensor as stored: `[rows, cols]`, f32, f16 or bf16, every value finite.
+    fn dense(&self, name: &str, rows: usize, cols: usize) -> Result<DenseMatrix> {
+        let (dtype, bytes, path) = self.raw(name, &[rows, cols])?;
+        let bad = || {
+            Error::BadFile(format!(
+                "{}: tensor `{name}` has dtype {dtype:?}; expected F32, F16 or BF16",
+                path.display()
+            ))
+        };
+        let data = match dtype {
+            Dtype::F16 => DenseData::F16(
+                bytes
+                    .chunks_exact(2)
+                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]))
+                    .collect(),
+            ),
+            Dtype::BF16 => DenseData::Bf16(
+                bytes
+                    .chunks_exact(2)
+                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]))
+                    .collect(),
+            ),
+            _ => DenseData::F32(to_f32(dtype, bytes).ok_or_else(bad)?),
+        };
+        let m = DenseMatrix::new(rows, cols, data)
+            .map_err(|e| Error::BadFile(format!("{}: tensor `{name}`: {e}", path.display())))?;
+        let mut row = vec![0f32; cols];
+        for r in 0..rows {
+            m.row_into(r, &mut row)?;
+            if let Some(i) = row.iter().position(|v| !v.is_finite()) {
+                return Err(Error::BadFile(format!(
+                    "{}: tensor `{name}` holds a non-finite value at index {}",
+                    path.display(),
+                    r * cols + i
+                )));
+            }
+        }
+        Ok(m)
+    }
+
+    /// A raw tensor's dtype, bytes and file, its shape checked.
+    fn raw(&self, name: &str, shape: &[usize]) -> Result<(Dtype, &[u8], &Path)> {
         let (entry, path) = self.store.get(name).ok_or_else(|| self.missing(name))?;
         let Entry::Raw {
             dtype,
@@ -241,7 +320,12 @@ impl Reader<'_> {
                 got: format!("{got:?} in {}", path.display()),
             });
         }
-        let values = to_f32(*dtype, self.store.bytes(bytes)).ok_or_else(|| {
+        Ok((*dtype, self.store.bytes(bytes), path))
+    }
+
+    fn floats(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let (dtype, bytes, path) = self.raw(name, shape)?;
+        let values = to_f32(dtype, bytes).ok_or_else(|| {
             Error::BadFile(format!(
                 "{}: tensor `{name}` has dtype {dtype:?}; expected F32, F16 or BF16",
                 path.display()
@@ -352,10 +436,8 @@ impl Reader<'_> {
         } else {
             self.opt_floats(&format!("{prefix}.bias"), &[rows])?
         };
-        let w = self.ternary(&format!("{prefix}.weight"), rows, cols)?;
         Ok(Linear {
-            c2: CpuMatrix::from(&w),
-            w,
+            c2: CpuMatrix::from(&self.ternary(&format!("{prefix}.weight"), rows, cols)?),
             bias,
             norm,
         })

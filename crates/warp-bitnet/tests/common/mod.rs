@@ -280,3 +280,102 @@ pub fn small_gguf(seed: u64) -> Vec<u8> {
     ];
     gguf(&meta, &tensors, 32)
 }
+
+/// The tiny checkpoint of [`checkpoint_bytes`] as a bitnet.cpp GGUF file (`bitnet-b1.58`, I2_S
+/// linear layers, F32 embedding, BF16 norms, a byte-level BPE vocabulary): the same model.
+pub fn gguf_model(layers: usize, seed: u64) -> Vec<u8> {
+    let st_bytes = checkpoint_bytes(layers, seed);
+    let st = safetensors::SafeTensors::deserialize(&st_bytes).unwrap();
+    let scale_of = |name: &str| {
+        let b = st.tensor(&format!("{name}_scale")).unwrap();
+        half::bf16::from_le_bytes([b.data()[0], b.data()[1]]).to_f32()
+    };
+    let mut tensors = Vec::new();
+    for (name, view) in st.tensors() {
+        if name.ends_with("_scale") {
+            continue;
+        }
+        let gguf_name = gguf_name(&name);
+        let dims: Vec<usize> = view.shape().iter().rev().copied().collect();
+        let (ty, data) = match view.dtype() {
+            Dtype::U8 => {
+                let (rows, cols) = (view.shape()[0] * 4, view.shape()[1]);
+                let mut w = vec![0i8; rows * cols];
+                for (i, &byte) in view.data().iter().enumerate() {
+                    let (p, k) = (i / cols, i % cols);
+                    for lane in 0..4 {
+                        let code = (byte >> (2 * lane)) & 3;
+                        w[(lane * rows / 4 + p) * cols + k] = code as i8 - 1;
+                    }
+                }
+                (36, i2s_pack(&w, scale_of(&name)))
+            }
+            Dtype::BF16 => (30, view.data().to_vec()),
+            _ => (0, view.data().to_vec()),
+        };
+        let dims = if ty == 36 {
+            vec![view.shape()[1], view.shape()[0] * 4]
+        } else {
+            dims
+        };
+        tensors.push((gguf_name, dims, ty, data));
+    }
+    tensors.sort();
+    let a = "bitnet-b1.58";
+    let mut tokens: Vec<String> = ('a'..='z').map(String::from).collect();
+    tokens.push("\u{120}".into());
+    tokens.extend(('a'..='j').map(|c| format!("\u{120}{c}")));
+    let merges = ('a'..='j').map(|c| format!("\u{120} {c}")).collect();
+    let meta = [
+        ("general.architecture", Meta::Str(a.into())),
+        ("bitnet-b1.58.block_count", Meta::U32(layers as u32)),
+        ("bitnet-b1.58.context_length", Meta::U32(64)),
+        ("bitnet-b1.58.embedding_length", Meta::U32(HIDDEN as u32)),
+        ("bitnet-b1.58.feed_forward_length", Meta::U32(INTER as u32)),
+        ("bitnet-b1.58.attention.head_count", Meta::U32(HEADS as u32)),
+        (
+            "bitnet-b1.58.attention.head_count_kv",
+            Meta::U32(KV_HEADS as u32),
+        ),
+        (
+            "bitnet-b1.58.attention.layer_norm_rms_epsilon",
+            Meta::F32(1e-5),
+        ),
+        ("bitnet-b1.58.rope.freq_base", Meta::F32(10000.0)),
+        ("bitnet-b1.58.vocab_size", Meta::U32(VOCAB as u32)),
+        ("tokenizer.ggml.model", Meta::Str("gpt2".into())),
+        ("tokenizer.ggml.tokens", Meta::Strs(tokens)),
+        ("tokenizer.ggml.token_type", Meta::I32s(vec![1; VOCAB])),
+        ("tokenizer.ggml.merges", Meta::Strs(merges)),
+        ("tokenizer.ggml.bos_token_id", Meta::U32(1)),
+        ("tokenizer.ggml.eos_token_id", Meta::U32(2)),
+    ];
+    gguf(&meta, &tensors, 32)
+}
+
+/// llama.cpp's name of a transformers tensor name of the tiny model.
+fn gguf_name(name: &str) -> String {
+    match name {
+        "model.embed_tokens.weight" => return "token_embd.weight".into(),
+        "model.norm.weight" => return "output_norm.weight".into(),
+        _ => {}
+    }
+    let rest = name.strip_prefix("model.layers.").unwrap();
+    let (layer, rest) = rest.split_once('.').unwrap();
+    let base = rest.strip_suffix(".weight").unwrap();
+    let g = match base {
+        "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" => "ffn_norm",
+        "self_attn.attn_sub_norm" => "attn_sub_norm",
+        "mlp.ffn_sub_norm" => "ffn_sub_norm",
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        other => panic!("{other}"),
+    };
+    format!("blk.{layer}.{g}.weight")
+}

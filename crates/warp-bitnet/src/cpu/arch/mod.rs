@@ -4,15 +4,19 @@
 //! [`crate::cpu::gemm`]; each instruction set supplies only two row micro-kernels over the
 //! C2 layout ([`crate::cpu::layout`], docs/FORMATS.md "C2"):
 //!
-//! - `row_i8`:  `acc[t] = sum_k u[k] * x[t * stride + k]` exactly in `i32`, for int8 `x`;
-//! - `row_f32`: `acc[t] = sum_k (a * u[k] + b) * x[t * stride + k]` in `f32`,
+//! - `tile_i8`: `acc[r, t] = sum_k u[r, k] * x[t * stride + k]` exactly in `i32`, for int8
+//!   `x`, over a tile of up to [`MAX_TILE`] (row, token) pairs (rows x tokens);
+//! - `row_f32`: `acc[t] = sum_k (a * u[k] + b) * x[t * stride + k]` in `f32` for one row
+//!   and up to [`MAX_TILE`] tokens,
 //!
-//! for one row's unsigned codes `u` and up to [`MAX_TILE`] tokens. [`portable`] is plain
+//! for the rows' unsigned codes `u`. [`portable`] is plain
 //! Rust (and what non-x86 targets run); `x86_64::avx2` is the AVX2 instantiation. The
 //! instruction set is detected once ([`Isa::detect`]); `WARP_BITNET_CPU_ISA` forces one.
 
+pub mod dense;
 pub mod host;
 pub mod portable;
+pub(crate) mod spin_pool;
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
 
@@ -136,20 +140,35 @@ impl Micro {
         self.isa
     }
 
-    /// `acc[t] = sum_k u[k] * x[t * stride + k]` for the codes `u` of one C2 row
-    /// (`row.len()` a multiple of [`BLOCK_BYTES`]), exactly in `i32`.
+    /// `acc[r * ntok + t] = sum_k u[r, k] * x[t * stride + k]` exactly in `i32`, for the
+    /// codes `u` of `nrows = rows.len() / row_bytes` consecutive C2 rows and
+    /// `ntok = acc.len() / nrows` tokens.
     ///
     /// # Panics
-    /// If `acc` holds 0 or more than [`MAX_TILE`] tokens, or `x` is shorter than the tile.
+    /// If `row_bytes` is not a whole number of blocks, `rows` not a whole number (>= 1) of
+    /// rows, `acc` not `nrows * ntok` with 1..=[`MAX_TILE`] pairs, or `x` shorter than the
+    /// tile.
     #[inline]
-    pub fn row_i8(self, row: &[u8], x: &[i8], stride: usize, acc: &mut [i32]) {
-        check_tile(row.len(), x.len(), stride, acc.len());
+    pub fn tile_i8(self, rows: &[u8], row_bytes: usize, x: &[i8], stride: usize, acc: &mut [i32]) {
+        assert!(
+            row_bytes > 0 && rows.len() % row_bytes == 0 && !rows.is_empty(),
+            "{} bytes are not whole rows of {row_bytes}",
+            rows.len()
+        );
+        let nrows = rows.len() / row_bytes;
+        assert!(
+            acc.len() % nrows == 0 && acc.len() <= MAX_TILE,
+            "tile of {nrows} rows and {} outputs",
+            acc.len()
+        );
+        check_tile(row_bytes, x.len(), stride, acc.len() / nrows);
         match self.isa {
-            Isa::Portable => portable::row_i8(row, x, stride, acc),
+            Isa::Portable => portable::tile_i8(rows, row_bytes, x, stride, acc),
             #[cfg(target_arch = "x86_64")]
             // SAFETY: a `Micro` of `Isa::Avx2` exists only where `Isa::Avx2.is_available()`
-            // (AVX2 and FMA detected), and `check_tile` bounded every read of `x` and `row`.
-            Isa::Avx2 => unsafe { x86_64::avx2::row_i8(row, x, stride, acc) },
+            // (AVX2 and FMA detected); the checks above bound every read of `x` and `rows`
+            // and the tile's shape.
+            Isa::Avx2 => unsafe { x86_64::avx2::tile_i8(rows, row_bytes, x, stride, acc) },
             #[cfg(not(target_arch = "x86_64"))]
             Isa::Avx2 => unreachable!("Micro::new refuses AVX2 off x86-64"),
         }
@@ -158,14 +177,15 @@ impl Micro {
     /// `acc[t] = sum_k (a * u[k] + b) * x[t * stride + k]` in `f32` for one C2 row.
     ///
     /// # Panics
-    /// As [`Micro::row_i8`].
+    /// If `acc` holds 0 or more than [`MAX_TILE`] tokens, `row` is not whole blocks, or `x`
+    /// is shorter than the tile.
     #[inline]
     pub fn row_f32(self, row: &[u8], x: &[f32], stride: usize, ab: (f32, f32), acc: &mut [f32]) {
         check_tile(row.len(), x.len(), stride, acc.len());
         match self.isa {
             Isa::Portable => portable::row_f32(row, x, stride, ab, acc),
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: as in `row_i8`: AVX2 and FMA were detected, lengths checked.
+            // SAFETY: AVX2 and FMA were detected (`Micro::new`), lengths checked above.
             Isa::Avx2 => unsafe { x86_64::avx2::row_f32(row, x, stride, ab, acc) },
             #[cfg(not(target_arch = "x86_64"))]
             Isa::Avx2 => unreachable!("Micro::new refuses AVX2 off x86-64"),

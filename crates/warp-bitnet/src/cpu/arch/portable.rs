@@ -2,8 +2,16 @@
 
 use super::{BLOCK, BLOCK_BYTES};
 
-/// See [`super::Micro::row_i8`].
-pub fn row_i8(row: &[u8], x: &[i8], stride: usize, acc: &mut [i32]) {
+/// See [`super::Micro::tile_i8`].
+pub fn tile_i8(rows: &[u8], row_bytes: usize, x: &[i8], stride: usize, acc: &mut [i32]) {
+    let ntok = acc.len() / (rows.len() / row_bytes);
+    for (row, acc) in rows.chunks_exact(row_bytes).zip(acc.chunks_mut(ntok)) {
+        row_i8(row, x, stride, acc);
+    }
+}
+
+/// One row at `acc.len()` tokens.
+fn row_i8(row: &[u8], x: &[i8], stride: usize, acc: &mut [i32]) {
     for (t, a) in acc.iter_mut().enumerate() {
         let xt = &x[t * stride..];
         let mut sum = 0i32;

@@ -72,7 +72,7 @@
 #define OUT_BF16 1
 #define OUT_I32 2
 
-#define WARPS 8
+#define WARPS WB_GEMM_WARPS
 
 // (a & mask) | magic in one LOP3. Written out because the compiler otherwise emits
 // an AND and an OR: LOP3 takes one immediate, and both constants were immediates.
@@ -501,10 +501,11 @@ __device__ __forceinline__ float stage_row_quantized(const GemmParams& p, u32 xs
 // one of them with the activations it loaded, so the activation traffic per weight
 // byte falls by RT, but fewer CTAs share the rows; the planner picks among the
 // instantiated RT, docs/NOTES.md v16-v19) and weight ring stages per warp. The
-// planner sizes the dynamic shared memory (`gemm_fixed_smem` in launch.rs); the
-// kernel checks that it got enough (GemmSmem).
+// planner sizes the dynamic shared memory (`gemm_fixed_smem` in src/cuda/plan, whose
+// value a generated static_assert compares with GemmSmem); the kernel checks that it got
+// enough (GemmSmem).
 template <bool ONE>
-constexpr int DEPTH_OF = ONE ? 8 : 4;
+constexpr int DEPTH_OF = ONE ? WB_GEMM_DEPTH_SINGLE : WB_GEMM_DEPTH;
 
 // Dynamic shared memory, in this order: the weight rings, the warps' partial sums
 // (f32 bits, or i32 for i8), the i8 activation sums, a reduction scratch, then the
@@ -768,7 +769,7 @@ __device__ __forceinline__ void gemm_tiles(const GemmParams& p) {
 }
 
 // Kernel symbols: gemm_{t2|int2}_{activation}_{output}_n{tokens per CTA}, and for
-// the token-group kernels _r{row tiles per CTA}; built by `gemm_symbol` in launch.rs.
+// the token-group kernels _r{row tiles per CTA}; built by `gemm_symbol` in src/cuda/plan.
 // n1 is the single-token kernel. MIN_CTAS caps registers so that many CTAs fit an SM
 // without spilling in the main loop (checked in the resource report: ptxas -v).
 #define GEMM_KERNEL(ACT, OUT, NT, RT, ONE, INT2, MIN_CTAS, NAME)                                 \

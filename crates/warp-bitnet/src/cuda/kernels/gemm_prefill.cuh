@@ -47,9 +47,9 @@
 #pragma once
 #include "gemm_split.cuh"
 
-constexpr u32 PF_TOKENS = 128;   // tokens per CTA
-constexpr u32 PF_ROW_TILES = 16;  // row tiles per CTA
-constexpr u32 PF_THREADS = 256;
+constexpr u32 PF_TOKENS = WB_PREFILL_TOKENS;        // tokens per CTA
+constexpr u32 PF_ROW_TILES = WB_PREFILL_ROW_TILES;  // row tiles per CTA
+constexpr u32 PF_THREADS = WB_PREFILL_THREADS;
 
 template <int ACT>
 struct PrefillX {
@@ -57,8 +57,9 @@ struct PrefillX {
     static constexpr u32 STEPS = ACT == ACT_I8 ? 4 : 8;  // MMA k steps per k tile
     static constexpr u32 X_STAGE = PF_TOKENS * 128 * XB;
     static constexpr u32 W_STAGE = PF_ROW_TILES * 512;
-    static constexpr u32 STAGES = ACT == ACT_I8 ? 8 : 5;
-    // Mirrored by `prefill_smem` in launch.rs; 1 KB to align the stages for the swizzle.
+    static constexpr u32 STAGES = ACT == ACT_I8 ? WB_PREFILL_STAGES_I8 : WB_PREFILL_STAGES_16;
+    // Mirrored by `prefill_smem` in cuda/plan (checked at compile time); 1 KB to align the
+    // stages for the swizzle.
     static constexpr u32 SMEM = STAGES * (X_STAGE + W_STAGE) + 1024;
 };
 

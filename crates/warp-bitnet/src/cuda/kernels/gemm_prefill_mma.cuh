@@ -40,7 +40,7 @@ struct PrefillMma {
     static constexpr u32 CHUNKS = ROW / 16;
     static constexpr u32 X_STAGE = PF_TOKENS * ROW;
     static constexpr u32 STAGE = X_STAGE + PF_ROW_TILES * 512;
-    static constexpr u32 MAX_STAGES = 6;  // cp.async.wait_group takes an immediate
+    static constexpr u32 MAX_STAGES = WB_PREFILL_MMA_MAX_STAGES;  // cp.async.wait_group takes an immediate
 };
 
 __device__ __forceinline__ void cp_async_16_zfill(u32 dst, const void* src, u32 bytes) {

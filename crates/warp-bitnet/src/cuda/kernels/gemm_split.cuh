@@ -52,13 +52,13 @@
 // 5.2 / 4.6 / 3.3x cuBLAS); the 64-token f16 kernel keeps the tensor pipe 42% busy and
 // its warps spend 28% of their cycles at the round's cluster barriers (development/run6/
 // stalls.txt there). Shapes with few row tiles lose to the token-group kernels; the
-// planner's rule is in launch.rs (SPLIT_MIN_UTILIZATION) and the history in
+// planner's rule is in src/cuda/plan/split.rs (SPLIT_MIN_UTILIZATION) and the history in
 // docs/NOTES.md (v25-v27).
 #pragma once
 #include "gemm.cuh"
 #include "wgmma.cuh"
 
-constexpr int SPLIT_DEPTH = 4;  // weight ring stages per warp (each RW tiles)
+constexpr int SPLIT_DEPTH = WB_SPLIT_DEPTH;  // weight ring stages per warp (each RW tiles)
 // Row tiles per warp: 2 (mma.sync: each B fragment read from shared memory feeds two
 // MMAs; wgmma: two m64 blocks per warpgroup), 1 for the 64-token wgmma kernel, whose
 // registers then fit 16 warps.
@@ -85,7 +85,8 @@ struct SplitX {
 
 // Dynamic shared memory, in this order: weight rings, the partial sums this rank owns
 // [source rank][owned warp][value group RW NT][lane][4] (f32 or i32 bits), the slice's per-token sum(x)
-// (i8), then the staged activations. Mirrored by `split_fixed_smem` in launch.rs.
+// (i8), then the staged activations. Mirrored by `split_fixed_smem` in src/cuda/plan/split.rs
+// (a generated static_assert compares the two).
 template <int NT, bool WG>
 struct SplitSmem {
     static constexpr u32 RING = SPLIT_WARPS<NT, WG> * SPLIT_DEPTH * SPLIT_RW<NT, WG> * 512;

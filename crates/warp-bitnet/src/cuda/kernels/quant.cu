@@ -15,7 +15,7 @@
 // an H100 for one token of 8192-28672 values: a chain of dependent loads.
 #include "quant.cuh"
 
-#define THREADS 1024
+#define THREADS WB_QUANT_THREADS
 #define KEEP 4
 
 template <bool BF16>
@@ -145,12 +145,12 @@ __device__ __forceinline__ void prefill_row(const unsigned char* x, u32 ldx, u32
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) prefill_x_16(const unsigned char* x, u32 ldx, u32 cols, u32 k_tiles,
+extern "C" __global__ void __launch_bounds__(WB_PREPASS_THREADS) prefill_x_16(const unsigned char* x, u32 ldx, u32 cols, u32 k_tiles,
                                                                u32 vec, u32x4* out) {
     prefill_row<2>(x, ldx, cols, k_tiles, vec, out);
 }
 
-extern "C" __global__ void __launch_bounds__(256) prefill_x_i8(const unsigned char* x, u32 ldx, u32 cols, u32 k_tiles,
+extern "C" __global__ void __launch_bounds__(WB_PREPASS_THREADS) prefill_x_i8(const unsigned char* x, u32 ldx, u32 cols, u32 k_tiles,
                                                                u32 vec, u32x4* out) {
     prefill_row<1>(x, ldx, cols, k_tiles, vec, out);
 }

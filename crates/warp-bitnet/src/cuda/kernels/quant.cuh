@@ -5,7 +5,7 @@
 #pragma once
 #include "common.cuh"
 
-#define ACT_EPS 1e-5f
+#define ACT_EPS WB_ACT_EPS
 
 template <bool BF16>
 __device__ __forceinline__ float to_f32(u16 h) {

@@ -3,6 +3,7 @@
 //! It needs no GPU: [`Occupancy`] is all it asks of one, so the tests run on fakes
 //! (`tests.rs`). The rules and the measurements behind them: docs/NOTES.md, "The current rules".
 
+mod constants;
 mod instances;
 mod prefill;
 mod route;
@@ -18,6 +19,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::format::{tiled, Levels};
 
+pub(crate) use constants::{header as constants_header, layout_checks};
 pub(crate) use instances::gemm_instances;
 use prefill::{plan_prefill, Prefill, PREFILL_MIN_BATCH};
 pub(crate) use prefill::{Prepass, PREFILL_ROWS, PREFILL_TOKENS, PREPASS_THREADS};
@@ -58,6 +60,10 @@ pub(super) const MAX_GRID_Y: usize = 65_535;
 
 /// Warps per GEMM CTA.
 const GEMM_WARPS: usize = GEMM_THREADS as usize / 32;
+/// Weight ring stages per warp of the single-token GEMM kernels, and of the others
+/// (`DEPTH_OF` in gemm.cuh).
+const GEMM_DEPTH_SINGLE: usize = 8;
+const GEMM_DEPTH: usize = 4;
 
 /// Row tiles per CTA of the instantiated kernels for activation type `x` and `tokens`
 /// per CTA (`_r{rt}` in gemm_t2.cu), largest first. Every warp multiplies each of its
@@ -81,9 +87,14 @@ pub(crate) fn row_tile_options(x: DType, tokens: usize) -> &'static [usize] {
 const AS_F16_MIN_TILES_PER_SM: usize = 512;
 
 /// Dynamic shared memory of a GEMM kernel without the staged activation row; mirrors
-/// `GemmSmem` and `DEPTH_OF` in gemm.cuh (the kernel traps if given less).
+/// `GemmSmem` and `DEPTH_OF` in gemm.cuh (the kernel traps if given less; constants.rs checks
+/// the two agree).
 fn gemm_fixed_smem(tokens: usize, row_tiles: usize) -> usize {
-    let depth = if tokens == 1 { 8 } else { 4 };
+    let depth = if tokens == 1 {
+        GEMM_DEPTH_SINGLE
+    } else {
+        GEMM_DEPTH
+    };
     let cols = tokens.max(8);
     let ring = GEMM_WARPS * depth * row_tiles * 512;
     let partial_sums = GEMM_WARPS * 16 * row_tiles * cols * 4;

@@ -65,6 +65,13 @@ pub(crate) const PREPASS_THREADS: u32 = 256;
 pub(crate) const PREPASS_16: &str = "prefill_x_16";
 pub(crate) const PREPASS_I8: &str = "prefill_x_i8";
 
+/// Pipeline stages of the wgmma prefill kernel for int8 and 16-bit activations
+/// (`PrefillX::STAGES`), and the most of the mma.sync one (`PrefillMma::MAX_STAGES`:
+/// `cp.async.wait_group` takes an immediate, so the kernel spells out each wait).
+pub(super) const PREFILL_STAGES_I8: usize = 8;
+pub(super) const PREFILL_STAGES_16: usize = 5;
+pub(super) const PREFILL_MMA_MAX_STAGES: usize = 6;
+
 /// Bytes of one pipeline stage of the prefill kernels: one k tile of activations (128
 /// tokens) and weights (16 row tiles); mirrors `PrefillMma::STAGE` (gemm_prefill_mma.cuh).
 pub(super) fn prefill_stage(x: DType) -> usize {
@@ -74,7 +81,11 @@ pub(super) fn prefill_stage(x: DType) -> usize {
 /// Dynamic shared memory of the wgmma prefill kernel: its stages, and 1 KB to align
 /// them; mirrors `PrefillX::SMEM`.
 pub(super) fn prefill_smem(x: DType) -> usize {
-    let stages = if x == DType::I8 { 8 } else { 5 };
+    let stages = if x == DType::I8 {
+        PREFILL_STAGES_I8
+    } else {
+        PREFILL_STAGES_16
+    };
     stages * prefill_stage(x) + 1024
 }
 
@@ -82,7 +93,11 @@ pub(super) fn prefill_smem(x: DType) -> usize {
 /// (it takes as many as its dynamic shared memory holds): 4 for 16-bit activations, 6
 /// for int8 (the A100's 163 KB holds both), fewer on GPUs of 100 KB.
 pub(super) fn prefill_mma_stages(x: DType, max_dynamic: usize) -> Option<usize> {
-    let most = if x == DType::I8 { 6 } else { 4 };
+    let most = if x == DType::I8 {
+        PREFILL_MMA_MAX_STAGES
+    } else {
+        4
+    };
     let stages = (max_dynamic / prefill_stage(x)).min(most);
     (stages >= 2).then_some(stages)
 }

@@ -11,6 +11,8 @@ use crate::format::Levels;
 /// Batches from which the split-K cluster kernels take over (sm_90+): up to 8 tokens
 /// the token-group kernel holds the batch in one CTA's registers.
 pub(super) const SPLIT_MIN_BATCH: usize = 9;
+/// Weight ring stages per warp of the split kernels (`SPLIT_DEPTH` in gemm_split.cuh).
+pub(super) const SPLIT_DEPTH: usize = 4;
 /// Tokens per CTA of the split kernels (`_s{T}` and `_w{T}` in gemm_t2.cu).
 pub(crate) const SPLIT_TOKENS: [usize; 3] = [16, 32, 64];
 /// CTAs per cluster on offer: divisors of the warps per CTA (each rank sums the partial
@@ -52,7 +54,7 @@ pub(super) fn split_warps(tokens: usize, wgmma: bool) -> (usize, usize) {
 /// `SplitSmem` in gemm_split.cuh.
 pub(super) fn split_fixed_smem(tokens: usize, wgmma: bool) -> usize {
     let (warps, rw) = split_warps(tokens, wgmma);
-    let ring = warps * 4 * rw * 512;
+    let ring = warps * SPLIT_DEPTH * rw * 512;
     let partial_sums = warps * 32 * rw * tokens * 2;
     let x_sums = tokens * 4;
     ring + partial_sums + x_sums

@@ -92,7 +92,7 @@ impl GpuEngine {
         let sizes = Sizes::new(c, slots, max_context)?;
         let widths = [c.hidden_size, c.q_dim(), c.intermediate_size];
         gpu.check_engine_shapes(&widths, c.num_heads, c.head_dim, max_context)?;
-        let (embed, head) = weights::table_dtypes(w);
+        let (embed, head) = weights::table_dtypes(w)?;
         let need =
             sizes::weight_bytes(c, w, embed, head) + sizes.state_bytes(c, head.unwrap_or(embed));
         gpu.context().bind_to_thread()?;

@@ -70,7 +70,7 @@ impl Sizes {
 /// norms, and the embedding / lm_head tables in their types.
 pub(crate) fn weight_bytes(c: &ModelConfig, w: &Weights, embed: DType, head: Option<DType>) -> u64 {
     let linear = |l: &Linear| {
-        let (r, k) = (l.w.rows(), l.w.cols());
+        let (r, k) = (l.c2.rows(), l.c2.cols());
         4 * (tiled::len_words(r, k) + r + l.bias.as_ref().map_or(0, |_| r)) as u64
             + 4 * l.norm.as_ref().map_or(0, Vec::len) as u64
     };

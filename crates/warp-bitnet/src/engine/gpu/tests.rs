@@ -81,24 +81,35 @@ fn the_memory_check_names_what_does_not_fit() {
 }
 
 #[test]
-fn table_types_are_exact() {
-    assert_eq!(
-        table_dtype(&[1.0, -0.5, 3.0 * 2f32.powi(30), 0.0]),
-        DType::BF16
-    );
-    // 1 + 2^-10 is an f16 but not a bf16.
-    assert_eq!(table_dtype(&[1.0 + 1.0 / 1024.0, 2.0]), DType::F16);
-    assert_eq!(table_dtype(&[0.1]), DType::F32);
+fn tables_upload_in_their_stored_type() {
+    use crate::cpu::dense::{DenseData, DenseMatrix};
+    use half::{bf16, f16};
     let v = [1.5f32, -2.25];
+    let bf = DenseMatrix::new(1, 2, DenseData::Bf16(v.map(bf16::from_f32).to_vec())).unwrap();
+    assert_eq!(table_dtype(&bf).unwrap(), DType::BF16);
     assert_eq!(
-        table_bytes(&v, DType::BF16),
+        table_bytes(&bf).unwrap(),
         [0xc0u8, 0x3f, 0x10, 0xc0].to_vec()
     );
-    assert_eq!(table_bytes(&v, DType::F32).len(), 8);
+    let h = DenseMatrix::new(1, 2, DenseData::F16(v.map(f16::from_f32).to_vec())).unwrap();
+    assert_eq!(table_dtype(&h).unwrap(), DType::F16);
     assert_eq!(
-        table_bytes(&v, DType::F16),
+        table_bytes(&h).unwrap(),
         [0x00u8, 0x3e, 0x80, 0xc0].to_vec()
     );
+    let f = DenseMatrix::new(1, 2, DenseData::F32(v.to_vec())).unwrap();
+    assert_eq!(table_dtype(&f).unwrap(), DType::F32);
+    assert_eq!(table_bytes(&f).unwrap().len(), 8);
+    let q = DenseMatrix::new(
+        1,
+        2,
+        DenseData::I8 {
+            q: vec![1, -1],
+            scale: vec![0.5],
+        },
+    )
+    .unwrap();
+    assert!(table_dtype(&q).is_err() && table_bytes(&q).is_err());
 }
 
 #[test]
@@ -107,6 +118,7 @@ fn the_rope_table_rotates_exactly_as_the_cpu() {
     c.rope_theta = 10_000.0;
     let (d, half, positions) = (c.head_dim, c.head_dim / 2, 7);
     let table = rope_table(&c, positions);
+    let inv_freq = c.rope_scaling.inv_freq(d, c.rope_theta);
     assert_eq!(table.len(), positions * d);
     let mut rng = 0x2545_f491u32;
     for pos in 0..positions {
@@ -117,7 +129,7 @@ fn the_rope_table_rotates_exactly_as_the_cpu() {
             })
             .collect();
         let mut cpu = x.clone();
-        super::super::forward::rope(&mut cpu, d, pos, c.rope_theta);
+        super::super::forward::rope(&mut cpu, d, pos, &inv_freq);
         // The kernel's arithmetic: (a cos - b sin, b cos + a sin), each product rounded.
         for i in 0..half {
             let (cos, sin) = (table[(pos * half + i) * 2], table[(pos * half + i) * 2 + 1]);
@@ -140,18 +152,18 @@ fn stacking_keeps_each_layers_rows_scale_and_bias() {
     let all = s.w.to_ternary();
     let mut row = 0;
     for part in [&l.q, &l.k, &l.v] {
-        let t = part.w.to_ternary();
-        let r = part.w.rows();
+        let w = part.ternary().unwrap();
+        let (t, r) = (w.to_ternary(), w.rows());
         assert_eq!(&all[row * 40..(row + r) * 40], &t[..]);
         for i in 0..r {
-            assert_eq!(s.scale[row + i], part.w.scale().of_row(i));
+            assert_eq!(s.scale[row + i], w.scale().of_row(i));
             let b = part.bias.as_ref().map_or(0.0, |b| b[i]);
             assert_eq!(s.bias.as_ref().unwrap()[row + i], b);
         }
         row += r;
     }
     let alone = stack(&[&l.o]).unwrap();
-    assert_eq!(alone.w.to_ternary(), l.o.w.to_ternary());
+    assert_eq!(alone.w.to_ternary(), l.o.ternary().unwrap().to_ternary());
     let s = stack(&[&w.layers[0].gate, &w.layers[0].up]).unwrap();
     assert!(s.bias.is_none());
 }

@@ -10,6 +10,7 @@ use cudarc::driver::{CudaSlice, CudaStream, CudaView, DevicePtr, DeviceRepr, Val
 use super::super::config::ModelConfig;
 use super::super::weights::{Layer, Linear, Weights};
 use super::tables::{stack, table_bytes, table_dtype};
+use crate::cpu::dense::DenseMatrix;
 use crate::cuda::{Gpu, GpuMatrix};
 use crate::dtype::DType;
 use crate::error::Result;
@@ -147,10 +148,10 @@ pub(crate) struct Table {
 }
 
 impl Table {
-    fn new(stream: &Arc<CudaStream>, values: &[f32], dtype: DType) -> Result<Self> {
+    fn new(stream: &Arc<CudaStream>, m: &DenseMatrix) -> Result<Self> {
         Ok(Self {
-            data: Dev::upload(stream, &table_bytes(values, dtype))?,
-            dtype,
+            data: Dev::upload(stream, &table_bytes(m)?)?,
+            dtype: table_dtype(m)?,
         })
     }
 }
@@ -164,8 +165,11 @@ pub(crate) struct GpuWeights {
 }
 
 /// The table types the weights will be uploaded in: (embedding, untied lm_head).
-pub(crate) fn table_dtypes(w: &Weights) -> (DType, Option<DType>) {
-    (table_dtype(&w.embed), w.lm_head.as_deref().map(table_dtype))
+pub(crate) fn table_dtypes(w: &Weights) -> Result<(DType, Option<DType>)> {
+    Ok((
+        table_dtype(&w.embed)?,
+        w.lm_head.as_ref().map(table_dtype).transpose()?,
+    ))
 }
 
 impl GpuWeights {
@@ -176,18 +180,18 @@ impl GpuWeights {
         w: &Weights,
     ) -> Result<Self> {
         debug_assert_eq!(w.layers.len(), c.num_layers);
-        let (embed, head) = table_dtypes(w);
         let layers = w
             .layers
             .iter()
             .map(|l| GpuLayer::new(gpu, stream, l))
             .collect::<Result<_>>()?;
         let weights = Self {
-            embed: Table::new(stream, &w.embed, embed)?,
-            head: match (&w.lm_head, head) {
-                (Some(h), Some(d)) => Some(Table::new(stream, h, d)?),
-                _ => None,
-            },
+            embed: Table::new(stream, &w.embed)?,
+            head: w
+                .lm_head
+                .as_ref()
+                .map(|h| Table::new(stream, h))
+                .transpose()?,
             layers,
             final_norm: Dev::upload(stream, &w.final_norm)?,
         };

@@ -4,10 +4,13 @@
 //! codes of the 32 consecutive columns `32p .. 32p+31`, so `(v >> 2p) & 3` lines up with a
 //! plain 32-byte load of the activations and no shuffle is needed.
 //!
-//! Integer path, per block and token: 4 `vpmaddubsw` (unsigned code x signed int8, pairs
-//! summed to i16: |3 * 128 * 2| = 768 per lane, 3072 after the three adds, no saturation),
-//! one `vpmaddwd` by ones to widen to i32. The decode (3 shifts, 4 ands) is shared by the
-//! tile's tokens. Budget: ~21 vector ops per 32 bytes of weights at batch 1.
+//! Integer path (`tile_i8`), per block: one shift and four ands decode a row's four planes
+//! (shared by the tile's tokens), then per token 4 `vpmaddubsw` (unsigned code x signed
+//! int8, pairs summed to i16), one arithmetic shift and 4 adds; a `vpmaddwd` by ones widens
+//! to i32 every [`I16_BLOCKS`] blocks. Budget at batch 1: ~14 vector ALU ops per 32 bytes of
+//! weights (the first version: 15 plus a widening per block, 21 before that). A tile is up to
+//! four rows at one token (one activation load serves the four rows, one reduction ends
+//! them) or one row at up to four tokens (one decode serves the tokens).
 //!
 //! Float path: codes widen to i32 (`vpmovzxbd`), a `vpermps` table lookup turns each into
 //! its weight `a * u + b`, then one FMA per token; several accumulators per token hide the
@@ -17,70 +20,108 @@ use std::arch::x86_64::*;
 
 use super::super::{BLOCK, BLOCK_BYTES};
 
-/// See [`crate::cpu::arch::Micro::row_i8`].
+/// See [`crate::cpu::arch::Micro::tile_i8`].
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA; `row.len()` is a multiple of 32, `acc.len()` in
-/// 1..=4, and `x` holds `stride * (acc.len() - 1) + row.len() * 4` elements.
+/// The CPU must support AVX2 and FMA; `rows.len() == nrows * row_bytes` with `row_bytes` a
+/// multiple of 32; `nrows * ntok` in 1..=4 (`acc.len()`); `x` holds
+/// `stride * (ntok - 1) + row_bytes * 4` elements.
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn row_i8(row: &[u8], x: &[i8], stride: usize, acc: &mut [i32]) {
+pub unsafe fn tile_i8(rows: &[u8], row_bytes: usize, x: &[i8], stride: usize, acc: &mut [i32]) {
+    let nrows = rows.len() / row_bytes;
+    let ntok = acc.len() / nrows;
     // SAFETY: the caller's contract is each tile's contract.
     unsafe {
-        match acc.len() {
-            1 => row_i8_tile::<1>(row, x, stride, acc),
-            2 => row_i8_tile::<2>(row, x, stride, acc),
-            3 => row_i8_tile::<3>(row, x, stride, acc),
-            _ => row_i8_tile::<4>(row, x, stride, acc),
+        match (nrows, ntok) {
+            (1, 1) => tile_i8_rt::<1, 1>(rows, row_bytes, x, stride, acc),
+            (2, 1) => tile_i8_rt::<2, 1>(rows, row_bytes, x, stride, acc),
+            (3, 1) => tile_i8_rt::<3, 1>(rows, row_bytes, x, stride, acc),
+            (4, 1) => tile_i8_rt::<4, 1>(rows, row_bytes, x, stride, acc),
+            (1, 2) => tile_i8_rt::<1, 2>(rows, row_bytes, x, stride, acc),
+            (2, 2) => tile_i8_rt::<2, 2>(rows, row_bytes, x, stride, acc),
+            (1, 3) => tile_i8_rt::<1, 3>(rows, row_bytes, x, stride, acc),
+            _ => tile_i8_rt::<1, 4>(rows, row_bytes, x, stride, acc),
         }
     }
 }
 
-/// Blocks whose i16 sums may add up before widening: 3072 per block per lane, and
-/// 10 * 3072 < 32767.
-const I16_BLOCKS: usize = 8;
+/// Blocks whose i16 sums may add up before widening: at most 3072 per block per lane
+/// (see `tile_i8_rt`), and 10 * 3072 < 32767.
+const I16_BLOCKS: usize = 10;
 
+/// Tiles ahead of the current one whose weights are prefetched: the tile's rows are
+/// contiguous, so this is a distance of `PREFETCH_TILES * R * row_bytes` bytes in one stream.
+const PREFETCH_TILES: usize = 1;
+
+/// `R` rows x `T` tokens. Per block and row the decode is one shift and four ands: planes 0
+/// and 2 are `v & 3` and `(v >> 4) & 3` (the codes `u`), planes 1 and 3 are `v & 12` and
+/// `(v >> 4) & 12` (`4u`, at most 12, so `vpmaddubsw` cannot saturate: 2 * 12 * 128 =
+/// 3072). Every product of planes 1 and 3 is a multiple of 4, so their sum shifted right by
+/// two (arithmetic) is exact: per token 4 `vpmaddubsw`, 4 adds and one shift. A lane gains
+/// at most 768 (plane 0) + 768 (plane 2) + 2 * 3072 / 4 (planes 1 and 3) = 3072 per block.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn row_i8_tile<const T: usize>(row: &[u8], x: &[i8], stride: usize, acc: &mut [i32]) {
-    debug_assert!(acc.len() == T && x.len() >= stride * (T - 1) + row.len() * 4);
-    let mask = _mm256_set1_epi8(3);
+unsafe fn tile_i8_rt<const R: usize, const T: usize>(
+    rows: &[u8],
+    rb: usize,
+    x: &[i8],
+    stride: usize,
+    acc: &mut [i32],
+) {
+    debug_assert!(rows.len() == R * rb && acc.len() == R * T);
+    debug_assert!(x.len() >= stride * (T - 1) + rb * 4);
+    let m3 = _mm256_set1_epi8(3);
+    let m12 = _mm256_set1_epi8(12);
     let ones = _mm256_set1_epi16(1);
-    let mut sums = [_mm256_setzero_si256(); T];
-    let (wp, xp) = (row.as_ptr(), x.as_ptr());
-    let blocks = row.len() / BLOCK_BYTES;
+    let mut sums = [[_mm256_setzero_si256(); T]; R];
+    let (wp, xp) = (rows.as_ptr(), x.as_ptr());
+    let blocks = rb / BLOCK_BYTES;
     for b0 in (0..blocks).step_by(I16_BLOCKS) {
-        // i16 partial sums over up to I16_BLOCKS blocks, widened once: saves a vpmaddwd and
-        // a vpaddd per block.
-        let mut part = [_mm256_setzero_si256(); T];
+        let mut part = [[_mm256_setzero_si256(); T]; R];
         for blk in b0..(b0 + I16_BLOCKS).min(blocks) {
-            // SAFETY: block `blk` is inside `row`, and token `t`'s 128 activations of this
-            // block end at `t * stride + 128 * (blk + 1) <= x.len()` (caller's contract).
-            unsafe {
-                // Phase 1, decode: the four code planes of 32 columns each.
-                let v = _mm256_loadu_si256(wp.add(BLOCK_BYTES * blk).cast());
-                let p0 = _mm256_and_si256(v, mask);
-                let p1 = _mm256_and_si256(_mm256_srli_epi16::<2>(v), mask);
-                let p2 = _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask);
-                let p3 = _mm256_and_si256(_mm256_srli_epi16::<6>(v), mask);
-                // Phase 2, multiply-accumulate every token of the tile.
-                for (t, s) in part.iter_mut().enumerate() {
-                    let xb = xp.add(t * stride + BLOCK * blk);
-                    let d0 = _mm256_maddubs_epi16(p0, _mm256_loadu_si256(xb.cast()));
-                    let d1 = _mm256_maddubs_epi16(p1, _mm256_loadu_si256(xb.add(32).cast()));
-                    let d2 = _mm256_maddubs_epi16(p2, _mm256_loadu_si256(xb.add(64).cast()));
-                    let d3 = _mm256_maddubs_epi16(p3, _mm256_loadu_si256(xb.add(96).cast()));
-                    let d = _mm256_add_epi16(_mm256_add_epi16(d0, d1), _mm256_add_epi16(d2, d3));
-                    *s = _mm256_add_epi16(*s, d);
+            for (r, part) in part.iter_mut().enumerate() {
+                // SAFETY: block `blk` of row `r` is inside `rows`; a prefetch of any address
+                // is harmless; token `t`'s activations of this block end at
+                // `t * stride + 128 * (blk + 1) <= x.len()` (caller's contract).
+                unsafe {
+                    let at = wp.add(r * rb + BLOCK_BYTES * blk);
+                    if blk % 2 == 0 {
+                        let ahead = at.wrapping_add(PREFETCH_TILES * R * rb);
+                        _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+                    }
+                    let v = _mm256_loadu_si256(at.cast());
+                    let h = _mm256_srli_epi16::<4>(v);
+                    let q0 = _mm256_and_si256(v, m3);
+                    let q1 = _mm256_and_si256(v, m12);
+                    let q2 = _mm256_and_si256(h, m3);
+                    let q3 = _mm256_and_si256(h, m12);
+                    for (t, s) in part.iter_mut().enumerate() {
+                        let xb = xp.add(t * stride + BLOCK * blk);
+                        let d0 = _mm256_maddubs_epi16(q0, _mm256_loadu_si256(xb.cast()));
+                        let d1 = _mm256_maddubs_epi16(q1, _mm256_loadu_si256(xb.add(32).cast()));
+                        let d2 = _mm256_maddubs_epi16(q2, _mm256_loadu_si256(xb.add(64).cast()));
+                        let d3 = _mm256_maddubs_epi16(q3, _mm256_loadu_si256(xb.add(96).cast()));
+                        let d13 = _mm256_srai_epi16::<2>(_mm256_add_epi16(d1, d3));
+                        let d = _mm256_add_epi16(_mm256_add_epi16(d0, d2), d13);
+                        *s = _mm256_add_epi16(*s, d);
+                    }
                 }
             }
         }
-        for (s, p) in sums.iter_mut().zip(part) {
-            *s = _mm256_add_epi32(*s, _mm256_madd_epi16(p, ones));
+        for (sr, pr) in sums.iter_mut().zip(part) {
+            for (s, p) in sr.iter_mut().zip(pr) {
+                *s = _mm256_add_epi32(*s, _mm256_madd_epi16(p, ones));
+            }
         }
     }
-    // Phase 3, reduce each token's eight lanes.
-    for (a, s) in acc.iter_mut().zip(sums) {
-        *a = hsum_i32(s);
+    // Reduce every (row, token) accumulator's eight lanes at once.
+    let mut four = [_mm256_setzero_si256(); 4];
+    for (i, v) in sums.iter().flatten().enumerate() {
+        four[i] = *v;
+    }
+    let all = hsum4_i32(four);
+    for (i, a) in acc.iter_mut().enumerate() {
+        *a = all[i];
     }
 }
 
@@ -186,13 +227,17 @@ pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     hsum_f32(v) + tail
 }
 
+/// The lane sums of four vectors.
 #[target_feature(enable = "avx2")]
 #[inline]
-fn hsum_i32(v: __m256i) -> i32 {
-    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
-    _mm_cvtsi128_si32(s)
+fn hsum4_i32(v: [__m256i; 4]) -> [i32; 4] {
+    // After two horizontal adds lane i holds a partial of v[i % 4] (halves 0 and 1).
+    let h = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    let s = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
+    let mut out = [0i32; 4];
+    // SAFETY: `out` holds exactly 16 bytes.
+    unsafe { _mm_storeu_si128(out.as_mut_ptr().cast(), s) };
+    out
 }
 
 #[target_feature(enable = "avx2")]
