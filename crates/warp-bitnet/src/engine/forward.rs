@@ -19,7 +19,7 @@ use super::profile::{Clock, Phase};
 use super::weights::{Layer, Linear, Weights};
 use crate::cpu::arch::dot_f32;
 use crate::cpu::pool::run_parts;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// The KV cache: `slots` independent sequences of up to `max_context` tokens, f32.
 pub(crate) struct KvCache {
@@ -39,6 +39,18 @@ impl KvCache {
             .try_fold(1usize, |a, &b| {
                 crate::error::checked_elems("KV cache", a, b)
             })?;
+        // Checked before allocating: an overcommitted vector would fail only when first touched,
+        // as an out-of-memory kill in the middle of a request.
+        let bytes = 2 * 4 * n as u64;
+        if let Some(free) = available_memory() {
+            if bytes > free {
+                return Err(Error::TooLarge {
+                    arg: "KV cache bytes (layers x slots x max_context x kv_dim x 8; lower slots or max_context)",
+                    value: bytes,
+                    limit: free,
+                });
+            }
+        }
         Ok(Self {
             k: vec![0.0; n],
             v: vec![0.0; n],
@@ -59,6 +71,15 @@ impl KvCache {
         let (a, b) = (self.at(layer, slot, 0), self.at(layer, slot, len));
         (&self.k[a..b], &self.v[a..b])
     }
+}
+
+/// The memory the kernel says can be allocated without swapping (`MemAvailable` of
+/// /proc/meminfo), where there is such a file.
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 /// One token of the batch: which slot it extends and at which position.

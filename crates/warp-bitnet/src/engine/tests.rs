@@ -135,6 +135,21 @@ fn generate_is_deterministic_and_checks_its_input() {
     );
 }
 
+/// A KV cache larger than the machine's available memory is refused before it is allocated.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_kv_cache_larger_than_memory_is_an_error() {
+    let mut c = tiny(HiddenAct::Relu2, true, false);
+    c.max_position_embeddings = 1 << 20;
+    let opts = EngineOptions {
+        max_context: 1 << 20,
+        slots: 1 << 20,
+        ..Default::default()
+    };
+    let err = Engine::random(c, 1, &opts).err().unwrap().to_string();
+    assert!(err.contains("KV cache bytes"), "{err}");
+}
+
 #[test]
 fn bad_options_are_errors() {
     let c = tiny(HiddenAct::Relu2, true, false);
