@@ -81,8 +81,9 @@ async fn a_full_queue_answers_429_and_leaks_no_slot() {
             other => panic!("{other}: {r}"),
         }
     }
-    // At least the first request, admitted at once, and a full queue behind it got through.
-    assert!(ok >= 4 && refused >= 1, "ok {ok}, refused {refused}");
+    // At least a full queue got through: when all 40 arrive before the scheduler moves the
+    // first into a slot (a slow debug build), only the queue's 3 are admitted.
+    assert!(ok >= 3 && refused >= 1, "ok {ok}, refused {refused}");
     let (_, text) = get(&router, "/metrics").await;
     assert_eq!(metric(&text, "warp_bitnet_slots_in_use"), 0.0);
     assert_eq!(metric(&text, "warp_bitnet_queue_length"), 0.0);
