@@ -99,22 +99,27 @@ impl Weights {
                     + l.bias.as_ref().map_or(0, Vec::len)
                     + l.norm.as_ref().map_or(0, Vec::len))
         };
+        let layers = self.layer_bytes(linear);
+        let embed_row = self.embed.bytes() / c.vocab_size;
+        (layers + 4 * self.final_norm.len() + self.lm_head().bytes() + embed_row) as u64
+    }
+
+    /// Bytes of every decoder layer: `linear(l)` for each linear layer (its weights in whatever
+    /// form the caller counts) plus the f32 norms.
+    pub fn layer_bytes(&self, linear: impl Fn(&Linear) -> usize) -> usize {
         let norm = |n: &Option<Vec<f32>>| 4 * n.as_ref().map_or(0, Vec::len);
-        let layers: usize = self
-            .layers
+        self.layers
             .iter()
             .map(|l| {
                 [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]
                     .into_iter()
-                    .map(linear)
+                    .map(&linear)
                     .sum::<usize>()
                     + 4 * (l.attn_norm.len() + l.ffn_norm.len())
                     + norm(&l.attn_sub_norm)
                     + norm(&l.ffn_sub_norm)
             })
-            .sum();
-        let embed_row = self.embed.bytes() / c.vocab_size;
-        (layers + 4 * self.final_norm.len() + self.lm_head().bytes() + embed_row) as u64
+            .sum()
     }
 
     /// Reads every weight the config calls for from `store`, checking shapes.

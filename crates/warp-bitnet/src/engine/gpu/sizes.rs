@@ -2,7 +2,7 @@
 //! memory they take (checked against the free memory before anything is allocated).
 
 use super::super::config::ModelConfig;
-use super::super::weights::{Linear, Weights};
+use super::super::weights::Weights;
 use crate::dtype::DType;
 use crate::error::{checked_elems, Error, Result};
 use crate::format::tiled;
@@ -69,25 +69,11 @@ impl Sizes {
 /// Bytes the weights take on the device: T2 tiles, per-row scales and biases of every GEMM,
 /// norms, and the embedding / lm_head tables in their types.
 pub(crate) fn weight_bytes(c: &ModelConfig, w: &Weights, embed: DType, head: Option<DType>) -> u64 {
-    let linear = |l: &Linear| {
+    let layers = w.layer_bytes(|l| {
         let (r, k) = (l.c2.rows(), l.c2.cols());
-        4 * (tiled::len_words(r, k) + r + l.bias.as_ref().map_or(0, |_| r)) as u64
-            + 4 * l.norm.as_ref().map_or(0, Vec::len) as u64
-    };
-    let norm = |n: &Option<Vec<f32>>| 4 * n.as_ref().map_or(0, Vec::len) as u64;
-    let layers: u64 = w
-        .layers
-        .iter()
-        .map(|l| {
-            [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]
-                .into_iter()
-                .map(linear)
-                .sum::<u64>()
-                + 4 * (l.attn_norm.len() + l.ffn_norm.len()) as u64
-                + norm(&l.attn_sub_norm)
-                + norm(&l.ffn_sub_norm)
-        })
-        .sum();
+        4 * (tiled::len_words(r, k) + r + l.bias.as_ref().map_or(0, |_| r))
+            + 4 * l.norm.as_ref().map_or(0, Vec::len)
+    }) as u64;
     let table = (c.vocab_size * c.hidden_size) as u64;
     layers
         + 4 * w.final_norm.len() as u64
