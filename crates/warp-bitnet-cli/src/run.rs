@@ -95,6 +95,7 @@ fn load(a: &Args) -> Result<Engine> {
         slots: 1,
         threads: a.threads,
         lm_head,
+        memory_fraction: None,
     };
     if let Some(preset) = a.model.strip_prefix("random:") {
         let config = engine::ModelConfig::preset(preset)?;

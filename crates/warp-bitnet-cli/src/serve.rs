@@ -22,9 +22,14 @@ pub struct Args {
     /// Port (0 picks a free one; the address is printed).
     #[arg(long, default_value_t = 8000)]
     port: u16,
-    /// KV-cache slots: the most requests generated together.
+    /// The most KV-cache slots (requests generated together); fewer where they do not fit
+    /// --memory-fraction of the free memory.
     #[arg(long, default_value_t = 64)]
     max_batch: usize,
+    /// Share of the memory free at start (the GPU's, or the host's available memory on the
+    /// CPU) that the model, its buffers and the KV-cache slots may take, in (0, 1].
+    #[arg(long, default_value_t = 0.9)]
+    memory_fraction: f64,
     /// Tokens per slot (prompt plus generated); default: the model's limit, at most 4096.
     #[arg(long)]
     max_context: Option<usize>,
@@ -102,6 +107,7 @@ fn load(a: &Args) -> Result<(Engine, String)> {
             .max_context
             .unwrap_or(model_limit.min(DEFAULT_CONTEXT_CAP)),
         slots: a.max_batch,
+        memory_fraction: Some(a.memory_fraction),
         threads: a.threads,
         ..Default::default()
     };

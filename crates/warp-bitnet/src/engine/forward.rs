@@ -34,15 +34,11 @@ pub(crate) struct KvCache {
 
 impl KvCache {
     pub fn new(c: &ModelConfig, slots: usize, max_context: usize) -> Result<Self> {
-        let n = [c.num_layers, slots, max_context, c.kv_dim()]
-            .iter()
-            .try_fold(1usize, |a, &b| {
-                crate::error::checked_elems("KV cache", a, b)
-            })?;
+        let n = Self::elems(c, slots, max_context)?;
         // Checked before allocating: an overcommitted vector would fail only when first touched,
         // as an out-of-memory kill in the middle of a request.
-        let bytes = 2 * 4 * n as u64;
-        if let Some(free) = available_memory() {
+        let bytes = Self::bytes(c, slots, max_context)?;
+        if let Some(free) = super::memory::available_host_memory() {
             if bytes > free {
                 return Err(Error::TooLarge {
                     arg: "KV cache bytes (layers x slots x max_context x kv_dim x 8; lower slots or max_context)",
@@ -61,6 +57,20 @@ impl KvCache {
         })
     }
 
+    /// Elements of the K (and of the V) cache.
+    fn elems(c: &ModelConfig, slots: usize, max_context: usize) -> Result<usize> {
+        [c.num_layers, slots, max_context, c.kv_dim()]
+            .iter()
+            .try_fold(1usize, |a, &b| {
+                crate::error::checked_elems("KV cache", a, b)
+            })
+    }
+
+    /// Bytes of the K and V caches (f32).
+    pub fn bytes(c: &ModelConfig, slots: usize, max_context: usize) -> Result<u64> {
+        Ok(2 * 4 * Self::elems(c, slots, max_context)? as u64)
+    }
+
     /// Offset of `(layer, slot, pos)`'s row.
     fn at(&self, layer: usize, slot: usize, pos: usize) -> usize {
         ((layer * self.slots + slot) * self.max_context + pos) * self.kv_dim
@@ -71,15 +81,6 @@ impl KvCache {
         let (a, b) = (self.at(layer, slot, 0), self.at(layer, slot, len));
         (&self.k[a..b], &self.v[a..b])
     }
-}
-
-/// The memory the kernel says can be allocated without swapping (`MemAvailable` of
-/// /proc/meminfo), where there is such a file.
-fn available_memory() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    kib.checked_mul(1024)
 }
 
 /// One token of the batch: which slot it extends and at which position.

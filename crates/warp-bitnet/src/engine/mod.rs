@@ -40,6 +40,7 @@ mod gpu;
 #[path = "gpu_stub.rs"]
 mod gpu;
 mod load;
+mod memory;
 mod profile;
 mod rope;
 mod sampler;
@@ -133,13 +134,19 @@ pub struct EngineOptions {
     pub device: Device,
     /// Tokens each slot's KV cache holds (at most the model's `max_position_embeddings`).
     pub max_context: usize,
-    /// Independent sequences (KV-cache slots).
+    /// Independent sequences (KV-cache slots); with [`EngineOptions::memory_fraction`], the
+    /// most slots.
     pub slots: usize,
     /// CPU threads; `None` takes [`crate::cpu::default_threads`] (`WARP_BITNET_THREADS`, else
     /// every core this process may use).
     pub threads: Option<usize>,
     /// How the lm_head's weights are held.
     pub lm_head: LmHead,
+    /// `None`: exactly `slots` slots. `Some(f)`: as many slots as fit, at most `slots`, in the
+    /// share `f` (0 < f <= 1) of the memory free before the engine allocates (the GPU's for
+    /// [`Device::Cuda`], the host's available memory on the CPU), weights and buffers
+    /// included; [`Engine::slots`] says how many. A server's pool is sized this way.
+    pub memory_fraction: Option<f64>,
 }
 
 impl Default for EngineOptions {
@@ -150,6 +157,7 @@ impl Default for EngineOptions {
             slots: 1,
             threads: None,
             lm_head: LmHead::AsStored,
+            memory_fraction: None,
         }
     }
 }
@@ -173,14 +181,14 @@ impl Engine {
     /// or a GGUF file (bitnet.cpp `I2_S` or llama.cpp `TQ1_0` / `TQ2_0` ternary tensors; config,
     /// tokenizer and chat template from its metadata; docs/FORMATS.md, "GGUF models").
     pub fn load(path: &Path, opts: &EngineOptions) -> Result<Self> {
-        check_device(opts)?;
+        check_options(opts)?;
         let l = load::load(path)?;
         Self::build(l.config, l.weights, l.tokenizer, opts)
     }
 
     /// The architecture `config` with random weights from `seed` (benchmarks, tests).
     pub fn random(config: ModelConfig, seed: u64, opts: &EngineOptions) -> Result<Self> {
-        check_device(opts)?;
+        check_options(opts)?;
         config.validate("config")?;
         let weights = Weights::random(&config, seed)?;
         Self::build(config, weights, None, opts)
@@ -222,16 +230,19 @@ impl Engine {
                 n,
                 &config,
                 &weights,
-                opts.slots,
+                (opts.slots, opts.memory_fraction),
                 opts.max_context,
             )?),
         };
-        let cpu_context = if gpu.is_some() { 0 } else { opts.max_context };
+        let (slots, cpu_context) = match &gpu {
+            Some(g) => (g.slots(), 0),
+            None => (cpu_slots(&config, opts)?, opts.max_context),
+        };
         if opts.lm_head == LmHead::Int8 {
             weights.quantize_lm_head();
         }
         Ok(Self {
-            cache: KvCache::new(&config, opts.slots, cpu_context)?,
+            cache: KvCache::new(&config, slots, cpu_context)?,
             config,
             weights,
             tokenizer: tokenizer.map(Arc::new),
@@ -442,8 +453,23 @@ impl Engine {
     }
 }
 
-/// A GPU engine needs a CUDA driver and device: checked before the model is read.
-fn check_device(opts: &EngineOptions) -> Result<()> {
+/// The CPU engine's slots: `opts.slots`, or as many as fit the host's available memory
+/// (`memory_fraction`; the weights are loaded already, the KV cache is what grows).
+fn cpu_slots(c: &ModelConfig, opts: &EngineOptions) -> Result<usize> {
+    let (Some(f), Some(free)) = (opts.memory_fraction, memory::available_host_memory()) else {
+        return Ok(opts.slots);
+    };
+    memory::fit_slots(opts.slots, f, free, |s| {
+        KvCache::bytes(c, s, opts.max_context)
+    })
+}
+
+/// Options checked before the model is read: the memory share, and for a GPU engine a CUDA
+/// driver and device.
+fn check_options(opts: &EngineOptions) -> Result<()> {
+    if let Some(f) = opts.memory_fraction {
+        memory::check_fraction(f)?;
+    }
     match opts.device {
         Device::Cpu => Ok(()),
         Device::Cuda(_) => gpu::check_available(),

@@ -151,6 +151,36 @@ fn a_kv_cache_larger_than_memory_is_an_error() {
 }
 
 #[test]
+fn slots_sized_from_memory_take_what_fits() {
+    let c = tiny(HiddenAct::Relu2, true, false);
+    let opts = |slots, fraction| EngineOptions {
+        max_context: 24,
+        slots,
+        memory_fraction: Some(fraction),
+        ..Default::default()
+    };
+    // A tiny model's slots all fit; a huge upper bound is cut to what the memory holds.
+    assert_eq!(Engine::random(c.clone(), 1, &opts(4, 0.9)).unwrap().slots(), 4);
+    let mut big = c.clone();
+    big.max_position_embeddings = 1 << 16;
+    let o = EngineOptions {
+        max_context: 1 << 16,
+        ..opts(1 << 30, 0.01)
+    };
+    let per_slot = KvCache::bytes(&big, 1, 1 << 16).unwrap();
+    let free = memory::available_host_memory().unwrap();
+    let e = Engine::random(big, 1, &o).unwrap();
+    assert!(e.slots() < 1 << 30 && e.slots() as u64 * per_slot <= free / 50);
+    // A share too small for one slot, and shares outside (0, 1], are errors naming them.
+    let err = Engine::random(c.clone(), 1, &opts(4, 1e-15)).err().unwrap().to_string();
+    assert!(err.contains("one KV-cache slot"), "{err}");
+    for f in [0.0, 1.5, f64::NAN] {
+        let err = Engine::random(c.clone(), 1, &opts(4, f)).err().unwrap().to_string();
+        assert!(err.contains("memory_fraction"), "{err}");
+    }
+}
+
+#[test]
 fn bad_options_are_errors() {
     let c = tiny(HiddenAct::Relu2, true, false);
     let cases = [

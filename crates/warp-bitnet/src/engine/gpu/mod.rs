@@ -36,6 +36,7 @@ use cudarc::driver::CudaStream;
 
 use super::config::ModelConfig;
 use super::forward::Plan;
+use super::memory;
 use super::weights::Weights;
 use crate::cuda::{Gpu, OwnedGraph};
 use crate::error::{Error, Result};
@@ -78,26 +79,35 @@ pub(crate) struct GpuEngine {
 
 impl GpuEngine {
     /// Opens GPU `ordinal`, checks that the model, its cache and buffers fit its free memory,
-    /// then uploads the weights and allocates everything.
+    /// then uploads the weights and allocates everything. `slots` is `(n, None)` for exactly
+    /// `n` slots, `(n, Some(f))` for as many as fit in the share `f` of the free memory, at
+    /// most `n`.
     pub fn new(
         ordinal: usize,
         c: &ModelConfig,
         w: &Weights,
-        slots: usize,
+        (slots, fraction): (usize, Option<f64>),
         max_context: usize,
     ) -> Result<Self> {
         check_available()?;
         let gpu = Gpu::new(ordinal)?;
         let stream = gpu.context().new_stream()?;
-        let sizes = Sizes::new(c, slots, max_context)?;
         let widths = [c.hidden_size, c.q_dim(), c.intermediate_size];
         gpu.check_engine_shapes(&widths, c.num_heads, c.head_dim, max_context)?;
         let (embed, head) = weights::table_dtypes(w)?;
-        let need =
-            sizes::weight_bytes(c, w, embed, head) + sizes.state_bytes(c, head.unwrap_or(embed));
+        let weight_bytes = sizes::weight_bytes(c, w, embed, head);
+        let need = |slots: usize| -> Result<u64> {
+            let state = Sizes::new(c, slots, max_context)?.state_bytes(c, head.unwrap_or(embed));
+            Ok(weight_bytes + state)
+        };
         gpu.context().bind_to_thread()?;
         let (free, _) = cudarc::driver::result::mem_get_info()?;
-        sizes::check_fits(need, free as u64)?;
+        let slots = match fraction {
+            Some(f) => memory::fit_slots(slots, f, free as u64, need)?,
+            None => slots,
+        };
+        let sizes = Sizes::new(c, slots, max_context)?;
+        sizes::check_fits(need(slots)?, free as u64)?;
         let weights = GpuWeights::upload(&gpu, &stream, c, w)?;
         let rope = tables::rope_table(c, max_context);
         let state = State::new(&stream, c, &sizes, weights.head().dtype, &rope)?;
@@ -113,6 +123,11 @@ impl GpuEngine {
             graphs: HashMap::new(),
             use_graphs: true,
         })
+    }
+
+    /// KV-cache slots (chosen from the free memory where asked).
+    pub fn slots(&self) -> usize {
+        self.sizes.slots
     }
 
     /// Whether decode steps replay captured graphs (default) or run eagerly: for tests (the

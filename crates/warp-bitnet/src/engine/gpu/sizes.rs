@@ -14,6 +14,8 @@ pub(crate) const CHUNK_TOKENS: usize = 256;
 /// Element counts of the engine's buffers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Sizes {
+    /// KV-cache slots.
+    pub slots: usize,
     /// Tokens per pass.
     pub chunk: usize,
     /// Row stride of the GEMMs' int32 sums: the widest stacked GEMM (q|k|v, gate|up, o, down).
@@ -39,6 +41,7 @@ impl Sizes {
             .iter()
             .try_fold(1usize, |a, &b| checked_elems("KV cache", a, b))?;
         Ok(Self {
+            slots,
             chunk,
             acc_ld: (c.q_dim() + 2 * c.kv_dim())
                 .max(2 * c.intermediate_size)
