@@ -67,6 +67,49 @@ struct ModelRow {
     load_avg: f64,
 }
 
+/// Where and how a row was measured: what [`ModelRow::new`] needs besides the timing.
+struct RowContext {
+    label: String,
+    backend: &'static str,
+    device: String,
+    threads: usize,
+    lm_head: &'static str,
+    /// The run's copy bandwidth, bytes per second.
+    copy_bytes_per_s: f64,
+}
+
+impl ModelRow {
+    /// A row of `tokens` in `time_us` reading `bytes`, without a baseline.
+    fn new(
+        at: &RowContext,
+        phase: &str,
+        (batch, context): (usize, usize),
+        time_us: f64,
+        tokens: usize,
+        bytes: u64,
+    ) -> ModelRow {
+        let limit_us = bytes as f64 / at.copy_bytes_per_s * 1e6;
+        ModelRow {
+            shape: format!("{}{phase}", at.label),
+            batch,
+            context,
+            backend: at.backend,
+            device: at.device.clone(),
+            threads: at.threads,
+            lm_head: at.lm_head,
+            time_us,
+            tokens_per_s: tokens as f64 / (time_us / 1e6),
+            baseline: None,
+            baseline_us: None,
+            speedup: None,
+            bytes,
+            limit_us,
+            pct_limit: 100.0 * limit_us / time_us,
+            load_avg: load_avg(),
+        }
+    }
+}
+
 /// Mean time per decode step of one phase of the forward pass.
 #[derive(Serialize)]
 struct PhaseRow {
@@ -193,26 +236,16 @@ fn time_engine(
     let lm_head = engine.lm_head_dtype();
     for (&t, &(_, gbps)) in p.threads.iter().zip(p.copy_gbps) {
         engine.set_threads(t)?;
+        let at = RowContext {
+            label: label.clone(),
+            backend: "cpu",
+            device: p.cpu.clone(),
+            threads: t,
+            lm_head,
+            copy_bytes_per_s: gbps * 1e9,
+        };
         let mut row = |phase: &str, context: usize, time_us: f64, tokens: usize, bytes: u64| {
-            let limit_us = bytes as f64 / (gbps * 1e9) * 1e6;
-            let r = ModelRow {
-                shape: format!("{label}{phase}"),
-                batch: 1,
-                context,
-                backend: "cpu",
-                device: p.cpu.clone(),
-                threads: t,
-                lm_head,
-                time_us,
-                tokens_per_s: tokens as f64 / (time_us / 1e6),
-                baseline: None,
-                baseline_us: None,
-                speedup: None,
-                bytes,
-                limit_us,
-                pct_limit: 100.0 * limit_us / time_us,
-                load_avg: load_avg(),
-            };
+            let r = ModelRow::new(&at, phase, (1, context), time_us, tokens, bytes);
             println!(
                 "{:<40} {:>2} thr  lm_head {:<5} ctx {:>4} {:>11.0} us {:>8.2} tok/s {:>5.1}% of copy bw  load {:.1}",
                 r.shape, t, lm_head, context, time_us, r.tokens_per_s, r.pct_limit, r.load_avg

@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use warp_bitnet::engine::{generate, Device, Engine, EngineOptions, ModelConfig, Sampler};
 
-use super::{load_avg, name_of, write_json, ModelArgs, ModelRow};
+use super::{name_of, write_json, ModelArgs, ModelRow, RowContext};
 
 /// Decode batch sizes with a captured graph (engine/gpu/schedule.rs `GRAPH_BATCHES`).
 const GRAPHED: [usize; 5] = [1, 2, 4, 8, 16];
@@ -59,25 +59,15 @@ pub fn run_cuda(
     let mut copy_gbps = 0.0;
     let lm_head = engine.lm_head_dtype();
     let row = |phase: &str, batch, context, time_us: f64, tokens: usize, bytes: u64, bw: f64| {
-        let limit_us = bytes as f64 / bw * 1e6;
-        let r = ModelRow {
-            shape: format!("{label}{phase}"),
-            batch,
-            context,
+        let at = RowContext {
+            label: label.clone(),
             backend: "cuda-engine",
             device: "cuda:0".into(),
             threads: 0,
             lm_head,
-            time_us,
-            tokens_per_s: tokens as f64 / (time_us / 1e6),
-            baseline: None,
-            baseline_us: None,
-            speedup: None,
-            bytes,
-            limit_us,
-            pct_limit: 100.0 * limit_us / time_us,
-            load_avg: load_avg(),
+            copy_bytes_per_s: bw,
         };
+        let r = ModelRow::new(&at, phase, (batch, context), time_us, tokens, bytes);
         println!(
             "{:<36} batch {:>2}  ctx {:>5}  {:>10.1} us  {:>9.1} tok/s  {:>5.1}% of copy bw",
             r.shape, batch, context, time_us, r.tokens_per_s, r.pct_limit

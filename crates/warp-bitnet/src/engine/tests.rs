@@ -160,7 +160,10 @@ fn slots_sized_from_memory_take_what_fits() {
         ..Default::default()
     };
     // A tiny model's slots all fit; a huge upper bound is cut to what the memory holds.
-    assert_eq!(Engine::random(c.clone(), 1, &opts(4, 0.9)).unwrap().slots(), 4);
+    assert_eq!(
+        Engine::random(c.clone(), 1, &opts(4, 0.9)).unwrap().slots(),
+        4
+    );
     let mut big = c.clone();
     big.max_position_embeddings = 1 << 16;
     let o = EngineOptions {
@@ -172,10 +175,16 @@ fn slots_sized_from_memory_take_what_fits() {
     let e = Engine::random(big, 1, &o).unwrap();
     assert!(e.slots() < 1 << 30 && e.slots() as u64 * per_slot <= free / 50);
     // A share too small for one slot, and shares outside (0, 1], are errors naming them.
-    let err = Engine::random(c.clone(), 1, &opts(4, 1e-15)).err().unwrap().to_string();
+    let err = Engine::random(c.clone(), 1, &opts(4, 1e-15))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("one KV-cache slot"), "{err}");
     for f in [0.0, 1.5, f64::NAN] {
-        let err = Engine::random(c.clone(), 1, &opts(4, f)).err().unwrap().to_string();
+        let err = Engine::random(c.clone(), 1, &opts(4, f))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("memory_fraction"), "{err}");
     }
 }
