@@ -1,23 +1,26 @@
 //! The engine on a GPU against the same engine on the CPU. Run on a CUDA host:
 //! `cargo test --release -p warp-bitnet --test engine_gpu -- --include-ignored`.
 //!
-//! Both engines get the same random weights (same seed). The GPU path computes every layer's
-//! int8 inputs, integer sums, norms and RoPE exactly as the CPU path does; they part in the
-//! attention (an f16 KV cache where the CPU keeps f32: ~5e-4 relative per cached value; expf)
-//! and the lm_head's summation order, and a value near an int8 rounding boundary can then
-//! quantize one step apart. Tolerance: `||gpu - cpu|| / ||cpu|| <= 2e-2` on the logits (a
-//! prediction: f16 rounding of K and V alone is ~5e-4, and the int8 codes it flips add a few
-//! 1e-3 through the layers; a GPU session records the measured worst case). Greedy tokens (32
-//! steps, both fed the CPU's tokens) must agree wherever the CPU's top two logits are further
-//! apart than twice the step's largest |gpu - cpu| (closer calls are ties within f16), and at
-//! least half the steps must be such clear calls.
+//! Both engines get the same random weights (same seed) and an f16 KV cache (the CPU engine's
+//! `KvType::F16`, the GPU's only type). The GPU path computes every layer's int8 inputs, integer
+//! sums, norms and RoPE exactly as the CPU path does and stores the same f16 K and V; they part
+//! in the attention's summation order and `expf`, and in the lm_head's summation order (f32
+//! rounding, ~1e-7 relative), where a value at an int8 rounding boundary can quantize one step
+//! apart and random weights carry that through the layers. Measured on an H100 (docs/NOTES.md,
+//! "GPU engine, first run"): against an f32-cache CPU engine the logits differ by 1.5e-2 to 2.3e-2
+//! (tiny models) and 9.3e-2 (2B-4T, 30 layers), exactly what f16 against f32 K and V give on the
+//! CPU alone, so the comparison is made with the cache types equal. Tolerance: `||gpu - cpu|| /
+//! ||cpu|| <= 5e-3` (a prediction: f32 rounding noise 1e4 times smaller than f16's flips far
+//! fewer int8 codes). Greedy tokens (32 steps, both fed the CPU's tokens) must agree wherever the
+//! CPU's top two logits are further apart than twice the step's largest |gpu - cpu| (closer
+//! calls are ties), and at least half the steps must be such clear calls.
 //! The graph-replayed step must equal the eager one bit for bit.
 #![cfg(feature = "cuda")]
 
-use warp_bitnet::engine::{Device, Engine, EngineOptions, HiddenAct, ModelConfig};
+use warp_bitnet::engine::{Device, Engine, EngineOptions, HiddenAct, KvType, ModelConfig};
 use warp_bitnet::Error;
 
-const TOL: f32 = 2e-2;
+const TOL: f32 = 5e-3;
 
 fn tiny(act: HiddenAct, sub_norms: bool, act_norm: bool) -> ModelConfig {
     let mut c = ModelConfig::bitnet_b158_2b4t();
@@ -34,6 +37,7 @@ fn pair(c: &ModelConfig, slots: usize, max_context: usize) -> (Engine, Engine) {
         device,
         max_context,
         slots,
+        kv_cache: Some(KvType::F16),
         ..Default::default()
     };
     (

@@ -15,73 +15,11 @@
 
 use super::act_quant::QuantBuf;
 use super::config::ModelConfig;
+use super::kv_cache::KvCache;
 use super::profile::{Clock, Phase};
 use super::weights::{Layer, Linear, Weights};
-use crate::cpu::arch::dot_f32;
 use crate::cpu::pool::run_parts;
-use crate::error::{Error, Result};
-
-/// The KV cache: `slots` independent sequences of up to `max_context` tokens, f32.
-pub(crate) struct KvCache {
-    k: Vec<f32>,
-    v: Vec<f32>,
-    /// Tokens cached per slot.
-    pub lens: Vec<usize>,
-    slots: usize,
-    max_context: usize,
-    kv_dim: usize,
-}
-
-impl KvCache {
-    pub fn new(c: &ModelConfig, slots: usize, max_context: usize) -> Result<Self> {
-        let n = Self::elems(c, slots, max_context)?;
-        // Checked before allocating: an overcommitted vector would fail only when first touched,
-        // as an out-of-memory kill in the middle of a request.
-        let bytes = Self::bytes(c, slots, max_context)?;
-        if let Some(free) = super::memory::available_host_memory() {
-            if bytes > free {
-                return Err(Error::TooLarge {
-                    arg: "KV cache bytes (layers x slots x max_context x kv_dim x 8; lower slots or max_context)",
-                    value: bytes,
-                    limit: free,
-                });
-            }
-        }
-        Ok(Self {
-            k: vec![0.0; n],
-            v: vec![0.0; n],
-            lens: vec![0; slots],
-            slots,
-            max_context,
-            kv_dim: c.kv_dim(),
-        })
-    }
-
-    /// Elements of the K (and of the V) cache.
-    fn elems(c: &ModelConfig, slots: usize, max_context: usize) -> Result<usize> {
-        [c.num_layers, slots, max_context, c.kv_dim()]
-            .iter()
-            .try_fold(1usize, |a, &b| {
-                crate::error::checked_elems("KV cache", a, b)
-            })
-    }
-
-    /// Bytes of the K and V caches (f32).
-    pub fn bytes(c: &ModelConfig, slots: usize, max_context: usize) -> Result<u64> {
-        Ok(2 * 4 * Self::elems(c, slots, max_context)? as u64)
-    }
-
-    /// Offset of `(layer, slot, pos)`'s row.
-    fn at(&self, layer: usize, slot: usize, pos: usize) -> usize {
-        ((layer * self.slots + slot) * self.max_context + pos) * self.kv_dim
-    }
-
-    /// The cached keys and values of `slot` in `layer`, positions `0 .. len`.
-    fn rows(&self, layer: usize, slot: usize, len: usize) -> (&[f32], &[f32]) {
-        let (a, b) = (self.at(layer, slot, 0), self.at(layer, slot, len));
-        (&self.k[a..b], &self.v[a..b])
-    }
-}
+use crate::error::Result;
 
 /// One token of the batch: which slot it extends and at which position.
 #[derive(Clone, Copy)]
@@ -218,9 +156,8 @@ fn attention_block(
             p.pos,
             &inv_freq,
         );
-        let o = cache.at(l, p.slot, p.pos);
-        cache.k[o..o + kvd].copy_from_slice(&s.k[t * kvd..(t + 1) * kvd]);
-        cache.v[o..o + kvd].copy_from_slice(&s.v[t * kvd..(t + 1) * kvd]);
+        let row = t * kvd..(t + 1) * kvd;
+        cache.store(l, p.slot, p.pos, &s.k[row.clone()], &s.v[row]);
     }
     s.w.clock.lap(Phase::Rope);
     let qd = c.q_dim();
@@ -296,7 +233,7 @@ fn attention(
     att: &mut [f32],
     threads: usize,
 ) -> Result<()> {
-    let (qd, d, kvd) = (c.q_dim(), c.head_dim, c.kv_dim());
+    let (qd, d) = (c.q_dim(), c.head_dim);
     let work: usize = at.iter().map(|p| (p.pos + 1) * 2 * qd).sum();
     let parts_n = if work < ATTENTION_PARALLEL_MIN {
         1
@@ -309,48 +246,14 @@ fn attention(
     }
     let group = c.num_heads / c.num_kv_heads;
     run_parts(parts, |part| {
-        let mut scores = Vec::new();
+        let mut scratch = Default::default();
         for (i, out) in part {
             let (t, head) = (i / c.num_heads, i % c.num_heads);
             let p = at[t];
-            let (k, v) = cache.rows(l, p.slot, p.pos + 1);
             let q = &q[t * qd + head * d..][..d];
-            attend(q, k, v, head / group * d, kvd, &mut scores, out);
+            cache.attend(l, p.slot, p.pos + 1, q, head / group * d, &mut scratch, out);
         }
     })
-}
-
-/// Softmax attention of one query head over `len` cached positions (`k`, `v`: `[len, kv_dim]`,
-/// this head's columns at `col`), into `out`.
-fn attend(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    col: usize,
-    kv_dim: usize,
-    scores: &mut Vec<f32>,
-    out: &mut [f32],
-) {
-    let d = q.len();
-    let scaling = (d as f32).powf(-0.5);
-    scores.clear();
-    scores.extend(
-        k.chunks_exact(kv_dim)
-            .map(|row| dot_f32(q, &row[col..col + d]) * scaling),
-    );
-    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-    let mut sum = 0.0f32;
-    for x in scores.iter_mut() {
-        *x = (*x - max).exp();
-        sum += *x;
-    }
-    out.fill(0.0);
-    for (p, row) in scores.iter().zip(v.chunks_exact(kv_dim)) {
-        let p = p / sum;
-        for (o, &x) in out.iter_mut().zip(&row[col..col + d]) {
-            *o += p * x;
-        }
-    }
 }
 
 /// Ternary linear layers reading the same input `x` of `n` tokens (q/k/v, gate/up, or one):
@@ -484,18 +387,5 @@ mod tests {
         // Pair (0, 2) at frequency 1: (cos 1, sin 1).
         assert!((y[0] - 1f32.cos()).abs() < 1e-7 && (y[2] - 1f32.sin()).abs() < 1e-7);
         assert_eq!((y[1], y[3]), (0.0, 0.0));
-    }
-
-    #[test]
-    fn attention_over_one_position_returns_its_value() {
-        let (q, k, v) = ([0.5f32, -1.0], [2.0f32, 1.0], [7.0f32, -3.0]);
-        let mut out = [0f32; 2];
-        attend(&q, &k, &v, 0, 2, &mut Vec::new(), &mut out);
-        assert_eq!(out, v);
-        // Two positions with equal scores average their values.
-        let k2 = [1.0f32, 1.0, 1.0, 1.0];
-        let v2 = [2.0f32, 4.0, 6.0, 8.0];
-        attend(&[1.0, 0.0], &k2, &v2, 0, 2, &mut Vec::new(), &mut out);
-        assert_eq!(out, [4.0, 6.0]);
     }
 }

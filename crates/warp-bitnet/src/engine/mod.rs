@@ -39,6 +39,7 @@ mod gpu;
 #[cfg(not(feature = "cuda"))]
 #[path = "gpu_stub.rs"]
 mod gpu;
+mod kv_cache;
 mod load;
 mod memory;
 mod profile;
@@ -53,6 +54,7 @@ use std::sync::Arc;
 
 pub use config::{BitLinearConfig, HiddenAct, ModelConfig};
 pub use generate::{generate, GenerateStats, StopReason};
+pub use kv_cache::KvType;
 pub use load::model_config;
 pub use profile::Phase;
 pub use rope::RopeScaling;
@@ -60,7 +62,8 @@ pub use sampler::{Sampler, SamplingParams};
 pub use tokenizer::Tokenizer;
 
 use crate::error::{Error, Result};
-use forward::{KvCache, Plan, RunState, TokenPos};
+use forward::{Plan, RunState, TokenPos};
+use kv_cache::KvCache;
 use weights::Weights;
 
 /// Where the engine runs.
@@ -147,6 +150,9 @@ pub struct EngineOptions {
     /// [`Device::Cuda`], the host's available memory on the CPU), weights and buffers
     /// included; [`Engine::slots`] says how many. A server's pool is sized this way.
     pub memory_fraction: Option<f64>,
+    /// The KV cache's element type; `None` takes the device's: f32 on the CPU (transformers'
+    /// float32 numbers), f16 on a GPU (its only type).
+    pub kv_cache: Option<KvType>,
 }
 
 impl Default for EngineOptions {
@@ -158,6 +164,7 @@ impl Default for EngineOptions {
             threads: None,
             lm_head: LmHead::AsStored,
             memory_fraction: None,
+            kv_cache: None,
         }
     }
 }
@@ -226,6 +233,12 @@ impl Engine {
                         .into(),
                 })
             }
+            Device::Cuda(_) if opts.kv_cache == Some(KvType::F32) => {
+                return Err(Error::Unsupported {
+                    what: "kv_cache",
+                    detail: "the GPU engine's KV cache is f16".into(),
+                })
+            }
             Device::Cuda(n) => Some(gpu::GpuEngine::new(
                 n,
                 &config,
@@ -242,7 +255,7 @@ impl Engine {
             weights.quantize_lm_head();
         }
         Ok(Self {
-            cache: KvCache::new(&config, slots, cpu_context)?,
+            cache: KvCache::new(&config, kv_type(opts), slots, cpu_context)?,
             config,
             weights,
             tokenizer: tokenizer.map(Arc::new),
@@ -460,7 +473,15 @@ fn cpu_slots(c: &ModelConfig, opts: &EngineOptions) -> Result<usize> {
         return Ok(opts.slots);
     };
     memory::fit_slots(opts.slots, f, free, |s| {
-        KvCache::bytes(c, s, opts.max_context)
+        KvCache::bytes(c, kv_type(opts), s, opts.max_context)
+    })
+}
+
+/// The KV cache type `opts` asks for, or the device's default.
+fn kv_type(opts: &EngineOptions) -> KvType {
+    opts.kv_cache.unwrap_or(match opts.device {
+        Device::Cpu => KvType::F32,
+        Device::Cuda(_) => KvType::F16,
     })
 }
 

@@ -170,7 +170,7 @@ fn slots_sized_from_memory_take_what_fits() {
         max_context: 1 << 16,
         ..opts(1 << 30, 0.01)
     };
-    let per_slot = KvCache::bytes(&big, 1, 1 << 16).unwrap();
+    let per_slot = KvCache::bytes(&big, KvType::F32, 1, 1 << 16).unwrap();
     let free = memory::available_host_memory().unwrap();
     let e = Engine::random(big, 1, &o).unwrap();
     assert!(e.slots() < 1 << 30 && e.slots() as u64 * per_slot <= free / 50);
