@@ -176,8 +176,9 @@ def _gemm(
 ) -> torch.Tensor:
     """``y[B, rows] = (x[B, cols] . Wᵀ) * scale + bias`` with f16/bf16 ``x`` on CUDA; ``W``
     ternary, or the INT2 levels with ``levels="int2"``. ``quantize_x`` (one token, B = 1):
-    ``x`` is quantized per token to int8 inside the kernel (as ``quantize_i8``) and
-    multiplied as W2A8, in one launch."""
+    ``x`` is quantized per token to int8 (as ``quantize_i8``) and multiplied as W2A8: inside
+    the kernel, in one launch, where the planner's route says so (``functional.one_launch``),
+    else by the quantizer first (two launches, the same result)."""
     _cuda_contiguous("x", x)
     _cuda_contiguous("t2", t2, x.device)
     _require(x.dim() == 2 and x.shape[1] == cols, "`x` must be [B, {}], got {}", cols, tuple(x.shape))
