@@ -4,7 +4,8 @@ Each op allocates its output with PyTorch's allocator, passes raw pointers and t
 current stream to the native module, and has a fake (meta) implementation, so
 ``torch.compile`` traces it and CUDA-graph capture records it: the native launch
 itself never synchronizes, and allocates only the prefill kernels' workspace (beyond
-64 tokens), stream-ordered on the current stream (capturable). Inputs are
+64 tokens) and the int8 row of a ``quantize_x`` token too long for the kernel that
+quantizes it, stream-ordered on the current stream (capturable). Inputs are
 validated here (device, dtype, contiguity, shape) and again in the Rust core (sizes,
 alignment).
 """

@@ -17,7 +17,8 @@ struct u32x4 { u32 x, y, z, w; };
 // 2-bit codes in TILE_WEIGHT_BYTES, the planner's values. Every kernel's thread mapping is
 // built on this shape (a tile's rows are one m16 MMA fragment's, a lane's four words hold 32
 // of its columns and the four lanes q of a row span them, a warp loads a tile as 16 bytes a
-// lane; gemm.cuh, layout.cu), so the asserts fix it rather than leave it a parameter.
+// lane; gemm.cuh, layout.cu), so the asserts fix it rather than leave it a parameter
+// (docs/NOTES.md, v37).
 constexpr u32 TILE_ROWS = WB_TILE_ROWS;
 constexpr u32 TILE_COLS = WB_TILE_COLS;
 constexpr u32 TILE_WEIGHT_BYTES = TILE_ROWS * TILE_COLS * 2 / 8;

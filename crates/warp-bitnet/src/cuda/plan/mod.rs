@@ -568,7 +568,7 @@ pub(crate) fn one_launch_max_cols(levels: Levels, x: DType, gpu: &impl Occupancy
 /// Whether one f16 / bf16 token of W2A8 over `cols` columns is quantized inside the
 /// single-token kernel (one launch) rather than by quantize_i8 before the int8 kernels (two):
 /// the one decision that [`Gpu::route_quantized`], [`Gpu::gemm_tiles_raw`] (and so
-/// [`Gpu::gemv_quantized`] and the Python package) and the planner share.
+/// [`Gpu::gemv_quantized`] and the Python package) and the planner share (docs/NOTES.md, v36).
 pub(crate) fn quantizes_in_kernel(
     cols: usize,
     levels: Levels,
