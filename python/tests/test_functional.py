@@ -1,5 +1,7 @@
 """CPU tests of the functional API (GPU variants in test_gpu.py)."""
 
+import functools
+
 import pytest
 import torch
 import warp_bitnet as wb
@@ -249,3 +251,38 @@ def test_int2_bad_inputs():
         wb.gemv_int2(p, torch.ones(16), torch.empty(3))
     with pytest.raises(ValueError, match="`x` has 40 features, `packed_weight` has 16 columns"):
         wb.linear_int2(torch.ones(1, 40), p)
+
+
+def test_gpu_routes_are_asked_of_the_native_planner(monkeypatch):
+    # No threshold of the planner lives in Python: whether one token of W2A8 is quantized inside
+    # the kernel (one launch) and whether a batch takes cuBLAS are the Rust route's answers
+    # (`_native.route`, Gpu::route / Gpu::route_quantized), asked once per device and shape.
+    from warp_bitnet import _cuda, functional
+
+    assert not hasattr(functional, "ONE_LAUNCH_MAX_COLS") and not hasattr(_cuda, "ONE_LAUNCH_MAX_COLS")
+    asked = []
+    # A fake planner: the quantizing kernel holds 1000 columns on device 0, 500 on device 1.
+    room = {0: 1000, 1: 500}
+
+    def route(device, rows, cols, levels, x_dtype, batch, quantize_x=False):
+        asked.append((device, rows, cols, levels, x_dtype, batch, quantize_x))
+        if quantize_x and batch == 1 and cols <= room[device]:
+            return "one_launch"
+        return "dense" if batch > 100 else "groups"
+
+    monkeypatch.setattr(_cuda._native, "route", route)
+    monkeypatch.setattr(_cuda, "_route", functools.lru_cache(maxsize=None)(_cuda._route.__wrapped__))
+    cuda0, cuda1 = torch.device("cuda", 0), torch.device("cuda", 1)
+    assert functional.one_launch(cuda0, 64, 800, "ternary", torch.float16)
+    assert functional.one_launch(cuda0, 64, 800, "ternary", torch.float16)  # cached: asked once
+    assert not functional.one_launch(cuda1, 64, 800, "int2", torch.bfloat16)
+    assert not functional.one_launch(cuda0, 64, 1001, "ternary", torch.float16)
+    assert functional.dense_path(101, cuda0, 64, 800, "ternary", True)
+    assert not functional.dense_path(100, cuda0, 64, 800, "ternary", False)
+    assert asked == [
+        (0, 64, 800, "ternary", "float16", 1, True),
+        (1, 64, 800, "int2", "bfloat16", 1, True),
+        (0, 64, 1001, "ternary", "float16", 1, True),
+        (0, 64, 800, "ternary", "float16", 101, True),
+        (0, 64, 800, "ternary", "float16", 100, False),
+    ]

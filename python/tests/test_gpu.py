@@ -206,6 +206,29 @@ def test_one_token_w2a8_in_one_launch_equals_the_batched_path(dtype, levels):
     assert torch.equal(one, three[:1])
 
 
+@pytest.mark.parametrize("levels", ["ternary", "int2"])
+def test_one_token_w2a8_past_the_kernels_shared_memory(levels):
+    # 200,000 columns: an int8 row longer than the quantizing kernel's shared memory on any GPU
+    # (the H100's holds 195,200), so the route says quantize first; the eager path (quantize_i8,
+    # then gemm_i8) and the op that compiled graphs take (quantize_x, decided in Rust) give the
+    # bytes of the batched path.
+    g = torch.Generator().manual_seed(22)
+    m, n = 24, 200_000
+    cuda = torch.device("cuda")
+    assert wb.functional.one_launch(cuda, m, 2500, levels, torch.float16)
+    assert not wb.functional.one_launch(cuda, m, n, levels, torch.float16)
+    quantize = wb.quantize_ternary if levels == "ternary" else wb.quantize_int2
+    packed, scale = quantize(torch.randn(m, n, generator=g))
+    t2 = wb.ops.to_t2(packed.cuda(), n, levels)
+    x = torch.randn(2, n, generator=g).half().cuda()
+    bias = torch.randn(m, generator=g).half().cuda()
+    s = scale.cuda().reshape(-1).float()
+    two = wb.functional._linear_t2(x, t2, m, s, bias, True, levels)
+    one = wb.functional._linear_t2(x[:1], t2, m, s, bias, True, levels)
+    op = wb.ops.gemm(t2, m, n, s, x[:1].contiguous(), bias, levels, True)
+    assert torch.equal(one, two[:1]) and torch.equal(op, two[:1])
+
+
 def test_bitlinear_train_runs_on_the_kernels_and_matches_the_reference():
     import copy
 

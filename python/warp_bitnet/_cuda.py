@@ -45,30 +45,41 @@ def _t2_of(packed: torch.Tensor, n: int, levels: str = "ternary", fresh: bool = 
     return t2
 
 
-# One token of int8 activations is quantized inside the GEMM (one launch) when its int8 row
-# fits the kernel's shared memory on every supported GPU (sm_86/89 allow the least); wider
-# rows take the quantize kernel and the int8 GEMM.
-ONE_LAUNCH_MAX_COLS = 32768
-
-
 def dense_path(
     tokens: int, device: torch.device, rows: int, cols: int, levels: str, quantize_activations: bool
 ) -> bool:
     """Whether ``linear`` multiplies ``tokens`` tokens by a ``rows`` x ``cols`` matrix on CUDA
     ``device`` on cuBLAS over the decoded weights rather than on the ternary kernels: the
-    route the Rust planner gives (``warp_bitnet::cuda::Gpu::route``), asked once per shape."""
+    route the Rust planner gives (``warp_bitnet::cuda::Gpu::route``, with
+    ``quantize_activations`` ``Gpu::route_quantized``), asked once per shape."""
     if torch.compiler.is_compiling():
         # Dynamo cannot trace into the native module, and with dynamic shapes the batch has no
         # value to ask about while tracing: compiled graphs run the kernels, right at any batch
         # (on sm_90a the route keeps them at every batch anyway).
         return False
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return _route(index, rows, cols, levels, "int8" if quantize_activations else "float16", tokens) == "dense"
+    return _route(_index(device), rows, cols, levels, "float16", tokens, quantize_activations) == "dense"
+
+
+def one_launch(device: torch.device, rows: int, cols: int, levels: str, x_dtype: torch.dtype) -> bool:
+    """Whether one float16 / bfloat16 token of W2A8 on a ``rows`` x ``cols`` matrix on CUDA
+    ``device`` is quantized inside the GEMM kernel (one launch) rather than by ``quantize_i8``
+    before the int8 GEMM: where its int8 row fits that kernel's shared memory on this GPU, the
+    Rust route (``Gpu::route_quantized`` says "one_launch"), asked once per shape. Compiled
+    graphs take the op that quantizes in the kernel: its native call makes the same decision
+    at run time (``Gpu::gemm_tiles_raw`` quantizes a longer row first)."""
+    if torch.compiler.is_compiling():
+        return True
+    name = ops._dtype_name(x_dtype)
+    return _route(_index(device), rows, cols, levels, name, 1, True) == "one_launch"
+
+
+def _index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
 
 
 @functools.lru_cache(maxsize=4096)
-def _route(index: int, rows: int, cols: int, levels: str, x_dtype: str, tokens: int) -> str:
-    return _native.route(index, rows, cols, levels, x_dtype, tokens)
+def _route(index: int, rows: int, cols: int, levels: str, x_dtype: str, tokens: int, quantize: bool) -> str:
+    return _native.route(index, rows, cols, levels, x_dtype, tokens, quantize)
 
 
 def _linear_t2(
@@ -117,15 +128,15 @@ def _linear_t2(
     if x.dtype not in (torch.float16, torch.bfloat16):
         raise TypeError(f"CUDA `x` must be float16, bfloat16 or float32, got {x.dtype}")
     b = None if bias is None else bias.to(x.dtype).contiguous()
-    one_launch = quantize_activations and x2.shape[0] == 1 and n <= ONE_LAUNCH_MAX_COLS  # the kernel quantizes x
-    if not grad and (one_launch or not quantize_activations) and not torch.compiler.is_compiling() and b is bias:
-        plan = _prepared(t2, m, n, s, b, x2, levels, one_launch)
+    quantize_x = quantize_activations and x2.shape[0] == 1 and one_launch(x.device, m, n, levels, x.dtype)
+    if not grad and (quantize_x or not quantize_activations) and not torch.compiler.is_compiling() and b is bias:
+        plan = _prepared(t2, m, n, s, b, x2, levels, quantize_x)
         if plan is not None:
             run = _runner(plan, x2, t2, s, b, out=(*lead, m))
             if sink is not None and x.is_contiguous():  # then x2 is a view of x: later calls pass x
                 sink.append(run)
             return run(x2)
-    if one_launch:
+    if quantize_x:
         y = ops.eager(ops.gemm, grad)(t2, m, n, s, x2, b, levels, True)
     elif quantize_activations:
         q, qs = ops.eager(ops.quantize_i8, grad)(x2)

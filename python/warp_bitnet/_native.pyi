@@ -34,10 +34,12 @@ __version__: str
 def cuda_available() -> bool:
     """Whether a CUDA driver and device are present."""
 
-def route(device: int, rows: int, cols: int, levels: str, x_dtype: str, batch: int) -> str:
+def route(device: int, rows: int, cols: int, levels: str, x_dtype: str, batch: int, quantize_x: bool = False) -> str:
     """The route ("groups", "split", "prefill", "prefill_mma" or "dense") a GEMM on `device` takes
     for `batch` tokens of `x_dtype` ("float16", "bfloat16" or "int8") on a rows x cols matrix of
-    `levels`: the Rust planner's decision."""
+    `levels`: the Rust planner's decision. With `quantize_x`, W2A8 on float16 / bfloat16 tokens
+    the library quantizes: "one_launch" where the kernel quantizes one token itself, else the
+    int8 route."""
 
 @final
 class PreparedGemm:

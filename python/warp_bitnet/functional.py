@@ -20,7 +20,6 @@ from ._checks import PaddingError, check_tensor
 # The CUDA path moved to _cuda.py, the packers and quantizers to packing.py and quantizers.py
 # (F401: their names stay importable from here).
 from ._cuda import (  # noqa: F401
-    ONE_LAUNCH_MAX_COLS,
     _linear_dense,
     _linear_t2,
     _prepared,
@@ -28,6 +27,7 @@ from ._cuda import (  # noqa: F401
     _t2_of,
     _w2a8_epilogue,
     dense_path,
+    one_launch,
 )
 from .packing import (  # noqa: F401
     LINEAR_CLASSES,

@@ -4,7 +4,8 @@ Each op allocates its output with PyTorch's allocator, passes raw pointers and t
 current stream to the native module, and has a fake (meta) implementation, so
 ``torch.compile`` traces it and CUDA-graph capture records it: the native launch
 itself never synchronizes, and allocates only the prefill kernels' workspace (beyond
-64 tokens), stream-ordered on the current stream (capturable). Inputs are
+64 tokens) and the int8 row of a ``quantize_x`` token too long for the kernel that
+quantizes it, stream-ordered on the current stream (capturable). Inputs are
 validated here (device, dtype, contiguity, shape) and again in the Rust core (sizes,
 alignment).
 """
@@ -176,8 +177,9 @@ def _gemm(
 ) -> torch.Tensor:
     """``y[B, rows] = (x[B, cols] . Wᵀ) * scale + bias`` with f16/bf16 ``x`` on CUDA; ``W``
     ternary, or the INT2 levels with ``levels="int2"``. ``quantize_x`` (one token, B = 1):
-    ``x`` is quantized per token to int8 inside the kernel (as ``quantize_i8``) and
-    multiplied as W2A8, in one launch."""
+    ``x`` is quantized per token to int8 (as ``quantize_i8``) and multiplied as W2A8: inside
+    the kernel, in one launch, where the planner's route says so (``functional.one_launch``),
+    else by the quantizer first (two launches, the same result)."""
     _cuda_contiguous("x", x)
     _cuda_contiguous("t2", t2, x.device)
     _require(x.dim() == 2 and x.shape[1] == cols, "`x` must be [B, {}], got {}", cols, tuple(x.shape))

@@ -82,8 +82,11 @@ fn cuda_available() -> bool {
 
 /// The route ("groups", "split", "prefill", "prefill_mma" or "dense") a GEMM on device
 /// `device` takes for `batch` tokens of `x_dtype` ("float16", "bfloat16" or "int8") on a
-/// rows x cols matrix of `levels`: the Rust planner's decision (`Gpu::route`).
+/// rows x cols matrix of `levels`: the Rust planner's decision (`Gpu::route`). With
+/// `quantize_x`, W2A8 on f16 / bf16 tokens that the library quantizes (`Gpu::route_quantized`):
+/// "one_launch" where the kernel quantizes one token itself, else the int8 route.
 #[pyfunction]
+#[pyo3(signature = (device, rows, cols, levels, x_dtype, batch, quantize_x=false))]
 fn route(
     device: usize,
     rows: usize,
@@ -91,13 +94,17 @@ fn route(
     levels: &str,
     x_dtype: &str,
     batch: usize,
+    quantize_x: bool,
 ) -> PyResult<&'static str> {
     let levels = parse_levels(levels)?;
     let x = dtype(x_dtype)?;
-    gpu(device)?
-        .route(rows, cols, levels, x, batch)
-        .map(|r| r.name())
-        .map_err(to_py)
+    let g = gpu(device)?;
+    let route = if quantize_x {
+        g.route_quantized(rows, cols, levels, x, batch)
+    } else {
+        g.route(rows, cols, levels, x, batch)
+    };
+    route.map(|r| r.name()).map_err(to_py)
 }
 
 /// Number of u32 words of the GPU (T2) layout of a rows x cols matrix.

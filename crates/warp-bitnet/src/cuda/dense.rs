@@ -13,8 +13,8 @@ use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
 use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 
-use super::launch::{blocks_of_256, elems, kernel_params, launch};
-use super::plan::{may_be_dense, route, Route};
+use super::launch::{blocks_of_256, elems, kernel_dtype, kernel_params, launch};
+use super::plan::{may_be_dense, quantizes_in_kernel, route, Route};
 use super::{Gpu, GpuMatrix};
 use crate::dtype::DType;
 use crate::error::Result;
@@ -59,6 +59,29 @@ impl Gpu {
             return Ok(Route::Kernels(family));
         }
         Ok(route(family, x, batch, rows, cols))
+    }
+
+    /// The route of W2A8 on `batch` tokens of f16 / bf16 `x` that the library quantizes to
+    /// int8 itself ([`GemmArgs::quantize_x`](super::GemmArgs::quantize_x) at one token; the
+    /// Python package's `quantize_activations`): [`Route::OneLaunch`] for one token whose
+    /// int8 row fits the shared memory of the kernel that quantizes it on this GPU, else
+    /// quantize_i8 first and then the route of the int8 activations ([`Gpu::route`] with
+    /// `I8`). Python asks this once per shape and batch, as it asks [`Gpu::route`].
+    pub fn route_quantized(
+        &self,
+        rows: usize,
+        cols: usize,
+        levels: Levels,
+        x: DType,
+        batch: usize,
+    ) -> Result<Route> {
+        kernel_dtype(x, &[DType::F16, DType::BF16], "x")?;
+        // Planned for the int8 activations first: the checks of shape, batch and columns.
+        let int8 = self.route(rows, cols, levels, DType::I8, batch)?;
+        if batch == 1 && quantizes_in_kernel(cols, levels, x, self)? {
+            return Ok(Route::OneLaunch);
+        }
+        Ok(int8)
     }
 
     /// The dense path of a checked GEMM on `w` (see the module doc).

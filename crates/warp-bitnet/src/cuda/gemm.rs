@@ -11,8 +11,8 @@ use half::{bf16, f16};
 use super::dense::{takes_dense, DenseCall};
 use super::launch::{check_buf, check_ptr, elems, kernel_params, launch, launch_plan};
 use super::plan::{
-    plan_gemm, GemmArgs, GemmParams, GemmPlan, KernelFamily, PREFILL_ROWS, PREFILL_TOKENS,
-    PREPASS_THREADS,
+    plan_gemm, quantizes_in_kernel, GemmArgs, GemmParams, GemmPlan, KernelFamily, PREFILL_ROWS,
+    PREFILL_TOKENS, PREPASS_THREADS,
 };
 use super::{Gpu, GpuMatrix};
 use crate::dtype::DType;
@@ -147,6 +147,12 @@ impl Gpu {
         if let Some((s, _)) = scale {
             check_ptr("scale", s, 4)?;
         }
+        if self.quantizes_first(cols, levels, args)? {
+            // SAFETY: forwarded from the caller.
+            return unsafe {
+                self.quantize_then_gemm(rows, cols, levels, tiles, scale, args, stream)
+            };
+        }
         let plan = plan_gemm(rows, cols, levels, tiles, scale, args, self)?;
         let f = self.function(&plan.symbol)?;
         let mut params = plan.params;
@@ -235,10 +241,66 @@ impl Gpu {
         Ok(freed?)
     }
 
+    /// Whether a `quantize_x` call runs quantize_i8 first: one f16 / bf16 token whose int8
+    /// row is too long for the kernel that quantizes it (the decision of
+    /// [`Gpu::route_quantized`]). Other `quantize_x` arguments go on to the planner, which
+    /// names what is wrong with them.
+    fn quantizes_first(&self, cols: usize, levels: Levels, a: &GemmArgs) -> Result<bool> {
+        let candidate = a.quantize_x
+            && a.batch == 1
+            && matches!(a.x_dtype, DType::F16 | DType::BF16)
+            && a.y_dtype == a.x_dtype;
+        Ok(candidate && !quantizes_in_kernel(cols, levels, a.x_dtype, self)?)
+    }
+
+    /// W2A8 on one f16 / bf16 token too long for the kernel that quantizes it: quantize_i8
+    /// into a workspace (allocated and freed in the stream's order, as the prefill kernels'
+    /// is), then the int8 kernels. The same bytes as the one-launch kernel would give.
+    ///
+    /// # Safety
+    /// As [`Gpu::gemm_tiles_raw`].
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn quantize_then_gemm(
+        &self,
+        rows: usize,
+        cols: usize,
+        levels: Levels,
+        tiles: CUdeviceptr,
+        scale: Option<(CUdeviceptr, bool)>,
+        args: &GemmArgs,
+        stream: CUstream,
+    ) -> Result<()> {
+        // The int8 row, then its f32 scale at the next 16-byte boundary.
+        let scale_at = cols.next_multiple_of(16);
+        // SAFETY: `stream` belongs to this GPU's context (the caller's guarantee).
+        let work = unsafe { cudarc::driver::result::malloc_async(stream, scale_at + 4) }?;
+        let (q, q_scale) = (work, work + scale_at as u64);
+        let int8 = GemmArgs {
+            x: q,
+            x_dtype: DType::I8,
+            ldx: cols,
+            x_scale: Some(q_scale),
+            quantize_x: false,
+            ..*args
+        };
+        // SAFETY: the quantizer reads the caller's token (`ldx` checked there) and writes the
+        // workspace, which holds `cols` bytes and a float; the GEMM reads the workspace and
+        // the caller's weights and writes the caller's `y`, as `gemm_tiles_raw` requires.
+        let launched = unsafe {
+            self.quantize_i8_raw(args.x, args.x_dtype, 1, cols, args.ldx, q, q_scale, stream)
+                .and_then(|()| self.gemm_tiles_raw(rows, cols, levels, tiles, scale, &int8, stream))
+        };
+        // SAFETY: `work` came from malloc_async on this stream and is freed once.
+        let freed = unsafe { cudarc::driver::result::free_async(work, stream) };
+        launched?;
+        Ok(freed?)
+    }
+
     /// Plans the GEMM of [`Gpu::gemm_tiles_raw`] once, for launches that change only the
     /// activation and output pointers (an eager decode loop: `BitLinear.forward` at batch 1).
     /// `None` where the plan needs work per call (the prefill kernels' pre-pass and
-    /// workspace) or the route is the dense path: there, call [`Gpu::gemm_tiles_raw`].
+    /// workspace; a `quantize_x` row quantized first) or the route is the dense path: there,
+    /// call [`Gpu::gemm_tiles_raw`].
     ///
     /// # Safety
     /// `tiles` and `scale` (and `args.bias`, `args.x_scale`) as [`Gpu::gemm_tiles_raw`]
@@ -258,6 +320,9 @@ impl Gpu {
         check_ptr("tiles", tiles, 16)?;
         if let Some((s, _)) = scale {
             check_ptr("scale", s, 4)?;
+        }
+        if self.quantizes_first(cols, levels, args)? {
+            return Ok(None);
         }
         let x = if args.quantize_x {
             DType::I8
@@ -371,7 +436,9 @@ impl Gpu {
 
     /// W2A8 for one token in one launch: `x` (f16 or bf16, `[cols]`) is quantized per
     /// token to int8 inside the kernel, exactly as [`Gpu::quantize_i8`] would, then
-    /// `y = (q . Wtᵀ) * x_scale * scale + bias` in `x`'s type.
+    /// `y = (q . Wtᵀ) * x_scale * scale + bias` in `x`'s type. A row too long for that
+    /// kernel's shared memory ([`Gpu::route_quantized`]) runs [`Gpu::quantize_i8`] first:
+    /// two launches, the same result.
     pub fn gemv_quantized<T: GpuFloat>(
         &self,
         w: &GpuMatrix,

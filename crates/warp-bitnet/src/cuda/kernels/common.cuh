@@ -13,6 +13,20 @@ typedef signed char i8;
 struct u32x2 { u32 x, y; };
 struct u32x4 { u32 x, y, z, w; };
 
+// The T2 weight tile (docs/FORMATS.md, "T2"; src/format/tiled.rs): TILE_ROWS x TILE_COLS
+// 2-bit codes in TILE_WEIGHT_BYTES, the planner's values. Every kernel's thread mapping is
+// built on this shape (a tile's rows are one m16 MMA fragment's, a lane's four words hold 32
+// of its columns and the four lanes q of a row span them, a warp loads a tile as 16 bytes a
+// lane; gemm.cuh, layout.cu), so the asserts fix it rather than leave it a parameter
+// (docs/NOTES.md, v37).
+constexpr u32 TILE_ROWS = WB_TILE_ROWS;
+constexpr u32 TILE_COLS = WB_TILE_COLS;
+constexpr u32 TILE_WEIGHT_BYTES = TILE_ROWS * TILE_COLS * 2 / 8;
+constexpr u32 TILE_WORDS = TILE_WEIGHT_BYTES / 4;
+static_assert(TILE_ROWS == 16, "a T2 tile is one m16 MMA fragment's rows (gemm.cuh's decode)");
+static_assert(TILE_COLS == 4 * 32, "a T2 tile is four lanes q of 32 columns (gemm.cuh's decode)");
+static_assert(TILE_WEIGHT_BYTES == 32 * sizeof(u32x4), "a warp loads a T2 tile as 16 bytes a lane");
+
 // Kernel parameters of the GEMM family, passed by value. Mirrored by
 // `GemmParams` in src/cuda/plan/mod.rs; both sides assert the size.
 struct GemmParams {

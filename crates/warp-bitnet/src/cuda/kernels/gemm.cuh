@@ -204,7 +204,7 @@ struct XTile {
 template <int ACT>
 __device__ __forceinline__ void load_x_tile(XTile<ACT>& t, const unsigned char* lane_x, u32 kt) {
     constexpr int BYTES = ACT == ACT_I8 ? 32 : 64;  // 32 columns
-    const unsigned char* p = lane_x + (u64)kt * 128 * (BYTES / 32);
+    const unsigned char* p = lane_x + (u64)kt * TILE_COLS * (BYTES / 32);
 #pragma unroll
     for (int i = 0; i < BYTES / 16; i++) {
         const u32x4 v = load_v4(p + 16 * i);
@@ -218,7 +218,7 @@ __device__ __noinline__ XTile<ACT> load_x_tile_slow(const GemmParams& p, u32 b, 
     XTile<ACT> t;
 #pragma unroll
     for (int i = 0; i < (ACT == ACT_I8 ? 8 : 16); i++) t.r[i] = 0;
-    const u32 k0 = kt * 128 + 32 * q;
+    const u32 k0 = kt * TILE_COLS + 32 * q;
     for (u32 i = 0; i < 32 && k0 + i < p.cols; i++) {
         if (ACT == ACT_I8) {
             const u32 v = (unsigned char)((const i8*)p.x)[(u64)b * p.ldx + k0 + i];
@@ -338,7 +338,7 @@ __device__ __forceinline__ float scale_bias(const GemmParams& p, float y, u32 r)
 // a quarter warp read 64 consecutive bytes (no bank conflicts; the g lanes broadcast).
 template <int ACT>
 struct Staged {
-    static constexpr u32 TILE_BYTES = ACT == ACT_I8 ? 128 : 256;
+    static constexpr u32 TILE_BYTES = TILE_COLS * (ACT == ACT_I8 ? 1 : 2);
     static constexpr u32 PER_LANE = TILE_BYTES / 64;  // chunks a lane reads per tile
     // Slot of chunk c (in row order) of the staged row.
     __device__ static constexpr u32 slot(u32 c) {
@@ -512,8 +512,8 @@ constexpr int DEPTH_OF = ONE ? WB_GEMM_DEPTH_SINGLE : WB_GEMM_DEPTH;
 // single-token kernels' staged activation row.
 template <int NT, int RT, int DEPTH>
 struct GemmSmem {
-    static constexpr u32 RING = WARPS * DEPTH * RT * 512;
-    static constexpr u32 RED = WARPS * 16 * RT * 8 * NT * 4;
+    static constexpr u32 RING = WARPS * DEPTH * RT * TILE_WEIGHT_BYTES;
+    static constexpr u32 RED = WARPS * TILE_ROWS * RT * 8 * NT * 4;
     static constexpr u32 RED_X = WARPS * 8 * NT * 4;
     static constexpr u32 SCRATCH = 16 * ((WARPS * 4 + 15) / 16);
     static constexpr u32 FIXED = RING + RED + RED_X + SCRATCH;
@@ -583,12 +583,12 @@ __device__ __forceinline__ void gemm_tiles(const GemmParams& p) {
     // ---- persistent CTA: row blocks (RT row tiles) blockIdx.x, + gridDim.x, ...; each
     // warp takes k tiles warp, warp + 8, ... of every row block, as one stream of
     // `total` steps of RT tiles ----
-    const u32 row_tiles = (p.rows + 15) / 16;
+    const u32 row_tiles = (p.rows + TILE_ROWS - 1) / TILE_ROWS;
     const u32 row_blocks = (row_tiles + RT - 1) / RT;
     const u32 my_blocks = (row_blocks - blockIdx.x + gridDim.x - 1) / gridDim.x;
     const u32 mine = p.k_tiles > warp ? (p.k_tiles - warp + WARPS - 1) / WARPS : 0;
     const u32 total = my_blocks * mine;
-    const u32 fast_tiles = p.x_vec ? p.cols / 128 : 0;
+    const u32 fast_tiles = p.x_vec ? p.cols / TILE_COLS : 0;
     const u32 smem_base = pinned(smem_addr(smem));
     const u32 my_ring = smem_base + (warp * DEPTH * RT * 32 + lane) * 16;
     const u64 row_tile_step = (u64)p.k_tiles * 32;  // u32x4 per row tile

@@ -55,8 +55,8 @@ template <int ACT>
 struct PrefillX {
     static constexpr u32 XB = ACT == ACT_I8 ? 1 : 2;  // bytes per activation
     static constexpr u32 STEPS = ACT == ACT_I8 ? 4 : 8;  // MMA k steps per k tile
-    static constexpr u32 X_STAGE = PF_TOKENS * 128 * XB;
-    static constexpr u32 W_STAGE = PF_ROW_TILES * 512;
+    static constexpr u32 X_STAGE = PF_TOKENS * TILE_COLS * XB;
+    static constexpr u32 W_STAGE = PF_ROW_TILES * TILE_WEIGHT_BYTES;
     static constexpr u32 STAGES = ACT == ACT_I8 ? WB_PREFILL_STAGES_I8 : WB_PREFILL_STAGES_16;
     // Mirrored by `prefill_smem` in cuda/plan (checked at compile time); 1 KB to align the
     // stages for the swizzle.
@@ -282,7 +282,7 @@ __device__ __forceinline__ void gemm_prefill(const GemmParams& p, const TmaMap& 
     if (dynamic_smem_size() < X::SMEM) __trap();
     const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const u32 token_blocks = (p.batch + PF_TOKENS - 1) / PF_TOKENS;
-    const u32 tiles = token_blocks * ((p.rows + 16 * PF_ROW_TILES - 1) / (16 * PF_ROW_TILES));
+    const u32 tiles = token_blocks * ((p.rows + TILE_ROWS * PF_ROW_TILES - 1) / (TILE_ROWS * PF_ROW_TILES));
     const u32 S = SPLIT ? gridDim.x / tiles : 1, tile = blockIdx.x / S, rank = blockIdx.x % S;
     const u32 per = (p.k_tiles + S - 1) / S, kt0 = min(rank * per, p.k_tiles), kts = min(per, p.k_tiles - kt0);
     const u32 b_base = tile % token_blocks * PF_TOKENS;

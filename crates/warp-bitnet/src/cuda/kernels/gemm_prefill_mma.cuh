@@ -36,10 +36,10 @@
 
 template <int ACT>
 struct PrefillMma {
-    static constexpr u32 ROW = ACT == ACT_I8 ? 128 : 256;  // bytes per token per k tile
+    static constexpr u32 ROW = TILE_COLS * (ACT == ACT_I8 ? 1 : 2);  // bytes per token per k tile
     static constexpr u32 CHUNKS = ROW / 16;
     static constexpr u32 X_STAGE = PF_TOKENS * ROW;
-    static constexpr u32 STAGE = X_STAGE + PF_ROW_TILES * 512;
+    static constexpr u32 STAGE = X_STAGE + PF_ROW_TILES * TILE_WEIGHT_BYTES;
     static constexpr u32 MAX_STAGES = WB_PREFILL_MMA_MAX_STAGES;  // cp.async.wait_group takes an immediate
 };
 
@@ -115,7 +115,7 @@ __device__ __forceinline__ void gemm_prefill_mma(const GemmParams& p) {
     const u32 token_blocks = (p.batch + PF_TOKENS - 1) / PF_TOKENS;
     const u32 b_base = blockIdx.x % token_blocks * PF_TOKENS;
     const u32 rt_base = blockIdx.x / token_blocks * PF_ROW_TILES;
-    const u32 row_tiles = (p.rows + 15) / 16;
+    const u32 row_tiles = (p.rows + TILE_ROWS - 1) / TILE_ROWS;
     const u32 base = pinned(smem_addr(smem));
     const u32x4* const xw = (const u32x4*)p.x;  // the pre-pass's workspace, 16-byte chunks
 

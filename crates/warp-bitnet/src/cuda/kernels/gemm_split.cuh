@@ -73,7 +73,7 @@ constexpr int SPLIT_WARPS = NT <= 4 || WG ? 16 : 8;
 // slices of `per` k tiles (32 mod 128, see above).
 template <int ACT>
 struct SplitX {
-    static constexpr u32 TILE = ACT == ACT_I8 ? 128 : 256;
+    static constexpr u32 TILE = TILE_COLS * (ACT == ACT_I8 ? 1 : 2);
     __device__ static constexpr u32 stride(u32 per) { return per * TILE + 32; }
     // wgmma variant: k tile kt, k step s, of T tokens sits at kt * wg_tile(T) +
     // s * wg_step(T) in wgmma.cuh's B layout; tiles are padded to 16 mod 128 bytes, so
@@ -89,7 +89,7 @@ struct SplitX {
 // (a generated static_assert compares the two).
 template <int NT, bool WG>
 struct SplitSmem {
-    static constexpr u32 RING = SPLIT_WARPS<NT, WG> * SPLIT_DEPTH * SPLIT_RW<NT, WG> * 512;
+    static constexpr u32 RING = SPLIT_WARPS<NT, WG> * SPLIT_DEPTH * SPLIT_RW<NT, WG> * TILE_WEIGHT_BYTES;
     static constexpr u32 RED = SPLIT_WARPS<NT, WG> * 32 * SPLIT_RW<NT, WG> * NT * 4 * 4;
     static constexpr u32 XSUM = 8 * NT * 4;
     static constexpr u32 FIXED = RING + RED + XSUM;
@@ -137,7 +137,7 @@ template <int ACT, bool WG>
 __device__ __forceinline__ void stage_slice(const GemmParams& p, u32 xs, u32 rs, u32 b_base, u32 tokens, u32 kt0,
                                             u32 kts, int* xsum) {
     constexpr int XB = ACT == ACT_I8 ? 1 : 2;
-    const u32 n = tokens * kts * 4, fast_tiles = p.x_vec ? p.cols / 128 : 0;
+    const u32 n = tokens * kts * 4, fast_tiles = p.x_vec ? p.cols / TILE_COLS : 0;
     for (u32 c0 = threadIdx.x; c0 < n; c0 += STAGE_BATCH * blockDim.x) {
         XTile<ACT> v[STAGE_BATCH];
 #pragma unroll
@@ -341,7 +341,7 @@ __device__ __forceinline__ void gemm_split(const GemmParams& p) {
     // (warp w takes tiles 4 RW u + 4 r + w % 4, r < RW) ----
     constexpr u32 UPC = WG ? W / 4 : W;  // units per CTA and round
     constexpr u32 UNIT = WG ? 4 * RW : 2;  // row tiles per unit
-    const u32 row_tiles = (p.rows + 15) / 16, units = (row_tiles + UNIT - 1) / UNIT;
+    const u32 row_tiles = (p.rows + TILE_ROWS - 1) / TILE_ROWS, units = (row_tiles + UNIT - 1) / UNIT;
     const auto tile_of = [&](u32 unit, u32 w, u32 r) { return WG ? UNIT * unit + 4 * r + w % 4 : 2 * unit + r; };
     const u32 blocks = (units + UPC - 1) / UPC;
     const u32 rounds = blocks > cluster ? (blocks - cluster + clusters - 1) / clusters : 0;

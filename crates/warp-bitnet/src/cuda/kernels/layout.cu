@@ -20,16 +20,16 @@ __device__ __forceinline__ u32 t2_code(const u32* i2, u32 rows, u32 cols, u32 wp
 struct T2Word {
     u32 r, c0;
     __device__ T2Word(u64 idx, u32 k_tiles) {
-        const u64 tile = idx / 128;
+        const u64 tile = idx / TILE_WORDS;
         const u32 rt = (u32)(tile / k_tiles), kt = (u32)(tile % k_tiles);
-        const u32 lane = (u32)(idx % 128) / 4, w = (u32)(idx % 4);
-        r = rt * 16 + lane / 4 + 8 * (w >> 1);
-        c0 = kt * 128 + 32 * (lane % 4) + 2 * (w & 1);
+        const u32 lane = (u32)(idx % TILE_WORDS) / 4, w = (u32)(idx % 4);
+        r = rt * TILE_ROWS + lane / 4 + 8 * (w >> 1);
+        c0 = kt * TILE_COLS + 32 * (lane % 4) + 2 * (w & 1);
     }
     __device__ u32 col(u32 t) const { return c0 + 4 * (t % 8) + t / 8; }
 };
 
-// One thread per T2 word; `words` = row tiles * k_tiles * 128.
+// One thread per T2 word; `words` = row tiles * k_tiles * TILE_WORDS.
 extern "C" __global__ void i2_to_t2(const u32* i2, u32* t2, u32 rows, u32 cols, u32 wpr, u32 k_tiles,
                                     u64 words, u32 int2) {
     const u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x;
@@ -45,15 +45,15 @@ extern "C" __global__ void t2_to_i2(const u32* t2, u32* i2, u32 rows, u32 cols, 
     const u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (u64)rows * wpr) return;
     const u32 r = (u32)(idx / wpr), j = (u32)(idx % wpr);
-    const u32 rt = r / 16, g = r % 8, upper = (r % 16) / 8;
+    const u32 rt = r / TILE_ROWS, g = r % 8, upper = (r % TILE_ROWS) / 8;
     u32 out = 0;
     for (u32 i = 0; i < 16; i++) {
         const u32 c = j * 16 + i;
         if (c >= cols) break;
         // Inverse of i2_to_t2: column 32q + 4s + 2(w & 1) + h of row g + 8(w >> 1).
-        const u32 kt = c / 128, q = (c % 128) / 32, s = (c % 32) / 4, odd_w = (c % 4) / 2, h = c % 2;
+        const u32 kt = c / TILE_COLS, q = (c % TILE_COLS) / 32, s = (c % 32) / 4, odd_w = (c % 4) / 2, h = c % 2;
         const u32 w = 2 * upper + odd_w, t = 8 * h + s;
-        const u64 word = ((u64)rt * k_tiles + kt) * 128 + (g * 4 + q) * 4 + w;
+        const u64 word = ((u64)rt * k_tiles + kt) * TILE_WORDS + (g * 4 + q) * 4 + w;
         const u32 code = (t2[word] >> (2 * t)) & 3;  // ternary: weight + 1
         out |= (int2 ? code : code == 2 ? 1u : code == 0 ? 2u : 0u) << (2 * i);
     }

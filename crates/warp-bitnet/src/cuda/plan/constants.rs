@@ -13,15 +13,19 @@ use super::prefill::{
 use super::split::{split_fixed_smem, split_warps, SPLIT_DEPTH, SPLIT_TOKENS};
 use super::{
     gemm_fixed_smem, row_tile_options, tokens_per_cta_options, GEMM_DEPTH, GEMM_DEPTH_SINGLE,
-    GEMM_WARPS,
+    GEMM_WARPS, TILE_BYTES,
 };
 use crate::cuda::quant::QUANT_THREADS;
 use crate::dtype::DType;
-use crate::format::tiled::TILE_ROWS;
+use crate::format::tiled::{TILE_COLS, TILE_ROWS};
 use crate::quant::ACT_EPS;
 
-/// The shared integers: the kernels' name (`WB_` and the Rust name) and value.
+/// The shared integers: the kernels' name (`WB_` and the Rust name) and value. The T2 tile
+/// (16 rows x 128 columns) comes first: common.cuh derives its bytes and words from it and
+/// asserts the shape its thread mappings are built on.
 pub(crate) const INTEGERS: &[(&str, usize)] = &[
+    ("WB_TILE_ROWS", TILE_ROWS),
+    ("WB_TILE_COLS", TILE_COLS),
     ("WB_GEMM_WARPS", GEMM_WARPS),
     ("WB_GEMM_DEPTH_SINGLE", GEMM_DEPTH_SINGLE),
     ("WB_GEMM_DEPTH", GEMM_DEPTH),
@@ -59,6 +63,7 @@ pub(crate) fn layout_checks() -> String {
             "static_assert({kernel} == {rust}, \"{kernel} != {planner} (src/cuda/plan)\");"
         ));
     };
+    check("TILE_WEIGHT_BYTES".into(), TILE_BYTES, "TILE_BYTES");
     let mut gemm_shapes = vec![(1, 1)];
     for x in [DType::F16, DType::I8] {
         for &tokens in tokens_per_cta_options(x) {
@@ -130,6 +135,7 @@ mod tests {
         want.sort();
         assert_eq!(used, want);
         assert!(header.contains("#define WB_GEMM_WARPS 8\n"));
+        assert!(header.contains("#define WB_TILE_ROWS 16\n#define WB_TILE_COLS 128\n"));
         assert!(header.contains("#define WB_ACT_EPS 1e-5f\n"));
     }
 
@@ -137,6 +143,7 @@ mod tests {
     fn checks_cover_every_family() {
         let checks = layout_checks();
         for needle in [
+            "TILE_WEIGHT_BYTES == 512,",
             "GemmSmem<1, 1, DEPTH_OF<true>>::FIXED == ",
             "GemmSmem<4, 2, DEPTH_OF<false>>::FIXED == ",
             "SplitSmem<8, true>::FIXED == ",

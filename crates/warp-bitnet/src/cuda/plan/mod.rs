@@ -17,7 +17,8 @@ use super::launch::check_ptr;
 use super::Gpu;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::format::{tiled, Levels};
+use crate::format::tiled::{self, TILE_COLS, TILE_ROWS, TILE_WORDS};
+use crate::format::Levels;
 
 pub(crate) use constants::{header as constants_header, layout_checks};
 pub(crate) use instances::gemm_instances;
@@ -58,6 +59,9 @@ fn tokens_per_cta(x: DType, batch: usize) -> usize {
 }
 pub(super) const MAX_GRID_Y: usize = 65_535;
 
+/// Bytes of a T2 weight tile (`TILE_WEIGHT_BYTES` in common.cuh), what a warp's ring stage holds.
+pub(crate) const TILE_BYTES: usize = TILE_WORDS * 4;
+
 /// Warps per GEMM CTA.
 const GEMM_WARPS: usize = GEMM_THREADS as usize / 32;
 /// Weight ring stages per warp of the single-token GEMM kernels, and of the others
@@ -96,8 +100,8 @@ fn gemm_fixed_smem(tokens: usize, row_tiles: usize) -> usize {
         GEMM_DEPTH
     };
     let cols = tokens.max(8);
-    let ring = GEMM_WARPS * depth * row_tiles * 512;
-    let partial_sums = GEMM_WARPS * 16 * row_tiles * cols * 4;
+    let ring = GEMM_WARPS * depth * row_tiles * TILE_BYTES;
+    let partial_sums = GEMM_WARPS * TILE_ROWS * row_tiles * cols * 4;
     let x_sums = GEMM_WARPS * cols * 4;
     let scratch = (GEMM_WARPS * 4).next_multiple_of(16);
     ring + partial_sums + x_sums + scratch
@@ -147,7 +151,9 @@ const _: () = assert!(std::mem::size_of::<GemmParams>() == 80);
 /// [`Levels::max_w2a8_cols`] columns. With
 /// `quantize_x`, a single f16 (bf16) token is quantized per token to int8 inside the
 /// kernel (the arithmetic of [`quantize_i8`](Gpu::quantize_i8)) and multiplied as
-/// W2A8 into f16 (bf16): one launch instead of two.
+/// W2A8 into f16 (bf16): one launch instead of two, where the int8 row fits the kernel's
+/// shared memory ([`Gpu::route_quantized`] says [`Route::OneLaunch`]); a longer row is
+/// quantized by `quantize_i8` first ([`Gpu::gemm_tiles_raw`] does both).
 #[derive(Clone, Copy, Debug)]
 pub struct GemmArgs {
     /// `[batch, ldx]` activations.
@@ -168,7 +174,8 @@ pub struct GemmArgs {
     pub bias: Option<CUdeviceptr>,
     /// `[batch]` f32 per-token dequantization factors; required for i8 activations.
     pub x_scale: Option<CUdeviceptr>,
-    /// Quantize the f16/bf16 activations to int8 in the kernel (batch 1 only).
+    /// Quantize the f16/bf16 activations to int8 for a W2A8 product (batch 1 only): in the
+    /// kernel where the row fits, else first.
     pub quantize_x: bool,
 }
 
@@ -379,28 +386,25 @@ pub(crate) fn plan_gemm(
         ));
     }
     let (_, k_tiles) = tiled::tile_counts(rows, cols);
-    // The single-token kernels keep the activation row (128 columns per k tile) in
-    // shared memory; a row too long for it takes the 8-token kernel.
     let staged = if a.quantize_x { I8 } else { a.x_dtype };
-    let row_bytes = k_tiles * 128 * staged.size();
+    let row_bytes = staged_row_bytes(cols, staged);
     let mut tokens = tokens_per_cta(a.x_dtype, a.batch);
     let staging = if a.quantize_x {
         Staging::Quantized
     } else {
         Staging::AsIs
     };
+    if a.quantize_x && !quantizes_in_kernel(cols, levels, a.x_dtype, gpu)? {
+        // Gpu::gemm_tiles_raw quantizes such rows first; the plan itself cannot.
+        return Err(Error::TooLarge {
+            arg: "cols",
+            value: cols as u64,
+            limit: one_launch_max_cols(levels, a.x_dtype, gpu)? as u64,
+        });
+    }
+    // A row too long for the single-token kernel's shared memory takes the 8-token kernel.
     let single = gemm_symbol(levels, a.x_dtype, staging, a.y_dtype, Cta::Single);
-    let row_room = gpu
-        .max_dynamic(&single)?
-        .saturating_sub(gemm_fixed_smem(1, 1));
-    if tokens == 1 && row_bytes > row_room {
-        if a.quantize_x {
-            return Err(Error::TooLarge {
-                arg: "cols",
-                value: cols as u64,
-                limit: (row_room / 128 * 128) as u64,
-            });
-        }
+    if tokens == 1 && row_bytes > row_room(&single, gpu)? {
         tokens = tokens_per_cta_options(a.x_dtype)[0];
     }
     let groups = a.batch.div_ceil(tokens);
@@ -537,6 +541,41 @@ pub(crate) fn plan_gemm(
         threads: GEMM_THREADS,
         prepass: None,
     })
+}
+
+/// Bytes of a single-token kernel's staged activation row: whole k tiles of `x`.
+fn staged_row_bytes(cols: usize, x: DType) -> usize {
+    cols.next_multiple_of(TILE_COLS) * x.size()
+}
+
+/// Shared memory the single-token kernel `symbol` has left for its staged activation row on
+/// this GPU (its most dynamic shared memory less the fixed part).
+fn row_room(symbol: &str, gpu: &impl Occupancy) -> Result<usize> {
+    Ok(gpu
+        .max_dynamic(symbol)?
+        .saturating_sub(gemm_fixed_smem(1, 1)))
+}
+
+/// The most columns of one f16 / bf16 (`x`) token that the single-token kernel quantizes
+/// itself (W2A8 in one launch, [`GemmArgs::quantize_x`]): its int8 row, a byte per column in
+/// whole k tiles, must fit the kernel's shared memory on this GPU (about 64K columns on sm_86
+/// and sm_89, 130K on the A100, 195K on the H100).
+pub(crate) fn one_launch_max_cols(levels: Levels, x: DType, gpu: &impl Occupancy) -> Result<usize> {
+    let symbol = gemm_symbol(levels, x, Staging::Quantized, x, Cta::Single);
+    Ok(row_room(&symbol, gpu)? / TILE_COLS * TILE_COLS)
+}
+
+/// Whether one f16 / bf16 token of W2A8 over `cols` columns is quantized inside the
+/// single-token kernel (one launch) rather than by quantize_i8 before the int8 kernels (two):
+/// the one decision that [`Gpu::route_quantized`], [`Gpu::gemm_tiles_raw`] (and so
+/// [`Gpu::gemv_quantized`] and the Python package) and the planner share (docs/NOTES.md, v36).
+pub(crate) fn quantizes_in_kernel(
+    cols: usize,
+    levels: Levels,
+    x: DType,
+    gpu: &impl Occupancy,
+) -> Result<bool> {
+    Ok(cols <= one_launch_max_cols(levels, x, gpu)?)
 }
 
 fn missing(arg: &'static str, why: &str) -> Error {

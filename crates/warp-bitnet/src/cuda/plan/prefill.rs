@@ -1,10 +1,11 @@
 //! The prefill kernels' plans (from 65 tokens): 256 rows x 128 tokens per CTA over the
 //! whole K, or K split over several CTAs per tile, after a pre-pass over the activations.
 
-use super::{gemm_symbol, Cta, GemmArgs, GemmParams, GemmPlan, Occupancy, Staging};
+use super::{gemm_symbol, Cta, GemmArgs, GemmParams, GemmPlan, Occupancy, Staging, TILE_BYTES};
 use crate::cuda::launch::elems;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::format::tiled::{TILE_COLS, TILE_ROWS};
 use crate::format::Levels;
 
 /// The prefill kernel's activation pre-pass (`prefill_x_*` in quant.cu): one CTA of
@@ -75,7 +76,7 @@ pub(super) const PREFILL_MMA_MAX_STAGES: usize = 6;
 /// Bytes of one pipeline stage of the prefill kernels: one k tile of activations (128
 /// tokens) and weights (16 row tiles); mirrors `PrefillMma::STAGE` (gemm_prefill_mma.cuh).
 pub(super) fn prefill_stage(x: DType) -> usize {
-    PREFILL_TOKENS * 128 * x.size() + 16 * 512
+    PREFILL_TOKENS * TILE_COLS * x.size() + PREFILL_ROWS / TILE_ROWS * TILE_BYTES
 }
 
 /// Dynamic shared memory of the wgmma prefill kernel: its stages, and 1 KB to align
@@ -168,7 +169,7 @@ pub(super) fn plan_prefill(
     if smem > max_dynamic {
         return Ok(None);
     }
-    let tiles = (row_tiles * 16).div_ceil(PREFILL_ROWS) * a.batch.div_ceil(PREFILL_TOKENS);
+    let tiles = (row_tiles * TILE_ROWS).div_ceil(PREFILL_ROWS) * a.batch.div_ceil(PREFILL_TOKENS);
     let split = if wgmma {
         prefill_split(&symbol, smem, tiles, k_tiles, gpu)?
     } else {
@@ -191,12 +192,12 @@ pub(super) fn plan_prefill(
         return Err(Error::TooLarge {
             arg: "batch",
             value: a.batch as u64,
-            limit: (i32::MAX as usize / split / (row_tiles * 16).div_ceil(PREFILL_ROWS)
+            limit: (i32::MAX as usize / split / (row_tiles * TILE_ROWS).div_ceil(PREFILL_ROWS)
                 * PREFILL_TOKENS) as u64,
         });
     }
     let xsz = a.x_dtype.size();
-    let row_bytes = elems("x", k_tiles * 128 * xsz, a.batch)?;
+    let row_bytes = elems("x", k_tiles * TILE_COLS * xsz, a.batch)?;
     let (symbol_x, sums, word) = if a.x_dtype == DType::I8 {
         (PREPASS_I8, a.batch * 4, 4)
     } else {

@@ -14,14 +14,19 @@ pub enum Route {
     /// cuBLAS over the weights decoded to a dense matrix (f16 / bf16 with the scale folded
     /// in; int8 with exact int32 sums and the kernels' W2A8 epilogue).
     Dense,
+    /// W2A8 on one f16 / bf16 token in one launch: the single-token kernel quantizes the
+    /// row to int8 in its shared memory ([`Gpu::route_quantized`](crate::cuda::Gpu::route_quantized);
+    /// a row too long for it is quantized first, then takes the int8 route).
+    OneLaunch,
 }
 
 impl Route {
-    /// "groups", "split", "prefill", "prefill_mma" or "dense".
+    /// "groups", "split", "prefill", "prefill_mma", "dense" or "one_launch".
     pub fn name(self) -> &'static str {
         match self {
             Route::Kernels(f) => f.name(),
             Route::Dense => "dense",
+            Route::OneLaunch => "one_launch",
         }
     }
 }

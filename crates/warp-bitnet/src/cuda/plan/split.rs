@@ -3,9 +3,11 @@
 
 use super::{
     gemm_symbol, Cta, GemmArgs, GemmParams, GemmPlan, Occupancy, SplitKernels, Staging, MAX_GRID_Y,
+    TILE_BYTES,
 };
 use crate::dtype::DType;
 use crate::error::Result;
+use crate::format::tiled::TILE_COLS;
 use crate::format::Levels;
 
 /// Batches from which the split-K cluster kernels take over (sm_90+): up to 8 tokens
@@ -54,7 +56,7 @@ pub(super) fn split_warps(tokens: usize, wgmma: bool) -> (usize, usize) {
 /// `SplitSmem` in gemm_split.cuh.
 pub(super) fn split_fixed_smem(tokens: usize, wgmma: bool) -> usize {
     let (warps, rw) = split_warps(tokens, wgmma);
-    let ring = warps * SPLIT_DEPTH * rw * 512;
+    let ring = warps * SPLIT_DEPTH * rw * TILE_BYTES;
     let partial_sums = warps * 32 * rw * tokens * 2;
     let x_sums = tokens * 4;
     ring + partial_sums + x_sums
@@ -65,9 +67,9 @@ pub(super) fn split_fixed_smem(tokens: usize, wgmma: bool) -> usize {
 /// 16 bytes (`SplitX` in gemm_split.cuh).
 pub(super) fn split_x_smem(x: DType, tokens: usize, per: usize, wgmma: bool) -> usize {
     if wgmma {
-        per * (tokens * 128 * x.size() + 16)
+        per * (tokens * TILE_COLS * x.size() + 16)
     } else {
-        tokens * (per * 128 * x.size() + 32)
+        tokens * (per * TILE_COLS * x.size() + 32)
     }
 }
 

@@ -288,6 +288,55 @@ fn quantize_x_takes_the_single_token_int8_kernel() {
     }
 }
 
+/// W2A8 in one launch (the kernel quantizes its row) up to the columns whose int8 row fits
+/// the single-token kernel's shared memory, which differs per GPU; the planner takes the
+/// quantizing kernel exactly up to that limit and names it past it.
+#[test]
+fn the_one_launch_limit_follows_the_shared_memory() {
+    // sm_86 / sm_89 (99 KB a CTA), the A100 (163 KB), the H100 (227 KB).
+    let gpus = [99usize, 163, 227].map(|kb| FakeGpu {
+        max_dynamic: kb << 10,
+        ..*GPU
+    });
+    let mut limits = Vec::new();
+    for gpu in &gpus {
+        for (levels, x) in [(Levels::Ternary, DType::F16), (Levels::Int2, DType::BF16)] {
+            let limit = one_launch_max_cols(levels, x, gpu).unwrap();
+            // Whole k tiles of int8 beside the kernel's fixed shared memory.
+            let room = gpu.max_dynamic - gemm_fixed_smem(1, 1);
+            assert!(limit % 128 == 0 && limit <= room && room < limit + 128);
+            assert!(quantizes_in_kernel(limit, levels, x, gpu).unwrap());
+            assert!(!quantizes_in_kernel(limit + 1, levels, x, gpu).unwrap());
+            let at = |cols: usize| GemmArgs {
+                quantize_x: true,
+                ldx: cols,
+                ..args(x, x, 1)
+            };
+            let p = plan_gemm(100, limit, levels, 0x10, None, &at(limit), gpu).unwrap();
+            assert_eq!(
+                p.symbol,
+                gemm_symbol(levels, x, Staging::Quantized, x, Cta::Single)
+            );
+            assert_eq!(p.smem as usize, gemm_fixed_smem(1, 1) + limit);
+            let past = plan_gemm(100, limit + 1, levels, 0x10, None, &at(limit + 1), gpu);
+            assert!(
+                matches!(past, Err(Error::TooLarge { arg: "cols", limit: l, .. }) if l == limit as u64),
+                "{past:?}"
+            );
+            limits.push(limit);
+        }
+    }
+    // Less the 37,152 fixed bytes, 99 KB hold 501 k tiles, 163 KB 1013, 227 KB 1525.
+    assert_eq!(
+        (limits[0], limits[2], limits[4]),
+        (64_128, 129_664, 195_200)
+    );
+    assert_eq!(
+        (limits[1], limits[3], limits[5]),
+        (limits[0], limits[2], limits[4])
+    );
+}
+
 #[test]
 fn prefill_kernel_from_65_tokens() {
     // 17000 x 300: 67 blocks of 256 rows, 3 k tiles; 200 tokens are two token blocks,
