@@ -286,3 +286,16 @@ def test_gpu_routes_are_asked_of_the_native_planner(monkeypatch):
         (0, 64, 800, "ternary", "float16", 101, True),
         (0, 64, 800, "ternary", "float16", 100, False),
     ]
+
+
+@pytest.mark.parametrize("m, n", [(7, 100), (300, 2000)])
+def test_words_that_need_a_host_copy_stay_alive_through_the_native_call(m, n):
+    # A non-contiguous view makes `host()` copy; the copy must outlive the native call that
+    # reads it by address (it did not: freed memory read as invalid codes on CUDA tensors).
+    W = torch.randint(-1, 2, (m, n)).float()
+    words = wb.pack_ternary(W)
+    view = words.t().contiguous().t()
+    assert not view.is_contiguous()
+    for _ in range(20):
+        wb.validate_packed(view, n)
+        assert torch.equal(wb.unpack_ternary(view, n).float(), W)

@@ -27,5 +27,6 @@ class PaddingError(ValueError):
 
 def host(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``t`` as a contiguous CPU tensor of ``dtype`` (a copy only where needed), for the
-    native host functions, which read it by address."""
+    native host functions, which read it by address. Bind the result to a name for as long as
+    the native call runs: ``f(host(t).data_ptr())`` frees a copy before ``f`` reads it."""
     return t.detach().to(device="cpu", dtype=dtype).contiguous()

@@ -62,7 +62,8 @@ def check_words(packed: torch.Tensor, n: int, levels: str) -> None:
     m, words = packed.shape
     if not (words - 1) * 16 < n <= words * 16:
         raise ValueError(f"`packed` has {words} words per row, which cannot hold N = {n} columns")
-    fault = _native.find_bad_code(host(packed, torch.int32).data_ptr(), m, n, levels)
+    words_host = host(packed, torch.int32)  # bound: the native call reads it by address
+    fault = _native.find_bad_code(words_host.data_ptr(), m, n, levels)
     if fault is None:
         return
     kind, r, c = fault
@@ -80,7 +81,8 @@ def _unpacked(packed: torch.Tensor, n: int, levels: str, dtype: torch.dtype) -> 
     """The bytes ``[M, n]`` of validated words: int8 weights, or uint8 INT2 codes."""
     check_words(packed, n, levels)
     out = torch.empty(packed.shape[0], n, dtype=dtype)
-    _native.unpack_words(host(packed, torch.int32).data_ptr(), packed.shape[0], n, levels, out.data_ptr())
+    words_host = host(packed, torch.int32)  # bound: the native call reads it by address
+    _native.unpack_words(words_host.data_ptr(), packed.shape[0], n, levels, out.data_ptr())
     return out.to(packed.device)
 
 
@@ -148,5 +150,6 @@ def unpack_hf_bitnet(
         raise ValueError(f"the weight scale is not finite ({s.item()}); a zero `weight_scale` with bitlinear?")
     quarter, cols = weight.shape
     out = torch.empty(4 * quarter, cols, dtype=torch.int8)
-    _native.unpack_hf_bitnet(host(weight, torch.uint8).data_ptr(), 4 * quarter, cols, out.data_ptr())
+    weight_host = host(weight, torch.uint8)  # bound: the native call reads it by address
+    _native.unpack_hf_bitnet(weight_host.data_ptr(), 4 * quarter, cols, out.data_ptr())
     return out.to(weight.device), s
