@@ -14,7 +14,7 @@ use warp_bitnet::engine::{generate, Device, Engine, EngineOptions, ModelConfig, 
 
 use super::{name_of, write_json, ModelArgs, ModelRow, RowContext};
 
-/// Decode batch sizes with a captured graph (engine/gpu/schedule.rs `GRAPH_BATCHES`).
+/// Decode batch sizes with a captured graph (cuda/engine/schedule.rs `GRAPH_BATCHES`).
 const GRAPHED: [usize; 5] = [1, 2, 4, 8, 16];
 
 pub fn run_cuda(

@@ -18,6 +18,7 @@
 
 pub mod compile;
 mod dense;
+pub(crate) mod engine;
 mod engine_ops;
 mod gemm;
 mod launch;

@@ -22,8 +22,18 @@ pub(crate) fn check_available() -> Result<()> {
 }
 
 impl GpuEngine {
-    pub fn new(_: usize, _: &ModelConfig, _: &Weights, _: usize, _: usize) -> Result<Self> {
+    pub fn new(
+        _: usize,
+        _: &ModelConfig,
+        _: &Weights,
+        _: (usize, Option<f64>),
+        _: usize,
+    ) -> Result<Self> {
         Err(unavailable())
+    }
+
+    pub fn slots(&self) -> usize {
+        match *self {}
     }
 
     pub fn forward(&mut self, _: &Plan, _: &mut [f32]) -> Result<()> {

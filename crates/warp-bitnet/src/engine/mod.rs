@@ -25,29 +25,29 @@
 //! the lm_head through [`crate::cpu::dense`] (as stored, or int8 rows with
 //! [`LmHead::Int8`]); [`Engine::phase_times`] says where the time went. [`Device::Cuda`]
 //! runs the same numerics on a GPU (weights and an f16 KV cache on the device, the decode step
-//! replayed from a CUDA graph; `engine/gpu/`), or fails with
+//! replayed from a CUDA graph; `cuda/engine/`), or fails with
 //! [`Error::NoCudaDriver`](crate::Error::NoCudaDriver) where there is none.
 
 mod act_quant;
-mod config;
-mod forward;
+pub(crate) mod config;
+pub(crate) mod forward;
 mod generate;
 mod gguf_model;
 mod gguf_tokenizer;
 #[cfg(feature = "cuda")]
-mod gpu;
+use crate::cuda::engine as gpu;
 #[cfg(not(feature = "cuda"))]
 #[path = "gpu_stub.rs"]
 mod gpu;
 mod kv_cache;
 mod load;
-mod memory;
+pub(crate) mod memory;
 mod profile;
 mod rope;
 mod sampler;
 mod store;
 mod tokenizer;
-mod weights;
+pub(crate) mod weights;
 
 use std::path::Path;
 use std::sync::Arc;

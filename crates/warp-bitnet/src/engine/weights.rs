@@ -31,7 +31,7 @@ impl Linear {
     /// The packed ternary matrix again (I2 words, per-row scales), rebuilt from C2 for
     /// consumers of the interchange layout (the GPU engine's upload): the engine holds only C2,
     /// and the conversion is lossless.
-    #[allow(dead_code)] // for the GPU engine (engine/gpu), merged separately
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))] // the GPU engine's upload (cuda/engine)
     pub fn ternary(&self) -> Result<TernaryMatrix> {
         use crate::cpu::arch::{BLOCK, BLOCK_BYTES};
         let (rows, cols, m) = (self.c2.rows(), self.c2.cols(), &self.c2);

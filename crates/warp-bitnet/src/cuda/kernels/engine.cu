@@ -1,4 +1,4 @@
-// The inference engine's small kernels (src/engine/gpu/): everything of a decode step but the
+// The inference engine's small kernels (src/cuda/engine/): everything of a decode step but the
 // ternary GEMMs (gemm.cu, raw int32 accumulators) and the lm_head (cuBLAS).
 //
 // Layout. Activations are row-major per token: the residual stream x [tokens, hidden] f32;

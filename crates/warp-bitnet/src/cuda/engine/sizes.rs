@@ -1,10 +1,10 @@
 //! Every buffer of the GPU engine, sized once from the config and the options, and the device
 //! memory they take (checked against the free memory before anything is allocated).
 
-use super::super::config::ModelConfig;
-use super::super::weights::Weights;
 use crate::cuda::{attention_part_len, attention_splits};
 use crate::dtype::DType;
+use crate::engine::config::ModelConfig;
+use crate::engine::weights::Weights;
 use crate::error::{checked_elems, Error, Result};
 use crate::format::tiled;
 

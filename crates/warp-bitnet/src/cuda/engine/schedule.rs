@@ -5,7 +5,7 @@
 
 use std::ops::Range;
 
-use super::super::forward::Plan;
+use crate::engine::forward::Plan;
 
 /// Decode batch sizes (entries of one token each) whose step is captured into a graph.
 pub(crate) const GRAPH_BATCHES: [usize; 5] = [1, 2, 4, 8, 16];

@@ -2,15 +2,15 @@
 //! tables, stacking, passes and graph keys, and the error where no GPU exists. The device
 //! side is tested on a GPU host (tests/engine_gpu.rs, cuda/engine_ops/tests.rs).
 
-use super::super::config::HiddenAct;
-use super::super::forward::{Plan, TokenPos};
-use super::super::{Device, Engine, EngineOptions};
 use super::schedule::{graph_batch, passes, Pass, GRAPH_BATCHES};
 use super::sizes::{check_fits, weight_bytes, Sizes, CHUNK_TOKENS, SCALE_SLOTS};
 use super::step::locate;
 use super::tables::{rope_table, stack, table_bytes, table_dtype};
 use super::*;
 use crate::dtype::DType;
+use crate::engine::config::HiddenAct;
+use crate::engine::forward::{Plan, TokenPos};
+use crate::engine::{Device, Engine, EngineOptions};
 use crate::format::tiled;
 
 fn tiny() -> ModelConfig {
@@ -131,7 +131,7 @@ fn the_rope_table_rotates_exactly_as_the_cpu() {
             })
             .collect();
         let mut cpu = x.clone();
-        super::super::forward::rope(&mut cpu, d, pos, &inv_freq);
+        crate::engine::forward::rope(&mut cpu, d, pos, &inv_freq);
         // The kernel's arithmetic: (a cos - b sin, b cos + a sin), each product rounded.
         for i in 0..half {
             let (cos, sin) = (table[(pos * half + i) * 2], table[(pos * half + i) * 2 + 1]);

@@ -34,11 +34,11 @@ use std::sync::Arc;
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::CudaStream;
 
-use super::config::ModelConfig;
-use super::forward::Plan;
-use super::memory;
-use super::weights::Weights;
 use crate::cuda::{Gpu, OwnedGraph};
+use crate::engine::config::ModelConfig;
+use crate::engine::forward::Plan;
+use crate::engine::memory;
+use crate::engine::weights::Weights;
 use crate::error::{Error, Result};
 use sizes::Sizes;
 use step::State;

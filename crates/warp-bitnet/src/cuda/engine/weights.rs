@@ -7,12 +7,12 @@ use std::sync::Arc;
 use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{CudaSlice, CudaStream, CudaView, DevicePtr, DeviceRepr, ValidAsZeroBits};
 
-use super::super::config::ModelConfig;
-use super::super::weights::{Layer, Linear, Weights};
 use super::tables::{stack, table_bytes, table_dtype};
 use crate::cpu::dense::DenseMatrix;
 use crate::cuda::{Gpu, GpuMatrix};
 use crate::dtype::DType;
+use crate::engine::config::ModelConfig;
+use crate::engine::weights::{Layer, Linear, Weights};
 use crate::error::Result;
 
 /// A device buffer and its raw address (taken once: launches and graph capture use the

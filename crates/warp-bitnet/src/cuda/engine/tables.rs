@@ -1,10 +1,10 @@
 //! Host-side preparation of what the GPU engine uploads: the 16-bit (or f32) float tables,
 //! the RoPE (cos, sin) table, and linear layers stacked into one GEMM.
 
-use super::super::config::ModelConfig;
-use super::super::weights::Linear;
 use crate::cpu::dense::{DenseData, DenseMatrix};
 use crate::dtype::DType;
+use crate::engine::config::ModelConfig;
+use crate::engine::weights::Linear;
 use crate::error::{Error, Result};
 use crate::format::{i2, Scale, TernaryMatrix};
 
@@ -44,7 +44,7 @@ pub(crate) fn rope_table(c: &ModelConfig, max_context: usize) -> Vec<f32> {
     for pos in 0..max_context {
         unit[..half].fill(1.0);
         unit[half..].fill(0.0);
-        super::super::forward::rope(&mut unit, d, pos, &inv_freq);
+        crate::engine::forward::rope(&mut unit, d, pos, &inv_freq);
         table.extend((0..half).flat_map(|i| [unit[i], unit[i + half]]));
     }
     table

@@ -16,13 +16,13 @@
 
 use cudarc::driver::sys::CUdeviceptr;
 
-use super::super::config::{HiddenAct, ModelConfig};
 use super::sizes::{Sizes, SCALE_SLOTS};
 use super::weights::{Dev, Gemm, GpuWeights};
 use super::GpuEngine;
 use crate::cuda::GemmArgs;
 use crate::cuda::{Deq, RowInput, RowOp, RowOutput};
 use crate::dtype::DType;
+use crate::engine::config::{HiddenAct, ModelConfig};
 use crate::error::Result;
 use crate::format::Levels;
 
