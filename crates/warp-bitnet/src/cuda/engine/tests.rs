@@ -30,14 +30,12 @@ fn sizes_of_the_2b4t_buffers() {
     assert_eq!((s.chunk, s.logit_rows), (CHUNK_TOKENS, 1));
     assert_eq!(s.kv_elems, 30 * 4096 * 640);
     assert_eq!(s.rope_len, 4096 * 128);
-    assert_eq!(s.att_split, (64, 64));
     let n = CHUNK_TOKENS as u64;
     let expected = 16 * n // ids
         + 4 * n * 2560 // x
         + n * 6912 + 4 * n * SCALE_SLOTS as u64 // q8, scales
         + 4 * n * 2 * 6912 // sums
         + 2 * 4 * n * 2560 // q, attention output
-        + 4 * n * 20 * 64 * 130 // split attention: 64 splits of 64 positions, 128 outputs + 2
         + (2560 * 2 + 4 * 128_256 + 4) // one row of lm_head input (bf16), logits, token
         + 2 * 2 * 30 * 4096 * 640 // f16 K and V
         + 4 * 4096 * 128; // RoPE table
