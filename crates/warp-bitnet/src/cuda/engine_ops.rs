@@ -20,14 +20,8 @@ use crate::error::{Error, Result};
 pub(crate) const ROW_THREADS: u32 = 512;
 /// Threads of `rope_kv_append`.
 pub(crate) const ROPE_THREADS: u32 = 256;
-/// Threads of `attention_split` and `attention_combine`.
+/// Threads of `attention_decode`.
 pub(crate) const ATT_THREADS: u32 = 128;
-/// Query heads per KV head `attention_split` scores together (`ATT_MAX_GROUP` in engine.cu).
-const ATT_MAX_GROUP: usize = 8;
-/// The fewest positions one `attention_split` CTA takes, and the most CTAs (splits) one
-/// token's context is cut into: longer contexts take longer splits.
-const ATT_SPLIT_MIN: usize = 64;
-const ATT_MAX_SPLITS: usize = 64;
 /// Threads of `argmax_f32`.
 pub(crate) const ARGMAX_THREADS: u32 = 1024;
 /// Threads of `embed_gather`.
@@ -143,44 +137,14 @@ pub(crate) struct AttnParams {
     pub pos: CUdeviceptr,
     pub slot: CUdeviceptr,
     pub out: CUdeviceptr,
-    /// `[tokens, heads, splits, head_dim + 2]` f32: [`attention_part_len`].
-    pub part: CUdeviceptr,
     pub heads: u32,
     pub kv_heads: u32,
     pub head_dim: u32,
     pub max_context: u32,
     pub scaling: f32,
-    /// `(split, splits)` of [`attention_splits`] for `max_context`.
-    pub split: u32,
-    pub splits: u32,
     pub pad: u32,
 }
-const _: () = assert!(std::mem::size_of::<AttnParams>() == 88);
-
-/// `(split, splits)`: positions per `attention_split` CTA (a multiple of 32, at least
-/// [`ATT_SPLIT_MIN`]) and the most CTAs a context of `max_context` positions takes.
-pub(crate) fn attention_splits(max_context: usize) -> (usize, usize) {
-    let split = max_context
-        .div_ceil(ATT_MAX_SPLITS)
-        .max(ATT_SPLIT_MIN)
-        .next_multiple_of(32);
-    (split, max_context.div_ceil(split))
-}
-
-/// f32 elements of the split attention's partial results for `tokens` tokens.
-pub(crate) fn attention_part_len(
-    tokens: usize,
-    heads: usize,
-    head_dim: usize,
-    max_context: usize,
-) -> Result<usize> {
-    let (_, splits) = attention_splits(max_context);
-    [heads, splits, head_dim + 2]
-        .iter()
-        .try_fold(tokens, |a, &b| {
-            crate::error::checked_elems("attention workspace", a, b)
-        })
-}
+const _: () = assert!(std::mem::size_of::<AttnParams>() == 72);
 
 /// A launch shape: grid, threads per CTA, dynamic shared memory bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -234,61 +198,37 @@ pub(crate) fn row_norm_shape(tokens: usize, n: usize, max_smem: usize) -> Result
     row_shape(tokens, ROW_THREADS, smem, max_smem)
 }
 
-/// `attention_split`: grid (kv_heads, tokens, splits), group x (head_dim + split) f32 of
-/// shared memory; `attention_combine`: grid (heads, tokens).
-pub(crate) fn attention_shapes(
+/// `attention_decode`: grid (heads, tokens), (head_dim + max_context) f32 of shared memory.
+pub(crate) fn attention_shape(
     heads: usize,
-    kv_heads: usize,
     tokens: usize,
     head_dim: usize,
     max_context: usize,
     max_smem: usize,
-) -> Result<(Shape, Shape)> {
+) -> Result<Shape> {
     nonzero("heads", heads)?;
-    nonzero("kv_heads", kv_heads)?;
     nonzero("tokens", tokens)?;
     nonzero("head_dim", head_dim)?;
     nonzero("max_context", max_context)?;
-    if heads % kv_heads != 0 {
-        return Err(Error::Unsupported {
-            what: "kv_heads",
-            detail: format!("{kv_heads} does not divide heads {heads}"),
-        });
-    }
-    let group = heads / kv_heads;
-    if group > ATT_MAX_GROUP {
-        return Err(too_large(
-            "heads / kv_heads (query heads per kv head)",
-            group,
-            ATT_MAX_GROUP,
-        ));
-    }
     if tokens > MAX_GRID_Y {
         return Err(too_large("tokens", tokens, MAX_GRID_Y));
     }
-    let (split, splits) = attention_splits(max_context);
     let smem = head_dim
-        .checked_add(split)
-        .and_then(|v| v.checked_mul(4 * group))
+        .checked_add(max_context)
+        .and_then(|v| v.checked_mul(4))
         .filter(|&s| s <= max_smem)
         .ok_or_else(|| {
             too_large(
-                "head_dim (attention query rows in shared memory)",
-                head_dim,
-                (max_smem / 4 / group).saturating_sub(split),
+                "max_context (attention scores in shared memory)",
+                max_context,
+                (max_smem / 4).saturating_sub(head_dim),
             )
         })?;
-    let split_shape = Shape {
-        grid: (kv_heads as u32, tokens as u32, splits as u32),
-        block: ATT_THREADS,
-        smem: smem as u32,
-    };
-    let combine = Shape {
+    Ok(Shape {
         grid: (u32_arg("heads", heads)?, tokens as u32, 1),
         block: ATT_THREADS,
-        smem: 0,
-    };
-    Ok((split_shape, combine))
+        smem: smem as u32,
+    })
 }
 
 impl RowOp {
@@ -416,12 +356,12 @@ impl Gpu {
     }
 
     /// Checks once, when an engine is built, that every launch its shapes need fits this GPU:
-    /// rows of each `widths` in shared memory, and the attention's query group and split of
-    /// `max_context` positions.
+    /// rows of each `widths` in shared memory, and the attention's scores for `max_context`
+    /// positions.
     pub(crate) fn check_engine_shapes(
         &self,
         widths: &[usize],
-        (heads, kv_heads): (usize, usize),
+        heads: usize,
         head_dim: usize,
         max_context: usize,
     ) -> Result<()> {
@@ -429,8 +369,8 @@ impl Gpu {
         for &n in widths {
             row_norm_shape(1, n, row)?;
         }
-        let att = self.max_smem("attention_split")?;
-        attention_shapes(heads, kv_heads, 1, head_dim, max_context, att).map(|_| ())
+        let att = self.max_smem("attention_decode")?;
+        attention_shape(heads, 1, head_dim, max_context, att).map(|_| ())
     }
 
     /// `x[t, :] = table[tok[t], :]` as f32 for `tokens` tokens (`table`: f32, f16 or bf16
@@ -527,13 +467,11 @@ impl Gpu {
         unsafe { self.launch_struct("rope_kv_append", shape, &mut params, stream) }
     }
 
-    /// Decode attention of `tokens` tokens (each over positions `0 ..= pos` of its slot): the
-    /// split pass into `part`, then the combine pass into `out`.
+    /// Decode attention of `tokens` tokens (each over positions `0 ..= pos` of its slot).
     ///
     /// # Safety
     /// As [`Gpu::rope_kv_append_raw`]: `q` and `out` `tokens * heads * head_dim` f32, the
-    /// caches `[slots, max_context, kv_dim]` f16 with every attended row written, `part`
-    /// [`attention_part_len`] f32; `split` and `splits` as [`attention_splits`] gives them.
+    /// caches `[slots, max_context, kv_dim]` f16 with every attended row written.
     pub(crate) unsafe fn attention_raw(
         &self,
         p: &AttnParams,
@@ -548,32 +486,19 @@ impl Gpu {
             ("pos", p.pos, 4),
             ("slot", p.slot, 4),
             ("out", p.out, 4),
-            ("part", p.part, 4),
         ] {
             check_ptr(arg, ptr, align)?;
         }
-        let (split, splits) = attention_splits(p.max_context as usize);
-        if (p.split as usize, p.splits as usize) != (split, splits) {
-            return Err(Error::ShapeMismatch {
-                arg: "split, splits",
-                expected: format!("{split}, {splits}"),
-                got: format!("{}, {}", p.split, p.splits),
-            });
-        }
-        let (first, second) = attention_shapes(
+        let shape = attention_shape(
             p.heads as usize,
-            p.kv_heads as usize,
             tokens,
             p.head_dim as usize,
             p.max_context as usize,
-            self.max_smem("attention_split")?,
+            self.max_smem("attention_decode")?,
         )?;
         let mut params = *p;
         // SAFETY: checked above; the caller guarantees the buffers.
-        unsafe {
-            self.launch_struct("attention_split", first, &mut params, stream)?;
-            self.launch_struct("attention_combine", second, &mut params, stream)
-        }
+        unsafe { self.launch_struct("attention_decode", shape, &mut params, stream) }
     }
 
     /// `out[r]` = the first index of the largest non-NaN value of row `r` of `logits`

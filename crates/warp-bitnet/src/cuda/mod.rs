@@ -32,10 +32,7 @@ use std::sync::{Arc, Mutex};
 use cudarc::driver::sys::CUdevice_attribute as Attr;
 use cudarc::driver::{CudaContext, CudaFunction};
 
-pub(crate) use engine_ops::{
-    attention_part_len, attention_splits, AttnParams, Deq, OwnedGraph, RopeParams, RowInput, RowOp,
-    RowOutput,
-};
+pub(crate) use engine_ops::{AttnParams, Deq, OwnedGraph, RopeParams, RowInput, RowOp, RowOutput};
 pub use gemm::{GpuFloat, GpuOut, PreparedGemm};
 pub use plan::{
     gemm_symbol, tokens_per_cta_options, Cta, GemmArgs, GemmParams, KernelFamily, Route,
@@ -476,8 +473,7 @@ mod tests {
                 "embed_gather",
                 "row_norm_quant",
                 "rope_kv_append",
-                "attention_split",
-                "attention_combine",
+                "attention_decode",
                 "argmax_f32"
             ]
         );

@@ -93,12 +93,7 @@ impl GpuEngine {
         let gpu = Gpu::new(ordinal)?;
         let stream = gpu.context().new_stream()?;
         let widths = [c.hidden_size, c.q_dim(), c.intermediate_size];
-        gpu.check_engine_shapes(
-            &widths,
-            (c.num_heads, c.num_kv_heads),
-            c.head_dim,
-            max_context,
-        )?;
+        gpu.check_engine_shapes(&widths, c.num_heads, c.head_dim, max_context)?;
         let (embed, head) = weights::table_dtypes(w)?;
         let weight_bytes = sizes::weight_bytes(c, w, embed, head);
         let need = |slots: usize| -> Result<u64> {

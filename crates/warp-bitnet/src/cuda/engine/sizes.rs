@@ -1,7 +1,6 @@
 //! Every buffer of the GPU engine, sized once from the config and the options, and the device
 //! memory they take (checked against the free memory before anything is allocated).
 
-use crate::cuda::{attention_part_len, attention_splits};
 use crate::dtype::DType;
 use crate::engine::config::ModelConfig;
 use crate::engine::weights::Weights;
@@ -29,10 +28,6 @@ pub(crate) struct Sizes {
     pub kv_elems: usize,
     /// f32 of the RoPE table: `[max_context, head_dim / 2, 2]`.
     pub rope_len: usize,
-    /// The split attention's `(positions per split, splits)` and its partial results' f32
-    /// for a chunk of tokens.
-    pub att_split: (usize, usize),
-    pub att_part: usize,
 }
 
 /// x_scale banks: consecutive quantizations alternate between two banks (a kernel reads the
@@ -55,8 +50,6 @@ impl Sizes {
             logit_rows: chunk.min(slots),
             kv_elems,
             rope_len: checked_elems("RoPE table", max_context, c.head_dim)?,
-            att_split: attention_splits(max_context),
-            att_part: attention_part_len(chunk, c.num_heads, c.head_dim, max_context)?,
         })
     }
 
@@ -72,8 +65,7 @@ impl Sizes {
         let attn = 2 * 4 * n * q; // rotated q, attention output
         let head = self.logit_rows as u64 * (h * table.size() as u64 + 4 * c.vocab_size as u64 + 4);
         let kv = 2 * 2 * self.kv_elems as u64;
-        let part = 4 * self.att_part as u64;
-        ids + x + q8 + acc + attn + part + head + kv + 4 * self.rope_len as u64
+        ids + x + q8 + acc + attn + head + kv + 4 * self.rope_len as u64
     }
 }
 

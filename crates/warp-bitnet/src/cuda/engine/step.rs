@@ -5,7 +5,7 @@
 //!
 //! Per layer (10 launches when q|k|v and gate|up are stacked):
 //! 1. GEMM q|k|v (its int8 input was written by the previous layer's last kernel);
-//! 2. `rope_kv_append`; 3. `attention_split` + `attention_combine`;
+//! 2. `rope_kv_append`; 3. `attention_decode`;
 //! 4. `row_norm_quant` of the attention output (attn_sub_norm) -> int8; 5. GEMM o;
 //! 6. `row_norm_quant`: x += o, ffn_norm -> int8; 7. GEMM gate|up;
 //! 8. `row_norm_quant`: act(gate) * up, ffn_sub_norm -> int8; 9. GEMM down;
@@ -43,8 +43,6 @@ pub(crate) struct State {
     /// `[chunk, q_dim]` rotated queries and attention outputs.
     pub q: Dev<f32>,
     pub att: Dev<f32>,
-    /// The split attention's partial results (`Sizes::att_part`).
-    pub att_part: Dev<f32>,
     /// `[logit_rows, hidden]` the final norm's output in the lm_head's type (bytes).
     pub head_in: Dev<u8>,
     /// `[logit_rows, vocab]` logits; `[logit_rows]` greedy tokens.
@@ -77,7 +75,6 @@ impl State {
             acc: Dev::zeros(stream, n * s.acc_ld)?,
             q: Dev::zeros(stream, n * c.q_dim())?,
             att: Dev::zeros(stream, n * c.q_dim())?,
-            att_part: Dev::zeros(stream, s.att_part)?,
             head_in: Dev::zeros(stream, s.logit_rows * c.hidden_size * head.size())?,
             logits: Dev::zeros(stream, s.logit_rows * c.vocab_size)?,
             greedy: Dev::zeros(stream, s.logit_rows)?,
@@ -290,19 +287,16 @@ impl GpuEngine {
             pos: st.pos.ptr,
             slot: st.slot.ptr,
             out: st.att.ptr,
-            part: st.att_part.ptr,
             heads: rope.heads,
             kv_heads: rope.kv_heads,
             head_dim: rope.head_dim,
             max_context: rope.max_context,
             scaling: (c.head_dim as f32).powf(-0.5),
-            split: self.sizes.att_split.0 as u32,
-            splits: self.sizes.att_split.1 as u32,
             pad: 0,
         };
         // SAFETY: the sums hold n rows of q|k|v; positions and slots were validated by the
         // plan (pos < max_context, slot < slots); the layer's caches are its share of the
-        // cache buffers; q and att hold n rows of q_dim, att_part the split results of n tokens.
+        // cache buffers; q and att hold n rows of q_dim.
         unsafe {
             self.gpu.rope_kv_append_raw(&rope, n, s)?;
             self.gpu.attention_raw(&attn, n, s)?;

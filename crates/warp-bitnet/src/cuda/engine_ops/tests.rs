@@ -38,30 +38,14 @@ fn row_shapes_check_tokens_and_shared_memory() {
 }
 
 #[test]
-fn attention_splits_the_context_over_kv_heads_tokens_and_blocks() {
-    // 2B-4T: 20 query heads over 5 kv heads, head_dim 128; 4096 positions in 64 splits of 64.
-    assert_eq!(attention_splits(4096), (64, 64));
-    assert_eq!(attention_splits(100), (64, 2));
-    // Longer contexts take longer splits (a multiple of 32), never more than 64 of them.
-    assert_eq!(attention_splits(5000), (96, 53));
-    assert_eq!(attention_splits(1 << 17), (2048, 64));
-    let (a, b) = attention_shapes(20, 5, 16, 128, 4096, MAX_SMEM).unwrap();
-    assert_eq!(
-        (a.grid, a.block, a.smem),
-        ((5, 16, 64), ATT_THREADS, 4 * 4 * (128 + 64))
-    );
-    assert_eq!((b.grid, b.block, b.smem), ((20, 16, 1), ATT_THREADS, 0));
-    assert_eq!(
-        attention_part_len(16, 20, 128, 4096).unwrap(),
-        16 * 20 * 64 * 130
-    );
-    let err = attention_shapes(20, 2, 1, 128, 64, MAX_SMEM).unwrap_err();
-    assert!(err.to_string().contains("query heads per kv head"), "{err}");
-    let err = attention_shapes(20, 3, 1, 128, 64, MAX_SMEM).unwrap_err();
-    assert!(err.to_string().contains("does not divide"), "{err}");
-    assert!(attention_shapes(20, 5, 70_000, 128, 64, MAX_SMEM).is_err());
-    assert!(attention_shapes(0, 1, 1, 128, 64, MAX_SMEM).is_err());
-    assert!(attention_shapes(8, 1, 1, 60_000, 64, MAX_SMEM).is_err());
+fn attention_shape_is_heads_by_tokens_with_the_scores_in_shared_memory() {
+    let s = attention_shape(20, 16, 128, 4096, MAX_SMEM).unwrap();
+    assert_eq!(s.grid, (20, 16, 1));
+    assert_eq!((s.block, s.smem), (ATT_THREADS, (128 + 4096) * 4));
+    let err = attention_shape(20, 1, 128, 60_000, MAX_SMEM).unwrap_err();
+    assert!(err.to_string().contains("max_context"), "{err}");
+    assert!(attention_shape(20, 70_000, 128, 64, MAX_SMEM).is_err());
+    assert!(attention_shape(0, 1, 128, 64, MAX_SMEM).is_err());
 }
 
 fn deq(acc: CUdeviceptr, ld: u32) -> Deq {
@@ -528,13 +512,9 @@ mod gpu {
     #[ignore = "needs a CUDA GPU"]
     fn attention_matches_an_f64_softmax() {
         let mut b = setup();
-        // Tiny; 2B-4T's heads over several splits; a long context (splits of 96); a group of 8.
-        for (heads, kv_heads, hd, max_ctx) in [
-            (4usize, 2usize, 10usize, 40usize),
-            (20, 5, 128, 700),
-            (20, 5, 128, 5000),
-            (16, 2, 64, 300),
-        ] {
+        for (heads, kv_heads, hd, max_ctx) in
+            [(4usize, 2usize, 10usize, 40usize), (20, 5, 128, 700)]
+        {
             let (slots, qd, kvd) = (2usize, heads * hd, kv_heads * hd);
             let pos = [0u32, (max_ctx - 1) as u32, 17];
             let slot = [1u32, 0, 1];
@@ -559,9 +539,6 @@ mod gpu {
             let (_p, pp) = b.up(&pos);
             let (_s, sp) = b.up(&slot);
             let (out_d, op) = b.up(&vec![f32::NAN; tokens * qd]);
-            let part_len = attention_part_len(tokens, heads, hd, max_ctx).unwrap();
-            let (_part, partp) = b.up(&vec![f32::NAN; part_len]);
-            let (split, splits) = attention_splits(max_ctx);
             let scaling = (hd as f32).powf(-0.5);
             let p = AttnParams {
                 q: qp,
@@ -570,14 +547,11 @@ mod gpu {
                 pos: pp,
                 slot: sp,
                 out: op,
-                part: partp,
                 heads: heads as u32,
                 kv_heads: kv_heads as u32,
                 head_dim: hd as u32,
                 max_context: max_ctx as u32,
                 scaling,
-                split: split as u32,
-                splits: splits as u32,
                 pad: 0,
             };
             // SAFETY: the buffers hold what `p` describes.

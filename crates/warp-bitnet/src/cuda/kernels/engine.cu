@@ -19,20 +19,18 @@
 //
 // Thread mapping: one CTA per token row for every row kernel (row_norm_quant: 512 threads,
 // the row in dynamic shared memory; rope_kv_append: 256 threads over the (head, pair) grid;
-// embed_gather: 256 threads); split-KV attention: one CTA of 128 threads per (kv head, token,
-// block of `split` positions) holding the kv head's whole query group, then one CTA per
-// (query head, token) merging the blocks; one CTA of 1024 threads per row for the argmax.
-// Reductions: warp shuffles, then one value per warp in shared memory, summed by every thread
-// in the same order (every thread gets the same total).
+// embed_gather: 256 threads), one CTA of 128 threads per (query head, token) for the
+// attention (scores for every cached position in dynamic shared memory), one CTA of 1024
+// threads per row for the argmax. Reductions: warp shuffles, then one value per warp in
+// shared memory, summed by every thread in the same order (every thread gets the same total).
 //
 // Budget (bitnet-b1.58-2B-4T, one token): a row kernel reads and writes a few rows of 2560-6912
 // values (< 100 KB): it is launch- and latency-bound, ~2-4 µs each in a graph, ~8 per layer.
-// The attention of one token reads 2 x context x 640 x 2 bytes per layer (330 KB at context 128,
-// 10 MB at 4096). Measured on an H100 (docs/NOTES.md, "GPU engine, first run"), the first
-// attention (one CTA per query head and token, positions in series) took ~0.54 µs per cached
-// position and layer: 20 CTAs per token, each a serial chain. The split kernel spreads a
-// context over up to 64 CTAs per kv head with `split` >= 64 positions each (prediction: at
-// context 4096 the K/V bytes at a good fraction of the bandwidth, ~10-20 µs per layer).
+// The attention of one token at context 128 reads 2 x 128 x 640 x 2 bytes per layer (330 KB);
+// at context 4096 10 MB per layer on 20 CTAs per token: far from the bandwidth; a split-KV
+// (flash-decoding) variant is the next step for long contexts. Predicted (not measured: no GPU
+// in the session that wrote this) for 2B-4T, batch 1, context 128: ~5-8 µs of these kernels per
+// layer, ~0.2 ms per step, on top of ~0.35 ms of GEMMs and ~0.25 ms of bf16 lm_head.
 #include "quant.cuh"
 
 // No math headers under NVRTC: -inf as its bit pattern.
@@ -106,17 +104,14 @@ struct AttnParams {
     const u32* pos;        // [tokens]: attends positions 0 ..= pos
     const u32* slot;       // [tokens]
     float* out;            // [tokens, heads * head_dim]
-    float* part;           // [tokens, heads, splits, head_dim + 2] per split: outputs, max, sum
     u32 heads;
     u32 kv_heads;
     u32 head_dim;
     u32 max_context;
     float scaling;         // head_dim^-0.5
-    u32 split;             // positions per split (a multiple of 32)
-    u32 splits;            // ceil(max_context / split): the grid's z
     u32 pad;
 };
-static_assert(sizeof(AttnParams) == 88, "AttnParams layout must match engine_ops.rs");
+static_assert(sizeof(AttnParams) == 72, "AttnParams layout must match engine_ops.rs");
 
 // ---- helpers ----------------------------------------------------------------------------
 
@@ -271,100 +266,56 @@ extern "C" __global__ void __launch_bounds__(ROPE_THREADS) rope_kv_append(RopePa
 }
 
 #define ATT_THREADS 128
-// Query heads per KV head that one split CTA scores at once (registers per lane).
-#define ATT_MAX_GROUP 8
 
-// Split-KV decode attention (flash-decoding), pass 1. CTA (kv head, token, split) takes the
-// positions [split * z, split * (z + 1)) of the token's 0 ..= pos and every query head of the
-// kv head's group, so each K and V row is read once for the group. Scores: a warp per
-// position, lanes over head_dim, the group's dot products together; then per query head the
-// split's max m, e = exp(score - m), sum l = sum e, and the unnormalized outputs sum e * v (a
-// thread per (head, element), positions in order), written to `part`. A split past the
-// token's length writes nothing (pass 2 reads only the splits that cover 0 ..= pos).
-// Dynamic shared memory: group * (head_dim + split) f32.
-extern "C" __global__ void __launch_bounds__(ATT_THREADS) attention_split(AttnParams p) {
+// Softmax attention of query head blockIdx.x of token blockIdx.y over positions 0 ..= pos of
+// its slot (GQA: kv head = head / (heads / kv_heads)). Phases: stage q; scores (a warp per
+// position, lanes over head_dim); max; exp and sum; probabilities (e / sum, as the CPU);
+// weighted sum of V (a thread per output element, positions in order). Dynamic shared
+// memory: (head_dim + max_context) f32.
+extern "C" __global__ void __launch_bounds__(ATT_THREADS) attention_decode(AttnParams p) {
     extern __shared__ float smem[];
-    const u32 kvh = blockIdx.x, t = blockIdx.y, z = blockIdx.z, hd = p.head_dim;
-    const u32 len = p.pos[t] + 1, j0 = z * p.split;
-    if (j0 >= len) return;  // uniform over the CTA: no barrier is skipped by part of it
-    const u32 nj = min(p.split, len - j0), group = p.heads / p.kv_heads, kv_dim = p.kv_heads * hd;
+    __shared__ float red[ATT_THREADS / 32];
+    const u32 h = blockIdx.x, t = blockIdx.y, hd = p.head_dim;
+    const u32 len = p.pos[t] + 1, kv_dim = p.kv_heads * hd, kvh = h / (p.heads / p.kv_heads);
     const u32 lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
-    float* q = smem;                 // [group][hd]
-    float* sc = smem + group * hd;   // [group][split]
-    const u64 base = ((u64)p.slot[t] * p.max_context + j0) * kv_dim + kvh * hd;
+    float* q = smem;
+    float* scores = smem + hd;
+    const u64 base = (u64)p.slot[t] * p.max_context * kv_dim + kvh * hd;
 
-    const float* qt = p.q + ((u64)t * p.heads + kvh * group) * hd;
-    for (u32 i = threadIdx.x; i < group * hd; i += blockDim.x) q[i] = qt[i];
+    // ---- stage q ----
+    for (u32 d = threadIdx.x; d < hd; d += blockDim.x) q[d] = p.q[(u64)t * p.heads * hd + h * hd + d];
     __syncthreads();
 
-    for (u32 j = warp; j < nj; j += warps) {
+    // ---- scores ----
+    for (u32 j = warp; j < len; j += warps) {
         const u16* k = p.k_cache + base + (u64)j * kv_dim;
-        float s[ATT_MAX_GROUP];
-#pragma unroll
-        for (u32 g = 0; g < ATT_MAX_GROUP; g++) s[g] = 0.0f;
-        for (u32 d = lane; d < hd; d += 32) {
-            const float kd = f16_to_f32(k[d]);
-#pragma unroll
-            for (u32 g = 0; g < ATT_MAX_GROUP; g++)
-                if (g < group) s[g] = __fadd_rn(s[g], __fmul_rn(q[g * hd + d], kd));
-        }
-#pragma unroll
-        for (u32 g = 0; g < ATT_MAX_GROUP; g++) {
-            if (g >= group) break;
-            float v = s[g];
-            for (int o = 16; o > 0; o /= 2) v = __fadd_rn(v, __shfl_xor_sync(0xffffffffu, v, o));
-            if (lane == 0) sc[g * p.split + j] = __fmul_rn(v, p.scaling);
-        }
+        float s = 0.0f;
+        for (u32 d = lane; d < hd; d += 32) s = __fadd_rn(s, __fmul_rn(q[d], f16_to_f32(k[d])));
+        for (int o = 16; o > 0; o /= 2) s = __fadd_rn(s, __shfl_xor_sync(0xffffffffu, s, o));
+        if (lane == 0) scores[j] = __fmul_rn(s, p.scaling);
     }
     __syncthreads();
 
-    // Per query head (a warp each, in turn): the split's max, exponentials and their sum.
-    for (u32 g = warp; g < group; g += warps) {
-        float* row = sc + g * p.split;
-        float m = NEG_INF;
-        for (u32 j = lane; j < nj; j += 32) m = fmaxf(m, row[j]);
-        for (int o = 16; o > 0; o /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-        float l = 0.0f;
-        for (u32 j = lane; j < nj; j += 32) {
-            const float e = expf(__fsub_rn(row[j], m));
-            row[j] = e;
-            l = __fadd_rn(l, e);
-        }
-        for (int o = 16; o > 0; o /= 2) l = __fadd_rn(l, __shfl_xor_sync(0xffffffffu, l, o));
-        if (lane == 0) {
-            float* out = p.part + (((u64)t * p.heads + kvh * group + g) * p.splits + z) * (hd + 2);
-            out[hd] = m;
-            out[hd + 1] = l;
-        }
+    // ---- softmax ----
+    float m = NEG_INF;
+    for (u32 j = threadIdx.x; j < len; j += blockDim.x) m = fmaxf(m, scores[j]);
+    m = block_max(m, red);
+    float sum = 0.0f;
+    for (u32 j = threadIdx.x; j < len; j += blockDim.x) {
+        const float e = expf(__fsub_rn(scores[j], m));
+        scores[j] = e;
+        sum = __fadd_rn(sum, e);
     }
+    sum = block_sum_f32(sum, red);
+    for (u32 j = threadIdx.x; j < len; j += blockDim.x) scores[j] = __fdiv_rn(scores[j], sum);
     __syncthreads();
 
-    for (u32 i = threadIdx.x; i < group * hd; i += blockDim.x) {
-        const u32 g = i / hd, d = i % hd;
-        const float* e = sc + g * p.split;
+    // ---- weighted values ----
+    for (u32 d = threadIdx.x; d < hd; d += blockDim.x) {
         const u16* v = p.v_cache + base + d;
         float acc = 0.0f;
-        for (u32 j = 0; j < nj; j++) acc = __fadd_rn(acc, __fmul_rn(e[j], f16_to_f32(v[(u64)j * kv_dim])));
-        p.part[(((u64)t * p.heads + kvh * group + g) * p.splits + z) * (hd + 2) + d] = acc;
-    }
-}
-
-// Pass 2: CTA (query head, token) merges the splits covering 0 ..= pos: with M the largest
-// split max, out = sum_z exp(m_z - M) o_z / sum_z exp(m_z - M) l_z.
-extern "C" __global__ void __launch_bounds__(ATT_THREADS) attention_combine(AttnParams p) {
-    const u32 h = blockIdx.x, t = blockIdx.y, hd = p.head_dim;
-    const u32 n = (p.pos[t] + 1 + p.split - 1) / p.split;
-    const float* part = p.part + ((u64)t * p.heads + h) * p.splits * (hd + 2);
-    float m = NEG_INF;
-    for (u32 z = 0; z < n; z++) m = fmaxf(m, part[z * (hd + 2) + hd]);
-    float l = 0.0f;
-    for (u32 z = 0; z < n; z++)
-        l = __fadd_rn(l, __fmul_rn(expf(__fsub_rn(part[z * (hd + 2) + hd], m)), part[z * (hd + 2) + hd + 1]));
-    for (u32 d = threadIdx.x; d < hd; d += blockDim.x) {
-        float o = 0.0f;
-        for (u32 z = 0; z < n; z++)
-            o = __fadd_rn(o, __fmul_rn(expf(__fsub_rn(part[z * (hd + 2) + hd], m)), part[z * (hd + 2) + d]));
-        p.out[((u64)t * p.heads + h) * hd + d] = __fdiv_rn(o, l);
+        for (u32 j = 0; j < len; j++) acc = __fadd_rn(acc, __fmul_rn(scores[j], f16_to_f32(v[(u64)j * kv_dim])));
+        p.out[(u64)t * p.heads * hd + h * hd + d] = acc;
     }
 }
 
