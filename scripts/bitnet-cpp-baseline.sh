@@ -18,12 +18,12 @@
 # Writes into OUT_DIR (default bench/results/<date>-cpu-<cpu>-<commit>-bitnet-cpp-baseline/):
 #   machine.txt            CPU, flags, caches, memory, compilers, commits
 #   commands.txt           every timed command, with the load average before it
-#   llama-bench-tN.json    bitnet.cpp: pp128 and tg128, N threads, REPS repetitions each
-#   ours-rR.json/.txt      our engine on the same file: prefill 128, decode at context 128,
-#                          threads 1 and 2 (repetition R)
+#   llama-bench-rR.json    bitnet.cpp (repetition R): pp128 and tg128 at 1 and 2 threads
+#   ours-rR.json/.txt      our engine on the same file, right after: prefill 128, decode at
+#                          context 128, threads 1 and 2
 #   kernels-bitnet-cpp.txt bitnet.cpp's kernel harness (one thread, one weight matrix reused)
 #   kernels-ours.json/.txt `warp-bitnet bench --device cpu --only bitnet-2b` (weights from DRAM)
-#   summary.md             the medians, side by side
+#   summary.md             the medians over the repetitions, side by side
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -60,6 +60,7 @@ wait_quiet() {
 timed() {
     wait_quiet
     echo "[$(date -u +%T)] load $(cut -d' ' -f1-3 /proc/loadavg): $*" | tee -a "$out/commands.txt" >&2
+    top -b -n1 -w 120 | sed -n '8,10p' | sed 's/^/    busiest now: /' >> "$out/commands.txt"
     "$@"
 }
 
@@ -86,10 +87,10 @@ timed() {
 # Read the model once so that neither program pays for the page cache first.
 cat "$model_file" > /dev/null
 
-for t in 1 2; do
-    timed "$bench_bin" -m "$model_file" -p 128 -n 128 -t "$t" -r "$reps" -o json > "$out/llama-bench-t$t.json"
-done
+# Interleaved, one repetition of each program at a time, so that both see the same machine
+# (on a shared host the background changes by the minute; a spinning 2-thread run suffers most).
 for r in $(seq 1 "$reps"); do
+    timed "$bench_bin" -m "$model_file" -p 128 -n 128 -t 1,2 -r 1 -o json > "$out/llama-bench-r$r.json"
     timed "$ours" bench --device cpu --model "$model_file" --threads 1,2 --prefill 128 --context 128 \
         --steps 16 --json "$out/ours-r$r.json" > "$out/ours-r$r.txt" 2>&1
 done
@@ -112,10 +113,12 @@ import glob, json, re, statistics, sys
 out = sys.argv[1]
 lines = ["| threads | phase | bitnet.cpp tokens/s | ours tokens/s | ours / bitnet.cpp |", "|---|---|---|---|---|"]
 for t in (1, 2):
-    cpp = {}
-    for r in json.load(open(f"{out}/llama-bench-t{t}.json")):
-        phase, n = ("prefill", r["n_prompt"]) if r["n_gen"] == 0 else ("decode", r["n_gen"])
-        cpp[phase] = n / (statistics.median(r["samples_ns"]) / 1e9)
+    cpp = {"prefill": [], "decode": []}
+    for path in sorted(glob.glob(f"{out}/llama-bench-r*.json")):
+        for r in json.load(open(path)):
+            if r["n_threads"] == t:
+                phase, n = ("prefill", r["n_prompt"]) if r["n_gen"] == 0 else ("decode", r["n_gen"])
+                cpp[phase] += [n / (ns / 1e9) for ns in r["samples_ns"]]
     ours = {"prefill": [], "decode": []}
     for path in sorted(glob.glob(f"{out}/ours-r*.json")):
         for row in json.load(open(path))["rows"]:
@@ -124,8 +127,8 @@ for t in (1, 2):
                 if phase in ours:
                     ours[phase].append(row["tokens_per_s"])
     for phase in ("decode", "prefill"):
-        o = statistics.median(ours[phase])
-        lines.append(f"| {t} | {phase} 128 | {cpp[phase]:.2f} | {o:.2f} | {o / cpp[phase]:.2f}x |")
+        c, o = statistics.median(cpp[phase]), statistics.median(ours[phase])
+        lines.append(f"| {t} | {phase} 128 | {c:.2f} | {o:.2f} | {o / c:.2f}x |")
 kern = open(f"{out}/kernels-bitnet-cpp.txt").read() if glob.glob(f"{out}/kernels-bitnet-cpp.txt") else ""
 shapes = re.findall(r"Embedding dimension \(n\)\s*: (\d+).*?Matrix X columns \(nc\)\s*: (\d+).*?Average time\s*: ([\d.]+) ms.*?Min time\s*: ([\d.]+) ms", kern, re.S)
 if shapes:
