@@ -17,8 +17,9 @@ pub use gpu::run_cuda;
 
 #[derive(ClapArgs)]
 pub struct ModelArgs {
-    /// Time a whole model with random weights instead of single layers: `bitnet-2b4t` or
-    /// `llama3-8b-ternary`.
+    /// Time a whole model instead of single layers: a preset with random weights
+    /// (`bitnet-2b4t` or `llama3-8b-ternary`) or, on the CPU, a model file or folder that
+    /// `warp-bitnet run` takes (e.g. a GGUF file from examples/random_gguf.py).
     #[arg(long)]
     pub model: Option<String>,
     /// Tokens in the cache when decode steps are timed.
@@ -192,11 +193,6 @@ pub fn run(
     };
     let (mut rows, mut phases) = (Vec::new(), Vec::new());
     for &lm_head in &lm_heads {
-        eprintln!(
-            "building {name} with random weights (seed {seed}, lm_head {})...",
-            lm_head.name()
-        );
-        let config = ModelConfig::preset(name)?;
         let opts = EngineOptions {
             max_context: a
                 .prefill
@@ -208,7 +204,17 @@ pub fn run(
             lm_head,
             ..Default::default()
         };
-        let mut engine = Engine::random(config, seed, &opts)?;
+        let path = Path::new(name);
+        let mut engine = if path.exists() {
+            eprintln!("loading {name} (lm_head {})...", lm_head.name());
+            Engine::load(path, &opts)?
+        } else {
+            eprintln!(
+                "building {name} with random weights (seed {seed}, lm_head {})...",
+                lm_head.name()
+            );
+            Engine::random(ModelConfig::preset(name)?, seed, &opts)?
+        };
         time_engine(&plan, &mut engine, &mut rows, &mut phases)?;
         write_json(json, plan.name, plan.copy_gbps.to_vec(), &rows, &phases)?;
     }
@@ -312,10 +318,14 @@ fn time_engine(
     Ok(())
 }
 
+/// The model's name in the rows: the architecture's for a preset, the file's stem for a path.
 fn name_of(preset: &str) -> &str {
     match preset {
         "bitnet-2b4t" => "bitnet-b1.58-2b-4t",
-        other => other,
+        other => Path::new(other)
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or(other),
     }
 }
 
