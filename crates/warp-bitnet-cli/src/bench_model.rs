@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
 use serde::Serialize;
 use warp_bitnet::engine::{
@@ -209,11 +209,14 @@ pub fn run(
             eprintln!("loading {name} (lm_head {})...", lm_head.name());
             Engine::load(path, &opts)?
         } else {
+            let config = ModelConfig::preset(name).with_context(|| {
+                format!("--model {name}: neither a preset nor an existing model file or folder")
+            })?;
             eprintln!(
                 "building {name} with random weights (seed {seed}, lm_head {})...",
                 lm_head.name()
             );
-            Engine::random(ModelConfig::preset(name)?, seed, &opts)?
+            Engine::random(config, seed, &opts)?
         };
         time_engine(&plan, &mut engine, &mut rows, &mut phases)?;
         write_json(json, plan.name, plan.copy_gbps.to_vec(), &rows, &phases)?;

@@ -334,3 +334,17 @@ fn cuda_bench_without_a_gpu_says_what_to_do() {
         "{err}"
     );
 }
+
+#[test]
+fn bench_model_names_a_missing_path_or_unknown_preset() {
+    let dir = Scratch::new("benchmodel");
+    let err = failed(&run(
+        &["bench", "--model", "no-such-model.gguf", "--device", "cpu"],
+        &dir.0,
+    ));
+    assert!(
+        err.contains("--model no-such-model.gguf: neither a preset nor an existing model file"),
+        "{err}"
+    );
+    assert!(err.contains("bitnet-2b4t"), "{err}");
+}
