@@ -62,8 +62,8 @@ pub struct Args {
     #[arg(long, default_value = "as-stored")]
     lm_head: String,
     /// The KV cache's type: `f32` or `f16` (default: f32 on the CPU, f16 on a GPU).
-    #[arg(long)]
-    kv_cache: Option<String>,
+    #[arg(long, value_parser = engine::KvType::parse)]
+    kv_cache: Option<engine::KvType>,
     /// Keep generating after an end-of-sequence token.
     #[arg(long)]
     ignore_eos: bool,
@@ -92,12 +92,6 @@ struct Report {
 fn load(a: &Args) -> Result<Engine> {
     let device = Device::parse(&a.device)?;
     let lm_head = engine::LmHead::parse(&a.lm_head).context("--lm-head")?;
-    let kv_cache = a
-        .kv_cache
-        .as_deref()
-        .map(engine::KvType::parse)
-        .transpose()
-        .context("--kv-cache")?;
     let opts = |model_max: usize| EngineOptions {
         device,
         max_context: a.max_context.unwrap_or(model_max.min(4096)),
@@ -105,7 +99,7 @@ fn load(a: &Args) -> Result<Engine> {
         threads: a.threads,
         lm_head,
         memory_fraction: None,
-        kv_cache,
+        kv_cache: a.kv_cache,
     };
     if let Some(preset) = a.model.strip_prefix("random:") {
         let config = engine::ModelConfig::preset(preset)?;

@@ -52,8 +52,8 @@ pub struct Args {
     device: String,
     /// The KV cache's type: `f32` or `f16` (default: f32 on the CPU, f16 on a GPU; f16 holds
     /// twice the slots in the same memory).
-    #[arg(long)]
-    kv_cache: Option<String>,
+    #[arg(long, value_parser = engine::KvType::parse)]
+    kv_cache: Option<engine::KvType>,
     /// CPU threads for the model (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -102,12 +102,6 @@ pub fn run(a: Args) -> Result<()> {
 /// The engine, and the model name to serve it under.
 fn load(a: &Args) -> Result<(Engine, String)> {
     let device = Device::parse(&a.device).context("--device")?;
-    let kv_cache = a
-        .kv_cache
-        .as_deref()
-        .map(engine::KvType::parse)
-        .transpose()
-        .context("--kv-cache")?;
     if a.max_batch == 0 {
         bail!("--max-batch must be at least 1");
     }
@@ -118,7 +112,7 @@ fn load(a: &Args) -> Result<(Engine, String)> {
             .unwrap_or(model_limit.min(DEFAULT_CONTEXT_CAP)),
         slots: a.max_batch,
         memory_fraction: Some(a.memory_fraction),
-        kv_cache,
+        kv_cache: a.kv_cache,
         threads: a.threads,
         ..Default::default()
     };
