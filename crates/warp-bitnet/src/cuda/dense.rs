@@ -9,7 +9,7 @@
 use std::ffi::c_void;
 use std::sync::Arc;
 
-use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
+use cudarc::cublas::{result as blas, sys as blas_sys};
 use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 
@@ -98,13 +98,7 @@ impl Gpu {
         let (rows, cols, batch) = (w.rows(), w.cols(), call.batch);
         let int8 = call.x_dtype == DType::I8;
         let dense_dtype = if int8 { DType::I8 } else { call.x_dtype };
-        let mut blas_guard = self.blas.lock().unwrap_or_else(|e| e.into_inner());
-        if blas_guard.is_none() {
-            *blas_guard = Some(CudaBlas::new(stream.clone())?);
-        }
-        let handle = *blas_guard.as_ref().expect("set above").handle();
-        // SAFETY: the handle is live; the stream belongs to this GPU's context.
-        unsafe { blas::set_stream(handle, stream.cu_stream() as _) }?;
+        let (_blas, handle) = self.blas_on(stream)?;
         let cached;
         let own;
         let weights: &CudaSlice<u8> = match self.cached_dense(w, dense_dtype, stream)? {

@@ -7,7 +7,7 @@
 use std::ffi::c_void;
 use std::sync::Arc;
 
-use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
+use cudarc::cublas::{result as blas, sys as blas_sys};
 use cudarc::driver::sys::{CUdeviceptr, CUstream};
 use cudarc::driver::CudaStream;
 
@@ -579,17 +579,12 @@ impl Gpu {
         check_ptr("table", table, dtype.size())?;
         check_ptr("x", x, dtype.size())?;
         check_ptr("logits", logits, 4)?;
-        let mut guard = self.blas.lock().unwrap_or_else(|e| e.into_inner());
-        if guard.is_none() {
-            *guard = Some(CudaBlas::new(stream.clone())?);
-        }
-        let handle = *guard.as_ref().expect("set above").handle();
+        let (_blas, handle) = self.blas_on(stream)?;
         let (alpha, beta) = (1.0f32, 0.0f32);
-        // SAFETY: the handle is live and the stream belongs to this GPU's context. Column-major
-        // view: op(A) = table (vocab x hidden, row-major, ld hidden), B = x as [hidden, tokens],
-        // C = logits as [vocab, tokens]; the caller guarantees the sizes.
+        // SAFETY: the handle is live and bound to this GPU's stream. Column-major view: op(A) =
+        // table (vocab x hidden, row-major, ld hidden), B = x as [hidden, tokens], C = logits as
+        // [vocab, tokens]; the caller guarantees the sizes.
         unsafe {
-            blas::set_stream(handle, stream.cu_stream() as _)?;
             blas::gemm_ex(
                 handle,
                 blas_sys::cublasOperation_t::CUBLAS_OP_T,

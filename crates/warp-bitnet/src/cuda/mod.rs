@@ -294,6 +294,25 @@ impl Gpu {
     fn function(&self, name: &str) -> Result<&CudaFunction> {
         Ok(&self.kernel(name)?.function)
     }
+
+    /// This GPU's cuBLAS handle (created on first use) bound to `stream`, with the guard that
+    /// keeps other callers from rebinding it until the caller's GEMMs are enqueued.
+    fn blas_on(
+        &self,
+        stream: &Arc<cudarc::driver::CudaStream>,
+    ) -> Result<(
+        std::sync::MutexGuard<'_, Option<cudarc::cublas::CudaBlas>>,
+        cudarc::cublas::sys::cublasHandle_t,
+    )> {
+        let mut guard = self.blas.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            *guard = Some(cudarc::cublas::CudaBlas::new(stream.clone())?);
+        }
+        let handle = *guard.as_ref().expect("set above").handle();
+        // SAFETY: the handle is live; the stream belongs to this GPU's context.
+        unsafe { cudarc::cublas::result::set_stream(handle, stream.cu_stream() as _) }?;
+        Ok((guard, handle))
+    }
 }
 
 impl Kernel {
