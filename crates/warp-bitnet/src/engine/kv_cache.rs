@@ -162,10 +162,30 @@ impl KvCache {
     }
 }
 
+/// A cached element type as the attention reads it: f32 rows are read in place, f16 rows
+/// widened (exactly) into a scratch row, so both run the same f32 arithmetic.
+trait KvElem: Activation {
+    fn as_f32<'a>(src: &'a [Self], scratch: &'a mut [f32]) -> &'a [f32];
+}
+
+impl KvElem for f32 {
+    fn as_f32<'a>(src: &'a [f32], _: &'a mut [f32]) -> &'a [f32] {
+        src
+    }
+}
+
+impl KvElem for f16 {
+    fn as_f32<'a>(src: &'a [f16], scratch: &'a mut [f32]) -> &'a [f32] {
+        for (o, &x) in scratch.iter_mut().zip(src) {
+            *o = x.to_f32();
+        }
+        scratch
+    }
+}
+
 /// Softmax attention of one query head over `len` cached positions (`k`, `v`: `[len, kv_dim]`,
-/// this head's columns at `col`), into `out`. Each cached row is widened to f32 (exact) before
-/// the same f32 arithmetic whatever the cache type.
-fn attend<T: Activation>(
+/// this head's columns at `col`), into `out`.
+fn attend<T: KvElem>(
     q: &[f32],
     k: &[T],
     v: &[T],
@@ -177,15 +197,9 @@ fn attend<T: Activation>(
     let d = q.len();
     let scaling = (d as f32).powf(-0.5);
     row.resize(d, 0.0);
-    let widen = |src: &[T], dst: &mut [f32]| {
-        for (o, &x) in dst.iter_mut().zip(&src[col..col + d]) {
-            *o = x.to_f32();
-        }
-    };
     scores.clear();
     for r in k.chunks_exact(kv_dim) {
-        widen(r, row);
-        scores.push(dot_f32(q, row) * scaling);
+        scores.push(dot_f32(q, T::as_f32(&r[col..col + d], row)) * scaling);
     }
     let max = scores.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
     let mut sum = 0.0f32;
@@ -196,8 +210,7 @@ fn attend<T: Activation>(
     out.fill(0.0);
     for (p, r) in scores.iter().zip(v.chunks_exact(kv_dim)) {
         let p = p / sum;
-        widen(r, row);
-        for (o, &x) in out.iter_mut().zip(row.iter()) {
+        for (o, &x) in out.iter_mut().zip(T::as_f32(&r[col..col + d], row)) {
             *o += p * x;
         }
     }
