@@ -203,6 +203,28 @@ impl GpuEngine {
         }
     }
 
+    /// `input` -> the layer's sub-norm (if any) -> `g`'s own activation norm (if any) -> int8
+    /// into `bank` -> the GEMM `g` (o_proj after attention, down_proj after the gated product).
+    fn sub_norm_gemm(
+        &self,
+        mut op: RowOp,
+        sub_norm: Option<&Dev<f32>>,
+        g: &Gemm,
+        bank: usize,
+    ) -> Result<()> {
+        let c = &self.config;
+        op.norms = [
+            sub_norm.map(|w| (w.ptr, c.rms_norm_eps)),
+            g.norm.as_ref().map(|w| (w.ptr, c.bitlinear.act_norm_eps)),
+        ];
+        op.output = RowOutput::I8 {
+            q: self.state.q8.ptr,
+            scale: self.xs(bank, 0),
+        };
+        self.quantize(op)?;
+        self.gemm(g, self.xs(bank, 0), 0, op.tokens)
+    }
+
     /// Launches one pass of `n` tokens with logits for `m` of them (see the module doc).
     pub(crate) fn launch_pass(&self, n: usize, m: usize) -> Result<()> {
         let (c, w, st) = (&self.config, &self.weights, &self.state);
@@ -303,24 +325,8 @@ impl GpuEngine {
         }
         // o_proj: attention output -> attn_sub_norm -> (o's own norm) -> int8.
         let bank = bank ^ 1;
-        let mut op = self.row_op(RowInput::Row { rows: None }, st.att.ptr, qd, n);
-        op.norms = [
-            layer
-                .attn_sub_norm
-                .as_ref()
-                .map(|w| (w.ptr, c.rms_norm_eps)),
-            layer
-                .o
-                .norm
-                .as_ref()
-                .map(|w| (w.ptr, c.bitlinear.act_norm_eps)),
-        ];
-        op.output = RowOutput::I8 {
-            q: st.q8.ptr,
-            scale: self.xs(bank, 0),
-        };
-        self.quantize(op)?;
-        self.gemm(&layer.o, self.xs(bank, 0), 0, n)?;
+        let input = self.row_op(RowInput::Row { rows: None }, st.att.ptr, qd, n);
+        self.sub_norm_gemm(input, layer.attn_sub_norm.as_ref(), &layer.o, bank)?;
         // x += o; ffn_norm -> gate|up.
         let o = self.deq(std::slice::from_ref(&layer.o), bank, 0);
         let bank = bank ^ 1;
@@ -339,21 +345,8 @@ impl GpuEngine {
             silu: c.hidden_act == HiddenAct::Silu,
         };
         let bank = bank ^ 1;
-        let mut op = self.row_op(input, 0, m, n);
-        op.norms = [
-            layer.ffn_sub_norm.as_ref().map(|w| (w.ptr, c.rms_norm_eps)),
-            layer
-                .down
-                .norm
-                .as_ref()
-                .map(|w| (w.ptr, c.bitlinear.act_norm_eps)),
-        ];
-        op.output = RowOutput::I8 {
-            q: st.q8.ptr,
-            scale: self.xs(bank, 0),
-        };
-        self.quantize(op)?;
-        self.gemm(&layer.down, self.xs(bank, 0), 0, n)?;
+        let input = self.row_op(input, 0, m, n);
+        self.sub_norm_gemm(input, layer.ffn_sub_norm.as_ref(), &layer.down, bank)?;
         // x += down; the next layer's input norm -> its q|k|v, or the residual add alone.
         let down = self.deq(std::slice::from_ref(&layer.down), bank, 0);
         let bank = bank ^ 1;
