@@ -111,13 +111,17 @@ impl ModelRow {
     }
 }
 
-/// Mean time per decode step of one phase of the forward pass.
+/// Mean time per forward call of one phase of the forward pass: one decode step, or one
+/// prefill of `context` tokens.
 #[derive(Serialize)]
 struct PhaseRow {
+    /// `"decode"` or `"prefill"`.
+    row: &'static str,
+    context: usize,
     threads: usize,
     lm_head: &'static str,
     phase: &'static str,
-    us_per_step: f64,
+    us_per_call: f64,
     pct: f64,
 }
 
@@ -130,7 +134,7 @@ struct Report<'a> {
     /// Copy bandwidth per thread count, GB/s (read + write), measured in this run (thread count 0: the GPU).
     copy_gbps: Vec<(usize, f64)>,
     rows: &'a [ModelRow],
-    decode_breakdown: &'a [PhaseRow],
+    breakdown: &'a [PhaseRow],
 }
 
 fn cpu_name() -> String {
@@ -266,10 +270,12 @@ fn time_engine(
         order.sort_by_key(|&n| n == a.context);
         for &n in &order {
             engine.reset_slot(0);
+            engine.reset_phase_times();
             let start = Instant::now();
             engine.forward(&[(0, &prompt(n))], &mut logits)?;
             let us = start.elapsed().as_secs_f64() * 1e6;
             row("prefill", n, us, n, engine.bytes_per_decode_step(0));
+            breakdown(engine, ("prefill", n, t, lm_head), 1, us, phases);
         }
         // Decode from a cache of `context` tokens (the prefill just timed, if it had that length).
         if engine.slot_len(0) != a.context {
@@ -288,22 +294,13 @@ fn time_engine(
         let us = warp_bitnet::bench::median(&mut times);
         let bytes = engine.bytes_per_decode_step(a.context);
         row("decode", a.context, us, 1, bytes);
-        for (phase, d) in engine.phase_times() {
-            let step = d.as_secs_f64() * 1e6 / a.steps as f64;
-            println!(
-                "    {:<16} {:>9.0} us/step {:>5.1}%",
-                phase.name(),
-                step,
-                100.0 * step * a.steps as f64 / total
-            );
-            phases.push(PhaseRow {
-                threads: t,
-                lm_head,
-                phase: phase.name(),
-                us_per_step: step,
-                pct: 100.0 * step * a.steps as f64 / total,
-            });
-        }
+        breakdown(
+            engine,
+            ("decode", a.context, t, lm_head),
+            a.steps,
+            total,
+            phases,
+        );
         // End to end through `generate` (greedy sampling over the logits included), from the
         // same cache length: the prompt is `context` tokens.
         let mut sampler = Sampler::new(&SamplingParams::default())?;
@@ -319,6 +316,35 @@ fn time_engine(
         row("decode end-to-end (generate)", a.context, step_us, 1, bytes);
     }
     Ok(())
+}
+
+/// Prints and records the engine's phase times over `calls` forward calls that took
+/// `total_us` together, per call.
+fn breakdown(
+    engine: &Engine,
+    (row, context, threads, lm_head): (&'static str, usize, usize, &'static str),
+    calls: usize,
+    total_us: f64,
+    phases: &mut Vec<PhaseRow>,
+) {
+    for (phase, d) in engine.phase_times() {
+        let total = d.as_secs_f64() * 1e6;
+        let per_call = total / calls as f64;
+        let pct = 100.0 * total / total_us;
+        println!(
+            "    {:<16} {per_call:>9.0} us/{row} {pct:>5.1}%",
+            phase.name()
+        );
+        phases.push(PhaseRow {
+            row,
+            context,
+            threads,
+            lm_head,
+            phase: phase.name(),
+            us_per_call: per_call,
+            pct,
+        });
+    }
 }
 
 /// The model's name in the rows: the architecture's for a preset, the file's stem for a path.
@@ -347,7 +373,7 @@ fn write_json(
         cpu: cpu_name(),
         copy_gbps,
         rows,
-        decode_breakdown: phases,
+        breakdown: phases,
     };
     std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")?;
     Ok(())

@@ -6,8 +6,9 @@
 use crate::error::{Error, Result};
 use crate::quant::ACT_EPS;
 
-/// `1.5 * 2^23`: adding and subtracting it rounds an f32 of magnitude below `2^22` to the
-/// nearest integer, ties to even (the default rounding mode of every f32 addition).
+/// `1.5 * 2^23`: adding it to an f32 of magnitude below `2^22` rounds that value to the nearest
+/// integer, ties to even (the default rounding mode of every f32 addition), and the sum's bits
+/// minus this constant's bits are that integer.
 const ROUND: f32 = 12_582_912.0;
 
 /// Quantized activations `x[b, k] ~= q[b, k] * scale[b]`, reused across calls.
@@ -29,26 +30,50 @@ impl QuantBuf {
             .zip(self.q.chunks_exact_mut(cols))
             .zip(&mut self.scale)
         {
-            let (mut amax, mut finite) = (0f32, true);
-            for &v in row {
-                amax = amax.max(v.abs());
-                finite &= v.is_finite();
-            }
-            if !finite {
+            if !all_finite(row) {
                 return Err(Error::Unsupported {
                     what: "activations",
                     detail: "a layer's input holds a non-finite value (the model diverged)".into(),
                 });
             }
-            let s = 127.0 / amax.max(ACT_EPS);
-            // |v * s| <= 127 (+ one rounding), far below 2^22: the ROUND trick is exact.
+            let s = 127.0 / abs_max(row).max(ACT_EPS);
+            // |v * s| <= 127 (+ one rounding), far below 2^22: `v * s + ROUND` is ROUND plus the
+            // rounded integer, which its bits give as an offset from ROUND's bits.
             for (o, &v) in q.iter_mut().zip(row) {
-                *o = ((v * s + ROUND) - ROUND).clamp(-128.0, 127.0) as i8;
+                let i = (v * s + ROUND).to_bits() as i32 - ROUND.to_bits() as i32;
+                *o = i.clamp(-128, 127) as i8;
             }
             *sc = 1.0 / s;
         }
         Ok(())
     }
+}
+
+/// Whether every value is finite, in eight lanes so the loop vectorizes.
+fn all_finite(x: &[f32]) -> bool {
+    let mut ok = [true; 8];
+    let chunks = x.chunks_exact(8);
+    let tail = chunks.remainder().iter().all(|v| v.is_finite());
+    for c in chunks {
+        for (o, v) in ok.iter_mut().zip(c) {
+            *o &= v.abs() <= f32::MAX;
+        }
+    }
+    tail && ok.iter().all(|&o| o)
+}
+
+/// `max |x|` of finite values, in eight lanes so the loop vectorizes.
+fn abs_max(x: &[f32]) -> f32 {
+    let mut m = [0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let tail = chunks.remainder().iter().fold(0f32, |a, v| a.max(v.abs()));
+    for c in chunks {
+        for (m, v) in m.iter_mut().zip(c) {
+            let a = v.abs();
+            *m = if a > *m { a } else { *m };
+        }
+    }
+    m.iter().fold(tail, |a, &b| a.max(b))
 }
 
 #[cfg(test)]

@@ -49,6 +49,8 @@ pub(crate) struct RunState {
     att: Vec<f32>,
     hb: Vec<f32>,
     hb2: Vec<f32>,
+    /// Each token's RoPE `(cos, sin)` pairs, `head_dim / 2` per token.
+    rope: Vec<(f32, f32)>,
     /// Scratch of the linear layers and norms, and the clock.
     pub w: Work,
 }
@@ -103,6 +105,12 @@ pub(crate) fn forward(
         w.embed.row_into(t as usize, row)?;
     }
     s.w.clock.lap(Phase::Embed);
+    let inv_freq = c.rope_scaling.inv_freq(c.head_dim, c.rope_theta);
+    s.rope.clear();
+    for p in at {
+        rope_angles(p.pos, &inv_freq[..c.head_dim / 2], &mut s.rope);
+    }
+    s.w.clock.lap(Phase::Rope);
     for (l, layer) in w.layers.iter().enumerate() {
         attention_block(c, l, layer, cache, s, at, threads)?;
         mlp_block(c, layer, s, n, threads)?;
@@ -142,20 +150,15 @@ fn attention_block(
         (&layer.v, &mut s.v[..n * kvd]),
     ];
     linears(c, outs, &s.xb[..n * h], n, &mut s.w, Phase::Qkv, threads)?;
-    let inv_freq = c.rope_scaling.inv_freq(c.head_dim, c.rope_theta);
+    let half = c.head_dim / 2;
     for (t, p) in at.iter().enumerate() {
-        rope(
+        let angles = &s.rope[t * half..(t + 1) * half];
+        rope_rotate(
             &mut s.q[t * c.q_dim()..(t + 1) * c.q_dim()],
             c.head_dim,
-            p.pos,
-            &inv_freq,
+            angles,
         );
-        rope(
-            &mut s.k[t * kvd..(t + 1) * kvd],
-            c.head_dim,
-            p.pos,
-            &inv_freq,
-        );
+        rope_rotate(&mut s.k[t * kvd..(t + 1) * kvd], c.head_dim, angles);
         let row = t * kvd..(t + 1) * kvd;
         cache.store(l, p.slot, p.pos, &s.k[row.clone()], &s.v[row]);
     }
@@ -320,9 +323,23 @@ fn add(x: &mut [f32], y: &[f32]) {
 }
 
 /// transformers' RMSNorm in f32: `weight * (x * rsqrt(mean(x^2) + eps))`; the mean is summed in
-/// f64 so it is the correctly rounded value whatever torch's summation order.
+/// f64 so it is the correctly rounded value whatever torch's summation order. Eight partial sums
+/// (each square of an f32 is exact in f64) let the loop vectorize; one running sum was a chain
+/// of dependent adds, ~4 cycles per element (docs/NOTES.md, "Prefill's serial phases").
 pub(crate) fn rmsnorm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
-    let ms = (x.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>() / x.len() as f64) as f32;
+    let mut part = [0f64; 8];
+    let chunks = x.chunks_exact(8);
+    let tail: f64 = chunks
+        .remainder()
+        .iter()
+        .map(|&v| f64::from(v) * f64::from(v))
+        .sum();
+    for c in chunks {
+        for (p, &v) in part.iter_mut().zip(c) {
+            *p += f64::from(v) * f64::from(v);
+        }
+    }
+    let ms = ((part.iter().sum::<f64>() + tail) / x.len() as f64) as f32;
     let r = 1.0 / (ms + eps).sqrt();
     for ((o, &v), &g) in out.iter_mut().zip(x).zip(weight) {
         *o = g * (v * r);
@@ -349,14 +366,27 @@ fn rmsnorm_rows_in_place(x: &mut [f32], weight: &[f32], eps: f32, tmp: &mut [f32
 /// (element `i` with `i + head_dim / 2`) at angle `pos * inv_freq[i]` in f32 (`inv_freq` from
 /// [`RopeScaling::inv_freq`](super::rope::RopeScaling::inv_freq)).
 pub(crate) fn rope(x: &mut [f32], head_dim: usize, pos: usize, inv_freq: &[f32]) {
+    let mut angles = Vec::new();
+    rope_angles(pos, &inv_freq[..head_dim / 2], &mut angles);
+    rope_rotate(x, head_dim, &angles);
+}
+
+/// Appends `(cos, sin)` of `pos * f` for each `f` in `inv_freq`: one position's rotation,
+/// computed once per forward call and shared by every head and layer.
+fn rope_angles(pos: usize, inv_freq: &[f32], out: &mut Vec<(f32, f32)>) {
+    out.extend(inv_freq.iter().map(|&f| {
+        let (sin, cos) = (pos as f32 * f).sin_cos();
+        (cos, sin)
+    }));
+}
+
+/// [`rope`] with the position's `(cos, sin)` pairs from [`rope_angles`].
+fn rope_rotate(x: &mut [f32], head_dim: usize, angles: &[(f32, f32)]) {
     let half = head_dim / 2;
     for head in x.chunks_exact_mut(head_dim) {
-        for (i, &f) in inv_freq.iter().enumerate().take(half) {
-            let angle = pos as f32 * f;
-            let (sin, cos) = angle.sin_cos();
-            let (a, b) = (head[i], head[i + half]);
-            head[i] = a * cos - b * sin;
-            head[i + half] = b * cos + a * sin;
+        let (lo, hi) = head.split_at_mut(half);
+        for ((a, b), &(cos, sin)) in lo.iter_mut().zip(hi).zip(angles) {
+            (*a, *b) = (*a * cos - *b * sin, *b * cos + *a * sin);
         }
     }
 }
