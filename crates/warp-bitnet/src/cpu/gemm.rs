@@ -7,7 +7,7 @@
 //! token tile passes over it, and each tile's activations (4 x 2560 bytes for int8) stay in
 //! L1 across the chunk's rows: a blocked GEMM whose decode is shared by the tile's tokens.
 
-use super::arch::{Isa, Micro, MAX_TILE};
+use super::arch::{Isa, Micro, Tile, MAX_PAIRS, MAX_TILE};
 use super::layout::CpuMatrix;
 use super::pool::{resolve_threads, run_parts};
 use crate::dtype::Activation;
@@ -80,9 +80,10 @@ impl Kernels {
             batch,
             threads,
             y,
-            |rows, t0, acc: &mut [f32]| {
-                let nt = acc.len() / (rows.len() / rb);
-                for (row, acc) in rows.chunks_exact(rb).zip(acc.chunks_mut(nt)) {
+            |rows, tile, t0, acc: &mut [f32]| {
+                let nt = tile.tokens;
+                for i in 0..tile.rows {
+                    let (row, acc) = (&rows[i * rb..(i + 1) * rb], &mut acc[i * nt..(i + 1) * nt]);
                     micro.row_f32(row, &xf[t0 * kp..], kp, ab, acc);
                 }
             },
@@ -111,9 +112,9 @@ impl Kernels {
             batch,
             threads,
             acc,
-            |rows, t0, acc: &mut [i32]| {
-                micro.tile_i8(rows, kp / 4, &xq[t0 * kp..], kp, acc);
-                correct_tile(acc, (a, b), &sums[t0..], rows.len() / (kp / 4));
+            |rows, tile, t0, acc: &mut [i32]| {
+                micro.tile_i8(rows, kp / 4, tile, &xq[t0 * kp..], kp, acc);
+                correct_tile(acc, (a, b), &sums[t0..], tile);
             },
             |_, _, v| v,
         )
@@ -151,9 +152,9 @@ impl Kernels {
             batch,
             threads,
             y,
-            |rows, t0, acc: &mut [i32]| {
-                micro.tile_i8(rows, kp / 4, &xq[t0 * kp..], kp, acc);
-                correct_tile(acc, ab, &sums[t0..], rows.len() / (kp / 4));
+            |rows, tile, t0, acc: &mut [i32]| {
+                micro.tile_i8(rows, kp / 4, tile, &xq[t0 * kp..], kp, acc);
+                correct_tile(acc, ab, &sums[t0..], tile);
             },
             // The reference's operation order, so the result is the same bits.
             |r, b, acc| {
@@ -171,10 +172,9 @@ fn correct(sum_uq: i32, (a, b): (i32, i32), sum_q: i32) -> i32 {
     a.wrapping_mul(sum_uq).wrapping_add(b.wrapping_mul(sum_q))
 }
 
-/// [`correct`] on a tile `acc[r * ntok + t]` of `nrows` rows, token `t` with sum `sums[t]`.
-fn correct_tile(acc: &mut [i32], ab: (i32, i32), sums: &[i32], nrows: usize) {
-    let ntok = acc.len() / nrows;
-    for row in acc.chunks_mut(ntok) {
+/// [`correct`] on a tile's `acc[r * tile.tokens + t]`, token `t` with sum `sums[t]`.
+fn correct_tile(acc: &mut [i32], ab: (i32, i32), sums: &[i32], tile: Tile) {
+    for row in acc.chunks_mut(tile.tokens) {
         for (v, &s) in row.iter_mut().zip(sums) {
             *v = correct(*v, ab, s);
         }
@@ -193,16 +193,16 @@ fn pad_i8(w: &CpuMatrix, q: &[i8], batch: usize) -> (Vec<i8>, Vec<i32>) {
     (xq, sums)
 }
 
-/// The generic algorithm: `tile(bytes of rows r0.., first token t0, acc)` per tile of
-/// `nr` rows x `nt` tokens (`acc[i * nt + j]` for row `r0 + i`, token `t0 + j`; `nr * nt <=
-/// MAX_TILE`: four rows at one token, one row at four), then `y[b, r] = epi(r, b, acc)`, rows
-/// split across `threads`.
+/// The generic algorithm: `tile(bytes of rows r0.., shape, first token t0, acc)` per tile of
+/// `nr` rows x `nt` tokens (`acc[i * nt + j]` for row `r0 + i`, token `t0 + j`; the shapes of
+/// [`Tile::at`], fewer rows at a chunk's end), then `y[b, r] = epi(r, b, acc)`, rows split
+/// across `threads`.
 fn run<A, Y>(
     w: &CpuMatrix,
     batch: usize,
     threads: usize,
     y: &mut [Y],
-    tile: impl Fn(&[u8], usize, &mut [A]) + Sync,
+    tile: impl Fn(&[u8], Tile, usize, &mut [A]) + Sync,
     epi: impl Fn(usize, usize, A) -> Y + Sync,
 ) -> Result<()>
 where
@@ -230,16 +230,21 @@ where
         }
     }
     run_parts(parts, |(range, mut outs)| {
-        let mut acc = [A::default(); MAX_TILE];
+        let mut acc = [A::default(); MAX_PAIRS];
         for c0 in range.clone().step_by(ROW_CHUNK) {
             let chunk_end = (c0 + ROW_CHUNK).min(range.end);
             for t0 in (0..batch).step_by(MAX_TILE) {
-                let nt = MAX_TILE.min(batch - t0);
+                let full = Tile::at(MAX_TILE.min(batch - t0));
+                let nt = full.tokens;
                 let mut r0 = c0;
                 while r0 < chunk_end {
-                    let nr = (MAX_TILE / nt).min(chunk_end - r0);
+                    let nr = full.rows.min(chunk_end - r0);
                     let acc = &mut acc[..nr * nt];
-                    tile(w.rows_bytes(r0..r0 + nr), t0, acc);
+                    let shape = Tile {
+                        rows: nr,
+                        tokens: nt,
+                    };
+                    tile(w.rows_bytes(r0..r0 + nr), shape, t0, acc);
                     for (i, accs) in acc.chunks(nt).enumerate() {
                         for (j, &a) in accs.iter().enumerate() {
                             outs[t0 + j][r0 + i - range.start] = epi(r0 + i, t0 + j, a);

@@ -5,7 +5,7 @@
 //! C2 layout ([`crate::cpu::layout`], docs/FORMATS.md "C2"):
 //!
 //! - `tile_i8`: `acc[r, t] = sum_k u[r, k] * x[t * stride + k]` exactly in `i32`, for int8
-//!   `x`, over a tile of up to [`MAX_TILE`] (row, token) pairs (rows x tokens);
+//!   `x`, over a tile of rows x tokens ([`Tile`]: up to four accumulators, or 2 x 4);
 //! - `row_f32`: `acc[t] = sum_k (a * u[k] + b) * x[t * stride + k]` in `f32` for one row
 //!   and up to [`MAX_TILE`] tokens,
 //!
@@ -24,8 +24,49 @@ use std::sync::OnceLock;
 
 use crate::error::{Error, Result};
 
-/// Most tokens one micro-kernel call accumulates (one register accumulator each).
+/// Most tokens one micro-kernel call accumulates.
 pub const MAX_TILE: usize = 4;
+
+/// Most (row, token) accumulators of one micro-kernel call: the prefill tile, 2 rows x 4 tokens.
+pub const MAX_PAIRS: usize = 8;
+
+/// The shape of one micro-kernel call: `rows` consecutive C2 rows at `tokens` tokens. Passed
+/// explicitly rather than derived from slice lengths: the divisions that derived it cost
+/// ~100 cycles per call, a third of a 2560-column tile (docs/NOTES.md, "CPU v5").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tile {
+    /// Rows, at least 1.
+    pub rows: usize,
+    /// Tokens, 1..=[`MAX_TILE`].
+    pub tokens: usize,
+}
+
+impl Tile {
+    /// The tile of `rows` rows that the algorithm uses at `tokens` tokens: four rows at one
+    /// token (one activation load feeds four rows), two at two, one at three, and two at four
+    /// (prefill: one decode feeds four tokens, one activation load two rows).
+    pub fn at(tokens: usize) -> Tile {
+        let rows = match tokens {
+            1 => 4,
+            2 | 4 => 2,
+            _ => 1,
+        };
+        Tile { rows, tokens }
+    }
+
+    /// Accumulators of the tile: `rows * tokens`.
+    pub fn pairs(self) -> usize {
+        self.rows * self.tokens
+    }
+
+    /// Whether every instruction set has a kernel of this shape: any shape of up to four
+    /// accumulators, and 2 rows x 4 tokens.
+    pub fn is_supported(self) -> bool {
+        self.rows >= 1
+            && (1..=MAX_TILE).contains(&self.tokens)
+            && (self.pairs() <= 4 || (self.rows, self.tokens) == (2, 4))
+    }
+}
 
 /// Weights per C2 block: 32 bytes, four 2-bit planes.
 pub const BLOCK: usize = 128;
@@ -140,35 +181,38 @@ impl Micro {
         self.isa
     }
 
-    /// `acc[r * ntok + t] = sum_k u[r, k] * x[t * stride + k]` exactly in `i32`, for the
-    /// codes `u` of `nrows = rows.len() / row_bytes` consecutive C2 rows and
-    /// `ntok = acc.len() / nrows` tokens.
+    /// `acc[r * tile.tokens + t] = sum_k u[r, k] * x[t * stride + k]` exactly in `i32`, for
+    /// the codes `u` of the `tile.rows` consecutive C2 rows in `rows` (`row_bytes` each).
     ///
     /// # Panics
-    /// If `row_bytes` is not a whole number of blocks, `rows` not a whole number (>= 1) of
-    /// rows, `acc` not `nrows * ntok` with 1..=[`MAX_TILE`] pairs, or `x` shorter than the
-    /// tile.
+    /// If `row_bytes` is not a whole number (>= 1) of blocks, `tile` not
+    /// [`Tile::is_supported`], `rows` not `tile.rows` rows, `acc` not `tile.pairs()` long, or `x`
+    /// shorter than the tile.
     #[inline]
-    pub fn tile_i8(self, rows: &[u8], row_bytes: usize, x: &[i8], stride: usize, acc: &mut [i32]) {
+    pub fn tile_i8(
+        self,
+        rows: &[u8],
+        row_bytes: usize,
+        tile: Tile,
+        x: &[i8],
+        stride: usize,
+        acc: &mut [i32],
+    ) {
+        assert!(tile.is_supported(), "no kernel for a tile of {tile:?}");
         assert!(
-            row_bytes > 0 && rows.len() % row_bytes == 0 && !rows.is_empty(),
-            "{} bytes are not whole rows of {row_bytes}",
-            rows.len()
-        );
-        let nrows = rows.len() / row_bytes;
-        assert!(
-            acc.len() % nrows == 0 && acc.len() <= MAX_TILE,
-            "tile of {nrows} rows and {} outputs",
+            rows.len() == tile.rows * row_bytes && acc.len() == tile.pairs(),
+            "{} bytes and {} outputs for a tile of {tile:?} and rows of {row_bytes} bytes",
+            rows.len(),
             acc.len()
         );
-        check_tile(row_bytes, x.len(), stride, acc.len() / nrows);
+        check_tile(row_bytes, x.len(), stride, tile.tokens);
         match self.isa {
-            Isa::Portable => portable::tile_i8(rows, row_bytes, x, stride, acc),
+            Isa::Portable => portable::tile_i8(rows, row_bytes, tile, x, stride, acc),
             #[cfg(target_arch = "x86_64")]
             // SAFETY: a `Micro` of `Isa::Avx2` exists only where `Isa::Avx2.is_available()`
             // (AVX2 and FMA detected); the checks above bound every read of `x` and `rows`
             // and the tile's shape.
-            Isa::Avx2 => unsafe { x86_64::avx2::tile_i8(rows, row_bytes, x, stride, acc) },
+            Isa::Avx2 => unsafe { x86_64::avx2::tile_i8(rows, row_bytes, tile, x, stride, acc) },
             #[cfg(not(target_arch = "x86_64"))]
             Isa::Avx2 => unreachable!("Micro::new refuses AVX2 off x86-64"),
         }
@@ -210,8 +254,11 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 /// The bounds every micro-kernel relies on: whole blocks, a tile of 1..=MAX_TILE tokens,
 /// and `x` holding `stride * (tile - 1) + padded columns` elements.
 fn check_tile(row_bytes: usize, x_len: usize, stride: usize, tile: usize) {
-    let cols = row_bytes / BLOCK_BYTES * BLOCK;
-    assert!(row_bytes % BLOCK_BYTES == 0, "C2 rows are whole blocks");
+    let cols = row_bytes * (BLOCK / BLOCK_BYTES);
+    assert!(
+        row_bytes > 0 && row_bytes % BLOCK_BYTES == 0,
+        "C2 rows are whole blocks"
+    );
     assert!((1..=MAX_TILE).contains(&tile), "token tile of {tile}");
     assert!(
         stride >= cols,

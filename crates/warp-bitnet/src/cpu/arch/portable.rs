@@ -1,11 +1,20 @@
 //! The portable micro-kernels: plain Rust over the C2 layout. Also what non-x86 targets run.
 
-use super::{BLOCK, BLOCK_BYTES};
+use super::{Tile, BLOCK, BLOCK_BYTES};
 
 /// See [`super::Micro::tile_i8`].
-pub fn tile_i8(rows: &[u8], row_bytes: usize, x: &[i8], stride: usize, acc: &mut [i32]) {
-    let ntok = acc.len() / (rows.len() / row_bytes);
-    for (row, acc) in rows.chunks_exact(row_bytes).zip(acc.chunks_mut(ntok)) {
+pub fn tile_i8(
+    rows: &[u8],
+    row_bytes: usize,
+    tile: Tile,
+    x: &[i8],
+    stride: usize,
+    acc: &mut [i32],
+) {
+    for (row, acc) in rows
+        .chunks_exact(row_bytes)
+        .zip(acc.chunks_mut(tile.tokens))
+    {
         row_i8(row, x, stride, acc);
     }
 }

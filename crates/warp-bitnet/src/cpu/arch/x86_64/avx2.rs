@@ -10,29 +10,37 @@
 //! to i32 every [`I16_BLOCKS`] blocks. Budget at batch 1: ~14 vector ALU ops per 32 bytes of
 //! weights (the first version: 15 plus a widening per block, 21 before that). A tile is up to
 //! four rows at one token (one activation load serves the four rows, one reduction ends
-//! them) or one row at up to four tokens (one decode serves the tokens).
+//! them), one row at up to four tokens (one decode serves the tokens), or, for prefill, two
+//! rows at four tokens (`tile_i8_2x4`, in assembly).
 //!
 //! Float path: codes widen to i32 (`vpmovzxbd`), a `vpermps` table lookup turns each into
 //! its weight `a * u + b`, then one FMA per token; several accumulators per token hide the
 //! FMA latency.
 
+use std::arch::asm;
 use std::arch::x86_64::*;
 
-use super::super::{BLOCK, BLOCK_BYTES};
+use super::super::{Tile, BLOCK, BLOCK_BYTES};
 
 /// See [`crate::cpu::arch::Micro::tile_i8`].
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA; `rows.len() == nrows * row_bytes` with `row_bytes` a
-/// multiple of 32; `nrows * ntok` in 1..=4 (`acc.len()`); `x` holds
-/// `stride * (ntok - 1) + row_bytes * 4` elements.
+/// The CPU must support AVX2 and FMA; `rows.len() == tile.rows * row_bytes` with `row_bytes`
+/// a multiple of 32; `tile` supported ([`Tile::is_supported`]) and `acc.len() ==
+/// tile.pairs()`; `x` holds
+/// `stride * (tile.tokens - 1) + row_bytes * 4` elements.
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn tile_i8(rows: &[u8], row_bytes: usize, x: &[i8], stride: usize, acc: &mut [i32]) {
-    let nrows = rows.len() / row_bytes;
-    let ntok = acc.len() / nrows;
+pub unsafe fn tile_i8(
+    rows: &[u8],
+    row_bytes: usize,
+    tile: Tile,
+    x: &[i8],
+    stride: usize,
+    acc: &mut [i32],
+) {
     // SAFETY: the caller's contract is each tile's contract.
     unsafe {
-        match (nrows, ntok) {
+        match (tile.rows, tile.tokens) {
             (1, 1) => tile_i8_rt::<1, 1>(rows, row_bytes, x, stride, acc),
             (2, 1) => tile_i8_rt::<2, 1>(rows, row_bytes, x, stride, acc),
             (3, 1) => tile_i8_rt::<3, 1>(rows, row_bytes, x, stride, acc),
@@ -40,7 +48,9 @@ pub unsafe fn tile_i8(rows: &[u8], row_bytes: usize, x: &[i8], stride: usize, ac
             (1, 2) => tile_i8_rt::<1, 2>(rows, row_bytes, x, stride, acc),
             (2, 2) => tile_i8_rt::<2, 2>(rows, row_bytes, x, stride, acc),
             (1, 3) => tile_i8_rt::<1, 3>(rows, row_bytes, x, stride, acc),
-            _ => tile_i8_rt::<1, 4>(rows, row_bytes, x, stride, acc),
+            (1, 4) => tile_i8_rt::<1, 4>(rows, row_bytes, x, stride, acc),
+            (2, 4) => tile_i8_2x4(rows, row_bytes, x, stride, acc),
+            _ => unreachable!("Micro::tile_i8 admits only supported tiles, not {tile:?}"),
         }
     }
 }
@@ -76,9 +86,11 @@ unsafe fn tile_i8_rt<const R: usize, const T: usize>(
     let mut sums = [[_mm256_setzero_si256(); T]; R];
     let (wp, xp) = (rows.as_ptr(), x.as_ptr());
     let blocks = rb / BLOCK_BYTES;
-    for b0 in (0..blocks).step_by(I16_BLOCKS) {
+    let mut b0 = 0;
+    while b0 < blocks {
+        let b1 = (b0 + I16_BLOCKS).min(blocks);
         let mut part = [[_mm256_setzero_si256(); T]; R];
-        for blk in b0..(b0 + I16_BLOCKS).min(blocks) {
+        for blk in b0..b1 {
             for (r, part) in part.iter_mut().enumerate() {
                 // SAFETY: block `blk` of row `r` is inside `rows`; a prefetch of any address
                 // is harmless; token `t`'s activations of this block end at
@@ -113,6 +125,7 @@ unsafe fn tile_i8_rt<const R: usize, const T: usize>(
                 *s = _mm256_add_epi32(*s, _mm256_madd_epi16(p, ones));
             }
         }
+        b0 = b1;
     }
     // Reduce every (row, token) accumulator's eight lanes at once.
     let mut four = [_mm256_setzero_si256(); 4];
@@ -123,6 +136,154 @@ unsafe fn tile_i8_rt<const R: usize, const T: usize>(
     for (i, a) in acc.iter_mut().enumerate() {
         *a = all[i];
     }
+}
+
+/// The prefill tile, 2 rows x 4 tokens (CPU v5, docs/NOTES.md). Plane by plane: each row's
+/// codes `u = (v >> 2p) & 3` (one shift, one and), each token's 32 activations loaded once
+/// for both rows, one `vpmaddubsw` and one add per (row, token): per block and 1024
+/// multiply-adds 78 vector ALU ops and 18 loads, where the 1 x 4 tile needs 82 and 34. The
+/// block is written in assembly because LLVM, given the same intrinsics, hoists the loads and
+/// spills 4-6 of the 8 accumulators (v4, rejected); here 8 accumulators, the mask and 6
+/// temporaries take 15 of the 16 `ymm` registers. Sums: as `tile_i8_rt` (3072 per block and
+/// lane at most, widened every [`I16_BLOCKS`]).
+///
+/// # Safety
+/// As [`tile_i8`] for the tile (2, 4): `rows.len() == 2 * rb`, `acc.len() == 8`, `x` holds
+/// `3 * stride + rb * 4` elements.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_i8_2x4(rows: &[u8], rb: usize, x: &[i8], stride: usize, acc: &mut [i32]) {
+    debug_assert!(rows.len() == 2 * rb && acc.len() == 8);
+    debug_assert!(x.len() >= 3 * stride + rb * 4);
+    let m3 = _mm256_set1_epi8(3);
+    let ones = _mm256_set1_epi16(1);
+    let mut sums = [_mm256_setzero_si256(); 8];
+    let (wp, xp) = (rows.as_ptr(), x.as_ptr());
+    let blocks = rb / BLOCK_BYTES;
+    let mut b0 = 0;
+    while b0 < blocks {
+        let b1 = (b0 + I16_BLOCKS).min(blocks);
+        let mut part = [_mm256_setzero_si256(); 8];
+        for blk in b0..b1 {
+            // SAFETY: block `blk` of both rows is inside `rows`; the four tokens' activations
+            // of this block end at `3 * stride + 128 * (blk + 1) <= x.len()`.
+            unsafe {
+                block_2x4(
+                    wp.add(BLOCK_BYTES * blk),
+                    rb,
+                    xp.add(BLOCK * blk),
+                    stride,
+                    m3,
+                    &mut part,
+                )
+            };
+        }
+        for (s, p) in sums.iter_mut().zip(part) {
+            *s = _mm256_add_epi32(*s, _mm256_madd_epi16(p, ones));
+        }
+        b0 = b1;
+    }
+    let lo = hsum4_i32([sums[0], sums[1], sums[2], sums[3]]);
+    let hi = hsum4_i32([sums[4], sums[5], sums[6], sums[7]]);
+    acc[..4].copy_from_slice(&lo);
+    acc[4..].copy_from_slice(&hi);
+}
+
+/// The `vpmaddubsw` and add of one plane's codes (`qa` row 0, `qb` row 1) against one token's
+/// 32 activations at `[x + off]`, into that token's two accumulators.
+macro_rules! token_2x4 {
+    ($off:expr, $a:literal, $b:literal) => {
+        concat!(
+            "vmovdqu {xv}, [",
+            $off,
+            "]\n",
+            "vpmaddubsw {t}, {qa}, {xv}\n",
+            "vpaddw {",
+            $a,
+            "}, {",
+            $a,
+            "}, {t}\n",
+            "vpmaddubsw {t}, {qb}, {xv}\n",
+            "vpaddw {",
+            $b,
+            "}, {",
+            $b,
+            "}, {t}\n",
+        )
+    };
+}
+
+/// Moves both rows' next plane into bits 0-1 of every byte (a 16-bit shift: the bits that
+/// cross into a byte from its neighbour are masked off by the `& 3` that follows).
+macro_rules! shift_2x4 {
+    () => {
+        "vpsrlw {va}, {va}, 2\nvpsrlw {vb}, {vb}, 2\n"
+    };
+}
+
+/// One plane of one block: decode both rows' codes, then the four tokens (token `t` at
+/// `x + t * stride`, plane `p` at byte `32 p`). Planes after the first shift the rows first.
+macro_rules! plane_2x4 {
+    ($shift:expr, $p:literal) => {
+        concat!(
+            $shift,
+            "vpand {qa}, {va}, {m3}\n",
+            "vpand {qb}, {vb}, {m3}\n",
+            token_2x4!(concat!("{x} + ", $p), "a0", "b0"),
+            token_2x4!(concat!("{x} + {s} + ", $p), "a1", "b1"),
+            token_2x4!(concat!("{x} + 2*{s} + ", $p), "a2", "b2"),
+            token_2x4!(concat!("{x} + {s3} + ", $p), "a3", "b3"),
+        )
+    };
+}
+
+/// One block of [`tile_i8_2x4`]: rows at `w` and `w + rb`, tokens at `x + t * stride`.
+///
+/// # Safety
+/// AVX2; 32 bytes readable at `w` and `w + rb`, 128 at `x + t * stride` for `t` in 0..4.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn block_2x4(
+    w: *const u8,
+    rb: usize,
+    x: *const i8,
+    stride: usize,
+    m3: __m256i,
+    part: &mut [__m256i; 8],
+) {
+    let [mut a0, mut a1, mut a2, mut a3, mut b0, mut b1, mut b2, mut b3] = *part;
+    // SAFETY: reads only the bytes the caller's contract names; writes only registers.
+    unsafe {
+        asm!(
+            "vmovdqu {va}, [{w}]",
+            "vmovdqu {vb}, [{w} + {rb}]",
+            plane_2x4!("", "0"),
+            plane_2x4!(shift_2x4!(), "32"),
+            plane_2x4!(shift_2x4!(), "64"),
+            plane_2x4!(shift_2x4!(), "96"),
+            w = in(reg) w,
+            rb = in(reg) rb,
+            x = in(reg) x,
+            s = in(reg) stride,
+            s3 = in(reg) 3 * stride,
+            m3 = in(ymm_reg) m3,
+            a0 = inout(ymm_reg) a0,
+            a1 = inout(ymm_reg) a1,
+            a2 = inout(ymm_reg) a2,
+            a3 = inout(ymm_reg) a3,
+            b0 = inout(ymm_reg) b0,
+            b1 = inout(ymm_reg) b1,
+            b2 = inout(ymm_reg) b2,
+            b3 = inout(ymm_reg) b3,
+            va = out(ymm_reg) _,
+            vb = out(ymm_reg) _,
+            qa = out(ymm_reg) _,
+            qb = out(ymm_reg) _,
+            xv = out(ymm_reg) _,
+            t = out(ymm_reg) _,
+            options(nostack, readonly, preserves_flags),
+        );
+    }
+    *part = [a0, a1, a2, a3, b0, b1, b2, b3];
 }
 
 /// See [`crate::cpu::arch::Micro::row_f32`].
