@@ -224,9 +224,10 @@ fn mlp_block(
 /// costs ~5-20 µs, the time of ~50-200 K multiply-adds on one core.
 pub(crate) const ATTENTION_PARALLEL_MIN: usize = 1 << 18;
 
-/// Softmax attention of every (token, query head) of the batch over its slot's cache, the
-/// pairs dealt round-robin to `threads` parts (prefill's later tokens attend to more
-/// positions, so contiguous parts would be unequal).
+/// Softmax attention of every (token, KV head) of the batch over its slot's cache, each KV
+/// head's group of query heads in one pass over the cache ([`KvCache::attend`]), the pairs dealt
+/// round-robin to `threads` parts (prefill's later tokens attend to more positions, so
+/// contiguous parts would be unequal).
 fn attention(
     c: &ModelConfig,
     l: usize,
@@ -243,18 +244,19 @@ fn attention(
     } else {
         threads
     };
-    let mut parts: Vec<Vec<(usize, &mut [f32])>> = (0..parts_n).map(|_| Vec::new()).collect();
-    for (i, out) in att.chunks_exact_mut(d).enumerate() {
-        parts[i % parts_n].push((i, out));
-    }
     let group = c.num_heads / c.num_kv_heads;
+    let mut parts: Vec<Vec<(usize, &mut [f32])>> = (0..parts_n).map(|_| Vec::new()).collect();
+    for (i, outs) in att.chunks_exact_mut(group * d).enumerate() {
+        parts[i % parts_n].push((i, outs));
+    }
     run_parts(parts, |part| {
         let mut scratch = Default::default();
-        for (i, out) in part {
-            let (t, head) = (i / c.num_heads, i % c.num_heads);
+        for (i, outs) in part {
+            let (t, kv_head) = (i / c.num_kv_heads, i % c.num_kv_heads);
             let p = at[t];
-            let q = &q[t * qd + head * d..][..d];
-            cache.attend(l, p.slot, p.pos + 1, q, head / group * d, &mut scratch, out);
+            let qs = &q[t * qd + kv_head * group * d..][..group * d];
+            let cols = (kv_head * d, d);
+            cache.attend(l, p.slot, p.pos + 1, qs, cols, &mut scratch, outs);
         }
     })
 }

@@ -140,26 +140,35 @@ impl KvCache {
         }
     }
 
-    /// Softmax attention of query head `q` over positions `0 .. len` of `slot` in `layer`,
-    /// reading the kv head's columns `col .. col + q.len()`, into `out`; `scores` and `row` are
-    /// scratch.
+    /// Softmax attention of the query heads `qs` (`[heads, d]`: one KV head's group) over
+    /// positions `0 .. len` of `slot` in `layer`, reading the KV head's columns `col .. col + d`,
+    /// into `outs` (`[heads, d]`); `scratch` is reused between calls.
     #[allow(clippy::too_many_arguments)]
     pub fn attend(
         &self,
         layer: usize,
         slot: usize,
         len: usize,
-        q: &[f32],
-        col: usize,
-        scratch: &mut (Vec<f32>, Vec<f32>),
-        out: &mut [f32],
+        qs: &[f32],
+        (col, d): (usize, usize),
+        scratch: &mut Scratch,
+        outs: &mut [f32],
     ) {
         let (a, b) = (self.at(layer, slot, 0), self.at(layer, slot, len));
+        let kv = (col, d, self.kv_dim);
         match &self.store {
-            Store::F32 { k, v } => attend(q, &k[a..b], &v[a..b], col, self.kv_dim, scratch, out),
-            Store::F16 { k, v } => attend(q, &k[a..b], &v[a..b], col, self.kv_dim, scratch, out),
+            Store::F32 { k, v } => attend(qs, &k[a..b], &v[a..b], kv, scratch, outs),
+            Store::F16 { k, v } => attend(qs, &k[a..b], &v[a..b], kv, scratch, outs),
         }
     }
+}
+
+/// Buffers of [`KvCache::attend`]: every head's scores and softmax sum, one widened cache row.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    scores: Vec<f32>,
+    sums: Vec<f32>,
+    row: Vec<f32>,
 }
 
 /// A cached element type as the attention reads it: f32 rows are read in place, f16 rows
@@ -183,35 +192,47 @@ impl KvElem for f16 {
     }
 }
 
-/// Softmax attention of one query head over `len` cached positions (`k`, `v`: `[len, kv_dim]`,
-/// this head's columns at `col`), into `out`.
+/// Softmax attention of a group of query heads (`qs`, `[heads, d]`) over `len` cached positions
+/// (`k`, `v`: `[len, kv_dim]`, the group's KV head at columns `col .. col + d`), into `outs`.
+/// The group shares one pass over the cache: each K and V row is read (and, for f16, widened)
+/// once for all of its query heads, the way GQA meant it. Each head's arithmetic is the same as
+/// alone: a score per position, then max, exp and sum in position order, then the weighted sum.
 fn attend<T: KvElem>(
-    q: &[f32],
+    qs: &[f32],
     k: &[T],
     v: &[T],
-    col: usize,
-    kv_dim: usize,
-    (scores, row): &mut (Vec<f32>, Vec<f32>),
-    out: &mut [f32],
+    (col, d, kv_dim): (usize, usize, usize),
+    Scratch { scores, sums, row }: &mut Scratch,
+    outs: &mut [f32],
 ) {
-    let d = q.len();
+    let (len, heads) = (k.len() / kv_dim, qs.len() / d);
     let scaling = (d as f32).powf(-0.5);
     row.resize(d, 0.0);
-    scores.clear();
-    for r in k.chunks_exact(kv_dim) {
-        scores.push(dot_f32(q, T::as_f32(&r[col..col + d], row)) * scaling);
+    scores.resize(heads * len, 0.0);
+    sums.clear();
+    sums.resize(heads, 0.0);
+    for (p, r) in k.chunks_exact(kv_dim).enumerate() {
+        let kr = T::as_f32(&r[col..col + d], row);
+        for (q, s) in qs.chunks_exact(d).zip(scores.chunks_exact_mut(len)) {
+            s[p] = dot_f32(q, kr) * scaling;
+        }
     }
-    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-    let mut sum = 0.0f32;
-    for x in scores.iter_mut() {
-        *x = (*x - max).exp();
-        sum += *x;
+    for (s, sum) in scores.chunks_exact_mut(len).zip(sums.iter_mut()) {
+        let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        for x in s.iter_mut() {
+            *x = (*x - max).exp();
+            *sum += *x;
+        }
     }
-    out.fill(0.0);
-    for (p, r) in scores.iter().zip(v.chunks_exact(kv_dim)) {
-        let p = p / sum;
-        for (o, &x) in out.iter_mut().zip(T::as_f32(&r[col..col + d], row)) {
-            *o += p * x;
+    outs.fill(0.0);
+    for (p, r) in v.chunks_exact(kv_dim).enumerate() {
+        let vr = T::as_f32(&r[col..col + d], row);
+        let heads = outs.chunks_exact_mut(d).zip(scores.chunks_exact(len));
+        for ((out, s), &sum) in heads.zip(sums.iter()) {
+            let w = s[p] / sum;
+            for (o, &x) in out.iter_mut().zip(vr) {
+                *o += w * x;
+            }
         }
     }
 }
@@ -225,25 +246,37 @@ mod tests {
         let (q, k, v) = ([0.5f32, -1.0], [2.0f32, 1.0], [7.0f32, -3.0]);
         let mut out = [0f32; 2];
         let mut scratch = Default::default();
-        attend(&q, &k, &v, 0, 2, &mut scratch, &mut out);
+        attend(&q, &k, &v, (0, 2, 2), &mut scratch, &mut out);
         assert_eq!(out, v);
         // Two positions with equal scores average their values.
         let k2 = [1.0f32, 1.0, 1.0, 1.0];
         let v2 = [2.0f32, 4.0, 6.0, 8.0];
-        attend(&[1.0, 0.0], &k2, &v2, 0, 2, &mut scratch, &mut out);
+        attend(&[1.0, 0.0], &k2, &v2, (0, 2, 2), &mut scratch, &mut out);
         assert_eq!(out, [4.0, 6.0]);
         // An f16 cache widens exactly: the same values give the same result.
         let v16 = v2.map(f16::from_f32);
-        attend(
-            &[1.0, 0.0],
-            &k2.map(f16::from_f32),
-            &v16,
-            0,
-            2,
-            &mut scratch,
-            &mut out,
-        );
+        let k16 = k2.map(f16::from_f32);
+        attend(&[1.0, 0.0], &k16, &v16, (0, 2, 2), &mut scratch, &mut out);
         assert_eq!(out, [4.0, 6.0]);
+    }
+
+    #[test]
+    fn a_group_of_heads_equals_each_head_alone() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        // 3 positions of a cache with two KV heads of width 4; the group reads head 1.
+        let (d, kv_dim, len, heads) = (4, 8, 3, 3);
+        let mut r = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random::<f32>() - 0.5).collect() };
+        let (k, v, qs) = (r(len * kv_dim), r(len * kv_dim), r(heads * d));
+        let mut outs = vec![f32::NAN; heads * d];
+        let mut scratch = Scratch::default();
+        attend(&qs, &k, &v, (4, d, kv_dim), &mut scratch, &mut outs);
+        for h in 0..heads {
+            let mut alone = [f32::NAN; 4];
+            let q = &qs[h * d..(h + 1) * d];
+            attend(q, &k, &v, (4, d, kv_dim), &mut scratch, &mut alone);
+            assert_eq!(alone, outs[h * d..(h + 1) * d], "head {h}");
+        }
     }
 
     #[test]
@@ -254,7 +287,15 @@ mod tests {
         let x = 1.0 + 1.0 / 4096.0; // not an f16: rounds to 1.0 (ties to even)
         cache.store(0, 0, 0, &[x, 3.0], &[x, -2.0]);
         let mut out = [0f32; 2];
-        cache.attend(0, 0, 1, &[1.0, 0.0], 0, &mut Default::default(), &mut out);
+        cache.attend(
+            0,
+            0,
+            1,
+            &[1.0, 0.0],
+            (0, 2),
+            &mut Default::default(),
+            &mut out,
+        );
         assert_eq!(out, [1.0, -2.0]);
         assert_eq!(
             KvCache::bytes(&c, KvType::F16, 3, 5).unwrap(),
