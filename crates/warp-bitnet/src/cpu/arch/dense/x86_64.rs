@@ -1,8 +1,10 @@
 //! AVX2 + FMA + F16C dense matrix-vector products (see the parent module).
 //!
 //! One row at a time, streamed front to back so the hardware prefetcher sees one sequential
-//! stream; `x` (10 KB at 2560 columns) stays in L1 across rows. Four 8-lane FMA chains hide
-//! the FMA latency; the widening of 8 weights is one or two instructions per type.
+//! stream; `x` (10 KB at 2560 columns) stays in L1 across rows. Eight 8-lane FMA chains: with
+//! four, the FMA latency (4 cycles on Zen 3) allowed one FMA a cycle, 8 int8 weights = 8 bytes
+//! a cycle (~22 GB/s at 2.7 GHz), so the int8 lm_head could not keep up with DRAM (docs/NOTES.md,
+//! "CPU v5"). The widening of 8 weights is one or two instructions per type.
 
 use std::arch::x86_64::*;
 
@@ -35,7 +37,7 @@ macro_rules! rows_fn {
         #[target_feature(enable = "avx2,fma,f16c")]
         unsafe fn $name(w: *const $t, x: &[f32], out: &mut [f32]) {
             let n = x.len();
-            let whole = n / 32 * 32;
+            let whole = n / 64 * 64;
             let eights = n / 8 * 8;
             let xp = x.as_ptr();
             for (r, o) in out.iter_mut().enumerate() {
@@ -43,8 +45,8 @@ macro_rules! rows_fn {
                 // every index below is under `n`, so `x` reads stay inside `x` too.
                 unsafe {
                     let row = w.add(r * n);
-                    let mut acc = [_mm256_setzero_ps(); 4];
-                    for k in (0..whole).step_by(32) {
+                    let mut acc = [_mm256_setzero_ps(); 8];
+                    for k in (0..whole).step_by(64) {
                         for (j, s) in acc.iter_mut().enumerate() {
                             let wv = $load(row.add(k + 8 * j));
                             let xv = _mm256_loadu_ps(xp.add(k + 8 * j));
@@ -55,8 +57,10 @@ macro_rules! rows_fn {
                         let wv = $load(row.add(k));
                         acc[0] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xp.add(k)), acc[0]);
                     }
-                    let v =
-                        _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+                    let mut v = acc[0];
+                    for &a in &acc[1..] {
+                        v = _mm256_add_ps(v, a);
+                    }
                     let mut tail = 0f32;
                     for k in eights..n {
                         tail += $scalar(row.add(k)) * *xp.add(k);
