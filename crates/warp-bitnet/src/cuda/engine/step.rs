@@ -13,6 +13,10 @@
 //!
 //! The x_scale of consecutive quantizations alternates between two banks: the kernel that
 //! dequantizes one GEMM's sums (reading its input's scales) writes the next GEMM's scales.
+//!
+//! With dense-bf16 weights (`LinearWeights::DenseBf16`, the bench's baseline) the launches are
+//! the same, except that the row kernels write bf16 GEMM inputs (no int8, no scales) and the
+//! GEMMs are cuBLAS's, writing f32 values that the next kernels read as `Deq::F32_VALUES`.
 
 use cudarc::driver::sys::CUdeviceptr;
 
