@@ -54,10 +54,15 @@ struct ModelRow {
     /// included), or of the whole prefill.
     time_us: f64,
     tokens_per_s: f64,
-    /// No dense baseline on the CPU path yet.
+    /// The GPU rows: "dense-bf16", the same engine with bf16 weights through cuBLAS, timed in
+    /// the same run at the same shape (no dense baseline on the CPU path yet).
     baseline: Option<String>,
     baseline_us: Option<f64>,
+    /// `baseline_us / time_us`.
     speedup: Option<f64>,
+    /// Why a GPU row has no baseline (e.g. the dense model does not fit the GPU's memory).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    baseline_note: Option<String>,
     /// Bytes a decode step reads (weights as held, one embedding row, KV cache); prefill rows:
     /// the same for one pass over the weights.
     bytes: u64,
@@ -103,11 +108,21 @@ impl ModelRow {
             baseline: None,
             baseline_us: None,
             speedup: None,
+            baseline_note: None,
             bytes,
             limit_us,
             pct_limit: 100.0 * limit_us / time_us,
             load_avg: load_avg(),
         }
+    }
+}
+
+impl ModelRow {
+    /// Sets the baseline `name` that took `us` for the same work.
+    fn set_baseline(&mut self, name: &str, us: f64) {
+        self.baseline = Some(name.into());
+        self.baseline_us = Some(us);
+        self.speedup = Some(us / self.time_us);
     }
 }
 

@@ -100,6 +100,7 @@ fn load(a: &Args) -> Result<Engine> {
         lm_head,
         memory_fraction: None,
         kv_cache: a.kv_cache,
+        weights: engine::LinearWeights::Ternary,
     };
     if let Some(preset) = a.model.strip_prefix("random:") {
         let config = engine::ModelConfig::preset(preset)?;

@@ -20,6 +20,10 @@
 use warp_bitnet::engine::{Device, Engine, EngineOptions, HiddenAct, KvType, ModelConfig};
 use warp_bitnet::Error;
 
+#[path = "common/logits.rs"]
+mod logits;
+use logits::{argmax, clear_pick, rel_err};
+
 const TOL: f32 = 5e-3;
 
 fn tiny(act: HiddenAct, sub_norms: bool, act_norm: bool) -> ModelConfig {
@@ -44,38 +48,6 @@ fn pair(c: &ModelConfig, slots: usize, max_context: usize) -> (Engine, Engine) {
         Engine::random(c.clone(), 5, &opts(Device::Cpu)).unwrap(),
         Engine::random(c.clone(), 5, &opts(Device::Cuda(0))).expect("a CUDA GPU"),
     )
-}
-
-fn rel_err(got: &[f32], want: &[f32]) -> f32 {
-    let (mut e, mut n) = (0f64, 0f64);
-    for (g, w) in got.iter().zip(want) {
-        e += f64::from(g - w).powi(2);
-        n += f64::from(*w).powi(2);
-    }
-    (e / n).sqrt() as f32
-}
-
-/// The CPU's pick, and whether it is clear of the GPU's deviation: the top two CPU logits
-/// further apart than twice the largest |gpu - cpu| of this step (then the GPU's argmax must be
-/// the same token; a closer call is a tie within f16 and either pick is right).
-fn clear_pick(cpu: &[f32], gpu: &[f32]) -> (u32, bool) {
-    let mut idx: Vec<usize> = (0..cpu.len()).collect();
-    idx.sort_by(|&a, &b| cpu[b].total_cmp(&cpu[a]).then(a.cmp(&b)));
-    let dev = cpu
-        .iter()
-        .zip(gpu)
-        .fold(0f32, |m, (c, g)| m.max((c - g).abs()));
-    (idx[0] as u32, cpu[idx[0]] - cpu[idx[1]] > 2.0 * dev)
-}
-
-fn argmax(x: &[f32]) -> u32 {
-    let (mut best, mut best_v) = (0, f32::NEG_INFINITY);
-    for (i, &v) in x.iter().enumerate() {
-        if v > best_v {
-            (best, best_v) = (i, v);
-        }
-    }
-    best as u32
 }
 
 /// Prefill, then 32 decode steps fed the CPU's greedy tokens: logits within TOL at every step,

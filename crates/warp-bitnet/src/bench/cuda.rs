@@ -13,16 +13,12 @@
 //! float64 reference on the same random data before it is timed (beyond 64 tokens, on 64
 //! tokens spread over the batch: `CHECKED_TOKENS`).
 
-use std::ffi::c_void;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
-use cudarc::driver::sys::{CUdeviceptr, CUevent_flags};
-use cudarc::driver::{
-    CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
-};
-use cudarc::nvrtc::Ptx;
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::{CudaSlice, CudaStream};
 use half::{bf16, f16};
 use rand::Rng;
 use rayon::prelude::*;
@@ -31,7 +27,9 @@ use serde::Serialize;
 use super::{
     max_rel_err, median, random_int2_matrix, random_matrix, reference_f64, BenchRow, Shape,
 };
-use crate::cuda::{compile, gemm_symbol, Cta, Gpu, SplitKernels, Staging};
+use crate::cuda::bench_aids::{poison, StreamHold};
+use crate::cuda::blas::gemm_slices;
+use crate::cuda::{gemm_symbol, Cta, Gpu, SplitKernels, Staging};
 use crate::error::Result;
 use crate::DType;
 use crate::PackedWeights;
@@ -61,14 +59,6 @@ pub struct RunInfo {
     pub prefill: bool,
 }
 
-/// Holds the stream for `ns` nanoseconds of GPU time.
-const HOLD_SRC: &str = r#"
-extern "C" __global__ void hold(unsigned long long ns) {
-    unsigned long long t0, t;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
-    do asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)); while (t - t0 < ns);
-}"#;
-
 /// Host time to queue one call, generously (events and a launch or two): the hold
 /// per timed call.
 const HOLD_PER_CALL: Duration = Duration::from_micros(40);
@@ -78,7 +68,7 @@ pub struct CudaBench {
     gpu: Gpu,
     stream: Arc<CudaStream>,
     blas: CudaBlas,
-    hold: CudaFunction,
+    hold: StreamHold,
     iters: usize,
     /// Copy bandwidth measured at start-up, GB/s.
     pub info: RunInfo,
@@ -97,14 +87,7 @@ impl CudaBench {
         let stream = gpu.context().new_stream()?;
         let blas = CudaBlas::new(stream.clone())?;
         let i = gpu.info().clone();
-        let hold_src = compile::Source {
-            name: "hold.cu",
-            text: std::borrow::Cow::Borrowed(HOLD_SRC),
-        };
-        let module = gpu
-            .context()
-            .load_module(Ptx::from_binary(compile::compile(&hold_src, &i.arch)?))?;
-        let hold = module.load_function("hold")?;
+        let hold = StreamHold::new(&gpu)?;
         let info = RunInfo {
             gpu: i.name,
             compute_capability: format!("{}.{}", i.compute_capability.0, i.compute_capability.1),
@@ -134,13 +117,7 @@ impl CudaBench {
         let n = 1usize << 30;
         let src = self.stream.alloc_zeros::<u8>(n)?;
         let mut dst = self.stream.alloc_zeros::<u8>(n)?;
-        let (s, _g1) = src.device_ptr(&self.stream);
-        let (d, _g2) = dst.device_ptr_mut(&self.stream);
-        let cu = self.stream.cu_stream();
-        // SAFETY: both buffers hold n bytes and live until the stream is synchronized in `time`.
-        let t = self.time(1, &mut |_| {
-            unsafe { cudarc::driver::result::memcpy_dtod_async(d, s, n, cu) }.map_err(Into::into)
-        })?;
+        let t = self.time(1, &mut |_| Ok(self.stream.memcpy_dtod(&src, &mut dst)?))?;
         Ok(2.0 * n as f64 / t.alone_us / 1e3)
     }
 
@@ -226,15 +203,7 @@ impl CudaBench {
 
     /// Holds the stream for `time`.
     fn hold(&self, time: Duration) -> Result<()> {
-        let ns = time.as_nanos() as u64;
-        let cfg = LaunchConfig {
-            grid_dim: (1, 1, 1),
-            block_dim: (1, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: `hold` takes one u64 and touches no memory.
-        unsafe { self.stream.launch_builder(&self.hold).arg(&ns).launch(cfg) }?;
-        Ok(())
+        self.hold.hold(&self.stream, time)
     }
 
     /// Copies needed so that rotating among them moves more than 4x the L2 size.
@@ -274,28 +243,26 @@ impl CudaBench {
         let t_blas_h = {
             let d = self.replicate(&dense_f16, blas_copies)?;
             self.time(blas_copies, &mut |i| {
-                self.cublas_gemm(
+                gemm_slices(
+                    &self.blas,
+                    s,
                     &d[i],
                     &acts.x_h,
                     &mut y_h,
-                    rows,
-                    cols,
-                    batch,
-                    blas_sys::cudaDataType::CUDA_R_16F,
+                    (rows, cols, batch),
                 )
             })?
         };
         let t_blas_b = {
             let d = self.replicate(&dense_bf16, blas_copies)?;
             self.time(blas_copies, &mut |i| {
-                self.cublas_gemm(
+                gemm_slices(
+                    &self.blas,
+                    s,
                     &d[i],
                     &acts.x_b,
                     &mut y_b,
-                    rows,
-                    cols,
-                    batch,
-                    blas_sys::cudaDataType::CUDA_R_16BF,
+                    (rows, cols, batch),
                 )
             })?
         };
@@ -500,52 +467,6 @@ impl CudaBench {
         v.push(first);
         Ok(v)
     }
-
-    /// `y[batch, rows] = x[batch, cols] . Wᵀ` with row-major `W` through cublasGemmEx
-    /// (f32 accumulation), the call PyTorch makes for an fp16/bf16 linear layer.
-    #[allow(clippy::too_many_arguments)]
-    fn cublas_gemm<T: cudarc::driver::DeviceRepr>(
-        &self,
-        w: &CudaSlice<T>,
-        x: &CudaSlice<T>,
-        y: &mut CudaSlice<T>,
-        rows: usize,
-        cols: usize,
-        batch: usize,
-        dtype: blas_sys::cudaDataType,
-    ) -> Result<()> {
-        let (alpha, beta) = (1.0f32, 0.0f32);
-        let (wp, _g1) = w.device_ptr(&self.stream);
-        let (xp, _g2) = x.device_ptr(&self.stream);
-        let (yp, _g3) = y.device_ptr_mut(&self.stream);
-        let ptr = |p: CUdeviceptr| p as *const c_void;
-        // SAFETY: column-major view: op(A) = Wᵀ-of-the-col-major-[cols, rows] = W (rows x cols),
-        // B = x as [cols, batch], C = y as [rows, batch]; all sizes match the buffers.
-        unsafe {
-            blas::gemm_ex(
-                *self.blas.handle(),
-                blas_sys::cublasOperation_t::CUBLAS_OP_T,
-                blas_sys::cublasOperation_t::CUBLAS_OP_N,
-                rows as i32,
-                batch as i32,
-                cols as i32,
-                (&alpha as *const f32).cast(),
-                ptr(wp),
-                dtype,
-                cols as i32,
-                ptr(xp),
-                dtype,
-                cols as i32,
-                (&beta as *const f32).cast(),
-                yp as *mut c_void,
-                dtype,
-                rows as i32,
-                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-            )
-        }?;
-        Ok(())
-    }
 }
 
 /// Tokens whose outputs are checked against float64 references: every one up to
@@ -620,13 +541,4 @@ fn dense<T: Send + Copy + Default>(w: &crate::TernaryMatrix, conv: fn(f32) -> T)
         },
     );
     d
-}
-
-/// Fills a 16-bit output with 0xFFFF (a NaN in f16 and bf16), so unwritten elements show.
-fn poison<T: cudarc::driver::DeviceRepr>(s: &Arc<CudaStream>, y: &mut CudaSlice<T>) -> Result<()> {
-    let n = y.num_bytes();
-    let (p, _g) = y.device_ptr_mut(s);
-    // SAFETY: writes exactly the buffer's bytes on its stream.
-    unsafe { cudarc::driver::result::memset_d8_async(p, 0xFF, n, s.cu_stream()) }?;
-    Ok(())
 }

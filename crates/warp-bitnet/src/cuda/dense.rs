@@ -6,13 +6,12 @@
 //! activations multiply the int8 levels with exact int32 sums, then the kernels' W2A8
 //! epilogue. The same arithmetic as the Python package's dense path.
 
-use std::ffi::c_void;
 use std::sync::Arc;
 
-use cudarc::cublas::{result as blas, sys as blas_sys};
 use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 
+use super::blas::{gemm_row_major, RowMajorGemm};
 use super::launch::{blocks_of_256, elems, kernel_dtype, kernel_params, launch};
 use super::plan::{may_be_dense, quantizes_in_kernel, route, Route};
 use super::{Gpu, GpuMatrix};
@@ -115,61 +114,40 @@ impl Gpu {
             }
         };
         let (wp, _gw) = weights.device_ptr(stream);
-        let gemm = |a_type, c_type, compute, alpha: *const c_void, beta: *const c_void, c| {
-            // SAFETY: column-major view: op(A) = W (rows x cols, row-major, ld cols),
-            // B = x as [cols, batch], C = y as [rows, batch]; sizes match the buffers.
-            unsafe {
-                blas::gemm_ex(
-                    handle,
-                    blas_sys::cublasOperation_t::CUBLAS_OP_T,
-                    blas_sys::cublasOperation_t::CUBLAS_OP_N,
-                    rows as i32,
-                    batch as i32,
-                    cols as i32,
-                    alpha,
-                    wp as *const c_void,
-                    a_type,
-                    cols as i32,
-                    call.x as *const c_void,
-                    a_type,
-                    cols as i32,
-                    beta,
-                    c as *mut c_void,
-                    c_type,
-                    rows as i32,
-                    compute,
-                    blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-                )
-            }
+        let gemm = |in_type, y, out_type, accumulate| {
+            let g = RowMajorGemm {
+                rows,
+                cols,
+                tokens: batch,
+                w: wp,
+                x: call.x,
+                in_type,
+                y,
+                ldy: rows,
+                out_type,
+                accumulate,
+            };
+            // SAFETY: the handle is bound to `stream`; the weights hold rows x cols of
+            // `in_type`, the caller guarantees x and y.
+            unsafe { gemm_row_major(handle, &g) }
         };
         if !int8 {
-            let t = blas_type(call.x_dtype);
-            let (alpha, mut beta) = (1.0f32, 0.0f32);
+            // The bias in cuBLAS's epilogue: y = bias rows, then y += W x.
             if let Some(b) = call.bias {
                 // SAFETY: `b` holds `rows` and `y` `rows * batch` values of the output type.
                 unsafe { self.bias_rows(b, call.y, rows, batch, stream) }?;
-                beta = 1.0;
             }
-            let compute = blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F;
-            gemm(t, t, compute, ptr(&alpha), ptr(&beta), call.y)?;
-            return Ok(());
+            return gemm(call.x_dtype, call.y, call.x_dtype, call.bias.is_some());
         }
-        // int8: exact int32 sums (cuBLAS takes int32 alpha and beta here), into y itself
-        // when it is int32, else into a workspace that the W2A8 epilogue reads.
-        let (alpha, beta) = (1i32, 0i32);
-        let (i8t, i32t) = (
-            blas_sys::cudaDataType_t::CUDA_R_8I,
-            blas_sys::cudaDataType_t::CUDA_R_32I,
-        );
-        let compute = blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32I;
+        // int8: exact int32 sums, into y itself when it is int32, else into a workspace that
+        // the W2A8 epilogue reads.
         if call.y_dtype == DType::I32 {
-            gemm(i8t, i32t, compute, ptr(&alpha), ptr(&beta), call.y)?;
-            return Ok(());
+            return gemm(DType::I8, call.y, DType::I32, false);
         }
         // SAFETY: cuBLAS writes every sum (beta = 0) before the epilogue reads it.
         let mut acc = unsafe { stream.alloc::<i32>(elems("y", rows, batch)?) }?;
         let (accp, _ga) = acc.device_ptr_mut(stream);
-        gemm(i8t, i32t, compute, ptr(&alpha), ptr(&beta), accp)?;
+        gemm(DType::I8, accp, DType::I32, false)?;
         let ptrs = w.device_ptrs(stream);
         let x_scale = call.x_scale.expect("checked: i8 activations carry x_scale");
         // SAFETY: `accp` holds rows * batch sums; the rest as the caller guarantees.
@@ -278,17 +256,6 @@ impl Gpu {
         let mut kp = kernel_params!(b, yp, r, n);
         // SAFETY: parameters match bias_rows in quant.cu; the caller guarantees the buffers.
         unsafe { launch(f, (blocks, 1, 1), 256, 0, stream.cu_stream(), &mut kp) }
-    }
-}
-
-fn ptr<T>(v: &T) -> *const c_void {
-    (v as *const T).cast()
-}
-
-fn blas_type(dtype: DType) -> blas_sys::cudaDataType {
-    match dtype {
-        DType::BF16 => blas_sys::cudaDataType_t::CUDA_R_16BF,
-        _ => blas_sys::cudaDataType_t::CUDA_R_16F,
     }
 }
 

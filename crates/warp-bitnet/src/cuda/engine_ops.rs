@@ -7,10 +7,10 @@
 use std::ffi::c_void;
 use std::sync::Arc;
 
-use cudarc::cublas::{result as blas, sys as blas_sys};
 use cudarc::driver::sys::{CUdeviceptr, CUstream};
 use cudarc::driver::CudaStream;
 
+use super::blas::{gemm_row_major, RowMajorGemm};
 use super::launch::{check_ptr, kernel_dtype, kernel_params, launch};
 use super::Gpu;
 use crate::dtype::DType;
@@ -29,8 +29,10 @@ pub(crate) const EMBED_THREADS: u32 = 256;
 /// The largest grid y dimension (CUDA's limit).
 const MAX_GRID_Y: usize = 65_535;
 
-/// One part of a GEMM's int32 output (engine.cu `Deq`): value `(t, c)` is
-/// `((acc[t * ld + c] * x_scale[t]) * w_scale[c]) + bias[c]`.
+/// One part of a GEMM's output (engine.cu `Deq`): value `(t, c)` is
+/// `((acc[t * ld + c] * x_scale[t]) * w_scale[c]) + bias[c]` for int32 sums
+/// ([`Deq::INT32_SUMS`]), or `acc[t * ld + c] + bias[c]` for f32 values ([`Deq::F32_VALUES`]:
+/// a dense-bf16 GEMM's output, scales unused).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub(crate) struct Deq {
@@ -40,7 +42,15 @@ pub(crate) struct Deq {
     /// 0: no bias.
     pub bias: CUdeviceptr,
     pub ld: u32,
-    pub pad: u32,
+    /// [`Deq::INT32_SUMS`] or [`Deq::F32_VALUES`] (engine.cu `DEQ_*`).
+    pub kind: u32,
+}
+
+impl Deq {
+    /// `acc` holds int32 sums, dequantized with the scales.
+    pub const INT32_SUMS: u32 = 0;
+    /// `acc` holds f32 values; `x_scale` and `w_scale` are unused (may be 0).
+    pub const F32_VALUES: u32 = 1;
 }
 const _: () = assert!(std::mem::size_of::<Deq>() == 40);
 
@@ -312,8 +322,19 @@ fn ld_error(arg: &'static str, n: usize, ld: usize) -> Error {
 /// A `Deq` whose rows are at least `n` wide.
 fn check_deq(d: &Deq, n: usize) -> Result<()> {
     check_ptr("acc", d.acc, 4)?;
-    check_ptr("x_scale", d.x_scale, 4)?;
-    check_ptr("w_scale", d.w_scale, 4)?;
+    match d.kind {
+        Deq::INT32_SUMS => {
+            check_ptr("x_scale", d.x_scale, 4)?;
+            check_ptr("w_scale", d.w_scale, 4)?;
+        }
+        Deq::F32_VALUES => {}
+        other => {
+            return Err(Error::Unsupported {
+                what: "Deq kind",
+                detail: format!("{other}; expected int32 sums (0) or f32 values (1)"),
+            })
+        }
+    }
     if d.bias != 0 {
         check_ptr("bias", d.bias, 4)?;
     }
@@ -559,55 +580,72 @@ impl Gpu {
         logits: CUdeviceptr,
         stream: &Arc<CudaStream>,
     ) -> Result<()> {
-        let t = match dtype {
-            DType::F32 => blas_sys::cudaDataType_t::CUDA_R_32F,
-            DType::F16 => blas_sys::cudaDataType_t::CUDA_R_16F,
-            DType::BF16 => blas_sys::cudaDataType_t::CUDA_R_16BF,
-            other => {
-                return Err(Error::Unsupported {
-                    what: "dtype",
-                    detail: format!("lm_head {}; need f32, f16 or bf16", other.name()),
-                })
-            }
-        };
-        for (arg, v) in [("tokens", tokens), ("vocab", vocab), ("hidden", hidden)] {
-            nonzero(arg, v)?;
-            if v > i32::MAX as usize {
-                return Err(too_large(arg, v, i32::MAX as usize));
-            }
+        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+            return Err(Error::Unsupported {
+                what: "dtype",
+                detail: format!("lm_head {}; need f32, f16 or bf16", dtype.name()),
+            });
         }
+        nonzero("tokens", tokens)?;
         check_ptr("table", table, dtype.size())?;
         check_ptr("x", x, dtype.size())?;
         check_ptr("logits", logits, 4)?;
         let (_blas, handle) = self.blas_on(stream)?;
-        let (alpha, beta) = (1.0f32, 0.0f32);
-        // SAFETY: the handle is live and bound to this GPU's stream. Column-major view: op(A) =
-        // table (vocab x hidden, row-major, ld hidden), B = x as [hidden, tokens], C = logits as
-        // [vocab, tokens]; the caller guarantees the sizes.
-        unsafe {
-            blas::gemm_ex(
-                handle,
-                blas_sys::cublasOperation_t::CUBLAS_OP_T,
-                blas_sys::cublasOperation_t::CUBLAS_OP_N,
-                vocab as i32,
-                tokens as i32,
-                hidden as i32,
-                (&alpha as *const f32).cast(),
-                table as *const c_void,
-                t,
-                hidden as i32,
-                x as *const c_void,
-                t,
-                hidden as i32,
-                (&beta as *const f32).cast(),
-                logits as *mut c_void,
-                blas_sys::cudaDataType_t::CUDA_R_32F,
-                vocab as i32,
-                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-            )?;
-        }
-        Ok(())
+        let g = RowMajorGemm {
+            rows: vocab,
+            cols: hidden,
+            tokens,
+            w: table,
+            x,
+            in_type: dtype,
+            y: logits,
+            ldy: vocab,
+            out_type: DType::F32,
+            accumulate: false,
+        };
+        // SAFETY: the handle is live and bound to this GPU's stream; the caller guarantees
+        // the sizes.
+        unsafe { gemm_row_major(handle, &g) }
+    }
+
+    /// A dense-bf16 linear layer (or several stacked) through cuBLAS: `y[t, c]` for `tokens`
+    /// rows of `x` `[tokens, cols]` bf16 and `w` `[rows, cols]` bf16 (the scale folded in), f32
+    /// accumulation, f32 out with row stride `ldy` (the engine's sums buffer). Run it once
+    /// outside graph capture first (the first call creates the cuBLAS handle).
+    ///
+    /// # Safety
+    /// As [`Gpu::lm_head_raw`]: the buffers hold those sizes on this GPU, alive until the work
+    /// completes; `y` does not overlap the inputs; `stream` belongs to this GPU.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn linear_bf16_raw(
+        &self,
+        w: CUdeviceptr,
+        (rows, cols): (usize, usize),
+        x: CUdeviceptr,
+        tokens: usize,
+        y: CUdeviceptr,
+        ldy: usize,
+        stream: &Arc<CudaStream>,
+    ) -> Result<()> {
+        check_ptr("w", w, 2)?;
+        check_ptr("x", x, 2)?;
+        check_ptr("y", y, 4)?;
+        let (_blas, handle) = self.blas_on(stream)?;
+        let g = RowMajorGemm {
+            rows,
+            cols,
+            tokens,
+            w,
+            x,
+            in_type: DType::BF16,
+            y,
+            ldy,
+            out_type: DType::F32,
+            accumulate: false,
+        };
+        // SAFETY: the handle is live and bound to this GPU's stream; the caller guarantees
+        // the sizes.
+        unsafe { gemm_row_major(handle, &g) }
     }
 }
 

@@ -16,6 +16,8 @@
 //! # Ok(()) }
 //! ```
 
+pub(crate) mod bench_aids;
+pub(crate) mod blas;
 pub mod compile;
 mod dense;
 pub(crate) mod engine;

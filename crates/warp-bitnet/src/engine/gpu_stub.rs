@@ -28,6 +28,7 @@ impl GpuEngine {
         _: &Weights,
         _: (usize, Option<f64>),
         _: usize,
+        _: super::LinearWeights,
     ) -> Result<Self> {
         Err(unavailable())
     }

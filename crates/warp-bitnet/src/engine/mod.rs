@@ -130,6 +130,42 @@ impl LmHead {
     }
 }
 
+/// How the linear layers' weights are held and multiplied.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LinearWeights {
+    /// Packed ternary weights (2 bits each) times per-token int8 activations (W2A8): the
+    /// BitNet b1.58 model as trained.
+    #[default]
+    Ternary,
+    /// Each linear layer decoded once at load to a bf16 matrix `w * scale` and multiplied by
+    /// cuBLAS with bf16 activations (no int8 quantization): what a dense bf16 checkpoint of
+    /// the same model runs, the baseline of the whole-model GPU bench. GPU only; norms, RoPE,
+    /// attention, lm_head and KV cache are the ternary engine's.
+    DenseBf16,
+}
+
+impl LinearWeights {
+    /// `"ternary"` or `"dense-bf16"`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "ternary" => Ok(LinearWeights::Ternary),
+            "dense-bf16" | "bf16" => Ok(LinearWeights::DenseBf16),
+            _ => Err(Error::Unsupported {
+                what: "weights",
+                detail: format!("{s:?}; expected \"ternary\" or \"dense-bf16\""),
+            }),
+        }
+    }
+
+    /// The name [`LinearWeights::parse`] reads.
+    pub fn name(self) -> &'static str {
+        match self {
+            LinearWeights::Ternary => "ternary",
+            LinearWeights::DenseBf16 => "dense-bf16",
+        }
+    }
+}
+
 /// How to set an engine up.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EngineOptions {
@@ -153,6 +189,9 @@ pub struct EngineOptions {
     /// The KV cache's element type; `None` takes the device's: f32 on the CPU (transformers'
     /// float32 numbers), f16 on a GPU (its only type).
     pub kv_cache: Option<KvType>,
+    /// How the linear layers' weights are held: ternary (default) or, on a GPU only, dense
+    /// bf16 through cuBLAS (the bench's baseline).
+    pub weights: LinearWeights,
 }
 
 impl Default for EngineOptions {
@@ -165,6 +204,7 @@ impl Default for EngineOptions {
             lm_head: LmHead::AsStored,
             memory_fraction: None,
             kv_cache: None,
+            weights: LinearWeights::Ternary,
         }
     }
 }
@@ -245,6 +285,7 @@ impl Engine {
                 &weights,
                 (opts.slots, opts.memory_fraction),
                 opts.max_context,
+                opts.weights,
             )?),
         };
         let (slots, cpu_context) = match &gpu {
@@ -485,13 +526,19 @@ fn kv_type(opts: &EngineOptions) -> KvType {
     })
 }
 
-/// Options checked before the model is read: the memory share, and for a GPU engine a CUDA
-/// driver and device.
+/// Options checked before the model is read: the memory share, the weights' kind for the
+/// device, and for a GPU engine a CUDA driver and device.
 fn check_options(opts: &EngineOptions) -> Result<()> {
     if let Some(f) = opts.memory_fraction {
         memory::check_fraction(f)?;
     }
     match opts.device {
+        Device::Cpu if opts.weights == LinearWeights::DenseBf16 => Err(Error::Unsupported {
+            what: "weights",
+            detail: "dense-bf16 runs on a GPU only (the whole-model bench's baseline); the CPU \
+                     engine runs the ternary weights"
+                .into(),
+        }),
         Device::Cpu => Ok(()),
         Device::Cuda(_) => gpu::check_available(),
     }

@@ -223,6 +223,14 @@ fn bad_options_are_errors() {
             },
             "threads",
         ),
+        (
+            EngineOptions {
+                max_context: 8,
+                weights: LinearWeights::DenseBf16,
+                ..Default::default()
+            },
+            "dense-bf16 runs on a GPU only",
+        ),
     ];
     for (opts, needle) in cases {
         let err = Engine::random(c.clone(), 1, &opts)
@@ -233,6 +241,32 @@ fn bad_options_are_errors() {
     }
     assert_eq!(Device::parse("cuda:1").unwrap(), Device::Cuda(1));
     assert!(Device::parse("tpu").is_err());
+    // The dense-bf16 weights on the CPU are refused before any model file is read.
+    let dense_cpu = EngineOptions {
+        weights: LinearWeights::DenseBf16,
+        ..Default::default()
+    };
+    let err = Engine::load(Path::new("/nonexistent"), &dense_cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("weights") && err.contains("GPU only"), "{err}");
+}
+
+#[test]
+fn linear_weights_parse_their_names() {
+    for w in [LinearWeights::Ternary, LinearWeights::DenseBf16] {
+        assert_eq!(LinearWeights::parse(w.name()).unwrap(), w);
+    }
+    assert_eq!(
+        LinearWeights::parse("bf16").unwrap(),
+        LinearWeights::DenseBf16
+    );
+    let err = LinearWeights::parse("int4").unwrap_err().to_string();
+    assert!(
+        err.contains("weights") && err.contains("int4") && err.contains("dense-bf16"),
+        "{err}"
+    );
 }
 
 #[test]

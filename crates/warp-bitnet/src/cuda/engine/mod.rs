@@ -4,6 +4,10 @@
 //! into a CUDA graph and replayed.
 //!
 //! Design (docs/NOTES.md, "GPU engine"):
+//! - `LinearWeights::DenseBf16` (the bench's baseline) swaps only the linear layers: bf16
+//!   `w * scale` matrices decoded once at load, the row kernels write bf16 inputs instead of
+//!   int8, cuBLAS writes f32 outputs into the sums buffer (`Deq::F32_VALUES`); everything
+//!   else, graphs included, is the same step.
 //! - Numerics are the CPU engine's, operation for operation ([`step`], engine.cu): the same
 //!   int8 inputs and exact integer sums, the same dequantization and norms, RoPE from a table
 //!   the CPU's own `rope` computes. The paths part in the attention (f16 KV cache, expf,
@@ -39,6 +43,7 @@ use crate::engine::config::ModelConfig;
 use crate::engine::forward::Plan;
 use crate::engine::memory;
 use crate::engine::weights::Weights;
+use crate::engine::LinearWeights;
 use crate::error::{Error, Result};
 use sizes::Sizes;
 use step::State;
@@ -88,6 +93,7 @@ impl GpuEngine {
         w: &Weights,
         (slots, fraction): (usize, Option<f64>),
         max_context: usize,
+        kind: LinearWeights,
     ) -> Result<Self> {
         check_available()?;
         let gpu = Gpu::new(ordinal)?;
@@ -95,9 +101,10 @@ impl GpuEngine {
         let widths = [c.hidden_size, c.q_dim(), c.intermediate_size];
         gpu.check_engine_shapes(&widths, c.num_heads, c.head_dim, max_context)?;
         let (embed, head) = weights::table_dtypes(w)?;
-        let weight_bytes = sizes::weight_bytes(c, w, embed, head);
+        let weight_bytes = sizes::weight_bytes(c, w, (embed, head), kind);
         let need = |slots: usize| -> Result<u64> {
-            let state = Sizes::new(c, slots, max_context)?.state_bytes(c, head.unwrap_or(embed));
+            let sizes = Sizes::new(c, slots, max_context, kind)?;
+            let state = sizes.state_bytes(c, head.unwrap_or(embed));
             Ok(weight_bytes + state)
         };
         gpu.context().bind_to_thread()?;
@@ -106,9 +113,9 @@ impl GpuEngine {
             Some(f) => memory::fit_slots(slots, f, free as u64, need)?,
             None => slots,
         };
-        let sizes = Sizes::new(c, slots, max_context)?;
+        let sizes = Sizes::new(c, slots, max_context, kind)?;
         sizes::check_fits(need(slots)?, free as u64)?;
-        let weights = GpuWeights::upload(&gpu, &stream, c, w)?;
+        let weights = GpuWeights::upload(&gpu, &stream, c, w, kind)?;
         let rope = tables::rope_table(c, max_context);
         let state = State::new(&stream, c, &sizes, weights.head().dtype, &rope)?;
         stream.synchronize()?;
@@ -223,18 +230,18 @@ impl GpuEngine {
     }
 
     /// Bytes one decode step of one sequence reads with `context` tokens cached: every
-    /// GEMM's tiles and scales, the norms, one embedding row, the lm_head, the f16 KV cache.
+    /// GEMM's tiles and scales (or dense bf16 matrix), the norms, one embedding row, the lm_head, the f16 KV cache.
     pub fn bytes_per_decode_step(&self, context: usize) -> u64 {
         let c = &self.config;
         let w = &self.weights;
-        let gemm = |g: &weights::Gemm| (g.w.tiled_bytes() + 4 * g.rows()) as u64;
         let layers: u64 = w
             .layers
             .iter()
             .map(|l| {
-                l.qkv.iter().chain(&l.gate_up).map(gemm).sum::<u64>()
-                    + gemm(&l.o)
-                    + gemm(&l.down)
+                let stacked: u64 = l.qkv.iter().chain(&l.gate_up).map(|g| g.step_bytes()).sum();
+                stacked
+                    + l.o.step_bytes()
+                    + l.down.step_bytes()
                     + 4 * (2 * c.hidden_size + c.intermediate_size) as u64
             })
             .sum();
@@ -245,5 +252,7 @@ impl GpuEngine {
     }
 }
 
+#[cfg(test)]
+mod dense_tests;
 #[cfg(test)]
 mod tests;

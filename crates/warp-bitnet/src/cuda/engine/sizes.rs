@@ -4,6 +4,7 @@
 use crate::dtype::DType;
 use crate::engine::config::ModelConfig;
 use crate::engine::weights::Weights;
+use crate::engine::LinearWeights;
 use crate::error::{checked_elems, Error, Result};
 use crate::format::tiled;
 
@@ -20,8 +21,10 @@ pub(crate) struct Sizes {
     pub chunk: usize,
     /// Row stride of the GEMMs' int32 sums: the widest stacked GEMM (q|k|v, gate|up, o, down).
     pub acc_ld: usize,
-    /// Widest GEMM input (hidden, q_dim, intermediate): the int8 buffer's row width.
+    /// Widest GEMM input (hidden, q_dim, intermediate): the input buffer's row width.
     pub q8_ld: usize,
+    /// The GEMMs' input type: int8 (ternary weights) or bf16 (dense-bf16 weights).
+    pub gemm_input: DType,
     /// Rows of logits one pass produces: one per batch entry, and entries are distinct slots.
     pub logit_rows: usize,
     /// Elements of the K (and of the V) cache: `[layers, slots, max_context, kv_dim]`.
@@ -35,7 +38,12 @@ pub(crate) struct Sizes {
 pub(crate) const SCALE_SLOTS: usize = 2 * 3;
 
 impl Sizes {
-    pub fn new(c: &ModelConfig, slots: usize, max_context: usize) -> Result<Self> {
+    pub fn new(
+        c: &ModelConfig,
+        slots: usize,
+        max_context: usize,
+        kind: LinearWeights,
+    ) -> Result<Self> {
         let chunk = CHUNK_TOKENS.min(checked_elems("KV cache", slots, max_context)?);
         let kv_elems = [c.num_layers, slots, max_context, c.kv_dim()]
             .iter()
@@ -47,6 +55,10 @@ impl Sizes {
                 .max(2 * c.intermediate_size)
                 .max(c.hidden_size),
             q8_ld: c.hidden_size.max(c.q_dim()).max(c.intermediate_size),
+            gemm_input: match kind {
+                LinearWeights::Ternary => DType::I8,
+                LinearWeights::DenseBf16 => DType::BF16,
+            },
             logit_rows: chunk.min(slots),
             kv_elems,
             rope_len: checked_elems("RoPE table", max_context, c.head_dim)?,
@@ -60,7 +72,7 @@ impl Sizes {
         let (h, q) = (c.hidden_size as u64, c.q_dim() as u64);
         let ids = 4 * 4 * n; // tok, pos, slot, last rows
         let x = 4 * n * h;
-        let q8 = n * self.q8_ld as u64 + 4 * n * SCALE_SLOTS as u64;
+        let q8 = n * (self.q8_ld * self.gemm_input.size()) as u64 + 4 * n * SCALE_SLOTS as u64;
         let acc = 4 * n * self.acc_ld as u64;
         let attn = 2 * 4 * n * q; // rotated q, attention output
         let head = self.logit_rows as u64 * (h * table.size() as u64 + 4 * c.vocab_size as u64 + 4);
@@ -69,13 +81,21 @@ impl Sizes {
     }
 }
 
-/// Bytes the weights take on the device: T2 tiles, per-row scales and biases of every GEMM,
-/// norms, and the embedding / lm_head tables in their types.
-pub(crate) fn weight_bytes(c: &ModelConfig, w: &Weights, embed: DType, head: Option<DType>) -> u64 {
+/// Bytes the weights take on the device: T2 tiles and per-row scales (or the dense bf16
+/// matrices) and biases of every GEMM, norms, and the embedding / lm_head tables in their types.
+pub(crate) fn weight_bytes(
+    c: &ModelConfig,
+    w: &Weights,
+    (embed, head): (DType, Option<DType>),
+    kind: LinearWeights,
+) -> u64 {
     let layers = w.layer_bytes(|l| {
         let (r, k) = (l.c2.rows(), l.c2.cols());
-        4 * (tiled::len_words(r, k) + r + l.bias.as_ref().map_or(0, |_| r))
-            + 4 * l.norm.as_ref().map_or(0, Vec::len)
+        let matrix = match kind {
+            LinearWeights::Ternary => 4 * (tiled::len_words(r, k) + r),
+            LinearWeights::DenseBf16 => 2 * r * k,
+        };
+        matrix + 4 * l.bias.as_ref().map_or(0, |_| r) + 4 * l.norm.as_ref().map_or(0, Vec::len)
     }) as u64;
     let table = (c.vocab_size * c.hidden_size) as u64;
     layers

@@ -13,11 +13,15 @@
 //!
 //! The x_scale of consecutive quantizations alternates between two banks: the kernel that
 //! dequantizes one GEMM's sums (reading its input's scales) writes the next GEMM's scales.
+//!
+//! With dense-bf16 weights (`LinearWeights::DenseBf16`, the bench's baseline) the launches are
+//! the same, except that the row kernels write bf16 GEMM inputs (no int8, no scales) and the
+//! GEMMs are cuBLAS's, writing f32 values that the next kernels read as `Deq::F32_VALUES`.
 
 use cudarc::driver::sys::CUdeviceptr;
 
 use super::sizes::{Sizes, SCALE_SLOTS};
-use super::weights::{Dev, Gemm, GpuWeights};
+use super::weights::{Dev, Gemm, GemmMatrix, GpuWeights};
 use super::GpuEngine;
 use crate::cuda::GemmArgs;
 use crate::cuda::{Deq, RowInput, RowOp, RowOutput};
@@ -35,8 +39,9 @@ pub(crate) struct State {
     pub last: Dev<u32>,
     /// `[chunk, hidden]` the residual stream.
     pub x: Dev<f32>,
-    /// `[chunk, q8_ld]` the next GEMM's int8 input; `[SCALE_SLOTS, chunk]` its scales.
-    pub q8: Dev<i8>,
+    /// `[chunk, q8_ld]` the next GEMM's input (int8, or bf16 for dense-bf16 weights);
+    /// `[SCALE_SLOTS, chunk]` the int8 input's scales.
+    pub q8: Dev<u8>,
     pub xs: Dev<f32>,
     /// `[chunk, acc_ld]` the GEMMs' int32 sums.
     pub acc: Dev<i32>,
@@ -70,7 +75,7 @@ impl State {
             pos: Dev::zeros(stream, n)?,
             last: Dev::zeros(stream, s.logit_rows)?,
             x: Dev::zeros(stream, n * c.hidden_size)?,
-            q8: Dev::zeros(stream, n * s.q8_ld)?,
+            q8: Dev::zeros(stream, n * s.q8_ld * s.gemm_input.size())?,
             xs: Dev::zeros(stream, SCALE_SLOTS * n)?,
             acc: Dev::zeros(stream, n * s.acc_ld)?,
             q: Dev::zeros(stream, n * c.q_dim())?,
@@ -109,13 +114,32 @@ impl GpuEngine {
     fn deq(&self, group: &[Gemm], bank: usize, col: usize) -> Deq {
         let rows: Vec<usize> = group.iter().map(Gemm::rows).collect();
         let (g, row) = locate(&rows, col);
+        let (x_scale, w_scale, kind) = match &group[g].matrix {
+            GemmMatrix::Ternary { scale, .. } => (self.xs(bank, g), scale.at(row), Deq::INT32_SUMS),
+            GemmMatrix::DenseBf16(_) => (0, 0, Deq::F32_VALUES),
+        };
         Deq {
             acc: self.state.acc.at(col),
-            x_scale: self.xs(bank, g),
-            w_scale: group[g].scale.at(row),
+            x_scale,
+            w_scale,
             bias: group[g].bias.as_ref().map_or(0, |b| b.at(row)),
             ld: self.sizes.acc_ld as u32,
-            pad: 0,
+            kind,
+        }
+    }
+
+    /// Where a row kernel writes a GEMM's input: int8 and its x_scale into `bank`'s slot
+    /// `part` (ternary weights), or bf16 (dense-bf16 weights: no quantization).
+    fn gemm_input(&self, bank: usize, part: usize) -> RowOutput {
+        match self.sizes.gemm_input {
+            DType::I8 => RowOutput::I8 {
+                q: self.state.q8.ptr,
+                scale: self.xs(bank, part),
+            },
+            dtype => RowOutput::Float {
+                out: self.state.q8.ptr,
+                dtype,
+            },
         }
     }
 
@@ -162,10 +186,7 @@ impl GpuEngine {
                 Some((norm, c.rms_norm_eps)),
                 g.norm.as_ref().map(|w| (w.ptr, c.bitlinear.act_norm_eps)),
             ];
-            op.output = RowOutput::I8 {
-                q: self.state.q8.ptr,
-                scale: self.xs(bank, i),
-            };
+            op.output = self.gemm_input(bank, i);
             self.quantize(op)?;
             self.gemm(g, self.xs(bank, i), col, n)?;
             col += g.rows();
@@ -173,8 +194,28 @@ impl GpuEngine {
         Ok(())
     }
 
-    /// One GEMM of the int8 buffer into sums columns `col ..`, raw int32.
+    /// One GEMM of the input buffer into sums columns `col ..`: raw int32 sums of the int8
+    /// input (ternary), or f32 values of the bf16 input through cuBLAS (dense-bf16).
     fn gemm(&self, g: &Gemm, x_scale: CUdeviceptr, col: usize, n: usize) -> Result<()> {
+        let tiles = match &g.matrix {
+            GemmMatrix::Ternary { tiles, .. } => *tiles,
+            GemmMatrix::DenseBf16(w) => {
+                // SAFETY: the bf16 buffer holds `n` rows of `cols` (written by the kernel
+                // before), the sums buffer `n` rows of `acc_ld >= col + rows` f32-sized
+                // elements; `w` is rows x cols bf16, alive as long as the engine.
+                return unsafe {
+                    self.gpu.linear_bf16_raw(
+                        w.ptr,
+                        (g.rows(), g.cols()),
+                        self.state.q8.ptr,
+                        n,
+                        self.state.acc.at(col),
+                        self.sizes.acc_ld,
+                        &self.stream,
+                    )
+                };
+            }
+        };
         let args = GemmArgs {
             x: self.state.q8.ptr,
             x_dtype: DType::I8,
@@ -195,7 +236,7 @@ impl GpuEngine {
                 g.rows(),
                 g.cols(),
                 Levels::Ternary,
-                g.tiles,
+                tiles,
                 None,
                 &args,
                 self.stream.cu_stream(),
@@ -217,10 +258,7 @@ impl GpuEngine {
             sub_norm.map(|w| (w.ptr, c.rms_norm_eps)),
             g.norm.as_ref().map(|w| (w.ptr, c.bitlinear.act_norm_eps)),
         ];
-        op.output = RowOutput::I8 {
-            q: self.state.q8.ptr,
-            scale: self.xs(bank, 0),
-        };
+        op.output = self.gemm_input(bank, 0);
         self.quantize(op)?;
         self.gemm(g, self.xs(bank, 0), 0, op.tokens)
     }

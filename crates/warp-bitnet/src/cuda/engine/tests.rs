@@ -24,7 +24,7 @@ fn tiny() -> ModelConfig {
 #[test]
 fn sizes_of_the_2b4t_buffers() {
     let c = ModelConfig::bitnet_b158_2b4t();
-    let s = Sizes::new(&c, 1, 4096).unwrap();
+    let s = Sizes::new(&c, 1, 4096, LinearWeights::Ternary).unwrap();
     // q|k|v = 2560 + 2 * 640, gate|up = 2 * 6912: the widest stacked GEMM is gate|up.
     assert_eq!((s.acc_ld, s.q8_ld), (2 * 6912, 6912));
     assert_eq!((s.chunk, s.logit_rows), (CHUNK_TOKENS, 1));
@@ -41,14 +41,43 @@ fn sizes_of_the_2b4t_buffers() {
         + 4 * 4096 * 128; // RoPE table
     assert_eq!(s.state_bytes(&c, DType::BF16), expected);
     // Few cache rows: a pass never takes more tokens than the cache holds.
-    let s = Sizes::new(&c, 3, 5).unwrap();
+    let s = Sizes::new(&c, 3, 5, LinearWeights::Ternary).unwrap();
     assert_eq!((s.chunk, s.logit_rows), (15, 3));
+}
+
+#[test]
+fn dense_bf16_sizes_take_bf16_inputs_and_matrices() {
+    let c = ModelConfig::bitnet_b158_2b4t();
+    let t = Sizes::new(&c, 1, 4096, LinearWeights::Ternary).unwrap();
+    let d = Sizes::new(&c, 1, 4096, LinearWeights::DenseBf16).unwrap();
+    assert_eq!((t.gemm_input, d.gemm_input), (DType::I8, DType::BF16));
+    // Only the GEMM input buffer grows: one more byte per element of its rows.
+    let n = CHUNK_TOKENS as u64;
+    assert_eq!(
+        d.state_bytes(&c, DType::BF16) - t.state_bytes(&c, DType::BF16),
+        n * 6912
+    );
+    let c = tiny();
+    let w = Weights::random(&c, 3).unwrap();
+    let (h, i, q, kv) = (40, 72, 40, 20);
+    let dense = |r: usize, k: usize| 2 * (r * k) as u64;
+    let layer = dense(q, h)
+        + 2 * dense(kv, h)
+        + dense(h, q)
+        + 2 * dense(i, h)
+        + dense(h, i)
+        + 4 * (h + h + h + i) as u64; // norms, as in the ternary engine
+    let tables = (61 * 40 * 2) as u64;
+    assert_eq!(
+        weight_bytes(&c, &w, (DType::BF16, None), LinearWeights::DenseBf16),
+        2 * layer + 4 * 40 + tables
+    );
 }
 
 #[test]
 fn sizes_overflow_is_an_error() {
     let c = ModelConfig::bitnet_b158_2b4t();
-    assert!(Sizes::new(&c, usize::MAX / 2, 4096).is_err());
+    assert!(Sizes::new(&c, usize::MAX / 2, 4096, LinearWeights::Ternary).is_err());
 }
 
 #[test]
@@ -65,7 +94,7 @@ fn weight_bytes_count_tiles_scales_norms_and_tables() {
         + 4 * (h + h + h + i) as u64; // attn, ffn, attn_sub and ffn_sub norms
     let tables = (61 * 40 * 2) as u64; // tied bf16 embedding
     assert_eq!(
-        weight_bytes(&c, &w, DType::BF16, None),
+        weight_bytes(&c, &w, (DType::BF16, None), LinearWeights::Ternary),
         2 * layer + 4 * 40 + tables
     );
 }

@@ -1,6 +1,7 @@
-//! The model's weights on the device: every linear layer's T2 tiles with per-row scales (q|k|v
-//! and gate|up stacked into one GEMM each unless every layer normalizes its own input), f32
-//! norms, and the embedding / lm_head tables in the narrowest exact type (`tables::table_dtype`).
+//! The model's weights on the device: every linear layer's T2 tiles with per-row scales, or its
+//! dense bf16 `w * scale` (`LinearWeights::DenseBf16`), q|k|v and gate|up stacked into one GEMM
+//! each unless every layer normalizes its own input; f32 norms; the embedding / lm_head tables
+//! in the narrowest exact type (`tables::table_dtype`).
 
 use std::sync::Arc;
 
@@ -13,7 +14,9 @@ use crate::cuda::{Gpu, GpuMatrix};
 use crate::dtype::DType;
 use crate::engine::config::ModelConfig;
 use crate::engine::weights::{Layer, Linear, Weights};
-use crate::error::Result;
+use crate::engine::LinearWeights;
+use crate::error::{checked_elems, Result};
+use crate::format::Levels;
 
 /// A device buffer and its raw address (taken once: launches and graph capture use the
 /// address; the buffer owns the memory).
@@ -58,13 +61,28 @@ impl<T: DeviceRepr + ValidAsZeroBits> Dev<T> {
     }
 }
 
+/// The matrix of one GEMM, as the engine's [`LinearWeights`] holds it.
+pub(crate) enum GemmMatrix {
+    /// T2 tiles; the GEMM writes raw int32 sums, scaled per row (`scale`) by the kernel that
+    /// reads them.
+    Ternary {
+        /// Boxed: the matrix is large beside the dense variant's one buffer.
+        w: Box<GpuMatrix>,
+        /// The tiles' address.
+        tiles: CUdeviceptr,
+        /// `[rows]` weight scale.
+        scale: Dev<f32>,
+    },
+    /// `[rows, cols]` bf16 `w * scale` (rounded once, as a dense checkpoint holds it),
+    /// multiplied by cuBLAS into f32.
+    DenseBf16(Dev<u16>),
+}
+
 /// One GEMM: one linear layer, or several stacked.
 pub(crate) struct Gemm {
-    pub w: GpuMatrix,
-    /// The T2 tiles' address.
-    pub tiles: CUdeviceptr,
-    /// `[rows]` weight scale.
-    pub scale: Dev<f32>,
+    pub matrix: GemmMatrix,
+    rows: usize,
+    cols: usize,
     /// `[rows]` bias.
     pub bias: Option<Dev<f32>>,
     /// `[cols]` the layer's own activation RMSNorm (`use_rms_norm`; never stacked).
@@ -72,10 +90,23 @@ pub(crate) struct Gemm {
 }
 
 impl Gemm {
-    fn new(gpu: &Gpu, stream: &Arc<CudaStream>, parts: &[&Linear]) -> Result<Self> {
+    fn new(
+        gpu: &Gpu,
+        stream: &Arc<CudaStream>,
+        parts: &[&Linear],
+        kind: LinearWeights,
+    ) -> Result<Self> {
         let s = stack(parts)?;
-        let w = gpu.upload(&s.w, stream)?;
-        let tiles = w.device_ptrs(stream).tiles;
+        let (rows, cols) = (s.w.rows(), s.w.cols());
+        let scale = Dev::upload(stream, &s.scale)?;
+        let matrix = match kind {
+            LinearWeights::Ternary => {
+                let w = Box::new(gpu.upload(&s.w, stream)?);
+                let tiles = w.device_ptrs(stream).tiles;
+                GemmMatrix::Ternary { w, tiles, scale }
+            }
+            LinearWeights::DenseBf16 => GemmMatrix::DenseBf16(dense_bf16(gpu, stream, &s, &scale)?),
+        };
         let norm = match parts {
             [one] => one
                 .norm
@@ -85,30 +116,77 @@ impl Gemm {
             _ => None,
         };
         Ok(Self {
-            w,
-            tiles,
-            scale: Dev::upload(stream, &s.scale)?,
+            matrix,
+            rows,
+            cols,
             bias: s.bias.map(|b| Dev::upload(stream, &b)).transpose()?,
             norm,
         })
     }
 
     pub fn rows(&self) -> usize {
-        self.w.rows()
+        self.rows
     }
 
     pub fn cols(&self) -> usize {
-        self.w.cols()
+        self.cols
     }
+
+    /// Bytes a decode step reads of this GEMM's matrix and scales.
+    pub fn step_bytes(&self) -> u64 {
+        match &self.matrix {
+            GemmMatrix::Ternary { w, .. } => (w.tiled_bytes() + 4 * self.rows) as u64,
+            GemmMatrix::DenseBf16(_) => (2 * self.rows * self.cols) as u64,
+        }
+    }
+}
+
+/// The stacked matrix decoded on the device to bf16 `w * scale`: its I2 words and row scales
+/// uploaded (a quarter of the bf16 bytes), then `i2_to_dense` (the dense GEMM route's decoder).
+fn dense_bf16(
+    gpu: &Gpu,
+    stream: &Arc<CudaStream>,
+    s: &super::tables::Stacked,
+    scale: &Dev<f32>,
+) -> Result<Dev<u16>> {
+    let (rows, cols) = (s.w.rows(), s.w.cols());
+    let words = Dev::upload(stream, s.w.words())?;
+    let out = Dev::<u16>::zeros(stream, checked_elems("dense weights", rows, cols)?)?;
+    // SAFETY: `words` holds the stacked matrix's rows * words_per_row I2 words (valid ternary
+    // codes: they came from a TernaryMatrix), `out` rows * cols bf16, `scale` rows f32; all
+    // on this GPU's stream, alive until the synchronize below.
+    unsafe {
+        gpu.i2_to_dense_raw(
+            words.ptr,
+            out.ptr,
+            rows,
+            cols,
+            Levels::Ternary,
+            DType::BF16,
+            Some((scale.ptr, true)),
+            stream.cu_stream(),
+        )
+    }?;
+    // The words are freed when this returns: wait for the decoder to have read them.
+    stream.synchronize()?;
+    Ok(out)
 }
 
 /// GEMMs that read one normalized input: either one stacked GEMM or, when each layer has its
 /// own activation norm, one GEMM per layer (their outputs side by side in the sums buffer).
-fn group(gpu: &Gpu, stream: &Arc<CudaStream>, parts: &[&Linear]) -> Result<Vec<Gemm>> {
+fn group(
+    gpu: &Gpu,
+    stream: &Arc<CudaStream>,
+    parts: &[&Linear],
+    kind: LinearWeights,
+) -> Result<Vec<Gemm>> {
     if parts.iter().any(|l| l.norm.is_some()) {
-        parts.iter().map(|l| Gemm::new(gpu, stream, &[l])).collect()
+        parts
+            .iter()
+            .map(|l| Gemm::new(gpu, stream, &[l], kind))
+            .collect()
     } else {
-        Ok(vec![Gemm::new(gpu, stream, parts)?])
+        Ok(vec![Gemm::new(gpu, stream, parts, kind)?])
     }
 }
 
@@ -126,16 +204,16 @@ pub(crate) struct GpuLayer {
 }
 
 impl GpuLayer {
-    fn new(gpu: &Gpu, stream: &Arc<CudaStream>, l: &Layer) -> Result<Self> {
+    fn new(gpu: &Gpu, stream: &Arc<CudaStream>, l: &Layer, kind: LinearWeights) -> Result<Self> {
         let opt = |n: &Option<Vec<f32>>| n.as_deref().map(|n| Dev::upload(stream, n)).transpose();
         Ok(Self {
             attn_norm: Dev::upload(stream, &l.attn_norm)?,
-            qkv: group(gpu, stream, &[&l.q, &l.k, &l.v])?,
-            o: Gemm::new(gpu, stream, &[&l.o])?,
+            qkv: group(gpu, stream, &[&l.q, &l.k, &l.v], kind)?,
+            o: Gemm::new(gpu, stream, &[&l.o], kind)?,
             attn_sub_norm: opt(&l.attn_sub_norm)?,
             ffn_norm: Dev::upload(stream, &l.ffn_norm)?,
-            gate_up: group(gpu, stream, &[&l.gate, &l.up])?,
-            down: Gemm::new(gpu, stream, &[&l.down])?,
+            gate_up: group(gpu, stream, &[&l.gate, &l.up], kind)?,
+            down: Gemm::new(gpu, stream, &[&l.down], kind)?,
             ffn_sub_norm: opt(&l.ffn_sub_norm)?,
         })
     }
@@ -178,12 +256,13 @@ impl GpuWeights {
         stream: &Arc<CudaStream>,
         c: &ModelConfig,
         w: &Weights,
+        kind: LinearWeights,
     ) -> Result<Self> {
         debug_assert_eq!(w.layers.len(), c.num_layers);
         let layers = w
             .layers
             .iter()
-            .map(|l| GpuLayer::new(gpu, stream, l))
+            .map(|l| GpuLayer::new(gpu, stream, l, kind))
             .collect::<Result<_>>()?;
         let weights = Self {
             embed: Table::new(stream, &w.embed)?,

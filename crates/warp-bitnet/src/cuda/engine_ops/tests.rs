@@ -55,7 +55,7 @@ fn deq(acc: CUdeviceptr, ld: u32) -> Deq {
         w_scale: 0x2000,
         bias: 0,
         ld,
-        pad: 0,
+        kind: Deq::INT32_SUMS,
     }
 }
 
@@ -100,6 +100,41 @@ fn row_params_encode_modes_and_outputs() {
         let p = op(gated, out).params().unwrap();
         assert_eq!((p.mode, p.act, p.out_kind, p.b.acc), (2, 1, kind, 0x9100));
     }
+}
+
+#[test]
+fn f32_values_need_no_scales_and_unknown_kinds_are_errors() {
+    // A dense-bf16 GEMM's f32 outputs: no x_scale or w_scale (0), a bias still allowed.
+    let values = Deq {
+        x_scale: 0,
+        w_scale: 0,
+        bias: 0xb000,
+        kind: Deq::F32_VALUES,
+        ..deq(0x9000, 64)
+    };
+    let p = op(RowInput::Residual(values), RowOutput::None)
+        .params()
+        .unwrap();
+    assert_eq!(
+        (p.a.kind, p.a.bias, p.a.x_scale),
+        (Deq::F32_VALUES, 0xb000, 0)
+    );
+    // The same without scales as int32 sums is an error naming the scale.
+    let sums = Deq {
+        kind: Deq::INT32_SUMS,
+        ..values
+    };
+    let err = op(RowInput::Residual(sums), RowOutput::None)
+        .params()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("x_scale"), "{err}");
+    let unknown = Deq { kind: 7, ..values };
+    let err = op(RowInput::Residual(unknown), RowOutput::None)
+        .params()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("Deq kind") && err.contains('7'), "{err}");
 }
 
 #[test]
@@ -281,7 +316,7 @@ mod gpu {
                     w_scale: wp + 4 * col as u64,
                     bias: if bias { bp + 4 * col as u64 } else { 0 },
                     ld: (2 * n) as u32,
-                    pad: 0,
+                    kind: Deq::INT32_SUMS,
                 };
                 let silu_mode = n % 2 == 1;
                 let input = match mode {
@@ -456,7 +491,7 @@ mod gpu {
             w_scale: wp + 4 * col as u64,
             bias: bp + 4 * col as u64,
             ld: ld as u32,
-            pad: 0,
+            kind: Deq::INT32_SUMS,
         };
         let p = RopeParams {
             q: part(0),

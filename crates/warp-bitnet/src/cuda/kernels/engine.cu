@@ -38,14 +38,18 @@
 
 // ---- parameters (mirrored by #[repr(C)] structs in src/cuda/engine_ops.rs) ----------------
 
-// One part of a GEMM's int32 output: value (t, c) = ((acc * x_scale[t]) * w_scale[c]) + bias[c].
+#define DEQ_INT32_SUMS 0  // acc: int32 sums of a ternary GEMM, dequantized with the scales
+#define DEQ_F32_VALUES 1  // acc: f32 outputs of a dense-bf16 GEMM (cuBLAS); scales unused
+
+// One part of a GEMM's output: value (t, c) = ((acc * x_scale[t]) * w_scale[c]) + bias[c] for
+// int32 sums, acc + bias[c] for f32 values.
 struct Deq {
-    const int* acc;        // [tokens, ld] sums; points at this part's column 0
+    const int* acc;        // [tokens, ld] sums or f32 values; points at this part's column 0
     const float* x_scale;  // [tokens] the input's per-token dequantization factors
     const float* w_scale;  // [part rows] per-row weight scale
     const float* bias;     // [part rows] f32, or null
     u32 ld;                // row stride of acc, elements
-    u32 pad;
+    u32 kind;              // DEQ_*
 };
 static_assert(sizeof(Deq) == 40, "Deq layout must match engine_ops.rs");
 
@@ -116,7 +120,11 @@ static_assert(sizeof(AttnParams) == 72, "AttnParams layout must match engine_ops
 // ---- helpers ----------------------------------------------------------------------------
 
 __device__ __forceinline__ float deq(const Deq& d, u32 t, u32 c) {
-    const float v = __fmul_rn(__fmul_rn((float)d.acc[(u64)t * d.ld + c], d.x_scale[t]), d.w_scale[c]);
+    const u64 i = (u64)t * d.ld + c;
+    // One branch per Deq, uniform over the grid: a dense-bf16 engine passes only DEQ_F32_VALUES.
+    const float v = d.kind == DEQ_F32_VALUES
+        ? __int_as_float(d.acc[i])
+        : __fmul_rn(__fmul_rn((float)d.acc[i], d.x_scale[t]), d.w_scale[c]);
     return d.bias != nullptr ? __fadd_rn(v, d.bias[c]) : v;
 }
 
