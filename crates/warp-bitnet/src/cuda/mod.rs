@@ -493,7 +493,9 @@ mod tests {
                 "row_norm_quant",
                 "rope_kv_append",
                 "attention_decode",
-                "argmax_f32"
+                "argmax_f32",
+                "sample_f32",
+                "history_mark"
             ]
         );
     }
