@@ -8,6 +8,14 @@ mod tests;
 
 pub(crate) use pick::{argmax, Draw};
 
+/// The CPU's token for one row: the penalty from the history bitmap, then draw `d` (the GPU
+/// kernel's oracle).
+#[cfg(test)]
+pub(crate) fn draw_row(logits: &mut [f32], history: &[u32], d: &Draw) -> u32 {
+    pick::penalize_bits(logits, history, d.penalty);
+    pick::pick(logits, d, &mut Vec::new())
+}
+
 use crate::error::{Error, Result};
 
 /// How to pick tokens. `temperature == 0` is greedy (argmax).
@@ -118,4 +126,3 @@ impl Sampler {
         d
     }
 }
-

@@ -237,7 +237,10 @@ fn draws_follow_the_softmax_distribution() {
             let e = p * draws as f64;
             chi2 += (*c as f64 - e).powi(2) / e;
         }
-        assert!(chi2 < 24.3, "chi2 {chi2} for counts {counts:?} vs {probs:?}");
+        assert!(
+            chi2 < 24.3,
+            "chi2 {chi2} for counts {counts:?} vs {probs:?}"
+        );
     }
 }
 
@@ -254,7 +257,10 @@ fn same_seed_same_tokens_and_steps_differ() {
     assert_eq!(run(5), run(5));
     assert_ne!(run(5), run(6));
     let a = run(5);
-    assert!(a.iter().any(|&t| t != a[0]), "every step drew the same token");
+    assert!(
+        a.iter().any(|&t| t != a[0]),
+        "every step drew the same token"
+    );
     // Unseeded samplers draw different streams.
     let p = SamplingParams {
         temperature: 1.0,
@@ -275,7 +281,9 @@ fn a_history_bitmap_penalizes_as_the_token_list() {
     for _ in 0..50 {
         let n = 300usize;
         let logits: Vec<f32> = (0..n).map(|_| rng.random_range(-5.0..5.0)).collect();
-        let history: Vec<u32> = (0..40).map(|_| rng.random_range(0..n as u32 + 10)).collect();
+        let history: Vec<u32> = (0..40)
+            .map(|_| rng.random_range(0..n as u32 + 10))
+            .collect();
         let mut bits = vec![0u32; n.div_ceil(32)];
         for &t in history.iter().filter(|&&t| (t as usize) < n) {
             bits[t as usize / 32] |= 1 << (t % 32);
