@@ -245,7 +245,7 @@ fn sampling_on_the_device_is_the_cpu_samplers_draw() {
         let mut ids = fed.clone();
         for step in 0..24 {
             e.forward(&[(0, &ids)], &mut logits).unwrap();
-            e.sample(&[(1, &ids)], &mut [&mut device], &mut token)
+            e.sample(&[(1, &ids)], &mut [Some(&mut device)], &mut token)
                 .unwrap();
             let want = host.sample(&mut logits, &fed);
             assert_eq!(token[0], want, "step {step}, {params:?}");
@@ -276,7 +276,7 @@ fn sampling_in_the_graph_equals_eager() {
         let mut next = [0u32; 4];
         let prompts: [&[u32]; 4] = [&[1, 2, 3], &[4], &[5, 6, 7, 8, 9], &[10, 11]];
         let batch: Vec<(usize, &[u32])> = prompts.iter().copied().enumerate().collect();
-        let mut refs: Vec<&mut Sampler> = samplers.iter_mut().collect();
+        let mut refs: Vec<Option<&mut Sampler>> = samplers.iter_mut().map(Some).collect();
         e.sample(&batch, &mut refs, &mut next).unwrap();
         let mut out = next.to_vec();
         for _ in 0..10 {

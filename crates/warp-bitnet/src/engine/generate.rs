@@ -69,7 +69,7 @@ pub fn generate(
     let mut next = [0u32];
     engine.reset_slot(0);
     let start = Instant::now();
-    engine.sample(&[(0, prompt)], &mut [&mut *sampler], &mut next)?;
+    engine.sample(&[(0, prompt)], &mut [Some(&mut *sampler)], &mut next)?;
     let prefill = start.elapsed();
     let decode_start = Instant::now();
     let mut stop = StopReason::Length;
@@ -88,7 +88,7 @@ pub fn generate(
         if i + 1 == max_new_tokens {
             break;
         }
-        engine.sample(&[(0, &[token])], &mut [&mut *sampler], &mut next)?;
+        engine.sample(&[(0, &[token])], &mut [Some(&mut *sampler)], &mut next)?;
     }
     Ok(GenerateStats {
         prompt_tokens: prompt.len(),

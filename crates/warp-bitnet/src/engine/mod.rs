@@ -410,14 +410,16 @@ impl Engine {
     }
 
     /// As [`Engine::forward`], but draws each entry's next token with `samplers[i]` (one draw
-    /// of its stream) into `tokens[i]`. The repetition penalty's history is every token
-    /// appended to the entry's slot since its reset: the prompt and the tokens generated so far
-    /// when a generate loop feeds each back. On a GPU the draw is made on the device (the same
-    /// algorithm: the same token as on the CPU) and the logits never leave it.
+    /// of its stream) into `tokens[i]`; an entry without a sampler (a prompt chunk whose
+    /// sequence goes on) gets the greedy token and no draw is counted. The repetition
+    /// penalty's history is every token appended to the entry's slot since its reset: the
+    /// prompt and the tokens generated so far when a generate loop feeds each back. On a GPU
+    /// the draw is made on the device (the same algorithm: the same token as on the CPU) and
+    /// the logits never leave it.
     pub fn sample(
         &mut self,
         batch: &[(usize, &[u32])],
-        samplers: &mut [&mut Sampler],
+        samplers: &mut [Option<&mut Sampler>],
         tokens: &mut [u32],
     ) -> Result<()> {
         crate::error::check_len("tokens", batch.len(), tokens.len())?;
@@ -429,7 +431,10 @@ impl Engine {
                 let draws: Vec<(Draw, usize)> = samplers
                     .iter_mut()
                     .zip(batch)
-                    .map(|(s, &(slot, _))| (s.next_draw(), slot))
+                    .map(|(s, &(slot, _))| {
+                        let draw = s.as_mut().map_or(Draw::GREEDY, |s| s.next_draw());
+                        (draw, slot)
+                    })
                     .collect();
                 g.sample(&plan, &draws, tokens)?;
                 self.advance(batch);
@@ -438,8 +443,10 @@ impl Engine {
                 let mut logits = vec![0f32; batch.len() * vocab];
                 self.forward(batch, &mut logits)?;
                 for (i, row) in logits.chunks_exact_mut(vocab).enumerate() {
-                    let slot = batch[i].0;
-                    tokens[i] = samplers[i].sample_bits(row, self.history.slot(slot));
+                    tokens[i] = match &mut samplers[i] {
+                        Some(s) => s.sample_bits(row, self.history.slot(batch[i].0)),
+                        None => sampler::argmax(row),
+                    };
                 }
             }
         }

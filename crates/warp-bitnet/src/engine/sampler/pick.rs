@@ -53,6 +53,19 @@ pub(crate) struct Draw {
     pub step: u64,
 }
 
+impl Draw {
+    /// The argmax, with no penalty (a row whose token is not drawn).
+    pub const GREEDY: Draw = Draw {
+        temperature: 0.0,
+        top_k: 0,
+        top_p24: 1 << 24,
+        penalty: 1.0,
+        seed: 0,
+        stream: 0,
+        step: 0,
+    };
+}
+
 /// A candidate: its order key, token id and weight (1 while counting for top-k).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Cand {
