@@ -101,6 +101,8 @@ mod tests {
         assert_eq!(f32::from_bits(C4), 1.0f32 / 24.0);
         assert_eq!(f32::from_bits(C5), 1.0f32 / 120.0);
         assert_eq!(f32::from_bits(C6), 1.0f32 / 720.0);
+        // engine.cu writes log2(e) as these bits.
+        assert_eq!(std::f32::consts::LOG2_E.to_bits(), 0x3fb8_aa3b);
         let ln2 = f64::from(f32::from_bits(LN2_HI)) + f64::from(f32::from_bits(LN2_LO));
         assert!((ln2 - std::f64::consts::LN_2).abs() < 1e-12);
     }
