@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # On a CUDA host, over scripts/gpu-engine-build.sh's artifacts: the engine kernels' tests, the
-# engine's GPU tests (logits and greedy picks against the CPU engine, graph = eager), memcheck
-# on the small ones, the dense-bf16 engine's tests, then the whole-model bench (the ternary
-# engine and its dense-bf16 baseline in the same run). Logs go to $OUT. SKIP_BENCH=1 leaves the
-# bench out.
+# engine's GPU tests (logits, greedy picks and sampled tokens against the CPU engine, graph =
+# eager), memcheck on the small ones, the dense-bf16 engine's tests, then the whole-model bench
+# (the ternary engine and its dense-bf16 baseline in the same run). Logs go to $OUT. SKIP_BENCH=1
+# leaves the bench out.
 set -uo pipefail
 source "$(dirname "$0")/gpu-env.sh"
 export WARP_BITNET_CACHE_DIR=${WARP_BITNET_CACHE_DIR:-/tmp/warp-bitnet-cache}
@@ -17,7 +17,7 @@ echo "== engine GPU tests"
 $G/engine-gpu-tests --include-ignored --test-threads=1 --nocapture 2>&1 | tee "$OUT/engine-tests.txt"
 echo "== compute-sanitizer memcheck"
 timeout "${SANITIZER_TIMEOUT:-300}" compute-sanitizer --tool memcheck --error-exitcode 9 $G/engine-gpu-tests \
-  --include-ignored --test-threads=1 bitnet_logits graph_replay greedy_on_the_device 2>&1 | tail -12 | tee "$OUT/memcheck.txt"
+  --include-ignored --test-threads=1 bitnet_logits graph_replay greedy_on_the_device sampling_ 2>&1 | tail -12 | tee "$OUT/memcheck.txt"
 echo "exit ${PIPESTATUS[0]}" | tee -a "$OUT/memcheck.txt"
 timeout "${SANITIZER_TIMEOUT:-300}" compute-sanitizer --tool memcheck --error-exitcode 9 $G/lib-tests \
   --include-ignored --test-threads=1 dense_bf16_graph_replay 2>&1 | tail -12 | tee "$OUT/memcheck-dense.txt"

@@ -42,6 +42,18 @@ impl Model for Engine {
     fn sample(sampler: &mut Sampler, logits: &mut [f32], history: &[u32]) -> u32 {
         sampler.sample(logits, history)
     }
+
+    /// Draws through [`Engine::sample`]: on a GPU the tokens are drawn on the device (the
+    /// history is each slot's tokens, which are the sequence so far).
+    fn forward_sample(
+        &mut self,
+        batch: &[(usize, &[u32])],
+        samplers: &mut [Option<&mut Sampler>],
+        _histories: &[&[u32]],
+        tokens: &mut [u32],
+    ) -> Result<(), BoxError> {
+        Ok(Engine::sample(self, batch, samplers, tokens)?)
+    }
 }
 
 /// The engine's tokenizer as a [`Codec`] (shared: handlers tokenize while the scheduler

@@ -44,6 +44,27 @@ pub trait Model: Send + 'static {
     /// Picks the next token from one row of logits (which it may modify); `history` is the
     /// sequence so far (prompt and generated tokens), for the repetition penalty.
     fn sample(sampler: &mut Self::Sampler, logits: &mut [f32], history: &[u32]) -> u32;
+    /// [`Model::forward`], then the next token of each entry with a sampler into `tokens[i]`
+    /// (`histories[i]` its sequence so far); entries without one (a prompt chunk whose
+    /// sequence goes on) get an unspecified token and make no draw. The default samples
+    /// each row of logits on the host; a model may draw where its logits are (a GPU).
+    fn forward_sample(
+        &mut self,
+        batch: &[(usize, &[u32])],
+        samplers: &mut [Option<&mut Self::Sampler>],
+        histories: &[&[u32]],
+        tokens: &mut [u32],
+    ) -> Result<(), BoxError> {
+        let vocab = self.vocab_size();
+        let mut logits = vec![0f32; batch.len() * vocab];
+        self.forward(batch, &mut logits)?;
+        for (i, row) in logits.chunks_exact_mut(vocab).enumerate() {
+            if let Some(s) = &mut samplers[i] {
+                tokens[i] = Self::sample(s, row, histories[i]);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Text to token ids and back, shared by every HTTP handler (hence `Sync`).

@@ -98,7 +98,6 @@ pub struct Scheduler<M: Model> {
     free: Vec<usize>,
     /// In admission order, which is also the order prompts are prefilled in.
     running: Vec<Sequence<M::Sampler>>,
-    logits: Vec<f32>,
 }
 
 impl<M: Model> Scheduler<M> {
@@ -122,7 +121,6 @@ impl<M: Model> Scheduler<M> {
             phase,
             free,
             running: Vec::new(),
-            logits: Vec::new(),
         }
     }
 
@@ -262,16 +260,29 @@ impl<M: Model> Scheduler<M> {
                 planned.push((i, n));
             }
         }
-        let vocab = self.model.vocab_size();
-        self.logits.resize(planned.len() * vocab, 0.0);
-        let batch: Vec<(usize, &[u32])> = (planned.iter())
-            .map(|&(i, n)| {
-                let s = &self.running[i];
-                (s.slot, &s.tokens[s.fed..s.fed + n])
-            })
-            .collect();
+        // Only entries whose prompt is then fully fed draw a token.
+        let mut rows: Vec<Option<&mut Sequence<M::Sampler>>> =
+            self.running.iter_mut().map(Some).collect();
+        let mut batch = Vec::with_capacity(planned.len());
+        let mut samplers = Vec::with_capacity(planned.len());
+        let mut histories = Vec::with_capacity(planned.len());
+        for &(i, n) in &planned {
+            let s = rows[i]
+                .take()
+                .expect("each running sequence is planned once");
+            let ids = &s.tokens[s.fed..s.fed + n];
+            let done = s.fed + n == s.tokens.len();
+            batch.push((s.slot, ids));
+            histories.push(&s.tokens[..]);
+            samplers.push(done.then_some(&mut s.sampler));
+        }
         self.metrics.batch_size.observe(batch.len() as f64);
-        if let Err(e) = self.model.forward(&batch, &mut self.logits) {
+        let mut tokens = vec![0u32; planned.len()];
+        let result = self
+            .model
+            .forward_sample(&batch, &mut samplers, &histories, &mut tokens);
+        drop((batch, samplers, histories, rows));
+        if let Err(e) = result {
             let message = format!("the model failed: {e}");
             let failed = planned
                 .iter()
@@ -286,9 +297,7 @@ impl<M: Model> Scheduler<M> {
             if s.fed < s.tokens.len() {
                 continue;
             }
-            let logits = &mut self.logits[row * vocab..(row + 1) * vocab];
-            let token = M::sample(&mut s.sampler, logits, &s.tokens);
-            if let Some(outcome) = accept(s, token, &*self.codec, &self.metrics) {
+            if let Some(outcome) = accept(s, tokens[row], &*self.codec, &self.metrics) {
                 ended.push((i, outcome));
             }
         }

@@ -14,10 +14,13 @@
 //! fewer int8 codes). Greedy tokens (32 steps, both fed the CPU's tokens) must agree wherever the
 //! CPU's top two logits are further apart than twice the step's largest |gpu - cpu| (closer
 //! calls are ties), and at least half the steps must be such clear calls.
-//! The graph-replayed step must equal the eager one bit for bit.
+//! The graph-replayed step must equal the eager one bit for bit. Tokens drawn on the device
+//! (`Engine::sample`) must be the CPU sampler's draw from the device's own logits, exactly.
 #![cfg(feature = "cuda")]
 
-use warp_bitnet::engine::{Device, Engine, EngineOptions, HiddenAct, KvType, ModelConfig};
+use warp_bitnet::engine::{
+    Device, Engine, EngineOptions, HiddenAct, KvType, ModelConfig, Sampler, SamplingParams,
+};
 use warp_bitnet::Error;
 
 #[path = "common/logits.rs"]
@@ -171,6 +174,93 @@ fn greedy_on_the_device_is_the_argmax_of_the_logits() {
         assert_eq!(token[0], argmax(&logits), "step {step}");
         next = token[0];
     }
+}
+
+fn sampling_params(seed: u64, repetition_penalty: f32) -> SamplingParams {
+    SamplingParams {
+        temperature: 0.9,
+        top_k: 20,
+        top_p: 0.9,
+        repetition_penalty,
+        seed: Some(seed),
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn sampling_on_the_device_is_the_cpu_samplers_draw() {
+    let c = tiny(HiddenAct::Relu2, true, false);
+    let opts = EngineOptions {
+        device: Device::Cuda(0),
+        max_context: 64,
+        slots: 2,
+        ..Default::default()
+    };
+    let mut e = Engine::random(c.clone(), 5, &opts).expect("a CUDA GPU");
+    let v = c.vocab_size;
+    for (params, top_k) in [
+        (sampling_params(11, 1.3), 20),
+        (sampling_params(12, 1.0), 0),
+    ] {
+        let params = SamplingParams { top_k, ..params };
+        let (mut device, mut host) = (
+            Sampler::new(&params).unwrap(),
+            Sampler::new(&params).unwrap(),
+        );
+        // Slot 0 returns logits, slot 1 draws on the device, over the same tokens; the host
+        // sampler draws from slot 0's logits with the same history and step.
+        let mut logits = vec![0f32; v];
+        let mut token = [0u32];
+        let mut fed: Vec<u32> = vec![3, 1, 4, 1, 5];
+        e.reset_slot(0);
+        e.reset_slot(1);
+        let mut ids = fed.clone();
+        for step in 0..24 {
+            e.forward(&[(0, &ids)], &mut logits).unwrap();
+            e.sample(&[(1, &ids)], &mut [Some(&mut device)], &mut token)
+                .unwrap();
+            let want = host.sample(&mut logits, &fed);
+            assert_eq!(token[0], want, "step {step}, {params:?}");
+            fed.push(token[0]);
+            ids = vec![token[0]];
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn sampling_in_the_graph_equals_eager() {
+    let c = tiny(HiddenAct::Relu2, true, false);
+    let opts = EngineOptions {
+        device: Device::Cuda(0),
+        max_context: 64,
+        slots: 4,
+        ..Default::default()
+    };
+    let mut graphed = Engine::random(c.clone(), 5, &opts).expect("a CUDA GPU");
+    let mut eager = Engine::random(c.clone(), 5, &opts).unwrap();
+    eager.set_cuda_graphs(false);
+    let mut tokens = Vec::new();
+    for e in [&mut graphed, &mut eager] {
+        let mut samplers: Vec<Sampler> = (0..4)
+            .map(|s| Sampler::new(&sampling_params(100 + s, 1.2)).unwrap())
+            .collect();
+        let mut next = [0u32; 4];
+        let prompts: [&[u32]; 4] = [&[1, 2, 3], &[4], &[5, 6, 7, 8, 9], &[10, 11]];
+        let batch: Vec<(usize, &[u32])> = prompts.iter().copied().enumerate().collect();
+        let mut refs: Vec<Option<&mut Sampler>> = samplers.iter_mut().map(Some).collect();
+        e.sample(&batch, &mut refs, &mut next).unwrap();
+        let mut out = next.to_vec();
+        for _ in 0..10 {
+            let ids: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
+            let batch: Vec<(usize, &[u32])> =
+                ids.iter().enumerate().map(|(s, t)| (s, &t[..])).collect();
+            e.sample(&batch, &mut refs, &mut next).unwrap();
+            out.extend_from_slice(&next);
+        }
+        tokens.push(out);
+    }
+    assert_eq!(tokens[0], tokens[1]);
 }
 
 #[test]

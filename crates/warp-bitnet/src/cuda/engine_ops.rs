@@ -683,5 +683,8 @@ fn check_heads(heads: u32, kv_heads: u32, head_dim: u32) -> Result<()> {
     Ok(())
 }
 
+mod sample;
 #[cfg(test)]
 mod tests;
+
+pub(crate) use sample::{history_words, SampleRow};

@@ -34,7 +34,9 @@ use std::sync::{Arc, Mutex};
 use cudarc::driver::sys::CUdevice_attribute as Attr;
 use cudarc::driver::{CudaContext, CudaFunction};
 
-pub(crate) use engine_ops::{AttnParams, Deq, OwnedGraph, RopeParams, RowInput, RowOp, RowOutput};
+pub(crate) use engine_ops::{
+    history_words, AttnParams, Deq, OwnedGraph, RopeParams, RowInput, RowOp, RowOutput, SampleRow,
+};
 pub use gemm::{GpuFloat, GpuOut, PreparedGemm};
 pub use plan::{
     gemm_symbol, tokens_per_cta_options, Cta, GemmArgs, GemmParams, KernelFamily, Route,
@@ -495,7 +497,9 @@ mod tests {
                 "row_norm_quant",
                 "rope_kv_append",
                 "attention_decode",
-                "argmax_f32"
+                "argmax_f32",
+                "sample_f32",
+                "history_mark"
             ]
         );
     }

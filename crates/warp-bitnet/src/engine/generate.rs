@@ -1,4 +1,5 @@
-//! The generate loop on slot 0: prefill the prompt, then sample and decode one token at a time.
+//! The generate loop on slot 0: prefill the prompt, then sample and decode one token at a time
+//! (each token drawn by [`Engine::sample`], on the device where the engine runs on a GPU).
 
 use std::time::{Duration, Instant};
 
@@ -63,18 +64,19 @@ pub fn generate(
         Some(t) => t.eos_token_ids().to_vec(),
         None => engine.config().eos_token_ids.clone(),
     };
-    let vocab = engine.config().vocab_size;
-    let mut logits = vec![0f32; vocab];
-    let mut history = prompt.to_vec();
+    // Each token is drawn by the engine (on a GPU, on the device): the repetition history is
+    // slot 0's tokens, the prompt and every token fed back.
+    let mut next = [0u32];
     engine.reset_slot(0);
     let start = Instant::now();
-    engine.forward(&[(0, prompt)], &mut logits)?;
-    let mut token = sampler.sample(&mut logits, &history);
+    engine.sample(&[(0, prompt)], &mut [Some(&mut *sampler)], &mut next)?;
     let prefill = start.elapsed();
     let decode_start = Instant::now();
     let mut stop = StopReason::Length;
+    let mut generated = 0;
     for i in 0..max_new_tokens {
-        history.push(token);
+        let token = next[0];
+        generated += 1;
         if !on_token(token) {
             stop = StopReason::Callback;
             break;
@@ -86,12 +88,11 @@ pub fn generate(
         if i + 1 == max_new_tokens {
             break;
         }
-        engine.forward(&[(0, &[token])], &mut logits)?;
-        token = sampler.sample(&mut logits, &history);
+        engine.sample(&[(0, &[token])], &mut [Some(&mut *sampler)], &mut next)?;
     }
     Ok(GenerateStats {
         prompt_tokens: prompt.len(),
-        generated_tokens: history.len() - prompt.len(),
+        generated_tokens: generated,
         prefill,
         decode: decode_start.elapsed(),
         stop,

@@ -4,6 +4,7 @@
 use super::config::ModelConfig;
 use super::forward::Plan;
 use super::weights::Weights;
+use super::Draw;
 use crate::error::{Error, Result};
 
 /// Uninhabited: never constructed.
@@ -42,6 +43,14 @@ impl GpuEngine {
     }
 
     pub fn greedy(&mut self, _: &Plan, _: &mut [u32]) -> Result<()> {
+        match *self {}
+    }
+
+    pub fn sample(&mut self, _: &Plan, _: &[(Draw, usize)], _: &mut [u32]) -> Result<()> {
+        match *self {}
+    }
+
+    pub fn reset_slot(&mut self, _: usize) {
         match *self {}
     }
 

@@ -39,6 +39,7 @@ use crate::cuda::engine as gpu;
 #[cfg(not(feature = "cuda"))]
 #[path = "gpu_stub.rs"]
 mod gpu;
+mod history;
 mod kv_cache;
 mod load;
 pub(crate) mod memory;
@@ -58,11 +59,15 @@ pub use kv_cache::KvType;
 pub use load::model_config;
 pub use profile::Phase;
 pub use rope::RopeScaling;
+#[cfg(test)]
+pub(crate) use sampler::draw_row;
+pub(crate) use sampler::Draw;
 pub use sampler::{Sampler, SamplingParams};
 pub use tokenizer::Tokenizer;
 
 use crate::error::{Error, Result};
 use forward::{Plan, RunState, TokenPos};
+use history::SlotHistory;
 use kv_cache::KvCache;
 use weights::Weights;
 
@@ -218,6 +223,8 @@ pub struct Engine {
     state: RunState,
     threads: usize,
     max_context: usize,
+    /// Each slot's repetition history (the tokens appended since its reset).
+    history: SlotHistory,
     /// The device side where the engine runs on a GPU (the CPU cache then holds no rows).
     gpu: Option<gpu::GpuEngine>,
 }
@@ -297,6 +304,7 @@ impl Engine {
         }
         Ok(Self {
             cache: KvCache::new(&config, kv_type(opts), slots, cpu_context)?,
+            history: SlotHistory::new(slots, config.vocab_size),
             config,
             weights,
             tokenizer: tokenizer.map(Arc::new),
@@ -371,6 +379,10 @@ impl Engine {
     pub fn reset_slot(&mut self, slot: usize) {
         if let Some(l) = self.cache.lens.get_mut(slot) {
             *l = 0;
+            self.history.clear(slot);
+            if let Some(g) = &mut self.gpu {
+                g.reset_slot(slot);
+            }
         }
     }
 
@@ -393,9 +405,7 @@ impl Engine {
         let plan = self.plan(batch, logits.len())?;
         if let Some(g) = &mut self.gpu {
             g.forward(&plan, logits)?;
-            for &(slot, ids) in batch {
-                self.cache.lens[slot] += ids.len();
-            }
+            self.advance(batch);
             return Ok(());
         }
         let (c, w, cache, state) = (
@@ -405,10 +415,16 @@ impl Engine {
             &mut self.state,
         );
         forward::forward(c, w, cache, state, &plan, logits, self.threads)?;
+        self.advance(batch);
+        Ok(())
+    }
+
+    /// Counts a run batch's tokens into their slots' lengths and histories.
+    fn advance(&mut self, batch: &[(usize, &[u32])]) {
         for &(slot, ids) in batch {
             self.cache.lens[slot] += ids.len();
+            self.history.mark(slot, ids);
         }
-        Ok(())
     }
 
     /// As [`Engine::forward`], but writes each entry's most likely next token (the greedy
@@ -421,15 +437,57 @@ impl Engine {
         match &mut self.gpu {
             Some(g) => {
                 g.greedy(&plan, tokens)?;
-                for &(slot, ids) in batch {
-                    self.cache.lens[slot] += ids.len();
-                }
+                self.advance(batch);
             }
             None => {
                 let mut logits = vec![0f32; batch.len() * vocab];
                 self.forward(batch, &mut logits)?;
                 for (t, row) in tokens.iter_mut().zip(logits.chunks_exact(vocab)) {
                     *t = sampler::argmax(row);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// As [`Engine::forward`], but draws each entry's next token with `samplers[i]` (one draw
+    /// of its stream) into `tokens[i]`; an entry without a sampler (a prompt chunk whose
+    /// sequence goes on) gets the greedy token and no draw is counted. The repetition
+    /// penalty's history is every token appended to the entry's slot since its reset: the
+    /// prompt and the tokens generated so far when a generate loop feeds each back. On a GPU
+    /// the draw is made on the device (the same algorithm: the same token as on the CPU) and
+    /// the logits never leave it.
+    pub fn sample(
+        &mut self,
+        batch: &[(usize, &[u32])],
+        samplers: &mut [Option<&mut Sampler>],
+        tokens: &mut [u32],
+    ) -> Result<()> {
+        crate::error::check_len("tokens", batch.len(), tokens.len())?;
+        crate::error::check_len("samplers", batch.len(), samplers.len())?;
+        let vocab = self.config.vocab_size;
+        let plan = self.plan(batch, batch.len() * vocab)?;
+        match &mut self.gpu {
+            Some(g) => {
+                let draws: Vec<(Draw, usize)> = samplers
+                    .iter_mut()
+                    .zip(batch)
+                    .map(|(s, &(slot, _))| {
+                        let draw = s.as_mut().map_or(Draw::GREEDY, |s| s.next_draw());
+                        (draw, slot)
+                    })
+                    .collect();
+                g.sample(&plan, &draws, tokens)?;
+                self.advance(batch);
+            }
+            None => {
+                let mut logits = vec![0f32; batch.len() * vocab];
+                self.forward(batch, &mut logits)?;
+                for (i, row) in logits.chunks_exact_mut(vocab).enumerate() {
+                    tokens[i] = match &mut samplers[i] {
+                        Some(s) => s.sample_bits(row, self.history.slot(batch[i].0)),
+                        None => sampler::argmax(row),
+                    };
                 }
             }
         }

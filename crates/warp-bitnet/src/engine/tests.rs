@@ -138,6 +138,62 @@ fn generate_is_deterministic_and_checks_its_input() {
 /// A KV cache larger than the machine's available memory is refused before it is allocated.
 #[cfg(target_os = "linux")]
 #[test]
+fn engine_sample_is_the_samplers_draw_over_the_slots_history() {
+    // Two engines with the same weights: one returns logits (sampled on the host with the
+    // tokens fed so far as the history), the other draws through Engine::sample, slot 1 with a
+    // sampler and slot 0 mid-prompt without one (no draw counted).
+    let c = tiny(HiddenAct::Silu, false, false);
+    let (mut a, mut b) = (engine(c.clone(), 2), engine(c.clone(), 2));
+    let v = c.vocab_size;
+    let params = SamplingParams {
+        temperature: 0.9,
+        top_k: 12,
+        top_p: 0.8,
+        repetition_penalty: 1.4,
+        seed: Some(21),
+    };
+    let (mut host, mut engine_side) = (
+        Sampler::new(&params).unwrap(),
+        Sampler::new(&params).unwrap(),
+    );
+    let mut fed = vec![2u32, 9, 2, 40];
+    let mut ids = fed.clone();
+    let mut logits = vec![0f32; 2 * v];
+    let mut tokens = [u32::MAX; 2];
+    for step in 0..10 {
+        a.forward(&[(0, &[7]), (1, &ids)], &mut logits).unwrap();
+        let want = host.sample(&mut logits[v..], &fed);
+        b.sample(
+            &[(0, &[7]), (1, &ids)],
+            &mut [None, Some(&mut engine_side)],
+            &mut tokens,
+        )
+        .unwrap();
+        assert_eq!(tokens[1], want, "step {step}");
+        assert_eq!(tokens[0], sampler::argmax(&logits[..v]));
+        fed.push(want);
+        ids = vec![want];
+    }
+    // A reset slot starts an empty history.
+    b.reset_slot(1);
+    a.reset_slot(1);
+    a.forward(&[(1, &[3])], &mut logits[..v]).unwrap();
+    let want = host.sample(&mut logits[..v], &[3]);
+    b.sample(
+        &[(1, &[3])],
+        &mut [Some(&mut engine_side)],
+        &mut tokens[..1],
+    )
+    .unwrap();
+    assert_eq!(tokens[0], want);
+    let err = b
+        .sample(&[(1, &[3])], &mut [], &mut tokens[..1])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("samplers"), "{err}");
+}
+
+#[test]
 fn a_kv_cache_larger_than_memory_is_an_error() {
     let mut c = tiny(HiddenAct::Relu2, true, false);
     c.max_position_embeddings = 1 << 20;

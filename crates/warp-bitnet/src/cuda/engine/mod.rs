@@ -38,12 +38,12 @@ use std::sync::Arc;
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::CudaStream;
 
-use crate::cuda::{Gpu, OwnedGraph};
+use crate::cuda::{history_words, Gpu, OwnedGraph, SampleRow};
 use crate::engine::config::ModelConfig;
 use crate::engine::forward::Plan;
 use crate::engine::memory;
 use crate::engine::weights::Weights;
-use crate::engine::LinearWeights;
+use crate::engine::{Draw, LinearWeights};
 use crate::error::{Error, Result};
 use sizes::Sizes;
 use step::State;
@@ -65,6 +65,26 @@ enum Out<'a> {
     Logits(&'a mut [f32]),
     /// `[entries]` greedy tokens.
     Greedy(&'a mut [u32]),
+    /// `[entries]` tokens drawn on the device with `[entries]` draws.
+    Sample(&'a [SampleRow], &'a mut [u32]),
+}
+
+/// The kernel a pass ends with after the lm_head (part of its captured graph).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Tail {
+    None,
+    Argmax,
+    Sample,
+}
+
+impl Out<'_> {
+    fn tail(&self) -> Tail {
+        match self {
+            Out::Logits(_) => Tail::None,
+            Out::Greedy(_) => Tail::Argmax,
+            Out::Sample(..) => Tail::Sample,
+        }
+    }
 }
 
 /// The device side of an engine.
@@ -76,8 +96,10 @@ pub(crate) struct GpuEngine {
     max_context: usize,
     weights: GpuWeights,
     state: State,
-    /// Captured decode steps by batch size.
-    graphs: HashMap<usize, OwnedGraph>,
+    /// Captured decode steps by batch size and tail.
+    graphs: HashMap<(usize, Tail), OwnedGraph>,
+    /// Slots reset since the last pass: their history bitmaps are cleared before the next.
+    reset: Vec<usize>,
     /// Whether decode steps replay graphs (else every pass runs eagerly).
     use_graphs: bool,
 }
@@ -128,6 +150,7 @@ impl GpuEngine {
             weights,
             state,
             graphs: HashMap::new(),
+            reset: Vec::new(),
             use_graphs: true,
         })
     }
@@ -154,17 +177,50 @@ impl GpuEngine {
         self.run(plan, Out::Greedy(tokens))
     }
 
+    /// Runs a validated plan; draws each entry's next token on the device with `draws[i]`
+    /// (the sampler's algorithm; the history is the bitmap of the entry's slot).
+    pub fn sample(
+        &mut self,
+        plan: &Plan,
+        draws: &[(Draw, usize)],
+        tokens: &mut [u32],
+    ) -> Result<()> {
+        let rows: Vec<SampleRow> = draws
+            .iter()
+            .map(|(d, slot)| SampleRow::new(d, *slot as u32))
+            .collect();
+        self.run(plan, Out::Sample(&rows, tokens))
+    }
+
+    /// Empties `slot`'s repetition history (before its next pass).
+    pub fn reset_slot(&mut self, slot: usize) {
+        self.reset.push(slot);
+    }
+
     fn run(&mut self, plan: &Plan, mut out: Out) -> Result<()> {
         let vocab = self.config.vocab_size;
+        let tail = out.tail();
         let graph = schedule::graph_batch(plan).filter(|_| self.use_graphs);
+        self.clear_reset_histories()?;
         for pass in schedule::passes(plan, self.sizes.chunk) {
             self.write_ids(plan, &pass)?;
             let (n, m) = (pass.range.len(), pass.last.len());
-            match graph {
-                Some(b) => self.replay(b)?,
-                None => self.launch_pass(n, m)?,
+            let first = pass.last.first().map(|&(first, _)| first);
+            if let (Out::Sample(rows, _), Some(first)) = (&out, first) {
+                let st = &mut self.state;
+                st.sample_rows
+                    .write(&self.stream, &rows[first..first + m])?;
             }
-            let Some(&(first, _)) = pass.last.first() else {
+            match graph {
+                Some(b) => self.replay(b, tail)?,
+                None => {
+                    self.launch_pass(n, m)?;
+                    if m > 0 {
+                        self.launch_tail(tail, m)?;
+                    }
+                }
+            }
+            let Some(first) = first else {
                 continue;
             };
             let st = &self.state;
@@ -173,24 +229,50 @@ impl GpuEngine {
                     let dst = &mut l[first * vocab..(first + m) * vocab];
                     self.stream.memcpy_dtoh(&st.logits.view(m * vocab), dst)?;
                 }
-                Out::Greedy(t) => {
-                    // SAFETY: `logits` holds m rows of vocab, `greedy` m u32 (m <= logit_rows).
-                    unsafe {
-                        self.gpu.argmax_raw(
-                            st.logits.ptr,
-                            m,
-                            vocab,
-                            vocab,
-                            st.greedy.ptr,
-                            self.stream.cu_stream(),
-                        )
-                    }?;
+                Out::Greedy(t) | Out::Sample(_, t) => {
                     let dst = &mut t[first..first + m];
                     self.stream.memcpy_dtoh(&st.greedy.view(m), dst)?;
                 }
             }
         }
         self.stream.synchronize()?;
+        Ok(())
+    }
+
+    /// The argmax or the draw of the pass's `m` logit rows into `greedy`.
+    fn launch_tail(&self, tail: Tail, m: usize) -> Result<()> {
+        let (st, vocab, s) = (&self.state, self.config.vocab_size, self.stream.cu_stream());
+        match tail {
+            Tail::None => Ok(()),
+            // SAFETY: `logits` holds m rows of vocab, `greedy` m u32 (m <= logit_rows).
+            Tail::Argmax => unsafe {
+                self.gpu
+                    .argmax_raw(st.logits.ptr, m, vocab, vocab, st.greedy.ptr, s)
+            },
+            // SAFETY: as above; `sample_rows` holds m rows (written before the pass) whose
+            // slots are the entries' (below `slots`), `history` a bitmap per slot.
+            Tail::Sample => unsafe {
+                self.gpu.sample_raw(
+                    st.logits.ptr,
+                    m,
+                    vocab,
+                    vocab,
+                    st.sample_rows.ptr,
+                    (st.history.ptr, history_words(vocab)),
+                    st.greedy.ptr,
+                    s,
+                )
+            },
+        }
+    }
+
+    /// Zeroes the history bitmaps of the slots reset since the last pass.
+    fn clear_reset_histories(&mut self) -> Result<()> {
+        let words = history_words(self.config.vocab_size);
+        for slot in std::mem::take(&mut self.reset) {
+            let range = slot * words..(slot + 1) * words;
+            self.state.history.zero(&self.stream, range)?;
+        }
         Ok(())
     }
 
@@ -208,23 +290,25 @@ impl GpuEngine {
         st.last.write(stream, &last)
     }
 
-    /// Replays the graph of decode batch `b`, capturing it first: the first time, the step runs
-    /// eagerly (which also creates cuBLAS's handle and loads modules lazily), then the same
-    /// launches are captured; the captured step is not run then (the eager one did the work).
-    fn replay(&mut self, b: usize) -> Result<()> {
-        if let Some(g) = self.graphs.get(&b) {
+    /// Replays the graph of decode batch `b` ending with `tail`, capturing it first: the first
+    /// time, the step runs eagerly (which also creates cuBLAS's handle and loads modules
+    /// lazily), then the same launches are captured; the captured step is not run then (the
+    /// eager one did the work).
+    fn replay(&mut self, b: usize, tail: Tail) -> Result<()> {
+        if let Some(g) = self.graphs.get(&(b, tail)) {
             return g.launch();
         }
-        self.launch_pass(b, b)?;
+        let step = |e: &Self| e.launch_pass(b, b).and_then(|()| e.launch_tail(tail, b));
+        step(self)?;
         self.stream.synchronize()?;
         self.stream
             .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
-        let launched = self.launch_pass(b, b);
+        let launched = step(self);
         // End the capture whatever happened, so the stream stays usable.
         let graph = self.stream.end_capture(CUgraphInstantiate_flags(0));
         launched?;
         if let Some(g) = graph? {
-            self.graphs.insert(b, OwnedGraph::new(g));
+            self.graphs.insert((b, tail), OwnedGraph::new(g));
         }
         Ok(())
     }

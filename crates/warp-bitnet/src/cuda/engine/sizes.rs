@@ -1,6 +1,7 @@
 //! Every buffer of the GPU engine, sized once from the config and the options, and the device
 //! memory they take (checked against the free memory before anything is allocated).
 
+use crate::cuda::{history_words, SampleRow};
 use crate::dtype::DType;
 use crate::engine::config::ModelConfig;
 use crate::engine::weights::Weights;
@@ -77,7 +78,9 @@ impl Sizes {
         let attn = 2 * 4 * n * q; // rotated q, attention output
         let head = self.logit_rows as u64 * (h * table.size() as u64 + 4 * c.vocab_size as u64 + 4);
         let kv = 2 * 2 * self.kv_elems as u64;
-        ids + x + q8 + acc + attn + head + kv + 4 * self.rope_len as u64
+        let sampling = self.logit_rows as u64 * std::mem::size_of::<SampleRow>() as u64
+            + 4 * (self.slots * history_words(c.vocab_size)) as u64;
+        ids + x + q8 + acc + attn + head + kv + 4 * self.rope_len as u64 + sampling
     }
 }
 

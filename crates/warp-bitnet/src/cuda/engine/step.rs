@@ -24,7 +24,7 @@ use super::sizes::{Sizes, SCALE_SLOTS};
 use super::weights::{Dev, Gemm, GemmMatrix, GpuWeights};
 use super::GpuEngine;
 use crate::cuda::GemmArgs;
-use crate::cuda::{Deq, RowInput, RowOp, RowOutput};
+use crate::cuda::{history_words, Deq, RowInput, RowOp, RowOutput, SampleRow};
 use crate::dtype::DType;
 use crate::engine::config::{HiddenAct, ModelConfig};
 use crate::error::Result;
@@ -50,9 +50,14 @@ pub(crate) struct State {
     pub att: Dev<f32>,
     /// `[logit_rows, hidden]` the final norm's output in the lm_head's type (bytes).
     pub head_in: Dev<u8>,
-    /// `[logit_rows, vocab]` logits; `[logit_rows]` greedy tokens.
+    /// `[logit_rows, vocab]` logits; `[logit_rows]` greedy or sampled tokens.
     pub logits: Dev<f32>,
     pub greedy: Dev<u32>,
+    /// `[logit_rows]` the draws of a sampling pass, written before it runs.
+    pub sample_rows: Dev<SampleRow>,
+    /// `[slots, history_words(vocab)]` bitmaps of the tokens each slot holds (the repetition
+    /// penalty's history), marked by every pass.
+    pub history: Dev<u32>,
     /// `[layers, slots, max_context, kv_dim]` f16.
     pub k_cache: Dev<u16>,
     pub v_cache: Dev<u16>,
@@ -83,6 +88,8 @@ impl State {
             head_in: Dev::zeros(stream, s.logit_rows * c.hidden_size * head.size())?,
             logits: Dev::zeros(stream, s.logit_rows * c.vocab_size)?,
             greedy: Dev::zeros(stream, s.logit_rows)?,
+            sample_rows: Dev::upload(stream, &vec![SampleRow::default(); s.logit_rows])?,
+            history: Dev::zeros(stream, s.slots * history_words(c.vocab_size))?,
             k_cache: Dev::zeros(stream, s.kv_elems)?,
             v_cache: Dev::zeros(stream, s.kv_elems)?,
             rope: Dev::upload(stream, rope)?,
@@ -267,6 +274,16 @@ impl GpuEngine {
     pub(crate) fn launch_pass(&self, n: usize, m: usize) -> Result<()> {
         let (c, w, st) = (&self.config, &self.weights, &self.state);
         let s = self.stream.cu_stream();
+        // SAFETY: `tok` and `slot` hold `n` entries, ids below vocab and slots below `slots`
+        // (the engine's plan), `history` a bitmap of history_words(vocab) per slot.
+        unsafe {
+            self.gpu.history_mark_raw(
+                (st.tok.ptr, st.slot.ptr, n),
+                st.history.ptr,
+                history_words(c.vocab_size),
+                s,
+            )
+        }?;
         // SAFETY: `tok` holds `n` ids below vocab (validated by the engine's plan), `x` `n` rows.
         unsafe {
             self.gpu.embed_gather_raw(

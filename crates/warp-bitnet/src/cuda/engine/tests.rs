@@ -38,7 +38,8 @@ fn sizes_of_the_2b4t_buffers() {
         + 2 * 4 * n * 2560 // q, attention output
         + (2560 * 2 + 4 * 128_256 + 4) // one row of lm_head input (bf16), logits, token
         + 2 * 2 * 30 * 4096 * 640 // f16 K and V
-        + 4 * 4096 * 128; // RoPE table
+        + 4 * 4096 * 128 // RoPE table
+        + 48 + 4 * 4008; // one row's draw, one slot's history bitmap of 128,256 bits
     assert_eq!(s.state_bytes(&c, DType::BF16), expected);
     // Few cache rows: a pass never takes more tokens than the cache holds.
     let s = Sizes::new(&c, 3, 5, LinearWeights::Ternary).unwrap();

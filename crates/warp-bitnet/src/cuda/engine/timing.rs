@@ -20,10 +20,13 @@ impl GpuEngine {
     /// earlier decode step of that size), `iters` replays after 10 warm-up ones. Each replay
     /// repeats the last step (same tokens and positions: it rewrites the same cache rows).
     pub fn time_decode_graph(&mut self, batch: usize, iters: usize) -> Result<f64> {
-        let graph = self.graphs.get(&batch).ok_or_else(|| Error::Unsupported {
-            what: "batch",
-            detail: format!("no decode graph of {batch} sequences was captured yet"),
-        })?;
+        let graph = self
+            .graphs
+            .get(&(batch, super::Tail::None))
+            .ok_or_else(|| Error::Unsupported {
+                what: "batch",
+                detail: format!("no decode graph of {batch} sequences was captured yet"),
+            })?;
         for _ in 0..10 {
             graph.launch()?;
         }

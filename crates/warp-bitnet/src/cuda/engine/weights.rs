@@ -49,6 +49,15 @@ impl<T: DeviceRepr> Dev<T> {
         Ok(())
     }
 
+    /// Zeroes elements `range`, in `stream`'s order.
+    pub fn zero(&mut self, stream: &Arc<CudaStream>, range: std::ops::Range<usize>) -> Result<()>
+    where
+        T: ValidAsZeroBits,
+    {
+        stream.memset_zeros(&mut self.buf.slice_mut(range))?;
+        Ok(())
+    }
+
     /// The address of element `i`.
     pub fn at(&self, i: usize) -> CUdeviceptr {
         self.ptr + (i * std::mem::size_of::<T>()) as u64

@@ -750,3 +750,147 @@ mod gpu {
         }
     }
 }
+
+/// `sample_f32` against the CPU sampler (engine/sampler/pick.rs): the same token, exactly.
+mod sampling {
+    use std::sync::Arc;
+
+    use cudarc::driver::{CudaStream, DevicePtr, DeviceRepr};
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+
+    use super::super::super::Gpu;
+    use super::super::SampleRow;
+    use crate::engine::{draw_row, Draw};
+
+    #[test]
+    fn sample_rows_mirror_the_draw() {
+        let d = Draw {
+            temperature: 0.5,
+            top_k: 3,
+            top_p24: 7,
+            penalty: 1.25,
+            seed: 1,
+            stream: 2,
+            step: 3,
+        };
+        let r = SampleRow::new(&d, 9);
+        assert_eq!(
+            (r.seed, r.stream, r.step, r.top_k, r.top_p24, r.slot),
+            (1, 2, 3, 3, 7, 9)
+        );
+        assert_eq!((r.temperature, r.penalty), (0.5, 1.25));
+    }
+
+    fn up<T: DeviceRepr>(s: &Arc<CudaStream>, v: &[T]) -> (cudarc::driver::CudaSlice<T>, u64) {
+        let b = s.clone_htod(v).unwrap();
+        let p = b.device_ptr(s).0;
+        (b, p)
+    }
+
+    /// Logits with ties, NaN, ±0 and -inf, or occasionally degenerate rows.
+    fn logits(rng: &mut StdRng, n: usize) -> Vec<f32> {
+        match rng.random_range(0..40) {
+            0 => return vec![f32::NAN; n],
+            1 => return vec![f32::NEG_INFINITY; n],
+            2 => return vec![1.5; n],
+            _ => {}
+        }
+        let palette: Vec<f32> = (0..8).map(|_| rng.random_range(-4.0f32..4.0)).collect();
+        let mut x: Vec<f32> = (0..n)
+            .map(|_| match rng.random_range(0..24) {
+                0 => f32::NAN,
+                1 => -0.0,
+                2 => 0.0,
+                3 => f32::NEG_INFINITY,
+                4..=9 => palette[rng.random_range(0..8)],
+                _ => rng.random_range(-10.0f32..10.0),
+            })
+            .collect();
+        if rng.random_range(0..30) == 0 {
+            x[rng.random_range(0..n)] = f32::INFINITY;
+        }
+        x
+    }
+
+    fn draw(rng: &mut StdRng, n: usize) -> Draw {
+        Draw {
+            temperature: [0.0, 0.05, 0.3, 0.8, 1.0, 2.5][rng.random_range(0..6)],
+            top_k: [0, 1, 2, 40, 1000, n as u32, n as u32 + 3][rng.random_range(0..7)],
+            top_p24: [1 << 24, 15_938_355, 1 << 23, 1_677_722, 17][rng.random_range(0..5)],
+            penalty: [1.0, 1.1, 1.3, 0.7][rng.random_range(0..4)],
+            seed: rng.random(),
+            stream: rng.random_range(0..8),
+            step: rng.random_range(0..100_000),
+        }
+    }
+
+    #[test]
+    #[ignore = "needs a CUDA GPU"]
+    fn the_kernel_draws_the_cpu_samplers_token() {
+        let gpu = Gpu::new(0).expect("a CUDA GPU");
+        let stream = gpu.context().new_stream().unwrap();
+        let mut rng = StdRng::seed_from_u64(rand::random());
+        let (rows, slots) = (64usize, 5usize);
+        let mut cases = 0;
+        for n in [1usize, 2, 7, 1000, 32_000, 128_256, 262_144] {
+            let words = n.div_ceil(32);
+            let launches = if n > 100_000 { 8 } else { 16 };
+            for _ in 0..launches {
+                let ld = n + rng.random_range(0..3);
+                let mut flat = vec![f32::NAN; rows * ld];
+                let mut draws = Vec::new();
+                for r in 0..rows {
+                    flat[r * ld..r * ld + n].copy_from_slice(&logits(&mut rng, n));
+                    draws.push((draw(&mut rng, n), rng.random_range(0..slots) as u32));
+                }
+                let history: Vec<u32> = (0..slots * words)
+                    .map(|_| rng.random::<u32>() & rng.random::<u32>() & rng.random::<u32>())
+                    .collect();
+                let params: Vec<SampleRow> =
+                    draws.iter().map(|(d, s)| SampleRow::new(d, *s)).collect();
+                let (_l, lp) = up(&stream, &flat);
+                let (_p, pp) = up(&stream, &params);
+                let (_h, hp) = up(&stream, &history);
+                let (out, op) = up(&stream, &vec![u32::MAX; rows]);
+                // SAFETY: `flat` holds rows x ld, `params` rows whose slots index `history`'s
+                // `slots` bitmaps of `words`, `out` rows u32.
+                unsafe { gpu.sample_raw(lp, rows, n, ld, pp, (hp, words), op, stream.cu_stream()) }
+                    .unwrap();
+                stream.synchronize().unwrap();
+                let got = stream.clone_dtoh(&out).unwrap();
+                for (r, (d, slot)) in draws.iter().enumerate() {
+                    let s = *slot as usize;
+                    let mut row = flat[r * ld..r * ld + n].to_vec();
+                    let want = draw_row(&mut row, &history[s * words..(s + 1) * words], d);
+                    assert_eq!(got[r], want, "vocab {n}, row {r}, {d:?}");
+                    cases += 1;
+                }
+            }
+        }
+        assert!(cases > 5000);
+    }
+
+    #[test]
+    #[ignore = "needs a CUDA GPU"]
+    fn history_mark_sets_the_slots_bits() {
+        let gpu = Gpu::new(0).expect("a CUDA GPU");
+        let stream = gpu.context().new_stream().unwrap();
+        let (slots, n) = (3usize, 1000usize);
+        let words = n.div_ceil(32);
+        let tok = [5u32, 999, 5, 64, 0];
+        let slot = [0u32, 2, 2, 1, 2];
+        let (_t, tp) = up(&stream, &tok);
+        let (_s, sp) = up(&stream, &slot);
+        let (h, hp) = up(&stream, &vec![0u32; slots * words]);
+        // SAFETY: `tok` and `slot` hold 5 entries below n and slots; `h` slots bitmaps.
+        unsafe { gpu.history_mark_raw((tp, sp, tok.len()), hp, words, stream.cu_stream()) }
+            .unwrap();
+        stream.synchronize().unwrap();
+        let got = stream.clone_dtoh(&h).unwrap();
+        let mut want = vec![0u32; slots * words];
+        for (&t, &s) in tok.iter().zip(&slot) {
+            want[s as usize * words + t as usize / 32] |= 1 << (t % 32);
+        }
+        assert_eq!(got, want);
+    }
+}

@@ -367,3 +367,315 @@ extern "C" __global__ void __launch_bounds__(ARGMAX_THREADS) argmax_f32(const fl
         out[blockIdx.x] = bi == 0xffffffffu ? 0 : bi;
     }
 }
+
+// ---- sampling: src/engine/sampler/pick.rs's algorithm, bit for bit --------------------------
+//
+// One CTA of SAMPLE_THREADS per logit row. Phases, each a pass over the row (read from L2: a
+// 128K-token row is 513 KB, too big for shared memory): (1) argmax, count of non-NaN; (2)
+// top-k: the k-th key by four 8-bit radix passes (counts), then the tie by a block scan in id
+// order; (3) the kept weights' total; (4) top-p: the same radix select on weights; (5) the draw:
+// each thread sums the weights of a contiguous id range, a block exclusive scan finds the
+// range holding the draw, its thread walks it. No sort; every sum is of integers, so the tree
+// order of the reductions cannot change a result. Budget (not measured: no GPU in the session
+// that wrote it): ~14 passes over 128K floats from L2 with a ~20-flop weight per element, one
+// SM: predicted 30-60 µs per row, rows in parallel on separate SMs.
+#define SAMPLE_THREADS 1024
+
+// One row's draw (engine_ops.rs `SampleRow`; pick.rs `Draw` plus the history slot).
+struct SampleRow {
+    u64 seed;           // the counter-based RNG's key ...
+    u64 stream;         // ... stream ...
+    u64 step;           // ... and counter
+    float temperature;  // 0: greedy (argmax)
+    float penalty;      // CTRL repetition penalty on the history's tokens; 1: off
+    u32 top_k;          // 0: all
+    u32 top_p24;        // top_p in 2^-24 units rounded up, in [1, 2^24]
+    u32 slot;           // the row's history bitmap is history + slot * words
+    u32 pad;
+};
+static_assert(sizeof(SampleRow) == 48, "SampleRow layout must match engine_ops.rs");
+
+// SplitMix64's output function (sampler/bits.rs).
+__host__ __device__ constexpr u64 splitmix64(u64 z) {
+    z += 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+__host__ __device__ constexpr u64 draw_bits(u64 seed, u64 stream, u64 step) {
+    return splitmix64(splitmix64(splitmix64(seed) ^ stream) ^ step);
+}
+// The Rust test vectors (bits.rs draw_bits_test_vectors), checked when NVRTC compiles this.
+static_assert(draw_bits(0, 0, 0) == 0x238275bc38fcbe91ull, "draw_bits test vector");
+static_assert(draw_bits(42, 0, 1) == 0xb682ee25ce24109eull, "draw_bits test vector");
+static_assert(draw_bits(~0ull, 7, 1ull << 40) == 0x54681d888f6a8dfcull, "draw_bits test vector");
+static_assert(draw_bits(0x123456789abcdef0ull, 3, 99) == 0x2765bf6a283a56beull, "draw_bits test vector");
+
+// e^y for y <= 0, bits.rs `exp_neg`: every operation rounded as written (no FMA contraction).
+__device__ __forceinline__ float exp_neg(float y) {
+    if (!(y >= -64.0f)) return 0.0f;
+    const float j = floorf(__fadd_rn(__fmul_rn(y, __int_as_float(0x3fb8aa3b)), 0.5f));  // log2 e
+    const float r = __fsub_rn(__fsub_rn(y, __fmul_rn(j, __int_as_float(0x3f317200))),  // ln2 hi
+                              __fmul_rn(j, __int_as_float(0x35bfbe8e)));               // ln2 lo
+    float p = __int_as_float(0x3ab60b61);  // 1/720
+    p = __fadd_rn(__int_as_float(0x3c088889), __fmul_rn(r, p));  // 1/120
+    p = __fadd_rn(__int_as_float(0x3d2aaaab), __fmul_rn(r, p));  // 1/24
+    p = __fadd_rn(__int_as_float(0x3e2aaaab), __fmul_rn(r, p));  // 1/6
+    p = __fadd_rn(0.5f, __fmul_rn(r, p));
+    p = __fadd_rn(1.0f, __fmul_rn(r, p));
+    p = __fadd_rn(1.0f, __fmul_rn(r, p));
+    return __fmul_rn(p, __int_as_float(((int)j + 127) << 23));
+}
+
+// The unsigned order of non-NaN floats (f32::total_cmp's); 0 is below every non-NaN key.
+__device__ __forceinline__ u32 order_key(float x) {
+    const u32 b = __float_as_uint(x);
+    return (b >> 31) ? ~b : (b | 0x80000000u);
+}
+__device__ __forceinline__ float key_value(u32 k) {
+    return __uint_as_float((k >> 31) ? (k & 0x7fffffffu) : ~k);
+}
+
+// floor(min(e^((x - max) / t), 1) * 2^shift), bits.rs `weight_q`.
+__device__ __forceinline__ u64 weight_q(float x, float max, float t, u32 shift) {
+    const float w = fminf(exp_neg(__fdiv_rn(__fsub_rn(x, max), t)), 1.0f);
+    return (u64)__fmul_rn(w, __int_as_float((int)(127 + shift) << 23));
+}
+
+__device__ __forceinline__ float penalize(float x, float penalty) {
+    return x > 0.0f ? __fdiv_rn(x, penalty) : __fmul_rn(x, penalty);
+}
+
+// Block-wide sum of a u64 (every thread gets it); `red` holds 32 values.
+__device__ __forceinline__ u64 block_sum_u64(u64 v, u64* red) {
+    for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+    __syncthreads();
+    if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
+    __syncthreads();
+    u64 s = 0;
+    for (u32 w = 0; w < blockDim.x / 32; w++) s += red[w];
+    return s;
+}
+
+// Block-wide exclusive prefix sum of a u64 in thread order; `red` holds 32 values.
+__device__ __forceinline__ u64 block_exclusive_u64(u64 v, u64* red) {
+    const u32 lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    u64 inc = v;
+    for (int o = 1; o < 32; o *= 2) {
+        const u64 n = __shfl_up_sync(0xffffffffu, inc, o);
+        if (lane >= (u32)o) inc += n;
+    }
+    __syncthreads();
+    if (lane == 31) red[warp] = inc;
+    __syncthreads();
+    u64 before = 0;
+    for (u32 w = 0; w < warp; w++) before += red[w];
+    return before + inc - v;
+}
+
+// One row's state shared by the phases: the row, its penalty, and the two boundaries.
+struct SampleCtx {
+    const float* row;
+    const u32* hist;  // null: no penalty
+    float penalty, max, t;
+    u32 n, shift;
+    u32 k_key, k_id;  // top-k boundary: keep key > k_key, or == with id <= k_id
+    u32 p_key, p_id;  // top-p boundary, the same way
+};
+
+__device__ __forceinline__ float sample_logit(const SampleCtx& c, u32 i) {
+    const float x = c.row[i];
+    return (c.hist && ((c.hist[i >> 5] >> (i & 31)) & 1u)) ? penalize(x, c.penalty) : x;
+}
+
+// The weight of token i in the current phase: 1 (counting for top-k) or its integer weight,
+// 0 where it is NaN or outside the boundaries found so far.
+__device__ __forceinline__ u64 sample_weight(const SampleCtx& c, u32 i, bool count, u32* key) {
+    const float x = sample_logit(c, i);
+    if (x != x) return 0;
+    const u32 k = order_key(x);
+    *key = k;
+    if (k < c.k_key || (k == c.k_key && i > c.k_id)) return 0;
+    if (k < c.p_key || (k == c.p_key && i > c.p_id)) return 0;
+    return count ? 1 : weight_q(x, c.max, c.t, c.shift);
+}
+
+// The first token, in the order (key descending, id ascending), at which the running weight
+// reaches `target` (0 < target <= the total): pick.rs `boundary`. Four 8-bit radix passes find
+// its key and the weight above it; a block scan over id ranges finds its id among the ties.
+__device__ void sample_boundary(const SampleCtx& c, bool count, u64 target, u32* out_key, u32* out_id) {
+    __shared__ u64 hist[256];
+    __shared__ u64 red[32];
+    __shared__ u32 s_prefix, s_id;
+    __shared__ u64 s_above;
+    if (threadIdx.x == 0) {
+        s_prefix = 0;
+        s_above = 0;
+    }
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        for (u32 b = threadIdx.x; b < 256; b += blockDim.x) hist[b] = 0;
+        __syncthreads();
+        const u32 prefix = s_prefix;
+        const u32 hi_mask = shift == 24 ? 0u : (0xffffffffu << (shift + 8));
+        for (u32 i = threadIdx.x; i < c.n; i += blockDim.x) {
+            u32 k = 0;
+            const u64 w = sample_weight(c, i, count, &k);
+            if (w && (k & hi_mask) == prefix) atomicAdd(&hist[(k >> shift) & 255u], w);
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            u64 above = s_above;
+            int b = 255;
+            while (b > 0 && above + hist[b] < target) above += hist[b--];
+            s_prefix = prefix | ((u32)b << shift);
+            s_above = above;
+        }
+        __syncthreads();
+    }
+    const u32 key = s_prefix;
+    // The ties at `key` each weigh q; the boundary is the need-th of them in id order.
+    const u64 q = count ? 1 : weight_q(key_value(key), c.max, c.t, c.shift);
+    const u64 need = (target - s_above + q - 1) / q;
+    const u32 per = (c.n + blockDim.x - 1) / blockDim.x;
+    const u32 lo = min(c.n, threadIdx.x * per), hi = min(c.n, lo + per);
+    u64 mine = 0;
+    for (u32 i = lo; i < hi; i++) {
+        u32 k = 0;
+        if (sample_weight(c, i, true, &k) && k == key) mine++;
+    }
+    const u64 before = block_exclusive_u64(mine, red);
+    if (before < need && need <= before + mine) {
+        u64 seen = before;
+        for (u32 i = lo; i < hi; i++) {
+            u32 k = 0;
+            if (sample_weight(c, i, true, &k) && k == key && ++seen == need) {
+                s_id = i;
+                break;
+            }
+        }
+    }
+    __syncthreads();
+    *out_key = key;
+    *out_id = s_id;
+    __syncthreads();
+}
+
+// out[r] = the token drawn for logit row r (rows `ld` apart, n tokens each) with rows[r]'s
+// parameters; history: [slots, words] bitmaps (bit i of a slot: token i is in its history).
+extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_f32(
+    const float* logits,    // [rows, ld] f32
+    u32 n,                  // tokens per row (the vocabulary)
+    u32 ld,                 // row stride, elements
+    const SampleRow* rows,  // [rows] draw parameters
+    const u32* history,     // [slots, words] history bitmaps, or null (no penalty)
+    u32 words,              // u32 per slot bitmap, >= ceil(n / 32)
+    u32* out) {             // [rows] tokens
+    __shared__ float best_v[32];
+    __shared__ u32 best_i[32];
+    __shared__ u64 red[32];
+    __shared__ u32 s_token;
+    const SampleRow p = rows[blockIdx.x];
+    SampleCtx c;
+    c.row = logits + (u64)blockIdx.x * ld;
+    c.hist = (history && p.penalty != 1.0f) ? history + (u64)p.slot * words : nullptr;
+    c.penalty = p.penalty;
+    c.t = p.temperature;
+    c.n = n;
+    c.shift = 63u - (32u - __clz(n));
+    c.k_key = 0;
+    c.k_id = 0xffffffffu;
+    c.p_key = 0;
+    c.p_id = 0xffffffffu;
+
+    // ---- argmax and the count of candidates ----
+    float bv = NEG_INF;
+    u32 bi = 0xffffffffu;
+    u64 valid = 0;
+    for (u32 i = threadIdx.x; i < n; i += blockDim.x) {
+        const float v = sample_logit(c, i);
+        valid += v == v;
+        if (v > bv) {
+            bv = v;
+            bi = i;
+        }
+    }
+    for (int o = 16; o > 0; o /= 2) {
+        const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+        const u32 oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (ov > bv || (ov == bv && oi < bi)) {
+            bv = ov;
+            bi = oi;
+        }
+    }
+    if (threadIdx.x % 32 == 0) {
+        best_v[threadIdx.x / 32] = bv;
+        best_i[threadIdx.x / 32] = bi;
+    }
+    valid = block_sum_u64(valid, red);  // its barriers also publish best_v / best_i
+    bv = best_v[0];
+    bi = best_i[0];
+    for (u32 w = 1; w < blockDim.x / 32; w++) {
+        if (best_v[w] > bv || (best_v[w] == bv && best_i[w] < bi)) {
+            bv = best_v[w];
+            bi = best_i[w];
+        }
+    }
+    if (p.temperature == 0.0f || valid == 0 || fabsf(bv) == __int_as_float(0x7f800000)) {
+        if (threadIdx.x == 0) out[blockIdx.x] = bi == 0xffffffffu ? 0 : bi;
+        return;
+    }
+    c.max = bv;
+
+    // ---- top-k ----
+    if (p.top_k > 0 && p.top_k < valid) sample_boundary(c, true, p.top_k, &c.k_key, &c.k_id);
+
+    // ---- top-p ----
+    u64 total = 0;
+    for (u32 i = threadIdx.x; i < n; i += blockDim.x) {
+        u32 k = 0;
+        total += sample_weight(c, i, false, &k);
+    }
+    total = block_sum_u64(total, red);
+    const u64 p24 = p.top_p24;
+    const u64 target = p24 * (total >> 24) + ((p24 * (total & 0xffffffull) + 0xffffffull) >> 24);
+    if (target < total) {
+        sample_boundary(c, false, target, &c.p_key, &c.p_id);
+        total = 0;
+        for (u32 i = threadIdx.x; i < n; i += blockDim.x) {
+            u32 k = 0;
+            total += sample_weight(c, i, false, &k);
+        }
+        total = block_sum_u64(total, red);
+    }
+
+    // ---- the draw: the first kept token, in id order, whose running weight exceeds r ----
+    const u64 r = __umul64hi(draw_bits(p.seed, p.stream, p.step), total);
+    const u32 per = (n + blockDim.x - 1) / blockDim.x;
+    const u32 lo = min(n, threadIdx.x * per), hi = min(n, lo + per);
+    u64 mine = 0;
+    for (u32 i = lo; i < hi; i++) {
+        u32 k = 0;
+        mine += sample_weight(c, i, false, &k);
+    }
+    const u64 before = block_exclusive_u64(mine, red);
+    if (before <= r && r < before + mine) {
+        u64 run = before;
+        for (u32 i = lo; i < hi; i++) {
+            u32 k = 0;
+            run += sample_weight(c, i, false, &k);
+            if (run > r) {
+                s_token = i;
+                break;
+            }
+        }
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) out[blockIdx.x] = s_token;
+}
+
+// history[slot[t] * words + tok[t] / 32] |= bit tok[t] % 32 for each of `tokens` tokens: the
+// tokens a pass appends join their slots' repetition histories (sample_f32's penalty).
+extern "C" __global__ void history_mark(const u32* tok, const u32* slot, u32 tokens, u32* history, u32 words) {
+    const u32 t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t < tokens) atomicOr(&history[(u64)slot[t] * words + (tok[t] >> 5)], 1u << (tok[t] & 31u));
+}
