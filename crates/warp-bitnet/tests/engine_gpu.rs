@@ -53,6 +53,21 @@ fn pair(c: &ModelConfig, slots: usize, max_context: usize) -> (Engine, Engine) {
     )
 }
 
+/// Two GPU engines with the same random weights (4 slots of 64 tokens): one replaying CUDA
+/// graphs, one launching eagerly.
+fn graphed_and_eager(c: &ModelConfig) -> (Engine, Engine) {
+    let opts = EngineOptions {
+        device: Device::Cuda(0),
+        max_context: 64,
+        slots: 4,
+        ..Default::default()
+    };
+    let graphed = Engine::random(c.clone(), 5, &opts).expect("a CUDA GPU");
+    let mut eager = Engine::random(c.clone(), 5, &opts).unwrap();
+    eager.set_cuda_graphs(false);
+    (graphed, eager)
+}
+
 /// Prefill, then 32 decode steps fed the CPU's greedy tokens: logits within TOL at every step,
 /// the GPU's pick equal to the CPU's wherever the call is clear.
 fn prefill_and_decode(c: &ModelConfig, prompt: &[u32]) {
@@ -115,15 +130,7 @@ fn a_prompt_longer_than_one_pass_matches_the_cpu() {
 #[ignore = "needs a CUDA GPU"]
 fn graph_replay_equals_eager_bit_for_bit() {
     let c = tiny(HiddenAct::Relu2, true, false);
-    let opts = EngineOptions {
-        device: Device::Cuda(0),
-        max_context: 64,
-        slots: 4,
-        ..Default::default()
-    };
-    let mut graphed = Engine::random(c.clone(), 5, &opts).expect("a CUDA GPU");
-    let mut eager = Engine::random(c.clone(), 5, &opts).unwrap();
-    eager.set_cuda_graphs(false);
+    let (mut graphed, mut eager) = graphed_and_eager(&c);
     let v = c.vocab_size;
     let prompts: [&[u32]; 4] = [&[1, 2, 3], &[4], &[5, 6, 7, 8, 9], &[10, 11]];
     for e in [&mut graphed, &mut eager] {
@@ -231,15 +238,7 @@ fn sampling_on_the_device_is_the_cpu_samplers_draw() {
 #[ignore = "needs a CUDA GPU"]
 fn sampling_in_the_graph_equals_eager() {
     let c = tiny(HiddenAct::Relu2, true, false);
-    let opts = EngineOptions {
-        device: Device::Cuda(0),
-        max_context: 64,
-        slots: 4,
-        ..Default::default()
-    };
-    let mut graphed = Engine::random(c.clone(), 5, &opts).expect("a CUDA GPU");
-    let mut eager = Engine::random(c.clone(), 5, &opts).unwrap();
-    eager.set_cuda_graphs(false);
+    let (mut graphed, mut eager) = graphed_and_eager(&c);
     let mut tokens = Vec::new();
     for e in [&mut graphed, &mut eager] {
         let mut samplers: Vec<Sampler> = (0..4)

@@ -327,7 +327,7 @@ fn add(x: &mut [f32], y: &[f32]) {
 /// transformers' RMSNorm in f32: `weight * (x * rsqrt(mean(x^2) + eps))`; the mean is summed in
 /// f64 so it is the correctly rounded value whatever torch's summation order. Eight partial sums
 /// (each square of an f32 is exact in f64) let the loop vectorize; one running sum was a chain
-/// of dependent adds, ~4 cycles per element (docs/NOTES.md, "Prefill's serial phases").
+/// of dependent adds, ~4 cycles per element (docs/NOTES.md, "CPU prefill: v5 tile").
 pub(crate) fn rmsnorm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let mut part = [0f64; 8];
     let chunks = x.chunks_exact(8);

@@ -329,6 +329,32 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attention_decode(AttnP
 
 #define ARGMAX_THREADS 1024
 
+// (bv, bi) becomes (ov, oi) if that pair is better: a larger value, or the same at a lower index.
+__device__ __forceinline__ void argmax_merge(float& bv, u32& bi, float ov, u32 oi) {
+    if (ov > bv || (ov == bv && oi < bi)) {
+        bv = ov;
+        bi = oi;
+    }
+}
+
+// The warp's best (value, index) pair, written by its lane 0 to best_v / best_i[warp].
+__device__ __forceinline__ void argmax_warp(float bv, u32 bi, float* best_v, u32* best_i) {
+    for (int o = 16; o > 0; o /= 2) {
+        argmax_merge(bv, bi, __shfl_xor_sync(0xffffffffu, bv, o), __shfl_xor_sync(0xffffffffu, bi, o));
+    }
+    if (threadIdx.x % 32 == 0) {
+        best_v[threadIdx.x / 32] = bv;
+        best_i[threadIdx.x / 32] = bi;
+    }
+}
+
+// The block's best pair from its warps' pairs (after a barrier that published them).
+__device__ __forceinline__ void argmax_block(const float* best_v, const u32* best_i, float& bv, u32& bi) {
+    bv = best_v[0];
+    bi = best_i[0];
+    for (u32 w = 1; w < blockDim.x / 32; w++) argmax_merge(bv, bi, best_v[w], best_i[w]);
+}
+
 // out[r] = the first index of the largest non-NaN value of row r (0 if none is > -inf): the
 // CPU sampler's argmax. A (value, index) pair per thread, reduced by value then lowest index.
 extern "C" __global__ void __launch_bounds__(ARGMAX_THREADS) argmax_f32(const float* logits, u32 n, u32 ld, u32* out) {
@@ -344,26 +370,10 @@ extern "C" __global__ void __launch_bounds__(ARGMAX_THREADS) argmax_f32(const fl
             bi = i;
         }
     }
-    for (int o = 16; o > 0; o /= 2) {
-        const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-        const u32 oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (ov > bv || (ov == bv && oi < bi)) {
-            bv = ov;
-            bi = oi;
-        }
-    }
-    if (threadIdx.x % 32 == 0) {
-        best_v[threadIdx.x / 32] = bv;
-        best_i[threadIdx.x / 32] = bi;
-    }
+    argmax_warp(bv, bi, best_v, best_i);
     __syncthreads();
     if (threadIdx.x == 0) {
-        for (u32 w = 1; w < blockDim.x / 32; w++) {
-            if (best_v[w] > bv || (best_v[w] == bv && best_i[w] < bi)) {
-                bv = best_v[w];
-                bi = best_i[w];
-            }
-        }
+        argmax_block(best_v, best_i, bv, bi);
         out[blockIdx.x] = bi == 0xffffffffu ? 0 : bi;
     }
 }
@@ -599,27 +609,9 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_f32(
             bi = i;
         }
     }
-    for (int o = 16; o > 0; o /= 2) {
-        const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-        const u32 oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (ov > bv || (ov == bv && oi < bi)) {
-            bv = ov;
-            bi = oi;
-        }
-    }
-    if (threadIdx.x % 32 == 0) {
-        best_v[threadIdx.x / 32] = bv;
-        best_i[threadIdx.x / 32] = bi;
-    }
+    argmax_warp(bv, bi, best_v, best_i);
     valid = block_sum_u64(valid, red);  // its barriers also publish best_v / best_i
-    bv = best_v[0];
-    bi = best_i[0];
-    for (u32 w = 1; w < blockDim.x / 32; w++) {
-        if (best_v[w] > bv || (best_v[w] == bv && best_i[w] < bi)) {
-            bv = best_v[w];
-            bi = best_i[w];
-        }
-    }
+    argmax_block(best_v, best_i, bv, bi);
     if (p.temperature == 0.0f || valid == 0 || fabsf(bv) == __int_as_float(0x7f800000)) {
         if (threadIdx.x == 0) out[blockIdx.x] = bi == 0xffffffffu ? 0 : bi;
         return;

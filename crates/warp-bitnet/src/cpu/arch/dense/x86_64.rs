@@ -4,7 +4,8 @@
 //! stream; `x` (10 KB at 2560 columns) stays in L1 across rows. Eight 8-lane FMA chains: with
 //! four, the FMA latency (4 cycles on Zen 3) allowed one FMA a cycle, 8 int8 weights = 8 bytes
 //! a cycle (~22 GB/s at 2.7 GHz), so the int8 lm_head could not keep up with DRAM (docs/NOTES.md,
-//! "CPU v5"). The widening of 8 weights is one or two instructions per type.
+//! "Grouped attention; the lm_head's FMA chains"). The widening of 8 weights is one or two
+//! instructions per type.
 
 use std::arch::x86_64::*;
 
