@@ -53,19 +53,23 @@ fn pair(c: &ModelConfig, slots: usize, max_context: usize) -> (Engine, Engine) {
     )
 }
 
-/// Two GPU engines with the same random weights (4 slots of 64 tokens): one replaying CUDA
-/// graphs, one launching eagerly.
-fn graphed_and_eager(c: &ModelConfig) -> (Engine, Engine) {
+/// A GPU engine with random weights from seed 5 and `slots` slots of 64 tokens.
+fn gpu_engine(c: &ModelConfig, slots: usize) -> Engine {
     let opts = EngineOptions {
         device: Device::Cuda(0),
         max_context: 64,
-        slots: 4,
+        slots,
         ..Default::default()
     };
-    let graphed = Engine::random(c.clone(), 5, &opts).expect("a CUDA GPU");
-    let mut eager = Engine::random(c.clone(), 5, &opts).unwrap();
+    Engine::random(c.clone(), 5, &opts).expect("a CUDA GPU")
+}
+
+/// Two GPU engines with the same random weights (4 slots): one replaying CUDA graphs, one
+/// launching eagerly.
+fn graphed_and_eager(c: &ModelConfig) -> (Engine, Engine) {
+    let mut eager = gpu_engine(c, 4);
     eager.set_cuda_graphs(false);
-    (graphed, eager)
+    (gpu_engine(c, 4), eager)
 }
 
 /// Prefill, then 32 decode steps fed the CPU's greedy tokens: logits within TOL at every step,
@@ -162,13 +166,7 @@ fn graph_replay_equals_eager_bit_for_bit() {
 #[ignore = "needs a CUDA GPU"]
 fn greedy_on_the_device_is_the_argmax_of_the_logits() {
     let c = tiny(HiddenAct::Relu2, true, false);
-    let opts = EngineOptions {
-        device: Device::Cuda(0),
-        max_context: 64,
-        slots: 2,
-        ..Default::default()
-    };
-    let mut e = Engine::random(c.clone(), 5, &opts).expect("a CUDA GPU");
+    let mut e = gpu_engine(&c, 2);
     let v = c.vocab_size;
     let mut logits = vec![0f32; v];
     let mut token = [0u32];
@@ -197,13 +195,7 @@ fn sampling_params(seed: u64, repetition_penalty: f32) -> SamplingParams {
 #[ignore = "needs a CUDA GPU"]
 fn sampling_on_the_device_is_the_cpu_samplers_draw() {
     let c = tiny(HiddenAct::Relu2, true, false);
-    let opts = EngineOptions {
-        device: Device::Cuda(0),
-        max_context: 64,
-        slots: 2,
-        ..Default::default()
-    };
-    let mut e = Engine::random(c.clone(), 5, &opts).expect("a CUDA GPU");
+    let mut e = gpu_engine(&c, 2);
     let v = c.vocab_size;
     for (params, top_k) in [
         (sampling_params(11, 1.3), 20),

@@ -227,6 +227,8 @@ pub struct Engine {
     history: SlotHistory,
     /// The device side where the engine runs on a GPU (the CPU cache then holds no rows).
     gpu: Option<gpu::GpuEngine>,
+    /// The CPU path's logits for [`Engine::greedy`] and [`Engine::sample`], reused.
+    host_logits: Vec<f32>,
 }
 
 impl Engine {
@@ -312,6 +314,7 @@ impl Engine {
             threads,
             max_context: opts.max_context,
             gpu,
+            host_logits: Vec::new(),
         })
     }
 
@@ -432,22 +435,38 @@ impl Engine {
     /// is made on the device and the logits never leave it.
     pub fn greedy(&mut self, batch: &[(usize, &[u32])], tokens: &mut [u32]) -> Result<()> {
         crate::error::check_len("tokens", batch.len(), tokens.len())?;
-        let vocab = self.config.vocab_size;
-        let plan = self.plan(batch, batch.len() * vocab)?;
-        match &mut self.gpu {
-            Some(g) => {
-                g.greedy(&plan, tokens)?;
-                self.advance(batch);
-            }
-            None => {
-                let mut logits = vec![0f32; batch.len() * vocab];
-                self.forward(batch, &mut logits)?;
-                for (t, row) in tokens.iter_mut().zip(logits.chunks_exact(vocab)) {
-                    *t = sampler::argmax(row);
-                }
-            }
+        if let (Some(plan), Some(g)) = (self.gpu_plan(batch)?, self.gpu.as_mut()) {
+            g.greedy(&plan, tokens)?;
+            self.advance(batch);
+            return Ok(());
         }
+        let logits = self.host_logits(batch)?;
+        let vocab = self.config.vocab_size;
+        for (t, row) in tokens.iter_mut().zip(logits.chunks_exact(vocab)) {
+            *t = sampler::argmax(row);
+        }
+        self.host_logits = logits;
         Ok(())
+    }
+
+    /// The GPU's plan of `batch` (its logits never leave the device), or `None` on the CPU.
+    fn gpu_plan(&self, batch: &[(usize, &[u32])]) -> Result<Option<Plan>> {
+        match self.gpu {
+            Some(_) => Ok(Some(
+                self.plan(batch, batch.len() * self.config.vocab_size)?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// The CPU path of [`Engine::greedy`] and [`Engine::sample`]: [`Engine::forward`] into the
+    /// engine's reused logits buffer, taken out so the caller can read the engine beside it;
+    /// the caller puts it back.
+    fn host_logits(&mut self, batch: &[(usize, &[u32])]) -> Result<Vec<f32>> {
+        let mut logits = std::mem::take(&mut self.host_logits);
+        logits.resize(batch.len() * self.config.vocab_size, 0.0);
+        self.forward(batch, &mut logits)?;
+        Ok(logits)
     }
 
     /// As [`Engine::forward`], but draws each entry's next token with `samplers[i]` (one draw
@@ -465,32 +484,28 @@ impl Engine {
     ) -> Result<()> {
         crate::error::check_len("tokens", batch.len(), tokens.len())?;
         crate::error::check_len("samplers", batch.len(), samplers.len())?;
-        let vocab = self.config.vocab_size;
-        let plan = self.plan(batch, batch.len() * vocab)?;
-        match &mut self.gpu {
-            Some(g) => {
-                let draws: Vec<(Draw, usize)> = samplers
-                    .iter_mut()
-                    .zip(batch)
-                    .map(|(s, &(slot, _))| {
-                        let draw = s.as_mut().map_or(Draw::GREEDY, |s| s.next_draw());
-                        (draw, slot)
-                    })
-                    .collect();
-                g.sample(&plan, &draws, tokens)?;
-                self.advance(batch);
-            }
-            None => {
-                let mut logits = vec![0f32; batch.len() * vocab];
-                self.forward(batch, &mut logits)?;
-                for (i, row) in logits.chunks_exact_mut(vocab).enumerate() {
-                    tokens[i] = match &mut samplers[i] {
-                        Some(s) => s.sample_bits(row, self.history.slot(batch[i].0)),
-                        None => sampler::argmax(row),
-                    };
-                }
-            }
+        if let (Some(plan), Some(g)) = (self.gpu_plan(batch)?, self.gpu.as_mut()) {
+            let draws: Vec<(Draw, usize)> = samplers
+                .iter_mut()
+                .zip(batch)
+                .map(|(s, &(slot, _))| {
+                    let draw = s.as_mut().map_or(Draw::GREEDY, |s| s.next_draw());
+                    (draw, slot)
+                })
+                .collect();
+            g.sample(&plan, &draws, tokens)?;
+            self.advance(batch);
+            return Ok(());
         }
+        let mut logits = self.host_logits(batch)?;
+        let vocab = self.config.vocab_size;
+        for (i, row) in logits.chunks_exact_mut(vocab).enumerate() {
+            tokens[i] = match &mut samplers[i] {
+                Some(s) => s.sample_bits(row, self.history.slot(batch[i].0)),
+                None => sampler::argmax(row),
+            };
+        }
+        self.host_logits = logits;
         Ok(())
     }
 
